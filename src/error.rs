@@ -1,0 +1,124 @@
+//! The crate's error types.
+//!
+//! [`TriggerError`] is what building or evaluating a trigger can fail with; [`Error`] is
+//! everything else a scheduler call can return. Both say what went wrong and, where there is
+//! one, what to do about it.
+
+use std::time::Duration;
+
+/// A trigger could not be built, parsed or evaluated.
+///
+/// Field errors name the field, the expression and the reason, e.g.
+/// `day_of_week: 'foo' is not a weekday`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TriggerError {
+    /// A cron field expression is invalid.
+    #[error("{field}: '{expr}' {reason}")]
+    InvalidField {
+        /// The field name (`day_of_week`, `hour`, ...).
+        field: String,
+        /// The expression as given.
+        expr: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// A parameter other than a cron field is invalid (a date, an interval, a zone, ...).
+    #[error("{param}: {reason}")]
+    InvalidParam {
+        /// The parameter name (`start_date`, `seconds`, `timezone`, ...).
+        param: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// A crontab string could not be parsed.
+    #[error("invalid crontab '{expr}': {reason}")]
+    InvalidCrontab {
+        /// The crontab string as given.
+        expr: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// Evaluating the trigger gave up (e.g. an `and` whose children never agree).
+    #[error("trigger evaluation gave up: {0}")]
+    GaveUp(String),
+}
+
+/// Everything a scheduler, store or executor call can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A trigger was invalid or could not be evaluated.
+    #[error(transparent)]
+    Trigger(#[from] TriggerError),
+    /// `add_job` with an id that already exists and `replace_existing` not set.
+    #[error("a job with id '{0}' already exists (set replace_existing to overwrite it)")]
+    ConflictingId(String),
+    /// No job with this id (in the named store, if one was given).
+    #[error("no job with id '{0}'")]
+    JobLookup(String),
+    /// No store with this alias is configured.
+    #[error("no job store named '{0}' (add it with add_store or the builder)")]
+    UnknownStore(String),
+    /// No executor with this alias is configured.
+    #[error("no executor named '{0}' (add it with add_executor or the builder)")]
+    UnknownExecutor(String),
+    /// A store or executor alias is already taken.
+    #[error("the alias '{0}' is already in use")]
+    AliasInUse(String),
+    /// The operation does not fit the scheduler's current state.
+    #[error("scheduler is {actual}, but this needs it to be {needed}")]
+    State {
+        /// The state the operation needs.
+        needed: &'static str,
+        /// The state the scheduler is in.
+        actual: &'static str,
+    },
+    /// The scheduler has shut down; the handle can no longer be used.
+    #[error("the scheduler has shut down")]
+    Shutdown,
+    /// A job cannot go where it was asked to (e.g. a closure job in a persistent store).
+    #[error("job '{id}': {reason}")]
+    InvalidJob {
+        /// The job id.
+        id: String,
+        /// What is wrong and what to do instead.
+        reason: String,
+    },
+    /// A named task is not registered with the scheduler.
+    #[error("no task named '{0}' is registered (register it with SchedulerBuilder::task)")]
+    UnknownTask(String),
+    /// A job store failed; the message says which store and what it was doing.
+    #[error("job store '{store}': {message}")]
+    Store {
+        /// The store alias.
+        store: String,
+        /// What failed.
+        message: String,
+        /// The underlying error, when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// A stored job record could not be read (corrupt or from an unknown task); it was kept.
+    #[error("stored job '{id}' could not be loaded and was left untouched: {reason}")]
+    CorruptJob {
+        /// The job id.
+        id: String,
+        /// Why it could not be loaded.
+        reason: String,
+    },
+    /// A write was refused because another scheduler changed the job since it was read.
+    #[error("job '{0}' was changed by another scheduler; the write was refused")]
+    Fenced(String),
+    /// (De)serialising a job's arguments, result or trigger failed.
+    #[error("serialisation failed: {0}")]
+    Serde(#[from] serde_json::Error),
+    /// An operation timed out.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// An I/O error (e.g. spawning a child process).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// `Result` with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
