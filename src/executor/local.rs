@@ -1,0 +1,94 @@
+//! `!Send` jobs on a `LocalSet`, on a thread of their own.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+
+use futures::FutureExt;
+use tokio::sync::mpsc;
+
+use super::{invoke, panic_message, Executor, JobRun};
+use crate::job::{Callable, JobResult};
+
+/// Runs jobs whose futures are `!Send` (they hold an `Rc`, a `RefCell` across an await, a
+/// `!Send` client) on a current-thread runtime with a `LocalSet`, on its own thread.
+///
+/// The closure itself is `Send + Sync` (the store keeps it); only the future it returns may
+/// be `!Send`. Add such jobs with [`Scheduler::add_local_job`](crate::Scheduler::add_local_job).
+#[derive(Debug)]
+pub struct LocalExecutor {
+    tx: Mutex<Option<mpsc::UnboundedSender<JobRun>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl LocalExecutor {
+    /// Starts the executor's thread.
+    ///
+    /// # Errors
+    /// If the thread or its runtime cannot be created.
+    pub fn new() -> std::io::Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<JobRun>();
+        let thread = std::thread::Builder::new()
+            .name("apsched-local".into())
+            .spawn(move || {
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, async {
+                    while let Some(run) = rx.recv().await {
+                        tokio::task::spawn_local(run_local(run));
+                    }
+                });
+                // The channel closed (shutdown): let the runs in flight finish.
+                rt.block_on(local);
+            })?;
+        Ok(LocalExecutor {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+}
+
+async fn run_local(run: JobRun) {
+    for &t in &run.run_times {
+        if run.start(t) {
+            let result: JobResult = match &run.callable {
+                Callable::Local(f) => match std::panic::catch_unwind(AssertUnwindSafe(|| f())) {
+                    Ok(fut) => AssertUnwindSafe(fut)
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|p| Err(panic_message(p))),
+                    Err(p) => Err(panic_message(p)),
+                },
+                other => invoke(other, &run.ctx.tasks).await,
+            };
+            run.finish(t, result);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Executor for LocalExecutor {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    fn submit(&self, run: JobRun) {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        match tx.as_ref() {
+            Some(tx) => {
+                let _ = tx.send(run);
+            }
+            None => tracing::warn!(job_id = %run.job_id, "local executor is shut down"),
+        }
+    }
+
+    async fn shutdown(&self, wait: bool) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let (true, Some(thread)) = (wait, thread) {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}

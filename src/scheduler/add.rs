@@ -1,0 +1,316 @@
+//! `add_job` and its options.
+
+use std::future::{Future, IntoFuture};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use serde::Serialize;
+
+use super::{Pending, Scheduler};
+use crate::error::{Error, Result};
+use crate::executor::CommandSpec;
+use crate::job::{Callable, IntoJobResult, Job, JobRecord};
+use crate::trigger::{Date, Trigger, TriggerSpec};
+
+/// A job being added: set its options, then `.await` it (or call [`add`](Self::add) on a
+/// [`BackgroundScheduler`](crate::BackgroundScheduler)).
+///
+/// Every option left unset takes the scheduler's [`JobDefaults`](crate::JobDefaults); no
+/// trigger means "run once, now".
+#[must_use = "a job is only added when this is awaited"]
+pub struct AddJob<'a> {
+    scheduler: &'a Scheduler,
+    callable: Result<Callable>,
+    trigger: Option<TriggerSpec>,
+    id: Option<String>,
+    name: Option<String>,
+    misfire_grace_time: Option<Option<Duration>>,
+    coalesce: Option<bool>,
+    max_instances: Option<u32>,
+    next_run_time: Option<Option<DateTime<Utc>>>,
+    store: Option<String>,
+    executor: Option<String>,
+    replace_existing: bool,
+}
+
+impl Scheduler {
+    /// Adds a job running an async closure.
+    ///
+    /// ```
+    /// # use apsched::{Scheduler, trigger::Cron};
+    /// # async fn demo(scheduler: Scheduler) -> apsched::Result<()> {
+    /// scheduler
+    ///     .add_job(|| async { println!("every two minutes") })
+    ///     .trigger(Cron::builder().minute("*/2").build()?)
+    ///     .id("my_job_id")
+    ///     .name("job_name")
+    ///     .misfire_grace_time(Some(std::time::Duration::from_secs(10)))
+    ///     .coalesce(true)
+    ///     .max_instances(10)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn add_job<F, Fut, R>(&self, f: F) -> AddJob<'_>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: IntoJobResult,
+    {
+        AddJob::new(self, Ok(Callable::from_async(f)))
+    }
+
+    /// Adds a job running a blocking closure (give it a
+    /// [`BlockingExecutor`](crate::executor::BlockingExecutor) to bound the threads).
+    pub fn add_blocking_job<F, R>(&self, f: F) -> AddJob<'_>
+    where
+        F: Fn() -> R + Send + Sync + 'static,
+        R: IntoJobResult,
+    {
+        AddJob::new(self, Ok(Callable::from_blocking(f)))
+    }
+
+    /// Adds a job whose future is `!Send`; it runs on the executor aliased `"local"` unless
+    /// another is named (see [`LocalExecutor`](crate::executor::LocalExecutor)).
+    pub fn add_local_job<F, Fut, R>(&self, f: F) -> AddJob<'_>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + 'static,
+        R: IntoJobResult,
+    {
+        AddJob::new(self, Ok(Callable::from_local(f))).executor("local")
+    }
+
+    /// Adds a job running an external command in a child process.
+    pub fn add_command_job(&self, command: CommandSpec) -> AddJob<'_> {
+        AddJob::new(self, Ok(Callable::Command(command)))
+    }
+
+    /// Adds a job running the registered task `name` with `args` (serialised to JSON). This
+    /// is the kind of job persistent stores keep.
+    pub fn add_task_job(&self, name: impl Into<String>, args: impl Serialize) -> AddJob<'_> {
+        let name = name.into();
+        let callable = if !self.inner.tasks.contains(&name) {
+            Err(Error::UnknownTask(name))
+        } else {
+            serde_json::to_value(args)
+                .map(|args| Callable::Task { name, args })
+                .map_err(Error::from)
+        };
+        AddJob::new(self, callable)
+    }
+}
+
+impl<'a> AddJob<'a> {
+    fn new(scheduler: &'a Scheduler, callable: Result<Callable>) -> Self {
+        AddJob {
+            scheduler,
+            callable,
+            trigger: None,
+            id: None,
+            name: None,
+            misfire_grace_time: None,
+            coalesce: None,
+            max_instances: None,
+            next_run_time: None,
+            store: None,
+            executor: None,
+            replace_existing: false,
+        }
+    }
+
+    /// When the job fires. Without one it runs once, now.
+    pub fn trigger(mut self, trigger: impl Into<TriggerSpec>) -> Self {
+        self.trigger = Some(trigger.into());
+        self
+    }
+
+    /// The job id (default: a random UUID).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// A readable name (default: the id).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// How late a run may start and still run; `None` = any lateness. Must not be zero.
+    pub fn misfire_grace_time(mut self, grace: Option<Duration>) -> Self {
+        self.misfire_grace_time = Some(grace);
+        self
+    }
+
+    /// Whether a backlog of due times runs once (true) or once per time (false).
+    pub fn coalesce(mut self, coalesce: bool) -> Self {
+        self.coalesce = Some(coalesce);
+        self
+    }
+
+    /// How many runs may be in flight at once (at least 1).
+    pub fn max_instances(mut self, n: u32) -> Self {
+        self.max_instances = Some(n);
+        self
+    }
+
+    /// Adds the job paused: it has no next run time until resumed.
+    pub fn paused(mut self) -> Self {
+        self.next_run_time = Some(None);
+        self
+    }
+
+    /// Sets the first run time explicitly (later ones follow the trigger).
+    pub fn next_run_time(mut self, t: DateTime<Utc>) -> Self {
+        self.next_run_time = Some(Some(t));
+        self
+    }
+
+    /// The store to keep the job in (default `"default"`).
+    pub fn store(mut self, alias: impl Into<String>) -> Self {
+        self.store = Some(alias.into());
+        self
+    }
+
+    /// The executor to run it (default `"default"`).
+    pub fn executor(mut self, alias: impl Into<String>) -> Self {
+        self.executor = Some(alias.into());
+        self
+    }
+
+    /// Replace a job with the same id instead of failing with
+    /// [`Error::ConflictingId`].
+    pub fn replace_existing(mut self, replace: bool) -> Self {
+        self.replace_existing = replace;
+        self
+    }
+
+    /// Adds the job, blocking the current thread. For schedulers that own their runtime
+    /// ([`BackgroundScheduler`](crate::BackgroundScheduler),
+    /// [`BlockingScheduler`](crate::BlockingScheduler)); with an async [`Scheduler`],
+    /// `.await` instead.
+    ///
+    /// # Errors
+    /// [`Error::State`] when called on an async scheduler's job or from async code.
+    pub fn add(self) -> Result<Job> {
+        let scheduler = self.scheduler.clone();
+        scheduler.block_on(self.into_future())?
+    }
+
+    async fn run(self) -> Result<Job> {
+        let inner = &self.scheduler.inner;
+        let callable = self.callable?;
+        let id = self
+            .id
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let misfire_grace_time = self
+            .misfire_grace_time
+            .unwrap_or(inner.defaults.misfire_grace_time);
+        let max_instances = self.max_instances.unwrap_or(inner.defaults.max_instances);
+        validate_options(&id, Some(misfire_grace_time), Some(max_instances))?;
+        let store_alias = self.store.unwrap_or_else(|| "default".into());
+        let store = inner.store(&store_alias)?;
+        let executor_alias = self.executor.unwrap_or_else(|| "default".into());
+        let executor = inner
+            .executor(&executor_alias)
+            .ok_or_else(|| Error::UnknownExecutor(executor_alias.clone()))?;
+        executor
+            .check(&callable)
+            .map_err(|reason| Error::InvalidJob {
+                id: id.clone(),
+                reason: format!("executor '{executor_alias}': {reason}"),
+            })?;
+        if store.is_persistent() && !callable.is_persistable() {
+            return Err(Error::InvalidJob {
+                id,
+                reason: format!(
+                    "store '{store_alias}' is persistent and cannot keep a closure; register \
+                     a task (SchedulerBuilder::task) and use add_task_job"
+                ),
+            });
+        }
+        let now = inner.clock.now();
+        let trigger = self
+            .trigger
+            .unwrap_or_else(|| Date::new(now).into())
+            .with_default_timezone(inner.timezone);
+        let mut job = JobRecord {
+            id,
+            name: self.name,
+            callable,
+            trigger,
+            executor: executor_alias,
+            misfire_grace_time,
+            coalesce: self.coalesce.unwrap_or(inner.defaults.coalesce),
+            max_instances,
+            next_run_time: None,
+            version: 0,
+            lease: None,
+        };
+        if !inner.check_started() {
+            // Like APScheduler: kept aside, enters its store (and gets its next run time)
+            // when the scheduler starts.
+            let mut life = inner.life();
+            if life
+                .pending
+                .iter()
+                .any(|p| p.job.id == job.id && p.store == store_alias)
+            {
+                if !self.replace_existing {
+                    return Err(Error::ConflictingId(job.id));
+                }
+                life.pending
+                    .retain(|p| !(p.job.id == job.id && p.store == store_alias));
+            }
+            let view = Job::from_record(&job, &store_alias, true);
+            life.pending.push(Pending {
+                job,
+                store: store_alias,
+                replace_existing: self.replace_existing,
+                next_run_time: self.next_run_time,
+            });
+            return Ok(view);
+        }
+        job.next_run_time = match self.next_run_time {
+            Some(explicit) => explicit,
+            None => job.trigger.try_next_fire_time(None, now)?,
+        };
+        let view = Job::from_record(&job, &store_alias, false);
+        self.scheduler
+            .store_new_job(job, &store_alias, self.replace_existing)
+            .await?;
+        Ok(view)
+    }
+}
+
+impl<'a> IntoFuture for AddJob<'a> {
+    type Output = Result<Job>;
+    type IntoFuture = BoxFuture<'a, Result<Job>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run())
+    }
+}
+
+/// Checks the options APScheduler checks: a grace time of zero and zero instances are
+/// invalid.
+pub(crate) fn validate_options(
+    id: &str,
+    misfire_grace_time: Option<Option<Duration>>,
+    max_instances: Option<u32>,
+) -> Result<()> {
+    if misfire_grace_time.flatten().is_some_and(|g| g.is_zero()) {
+        return Err(Error::InvalidJob {
+            id: id.to_string(),
+            reason: "misfire_grace_time must be None (any lateness) or longer than zero".into(),
+        });
+    }
+    if max_instances == Some(0) {
+        return Err(Error::InvalidJob {
+            id: id.to_string(),
+            reason: "max_instances must be at least 1".into(),
+        });
+    }
+    Ok(())
+}

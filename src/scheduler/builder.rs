@@ -1,0 +1,205 @@
+//! Configuring a scheduler.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use serde::de::DeserializeOwned;
+
+use super::{Inner, Scheduler};
+use crate::clock::{Clock, SystemClock};
+use crate::executor::{Executor, TokioExecutor};
+use crate::job::{IntoJobResult, JobDefaults};
+use crate::store::{JobStore, MemoryStore};
+use crate::task::{TaskFn, TaskRegistry};
+
+/// Builds a [`Scheduler`]: zone, job defaults, named executors and stores, named tasks.
+///
+/// A `"default"` executor ([`TokioExecutor`]) and a `"default"` store ([`MemoryStore`]) are
+/// created when not given.
+///
+/// ```
+/// use std::time::Duration;
+/// use apsched::{JobDefaults, Scheduler};
+/// use apsched::executor::{BlockingExecutor, ProcessExecutor};
+/// use apsched::store::MemoryStore;
+///
+/// let scheduler = Scheduler::builder()
+///     .timezone(chrono_tz::Europe::London)
+///     .store("default", MemoryStore::new())
+///     .executor("default", BlockingExecutor::new(10))
+///     .executor("processpool", ProcessExecutor::new(10))
+///     .job_defaults(JobDefaults { coalesce: false, max_instances: 3, ..Default::default() })
+///     .build();
+/// ```
+#[must_use]
+pub struct SchedulerBuilder {
+    timezone: Option<Tz>,
+    defaults: JobDefaults,
+    executors: Vec<(String, Arc<dyn Executor>)>,
+    stores: Vec<(String, Arc<dyn JobStore>)>,
+    tasks: TaskRegistry,
+    clock: Arc<dyn Clock>,
+    id: Option<String>,
+    lease: Duration,
+    batch_size: usize,
+    event_capacity: usize,
+    manual: bool,
+}
+
+impl Default for SchedulerBuilder {
+    fn default() -> Self {
+        SchedulerBuilder {
+            timezone: None,
+            defaults: JobDefaults::default(),
+            executors: Vec::new(),
+            stores: Vec::new(),
+            tasks: TaskRegistry::new(),
+            clock: Arc::new(SystemClock),
+            id: None,
+            lease: Duration::from_secs(30),
+            batch_size: 1000,
+            event_capacity: 4096,
+            manual: false,
+        }
+    }
+}
+
+impl SchedulerBuilder {
+    /// The zone given to triggers built without one. Default: the machine's IANA zone,
+    /// else UTC.
+    pub fn timezone(mut self, tz: Tz) -> Self {
+        self.timezone = Some(tz);
+        self
+    }
+
+    /// Defaults for `misfire_grace_time`, `coalesce` and `max_instances`.
+    pub fn job_defaults(mut self, defaults: JobDefaults) -> Self {
+        self.defaults = defaults;
+        self
+    }
+
+    /// Adds an executor under `alias` (replacing one of the same alias).
+    pub fn executor(mut self, alias: impl Into<String>, executor: impl Executor) -> Self {
+        let alias = alias.into();
+        self.executors.retain(|(a, _)| *a != alias);
+        self.executors.push((alias, Arc::new(executor)));
+        self
+    }
+
+    /// Adds a job store under `alias` (replacing one of the same alias).
+    pub fn store(mut self, alias: impl Into<String>, store: impl JobStore) -> Self {
+        let alias = alias.into();
+        self.stores.retain(|(a, _)| *a != alias);
+        self.stores.push((alias, Arc::new(store)));
+        self
+    }
+
+    /// Registers an async task under `name`, taking deserialisable arguments. Persistent
+    /// jobs refer to tasks by name (see [`Scheduler::add_task_job`]).
+    pub fn task<A, F, Fut, R>(mut self, name: impl Into<String>, f: F) -> Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        F: Fn(A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: IntoJobResult,
+    {
+        self.tasks.insert(name, TaskFn::from_async(f));
+        self
+    }
+
+    /// Registers a blocking task under `name`.
+    pub fn blocking_task<A, F, R>(mut self, name: impl Into<String>, f: F) -> Self
+    where
+        A: DeserializeOwned + 'static,
+        F: Fn(A) -> R + Send + Sync + 'static,
+        R: IntoJobResult,
+    {
+        self.tasks.insert(name, TaskFn::from_blocking(f));
+        self
+    }
+
+    /// The clock to use (a [`TestClock`](crate::clock::TestClock) in tests).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// This scheduler's identity in shared stores. Default: `host-pid-random`.
+    pub fn scheduler_id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// How long a claim on a job in a shared store lasts. Default 30 s.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How many due jobs one pass claims from one store at most. Default 1000.
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n.max(1);
+        self
+    }
+
+    /// How many events a slow subscriber may fall behind before it loses some. Default 4096.
+    pub fn event_capacity(mut self, n: usize) -> Self {
+        self.event_capacity = n;
+        self
+    }
+
+    /// Do not run the loop: the caller drives it with [`Scheduler::process_due_jobs`]. For
+    /// tests that replay a scenario step by step, or for embedding in another loop.
+    pub fn manual(mut self) -> Self {
+        self.manual = true;
+        self
+    }
+
+    /// Builds the scheduler (stopped; call [`Scheduler::start`]).
+    pub fn build(mut self) -> Scheduler {
+        if !self.executors.iter().any(|(a, _)| a == "default") {
+            self.executors
+                .push(("default".into(), Arc::new(TokioExecutor::new())));
+        }
+        if !self.stores.iter().any(|(a, _)| a == "default") {
+            self.stores
+                .push(("default".into(), Arc::new(MemoryStore::new())));
+        }
+        let timezone = self.timezone.unwrap_or_else(local_timezone);
+        Scheduler::from_inner(Inner::new(
+            self.id.unwrap_or_else(default_scheduler_id),
+            self.clock,
+            timezone,
+            self.defaults,
+            self.event_capacity,
+            Arc::new(self.tasks),
+            self.lease,
+            self.batch_size,
+            self.manual,
+            self.stores,
+            self.executors,
+        ))
+    }
+}
+
+/// The machine's IANA zone, else UTC.
+fn local_timezone() -> Tz {
+    iana_time_zone::get_timezone()
+        .ok()
+        .and_then(|name| name.parse().ok())
+        .unwrap_or(Tz::UTC)
+}
+
+/// `host-pid-random`, unique enough to tell scheduler processes apart.
+fn default_scheduler_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    let random: u32 = rand::random();
+    format!("{host}-{}-{random:08x}", std::process::id())
+}

@@ -1,0 +1,163 @@
+//! The in-process store.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+
+use super::{DueJob, JobStore};
+use crate::error::{Error, Result};
+use crate::job::JobRecord;
+
+/// Keeps jobs in memory, ordered by next run time. Holds any callable, closures included.
+///
+/// Adding, updating and removing a job is O(log n); finding the due jobs is O(k log n) for
+/// k due jobs. A million jobs are fine.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    jobs: HashMap<Arc<str>, JobRecord>,
+    /// Unpaused jobs by (next run time, id).
+    due_index: BTreeSet<(DateTime<Utc>, Arc<str>)>,
+}
+
+impl Inner {
+    fn insert(&mut self, job: JobRecord) {
+        let id: Arc<str> = Arc::from(job.id.as_str());
+        if let Some(t) = job.next_run_time {
+            self.due_index.insert((t, id.clone()));
+        }
+        self.jobs.insert(id, job);
+    }
+
+    fn remove(&mut self, id: &str) -> Option<JobRecord> {
+        let (key, job) = self.jobs.remove_entry(id)?;
+        if let Some(t) = job.next_run_time {
+            self.due_index.remove(&(t, key));
+        }
+        Some(job)
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The number of jobs held.
+    pub fn len(&self) -> usize {
+        self.lock().jobs.len()
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[async_trait::async_trait]
+impl JobStore for MemoryStore {
+    async fn add_job(&self, job: JobRecord, replace_existing: bool) -> Result<()> {
+        let mut inner = self.lock();
+        if inner.jobs.contains_key(job.id.as_str()) {
+            if !replace_existing {
+                return Err(Error::ConflictingId(job.id));
+            }
+            inner.remove(&job.id);
+        }
+        inner.insert(job);
+        Ok(())
+    }
+
+    async fn update_job(&self, mut job: JobRecord) -> Result<JobRecord> {
+        let mut inner = self.lock();
+        let Some(old) = inner.jobs.get(job.id.as_str()) else {
+            return Err(Error::JobLookup(job.id));
+        };
+        if old.version != job.version {
+            return Err(Error::Fenced(job.id));
+        }
+        inner.remove(&job.id);
+        job.version += 1;
+        inner.insert(job.clone());
+        Ok(job)
+    }
+
+    async fn remove_job(&self, id: &str) -> Result<()> {
+        self.lock()
+            .remove(id)
+            .map(|_| ())
+            .ok_or_else(|| Error::JobLookup(id.to_string()))
+    }
+
+    async fn remove_all_jobs(&self) -> Result<()> {
+        let mut inner = self.lock();
+        inner.jobs.clear();
+        inner.due_index.clear();
+        Ok(())
+    }
+
+    async fn lookup_job(&self, id: &str) -> Result<Option<JobRecord>> {
+        Ok(self.lock().jobs.get(id).cloned())
+    }
+
+    async fn get_all_jobs(&self) -> Result<Vec<JobRecord>> {
+        let inner = self.lock();
+        let mut jobs: Vec<JobRecord> = inner
+            .due_index
+            .iter()
+            .filter_map(|(_, id)| inner.jobs.get(id).cloned())
+            .collect();
+        let mut paused: Vec<JobRecord> = inner
+            .jobs
+            .values()
+            .filter(|j| j.next_run_time.is_none())
+            .cloned()
+            .collect();
+        paused.sort_by(|a, b| a.id.cmp(&b.id));
+        jobs.extend(paused);
+        Ok(jobs)
+    }
+
+    async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>> {
+        Ok(self.lock().due_index.first().map(|(t, _)| *t))
+    }
+
+    async fn acquire_due_jobs(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueJob>> {
+        let mut inner = self.lock();
+        let mut due = Vec::new();
+        while due.len() < limit {
+            let Some((t, _)) = inner.due_index.first() else {
+                break;
+            };
+            if *t > now {
+                break;
+            }
+            let Some((_, id)) = inner.due_index.pop_first() else {
+                break;
+            };
+            let Some((key, mut job)) = inner.jobs.remove_entry(&id) else {
+                continue;
+            };
+            job.version += 1;
+            let claimed = DueJob::claim(job, now);
+            if !claimed.removed {
+                if let Some(t) = claimed.job.next_run_time {
+                    inner.due_index.insert((t, key.clone()));
+                }
+                inner.jobs.insert(key, claimed.job.clone());
+            }
+            due.push(claimed);
+        }
+        Ok(due)
+    }
+}

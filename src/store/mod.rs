@@ -1,0 +1,142 @@
+//! Job stores: where jobs live between runs.
+//!
+//! [`MemoryStore`] keeps jobs in the process (any callable, including closures). Persistent
+//! stores (SQL, Redis, MongoDB, ZooKeeper; each behind its own cargo feature) keep
+//! [`JobRecord`]s as JSON, survive restarts, and can be shared by several scheduler
+//! processes: claiming a due job and advancing its next run time is one atomic step
+//! ([`JobStore::acquire_due_jobs`]), so each scheduled time of a job is submitted once.
+
+mod memory;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+
+pub use self::memory::MemoryStore;
+use crate::clock::Clock;
+use crate::error::{Result, TriggerError};
+use crate::event::EventBus;
+use crate::job::JobRecord;
+use crate::task::TaskRegistry;
+
+/// What a store gets from the scheduler when it starts.
+#[derive(Debug, Clone)]
+pub struct StoreContext {
+    /// The store's alias in this scheduler.
+    pub alias: String,
+    /// This scheduler's identity (lease owner), `host-pid-random` by default.
+    pub scheduler_id: String,
+    /// How long a claim on a job lasts before other schedulers may take it over.
+    pub lease: Duration,
+    /// The registered tasks, to check stored jobs against.
+    pub tasks: Arc<TaskRegistry>,
+    /// Notify this to wake the scheduler loop (e.g. another process changed a job).
+    pub wakeup: Arc<Notify>,
+    /// The scheduler's events, for reporting corrupt records and outages.
+    pub events: EventBus,
+    /// The scheduler's clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// A due job claimed by [`JobStore::acquire_due_jobs`].
+#[derive(Debug, Clone)]
+pub struct DueJob {
+    /// The job as it is now stored (next run time already advanced, version bumped).
+    pub job: JobRecord,
+    /// Every fire time that came due, oldest first (before coalescing).
+    pub run_times: Vec<DateTime<Utc>>,
+    /// The trigger is exhausted and the store removed the job.
+    pub removed: bool,
+    /// The trigger gave up; the store kept the job paused.
+    pub trigger_error: Option<TriggerError>,
+}
+
+impl DueJob {
+    /// Applies [`crate::job::advance`] to `job` and describes the outcome: the helper every
+    /// store uses inside its claim step, so all stores agree on the due-run rule.
+    pub fn claim(mut job: JobRecord, now: DateTime<Utc>) -> DueJob {
+        let adv = crate::job::advance(&mut job, now);
+        let removed = adv.next_run_time.is_none() && adv.trigger_error.is_none();
+        DueJob {
+            job,
+            run_times: adv.run_times,
+            removed,
+            trigger_error: adv.trigger_error,
+        }
+    }
+}
+
+/// Keeps jobs. Implementations must be safe to share between tasks (and, for persistent
+/// stores, between processes: see the module docs).
+///
+/// Ordering: [`get_all_jobs`](Self::get_all_jobs) returns jobs by next run time (paused
+/// last), ties by id; [`acquire_due_jobs`](Self::acquire_due_jobs) claims in the same order.
+#[async_trait::async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    /// Called when the scheduler starts, or when the store is added to a running scheduler.
+    /// Persistent stores connect, migrate, and start listening for changes here.
+    async fn start(&self, ctx: StoreContext) -> Result<()> {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// Called on shutdown or removal.
+    async fn shutdown(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Adds a job. Fails with [`Error::ConflictingId`](crate::Error::ConflictingId) if the id
+    /// exists and `replace_existing` is false; with
+    /// [`Error::InvalidJob`](crate::Error::InvalidJob) if this store cannot keep the job
+    /// (a closure in a persistent store).
+    async fn add_job(&self, job: JobRecord, replace_existing: bool) -> Result<()>;
+
+    /// Replaces a stored job if its stored version is still `job.version`; returns the job
+    /// as stored (with its new version). Fails with
+    /// [`Error::JobLookup`](crate::Error::JobLookup) if it is gone and with
+    /// [`Error::Fenced`](crate::Error::Fenced) if another writer changed it since it was read.
+    async fn update_job(&self, job: JobRecord) -> Result<JobRecord>;
+
+    /// Removes a job; [`Error::JobLookup`](crate::Error::JobLookup) if there is none.
+    async fn remove_job(&self, id: &str) -> Result<()>;
+
+    /// Removes every job.
+    async fn remove_all_jobs(&self) -> Result<()>;
+
+    /// The job with this id, if any.
+    async fn lookup_job(&self, id: &str) -> Result<Option<JobRecord>>;
+
+    /// Every job that can be loaded, by next run time (paused last), ties by id. Records that
+    /// cannot be loaded are reported (event + log) and left untouched.
+    async fn get_all_jobs(&self) -> Result<Vec<JobRecord>>;
+
+    /// The earliest next run time of any unpaused job, if any.
+    async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>>;
+
+    /// Claims up to `limit` jobs due at `now` and, in the same atomic step, advances their
+    /// next run times with [`DueJob::claim`] (removing exhausted jobs). A job claimed by one
+    /// scheduler is not returned to another for the same scheduled time.
+    async fn acquire_due_jobs(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueJob>>;
+
+    /// Gives up the claims taken by [`acquire_due_jobs`](Self::acquire_due_jobs) once their
+    /// runs have been handed to executors. Stores without leases ignore it.
+    async fn release_jobs(&self, jobs: &[DueJob]) -> Result<()> {
+        let _ = jobs;
+        Ok(())
+    }
+
+    /// How often the scheduler should look at this store even when it has no reason to
+    /// (other processes may add jobs to it without waking this one). `None` for stores
+    /// only this scheduler writes to, or that push notifications through
+    /// [`StoreContext::wakeup`].
+    fn poll_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Whether this store keeps jobs beyond the process (and so needs named tasks).
+    fn is_persistent(&self) -> bool {
+        false
+    }
+}

@@ -1,0 +1,106 @@
+//! Named tasks: job bodies registered by name, so that persistent jobs can refer to them.
+//!
+//! A closure cannot be written to a database, so a persistent job names a task registered
+//! on the scheduler ([`SchedulerBuilder::task`](crate::SchedulerBuilder::task)) and carries
+//! its arguments as JSON. Every scheduler process sharing a store registers the same tasks.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+
+use crate::job::{IntoJobResult, JobError, JobResult};
+
+/// A registered task body: takes JSON arguments.
+#[derive(Clone)]
+pub enum TaskFn {
+    /// Runs as a Tokio task.
+    Async(Arc<dyn Fn(serde_json::Value) -> BoxFuture<'static, JobResult> + Send + Sync>),
+    /// Runs on a blocking thread.
+    Blocking(Arc<dyn Fn(serde_json::Value) -> JobResult + Send + Sync>),
+}
+
+impl fmt::Debug for TaskFn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TaskFn::Async(_) => f.write_str("TaskFn::Async"),
+            TaskFn::Blocking(_) => f.write_str("TaskFn::Blocking"),
+        }
+    }
+}
+
+impl TaskFn {
+    /// Wraps an async task taking deserialisable arguments.
+    pub fn from_async<A, F, Fut, R>(f: F) -> Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        F: Fn(A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: IntoJobResult,
+    {
+        TaskFn::Async(Arc::new(move |args| {
+            match serde_json::from_value::<A>(args) {
+                Ok(a) => {
+                    let fut = f(a);
+                    Box::pin(async move { fut.await.into_job_result() })
+                }
+                Err(e) => Box::pin(async move { Err(bad_args(e)) }),
+            }
+        }))
+    }
+
+    /// Wraps a blocking task taking deserialisable arguments.
+    pub fn from_blocking<A, F, R>(f: F) -> Self
+    where
+        A: DeserializeOwned + 'static,
+        F: Fn(A) -> R + Send + Sync + 'static,
+        R: IntoJobResult,
+    {
+        TaskFn::Blocking(Arc::new(move |args| {
+            match serde_json::from_value::<A>(args) {
+                Ok(a) => f(a).into_job_result(),
+                Err(e) => Err(bad_args(e)),
+            }
+        }))
+    }
+}
+
+fn bad_args(e: serde_json::Error) -> JobError {
+    JobError::not_runnable(format!("the task's arguments do not deserialise: {e}"))
+}
+
+/// The tasks registered on a scheduler, by name.
+#[derive(Debug, Clone, Default)]
+pub struct TaskRegistry {
+    tasks: HashMap<String, TaskFn>,
+}
+
+impl TaskRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers (or replaces) `name`.
+    pub fn insert(&mut self, name: impl Into<String>, f: TaskFn) {
+        self.tasks.insert(name.into(), f);
+    }
+
+    /// The task registered as `name`.
+    pub fn get(&self, name: &str) -> Option<&TaskFn> {
+        self.tasks.get(name)
+    }
+
+    /// Whether `name` is registered.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tasks.contains_key(name)
+    }
+
+    /// The registered names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tasks.keys().map(String::as_str)
+    }
+}
