@@ -7,6 +7,8 @@
 //! ([`JobStore::acquire_due_jobs`]), so each scheduled time of a job is submitted once.
 
 mod memory;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+pub mod sql;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -138,5 +140,93 @@ pub trait JobStore: Send + Sync + 'static {
     /// Whether this store keeps jobs beyond the process (and so needs named tasks).
     fn is_persistent(&self) -> bool {
         false
+    }
+}
+
+/// Forwards to the boxed store, so that the result of [`connect`] can be given to
+/// [`SchedulerBuilder::store`](crate::SchedulerBuilder::store).
+#[async_trait::async_trait]
+impl JobStore for Box<dyn JobStore> {
+    async fn start(&self, ctx: StoreContext) -> Result<()> {
+        (**self).start(ctx).await
+    }
+    async fn shutdown(&self) -> Result<()> {
+        (**self).shutdown().await
+    }
+    async fn add_job(&self, job: JobRecord, replace_existing: bool) -> Result<()> {
+        (**self).add_job(job, replace_existing).await
+    }
+    async fn update_job(&self, job: JobRecord) -> Result<JobRecord> {
+        (**self).update_job(job).await
+    }
+    async fn remove_job(&self, id: &str) -> Result<()> {
+        (**self).remove_job(id).await
+    }
+    async fn remove_all_jobs(&self) -> Result<()> {
+        (**self).remove_all_jobs().await
+    }
+    async fn lookup_job(&self, id: &str) -> Result<Option<JobRecord>> {
+        (**self).lookup_job(id).await
+    }
+    async fn get_all_jobs(&self) -> Result<Vec<JobRecord>> {
+        (**self).get_all_jobs().await
+    }
+    async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>> {
+        (**self).next_run_time().await
+    }
+    async fn acquire_due_jobs(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueJob>> {
+        (**self).acquire_due_jobs(now, limit).await
+    }
+    async fn release_jobs(&self, jobs: &[DueJob]) -> Result<()> {
+        (**self).release_jobs(jobs).await
+    }
+    fn poll_interval(&self) -> Option<Duration> {
+        (**self).poll_interval()
+    }
+    fn is_persistent(&self) -> bool {
+        (**self).is_persistent()
+    }
+}
+
+/// Opens the store a URL names, dispatching on its scheme:
+///
+/// | URL | store | feature |
+/// | --- | --- | --- |
+/// | `memory://` | [`MemoryStore`] | (always) |
+/// | `sqlite://path/to/file.db` | [`sql::SqlStore`] on SQLite (file created if missing) | `sqlite` |
+/// | `postgres://user@host:5432/db` | [`sql::SqlStore`] on PostgreSQL | `postgres` |
+/// | `mysql://user:password@host:3306/db` | [`sql::SqlStore`] on MySQL / MariaDB | `mysql` |
+///
+/// Stores that talk to a server check that it answers. The store still has to be started
+/// (adding it to a scheduler does that).
+///
+/// ```no_run
+/// # async fn f() -> apsched::Result<()> {
+/// let store = apsched::store::connect("sqlite://jobs.db").await?;
+/// let scheduler = apsched::Scheduler::builder().store("default", store).build();
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+/// [`Error::Store`](crate::Error::Store) for an unknown scheme, a scheme whose feature is not
+/// enabled, or a server that does not answer.
+pub async fn connect(url: &str) -> Result<Box<dyn JobStore>> {
+    let scheme = url.split_once("://").map_or(url, |(s, _)| s);
+    match scheme {
+        "memory" => Ok(Box::new(MemoryStore::new())),
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Ok(Box::new(sql::SqlStore::connect(url).await?)),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Ok(Box::new(sql::SqlStore::connect(url).await?)),
+        #[cfg(feature = "mysql")]
+        "mysql" | "mariadb" => Ok(Box::new(sql::SqlStore::connect(url).await?)),
+        _ => Err(crate::Error::Store {
+            store: scheme.to_string(),
+            message: format!(
+                "no store for the URL scheme '{scheme}' (is its cargo feature enabled?)"
+            ),
+            source: None,
+        }),
     }
 }

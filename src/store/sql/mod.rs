@@ -1,0 +1,1165 @@
+//! SQL job stores on [sqlx]: SQLite (embedded, a file path is all it needs), PostgreSQL and
+//! MySQL 8 / MariaDB 10.6+, each behind its own cargo feature (`sqlite`, `postgres`, `mysql`).
+//!
+//! One [`SqlStore`] type serves all three; the claim logic, the corrupt-row handling and the
+//! fencing live once in this module, the `sqlite`, `postgres` and `mysql` submodules only
+//! hold what differs between the databases (column types, locking clauses, how a write
+//! transaction begins, wake-ups).
+//!
+//! # Table layout
+//! One table per store (name configurable, `apsched_jobs` by default):
+//!
+//! | column | type | meaning |
+//! | --- | --- | --- |
+//! | `id` | text, primary key | the job id |
+//! | `next_run_time` | 64-bit integer, indexed | µs since the Unix epoch (rounded up); `NULL` = paused |
+//! | `paused` | boolean | `next_run_time IS NULL`, for ordering |
+//! | `doc` | text | the job as JSON ([`JobRecord::to_json`]) |
+//! | `version` | 64-bit integer | bumped by every write; writes compare it (fencing) |
+//! | `lease_owner` | text | the scheduler that claimed the job, while it submits its runs |
+//! | `lease_until` | 64-bit integer, indexed | when that claim expires (µs since the epoch) |
+//!
+//! plus `<table>_schema (version)`, the schema versions applied; [`JobStore::start`] applies
+//! missing migrations and refuses a table written by a newer schema.
+//!
+//! # Sharing
+//! [`JobStore::acquire_due_jobs`] selects the due rows (`next_run_time <= now` and no live
+//! lease of another scheduler) in `(next_run_time, id)` order with `FOR UPDATE SKIP LOCKED`
+//! (PostgreSQL, MySQL/MariaDB) or inside a `BEGIN IMMEDIATE` transaction (SQLite), advances
+//! each with [`DueJob::claim`], writes it back with a lease and `version + 1` (or deletes it
+//! when its trigger is exhausted), and commits: one transaction, so each scheduled time of a
+//! job is submitted by exactly one scheduler.
+
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use sqlx::{
+    AssertSqlSafe, ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type,
+};
+use tokio::task::JoinHandle;
+
+use super::{DueJob, JobStore, StoreContext};
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::job::{Callable, JobRecord, Lease};
+
+/// The table name used when none is given.
+pub const DEFAULT_TABLE: &str = "apsched_jobs";
+
+/// The SQLite file [`SqlStore::sqlite_default`] uses.
+pub const DEFAULT_SQLITE_FILE: &str = "apsched.db";
+
+/// How often SQLite and MySQL stores are polled for changes made by other processes, unless
+/// set with [`SqlStore::poll_interval`].
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The schema version this build writes (see [`Dialect::migrations`]).
+const SCHEMA_VERSION: i64 = 1;
+
+/// The longest table name accepted: leaves room for the `_schema` suffix and index names
+/// within PostgreSQL's 63 and MySQL's 64 character identifier limits.
+const MAX_TABLE_LEN: usize = 48;
+
+/// A job store on an SQL database, shared safely by any number of schedulers.
+///
+/// ```no_run
+/// # #[cfg(feature = "sqlite")]
+/// # async fn f() -> apsched::Result<()> {
+/// use apsched::store::sql::SqlStore;
+/// use apsched::Scheduler;
+///
+/// let store = SqlStore::sqlite("jobs.db")?.table("my_jobs");
+/// let scheduler = Scheduler::builder().store("default", store).build();
+/// scheduler.start().await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Only jobs naming a registered task or a command can be stored; see the
+/// [module docs](self) for the table layout and the sharing guarantees.
+#[derive(Debug)]
+pub struct SqlStore {
+    backend: Backend,
+}
+
+#[derive(Debug)]
+enum Backend {
+    #[cfg(feature = "sqlite")]
+    Sqlite(Core<sqlx::Sqlite>),
+    #[cfg(feature = "postgres")]
+    Postgres(Core<sqlx::Postgres>),
+    #[cfg(feature = "mysql")]
+    MySql(Core<sqlx::MySql>),
+}
+
+/// Calls `$body` with `$core` bound to the store's [`Core`], whatever its database.
+macro_rules! with_core {
+    ($self:expr, $core:ident => $body:expr) => {
+        match &$self.backend {
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite($core) => $body,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres($core) => $body,
+            #[cfg(feature = "mysql")]
+            Backend::MySql($core) => $body,
+        }
+    };
+}
+
+macro_rules! with_core_mut {
+    ($self:expr, $core:ident => $body:expr) => {
+        match &mut $self.backend {
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite($core) => $body,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres($core) => $body,
+            #[cfg(feature = "mysql")]
+            Backend::MySql($core) => $body,
+        }
+    };
+}
+
+impl SqlStore {
+    /// Connects to the database named by `url` and checks that it answers:
+    /// `sqlite://path/to/file.db` (created if missing), `postgres://user@host:port/db`,
+    /// `mysql://user:password@host:port/db` (also for MariaDB). Each scheme needs its cargo
+    /// feature.
+    ///
+    /// The connection pool reconnects by itself after an outage.
+    ///
+    /// # Errors
+    /// [`Error::Store`] if the URL is not understood, its feature is not enabled, or the
+    /// database does not answer.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let store = Self::lazy(url)?;
+        with_core!(store, core => core.ping().await)?;
+        Ok(store)
+    }
+
+    /// Like [`connect`](Self::connect), without checking that the database answers now:
+    /// the first connection is made when the store is first used.
+    ///
+    /// # Errors
+    /// [`Error::Store`] if the URL is not understood or its feature is not enabled.
+    pub fn lazy(url: &str) -> Result<Self> {
+        let scheme = url.split_once(':').map_or("", |(s, _)| s);
+        let backend = match scheme {
+            #[cfg(feature = "sqlite")]
+            "sqlite" => Backend::Sqlite(Core::new(sqlite::pool_from_url(url)?)),
+            #[cfg(feature = "postgres")]
+            "postgres" | "postgresql" => Backend::Postgres(Core::new(postgres::pool(url)?)),
+            #[cfg(feature = "mysql")]
+            "mysql" | "mariadb" => Backend::MySql(Core::new(mysql::pool(url)?)),
+            _ => {
+                return Err(store_error(
+                    "sql",
+                    format!(
+                        "unsupported database URL scheme '{scheme}' (enabled: {})",
+                        enabled_schemes()
+                    ),
+                    None,
+                ))
+            }
+        };
+        Ok(SqlStore { backend })
+    }
+
+    /// A store in the SQLite file at `path` (created if missing), in WAL mode so several
+    /// processes on this machine can share it.
+    ///
+    /// # Errors
+    /// Never fails today; kept fallible so that later checks need no API change.
+    #[cfg(feature = "sqlite")]
+    pub fn sqlite(path: impl AsRef<Path>) -> Result<Self> {
+        Ok(SqlStore {
+            backend: Backend::Sqlite(Core::new(sqlite::pool_from_path(path.as_ref()))),
+        })
+    }
+
+    /// A store in [`DEFAULT_SQLITE_FILE`] in the current directory.
+    ///
+    /// # Errors
+    /// See [`sqlite`](Self::sqlite).
+    #[cfg(feature = "sqlite")]
+    pub fn sqlite_default() -> Result<Self> {
+        Self::sqlite(DEFAULT_SQLITE_FILE)
+    }
+
+    /// Keeps jobs in `table` (default [`DEFAULT_TABLE`]). The name must be an identifier:
+    /// an ASCII letter or `_`, then letters, digits or `_`, at most 48 characters. An
+    /// invalid name is reported by [`JobStore::start`] (it never reaches SQL).
+    #[must_use]
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        let table = table.into();
+        with_core_mut!(self, core => core.table = table);
+        self
+    }
+
+    /// Looks for changes made by other processes this often (default
+    /// [`DEFAULT_POLL_INTERVAL`] on SQLite and MySQL; PostgreSQL is woken by LISTEN/NOTIFY
+    /// and polls only if this is set).
+    #[must_use]
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        with_core_mut!(self, core => core.poll = Some(every));
+        self
+    }
+
+    /// The table this store keeps its jobs in.
+    pub fn table_name(&self) -> &str {
+        with_core!(self, core => &core.table)
+    }
+
+    /// Drops the job table and its schema table, with every job in them (for tests and
+    /// uninstalling). The store must be started again before further use.
+    ///
+    /// # Errors
+    /// [`Error::Store`] if the table name is invalid or the database fails.
+    pub async fn drop_tables(&self) -> Result<()> {
+        with_core!(self, core => core.drop_tables().await)
+    }
+
+    /// Writes a row as is, bypassing every check: for testing how the store deals with rows
+    /// it cannot load (garbage JSON, an unregistered task). Not for applications.
+    #[doc(hidden)]
+    pub async fn insert_raw_row(
+        &self,
+        id: &str,
+        next_run_time: Option<DateTime<Utc>>,
+        doc: &str,
+    ) -> Result<()> {
+        with_core!(self, core => core.insert_raw(id, next_run_time, doc).await)
+    }
+}
+
+fn enabled_schemes() -> String {
+    let schemes: &[&str] = &[
+        #[cfg(feature = "sqlite")]
+        "sqlite",
+        #[cfg(feature = "postgres")]
+        "postgres",
+        #[cfg(feature = "mysql")]
+        "mysql",
+    ];
+    schemes.join(", ")
+}
+
+/// What differs between the databases. Everything else is written once, in [`Core`].
+pub(crate) trait Dialect: Database + Sized {
+    /// For messages.
+    const LABEL: &'static str;
+    /// Appended to the due-rows query: `FOR UPDATE SKIP LOCKED`, or nothing where the
+    /// transaction itself is exclusive.
+    const LOCK_SKIP: &'static str;
+    /// Appended to a read that precedes a write in the same transaction.
+    const LOCK: &'static str;
+    /// The statement beginning a write transaction (`None` = the driver's default).
+    const BEGIN: Option<&'static str>;
+    /// Whether this store should poll by default (no push notifications).
+    const POLLS: bool;
+
+    /// The number of rows a statement changed.
+    fn rows_affected(r: &Self::QueryResult) -> u64;
+
+    /// Rewrites the `?` placeholders of `sql` for this database.
+    fn placeholders(sql: &str) -> String {
+        sql.to_string()
+    }
+
+    /// The migrations, oldest first: migration `i` brings the schema to version `i + 1`.
+    /// Each statement must be idempotent (`IF NOT EXISTS`), since several processes may
+    /// start at once.
+    fn migrations(table: &str) -> Vec<Vec<String>>;
+
+    /// A statement telling other schedulers that jobs changed (bound: channel, payload).
+    fn notify_sql() -> Option<&'static str> {
+        None
+    }
+
+    /// Whether an error is a lock conflict (deadlock victim, busy file, serialisation
+    /// failure) that an immediate retry of the claim is likely to get past.
+    fn lock_conflict(e: &dyn sqlx::error::DatabaseError) -> bool {
+        matches!(e.code().as_deref(), Some("40001" | "40P01" | "55P03"))
+    }
+
+    /// Starts a task that wakes this scheduler when another one changes the table.
+    fn listen(core: &Core<Self>, ctx: &StoreContext, channel: String) -> Option<JoinHandle<()>> {
+        let _ = (core, ctx, channel);
+        None
+    }
+}
+
+/// SQL statements, built once per start from the validated table name.
+#[derive(Debug)]
+struct Statements {
+    select_due: String,
+    claim: String,
+    delete: String,
+    release: String,
+    insert: String,
+    select_version_lock: String,
+    replace: String,
+    update_cas: String,
+    select_version: String,
+    lookup: String,
+    all: String,
+    delete_all: String,
+    next_free: String,
+    next_leased: String,
+    notify: Option<String>,
+}
+
+impl Statements {
+    fn new<DB: Dialect>(t: &str) -> Self {
+        let p = DB::placeholders;
+        let cols = "id, doc, version, lease_owner, lease_until";
+        Statements {
+            select_due: p(&format!(
+                "SELECT {cols}, next_run_time FROM {t} WHERE next_run_time <= ? \
+                 AND (lease_until IS NULL OR lease_until <= ? OR lease_owner = ?) \
+                 ORDER BY next_run_time, id LIMIT ?{}",
+                DB::LOCK_SKIP
+            )),
+            claim: p(&format!(
+                "UPDATE {t} SET next_run_time = ?, paused = ?, doc = ?, version = ?, \
+                 lease_owner = ?, lease_until = ? WHERE id = ?"
+            )),
+            delete: p(&format!("DELETE FROM {t} WHERE id = ?")),
+            release: p(&format!(
+                "UPDATE {t} SET lease_owner = NULL, lease_until = NULL \
+                 WHERE id = ? AND version = ? AND lease_owner = ?"
+            )),
+            insert: p(&format!(
+                "INSERT INTO {t} (id, next_run_time, paused, doc, version) \
+                 VALUES (?, ?, ?, ?, ?)"
+            )),
+            select_version_lock: p(&format!("SELECT version FROM {t} WHERE id = ?{}", DB::LOCK)),
+            replace: p(&format!(
+                "UPDATE {t} SET next_run_time = ?, paused = ?, doc = ?, version = ?, \
+                 lease_owner = NULL, lease_until = NULL WHERE id = ?"
+            )),
+            update_cas: p(&format!(
+                "UPDATE {t} SET next_run_time = ?, paused = ?, doc = ?, version = ? \
+                 WHERE id = ? AND version = ?"
+            )),
+            select_version: p(&format!("SELECT version FROM {t} WHERE id = ?")),
+            lookup: p(&format!("SELECT {cols} FROM {t} WHERE id = ?")),
+            all: format!("SELECT {cols} FROM {t} ORDER BY paused, next_run_time, id"),
+            delete_all: format!("DELETE FROM {t}"),
+            // The earliest time this scheduler could claim something: rows free of other
+            // leases (or whose lease ends before they are due) at their next run time...
+            next_free: p(&format!(
+                "SELECT id, next_run_time FROM {t} WHERE next_run_time IS NOT NULL \
+                 AND (lease_until IS NULL OR lease_owner = ? OR lease_until <= next_run_time) \
+                 ORDER BY next_run_time, id LIMIT ?"
+            )),
+            // ...and rows leased by another scheduler when that lease ends.
+            next_leased: p(&format!(
+                "SELECT id, lease_until FROM {t} WHERE lease_until IS NOT NULL \
+                 AND next_run_time IS NOT NULL AND lease_owner <> ? \
+                 AND lease_until > next_run_time ORDER BY lease_until, id LIMIT ?"
+            )),
+            notify: DB::notify_sql().map(p),
+        }
+    }
+}
+
+/// What a started store knows.
+#[derive(Debug)]
+struct Started {
+    ctx: StoreContext,
+    sql: Statements,
+    channel: String,
+}
+
+/// The store for one database type: everything that is the same for all of them.
+#[derive(Debug)]
+pub(crate) struct Core<DB: Database> {
+    pool: Pool<DB>,
+    table: String,
+    poll: Option<Duration>,
+    started: RwLock<Option<Arc<Started>>>,
+    /// Rows that could not be loaded, by id, with the version that was reported: each is
+    /// reported once, kept, and neither claimed nor counted as due while its version stays.
+    bad: Mutex<HashMap<String, i64>>,
+    listener: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl<DB: Database> Drop for Core<DB> {
+    fn drop(&mut self) {
+        if let Some(h) = self.listener.get_mut().ok().and_then(|l| l.take()) {
+            h.abort();
+        }
+    }
+}
+
+/// A row as read from the table.
+struct RawRow {
+    id: String,
+    doc: String,
+    version: i64,
+    lease_owner: Option<String>,
+    lease_until: Option<i64>,
+}
+
+fn store_error(
+    store: &str,
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+) -> Error {
+    Error::Store {
+        store: store.to_string(),
+        message,
+        source,
+    }
+}
+
+/// Checks that `table` is a plain SQL identifier, so that it can be put into statements.
+pub(crate) fn validate_table(table: &str) -> std::result::Result<(), String> {
+    let mut chars = table.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !first_ok
+        || !table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        || table.len() > MAX_TABLE_LEN
+    {
+        return Err(format!(
+            "invalid table name '{table}': use an ASCII letter or '_' followed by letters, \
+             digits or '_', at most {MAX_TABLE_LEN} characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Microseconds since the epoch, rounded up, so that `column <= now_floor` implies the
+/// exact time is due.
+fn micros_ceil(t: DateTime<Utc>) -> i64 {
+    let m = t.timestamp_micros();
+    if t.timestamp_subsec_nanos() % 1000 != 0 {
+        m.saturating_add(1)
+    } else {
+        m
+    }
+}
+
+fn from_micros(m: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(m)
+}
+
+fn version_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn version_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl<DB: Dialect> Core<DB> {
+    fn new(pool: Pool<DB>) -> Self {
+        Core {
+            pool,
+            table: DEFAULT_TABLE.to_string(),
+            poll: DB::POLLS.then_some(DEFAULT_POLL_INTERVAL),
+            started: RwLock::new(None),
+            bad: Mutex::new(HashMap::new()),
+            listener: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn pool(&self) -> &Pool<DB> {
+        &self.pool
+    }
+
+    fn alias(&self) -> String {
+        self.started
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or_else(|| "sql".to_string(), |s| s.ctx.alias.clone())
+    }
+
+    fn started(&self) -> Result<Arc<Started>> {
+        self.started
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                store_error(
+                    "sql",
+                    format!(
+                        "the {} store on table '{}' is not started (add it to a scheduler, \
+                         or call JobStore::start)",
+                        DB::LABEL,
+                        self.table
+                    ),
+                    None,
+                )
+            })
+    }
+
+    fn bad(&self) -> MutexGuard<'_, HashMap<String, i64>> {
+        self.bad.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wraps a database error as [`Error::Store`], saying what the store was doing.
+    fn err(&self, doing: &str, e: sqlx::Error) -> Error {
+        store_error(
+            &self.alias(),
+            format!("{} ({}): {doing}: {e}", DB::LABEL, self.table),
+            Some(Box::new(e)),
+        )
+    }
+}
+
+impl<DB> Core<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB>,
+    str: Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    async fn ping(&self) -> Result<()> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| self.err("connecting", e))?;
+        sqlx::Connection::ping(&mut *conn)
+            .await
+            .map_err(|e| self.err("checking the connection", e))
+    }
+
+    async fn begin_write(
+        &self,
+    ) -> std::result::Result<sqlx::Transaction<'static, DB>, sqlx::Error> {
+        match DB::BEGIN {
+            Some(stmt) => self.pool.begin_with(stmt).await,
+            None => self.pool.begin().await,
+        }
+    }
+
+    fn table_checked(&self) -> Result<&str> {
+        validate_table(&self.table).map_err(|m| store_error(&self.alias(), m, None))?;
+        Ok(&self.table)
+    }
+
+    async fn start(&self, ctx: StoreContext) -> Result<()> {
+        let alias = ctx.alias.clone();
+        let table = validate_table(&self.table)
+            .map(|()| self.table.clone())
+            .map_err(|m| store_error(&alias, m, None))?;
+        // Several processes may migrate at once; the steps are idempotent, so a failure
+        // that another process's concurrent DDL caused goes away on a retry.
+        let mut attempt = 0;
+        loop {
+            match self.migrate(&table).await {
+                Ok(()) => break,
+                Err(MigrateError::TooNew(v)) => {
+                    return Err(store_error(
+                        &alias,
+                        format!(
+                            "table '{table}' has schema version {v}, newer than this build \
+                             knows ({SCHEMA_VERSION}); upgrade apsched"
+                        ),
+                        None,
+                    ))
+                }
+                Err(MigrateError::Db(e)) if attempt >= 3 => {
+                    return Err(store_error(
+                        &alias,
+                        format!("{} ({table}): migrating the schema: {e}", DB::LABEL),
+                        Some(Box::new(e)),
+                    ))
+                }
+                Err(MigrateError::Db(_)) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                }
+            }
+        }
+        let channel = format!("{table}_changed");
+        let started = Arc::new(Started {
+            sql: Statements::new::<DB>(&table),
+            ctx: ctx.clone(),
+            channel: channel.clone(),
+        });
+        *self.started.write().unwrap_or_else(|e| e.into_inner()) = Some(started);
+        self.bad().clear();
+        let listener = DB::listen(self, &ctx, channel);
+        let mut slot = self.listener.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = std::mem::replace(&mut *slot, listener) {
+            old.abort();
+        }
+        Ok(())
+    }
+
+    async fn migrate(&self, table: &str) -> std::result::Result<(), MigrateError> {
+        let schema = format!("{table}_schema");
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE TABLE IF NOT EXISTS {schema} (version BIGINT NOT NULL)"
+        )))
+        .execute(&self.pool)
+        .await?;
+        let current: Option<i64> =
+            sqlx::query(AssertSqlSafe(format!("SELECT MAX(version) FROM {schema}")))
+                .fetch_one(&self.pool)
+                .await?
+                .try_get(0)?;
+        let current = current.unwrap_or(0);
+        if current > SCHEMA_VERSION {
+            return Err(MigrateError::TooNew(current));
+        }
+        let insert_version =
+            DB::placeholders(&format!("INSERT INTO {schema} (version) VALUES (?)"));
+        for (i, steps) in DB::migrations(table).into_iter().enumerate() {
+            let version = i as i64 + 1;
+            if version <= current {
+                continue;
+            }
+            for stmt in steps {
+                sqlx::query(AssertSqlSafe(stmt)).execute(&self.pool).await?;
+            }
+            sqlx::query(AssertSqlSafe(insert_version.clone()))
+                .bind(version)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        if let Some(h) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            h.abort();
+        }
+        Ok(())
+    }
+
+    async fn drop_tables(&self) -> Result<()> {
+        let table = self.table_checked()?;
+        for t in [table.to_string(), format!("{table}_schema")] {
+            sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}")))
+                .execute(&self.pool)
+                .await
+                .map_err(|e| self.err("dropping the tables", e))?;
+        }
+        Ok(())
+    }
+
+    async fn insert_raw(&self, id: &str, next: Option<DateTime<Utc>>, doc: &str) -> Result<()> {
+        let st = self.started()?;
+        sqlx::query(AssertSqlSafe(st.sql.insert.clone()))
+            .bind(id)
+            .bind(next.map(micros_ceil))
+            .bind(next.is_none())
+            .bind(doc)
+            .bind(0_i64)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err("inserting a raw row", e))?;
+        Ok(())
+    }
+
+    /// Tells the other schedulers that jobs changed (PostgreSQL NOTIFY; a no-op elsewhere).
+    /// A failed notification is logged, not returned: the change itself is committed.
+    async fn notify(&self, st: &Started) {
+        if let Some(sql) = &st.sql.notify {
+            let r = sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(st.channel.as_str())
+                .bind(st.ctx.scheduler_id.as_str())
+                .execute(&self.pool)
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(store = %st.ctx.alias, error = %e, "could not notify other schedulers");
+            }
+        }
+    }
+
+    fn read_row(
+        row: &DB::Row,
+        with_next: bool,
+    ) -> std::result::Result<(RawRow, Option<i64>), sqlx::Error> {
+        let raw = RawRow {
+            id: row.try_get(0)?,
+            doc: row.try_get(1)?,
+            version: row.try_get(2)?,
+            lease_owner: row.try_get(3)?,
+            lease_until: row.try_get(4)?,
+        };
+        let next = if with_next { row.try_get(5)? } else { None };
+        Ok((raw, next))
+    }
+
+    /// Parses a row into a job, checking that its task is registered. On failure the row is
+    /// reported once (event + error log) and remembered as bad; `None` is returned.
+    fn load(&self, st: &Started, raw: &RawRow) -> std::result::Result<JobRecord, String> {
+        let lease = match (&raw.lease_owner, raw.lease_until.and_then(from_micros)) {
+            (Some(owner), Some(until)) => Some(Lease {
+                owner: owner.clone(),
+                until,
+            }),
+            _ => None,
+        };
+        let parsed = JobRecord::from_json(&raw.doc, version_u64(raw.version), lease)
+            .map_err(|e| format!("its JSON does not parse: {e}"))
+            .and_then(|job| {
+                if job.id != raw.id {
+                    return Err(format!("its JSON names another id ('{}')", job.id));
+                }
+                if let Callable::Task { name, .. } = &job.callable {
+                    if !st.ctx.tasks.contains(name) {
+                        return Err(format!(
+                            "its task '{name}' is not registered with this scheduler \
+                             (SchedulerBuilder::task)"
+                        ));
+                    }
+                }
+                Ok(job)
+            });
+        match parsed {
+            Ok(job) => {
+                let mut bad = self.bad();
+                if !bad.is_empty() {
+                    bad.remove(&raw.id);
+                }
+                Ok(job)
+            }
+            Err(reason) => {
+                let first = self.bad().insert(raw.id.clone(), raw.version) != Some(raw.version);
+                if first {
+                    let err = Error::CorruptJob {
+                        id: raw.id.clone(),
+                        reason: reason.clone(),
+                    };
+                    tracing::error!(store = %st.ctx.alias, job_id = %raw.id, "{err}");
+                    st.ctx.events.emit(Event::StoreError {
+                        store: st.ctx.alias.clone(),
+                        job_id: Some(raw.id.clone()),
+                        message: err.to_string(),
+                    });
+                }
+                Err(reason)
+            }
+        }
+    }
+
+    /// Whether a row is known bad at this version (skip it without parsing or reporting).
+    fn known_bad(&self, id: &str, version: i64) -> bool {
+        let bad = self.bad();
+        !bad.is_empty() && bad.get(id) == Some(&version)
+    }
+
+    fn bad_count(&self) -> i64 {
+        self.bad().len() as i64
+    }
+
+    async fn add_job(&self, job: JobRecord, replace: bool) -> Result<()> {
+        let st = self.started()?;
+        let doc = job.to_json()?;
+        let next = job.next_run_time.map(micros_ceil);
+        let paused = job.next_run_time.is_none();
+        let err = |e| self.err(&format!("adding job '{}'", job.id), e);
+        let mut tx = self.begin_write().await.map_err(err)?;
+        let old: Option<i64> = match sqlx::query(AssertSqlSafe(st.sql.select_version_lock.clone()))
+            .bind(job.id.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(err)?
+        {
+            Some(row) => Some(row.try_get(0).map_err(err)?),
+            None => None,
+        };
+        match old {
+            Some(_) if !replace => return Err(Error::ConflictingId(job.id)),
+            Some(old) => {
+                // A replacement gets a newer version than the row it replaces, so a writer
+                // still holding the old one is fenced off.
+                let version = version_i64(job.version).max(old.saturating_add(1));
+                sqlx::query(AssertSqlSafe(st.sql.replace.clone()))
+                    .bind(next)
+                    .bind(paused)
+                    .bind(doc)
+                    .bind(version)
+                    .bind(job.id.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err)?;
+            }
+            None => {
+                let r = sqlx::query(AssertSqlSafe(st.sql.insert.clone()))
+                    .bind(job.id.as_str())
+                    .bind(next)
+                    .bind(paused)
+                    .bind(doc)
+                    .bind(version_i64(job.version))
+                    .execute(&mut *tx)
+                    .await;
+                match r {
+                    Ok(_) => {}
+                    // Another process inserted the same id between our read and write.
+                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() && !replace => {
+                        return Err(Error::ConflictingId(job.id));
+                    }
+                    Err(e) => return Err(err(e)),
+                }
+            }
+        }
+        tx.commit().await.map_err(err)?;
+        self.bad().remove(&job.id);
+        self.notify(&st).await;
+        Ok(())
+    }
+
+    async fn update_job(&self, mut job: JobRecord) -> Result<JobRecord> {
+        let st = self.started()?;
+        let doc = job.to_json()?;
+        let err = |e| self.err(&format!("updating job '{}'", job.id), e);
+        let new_version = job.version.saturating_add(1);
+        let r = sqlx::query(AssertSqlSafe(st.sql.update_cas.clone()))
+            .bind(job.next_run_time.map(micros_ceil))
+            .bind(job.next_run_time.is_none())
+            .bind(doc)
+            .bind(version_i64(new_version))
+            .bind(job.id.as_str())
+            .bind(version_i64(job.version))
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+        if DB::rows_affected(&r) == 0 {
+            let exists = sqlx::query(AssertSqlSafe(st.sql.select_version.clone()))
+                .bind(job.id.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(err)?
+                .is_some();
+            return Err(if exists {
+                Error::Fenced(job.id)
+            } else {
+                Error::JobLookup(job.id)
+            });
+        }
+        self.bad().remove(&job.id);
+        self.notify(&st).await;
+        job.version = new_version;
+        Ok(job)
+    }
+
+    async fn remove_job(&self, id: &str) -> Result<()> {
+        let st = self.started()?;
+        let r = sqlx::query(AssertSqlSafe(st.sql.delete.clone()))
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(&format!("removing job '{id}'"), e))?;
+        if DB::rows_affected(&r) == 0 {
+            return Err(Error::JobLookup(id.to_string()));
+        }
+        self.bad().remove(id);
+        self.notify(&st).await;
+        Ok(())
+    }
+
+    async fn remove_all_jobs(&self) -> Result<()> {
+        let st = self.started()?;
+        sqlx::query(AssertSqlSafe(st.sql.delete_all.clone()))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err("removing all jobs", e))?;
+        self.bad().clear();
+        self.notify(&st).await;
+        Ok(())
+    }
+
+    async fn lookup_job(&self, id: &str) -> Result<Option<JobRecord>> {
+        let st = self.started()?;
+        let err = |e| self.err(&format!("looking up job '{id}'"), e);
+        let Some(row) = sqlx::query(AssertSqlSafe(st.sql.lookup.clone()))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?
+        else {
+            return Ok(None);
+        };
+        let (raw, _) = Self::read_row(&row, false).map_err(err)?;
+        self.load(&st, &raw)
+            .map(Some)
+            .map_err(|reason| Error::CorruptJob {
+                id: id.to_string(),
+                reason,
+            })
+    }
+
+    async fn get_all_jobs(&self) -> Result<Vec<JobRecord>> {
+        let st = self.started()?;
+        let err = |e| self.err("listing jobs", e);
+        let rows = sqlx::query(AssertSqlSafe(st.sql.all.clone()))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let (raw, _) = Self::read_row(row, false).map_err(err)?;
+            if let Ok(job) = self.load(&st, &raw) {
+                jobs.push(job);
+            }
+        }
+        Ok(jobs)
+    }
+
+    async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>> {
+        let st = self.started()?;
+        let err = |e| self.err("reading the next run time", e);
+        let me = st.ctx.scheduler_id.as_str();
+        // Known-bad rows are skipped; fetching one more row than there are of them always
+        // reaches a good one if there is any.
+        let limit = self.bad_count() + 1;
+        let mut best: Option<i64> = None;
+        for sql in [&st.sql.next_free, &st.sql.next_leased] {
+            let rows = sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(me)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(err)?;
+            for row in rows {
+                let id: String = row.try_get(0).map_err(err)?;
+                let t: i64 = row.try_get(1).map_err(err)?;
+                if self.bad().contains_key(&id) {
+                    continue;
+                }
+                best = Some(best.map_or(t, |b| b.min(t)));
+                break;
+            }
+        }
+        Ok(best.and_then(from_micros))
+    }
+
+    async fn acquire_due_jobs(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueJob>> {
+        let st = self.started()?;
+        // Lock conflicts (a deadlock victim on MySQL, a busy SQLite file) are retried at
+        // once; anything else goes back to the scheduler, which backs off.
+        let mut attempt = 0;
+        loop {
+            match self.try_acquire(&st, now, limit).await {
+                Ok(due) => return Ok(due),
+                Err(sqlx::Error::Database(d)) if attempt < 2 && DB::lock_conflict(&*d) => {
+                    attempt += 1;
+                    tracing::debug!(store = %st.ctx.alias, error = %d, "claim conflict; retrying");
+                }
+                Err(e) => return Err(self.err("claiming due jobs", e)),
+            }
+        }
+    }
+
+    async fn try_acquire(
+        &self,
+        st: &Started,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> std::result::Result<Vec<DueJob>, sqlx::Error> {
+        let now_us = now.timestamp_micros();
+        let me = st.ctx.scheduler_id.as_str();
+        let lease_until = now
+            .checked_add_signed(TimeDelta::from_std(st.ctx.lease).unwrap_or(TimeDelta::MAX))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let lease_us = lease_until.timestamp_micros();
+        let fetch = (limit as i64).saturating_add(self.bad_count());
+
+        let mut tx = self.begin_write().await?;
+        let rows = sqlx::query(AssertSqlSafe(st.sql.select_due.clone()))
+            .bind(now_us)
+            .bind(now_us)
+            .bind(me)
+            .bind(fetch)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut due = Vec::with_capacity(rows.len().min(limit));
+        for row in &rows {
+            if due.len() >= limit {
+                break;
+            }
+            let (raw, _) = Self::read_row(row, true)?;
+            if self.known_bad(&raw.id, raw.version) {
+                continue;
+            }
+            let Ok(mut job) = self.load(st, &raw) else {
+                continue;
+            };
+            job.version = version_u64(raw.version).saturating_add(1);
+            job.lease = Some(Lease {
+                owner: me.to_string(),
+                until: lease_until,
+            });
+            let claimed = DueJob::claim(job, now);
+            if claimed.run_times.is_empty() && !claimed.removed {
+                // Not due after all (sub-microsecond rounding): leave the row as it is.
+                continue;
+            }
+            if claimed.removed {
+                sqlx::query(AssertSqlSafe(st.sql.delete.clone()))
+                    .bind(raw.id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            } else {
+                let doc = claimed
+                    .job
+                    .to_json()
+                    .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+                sqlx::query(AssertSqlSafe(st.sql.claim.clone()))
+                    .bind(claimed.job.next_run_time.map(micros_ceil))
+                    .bind(claimed.job.next_run_time.is_none())
+                    .bind(doc)
+                    .bind(version_i64(claimed.job.version))
+                    .bind(me)
+                    .bind(lease_us)
+                    .bind(raw.id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            due.push(claimed);
+        }
+        tx.commit().await?;
+        Ok(due)
+    }
+
+    async fn release_jobs(&self, jobs: &[DueJob]) -> Result<()> {
+        let st = self.started()?;
+        let me = st.ctx.scheduler_id.as_str();
+        let err = |e| self.err("releasing claimed jobs", e);
+        let kept: Vec<&DueJob> = jobs.iter().filter(|d| !d.removed).collect();
+        if kept.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        for d in kept {
+            // Fenced: only the claim this scheduler made, at the version it wrote.
+            sqlx::query(AssertSqlSafe(st.sql.release.clone()))
+                .bind(d.job.id.as_str())
+                .bind(version_i64(d.job.version))
+                .bind(me)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(())
+    }
+}
+
+enum MigrateError {
+    TooNew(i64),
+    Db(sqlx::Error),
+}
+
+impl From<sqlx::Error> for MigrateError {
+    fn from(e: sqlx::Error) -> Self {
+        MigrateError::Db(e)
+    }
+}
+
+#[async_trait::async_trait]
+impl JobStore for SqlStore {
+    async fn start(&self, ctx: StoreContext) -> Result<()> {
+        with_core!(self, core => core.start(ctx).await)
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        with_core!(self, core => core.shutdown().await)
+    }
+
+    async fn add_job(&self, job: JobRecord, replace_existing: bool) -> Result<()> {
+        with_core!(self, core => core.add_job(job, replace_existing).await)
+    }
+
+    async fn update_job(&self, job: JobRecord) -> Result<JobRecord> {
+        with_core!(self, core => core.update_job(job).await)
+    }
+
+    async fn remove_job(&self, id: &str) -> Result<()> {
+        with_core!(self, core => core.remove_job(id).await)
+    }
+
+    async fn remove_all_jobs(&self) -> Result<()> {
+        with_core!(self, core => core.remove_all_jobs().await)
+    }
+
+    async fn lookup_job(&self, id: &str) -> Result<Option<JobRecord>> {
+        with_core!(self, core => core.lookup_job(id).await)
+    }
+
+    async fn get_all_jobs(&self) -> Result<Vec<JobRecord>> {
+        with_core!(self, core => core.get_all_jobs().await)
+    }
+
+    async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>> {
+        with_core!(self, core => core.next_run_time().await)
+    }
+
+    async fn acquire_due_jobs(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueJob>> {
+        with_core!(self, core => core.acquire_due_jobs(now, limit).await)
+    }
+
+    async fn release_jobs(&self, jobs: &[DueJob]) -> Result<()> {
+        with_core!(self, core => core.release_jobs(jobs).await)
+    }
+
+    fn poll_interval(&self) -> Option<Duration> {
+        with_core!(self, core => core.poll)
+    }
+
+    fn is_persistent(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names() {
+        assert!(validate_table("apsched_jobs").is_ok());
+        assert!(validate_table("_t1").is_ok());
+        for bad in [
+            "",
+            "1abc",
+            "a-b",
+            "a b",
+            "jobs;drop",
+            "\"q\"",
+            "tä",
+            &"x".repeat(49),
+        ] {
+            assert!(validate_table(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn micros_round_up() {
+        let t = DateTime::from_timestamp(10, 500).unwrap();
+        assert_eq!(micros_ceil(t), 10_000_001);
+        let t = DateTime::from_timestamp(10, 2000).unwrap();
+        assert_eq!(micros_ceil(t), 10_000_002);
+    }
+}

@@ -1,0 +1,114 @@
+//! PostgreSQL: claims with `FOR UPDATE SKIP LOCKED`; changes wake the other schedulers
+//! through LISTEN/NOTIFY (channel `<table>_changed`, payload: the writer's scheduler id).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::{Pool, Postgres};
+use tokio::task::JoinHandle;
+
+use super::{store_error, Core, Dialect};
+use crate::error::Result;
+use crate::store::StoreContext;
+
+impl Dialect for Postgres {
+    const LABEL: &'static str = "PostgreSQL";
+    const LOCK_SKIP: &'static str = " FOR UPDATE SKIP LOCKED";
+    const LOCK: &'static str = " FOR UPDATE";
+    const BEGIN: Option<&'static str> = None;
+    const POLLS: bool = false;
+
+    fn placeholders(sql: &str) -> String {
+        let mut out = String::with_capacity(sql.len() + 16);
+        let mut n = 0;
+        for c in sql.chars() {
+            if c == '?' {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    fn rows_affected(r: &sqlx::postgres::PgQueryResult) -> u64 {
+        r.rows_affected()
+    }
+
+    fn migrations(t: &str) -> Vec<Vec<String>> {
+        vec![vec![
+            // `COLLATE "C"`: ids order bytewise, as in every other store.
+            format!(
+                "CREATE TABLE IF NOT EXISTS {t} (id TEXT COLLATE \"C\" NOT NULL PRIMARY KEY, \
+                 next_run_time BIGINT, paused BOOLEAN NOT NULL DEFAULT FALSE, doc TEXT NOT NULL, \
+                 version BIGINT NOT NULL DEFAULT 0, lease_owner TEXT, lease_until BIGINT)"
+            ),
+            format!("CREATE INDEX IF NOT EXISTS {t}_next ON {t} (next_run_time, id)"),
+            format!("CREATE INDEX IF NOT EXISTS {t}_lease ON {t} (lease_until)"),
+        ]]
+    }
+
+    fn notify_sql() -> Option<&'static str> {
+        Some("SELECT pg_notify(?, ?)")
+    }
+
+    fn listen(core: &Core<Self>, ctx: &StoreContext, channel: String) -> Option<JoinHandle<()>> {
+        let pool = core.pool().clone();
+        let wakeup = ctx.wakeup.clone();
+        let me = ctx.scheduler_id.clone();
+        let alias = ctx.alias.clone();
+        Some(tokio::spawn(async move {
+            let mut delay = Duration::from_millis(500);
+            loop {
+                let mut listener = match PgListener::connect_with(&pool).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(store = %alias, error = %e, "LISTEN connection failed; retrying in {delay:?}");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(30));
+                        continue;
+                    }
+                };
+                if let Err(e) = listener.listen(&channel).await {
+                    tracing::warn!(store = %alias, error = %e, "LISTEN failed; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+                delay = Duration::from_millis(500);
+                // (Re)connected: changes may have been missed meanwhile.
+                wakeup.notify_one();
+                loop {
+                    match listener.try_recv().await {
+                        Ok(Some(n)) => {
+                            if n.payload() != me {
+                                wakeup.notify_one();
+                            }
+                        }
+                        // The connection dropped; the listener reconnects on the next call.
+                        Ok(None) => wakeup.notify_one(),
+                        Err(sqlx::Error::PoolClosed) => return,
+                        Err(e) => {
+                            tracing::warn!(store = %alias, error = %e, "LISTEN connection lost; reconnecting in {delay:?}");
+                            tokio::time::sleep(delay).await;
+                            break;
+                        }
+                    }
+                }
+            }
+        }))
+    }
+}
+
+/// A lazily connecting pool from a `postgres://` URL.
+pub(super) fn pool(url: &str) -> Result<Pool<Postgres>> {
+    let opts = PgConnectOptions::from_str(url)
+        .map_err(|e| store_error("sql", format!("invalid PostgreSQL URL: {e}"), None))?;
+    Ok(PgPoolOptions::new()
+        .max_connections(5)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(opts))
+}
