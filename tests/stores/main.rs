@@ -7,3 +7,5 @@
 mod suite;
 
 mod memory;
+
+mod sql;
