@@ -143,8 +143,65 @@ pub trait JobStore: Send + Sync + 'static {
     }
 }
 
-/// Forwards to the boxed store, so that the result of [`connect`] can be given to
-/// [`SchedulerBuilder::store`](crate::SchedulerBuilder::store).
+/// Opens the store a URL names. Connecting happens when the scheduler starts the store, so
+/// this never blocks.
+///
+/// | URL | store | cargo feature |
+/// |---|---|---|
+/// | `memory://` | [`MemoryStore`] | — |
+/// | `sqlite://path/to/file.db` | SQL store on SQLite | `sqlite` |
+/// | `postgres://user@host/db` | SQL store on PostgreSQL | `postgres` |
+/// | `mysql://user@host/db` | SQL store on MySQL / MariaDB | `mysql` |
+/// | `redis://host:port/` | Redis store | `redis` |
+/// | `mongodb://host:port/db` | MongoDB store | `mongodb` |
+/// | `zk://host:port/root/path` | ZooKeeper store | `zookeeper` |
+///
+/// # Errors
+/// [`Error::InvalidStoreUrl`](crate::Error::InvalidStoreUrl) for an unknown scheme, or a
+/// scheme whose feature is not compiled in (the message names the feature).
+///
+/// ```
+/// let store = apsched::store::from_url("memory://").unwrap();
+/// let scheduler = apsched::Scheduler::builder().store("default", store).build();
+/// assert!(apsched::store::from_url("ftp://nope").is_err());
+/// ```
+pub fn from_url(url: &str) -> Result<Box<dyn JobStore>> {
+    let scheme = url.split_once("://").map_or(url, |(s, _)| s);
+    let missing = |feature: &str| {
+        Err(crate::Error::InvalidStoreUrl {
+            url: url.to_string(),
+            reason: format!(
+                "this build has no {scheme} store: enable apsched's `{feature}` cargo feature"
+            ),
+        })
+    };
+    match scheme {
+        "memory" => Ok(Box::new(MemoryStore::new())),
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Ok(Box::new(sql::SqlStore::lazy(url)?)),
+        #[cfg(not(feature = "sqlite"))]
+        "sqlite" => missing("sqlite"),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Ok(Box::new(sql::SqlStore::lazy(url)?)),
+        #[cfg(not(feature = "postgres"))]
+        "postgres" | "postgresql" => missing("postgres"),
+        #[cfg(feature = "mysql")]
+        "mysql" | "mariadb" => Ok(Box::new(sql::SqlStore::lazy(url)?)),
+        #[cfg(not(feature = "mysql"))]
+        "mysql" | "mariadb" => missing("mysql"),
+        "redis" | "rediss" => missing("redis"),
+        "mongodb" | "mongodb+srv" => missing("mongodb"),
+        "zk" | "zookeeper" => missing("zookeeper"),
+        _ => Err(crate::Error::InvalidStoreUrl {
+            url: url.to_string(),
+            reason: "unknown scheme; use memory://, sqlite://, postgres://, mysql://, redis://, \
+                     mongodb:// or zk://"
+                .into(),
+        }),
+    }
+}
+
+/// A boxed store is a store (so [`from_url`]'s result goes straight into the builder).
 #[async_trait::async_trait]
 impl JobStore for Box<dyn JobStore> {
     async fn start(&self, ctx: StoreContext) -> Result<()> {
@@ -185,48 +242,5 @@ impl JobStore for Box<dyn JobStore> {
     }
     fn is_persistent(&self) -> bool {
         (**self).is_persistent()
-    }
-}
-
-/// Opens the store a URL names, dispatching on its scheme:
-///
-/// | URL | store | feature |
-/// | --- | --- | --- |
-/// | `memory://` | [`MemoryStore`] | (always) |
-/// | `sqlite://path/to/file.db` | [`sql::SqlStore`] on SQLite (file created if missing) | `sqlite` |
-/// | `postgres://user@host:5432/db` | [`sql::SqlStore`] on PostgreSQL | `postgres` |
-/// | `mysql://user:password@host:3306/db` | [`sql::SqlStore`] on MySQL / MariaDB | `mysql` |
-///
-/// Stores that talk to a server check that it answers. The store still has to be started
-/// (adding it to a scheduler does that).
-///
-/// ```no_run
-/// # async fn f() -> apsched::Result<()> {
-/// let store = apsched::store::connect("sqlite://jobs.db").await?;
-/// let scheduler = apsched::Scheduler::builder().store("default", store).build();
-/// # Ok(())
-/// # }
-/// ```
-///
-/// # Errors
-/// [`Error::Store`](crate::Error::Store) for an unknown scheme, a scheme whose feature is not
-/// enabled, or a server that does not answer.
-pub async fn connect(url: &str) -> Result<Box<dyn JobStore>> {
-    let scheme = url.split_once("://").map_or(url, |(s, _)| s);
-    match scheme {
-        "memory" => Ok(Box::new(MemoryStore::new())),
-        #[cfg(feature = "sqlite")]
-        "sqlite" => Ok(Box::new(sql::SqlStore::connect(url).await?)),
-        #[cfg(feature = "postgres")]
-        "postgres" | "postgresql" => Ok(Box::new(sql::SqlStore::connect(url).await?)),
-        #[cfg(feature = "mysql")]
-        "mysql" | "mariadb" => Ok(Box::new(sql::SqlStore::connect(url).await?)),
-        _ => Err(crate::Error::Store {
-            store: scheme.to_string(),
-            message: format!(
-                "no store for the URL scheme '{scheme}' (is its cargo feature enabled?)"
-            ),
-            source: None,
-        }),
     }
 }

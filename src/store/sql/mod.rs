@@ -138,8 +138,8 @@ impl SqlStore {
     /// The connection pool reconnects by itself after an outage.
     ///
     /// # Errors
-    /// [`Error::Store`] if the URL is not understood, its feature is not enabled, or the
-    /// database does not answer.
+    /// [`Error::InvalidStoreUrl`] if the URL is not understood or its feature is not
+    /// enabled; [`Error::Store`] if the database does not answer.
     pub async fn connect(url: &str) -> Result<Self> {
         let store = Self::lazy(url)?;
         with_core!(store, core => core.ping().await)?;
@@ -149,8 +149,10 @@ impl SqlStore {
     /// Like [`connect`](Self::connect), without checking that the database answers now:
     /// the first connection is made when the store is first used.
     ///
+    /// [`crate::store::from_url`] opens SQL stores with this.
+    ///
     /// # Errors
-    /// [`Error::Store`] if the URL is not understood or its feature is not enabled.
+    /// [`Error::InvalidStoreUrl`] if the URL is not understood or its feature is not enabled.
     pub fn lazy(url: &str) -> Result<Self> {
         let scheme = url.split_once(':').map_or("", |(s, _)| s);
         let backend = match scheme {
@@ -161,14 +163,13 @@ impl SqlStore {
             #[cfg(feature = "mysql")]
             "mysql" | "mariadb" => Backend::MySql(Core::new(mysql::pool(url)?)),
             _ => {
-                return Err(store_error(
-                    "sql",
-                    format!(
-                        "unsupported database URL scheme '{scheme}' (enabled: {})",
+                return Err(Error::InvalidStoreUrl {
+                    url: url.to_string(),
+                    reason: format!(
+                        "not an SQL database URL scheme ('{scheme}'); this build has: {}",
                         enabled_schemes()
                     ),
-                    None,
-                ))
+                })
             }
         };
         Ok(SqlStore { backend })
@@ -238,6 +239,14 @@ impl SqlStore {
         doc: &str,
     ) -> Result<()> {
         with_core!(self, core => core.insert_raw(id, next_run_time, doc).await)
+    }
+}
+
+/// A URL the driver could not parse.
+fn bad_url(url: &str, e: &sqlx::Error) -> Error {
+    Error::InvalidStoreUrl {
+        url: url.to_string(),
+        reason: e.to_string(),
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::{Executor, MySql, Pool};
 
-use super::{store_error, Dialect};
+use super::{bad_url, Dialect};
 use crate::error::Result;
 
 impl Dialect for MySql {
@@ -43,8 +43,7 @@ impl Dialect for MySql {
 /// A lazily connecting pool from a `mysql://` URL.
 pub(super) fn pool(url: &str) -> Result<Pool<MySql>> {
     let url = url.replacen("mariadb://", "mysql://", 1);
-    let opts = MySqlConnectOptions::from_str(&url)
-        .map_err(|e| store_error("sql", format!("invalid MySQL URL: {e}"), None))?;
+    let opts = MySqlConnectOptions::from_str(&url).map_err(|e| bad_url(&url, &e))?;
     Ok(MySqlPoolOptions::new()
         .max_connections(5)
         .acquire_timeout(Duration::from_secs(5))

@@ -8,7 +8,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Pool, Postgres};
 use tokio::task::JoinHandle;
 
-use super::{store_error, Core, Dialect};
+use super::{bad_url, Core, Dialect};
 use crate::error::Result;
 use crate::store::StoreContext;
 
@@ -105,8 +105,7 @@ impl Dialect for Postgres {
 
 /// A lazily connecting pool from a `postgres://` URL.
 pub(super) fn pool(url: &str) -> Result<Pool<Postgres>> {
-    let opts = PgConnectOptions::from_str(url)
-        .map_err(|e| store_error("sql", format!("invalid PostgreSQL URL: {e}"), None))?;
+    let opts = PgConnectOptions::from_str(url).map_err(|e| bad_url(url, &e))?;
     Ok(PgPoolOptions::new()
         .max_connections(5)
         .acquire_timeout(Duration::from_secs(5))

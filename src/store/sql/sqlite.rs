@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Pool, Sqlite};
 
-use super::{store_error, Dialect};
+use super::{bad_url, Dialect};
 use crate::error::Result;
 
 impl Dialect for Sqlite {
@@ -61,7 +61,6 @@ pub(super) fn pool_from_path(path: &Path) -> Pool<Sqlite> {
 
 /// A lazily connecting pool from a `sqlite://` URL.
 pub(super) fn pool_from_url(url: &str) -> Result<Pool<Sqlite>> {
-    let opts = SqliteConnectOptions::from_str(url)
-        .map_err(|e| store_error("sql", format!("invalid SQLite URL '{url}': {e}"), None))?;
+    let opts = SqliteConnectOptions::from_str(url).map_err(|e| bad_url(url, &e))?;
     Ok(options(opts))
 }
