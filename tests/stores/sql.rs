@@ -170,6 +170,21 @@ async fn sqlite_contract() {
     contract(Db::Sqlite).await;
 }
 
+/// `sqlite::memory:`: one private in-memory database per store (one connection, kept).
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn sqlite_in_memory_contract() {
+    suite::contract(|| async {
+        let store = SqlStore::lazy("sqlite::memory:").unwrap();
+        store
+            .start(suite::context("default", "s1", Duration::from_secs(30)))
+            .await
+            .unwrap();
+        store
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn postgres_contract() {
     contract(Db::Postgres).await;

@@ -176,7 +176,8 @@ impl SqlStore {
     }
 
     /// A store in the SQLite file at `path` (created if missing), in WAL mode so several
-    /// processes on this machine can share it.
+    /// processes on this machine can share it. `":memory:"` gives a private in-memory
+    /// database (gone with the store).
     ///
     /// # Errors
     /// Never fails today; kept fallible so that later checks need no API change.
@@ -388,6 +389,8 @@ struct Started {
     ctx: StoreContext,
     sql: Statements,
     channel: String,
+    /// Set when a change should be announced to other schedulers (PostgreSQL).
+    changed: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// The store for one database type: everything that is the same for all of them.
@@ -400,13 +403,16 @@ pub(crate) struct Core<DB: Database> {
     /// Rows that could not be loaded, by id, with the version that was reported: each is
     /// reported once, kept, and neither claimed nor counted as due while its version stays.
     bad: Mutex<HashMap<String, i64>>,
-    listener: Mutex<Option<JoinHandle<()>>>,
+    /// The LISTEN and NOTIFY tasks (PostgreSQL).
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl<DB: Database> Drop for Core<DB> {
     fn drop(&mut self) {
-        if let Some(h) = self.listener.get_mut().ok().and_then(|l| l.take()) {
-            h.abort();
+        if let Ok(tasks) = self.tasks.get_mut() {
+            for t in tasks.drain(..) {
+                t.abort();
+            }
         }
     }
 }
@@ -481,7 +487,7 @@ impl<DB: Dialect> Core<DB> {
             poll: DB::POLLS.then_some(DEFAULT_POLL_INTERVAL),
             started: RwLock::new(None),
             bad: Mutex::new(HashMap::new()),
-            listener: Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
         }
     }
 
@@ -603,18 +609,24 @@ where
             }
         }
         let channel = format!("{table}_changed");
+        let sql = Statements::new::<DB>(&table);
         let started = Arc::new(Started {
-            sql: Statements::new::<DB>(&table),
+            changed: sql
+                .notify
+                .is_some()
+                .then(|| Arc::new(tokio::sync::Notify::new())),
+            sql,
             ctx: ctx.clone(),
             channel: channel.clone(),
         });
-        *self.started.write().unwrap_or_else(|e| e.into_inner()) = Some(started);
+        *self.started.write().unwrap_or_else(|e| e.into_inner()) = Some(started.clone());
         self.bad().clear();
-        let listener = DB::listen(self, &ctx, channel);
-        let mut slot = self.listener.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(old) = std::mem::replace(&mut *slot, listener) {
+        let tasks = [DB::listen(self, &ctx, channel), self.notifier(&started)];
+        let mut slot = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        for old in slot.drain(..) {
             old.abort();
         }
+        slot.extend(tasks.into_iter().flatten());
         Ok(())
     }
 
@@ -653,13 +665,13 @@ where
     }
 
     async fn shutdown(&self) -> Result<()> {
-        if let Some(h) = self
-            .listener
+        for t in self
+            .tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take()
+            .drain(..)
         {
-            h.abort();
+            t.abort();
         }
         Ok(())
     }
@@ -690,18 +702,39 @@ where
     }
 
     /// Tells the other schedulers that jobs changed (PostgreSQL NOTIFY; a no-op elsewhere).
-    /// A failed notification is logged, not returned: the change itself is committed.
-    async fn notify(&self, st: &Started) {
-        if let Some(sql) = &st.sql.notify {
-            let r = sqlx::query(AssertSqlSafe(sql.clone()))
-                .bind(st.channel.as_str())
-                .bind(st.ctx.scheduler_id.as_str())
-                .execute(&self.pool)
-                .await;
-            if let Err(e) = r {
-                tracing::warn!(store = %st.ctx.alias, error = %e, "could not notify other schedulers");
-            }
+    /// The notification is sent by a background task, so a burst of changes costs one
+    /// NOTIFY, not one per change, and never slows the write down.
+    fn notify(&self, st: &Started) {
+        if let Some(changed) = &st.changed {
+            changed.notify_one();
         }
+    }
+
+    /// The task sending the notifications [`notify`](Self::notify) asks for.
+    fn notifier(&self, st: &Arc<Started>) -> Option<JoinHandle<()>> {
+        let sql = st.sql.notify.clone()?;
+        let changed = st.changed.clone()?;
+        let pool = self.pool.clone();
+        let st = st.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                changed.notified().await;
+                let r = sqlx::query(AssertSqlSafe(sql.clone()))
+                    .bind(st.channel.as_str())
+                    .bind(st.ctx.scheduler_id.as_str())
+                    .execute(&pool)
+                    .await;
+                match r {
+                    Ok(_) => {}
+                    Err(sqlx::Error::PoolClosed) => return,
+                    Err(e) => {
+                        // The other schedulers still see the change at their next pass.
+                        tracing::warn!(store = %st.ctx.alias, error = %e, "could not notify other schedulers");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        }))
     }
 
     fn read_row(
@@ -788,6 +821,28 @@ where
         let next = job.next_run_time.map(micros_ceil);
         let paused = job.next_run_time.is_none();
         let err = |e| self.err(&format!("adding job '{}'", job.id), e);
+        if !replace {
+            // One statement: the primary key refuses a duplicate id.
+            let r = sqlx::query(AssertSqlSafe(st.sql.insert.clone()))
+                .bind(job.id.as_str())
+                .bind(next)
+                .bind(paused)
+                .bind(doc)
+                .bind(version_i64(job.version))
+                .execute(&self.pool)
+                .await;
+            return match r {
+                Ok(_) => {
+                    self.bad().remove(&job.id);
+                    self.notify(&st);
+                    Ok(())
+                }
+                Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                    Err(Error::ConflictingId(job.id))
+                }
+                Err(e) => Err(err(e)),
+            };
+        }
         let mut tx = self.begin_write().await.map_err(err)?;
         let old: Option<i64> = match sqlx::query(AssertSqlSafe(st.sql.select_version_lock.clone()))
             .bind(job.id.as_str())
@@ -799,7 +854,6 @@ where
             None => None,
         };
         match old {
-            Some(_) if !replace => return Err(Error::ConflictingId(job.id)),
             Some(old) => {
                 // A replacement gets a newer version than the row it replaces, so a writer
                 // still holding the old one is fenced off.
@@ -815,27 +869,20 @@ where
                     .map_err(err)?;
             }
             None => {
-                let r = sqlx::query(AssertSqlSafe(st.sql.insert.clone()))
+                sqlx::query(AssertSqlSafe(st.sql.insert.clone()))
                     .bind(job.id.as_str())
                     .bind(next)
                     .bind(paused)
                     .bind(doc)
                     .bind(version_i64(job.version))
                     .execute(&mut *tx)
-                    .await;
-                match r {
-                    Ok(_) => {}
-                    // Another process inserted the same id between our read and write.
-                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() && !replace => {
-                        return Err(Error::ConflictingId(job.id));
-                    }
-                    Err(e) => return Err(err(e)),
-                }
+                    .await
+                    .map_err(err)?;
             }
         }
         tx.commit().await.map_err(err)?;
         self.bad().remove(&job.id);
-        self.notify(&st).await;
+        self.notify(&st);
         Ok(())
     }
 
@@ -868,7 +915,7 @@ where
             });
         }
         self.bad().remove(&job.id);
-        self.notify(&st).await;
+        self.notify(&st);
         job.version = new_version;
         Ok(job)
     }
@@ -884,7 +931,7 @@ where
             return Err(Error::JobLookup(id.to_string()));
         }
         self.bad().remove(id);
-        self.notify(&st).await;
+        self.notify(&st);
         Ok(())
     }
 
@@ -895,7 +942,7 @@ where
             .await
             .map_err(|e| self.err("removing all jobs", e))?;
         self.bad().clear();
-        self.notify(&st).await;
+        self.notify(&st);
         Ok(())
     }
 
@@ -1060,7 +1107,7 @@ where
         if kept.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await.map_err(err)?;
+        let mut tx = self.begin_write().await.map_err(err)?;
         for d in kept {
             // Fenced: only the claim this scheduler made, at the version it wrote.
             sqlx::query(AssertSqlSafe(st.sql.release.clone()))

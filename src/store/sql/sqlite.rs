@@ -42,25 +42,43 @@ impl Dialect for Sqlite {
     }
 }
 
-fn options(opts: SqliteConnectOptions) -> Pool<Sqlite> {
+fn options(opts: SqliteConnectOptions, in_memory: bool) -> Pool<Sqlite> {
     let opts = opts
         .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(10));
+    if in_memory {
+        // Each connection to `:memory:` is its own database: keep exactly one, for ever.
+        return SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(opts);
+    }
     SqlitePoolOptions::new()
         .max_connections(4)
         .acquire_timeout(Duration::from_secs(10))
-        .connect_lazy_with(opts)
+        .connect_lazy_with(opts.journal_mode(SqliteJournalMode::Wal))
 }
 
 /// A lazily connecting pool on the file at `path`.
 pub(super) fn pool_from_path(path: &Path) -> Pool<Sqlite> {
-    options(SqliteConnectOptions::new().filename(path))
+    let in_memory = path.as_os_str() == ":memory:";
+    let opts = if in_memory {
+        SqliteConnectOptions::new().in_memory(true)
+    } else {
+        SqliteConnectOptions::new().filename(path)
+    };
+    options(opts, in_memory)
 }
 
 /// A lazily connecting pool from a `sqlite://` URL.
 pub(super) fn pool_from_url(url: &str) -> Result<Pool<Sqlite>> {
     let opts = SqliteConnectOptions::from_str(url).map_err(|e| bad_url(url, &e))?;
-    Ok(options(opts))
+    Ok(options(
+        opts,
+        url.contains(":memory:") || url.contains("mode=memory"),
+    ))
 }
