@@ -82,7 +82,10 @@ async fn storm(n: usize, url: &str) -> Result<Map<String, Value>, BoxError> {
     let probe_jobs = n.min(50);
     let t = Instant::now();
     for i in 0..probe_jobs {
-        s.add_task_job("bench", i).id(format!("job{i}")).paused().await?;
+        s.add_task_job("bench", i)
+            .id(format!("job{i}"))
+            .paused()
+            .await?;
     }
     let per_add = t.elapsed().as_secs_f64() / probe_jobs.max(1) as f64;
     let head = 1.0 + (n - probe_jobs) as f64 * per_add * 1.5 + probe_jobs as f64 * per_add * 3.0;
@@ -124,7 +127,10 @@ async fn storm(n: usize, url: &str) -> Result<Map<String, Value>, BoxError> {
     };
     let mut out = Map::new();
     out.insert("ran".into(), json!(ran));
-    out.insert("lost".into(), json!(n.saturating_sub(ran - duplicated.min(ran))));
+    out.insert(
+        "lost".into(),
+        json!(n.saturating_sub(ran - duplicated.min(ran))),
+    );
     out.insert("duplicated".into(), json!(duplicated));
     out.insert("add_total_s".into(), json!(add_total));
     out.insert("add_us_per_job".into(), json!(add_total * 1e6 / n as f64));
@@ -133,7 +139,11 @@ async fn storm(n: usize, url: &str) -> Result<Map<String, Value>, BoxError> {
         let spread = (last - first).as_secs_f64();
         out.insert(
             "throughput_per_s".into(),
-            json!(if spread > 0.0 { ran as f64 / spread } else { 0.0 }),
+            json!(if spread > 0.0 {
+                ran as f64 / spread
+            } else {
+                0.0
+            }),
         );
     }
     let lateness: Vec<f64> = starts.iter().map(|&t| ms(t)).collect();

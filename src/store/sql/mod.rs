@@ -264,7 +264,7 @@ fn enabled_schemes() -> String {
 }
 
 /// What differs between the databases. Everything else is written once, in [`Core`].
-pub(crate) trait Dialect: Database + Sized {
+pub(crate) trait Dialect: Database + sqlx::database::HasStatementCache + Sized {
     /// For messages.
     const LABEL: &'static str;
     /// Appended to the due-rows query: `FOR UPDATE SKIP LOCKED`, or nothing where the
@@ -295,6 +295,14 @@ pub(crate) trait Dialect: Database + Sized {
         None
     }
 
+    /// A statement writing back `rows` claimed rows at once, binding per row: id,
+    /// next_run_time, paused, doc, version, lease_owner, lease_until. `None`: one `UPDATE`
+    /// per row (cheap where the database is in-process).
+    fn claim_many(table: &str, rows: usize) -> Option<String> {
+        let _ = (table, rows);
+        None
+    }
+
     /// Whether an error is a lock conflict (deadlock victim, busy file, serialisation
     /// failure) that an immediate retry of the claim is likely to get past.
     fn lock_conflict(e: &dyn sqlx::error::DatabaseError) -> bool {
@@ -314,7 +322,6 @@ struct Statements {
     select_due: String,
     claim: String,
     delete: String,
-    release: String,
     insert: String,
     select_version_lock: String,
     replace: String,
@@ -344,10 +351,6 @@ impl Statements {
                  lease_owner = ?, lease_until = ? WHERE id = ?"
             )),
             delete: p(&format!("DELETE FROM {t} WHERE id = ?")),
-            release: p(&format!(
-                "UPDATE {t} SET lease_owner = NULL, lease_until = NULL \
-                 WHERE id = ? AND version = ? AND lease_owner = ?"
-            )),
             insert: p(&format!(
                 "INSERT INTO {t} (id, next_run_time, paused, doc, version) \
                  VALUES (?, ?, ?, ?, ?)"
@@ -387,6 +390,7 @@ impl Statements {
 #[derive(Debug)]
 struct Started {
     ctx: StoreContext,
+    table: String,
     sql: Statements,
     channel: String,
     /// Set when a change should be announced to other schedulers (PostgreSQL).
@@ -415,6 +419,23 @@ impl<DB: Database> Drop for Core<DB> {
             }
         }
     }
+}
+
+/// Rows written per statement when claiming or releasing a batch (7 parameters a row
+/// stays well below every database's limit).
+const BATCH: usize = 500;
+
+/// `n` copies of `item`, comma-separated: the placeholders of a batch statement.
+fn list(n: usize, item: &str) -> String {
+    vec![item; n].join(", ")
+}
+
+/// A claimed row to write back.
+struct ClaimRow {
+    id: String,
+    next: Option<i64>,
+    doc: String,
+    version: i64,
 }
 
 /// A row as read from the table.
@@ -616,6 +637,7 @@ where
                 .is_some()
                 .then(|| Arc::new(tokio::sync::Notify::new())),
             sql,
+            table: table.clone(),
             ctx: ctx.clone(),
             channel: channel.clone(),
         });
@@ -1051,6 +1073,8 @@ where
             .fetch_all(&mut *tx)
             .await?;
         let mut due = Vec::with_capacity(rows.len().min(limit));
+        let mut updates: Vec<ClaimRow> = Vec::new();
+        let mut deletes: Vec<String> = Vec::new();
         for row in &rows {
             if due.len() >= limit {
                 break;
@@ -1073,27 +1097,68 @@ where
                 continue;
             }
             if claimed.removed {
-                sqlx::query(AssertSqlSafe(st.sql.delete.clone()))
-                    .bind(raw.id.as_str())
-                    .execute(&mut *tx)
-                    .await?;
+                deletes.push(raw.id.clone());
             } else {
                 let doc = claimed
                     .job
                     .to_json()
                     .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-                sqlx::query(AssertSqlSafe(st.sql.claim.clone()))
-                    .bind(claimed.job.next_run_time.map(micros_ceil))
-                    .bind(claimed.job.next_run_time.is_none())
-                    .bind(doc)
-                    .bind(version_i64(claimed.job.version))
-                    .bind(me)
-                    .bind(lease_us)
-                    .bind(raw.id.as_str())
-                    .execute(&mut *tx)
-                    .await?;
+                updates.push(ClaimRow {
+                    id: raw.id.clone(),
+                    next: claimed.job.next_run_time.map(micros_ceil),
+                    doc,
+                    version: version_i64(claimed.job.version),
+                });
             }
             due.push(claimed);
+        }
+        // The writes go out in batches: a round trip per batch, not per job.
+        for chunk in deletes.chunks(BATCH) {
+            let sql = DB::placeholders(&format!(
+                "DELETE FROM {} WHERE id IN ({})",
+                st.table,
+                list(chunk.len(), "?")
+            ));
+            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            q.execute(&mut *tx).await?;
+        }
+        match DB::claim_many(&st.table, 1) {
+            Some(_) => {
+                for chunk in updates.chunks(BATCH) {
+                    let sql = DB::placeholders(
+                        &DB::claim_many(&st.table, chunk.len()).unwrap_or_default(),
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+                    for r in chunk {
+                        q = q
+                            .bind(r.id.as_str())
+                            .bind(r.next)
+                            .bind(r.next.is_none())
+                            .bind(r.doc.as_str())
+                            .bind(r.version)
+                            .bind(me)
+                            .bind(lease_us);
+                    }
+                    q.execute(&mut *tx).await?;
+                }
+            }
+            None => {
+                for r in &updates {
+                    sqlx::query(AssertSqlSafe(st.sql.claim.clone()))
+                        .bind(r.next)
+                        .bind(r.next.is_none())
+                        .bind(r.doc.as_str())
+                        .bind(r.version)
+                        .bind(me)
+                        .bind(lease_us)
+                        .bind(r.id.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
         }
         tx.commit().await?;
         Ok(due)
@@ -1108,15 +1173,19 @@ where
             return Ok(());
         }
         let mut tx = self.begin_write().await.map_err(err)?;
-        for d in kept {
-            // Fenced: only the claim this scheduler made, at the version it wrote.
-            sqlx::query(AssertSqlSafe(st.sql.release.clone()))
-                .bind(d.job.id.as_str())
-                .bind(version_i64(d.job.version))
-                .bind(me)
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
+        for chunk in kept.chunks(BATCH) {
+            // Fenced: only the claims this scheduler made, at the versions it wrote.
+            let sql = DB::placeholders(&format!(
+                "UPDATE {} SET lease_owner = NULL, lease_until = NULL \
+                 WHERE lease_owner = ? AND (id, version) IN ({})",
+                st.table,
+                list(chunk.len(), "(?, ?)")
+            ));
+            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false).bind(me);
+            for d in chunk {
+                q = q.bind(d.job.id.as_str()).bind(version_i64(d.job.version));
+            }
+            q.execute(&mut *tx).await.map_err(err)?;
         }
         tx.commit().await.map_err(err)?;
         Ok(())
