@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use apsched::trigger::Date;
+use apsched::trigger::{Date, Interval};
 use apsched::Scheduler;
 use chrono::{TimeDelta, Utc};
 use serde_json::{json, Map, Value};
@@ -30,10 +30,14 @@ struct Probe {
 
 fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: bench_store s2 N --store URL";
-    if args.first().map(String::as_str) != Some("s2") {
-        return Err(usage.into());
-    }
+    let usage = "usage: bench_store s2|s2i N --store URL";
+    // `s2i`: the same storm with jobs repeating every hour (first due at T), so claiming
+    // rewrites each row instead of deleting it.
+    let repeating = match args.first().map(String::as_str) {
+        Some("s2") => false,
+        Some("s2i") => true,
+        _ => return Err(usage.into()),
+    };
     let n: usize = args.get(1).ok_or(usage)?.replace('_', "").parse()?;
     let url = args
         .iter()
@@ -44,9 +48,12 @@ fn main() -> Result<(), BoxError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let out = rt.block_on(storm(n, &url))?;
+    let out = rt.block_on(storm(n, &url, repeating))?;
     let mut line = Map::new();
-    line.insert("scenario".into(), json!("s2"));
+    line.insert(
+        "scenario".into(),
+        json!(if repeating { "s2i" } else { "s2" }),
+    );
     line.insert("n".into(), json!(n));
     line.insert("store".into(), json!(url));
     line.extend(out);
@@ -54,7 +61,7 @@ fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn storm(n: usize, url: &str) -> Result<Map<String, Value>, BoxError> {
+async fn storm(n: usize, url: &str, repeating: bool) -> Result<Map<String, Value>, BoxError> {
     let probe = Arc::new(Probe {
         runs: (0..n).map(|_| AtomicU32::new(0)).collect(),
         starts: Mutex::new(Vec::with_capacity(n)),
@@ -92,15 +99,26 @@ async fn storm(n: usize, url: &str) -> Result<Map<String, Value>, BoxError> {
     let due_utc = Utc::now() + TimeDelta::milliseconds((head * 1e3) as i64);
     let due = Instant::now() + Duration::from_secs_f64(head);
     for i in probe_jobs..n {
-        s.add_task_job("bench", i)
-            .id(format!("job{i}"))
-            .trigger(Date::new(due_utc))
-            .await?;
+        let job = s.add_task_job("bench", i).id(format!("job{i}"));
+        if repeating {
+            job.trigger(Interval::new(Duration::from_secs(3600))?)
+                .next_run_time(due_utc)
+                .await?;
+        } else {
+            job.trigger(Date::new(due_utc)).await?;
+        }
     }
     let add_total = t.elapsed().as_secs_f64();
     for i in 0..probe_jobs {
-        s.reschedule_job(&format!("job{i}"), Date::new(due_utc), None)
-            .await?;
+        let id = format!("job{i}");
+        if repeating {
+            let changes = apsched::JobChanges::new()
+                .trigger(Interval::new(Duration::from_secs(3600))?)
+                .next_run_time(Some(due_utc));
+            s.modify_job(&id, changes, None).await?;
+        } else {
+            s.reschedule_job(&id, Date::new(due_utc), None).await?;
+        }
     }
     if Instant::now() > due {
         return Err("adding took longer than the head start".into());

@@ -734,7 +734,7 @@ async fn multiprocess(db: Db) {
         }
     }
     eprintln!(
-        "{}: multiprocess: {} runs logged, per process {:?}, {} duplicates, {expected} slots \
+        "{}: multiprocess: {} (job, time) runs logged (to 2 s past the end), per process {:?}, {} duplicates, {expected} slots \
          outside the failover window ({missing} missing), {in_window} slots inside it \
          ({window_missing} missing)",
         db.name(),

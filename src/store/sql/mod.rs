@@ -1056,7 +1056,9 @@ where
         now: DateTime<Utc>,
         limit: usize,
     ) -> std::result::Result<Vec<DueJob>, sqlx::Error> {
-        let now_us = now.timestamp_micros();
+        // Rounded up like the column: a job due at `now` exactly is selected (and a row only
+        // sub-microsecond early is left alone by the check below).
+        let now_us = micros_ceil(now);
         let me = st.ctx.scheduler_id.as_str();
         let lease_until = now
             .checked_add_signed(TimeDelta::from_std(st.ctx.lease).unwrap_or(TimeDelta::MAX))
@@ -1172,20 +1174,36 @@ where
         if kept.is_empty() {
             return Ok(());
         }
-        let mut tx = self.begin_write().await.map_err(err)?;
-        for chunk in kept.chunks(BATCH) {
-            // Fenced: only the claims this scheduler made, at the versions it wrote.
-            let sql = DB::placeholders(&format!(
-                "UPDATE {} SET lease_owner = NULL, lease_until = NULL \
-                 WHERE lease_owner = ? AND (id, version) IN ({})",
-                st.table,
-                list(chunk.len(), "(?, ?)")
-            ));
-            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false).bind(me);
-            for d in chunk {
-                q = q.bind(d.job.id.as_str()).bind(version_i64(d.job.version));
+        // Fenced by the lease itself: a row is released only while it still carries the
+        // lease this scheduler wrote when claiming it (owner and expiry). A later claim by
+        // anyone, this scheduler included, wrote another lease.
+        let mut by_lease: HashMap<i64, Vec<&str>> = HashMap::new();
+        for d in kept {
+            if let Some(l) = &d.job.lease {
+                by_lease
+                    .entry(l.until.timestamp_micros())
+                    .or_default()
+                    .push(d.job.id.as_str());
             }
-            q.execute(&mut *tx).await.map_err(err)?;
+        }
+        let mut tx = self.begin_write().await.map_err(err)?;
+        for (until, ids) in &by_lease {
+            for chunk in ids.chunks(BATCH) {
+                let sql = DB::placeholders(&format!(
+                    "UPDATE {} SET lease_owner = NULL, lease_until = NULL \
+                     WHERE lease_owner = ? AND lease_until = ? AND id IN ({})",
+                    st.table,
+                    list(chunk.len(), "?")
+                ));
+                let mut q = sqlx::query(AssertSqlSafe(sql))
+                    .persistent(false)
+                    .bind(me)
+                    .bind(*until);
+                for id in chunk {
+                    q = q.bind(*id);
+                }
+                q.execute(&mut *tx).await.map_err(err)?;
+            }
         }
         tx.commit().await.map_err(err)?;
         Ok(())
