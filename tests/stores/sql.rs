@@ -679,10 +679,19 @@ async fn multiprocess(db: Db) {
     }
     let kill_at = t0 + TimeDelta::seconds(MP_KILL_AT);
     tokio::time::sleep((kill_at - Utc::now()).to_std().unwrap_or_default()).await;
+    // Kill the busiest process (the most runs so far), so the kill hits one that holds
+    // claims rather than one that happened to stay idle.
+    let lines = |p: usize| {
+        std::fs::read_to_string(dir.join(format!("p{p}.log"))).map_or(0, |t| t.lines().count())
+    };
+    let victim = (0..MP_PROCS).max_by_key(|&p| lines(p)).unwrap_or(0);
     let killed_at = Utc::now();
-    children[0].start_kill().unwrap(); // SIGKILL
-    children[0].wait().await.unwrap();
-    for c in children.iter_mut().skip(1) {
+    children[victim].start_kill().unwrap(); // SIGKILL
+    children[victim].wait().await.unwrap();
+    for (p, c) in children.iter_mut().enumerate() {
+        if p == victim {
+            continue;
+        }
         let status = tokio::time::timeout(Duration::from_secs(60), c.wait())
             .await
             .expect("child finishes")
@@ -734,7 +743,7 @@ async fn multiprocess(db: Db) {
         }
     }
     eprintln!(
-        "{}: multiprocess: {} (job, time) runs logged (to 2 s past the end), per process {:?}, {} duplicates, {expected} slots \
+        "{}: multiprocess: killed p{victim}; {} (job, time) runs logged (to 2 s past the end), per process {:?}, {} duplicates, {expected} slots \
          outside the failover window ({missing} missing), {in_window} slots inside it \
          ({window_missing} missing)",
         db.name(),

@@ -296,11 +296,16 @@ pub(crate) trait Dialect: Database + sqlx::database::HasStatementCache + Sized {
     }
 
     /// A statement writing back `rows` claimed rows at once, binding per row: id,
-    /// next_run_time, paused, doc, version, lease_owner, lease_until. `None`: one `UPDATE`
-    /// per row (cheap where the database is in-process).
-    fn claim_many(table: &str, rows: usize) -> Option<String> {
-        let _ = (table, rows);
-        None
+    /// next_run_time, paused, doc, version, lease_owner, lease_until. The default
+    /// (`UPDATE … FROM` a `VALUES` list) suits PostgreSQL and SQLite 3.33+.
+    fn claim_many(t: &str, rows: usize) -> String {
+        format!(
+            "WITH v (id, nrt, paused, doc, version, owner, until) AS (VALUES {}) \
+             UPDATE {t} SET next_run_time = v.nrt, paused = v.paused, doc = v.doc, \
+             version = v.version, lease_owner = v.owner, lease_until = v.until \
+             FROM v WHERE {t}.id = v.id",
+            list(rows, "(?, ?, ?, ?, ?, ?, ?)")
+        )
     }
 
     /// Whether an error is a lock conflict (deadlock victim, busy file, serialisation
@@ -320,7 +325,6 @@ pub(crate) trait Dialect: Database + sqlx::database::HasStatementCache + Sized {
 #[derive(Debug)]
 struct Statements {
     select_due: String,
-    claim: String,
     delete: String,
     insert: String,
     select_version_lock: String,
@@ -345,10 +349,6 @@ impl Statements {
                  AND (lease_until IS NULL OR lease_until <= ? OR lease_owner = ?) \
                  ORDER BY next_run_time, id LIMIT ?{}",
                 DB::LOCK_SKIP
-            )),
-            claim: p(&format!(
-                "UPDATE {t} SET next_run_time = ?, paused = ?, doc = ?, version = ?, \
-                 lease_owner = ?, lease_until = ? WHERE id = ?"
             )),
             delete: p(&format!("DELETE FROM {t} WHERE id = ?")),
             insert: p(&format!(
@@ -1127,40 +1127,20 @@ where
             }
             q.execute(&mut *tx).await?;
         }
-        match DB::claim_many(&st.table, 1) {
-            Some(_) => {
-                for chunk in updates.chunks(BATCH) {
-                    let sql = DB::placeholders(
-                        &DB::claim_many(&st.table, chunk.len()).unwrap_or_default(),
-                    );
-                    let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
-                    for r in chunk {
-                        q = q
-                            .bind(r.id.as_str())
-                            .bind(r.next)
-                            .bind(r.next.is_none())
-                            .bind(r.doc.as_str())
-                            .bind(r.version)
-                            .bind(me)
-                            .bind(lease_us);
-                    }
-                    q.execute(&mut *tx).await?;
-                }
+        for chunk in updates.chunks(BATCH) {
+            let sql = DB::placeholders(&DB::claim_many(&st.table, chunk.len()));
+            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+            for r in chunk {
+                q = q
+                    .bind(r.id.as_str())
+                    .bind(r.next)
+                    .bind(r.next.is_none())
+                    .bind(r.doc.as_str())
+                    .bind(r.version)
+                    .bind(me)
+                    .bind(lease_us);
             }
-            None => {
-                for r in &updates {
-                    sqlx::query(AssertSqlSafe(st.sql.claim.clone()))
-                        .bind(r.next)
-                        .bind(r.next.is_none())
-                        .bind(r.doc.as_str())
-                        .bind(r.version)
-                        .bind(me)
-                        .bind(lease_us)
-                        .bind(r.id.as_str())
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(due)

@@ -34,15 +34,15 @@ impl Dialect for MySql {
         )]]
     }
 
-    fn claim_many(t: &str, rows: usize) -> Option<String> {
+    fn claim_many(t: &str, rows: usize) -> String {
         // The rows exist and are locked by this transaction: the upsert always updates.
-        Some(format!(
+        format!(
             "INSERT INTO {t} (id, next_run_time, paused, doc, version, lease_owner, lease_until) \
              VALUES {} ON DUPLICATE KEY UPDATE next_run_time = VALUES(next_run_time), \
              paused = VALUES(paused), doc = VALUES(doc), version = VALUES(version), \
              lease_owner = VALUES(lease_owner), lease_until = VALUES(lease_until)",
             super::list(rows, "(?, ?, ?, ?, ?, ?, ?)")
-        ))
+        )
     }
 
     fn lock_conflict(e: &dyn sqlx::error::DatabaseError) -> bool {

@@ -51,16 +51,6 @@ impl Dialect for Postgres {
         ]]
     }
 
-    fn claim_many(t: &str, rows: usize) -> Option<String> {
-        Some(format!(
-            "WITH v (id, nrt, paused, doc, version, owner, until) AS (VALUES {}) \
-             UPDATE {t} SET next_run_time = v.nrt, paused = v.paused, doc = v.doc, \
-             version = v.version, lease_owner = v.owner, lease_until = v.until \
-             FROM v WHERE {t}.id = v.id",
-            super::list(rows, "(?, ?, ?, ?, ?, ?, ?)")
-        ))
-    }
-
     fn notify_sql() -> Option<&'static str> {
         Some("SELECT pg_notify(?, ?)")
     }
