@@ -776,3 +776,156 @@ async fn multiprocess_shared_store() {
         multiprocess(Db::Sqlite)
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Outages
+
+/// A TCP proxy in front of a database server that can be cut and restored, to simulate an
+/// outage without touching the shared server.
+struct Proxy {
+    port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (up2, conns2) = (up.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: the client sees the connection closed
+                }
+                let upstream = upstream.clone();
+                conns2.lock().unwrap().push(tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                }));
+            }
+        });
+        Proxy {
+            port,
+            up,
+            conns,
+            accept,
+        }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+        if !up {
+            for c in self.conns.lock().unwrap().drain(..) {
+                c.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.set_up(false);
+    }
+}
+
+/// `url` with its host:port replaced by the proxy's; also returns the original host:port.
+fn via_proxy(url: &str, port: u16) -> (String, String) {
+    let start = url
+        .find('@')
+        .map_or_else(|| url.find("://").unwrap() + 3, |i| i + 1);
+    let end = url[start..].find('/').map_or(url.len(), |i| start + i);
+    let upstream = url[start..end].to_string();
+    let proxied = format!("{}127.0.0.1:{port}{}", &url[..start], &url[end..]);
+    (proxied, upstream)
+}
+
+/// The database goes away: the scheduler reports store errors, deletes nothing, and when
+/// the database comes back the job runs again.
+async fn outage(db: Db) {
+    let Some(tdb) = TestDb::new(db, "outage").await else {
+        return;
+    };
+    let (_, upstream) = via_proxy(&tdb.url, 0);
+    let proxy = Proxy::start(upstream).await;
+    let (url, _) = via_proxy(&tdb.url, proxy.port);
+    let store = SqlStore::lazy(&url)
+        .unwrap()
+        .table(&tdb.table)
+        .poll_interval(Duration::from_millis(200));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let s = scheduler(store, "outage", tx);
+    let mut errors = s.subscribe(EventKind::STORE_ERROR);
+    s.start().await.unwrap();
+    s.add_task_job("record", "x")
+        .trigger(Interval::new(Duration::from_millis(300)).unwrap())
+        .id("tick")
+        .await
+        .unwrap();
+    recv_n(&mut rx, 2).await;
+
+    proxy.set_up(false);
+    let err = tokio::time::timeout(Duration::from_secs(15), errors.recv())
+        .await
+        .expect("a store error is reported during the outage")
+        .unwrap();
+    assert!(matches!(err, Event::StoreError { .. }), "{err:?}");
+    // Management calls fail with a store error too, rather than hanging or panicking.
+    let e = s.get_jobs(None).await.unwrap_err();
+    assert!(matches!(e, Error::Store { .. }), "{e}");
+    proxy.set_up(true);
+
+    while rx.try_recv().is_ok() {}
+    // Back: the job runs again (after the scheduler's backoff), and it is still there.
+    tokio::time::timeout(Duration::from_secs(40), rx.recv())
+        .await
+        .expect("the job runs again after the outage");
+    assert!(s.get_job("tick", None).await.unwrap().is_some());
+    s.shutdown(true).await.unwrap();
+    drop(proxy);
+    tdb.cleanup(&[]).await;
+}
+
+#[tokio::test]
+async fn postgres_outage() {
+    outage(Db::Postgres).await;
+}
+
+#[tokio::test]
+async fn mysql_outage() {
+    outage(Db::MySql).await;
+}
+
+/// A server that is not there: starting fails with a store error, quickly, no panic.
+#[tokio::test]
+async fn unreachable_server_is_a_store_error() {
+    async fn check(url: &str) {
+        let Ok(store) = SqlStore::lazy(url) else {
+            return; // feature off
+        };
+        let t = std::time::Instant::now();
+        let err = store
+            .start(suite::context("default", "s", Duration::from_secs(30)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Store { .. }), "{url}: {err}");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{url}: took {:?}",
+            t.elapsed()
+        );
+        // Before a successful start, every call says the store is not started.
+        let err = store.lookup_job("x").await.unwrap_err();
+        assert!(matches!(err, Error::Store { .. }), "{url}: {err}");
+    }
+    // The pool gives up after its acquire timeout (5 s): both at once.
+    tokio::join!(
+        check("postgres://postgres@127.0.0.1:1/test"),
+        check("mysql://root@127.0.0.1:1/test")
+    );
+}

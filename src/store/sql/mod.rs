@@ -616,7 +616,11 @@ where
                         None,
                     ))
                 }
-                Err(MigrateError::Db(e)) if attempt >= 3 => {
+                // Only an error the server answered with (a concurrent DDL race) is worth
+                // retrying here; an unreachable server is reported at once.
+                Err(MigrateError::Db(e))
+                    if attempt >= 3 || !matches!(e, sqlx::Error::Database(_)) =>
+                {
                     return Err(store_error(
                         &alias,
                         format!("{} ({table}): migrating the schema: {e}", DB::LABEL),
