@@ -10,5 +10,8 @@
 pub mod error;
 pub mod trigger;
 
+#[doc(hidden)]
+pub mod conformance;
+
 pub use crate::error::{Error, Result, TriggerError};
 pub use crate::trigger::{Trigger, TriggerSpec};
