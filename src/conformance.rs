@@ -7,7 +7,7 @@
 
 use std::str::FromStr;
 
-use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use chrono::{DateTime, SecondsFormat, TimeDelta, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde_json::{json, Map, Value};
 
@@ -205,8 +205,14 @@ pub fn run_invalid(case: &Value) -> (bool, String) {
 
 /// Renders an instant as wall time in `tz` with its offset.
 pub fn render(t: DateTime<Utc>, tz: Tz) -> String {
-    t.with_timezone(&tz)
-        .to_rfc3339_opts(SecondsFormat::AutoSi, false)
+    use chrono::Offset;
+    let offset = tz.offset_from_utc_datetime(&t.naive_utc()).fix();
+    match t.naive_utc().checked_add_offset(offset) {
+        Some(_) => t
+            .with_timezone(&offset)
+            .to_rfc3339_opts(SecondsFormat::AutoSi, false),
+        None => t.to_rfc3339_opts(SecondsFormat::AutoSi, false),
+    }
 }
 
 fn case_tz(case: &Value) -> Tz {

@@ -269,7 +269,9 @@ impl CalendarInterval {
         origin: NaiveDate,
         t: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, TriggerError> {
-        let target = t.with_timezone(&self.tz()).date_naive();
+        let Some(target) = tz::local_naive(t, self.tz()).map(|n| n.date()) else {
+            return Ok(None);
+        };
         let mut d = self.jump(origin, target);
         for _ in 0..MAX_STEPS {
             if self.end_date.is_some_and(|e| d > e) {
@@ -313,8 +315,9 @@ impl CalendarInterval {
 
     /// The origin of the grid when asked without `prev`.
     pub(crate) fn origin(&self, now: DateTime<Utc>) -> NaiveDate {
-        self.start_date
-            .unwrap_or_else(|| now.with_timezone(&self.tz()).date_naive())
+        self.start_date.unwrap_or_else(|| {
+            tz::local_naive(now, self.tz()).map_or(NaiveDate::MAX, |n| n.date())
+        })
     }
 }
 
@@ -326,7 +329,10 @@ impl Trigger for CalendarInterval {
     ) -> Result<Option<DateTime<Utc>>, TriggerError> {
         let next = match prev {
             None => self.first_at_or_after(self.origin(now), now)?,
-            Some(p) => self.next_after_date(p.with_timezone(&self.tz()).date_naive())?,
+            Some(p) => match tz::local_naive(p, self.tz()) {
+                Some(local) => self.next_after_date(local.date())?,
+                None => None,
+            },
         };
         Ok(next.map(|t| tz::apply_jitter(t, self.jitter)))
     }

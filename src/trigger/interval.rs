@@ -178,9 +178,14 @@ impl Interval {
         t.resolve_dates()?;
         if let (Some(s), Some(e)) = (t.start, t.end) {
             if e < s {
+                let show = |d: Option<TriggerDate>| d.map(|d| d.to_string()).unwrap_or_default();
                 return Err(TriggerError::InvalidParam {
                     param: "end_date".into(),
-                    reason: "is before start_date".into(),
+                    reason: format!(
+                        "'{}' is before start_date '{}'",
+                        show(t.end_date),
+                        show(t.start_date)
+                    ),
                 });
             }
         }

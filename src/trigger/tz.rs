@@ -92,7 +92,8 @@ impl fmt::Display for TriggerDate {
         match self {
             TriggerDate::Local(n) => write_naive(f, n),
             TriggerDate::Fixed(d) => {
-                write_naive(f, &d.naive_local())?;
+                let local = d.naive_utc().checked_add_offset(*d.offset());
+                write_naive(f, &local.unwrap_or_else(|| d.naive_utc()))?;
                 write!(f, "{}", d.format("%:z"))
             }
         }
@@ -356,13 +357,29 @@ pub(crate) fn ceil_second(t: DateTime<Utc>) -> Option<DateTime<Utc>> {
     }
 }
 
+/// The wall time of instant `t` in `tz`, or `None` past chrono's range (never panics,
+/// unlike `with_timezone(..).naive_local()` at the extremes).
+pub(crate) fn local_naive(t: DateTime<Utc>, tz: Tz) -> Option<NaiveDateTime> {
+    let n = t.naive_utc();
+    shift(n, i64::from(offset_at(tz, n)))
+}
+
 /// Formats an instant as wall time in `tz` for `Display` (`2024-01-15 09:00:00 EST`).
 pub(crate) fn display_instant(t: DateTime<Utc>, tz: Tz) -> String {
-    let local = t.with_timezone(&tz);
+    use chrono_tz::OffsetName;
     let mut s = String::new();
-    let _ = write_naive(&mut s, &local.naive_local());
-    s.push(' ');
-    s.push_str(&local.format("%Z").to_string());
+    match local_naive(t, tz) {
+        Some(local) => {
+            let _ = write_naive(&mut s, &local);
+            s.push(' ');
+            let off = tz.offset_from_utc_datetime(&t.naive_utc());
+            s.push_str(off.abbreviation().unwrap_or(tz.name()));
+        }
+        None => {
+            let _ = write_naive(&mut s, &t.naive_utc());
+            s.push_str(" UTC");
+        }
+    }
     s
 }
 
