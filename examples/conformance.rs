@@ -15,9 +15,13 @@ fn main() {
     let output = match std::env::args().nth(1) {
         None => json!({"cases": [], "invalid": [], "error": "usage: conformance INPUT.json"}),
         Some(path) => match std::fs::read_to_string(&path) {
-            Err(e) => json!({"cases": [], "invalid": [], "error": format!("cannot read {path}: {e}")}),
+            Err(e) => {
+                json!({"cases": [], "invalid": [], "error": format!("cannot read {path}: {e}")})
+            }
             Ok(text) => match serde_json::from_str::<Value>(&text) {
-                Err(e) => json!({"cases": [], "invalid": [], "error": format!("{path} is not JSON: {e}")}),
+                Err(e) => {
+                    json!({"cases": [], "invalid": [], "error": format!("{path} is not JSON: {e}")})
+                }
                 Ok(input) => apsched::conformance::run_input(&input),
             },
         },

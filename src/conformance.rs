@@ -32,7 +32,10 @@ impl Policy {
     /// Parses `scheduler`, `raw`, `late:S`, `early:S`, `fixed`, `prev_none`.
     pub fn parse(s: &str) -> Result<Policy, String> {
         let secs = |v: &str| -> Result<TimeDelta, String> {
-            let f: f64 = v.trim().parse().map_err(|_| format!("bad policy seconds '{v}'"))?;
+            let f: f64 = v
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad policy seconds '{v}'"))?;
             if !f.is_finite() || f.abs() > 1e12 {
                 return Err(format!("bad policy seconds '{v}'"));
             }
@@ -174,14 +177,22 @@ pub fn run_case(case: &Value) -> Replay {
         Ok(n) => n,
         Err(e) => return fail(e),
     };
-    let policy = match Policy::parse(case.get("policy").and_then(Value::as_str).unwrap_or("scheduler")) {
+    let policy = match Policy::parse(
+        case.get("policy")
+            .and_then(Value::as_str)
+            .unwrap_or("scheduler"),
+    ) {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
     let steps = case
         .get("step_count")
         .and_then(Value::as_u64)
-        .or_else(|| case.get("steps").and_then(Value::as_array).map(|a| a.len() as u64))
+        .or_else(|| {
+            case.get("steps")
+                .and_then(Value::as_array)
+                .map(|a| a.len() as u64)
+        })
         .unwrap_or(1)
         .min(100_000);
     replay(&trigger, now, policy, steps)
@@ -225,7 +236,12 @@ fn case_tz(case: &Value) -> Tz {
 /// Runs a whole probe input and returns the output object.
 pub fn run_input(input: &Value) -> Value {
     let mut cases = Vec::new();
-    for case in input.get("cases").and_then(Value::as_array).into_iter().flatten() {
+    for case in input
+        .get("cases")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let id = case.get("id").cloned().unwrap_or(Value::Null);
         let tz = case_tz(case);
         let r = guarded(|| run_case(case)).unwrap_or_else(|e| Replay {
@@ -241,7 +257,12 @@ pub fn run_input(input: &Value) -> Value {
         }));
     }
     let mut invalid = Vec::new();
-    for case in input.get("invalid").and_then(Value::as_array).into_iter().flatten() {
+    for case in input
+        .get("invalid")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let id = case.get("id").cloned().unwrap_or(Value::Null);
         let (rejected, message) = guarded(|| run_invalid(case)).unwrap_or_else(|e| (true, e));
         invalid.push(json!({"id": id, "rejected": rejected, "message": message}));

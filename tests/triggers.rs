@@ -41,8 +41,8 @@ fn spec(json: &str) -> TriggerSpec {
 
 #[test]
 fn conformance_sample() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/conformance/sample.json");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/sample.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
             "cannot read the conformance sample at {} ({e}); the shared directory must sit \
@@ -397,7 +397,11 @@ fn crontab_errors() {
         );
         assert!(e.to_string().contains("invalid crontab"), "{e}");
     }
-    assert!(Cron::builder().crontab("* * * * *").hour(1).build().is_err());
+    assert!(Cron::builder()
+        .crontab("* * * * *")
+        .hour(1)
+        .build()
+        .is_err());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -585,7 +589,10 @@ fn interval_grid_and_bounds() {
 fn date_fires_once_even_in_the_past() {
     let at = ymd_hms(2020, 1, 1, 0, 0, 0);
     let d = Date::new(at);
-    assert_eq!(d.next_fire_time(None, utc("2024-01-01T00:00:00Z")), Some(at));
+    assert_eq!(
+        d.next_fire_time(None, utc("2024-01-01T00:00:00Z")),
+        Some(at)
+    );
     assert_eq!(
         d.next_fire_time(Some(at), utc("2024-01-01T00:00:00Z")),
         None
@@ -624,7 +631,11 @@ fn calendar_interval_months_skip_missing_days() {
         ["2024-01-16T09:00:00+00:00"]
     );
     assert!(CalendarInterval::builder().hour(9).build().is_err());
-    assert!(CalendarInterval::builder().days(1).hour(24).build().is_err());
+    assert!(CalendarInterval::builder()
+        .days(1)
+        .hour(24)
+        .build()
+        .is_err());
     assert!(CalendarInterval::builder()
         .days(1)
         .start_date("2024-01-01 10:00:00")
@@ -752,8 +763,7 @@ fn serde_forms_used_by_the_scheduler() {
         r#"{"kind":"interval","minutes":10,"start_date":"2024-01-15 10:10:00"}"#,
     ] {
         let s = spec(json);
-        let back: TriggerSpec =
-            serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        let back: TriggerSpec = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(s, back, "{json}");
     }
     let s = spec(r#"{"kind":"interval","minutes":10,"start_date":"2024-01-15 10:10:00"}"#);
@@ -799,7 +809,9 @@ fn serde_round_trips_every_kind() {
             .build()
             .unwrap()
             .into(),
-        Interval::new(Duration::from_secs(86_400 * 9)).unwrap().into(),
+        Interval::new(Duration::from_secs(86_400 * 9))
+            .unwrap()
+            .into(),
         Date::new(ymd_hms(2024, 1, 15, 9, 0, 0)).into(),
         Date::parse("2024-01-15 09:00:00", Some(ny)).unwrap().into(),
         CalendarInterval::builder()
@@ -1024,10 +1036,10 @@ fn errors_name_field_expression_and_reason() {
     assert!(msg(Cron::builder().day("6th fri"))
         .starts_with("day: '6th fri' is not a valid day expression"));
     assert!(msg(Cron::builder().hour("1,,2")).starts_with("hour: '' is empty"));
-    assert!(
-        msg(Cron::builder().start_date("2024-02-01").end_date("2024-01-01"))
-            .starts_with("end_date: '2024-01-01 00:00:00' is before start_date")
-    );
+    assert!(msg(Cron::builder()
+        .start_date("2024-02-01")
+        .end_date("2024-01-01"))
+    .starts_with("end_date: '2024-01-01 00:00:00' is before start_date"));
     let e = Cron::builder().second(60).build().unwrap_err();
     assert_eq!(
         e,

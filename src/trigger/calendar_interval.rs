@@ -130,23 +130,36 @@ impl CalendarIntervalBuilder {
                 reason: "must be longer than zero (give years, months, weeks or days)".into(),
             });
         }
-        if self.years > 10_000 || self.months > 120_000 || self.weeks > 600_000 || self.days > 4_000_000 {
+        if self.years > 10_000
+            || self.months > 120_000
+            || self.weeks > 600_000
+            || self.days > 4_000_000
+        {
             return Err(TriggerError::InvalidParam {
                 param: "interval".into(),
                 reason: "is too long".into(),
             });
         }
-        let time = NaiveTime::from_hms_opt(self.hour, self.minute, self.second).ok_or_else(|| {
-            TriggerError::InvalidParam {
-                param: "hour/minute/second".into(),
-                reason: format!(
-                    "{:02}:{:02}:{:02} is not a valid time of day",
-                    self.hour, self.minute, self.second
-                ),
-            }
-        })?;
-        let start_date = self.start_date.transpose()?.map(|d| as_date("start_date", d)).transpose()?;
-        let end_date = self.end_date.transpose()?.map(|d| as_date("end_date", d)).transpose()?;
+        let time =
+            NaiveTime::from_hms_opt(self.hour, self.minute, self.second).ok_or_else(|| {
+                TriggerError::InvalidParam {
+                    param: "hour/minute/second".into(),
+                    reason: format!(
+                        "{:02}:{:02}:{:02} is not a valid time of day",
+                        self.hour, self.minute, self.second
+                    ),
+                }
+            })?;
+        let start_date = self
+            .start_date
+            .transpose()?
+            .map(|d| as_date("start_date", d))
+            .transpose()?;
+        let end_date = self
+            .end_date
+            .transpose()?
+            .map(|d| as_date("end_date", d))
+            .transpose()?;
         if let (Some(s), Some(e)) = (start_date, end_date) {
             if e < s {
                 return Err(TriggerError::InvalidParam {
@@ -315,9 +328,8 @@ impl CalendarInterval {
 
     /// The origin of the grid when asked without `prev`.
     pub(crate) fn origin(&self, now: DateTime<Utc>) -> NaiveDate {
-        self.start_date.unwrap_or_else(|| {
-            tz::local_naive(now, self.tz()).map_or(NaiveDate::MAX, |n| n.date())
-        })
+        self.start_date
+            .unwrap_or_else(|| tz::local_naive(now, self.tz()).map_or(NaiveDate::MAX, |n| n.date()))
     }
 }
 

@@ -38,7 +38,9 @@ pub(crate) fn compile(expr: &str) -> Result<(Schedule, bool), TriggerError> {
         .seconds(Seconds::Optional)
         .year(Year::Disallowed)
         .build();
-    let parsed = parser.parse(trimmed).map_err(|e| bad(expr, e.to_string()))?;
+    let parsed = parser
+        .parse(trimmed)
+        .map_err(|e| bad(expr, e.to_string()))?;
     let p = &parsed.pattern;
     let bits = |c: &croner::CronComponent, lo: u16, hi: u16, bit: u8| -> u64 {
         (lo..=hi).fold(0u64, |m, v| {
@@ -79,6 +81,7 @@ pub(crate) fn compile(expr: &str) -> Result<(Schedule, bool), TriggerError> {
         hours: bits(&p.hours, 0, 23, ALL_BIT) as u32,
         minutes: bits(&p.minutes, 0, 59, ALL_BIT),
         seconds: bits(&p.seconds, 0, 59, ALL_BIT),
+        never: false,
     };
     if schedule.hours == 0 || schedule.minutes == 0 || schedule.seconds == 0 || schedule.months == 0
     {

@@ -54,11 +54,7 @@ impl Date {
     pub fn at(run_date: impl IntoTriggerDate, timezone: Option<Tz>) -> Result<Self, TriggerError> {
         let run = run_date.into_trigger_date("run_date")?;
         let at = run.resolve_param(timezone.unwrap_or(Tz::UTC), "run_date")?;
-        Ok(Date {
-            run,
-            timezone,
-            at,
-        })
+        Ok(Date { run, timezone, at })
     }
 
     /// A trigger firing once at the date string `run_date` (see [`TriggerDate`] for the forms).

@@ -285,7 +285,12 @@ fn fmt_timedelta(micros: i64) -> String {
         let plural = if days.abs() == 1 { "" } else { "s" };
         s.push_str(&format!("{days} day{plural}, "));
     }
-    s.push_str(&format!("{}:{:02}:{:02}", rest / 3600, rest % 3600 / 60, rest % 60));
+    s.push_str(&format!(
+        "{}:{:02}:{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    ));
     if us != 0 {
         s.push_str(&format!(".{us:06}"));
     }

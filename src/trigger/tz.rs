@@ -180,7 +180,8 @@ pub(crate) fn parse_date_param(param: &str, s: &str) -> Result<TriggerDate, Trig
     })
 }
 
-const DATE_FORMS: &str = "is not a date-time (expected YYYY-MM-DD or YYYY-MM-DD HH:MM:SS[.ffffff][Z|±HH:MM])";
+const DATE_FORMS: &str =
+    "is not a date-time (expected YYYY-MM-DD or YYYY-MM-DD HH:MM:SS[.ffffff][Z|±HH:MM])";
 
 /// Reads `YYYY-MM-DD[( |T)HH:MM:SS[.f{1,6}][Z|±HH:MM]]` (month, day and time parts may have
 /// one or two digits, as in APScheduler).
@@ -285,7 +286,9 @@ impl Parser<'_> {
 /// The UTC offset (seconds east) in force at `instant`.
 #[inline]
 pub(crate) fn offset_at(tz: Tz, instant: NaiveDateTime) -> i32 {
-    tz.offset_from_utc_datetime(&instant).fix().local_minus_utc()
+    tz.offset_from_utc_datetime(&instant)
+        .fix()
+        .local_minus_utc()
 }
 
 /// `instant` (as a naive UTC time) plus `secs` seconds, or `None` past chrono's range.
@@ -409,7 +412,8 @@ pub(crate) fn apply_jitter(t: DateTime<Utc>, jitter: Option<std::time::Duration>
         Some(j) if !j.is_zero() => {
             let max = i64::try_from(j.as_micros()).unwrap_or(i64::MAX);
             let d = rand::random_range(0..=max);
-            t.checked_add_signed(TimeDelta::microseconds(d)).unwrap_or(t)
+            t.checked_add_signed(TimeDelta::microseconds(d))
+                .unwrap_or(t)
         }
         _ => t,
     }

@@ -173,7 +173,11 @@ fn parse_part(field: FieldKind, part: &str) -> Result<Expr, TriggerError> {
         Some((b, s)) => {
             let step = parse_num(s).ok_or_else(|| err(field, part, expected(field)))?;
             if step == 0 {
-                return Err(err(field, part, "has a step of 0 (the step must be at least 1)"));
+                return Err(err(
+                    field,
+                    part,
+                    "has a step of 0 (the step must be at least 1)",
+                ));
             }
             (b, Some(step))
         }
@@ -281,9 +285,11 @@ fn parse_value(field: FieldKind, s: &str, part: &str) -> Result<(u32, bool), Tri
     match field {
         FieldKind::DayOfWeek => match WEEKDAYS.iter().position(|w| *w == s) {
             Some(i) => Ok((i as u32, true)),
-            None if s.bytes().all(|c| c.is_ascii_alphabetic()) && !s.is_empty() => {
-                Err(err(field, part, "is not a weekday (mon, tue, wed, thu, fri, sat, sun)"))
-            }
+            None if s.bytes().all(|c| c.is_ascii_alphabetic()) && !s.is_empty() => Err(err(
+                field,
+                part,
+                "is not a weekday (mon, tue, wed, thu, fri, sat, sun)",
+            )),
             None => Err(err(field, part, expected(field))),
         },
         FieldKind::Month => match MONTHS.iter().position(|m| *m == s) {

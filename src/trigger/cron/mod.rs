@@ -5,8 +5,8 @@
 //! * [`schedule`]: the compiled wall-clock schedule and its bounded search;
 //! * this file: [`Cron`], its builder, the DST rules, serde and `Display`.
 
-pub mod field;
 mod expr;
+pub mod field;
 pub(crate) mod schedule;
 
 use std::fmt;
@@ -59,7 +59,7 @@ use crate::error::TriggerError;
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cron {
-    fields: [Option<CronField>; 8],
+    fields: Box<[Option<CronField>; 8]>,
     crontab: Option<String>,
     start_date: Option<TriggerDate>,
     end_date: Option<TriggerDate>,
@@ -167,7 +167,7 @@ impl CronBuilder {
             None => compile_fields(&self.fields)?,
         };
         let mut cron = Cron {
-            fields: self.fields,
+            fields: Box::new(self.fields),
             crontab: self.crontab,
             start_date,
             end_date,
@@ -212,17 +212,22 @@ fn compile_fields(fields: &[Option<CronField>; 8]) -> Result<(Schedule, bool), T
         parsed.push(parse_field(*kind, text)?);
     }
     let p = |k: FieldKind| &parsed[k.index()];
+    let months = p(FieldKind::Month).mask() as u16;
+    let dom = (!p(FieldKind::Day).is_star).then(|| p(FieldKind::Day).exprs.clone());
+    let weeks = (!p(FieldKind::Week).is_star).then(|| p(FieldKind::Week).mask());
+    let never = !schedule::may_match(months, dom.as_deref(), weeks);
     let schedule = Schedule {
         years: (!p(FieldKind::Year).is_star).then(|| p(FieldKind::Year).exprs.clone()),
-        months: p(FieldKind::Month).mask() as u16,
+        months,
         days: DayRule::Fields {
-            dom: (!p(FieldKind::Day).is_star).then(|| p(FieldKind::Day).exprs.clone()),
-            weeks: (!p(FieldKind::Week).is_star).then(|| p(FieldKind::Week).mask()),
+            dom,
+            weeks,
             dows: (!p(FieldKind::DayOfWeek).is_star).then(|| p(FieldKind::DayOfWeek).mask() as u8),
         },
         hours: p(FieldKind::Hour).mask() as u32,
         minutes: p(FieldKind::Minute).mask(),
         seconds: p(FieldKind::Second).mask(),
+        never,
     };
     Ok((schedule, p(FieldKind::Hour).is_star))
 }
@@ -348,11 +353,7 @@ impl Cron {
 
     /// One segment of constant offset around `s`. `Ok(instant)` when a fire time is in it,
     /// `Err(next start)` to continue, `None` when nothing ever matches again.
-    fn slow_step(
-        &self,
-        tz: Tz,
-        s: NaiveDateTime,
-    ) -> Option<Result<NaiveDateTime, NaiveDateTime>> {
+    fn slow_step(&self, tz: Tz, s: NaiveDateTime) -> Option<Result<NaiveDateTime, NaiveDateTime>> {
         let o = tz::offset_at(tz, s);
         let prev = tz::shift(s, -WINDOW_SECS).and_then(|lo| tz::transition_in(tz, lo, s));
         let ahead = tz::shift(s, WINDOW_SECS);

@@ -67,6 +67,8 @@ pub(crate) struct Schedule {
     pub minutes: u64,
     /// Bits 0..=59.
     pub seconds: u64,
+    /// Found unsatisfiable when compiled (e.g. `day=31, month=feb`, `week=1, month=6`).
+    pub never: bool,
 }
 
 /// Lowest set bit `>= from`.
@@ -153,6 +155,9 @@ impl Schedule {
 
     /// The first wall time `>= from` matching every field, or `None` (none up to year 9999).
     pub(crate) fn next_match(&self, from: NaiveDateTime) -> Option<NaiveDateTime> {
+        if self.never {
+            return None;
+        }
         let mut y = from.year();
         let (mut mo, mut d) = (from.month(), from.day());
         let (mut h0, mut m0, mut s0) = (from.hour(), from.minute(), from.second());
@@ -207,6 +212,53 @@ impl Schedule {
             (mo, d, h0, m0, s0) = (1, 1, 0, 0, 0);
         }
     }
+}
+
+/// Whether the field-form month/day/week combination can ever match (a quick, conservative
+/// check made once when compiling; `false` means it never can).
+pub(crate) fn may_match(months: u16, dom: Option<&[Expr]>, weeks: Option<u64>) -> bool {
+    const MAX_DAYS: [u32; 13] = [0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if let Some(exprs) = dom {
+        let plain_min = exprs.iter().try_fold(u32::MAX, |m, e| match e {
+            Expr::Range { first, .. } => Some(m.min(*first)),
+            _ => None,
+        });
+        if let Some(min_day) = plain_min {
+            let ok =
+                (1..=12u32).any(|mo| months & (1 << mo) != 0 && MAX_DAYS[mo as usize] >= min_day);
+            if !ok {
+                return false;
+            }
+        }
+    }
+    if let Some(w) = weeks {
+        // ISO week `wk` covers days of year 7wk-9 ..= 7wk+3 (Monday..Sunday around its
+        // Thursday); widen by a day for leap years.
+        const CUM: [i32; 12] = [31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334, 365];
+        let month_of = |doy: i32| -> u32 {
+            if doy < 1 {
+                12
+            } else if doy > 365 {
+                1
+            } else {
+                CUM.iter()
+                    .position(|&c| doy <= c)
+                    .map_or(12, |i| i as u32 + 1)
+            }
+        };
+        let mut reachable = 0u16;
+        for wk in 1..=53i32 {
+            if w & (1 << wk) != 0 {
+                for doy in (7 * wk - 10)..=(7 * wk + 4) {
+                    reachable |= 1 << month_of(doy);
+                }
+            }
+        }
+        if reachable & months == 0 {
+            return false;
+        }
+    }
+    true
 }
 
 /// Bits `1..=dim` for days whose ISO week is in `weeks`.
