@@ -131,8 +131,9 @@ impl<T: Trigger + ?Sized> Iterator for FireTimes<'_, T> {
 #[serde(tag = "kind", rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum TriggerSpec {
-    /// Cron (field form or crontab string).
-    Cron(Cron),
+    /// Cron (field form or crontab string). Boxed: a cron is large, and every job holds a
+    /// `TriggerSpec`, so the other kinds should not pay for its size.
+    Cron(Box<Cron>),
     /// Fires every fixed length of elapsed time.
     Interval(Interval),
     /// Fires once.
@@ -150,7 +151,7 @@ impl TriggerSpec {
     /// recursively. A zone still unset when evaluated means UTC.
     pub fn with_default_timezone(self, tz: Tz) -> Self {
         match self {
-            TriggerSpec::Cron(t) => TriggerSpec::Cron(t.with_default_timezone(tz)),
+            TriggerSpec::Cron(t) => TriggerSpec::Cron(Box::new(t.with_default_timezone(tz))),
             TriggerSpec::Interval(t) => TriggerSpec::Interval(t.with_default_timezone(tz)),
             TriggerSpec::Date(t) => TriggerSpec::Date(t.with_default_timezone(tz)),
             TriggerSpec::CalendarInterval(t) => {
@@ -174,7 +175,7 @@ impl TriggerSpec {
 
     fn as_trigger(&self) -> &dyn Trigger {
         match self {
-            TriggerSpec::Cron(t) => t,
+            TriggerSpec::Cron(t) => &**t,
             TriggerSpec::Interval(t) => t,
             TriggerSpec::Date(t) => t,
             TriggerSpec::CalendarInterval(t) => t,
@@ -209,4 +210,10 @@ macro_rules! spec_from {
         }
     )*};
 }
-spec_from!(Cron, Interval, Date, CalendarInterval, And, Or);
+spec_from!(Interval, Date, CalendarInterval, And, Or);
+
+impl From<Cron> for TriggerSpec {
+    fn from(t: Cron) -> Self {
+        TriggerSpec::Cron(Box::new(t))
+    }
+}
