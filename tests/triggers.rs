@@ -1204,3 +1204,26 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn crontab_errors_name_the_field() {
+    use apsched::trigger::Cron;
+    let cases = [
+        ("99 * * * *", "minute: '99'"),
+        ("0 25 * * *", "hour: '25'"),
+        ("0 0 32 * *", "day: '32'"),
+        ("0 0 * foo *", "month: 'foo'"),
+        ("0 0 * * 9", "day_of_week: '9'"),
+        ("61 0 0 * * *", "second: '61'"),
+        ("* * *", "has 3 fields"),
+        ("@sometimes", "'@sometimes' is not one of"),
+    ];
+    for (expr, want) in cases {
+        let err = Cron::from_crontab(expr).unwrap_err().to_string();
+        assert!(err.contains(want), "{expr}: {err}");
+        assert!(
+            err.contains(expr),
+            "{expr}: the message quotes the expression: {err}"
+        );
+    }
+}

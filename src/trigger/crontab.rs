@@ -25,6 +25,45 @@ fn bad(expr: &str, reason: impl Into<String>) -> TriggerError {
     }
 }
 
+/// Names the field that makes `expr` invalid, with its allowed values: croner's own
+/// messages ("Number out of bounds") do not say which field they mean.
+fn diagnose(parser: &CronParser, expr: &str) -> Option<String> {
+    const FIVE: [(&str, &str); 5] = [
+        ("minute", "0-59"),
+        ("hour", "0-23"),
+        ("day", "1-31, L, W"),
+        ("month", "1-12 or jan-dec"),
+        ("day_of_week", "0-7 or sun-sat (0 and 7 = Sunday), L, #"),
+    ];
+    if expr.starts_with('@') {
+        return Some(format!(
+            "'{expr}' is not one of @yearly, @annually, @monthly, @weekly, @daily, @hourly"
+        ));
+    }
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    let names: Vec<(&str, &str)> = match fields.len() {
+        5 => FIVE.to_vec(),
+        6 => std::iter::once(("second", "0-59")).chain(FIVE).collect(),
+        n => {
+            return Some(format!(
+                "has {n} fields; a crontab has 5 (minute hour day month day_of_week) or 6 \
+                 (second first)"
+            ))
+        }
+    };
+    fields.iter().enumerate().find_map(|(i, field)| {
+        let alone: Vec<&str> = (0..fields.len())
+            .map(|j| if j == i { *field } else { "*" })
+            .collect();
+        parser.parse(&alone.join(" ")).err().map(|e| {
+            let (name, allowed) = names[i];
+            let why = e.to_string();
+            let why = why.strip_prefix("Component error: ").unwrap_or(&why);
+            format!("{name}: '{field}' is invalid ({why}; allowed: {allowed})")
+        })
+    })
+}
+
 /// Compiles a crontab string; the flag says whether the hour field is `*`.
 pub(crate) fn compile(expr: &str) -> Result<(Schedule, bool), TriggerError> {
     let trimmed = expr.trim();
@@ -38,9 +77,12 @@ pub(crate) fn compile(expr: &str) -> Result<(Schedule, bool), TriggerError> {
         .seconds(Seconds::Optional)
         .year(Year::Disallowed)
         .build();
-    let parsed = parser
-        .parse(trimmed)
-        .map_err(|e| bad(expr, e.to_string()))?;
+    let parsed = parser.parse(trimmed).map_err(|e| {
+        bad(
+            expr,
+            diagnose(&parser, trimmed).unwrap_or_else(|| e.to_string()),
+        )
+    })?;
     let p = &parsed.pattern;
     let bits = |c: &croner::CronComponent, lo: u16, hi: u16, bit: u8| -> u64 {
         (lo..=hi).fold(0u64, |m, v| {
