@@ -277,6 +277,7 @@ async fn s3(n: usize, store: Option<&str>) -> Result<Map<String, Value>, BoxErro
     let p = probe.clone();
     // Each job knows its first due time; its k-th run is due k seconds later.
     let firsts: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; n]));
+    // (due instant, lateness in ms) of every run.
     let lateness: Arc<Mutex<Vec<(Instant, f64)>>> = Arc::new(Mutex::new(Vec::new()));
     let s = builder(store, &probe).build();
     s.start().await?;
@@ -299,7 +300,7 @@ async fn s3(n: usize, store: Option<&str>) -> Result<Map<String, Value>, BoxErro
                             } else {
                                 -(due - now).as_secs_f64()
                             };
-                            lateness.lock().unwrap().push((now, late * 1e3));
+                            lateness.lock().unwrap().push((due, late * 1e3));
                         }
                     }
                 })
@@ -311,16 +312,19 @@ async fn s3(n: usize, store: Option<&str>) -> Result<Map<String, Value>, BoxErro
             firsts.lock().unwrap()[i] = Some(instant_of(t, anchor_utc, anchor));
         }
     }
+    // The window: the 10 s after the last add. A slot belongs to it by its due time; runs
+    // of slots due near its end start a little after it, so wait a moment before counting.
     let window_start = Instant::now();
-    let cpu0 = cpu_seconds();
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let cpu = cpu_seconds() - cpu0;
     let window_end = window_start + Duration::from_secs(10);
+    let cpu0 = cpu_seconds();
+    tokio::time::sleep_until(window_end.into()).await;
+    let cpu = cpu_seconds() - cpu0;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let in_window: Vec<f64> = lateness
         .lock()
         .unwrap()
         .iter()
-        .filter(|(t, _)| *t >= window_start && *t < window_end)
+        .filter(|(due, _)| *due > window_start && *due <= window_end)
         .map(|(_, l)| *l)
         .collect();
     let mut out = Map::new();

@@ -10,6 +10,8 @@
 
 use std::fmt;
 use std::ops::{BitOr, BitOrAssign};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -306,13 +308,18 @@ impl Event {
 #[derive(Debug, Clone)]
 pub struct EventBus {
     tx: broadcast::Sender<Event>,
+    /// Live receivers, kept here because asking the channel takes its lock.
+    receivers: Arc<AtomicUsize>,
 }
 
 impl EventBus {
     /// A bus whose receivers each buffer up to `capacity` events before they lag.
     pub fn new(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(1));
-        EventBus { tx }
+        EventBus {
+            tx,
+            receivers: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     /// Sends an event to every receiver. Never blocks; without receivers it is dropped.
@@ -324,16 +331,18 @@ impl EventBus {
     /// Like [`emit`](Self::emit), but builds the event only if someone is listening: the
     /// hot path (a run per job) pays nothing for events nobody reads.
     pub fn emit_with(&self, event: impl FnOnce() -> Event) {
-        if self.tx.receiver_count() > 0 {
+        if self.receivers.load(Ordering::Relaxed) > 0 {
             self.emit(event());
         }
     }
 
     /// A receiver of the events matching `mask`.
     pub fn subscribe(&self, mask: EventKind) -> EventReceiver {
+        self.receivers.fetch_add(1, Ordering::Relaxed);
         EventReceiver {
             rx: self.tx.subscribe(),
             mask,
+            receivers: self.receivers.clone(),
         }
     }
 }
@@ -354,6 +363,13 @@ pub enum RecvError {
 pub struct EventReceiver {
     rx: broadcast::Receiver<Event>,
     mask: EventKind,
+    receivers: Arc<AtomicUsize>,
+}
+
+impl Drop for EventReceiver {
+    fn drop(&mut self) {
+        self.receivers.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl EventReceiver {

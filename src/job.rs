@@ -153,8 +153,9 @@ pub enum Callable {
     Blocking(BlockingFn),
     /// A closure producing a `!Send` future (in-process; memory store only).
     Local(LocalFn),
-    /// An external command run in a child process (persistable).
-    Command(CommandSpec),
+    /// An external command run in a child process (persistable). Boxed to keep every job's
+    /// callable small.
+    Command(Box<CommandSpec>),
     /// A task registered by name with JSON arguments (persistable).
     Task {
         /// The registered task name.
@@ -247,7 +248,7 @@ impl TryFrom<&Callable> for StoredCallable {
                 name: name.clone(),
                 args: args.clone(),
             }),
-            Callable::Command(cmd) => Ok(StoredCallable::Command(cmd.clone())),
+            Callable::Command(cmd) => Ok(StoredCallable::Command((**cmd).clone())),
             _ => Err(
                 "a closure cannot be stored in a persistent job store; register a task \
                  (SchedulerBuilder::task) and add the job with Scheduler::add_task_job, or use \
@@ -262,7 +263,7 @@ impl From<StoredCallable> for Callable {
     fn from(s: StoredCallable) -> Self {
         match s {
             StoredCallable::Task { name, args } => Callable::Task { name, args },
-            StoredCallable::Command(c) => Callable::Command(c),
+            StoredCallable::Command(c) => Callable::Command(Box::new(c)),
         }
     }
 }
@@ -469,7 +470,7 @@ pub fn advance(job: &mut JobRecord, now: DateTime<Utc>) -> Advance {
 }
 
 /// A read-only view of a job, as `get_job` and `get_jobs` return it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Job {
     /// Job id.
     pub id: String,
@@ -484,6 +485,7 @@ pub struct Job {
     /// Store alias.
     pub store: String,
     /// Grace time (`None` = any lateness).
+    #[serde(with = "opt_secs")]
     pub misfire_grace_time: Option<Duration>,
     /// Coalesce flag.
     pub coalesce: bool,

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use futures::FutureExt;
 
 pub use self::blocking::BlockingExecutor;
@@ -73,16 +74,16 @@ pub(crate) struct RunContext {
 /// Holds one of the job's `max_instances` slots until it is dropped.
 pub struct JobRun {
     /// The job id.
-    pub job_id: String,
+    pub job_id: Arc<str>,
     /// The alias of the store holding the job.
-    pub store: String,
+    pub store: Arc<str>,
     /// What to invoke.
     pub callable: Callable,
     /// The scheduled times, oldest first (one unless the job does not coalesce).
     pub run_times: Vec<DateTime<Utc>>,
     /// How late a run may start; `None` = any lateness.
     pub misfire_grace_time: Option<Duration>,
-    pub(crate) ctx: RunContext,
+    pub(crate) ctx: Arc<RunContext>,
     pub(crate) _slot: Option<InstanceSlot>,
 }
 
@@ -107,8 +108,8 @@ impl JobRun {
             if late.to_std().is_ok_and(|late| late > grace) {
                 tracing::warn!(job_id = %self.job_id, %scheduled, "run missed by {late}");
                 self.ctx.events.emit_with(|| Event::JobMissed {
-                    job_id: self.job_id.clone(),
-                    store: self.store.clone(),
+                    job_id: self.job_id.to_string(),
+                    store: self.store.to_string(),
                     scheduled_run_time: scheduled,
                 });
                 return false;
@@ -123,7 +124,7 @@ impl JobRun {
             tracing::error!(job_id = %self.job_id, %scheduled, %error, "job failed");
         }
         self.ctx.events.emit_with(|| {
-            let (job_id, store) = (self.job_id.clone(), self.store.clone());
+            let (job_id, store) = (self.job_id.to_string(), self.store.to_string());
             match result {
                 Ok(retval) => Event::JobExecuted {
                     job_id,
@@ -187,41 +188,43 @@ fn unknown_task(name: &str) -> JobError {
 }
 
 /// Invokes a callable from async code, catching panics.
+///
+/// The future stays small (it is part of every run's task): only the async-closure path is
+/// inline; commands, tasks and blocking bodies are boxed, as their futures are large.
 pub(crate) async fn invoke(callable: &Callable, tasks: &TaskRegistry) -> JobResult {
     match callable {
-        Callable::Async(f) => {
-            let f = f.clone();
-            match std::panic::catch_unwind(AssertUnwindSafe(|| f())) {
-                Ok(fut) => AssertUnwindSafe(fut)
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|p| Err(panic_message(p))),
-                Err(p) => Err(panic_message(p)),
-            }
-        }
+        Callable::Async(f) => caught(|| f()).await,
         Callable::Blocking(f) => {
             let f = f.clone();
-            spawn_blocking_caught(move || f()).await
+            Box::pin(spawn_blocking_caught(move || f())).await
         }
         Callable::Local(_) => Err(local_needs_local_executor()),
-        Callable::Command(cmd) => cmd.run().await,
-        Callable::Task { name, args } => match tasks.get(name) {
-            Some(TaskFn::Async(f)) => {
-                let fut = std::panic::catch_unwind(AssertUnwindSafe(|| f(args.clone())));
-                match fut {
-                    Ok(fut) => AssertUnwindSafe(fut)
-                        .catch_unwind()
-                        .await
-                        .unwrap_or_else(|p| Err(panic_message(p))),
-                    Err(p) => Err(panic_message(p)),
-                }
-            }
-            Some(TaskFn::Blocking(f)) => {
-                let (f, args) = (f.clone(), args.clone());
-                spawn_blocking_caught(move || f(args)).await
-            }
-            None => Err(unknown_task(name)),
-        },
+        Callable::Command(cmd) => Box::pin(cmd.run()).await,
+        Callable::Task { name, args } => Box::pin(invoke_task(name, args, tasks)).await,
+    }
+}
+
+/// Runs a registered task in this process.
+async fn invoke_task(name: &str, args: &serde_json::Value, tasks: &TaskRegistry) -> JobResult {
+    match tasks.get(name) {
+        Some(TaskFn::Async(f)) => caught(|| f(args.clone())).await,
+        Some(TaskFn::Blocking(f)) => {
+            let (f, args) = (f.clone(), args.clone());
+            spawn_blocking_caught(move || f(args)).await
+        }
+        None => Err(unknown_task(name)),
+    }
+}
+
+/// Calls `make` and awaits the future it returns, turning a panic in either into
+/// [`JobError::Panicked`].
+async fn caught(make: impl FnOnce() -> BoxFuture<'static, JobResult>) -> JobResult {
+    match std::panic::catch_unwind(AssertUnwindSafe(make)) {
+        Ok(fut) => AssertUnwindSafe(fut)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|p| Err(panic_message(p))),
+        Err(p) => Err(panic_message(p)),
     }
 }
 
@@ -263,21 +266,21 @@ pub(crate) fn invoke_blocking(callable: &Callable, tasks: &TaskRegistry) -> JobR
 /// Counts the runs of each job in flight, for `max_instances` (shared by all executors).
 #[derive(Debug, Default)]
 pub(crate) struct Instances {
-    running: Mutex<HashMap<String, u32>>,
+    running: Mutex<HashMap<Arc<str>, u32>>,
 }
 
 impl Instances {
     /// Takes a slot for `job_id` unless `max` are already taken.
-    pub fn try_acquire(self: &Arc<Self>, job_id: &str, max: u32) -> Option<InstanceSlot> {
+    pub fn try_acquire(self: &Arc<Self>, job_id: &Arc<str>, max: u32) -> Option<InstanceSlot> {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        let n = running.entry(job_id.to_string()).or_insert(0);
+        let n = running.entry(job_id.clone()).or_insert(0);
         if *n >= max {
             return None;
         }
         *n += 1;
         Some(InstanceSlot {
             instances: self.clone(),
-            job_id: job_id.to_string(),
+            job_id: job_id.clone(),
         })
     }
 }
@@ -286,7 +289,7 @@ impl Instances {
 #[derive(Debug)]
 pub(crate) struct InstanceSlot {
     instances: Arc<Instances>,
-    job_id: String,
+    job_id: Arc<str>,
 }
 
 impl Drop for InstanceSlot {
@@ -302,5 +305,17 @@ impl Drop for InstanceSlot {
                 running.remove(&self.job_id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// Every run is a task holding this future: a large one turns each spawn into a big
+    /// allocation (it was 1.8 KB before the rare paths were boxed, and dominated a storm).
+    #[test]
+    fn run_futures_stay_small() {
+        let tasks = crate::task::TaskRegistry::new();
+        let c = crate::job::Callable::from_async(|| async {});
+        assert!(std::mem::size_of_val(&super::invoke(&c, &tasks)) <= 256);
     }
 }

@@ -83,7 +83,7 @@ impl Scheduler {
 
     /// Adds a job running an external command in a child process.
     pub fn add_command_job(&self, command: CommandSpec) -> AddJob<'_> {
-        AddJob::new(self, Ok(Callable::Command(command)))
+        AddJob::new(self, Ok(Callable::Command(Box::new(command))))
     }
 
     /// Adds a job running the registered task `name` with `args` (serialised to JSON). This

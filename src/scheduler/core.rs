@@ -69,8 +69,9 @@ pub(crate) async fn process_due_jobs(inner: &Inner) -> Option<Duration> {
             }
         };
         more_due |= due.len() >= inner.batch_size;
+        let store_alias: Arc<str> = Arc::from(alias.as_str());
         for d in &due {
-            submit(inner, &alias, d);
+            submit(inner, &store_alias, d);
         }
         if !due.is_empty() {
             if let Err(e) = store.release_jobs(&due).await {
@@ -113,7 +114,7 @@ pub(crate) async fn process_due_jobs(inner: &Inner) -> Option<Duration> {
 }
 
 /// Hands one claimed job's runs to its executor, with the events APScheduler emits.
-fn submit(inner: &Inner, store: &str, due: &DueJob) {
+fn submit(inner: &Inner, store: &Arc<str>, due: &DueJob) {
     let job = &due.job;
     if due.removed {
         // The trigger is exhausted: APScheduler reports the removal before the submission.
@@ -155,7 +156,8 @@ fn submit(inner: &Inner, store: &str, due: &DueJob) {
         });
         return;
     };
-    let Some(slot) = inner.instances.try_acquire(&job.id, job.max_instances) else {
+    let job_id: Arc<str> = Arc::from(job.id.as_str());
+    let Some(slot) = inner.instances.try_acquire(&job_id, job.max_instances) else {
         tracing::warn!(job_id = %job.id, "max_instances reached; run dropped");
         inner.events.emit_with(|| Event::JobMaxInstances {
             job_id: job.id.clone(),
@@ -171,12 +173,12 @@ fn submit(inner: &Inner, store: &str, due: &DueJob) {
         scheduled_run_times: run_times.clone(),
     });
     executor.submit(JobRun {
-        job_id: job.id.clone(),
-        store: store.to_string(),
+        job_id,
+        store: store.clone(),
         callable: job.callable.clone(),
         run_times,
         misfire_grace_time: job.misfire_grace_time,
-        ctx: inner.run_context(),
+        ctx: inner.run_context().clone(),
         _slot: Some(slot),
     });
 }

@@ -196,6 +196,8 @@ pub(crate) struct Inner {
     /// pass. Changes that make nothing due earlier than this need not wake it.
     planned_wakeup: AtomicI64,
     instances: Arc<Instances>,
+    /// What every run needs, shared: one reference count per run instead of one per part.
+    run_context: Arc<RunContext>,
     state: watch::Sender<SchedulerState>,
     stores: RwLock<Vec<(String, Arc<dyn JobStore>)>>,
     executors: RwLock<Vec<(String, Arc<dyn Executor>)>>,
@@ -223,12 +225,19 @@ impl Inner {
         stores: Vec<(String, Arc<dyn JobStore>)>,
         executors: Vec<(String, Arc<dyn Executor>)>,
     ) -> Self {
+        let events = EventBus::new(event_capacity);
+        let run_context = Arc::new(RunContext {
+            clock: clock.clone(),
+            events: events.clone(),
+            tasks: tasks.clone(),
+        });
         Inner {
             id,
             clock,
             timezone,
             defaults,
-            events: EventBus::new(event_capacity),
+            events,
+            run_context,
             tasks,
             lease,
             batch_size,
@@ -284,12 +293,8 @@ impl Inner {
             .map(|(_, e)| e.clone())
     }
 
-    fn run_context(&self) -> RunContext {
-        RunContext {
-            clock: self.clock.clone(),
-            events: self.events.clone(),
-            tasks: self.tasks.clone(),
-        }
+    fn run_context(&self) -> &Arc<RunContext> {
+        &self.run_context
     }
 
     fn store_context(&self, alias: &str) -> StoreContext {

@@ -20,7 +20,9 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct Inner {
-    jobs: HashMap<Arc<str>, JobRecord>,
+    /// Boxed: a hash table rounds its capacity up and spreads entries over all of it, so
+    /// small buckets (a key and a pointer) keep the resident size close to the jobs' own.
+    jobs: HashMap<Arc<str>, Box<JobRecord>>,
     /// Unpaused jobs by (next run time, id).
     due_index: BTreeSet<(DateTime<Utc>, Arc<str>)>,
 }
@@ -31,7 +33,7 @@ impl Inner {
         if let Some(t) = job.next_run_time {
             self.due_index.insert((t, id.clone()));
         }
-        self.jobs.insert(id, job);
+        self.jobs.insert(id, Box::new(job));
     }
 
     fn remove(&mut self, id: &str) -> Option<JobRecord> {
@@ -39,7 +41,7 @@ impl Inner {
         if let Some(t) = job.next_run_time {
             self.due_index.remove(&(t, key));
         }
-        Some(job)
+        Some(*job)
     }
 }
 
@@ -107,7 +109,7 @@ impl JobStore for MemoryStore {
     }
 
     async fn lookup_job(&self, id: &str) -> Result<Option<JobRecord>> {
-        Ok(self.lock().jobs.get(id).cloned())
+        Ok(self.lock().jobs.get(id).map(|j| (**j).clone()))
     }
 
     async fn get_all_jobs(&self) -> Result<Vec<JobRecord>> {
@@ -115,13 +117,13 @@ impl JobStore for MemoryStore {
         let mut jobs: Vec<JobRecord> = inner
             .due_index
             .iter()
-            .filter_map(|(_, id)| inner.jobs.get(id).cloned())
+            .filter_map(|(_, id)| inner.jobs.get(id).map(|j| (**j).clone()))
             .collect();
         let mut paused: Vec<JobRecord> = inner
             .jobs
             .values()
             .filter(|j| j.next_run_time.is_none())
-            .cloned()
+            .map(|j| (**j).clone())
             .collect();
         paused.sort_by(|a, b| a.id.cmp(&b.id));
         jobs.extend(paused);
@@ -134,7 +136,7 @@ impl JobStore for MemoryStore {
 
     async fn acquire_due_jobs(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueJob>> {
         let mut inner = self.lock();
-        let mut due = Vec::new();
+        let mut due = Vec::with_capacity(limit.min(inner.due_index.len()).min(1024));
         while due.len() < limit {
             let Some((t, _)) = inner.due_index.first() else {
                 break;
@@ -149,12 +151,12 @@ impl JobStore for MemoryStore {
                 continue;
             };
             job.version += 1;
-            let claimed = DueJob::claim(job, now);
+            let claimed = DueJob::claim(*job, now);
             if !claimed.removed {
                 if let Some(t) = claimed.job.next_run_time {
                     inner.due_index.insert((t, key.clone()));
                 }
-                inner.jobs.insert(key, claimed.job.clone());
+                inner.jobs.insert(key, Box::new(claimed.job.clone()));
             }
             due.push(claimed);
         }
