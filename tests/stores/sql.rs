@@ -672,6 +672,8 @@ async fn multiprocess(db: Db) {
                 "APSCHED_MP_END",
                 (end + TimeDelta::seconds(2)).timestamp_micros().to_string(),
             )
+            // Its libtest summary would only clutter the parent's output; errors go to stderr.
+            .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .expect("spawn child scheduler");
