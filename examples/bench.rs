@@ -53,11 +53,16 @@ fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Shared counters the job bodies update: runs per job and start instants.
+/// What the job bodies record: runs per job, start instants, and (S3) each run's
+/// lateness against its due time. Closures and the registered task share this body.
 struct Probe {
     runs: Vec<AtomicU32>,
     starts: Mutex<Vec<Instant>>,
     ran: AtomicUsize,
+    /// S3: when each job's first run is due; its k-th run is due k seconds later.
+    firsts: Mutex<Vec<Option<Instant>>>,
+    /// S3: (due instant, lateness in ms) of every run.
+    lateness: Mutex<Vec<(Instant, f64)>>,
 }
 
 impl Probe {
@@ -66,16 +71,35 @@ impl Probe {
             runs: (0..n).map(|_| AtomicU32::new(0)).collect(),
             starts: Mutex::new(Vec::with_capacity(n)),
             ran: AtomicUsize::new(0),
+            firsts: Mutex::new(vec![None; n]),
+            lateness: Mutex::new(Vec::new()),
         })
     }
 
     fn hit(&self, i: usize) {
         let now = Instant::now();
-        if let Some(r) = self.runs.get(i) {
-            r.fetch_add(1, Ordering::Relaxed);
-        }
+        let k = self
+            .runs
+            .get(i)
+            .map_or(0, |r| r.fetch_add(1, Ordering::Relaxed));
         self.starts.lock().unwrap().push(now);
         self.ran.fetch_add(1, Ordering::Relaxed);
+        if let Some(first) = self.firsts.lock().unwrap().get(i).copied().flatten() {
+            let due = first + Duration::from_secs(u64::from(k));
+            self.lateness
+                .lock()
+                .unwrap()
+                .push((due, signed_ms(now, due)));
+        }
+    }
+}
+
+/// `t - due` in milliseconds, negative when `t` is early.
+fn signed_ms(t: Instant, due: Instant) -> f64 {
+    if t >= due {
+        (t - due).as_secs_f64() * 1e3
+    } else {
+        -(due - t).as_secs_f64() * 1e3
     }
 }
 
@@ -202,13 +226,7 @@ fn storm_figures(out: &mut Map<String, Value>, probe: &Probe, n: usize, due: Ins
         .sum::<usize>();
     let mut starts = probe.starts.lock().unwrap().clone();
     starts.sort();
-    let signed_ms = |t: Instant| {
-        if t >= due {
-            (t - due).as_secs_f64() * 1e3
-        } else {
-            -(due - t).as_secs_f64() * 1e3
-        }
-    };
+    let signed_ms = |t: Instant| signed_ms(t, due);
     out.insert("ran".into(), json!(ran));
     out.insert(
         "lost".into(),
@@ -243,73 +261,57 @@ async fn s2(n: usize, store: Option<&str>) -> Result<Map<String, Value>, BoxErro
     let probe = Probe::new(n);
     let s = builder(store, &probe).build();
     s.start().await?;
-    let (anchor_utc, anchor) = (Utc::now(), Instant::now());
-    let mut due_utc = anchor_utc + TimeDelta::seconds(2);
-    // Adding must finish first: if it would not, T moves to the end of the adds + 1 s.
-    // The store needs the time up front, so the jobs are added paused and given T after.
-    let t = Instant::now();
-    for i in 0..n {
+    // T = start + 2 s, or, when adding takes longer (a database store: one durable write
+    // per job), the end of the adds + 1 s. T must be known before the jobs are added, so the
+    // first jobs are added paused while the add rate is measured, the rest are added due at
+    // T estimated from that rate, and the first ones are then given T.
+    let start = Instant::now();
+    let sample = (n / 20).clamp(1, 200).min(n);
+    for i in 0..sample {
         add(&s, store, &probe, i).paused().await?;
     }
-    let add_total = t.elapsed().as_secs_f64();
-    if Utc::now() + TimeDelta::milliseconds(500) > due_utc {
-        due_utc = Utc::now() + TimeDelta::seconds(1);
+    let per_add = start.elapsed().as_secs_f64() / sample as f64;
+    let rest = (n - sample) as f64 * per_add * 1.5 + sample as f64 * per_add * 2.0;
+    let head = Duration::from_secs(2)
+        .saturating_sub(start.elapsed())
+        .max(Duration::from_secs_f64(rest + 1.0));
+    let due = Instant::now() + head;
+    let due_utc = Utc::now() + TimeDelta::from_std(head)?;
+    for i in sample..n {
+        add(&s, store, &probe, i)
+            .trigger(Date::new(due_utc))
+            .await?;
     }
-    for i in 0..n {
+    for i in 0..sample {
         s.reschedule_job(&format!("job{i}"), Date::new(due_utc), None)
             .await?;
     }
-    if Utc::now() > due_utc {
-        return Err("setting the due time took longer than the head start".into());
+    let add_total = start.elapsed().as_secs_f64();
+    if Instant::now() > due {
+        return Err("adding took longer than the estimated head start".into());
     }
-    let due = instant_of(due_utc, anchor_utc, anchor);
     let ran = wait_for(&probe, n, due + Duration::from_secs(30)).await;
     let mut out = Map::new();
     out.insert("add_total_s".into(), json!(add_total));
     out.insert("add_us_per_job".into(), json!(add_total * 1e6 / n as f64));
     storm_figures(&mut out, &probe, n, due, ran);
+    if store.is_some() {
+        s.remove_all_jobs(None).await?;
+    }
     s.shutdown(false).await?;
     Ok(out)
 }
 
 async fn s3(n: usize, store: Option<&str>) -> Result<Map<String, Value>, BoxError> {
     let probe = Probe::new(n);
-    let p = probe.clone();
-    // Each job knows its first due time; its k-th run is due k seconds later.
-    let firsts: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; n]));
-    // (due instant, lateness in ms) of every run.
-    let lateness: Arc<Mutex<Vec<(Instant, f64)>>> = Arc::new(Mutex::new(Vec::new()));
     let s = builder(store, &probe).build();
     s.start().await?;
     let (anchor_utc, anchor) = (Utc::now(), Instant::now());
     let every = Interval::new(Duration::from_secs(1))?;
     for i in 0..n {
-        let (p, f, l) = (p.clone(), firsts.clone(), lateness.clone());
-        let job = match store {
-            Some(_) => add(&s, store, &probe, i),
-            None => s
-                .add_job(move || {
-                    let (p, firsts, lateness) = (p.clone(), f.clone(), l.clone());
-                    async move {
-                        let now = Instant::now();
-                        let k = p.runs[i].fetch_add(1, Ordering::Relaxed);
-                        if let Some(first) = firsts.lock().unwrap()[i] {
-                            let due = first + Duration::from_secs(k as u64);
-                            let late = if now >= due {
-                                (now - due).as_secs_f64()
-                            } else {
-                                -(due - now).as_secs_f64()
-                            };
-                            lateness.lock().unwrap().push((due, late * 1e3));
-                        }
-                    }
-                })
-                .id(format!("job{i}")),
-        }
-        .trigger(every.clone())
-        .await?;
+        let job = add(&s, store, &probe, i).trigger(every.clone()).await?;
         if let Some(t) = job.next_run_time {
-            firsts.lock().unwrap()[i] = Some(instant_of(t, anchor_utc, anchor));
+            probe.firsts.lock().unwrap()[i] = Some(instant_of(t, anchor_utc, anchor));
         }
     }
     // The window: the 10 s after the last add. A slot belongs to it by its due time; runs
@@ -320,7 +322,8 @@ async fn s3(n: usize, store: Option<&str>) -> Result<Map<String, Value>, BoxErro
     tokio::time::sleep_until(window_end.into()).await;
     let cpu = cpu_seconds() - cpu0;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let in_window: Vec<f64> = lateness
+    let in_window: Vec<f64> = probe
+        .lateness
         .lock()
         .unwrap()
         .iter()
@@ -332,6 +335,9 @@ async fn s3(n: usize, store: Option<&str>) -> Result<Map<String, Value>, BoxErro
     out.insert("slots_fired".into(), json!(in_window.len()));
     out.insert("cpu_s".into(), json!(cpu));
     lateness_figures(&mut out, in_window);
+    if store.is_some() {
+        s.remove_all_jobs(None).await?;
+    }
     s.shutdown(false).await?;
     Ok(out)
 }
