@@ -7,6 +7,10 @@
 //! ([`JobStore::acquire_due_jobs`]), so each scheduled time of a job is submitted once.
 
 mod memory;
+#[cfg(any(feature = "redis", feature = "mongodb", feature = "zookeeper"))]
+mod nosql_common;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +19,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
 pub use self::memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use self::redis::RedisStore;
 use crate::clock::Clock;
 use crate::error::{Result, TriggerError};
 use crate::event::EventBus;
