@@ -1,0 +1,498 @@
+//! The loop's behaviour with the real loop task, in virtual time (Tokio's paused clock):
+//! hours of schedule run in milliseconds.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use apsched::clock::{Clock, TestClock};
+use apsched::executor::TokioExecutor;
+use apsched::trigger::{Date, Interval};
+use apsched::{Error, Event, EventKind, JobError, Scheduler, SchedulerState};
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+
+fn start_time() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2024, 1, 15, 10, 0, 0).unwrap()
+}
+
+fn every(secs: u64) -> Interval {
+    Interval::new(Duration::from_secs(secs)).unwrap()
+}
+
+fn scheduler(clock: &TestClock) -> Scheduler {
+    Scheduler::builder()
+        .timezone(chrono_tz::UTC)
+        .clock(clock.shared())
+        .build()
+}
+
+/// Collects `n` events of `mask`.
+async fn collect(rx: &mut apsched::EventReceiver, n: usize) -> Vec<Event> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        out.push(rx.recv().await.expect("event"));
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn interval_job_runs_exactly_on_time_for_a_day() {
+    let clock = TestClock::new(start_time());
+    let s = scheduler(&clock);
+    s.start().await.unwrap();
+    let starts = Arc::new(Mutex::new(Vec::new()));
+    let (c, st) = (clock.clone(), starts.clone());
+    s.add_job(move || {
+        let (c, st) = (c.clone(), st.clone());
+        async move { st.lock().unwrap().push(c.now()) }
+    })
+    .trigger(every(60))
+    .id("minutely")
+    .await
+    .unwrap();
+    let mut rx = s.subscribe(EventKind::JOB_EXECUTED);
+    let runs = collect(&mut rx, 24 * 60).await;
+    let starts = starts.lock().unwrap().clone();
+    for (k, ev) in runs.iter().enumerate() {
+        let expected = start_time() + TimeDelta::minutes(k as i64 + 1);
+        match ev {
+            Event::JobExecuted {
+                scheduled_run_time, ..
+            } => assert_eq!(*scheduled_run_time, expected),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(starts[k], expected, "run {k} started late");
+    }
+    s.shutdown(true).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_listener_delays_no_job() {
+    let clock = TestClock::new(start_time());
+    let s = scheduler(&clock);
+    // A listener that takes 30 s per event: 3 events per run, runs every 10 s.
+    let seen = Arc::new(AtomicUsize::new(0));
+    let seen2 = seen.clone();
+    s.add_listener(EventKind::ALL, move |_| {
+        let seen = seen2.clone();
+        async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    s.start().await.unwrap();
+    let starts = Arc::new(Mutex::new(Vec::new()));
+    let (c, st) = (clock.clone(), starts.clone());
+    s.add_job(move || {
+        let (c, st) = (c.clone(), st.clone());
+        async move { st.lock().unwrap().push(c.now()) }
+    })
+    .trigger(every(10))
+    .await
+    .unwrap();
+    let mut rx = s.subscribe(EventKind::JOB_EXECUTED);
+    collect(&mut rx, 100).await;
+    let starts = starts.lock().unwrap();
+    for (k, t) in starts.iter().take(100).enumerate() {
+        assert_eq!(*t, start_time() + TimeDelta::seconds(10 * (k as i64 + 1)));
+    }
+    // The listener is far behind, but it is running.
+    assert!(seen.load(Ordering::SeqCst) > 0);
+    s.shutdown(false).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn panicking_job_is_an_error_event_and_the_loop_lives_on() {
+    let clock = TestClock::new(start_time());
+    let s = scheduler(&clock);
+    s.start().await.unwrap();
+    let mut rx = s.subscribe(EventKind::JOB_ERROR | EventKind::JOB_EXECUTED);
+    s.add_job(|| async {
+        if true {
+            panic!("kaboom");
+        }
+    })
+    .trigger(every(5))
+    .id("bad")
+    .await
+    .unwrap();
+    s.add_job(|| async { 7 })
+        .trigger(every(5))
+        .id("good")
+        .await
+        .unwrap();
+    let events = collect(&mut rx, 6).await;
+    let errors: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::JobError { job_id, error, .. } => Some((job_id.clone(), error.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(errors.len(), 3);
+    for (id, err) in errors {
+        assert_eq!(id, "bad");
+        assert_eq!(
+            err,
+            JobError::Panicked {
+                message: "kaboom".into()
+            }
+        );
+    }
+    assert!(events.iter().any(|e| matches!(e,
+        Event::JobExecuted { job_id, retval, .. } if job_id == "good" && *retval == 7)));
+    s.shutdown(true).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_instances_drops_runs_but_keeps_the_schedule() {
+    let clock = TestClock::new(start_time());
+    let s = scheduler(&clock);
+    s.start().await.unwrap();
+    let mut rx = s.subscribe(EventKind::JOB_SUBMITTED | EventKind::JOB_MAX_INSTANCES);
+    // Takes 25 s, fires every 10 s, one instance at a time.
+    s.add_job(|| async { tokio::time::sleep(Duration::from_secs(25)).await })
+        .trigger(every(10))
+        .await
+        .unwrap();
+    let kinds: Vec<EventKind> = collect(&mut rx, 9).await.iter().map(Event::kind).collect();
+    use EventKind as K;
+    assert_eq!(
+        kinds,
+        [
+            K::JOB_SUBMITTED,     // 10 s
+            K::JOB_MAX_INSTANCES, // 20 s
+            K::JOB_MAX_INSTANCES, // 30 s (the first run ends at 35 s)
+            K::JOB_SUBMITTED,     // 40 s
+            K::JOB_MAX_INSTANCES,
+            K::JOB_MAX_INSTANCES,
+            K::JOB_SUBMITTED, // 70 s
+            K::JOB_MAX_INSTANCES,
+            K::JOB_MAX_INSTANCES,
+        ]
+    );
+    s.shutdown(false).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn removed_executor_keeps_job_and_reports_each_time() {
+    let clock = TestClock::new(start_time());
+    let s = scheduler(&clock);
+    s.add_executor("extra", TokioExecutor::new()).unwrap();
+    s.start().await.unwrap();
+    s.add_job(|| async {})
+        .trigger(every(60))
+        .executor("extra")
+        .id("orphan")
+        .await
+        .unwrap();
+    s.remove_executor("extra").await.unwrap();
+    let mut rx = s.subscribe(EventKind::JOB_ERROR);
+    for k in 1..=3 {
+        match rx.recv().await.unwrap() {
+            Event::JobError {
+                job_id,
+                scheduled_run_time,
+                error: JobError::NotRunnable { message },
+                ..
+            } => {
+                assert_eq!(job_id, "orphan");
+                assert_eq!(scheduled_run_time, start_time() + TimeDelta::minutes(k));
+                assert!(message.contains("no executor named 'extra'"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let job = s.get_job("orphan", None).await.unwrap().expect("job kept");
+    assert_eq!(
+        job.next_run_time,
+        Some(start_time() + TimeDelta::minutes(4))
+    );
+    s.shutdown(true).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn adding_a_job_wakes_an_idle_loop() {
+    let clock = TestClock::new(start_time());
+    let s = scheduler(&clock);
+    s.start().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3600)).await; // idle, no jobs
+    let mut rx = s.subscribe(EventKind::JOB_EXECUTED);
+    let added_at = clock.now();
+    s.add_job(|| async { "now" }).await.unwrap(); // no trigger: run once, now
+    match rx.recv().await.unwrap() {
+        Event::JobExecuted {
+            scheduled_run_time,
+            retval,
+            ..
+        } => {
+            assert_eq!(scheduled_run_time, added_at);
+            assert_eq!(retval, "now");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A one-shot job is gone after its run.
+    assert!(s.get_jobs(None).await.unwrap().is_empty());
+    s.shutdown(true).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_with_wait_lets_running_jobs_finish() {
+    let clock = TestClock::new(start_time());
+    let s = scheduler(&clock);
+    s.start().await.unwrap();
+    let done = Arc::new(AtomicUsize::new(0));
+    let d = done.clone();
+    let mut rx = s.subscribe(EventKind::JOB_SUBMITTED);
+    s.add_job(move || {
+        let d = d.clone();
+        async move {
+            tokio::time::sleep(Duration::from_secs(120)).await;
+            d.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+    .await
+    .unwrap();
+    rx.recv().await.unwrap();
+    tokio::task::yield_now().await;
+    s.shutdown(true).await.unwrap();
+    assert_eq!(done.load(Ordering::SeqCst), 1);
+    assert_eq!(s.state(), SchedulerState::Stopped);
+}
+
+#[tokio::test(start_paused = true)]
+async fn states_and_lifecycle_errors() {
+    let clock = TestClock::new(start_time());
+    let s = scheduler(&clock);
+    let mut rx = s.subscribe(EventKind::ALL);
+    assert_eq!(s.state(), SchedulerState::Stopped);
+    assert!(matches!(s.shutdown(true).await, Err(Error::State { .. })));
+    assert!(matches!(s.pause(), Err(Error::State { .. })));
+    s.start_paused().await.unwrap();
+    assert_eq!(s.state(), SchedulerState::Paused);
+    assert!(matches!(s.start().await, Err(Error::State { .. })));
+    s.resume().unwrap();
+    s.pause().unwrap();
+    s.resume().unwrap();
+    s.shutdown(true).await.unwrap();
+    let mut kinds = Vec::new();
+    while let Some(Ok(ev)) = rx.try_recv() {
+        kinds.push(ev.kind());
+    }
+    use EventKind as K;
+    assert_eq!(
+        kinds,
+        [
+            K::EXECUTOR_ADDED,
+            K::JOBSTORE_ADDED,
+            K::SCHEDULER_STARTED,
+            K::SCHEDULER_RESUMED,
+            K::SCHEDULER_PAUSED,
+            K::SCHEDULER_RESUMED,
+            K::SCHEDULER_SHUTDOWN
+        ]
+    );
+    // A stopped scheduler can start again.
+    s.start().await.unwrap();
+    s.shutdown(true).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn pending_jobs_show_in_listings_until_start() {
+    let clock = TestClock::new(start_time());
+    let s = scheduler(&clock);
+    s.add_job(|| async {})
+        .trigger(every(90))
+        .id("p")
+        .name("nightly report")
+        .await
+        .unwrap();
+    let job = s.get_job("p", None).await.unwrap().unwrap();
+    assert!(job.pending);
+    assert_eq!(job.name, "nightly report");
+    let table = s.jobs_table(None).await.unwrap();
+    assert!(
+        table.contains("nightly report") && table.contains("pending"),
+        "{table}"
+    );
+    s.start().await.unwrap();
+    let job = s.get_job("p", None).await.unwrap().unwrap();
+    assert!(!job.pending);
+    assert_eq!(
+        job.next_run_time,
+        Some(start_time() + TimeDelta::seconds(90))
+    );
+    let table = s.jobs_table(None).await.unwrap();
+    assert!(
+        table.contains("Jobstore default:")
+            && table.contains("next run at: 2024-01-15 10:01:30 UTC"),
+        "{table}"
+    );
+    s.shutdown(true).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn task_jobs_run_registered_tasks_with_their_arguments() {
+    let clock = TestClock::new(start_time());
+    let s = Scheduler::builder()
+        .clock(clock.shared())
+        .task(
+            "add",
+            |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) },
+        )
+        .blocking_task("shout", |s: String| s.to_uppercase())
+        .build();
+    s.start().await.unwrap();
+    let mut rx = s.subscribe(EventKind::JOB_EXECUTED | EventKind::JOB_ERROR);
+    s.add_task_job("add", (2, 3)).id("sum").await.unwrap();
+    s.add_task_job("shout", "hi").id("loud").await.unwrap();
+    s.add_task_job("add", "not a pair").id("bad").await.unwrap();
+    let mut got = collect(&mut rx, 3).await;
+    got.sort_by_key(|e| e.job_id().unwrap().to_string());
+    match &got[0] {
+        Event::JobError { error, .. } => {
+            assert!(
+                error.to_string().contains("arguments do not deserialise"),
+                "{error}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(&got[1], Event::JobExecuted { retval, .. } if *retval == "HI"));
+    assert!(matches!(&got[2], Event::JobExecuted { retval, .. } if *retval == 5));
+    let err = s.add_task_job("nope", ()).await.unwrap_err();
+    assert!(
+        matches!(err, Error::UnknownTask(ref n) if n == "nope"),
+        "{err}"
+    );
+    s.shutdown(true).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lagging_subscriber_is_told_how_many_events_it_lost() {
+    let clock = TestClock::new(start_time());
+    let s = Scheduler::builder()
+        .clock(clock.shared())
+        .event_capacity(4)
+        .build();
+    let mut rx = s.subscribe(EventKind::ALL);
+    s.start().await.unwrap();
+    for i in 0..10 {
+        s.add_job(|| async {})
+            .trigger(Date::new(start_time() + TimeDelta::days(1)))
+            .id(format!("j{i}"))
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        rx.recv().await,
+        Err(apsched::event::RecvError::Lagged(n)) if n > 0
+    ));
+    // It then resumes with the newest events.
+    assert!(rx.recv().await.is_ok());
+    s.shutdown(true).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn stores_and_executors_can_be_added_and_removed() {
+    let clock = TestClock::new(start_time());
+    let s = scheduler(&clock);
+    s.start().await.unwrap();
+    let mut rx = s.subscribe(EventKind::ALL);
+    s.add_store("archive", apsched::store::MemoryStore::new())
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.add_store("archive", apsched::store::MemoryStore::new())
+            .await,
+        Err(Error::AliasInUse(_))
+    ));
+    s.add_job(|| async {})
+        .trigger(every(60))
+        .id("a")
+        .store("archive")
+        .await
+        .unwrap();
+    assert_eq!(s.get_jobs(Some("archive")).await.unwrap().len(), 1);
+    assert!(s.get_jobs(Some("default")).await.unwrap().is_empty());
+    assert!(matches!(
+        s.add_job(|| async {}).store("nope").await,
+        Err(Error::UnknownStore(_))
+    ));
+    s.remove_all_jobs(Some("archive")).await.unwrap();
+    s.remove_store("archive").await.unwrap();
+    s.add_executor("more", TokioExecutor::new()).unwrap();
+    s.remove_executor("more").await.unwrap();
+    let mut kinds = Vec::new();
+    while let Some(Ok(ev)) = rx.try_recv() {
+        kinds.push(ev.kind());
+    }
+    use EventKind as K;
+    assert_eq!(
+        kinds,
+        [
+            K::JOBSTORE_ADDED,
+            K::JOB_ADDED,
+            K::ALL_JOBS_REMOVED,
+            K::JOBSTORE_REMOVED,
+            K::EXECUTOR_ADDED,
+            K::EXECUTOR_REMOVED
+        ]
+    );
+    s.shutdown(true).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn modify_changes_options_and_validates_them() {
+    let clock = TestClock::new(start_time());
+    let s = scheduler(&clock);
+    s.start().await.unwrap();
+    s.add_job(|| async {})
+        .trigger(every(60))
+        .id("j")
+        .await
+        .unwrap();
+    let job = s
+        .modify_job(
+            "j",
+            apsched::JobChanges::new()
+                .name("renamed")
+                .coalesce(false)
+                .max_instances(4)
+                .misfire_grace_time(None),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            job.name.as_str(),
+            job.coalesce,
+            job.max_instances,
+            job.misfire_grace_time
+        ),
+        ("renamed", false, 4, None)
+    );
+    assert!(matches!(
+        s.modify_job("j", apsched::JobChanges::new().max_instances(0), None)
+            .await,
+        Err(Error::InvalidJob { .. })
+    ));
+    assert!(matches!(
+        s.modify_job("j", apsched::JobChanges::new().executor("nope"), None)
+            .await,
+        Err(Error::UnknownExecutor(_))
+    ));
+    assert!(matches!(
+        s.modify_job("zzz", apsched::JobChanges::new(), None).await,
+        Err(Error::JobLookup(_))
+    ));
+    let paused = s.pause_job("j", None).await.unwrap();
+    assert!(paused.is_paused());
+    let resumed = s.resume_job("j", None).await.unwrap().unwrap();
+    assert_eq!(
+        resumed.next_run_time,
+        Some(clock.now() + TimeDelta::seconds(60))
+    );
+    s.shutdown(true).await.unwrap();
+}

@@ -1,0 +1,428 @@
+//! The store contract: what every [`JobStore`] must do, written once and run against each
+//! store. A store module calls [`contract`] with a factory of fresh, empty, started stores,
+//! and [`shared_claims`] with two stores on the same backend (persistent stores only).
+
+#![allow(dead_code)] // each store module uses the part of the suite that applies to it
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apsched::clock::SystemClock;
+use apsched::event::EventBus;
+use apsched::job::{Callable, JobRecord};
+use apsched::store::{JobStore, StoreContext};
+use apsched::task::{TaskFn, TaskRegistry};
+use apsched::trigger::{Date, Interval, TriggerSpec};
+use apsched::Error;
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use tokio::sync::Notify;
+
+/// A fixed instant the contract tests use as "now".
+pub fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2030, 1, 15, 10, 0, 0).unwrap()
+}
+
+/// `t0 + secs`.
+pub fn at(secs: i64) -> DateTime<Utc> {
+    t0() + TimeDelta::seconds(secs)
+}
+
+/// The tasks every suite job refers to.
+pub fn tasks() -> Arc<TaskRegistry> {
+    let mut tasks = TaskRegistry::new();
+    tasks.insert("noop", TaskFn::from_async(|_: serde_json::Value| async {}));
+    tasks.insert(
+        "echo",
+        TaskFn::from_async(|v: serde_json::Value| async move { Ok::<_, String>(v) }),
+    );
+    Arc::new(tasks)
+}
+
+/// A context for starting a store outside a scheduler.
+pub fn context(alias: &str, scheduler_id: &str, lease: Duration) -> StoreContext {
+    StoreContext {
+        alias: alias.to_string(),
+        scheduler_id: scheduler_id.to_string(),
+        lease,
+        tasks: tasks(),
+        wakeup: Arc::new(Notify::new()),
+        events: EventBus::new(1024),
+        clock: Arc::new(SystemClock),
+    }
+}
+
+/// A persistable job (task `echo`) firing every `every_secs` from `next`.
+pub fn interval_job(id: &str, every_secs: u64, next: Option<DateTime<Utc>>) -> JobRecord {
+    job(
+        id,
+        Interval::new(Duration::from_secs(every_secs))
+            .unwrap()
+            .into(),
+        next,
+    )
+}
+
+/// A persistable one-shot job at `when`.
+pub fn date_job(id: &str, when: DateTime<Utc>) -> JobRecord {
+    job(id, Date::new(when).into(), Some(when))
+}
+
+fn job(id: &str, trigger: TriggerSpec, next: Option<DateTime<Utc>>) -> JobRecord {
+    JobRecord {
+        id: id.to_string(),
+        name: Some(format!("job {id}")),
+        callable: Callable::Task {
+            name: "echo".into(),
+            args: serde_json::json!({"id": id, "n": [1, 2, 3]}),
+        },
+        trigger,
+        executor: "default".into(),
+        misfire_grace_time: Some(Duration::from_secs(30)),
+        coalesce: false,
+        max_instances: 2,
+        next_run_time: next,
+        version: 0,
+        lease: None,
+    }
+}
+
+fn ids(jobs: &[JobRecord]) -> Vec<&str> {
+    jobs.iter().map(|j| j.id.as_str()).collect()
+}
+
+/// Runs every contract test, each on a fresh store from `make`.
+pub async fn contract<F, Fut, S>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+    S: JobStore,
+{
+    add_lookup_roundtrip(make().await).await;
+    ordering(make().await).await;
+    conflicting_ids(make().await).await;
+    update_and_fencing(make().await).await;
+    removal(make().await).await;
+    next_run_time(make().await).await;
+    acquire_advances(make().await).await;
+    acquire_limit_and_order(make().await).await;
+    acquire_removes_exhausted(make().await).await;
+    acquire_backlog(make().await).await;
+}
+
+/// A job comes back from the store as it went in.
+async fn add_lookup_roundtrip(store: impl JobStore) {
+    let job = interval_job("a", 60, Some(at(60)));
+    store.add_job(job.clone(), false).await.unwrap();
+    let back = store
+        .lookup_job("a")
+        .await
+        .unwrap()
+        .expect("job a is stored");
+    assert_eq!(back.id, "a");
+    assert_eq!(back.name.as_deref(), Some("job a"));
+    assert_eq!(back.trigger, job.trigger);
+    assert_eq!(back.executor, "default");
+    assert_eq!(back.misfire_grace_time, Some(Duration::from_secs(30)));
+    assert!(!back.coalesce);
+    assert_eq!(back.max_instances, 2);
+    assert_eq!(back.next_run_time, Some(at(60)));
+    match &back.callable {
+        Callable::Task { name, args } => {
+            assert_eq!(name, "echo");
+            assert_eq!(args, &serde_json::json!({"id": "a", "n": [1, 2, 3]}));
+        }
+        other => panic!("callable changed: {other:?}"),
+    }
+    assert!(store.lookup_job("nope").await.unwrap().is_none());
+}
+
+/// Jobs list by next run time, paused last, ties by id.
+async fn ordering(store: impl JobStore) {
+    for (id, next) in [
+        ("p2", None),
+        ("c", Some(at(30))),
+        ("b", Some(at(10))),
+        ("a", Some(at(30))),
+        ("p1", None),
+    ] {
+        store
+            .add_job(interval_job(id, 60, next), false)
+            .await
+            .unwrap();
+    }
+    let all = store.get_all_jobs().await.unwrap();
+    assert_eq!(ids(&all), ["b", "a", "c", "p1", "p2"]);
+}
+
+/// A second job with the same id is refused unless replacing.
+async fn conflicting_ids(store: impl JobStore) {
+    store
+        .add_job(interval_job("a", 60, Some(at(60))), false)
+        .await
+        .unwrap();
+    let err = store
+        .add_job(interval_job("a", 5, Some(at(5))), false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::ConflictingId(ref id) if id == "a"),
+        "{err}"
+    );
+    assert_eq!(
+        store.lookup_job("a").await.unwrap().unwrap().next_run_time,
+        Some(at(60))
+    );
+    store
+        .add_job(interval_job("a", 5, Some(at(5))), true)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.lookup_job("a").await.unwrap().unwrap().next_run_time,
+        Some(at(5))
+    );
+    assert_eq!(store.get_all_jobs().await.unwrap().len(), 1);
+}
+
+/// Updates are compare-and-swap on the version.
+async fn update_and_fencing(store: impl JobStore) {
+    store
+        .add_job(interval_job("a", 60, Some(at(60))), false)
+        .await
+        .unwrap();
+    let read = store.lookup_job("a").await.unwrap().unwrap();
+    let mut changed = read.clone();
+    changed.name = Some("renamed".into());
+    changed.next_run_time = None;
+    let stored = store.update_job(changed).await.unwrap();
+    assert!(stored.version > read.version, "update bumps the version");
+    let back = store.lookup_job("a").await.unwrap().unwrap();
+    assert_eq!(back.name.as_deref(), Some("renamed"));
+    assert_eq!(back.next_run_time, None);
+    assert_eq!(back.version, stored.version);
+
+    // A writer holding the old version is refused, and the newer state stays.
+    let mut stale = read.clone();
+    stale.name = Some("stale".into());
+    let err = store.update_job(stale).await.unwrap_err();
+    assert!(matches!(err, Error::Fenced(_)), "{err}");
+    assert_eq!(
+        store
+            .lookup_job("a")
+            .await
+            .unwrap()
+            .unwrap()
+            .name
+            .as_deref(),
+        Some("renamed")
+    );
+
+    let err = store
+        .update_job(interval_job("ghost", 60, None))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::JobLookup(_)), "{err}");
+}
+
+/// Removal of one job and of all jobs.
+async fn removal(store: impl JobStore) {
+    for id in ["a", "b", "c"] {
+        store
+            .add_job(interval_job(id, 60, Some(at(60))), false)
+            .await
+            .unwrap();
+    }
+    store.remove_job("b").await.unwrap();
+    assert_eq!(ids(&store.get_all_jobs().await.unwrap()), ["a", "c"]);
+    let err = store.remove_job("b").await.unwrap_err();
+    assert!(matches!(err, Error::JobLookup(_)), "{err}");
+    store.remove_all_jobs().await.unwrap();
+    assert!(store.get_all_jobs().await.unwrap().is_empty());
+    assert_eq!(store.next_run_time().await.unwrap(), None);
+}
+
+/// The earliest next run time of unpaused jobs.
+async fn next_run_time(store: impl JobStore) {
+    assert_eq!(store.next_run_time().await.unwrap(), None);
+    store
+        .add_job(interval_job("paused", 60, None), false)
+        .await
+        .unwrap();
+    assert_eq!(store.next_run_time().await.unwrap(), None);
+    store
+        .add_job(interval_job("later", 60, Some(at(90))), false)
+        .await
+        .unwrap();
+    store
+        .add_job(interval_job("sooner", 60, Some(at(30))), false)
+        .await
+        .unwrap();
+    assert_eq!(store.next_run_time().await.unwrap(), Some(at(30)));
+}
+
+/// Claiming a due job advances it in the same step; it is not claimed again for that time.
+async fn acquire_advances(store: impl JobStore) {
+    store
+        .add_job(interval_job("a", 60, Some(at(0))), false)
+        .await
+        .unwrap();
+    store
+        .add_job(interval_job("future", 60, Some(at(600))), false)
+        .await
+        .unwrap();
+    assert!(store
+        .acquire_due_jobs(at(-1), 100)
+        .await
+        .unwrap()
+        .is_empty());
+
+    let due = store.acquire_due_jobs(at(0), 100).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].job.id, "a");
+    assert_eq!(due[0].run_times, vec![at(0)]);
+    assert!(!due[0].removed);
+    assert_eq!(due[0].job.next_run_time, Some(at(60)));
+    store.release_jobs(&due).await.unwrap();
+
+    assert_eq!(
+        store.lookup_job("a").await.unwrap().unwrap().next_run_time,
+        Some(at(60))
+    );
+    assert!(store.acquire_due_jobs(at(0), 100).await.unwrap().is_empty());
+    assert_eq!(store.next_run_time().await.unwrap(), Some(at(60)));
+
+    // A later claim works on the advanced state.
+    let due = store.acquire_due_jobs(at(60), 100).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].run_times, vec![at(60)]);
+    store.release_jobs(&due).await.unwrap();
+}
+
+/// At most `limit` jobs per claim, oldest first; the rest on the next claim.
+async fn acquire_limit_and_order(store: impl JobStore) {
+    for (i, id) in ["e", "d", "c", "b", "a"].iter().enumerate() {
+        store
+            .add_job(interval_job(id, 3600, Some(at(i as i64))), false)
+            .await
+            .unwrap();
+    }
+    let first = store.acquire_due_jobs(at(10), 2).await.unwrap();
+    assert_eq!(
+        first.iter().map(|d| d.job.id.as_str()).collect::<Vec<_>>(),
+        ["e", "d"]
+    );
+    store.release_jobs(&first).await.unwrap();
+    let rest = store.acquire_due_jobs(at(10), 100).await.unwrap();
+    assert_eq!(
+        rest.iter().map(|d| d.job.id.as_str()).collect::<Vec<_>>(),
+        ["c", "b", "a"]
+    );
+    store.release_jobs(&rest).await.unwrap();
+}
+
+/// A trigger with no fire time left: the claim removes the job and says so.
+async fn acquire_removes_exhausted(store: impl JobStore) {
+    store.add_job(date_job("once", at(5)), false).await.unwrap();
+    let due = store.acquire_due_jobs(at(10), 100).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert!(due[0].removed);
+    assert_eq!(due[0].run_times, vec![at(5)]);
+    store.release_jobs(&due).await.unwrap();
+    assert!(store.lookup_job("once").await.unwrap().is_none());
+    assert_eq!(store.next_run_time().await.unwrap(), None);
+}
+
+/// After downtime every missed time is listed (coalescing is the scheduler's business).
+async fn acquire_backlog(store: impl JobStore) {
+    store
+        .add_job(interval_job("a", 10, Some(at(0))), false)
+        .await
+        .unwrap();
+    let due = store.acquire_due_jobs(at(35), 100).await.unwrap();
+    assert_eq!(due[0].run_times, vec![at(0), at(10), at(20), at(30)]);
+    assert_eq!(due[0].job.next_run_time, Some(at(40)));
+    store.release_jobs(&due).await.unwrap();
+}
+
+/// Two stores on one backend (two scheduler identities) never claim the same slot, and a
+/// claim by one is visible to the other.
+pub async fn shared_claims(a: impl JobStore, b: impl JobStore) {
+    let a = Arc::new(a);
+    let b = Arc::new(b);
+    const JOBS: usize = 50;
+    for i in 0..JOBS {
+        a.add_job(interval_job(&format!("j{i:03}"), 10, Some(at(0))), false)
+            .await
+            .unwrap();
+    }
+    let mut claimed = Vec::new();
+    for round in 0..3 {
+        let now = at(round * 10);
+        let (ra, rb) = tokio::join!(a.acquire_due_jobs(now, 20), b.acquire_due_jobs(now, 20));
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        a.release_jobs(&ra).await.unwrap();
+        b.release_jobs(&rb).await.unwrap();
+        // Whatever is left for this round is claimed by either, in further passes.
+        let mut got: Vec<(String, DateTime<Utc>)> = ra
+            .iter()
+            .chain(rb.iter())
+            .flat_map(|d| d.run_times.iter().map(move |t| (d.job.id.clone(), *t)))
+            .collect();
+        loop {
+            let (ra, rb) = tokio::join!(a.acquire_due_jobs(now, 20), b.acquire_due_jobs(now, 20));
+            let (ra, rb) = (ra.unwrap(), rb.unwrap());
+            if ra.is_empty() && rb.is_empty() {
+                break;
+            }
+            a.release_jobs(&ra).await.unwrap();
+            b.release_jobs(&rb).await.unwrap();
+            got.extend(
+                ra.iter()
+                    .chain(rb.iter())
+                    .flat_map(|d| d.run_times.iter().map(move |t| (d.job.id.clone(), *t))),
+            );
+        }
+        assert_eq!(got.len(), JOBS, "round {round}: every job claimed once");
+        claimed.extend(got);
+    }
+    let mut unique = claimed.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), claimed.len(), "no (job, time) claimed twice");
+    assert_eq!(unique.len(), JOBS * 3);
+}
+
+/// Whether a test needing `service` may run. Without the service it skips with a printed
+/// reason, or, under `APSCHED_REQUIRE_SERVICES=1` (CI), fails.
+pub fn service_available(service: &str, available: Result<(), String>) -> bool {
+    match available {
+        Ok(()) => true,
+        Err(reason) => {
+            if std::env::var("APSCHED_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
+                panic!(
+                    "{service} is required (APSCHED_REQUIRE_SERVICES=1) but unavailable: {reason}"
+                );
+            }
+            eprintln!("skipping: {service} unavailable: {reason}");
+            false
+        }
+    }
+}
+
+/// A unique suffix for table names, key prefixes and databases, so runs never collide.
+pub fn unique_suffix() -> String {
+    format!("{}_{:08x}", std::process::id(), rand_u32())
+}
+
+fn rand_u32() -> u32 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish() as u32
+}
