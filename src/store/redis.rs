@@ -273,9 +273,7 @@ impl RedisStore {
     }
 
     fn now(&self) -> DateTime<Utc> {
-        self.state
-            .ctx()
-            .map_or_else(Utc::now, |c| c.clock.now())
+        self.state.ctx().map_or_else(Utc::now, |c| c.clock.now())
     }
 
     /// Reads documents, versions and leases of `ids` in one round trip.
@@ -284,7 +282,11 @@ impl RedisStore {
         &self,
         conn: &mut ConnectionManager,
         ids: &[String],
-    ) -> Result<(Vec<Option<String>>, Vec<Option<String>>, Vec<Option<String>>)> {
+    ) -> Result<(
+        Vec<Option<String>>,
+        Vec<Option<String>>,
+        Vec<Option<String>>,
+    )> {
         let k = self.keys();
         redis::pipe()
             .cmd("HMGET")
@@ -589,8 +591,8 @@ impl JobStore for RedisStore {
         }
         let k = self.keys();
         let me = self.state.owner();
-        let lease_until = now
-            + chrono::Duration::from_std(self.state.lease()).unwrap_or(chrono::Duration::MAX);
+        let lease_until =
+            now + chrono::Duration::from_std(self.state.lease()).unwrap_or(chrono::Duration::MAX);
         let lease_value = format!("{} {me}", to_us(lease_until));
         let mut conn = self.conn().await?;
         let page = limit.clamp(16, 1024);

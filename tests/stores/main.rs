@@ -7,3 +7,9 @@
 mod suite;
 
 mod memory;
+
+#[cfg(any(feature = "redis", feature = "mongodb", feature = "zookeeper"))]
+mod nosql;
+
+#[cfg(feature = "redis")]
+mod redis;
