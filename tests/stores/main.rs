@@ -13,3 +13,6 @@ mod nosql;
 
 #[cfg(feature = "redis")]
 mod redis;
+
+#[cfg(any(feature = "redis", feature = "mongodb"))]
+mod multiprocess;

@@ -235,3 +235,27 @@ pub fn wait_port(port: u16) {
     }
     panic!("nothing listens on 127.0.0.1:{port}");
 }
+
+/// Three scheduler processes on one prefix, 200 jobs every second for 12 s, one SIGKILLed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_multi_process_no_duplicates() {
+    if !available().await {
+        return;
+    }
+    let prefix = format!("apsched-test:{}", suite::unique_suffix());
+    let store = started(&prefix, "setup").await;
+    crate::multiprocess::run(
+        store,
+        crate::multiprocess::Plan {
+            url: url(),
+            namespace: prefix.clone(),
+            processes: 3,
+            jobs: 200,
+            secs: 12,
+            kill_at: 5,
+            lease_secs: 3,
+        },
+    )
+    .await;
+    cleanup(&prefix).await;
+}
