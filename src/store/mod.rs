@@ -7,6 +7,8 @@
 //! ([`JobStore::acquire_due_jobs`]), so each scheduled time of a job is submitted once.
 
 mod memory;
+#[cfg(feature = "mongodb")]
+pub mod mongodb;
 #[cfg(any(feature = "redis", feature = "mongodb", feature = "zookeeper"))]
 mod nosql_common;
 #[cfg(feature = "redis")]
@@ -19,6 +21,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
 pub use self::memory::MemoryStore;
+#[cfg(feature = "mongodb")]
+pub use self::mongodb::MongoStore;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
 use crate::clock::Clock;

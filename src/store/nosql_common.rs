@@ -129,6 +129,16 @@ impl StoreState {
             .contains_key(id)
     }
 
+    /// The ids of the known corrupt records.
+    pub(crate) fn corrupt_ids(&self) -> Vec<String> {
+        self.corrupt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// Whether `id` was reported with exactly this content already.
     pub(crate) fn is_known_corrupt(&self, id: &str, doc: &str, version: u64) -> bool {
         self.corrupt

@@ -167,7 +167,7 @@ async fn redis_server_restart_mid_run() {
     }
     let dir = std::env::temp_dir().join(format!("apsched-redis-{}", suite::unique_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = free_port();
+    let port = crate::free_port();
     let spawn = {
         let dir = dir.clone();
         move || {
@@ -186,7 +186,7 @@ async fn redis_server_restart_mid_run() {
                 .stdout(std::process::Stdio::null())
                 .spawn()
                 .expect("redis-server runs");
-            wait_port(port);
+            crate::wait_port(port);
             child
         }
     };
@@ -216,24 +216,6 @@ async fn redis_server_restart_mid_run() {
         let _ = c.wait();
     }
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-pub fn wait_port(port: u16) {
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("nothing listens on 127.0.0.1:{port}");
 }
 
 /// Three scheduler processes on one prefix, 200 jobs every second for 12 s, one SIGKILLed.
