@@ -13,6 +13,8 @@ pub mod mongodb;
 mod nosql_common;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "zookeeper")]
+pub mod zookeeper;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,8 @@ pub use self::memory::MemoryStore;
 pub use self::mongodb::MongoStore;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
+#[cfg(feature = "zookeeper")]
+pub use self::zookeeper::ZooKeeperStore;
 use crate::clock::Clock;
 use crate::error::{Result, TriggerError};
 use crate::event::EventBus;

@@ -17,6 +17,9 @@ mod redis;
 #[cfg(feature = "mongodb")]
 mod mongodb;
 
+#[cfg(feature = "zookeeper")]
+mod zookeeper;
+
 /// A free TCP port on 127.0.0.1 (for private server instances).
 #[cfg(any(feature = "redis", feature = "mongodb", feature = "zookeeper"))]
 pub fn free_port() -> u16 {
