@@ -350,14 +350,14 @@ impl ZooKeeperStore {
         }
         match tokio::time::timeout(self.session_timeout, w.commit()).await {
             Ok(Ok(_)) => Ok(true),
-            Ok(Err(zk::MultiWriteError::OperationFailed { index: 0, source }))
-                if matches!(source, zk::Error::BadVersion | zk::Error::NoNode) =>
-            {
-                Ok(false)
-            }
-            Ok(Err(zk::MultiWriteError::OperationFailed { source, .. }))
-                if matches!(source, zk::Error::NoNode | zk::Error::NodeExists) =>
-            {
+            Ok(Err(zk::MultiWriteError::OperationFailed {
+                index: 0,
+                source: zk::Error::BadVersion | zk::Error::NoNode,
+            })) => Ok(false),
+            Ok(Err(zk::MultiWriteError::OperationFailed {
+                source: zk::Error::NoNode | zk::Error::NodeExists,
+                ..
+            })) => {
                 // The index entry was not where the job said: repair it on its own.
                 let written = match new {
                     Some((data, _)) => c.set_data(&path, data, Some(version)).await.map(|_| ()),

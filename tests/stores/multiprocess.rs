@@ -81,6 +81,9 @@ async fn add_jobs(store: &impl JobStore, plan: &Plan, first: DateTime<Utc>) {
 /// Runs the test: adds the jobs with `store`, spawns the processes, kills one, and checks
 /// the logs. `store` must be started on the same namespace.
 pub async fn run(store: impl JobStore, plan: Plan) {
+    // One multi-process run at a time: they measure timing on a small machine.
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let dir = std::env::temp_dir().join(format!("apsched-mp-{}", suite::unique_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
     let now = Utc::now();
@@ -143,7 +146,9 @@ pub async fn run(store: impl JobStore, plan: Plan) {
     );
     let per_proc = |w: &str| seen.values().filter(|v| v[0] == w).count();
     let mut missing = Vec::new();
-    let safe_before = killed_at - TimeDelta::milliseconds(1500);
+    // A pass the killed process had claimed but not yet logged dies with it; on this
+    // shared 2-core machine a pass can lag, so "before the kill" allows one lease of lag.
+    let safe_before = killed_at - TimeDelta::seconds(plan.lease_secs);
     let safe_after = killed_at + TimeDelta::seconds(plan.lease_secs + 2);
     for i in 0..plan.jobs {
         for k in 0..plan.secs {
