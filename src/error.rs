@@ -84,6 +84,14 @@ pub enum Error {
         /// What is wrong and what to do instead.
         reason: String,
     },
+    /// A store URL names no store this build can open.
+    #[error("cannot open store '{url}': {reason}")]
+    InvalidStoreUrl {
+        /// The URL as given.
+        url: String,
+        /// Why, and what to do.
+        reason: String,
+    },
     /// A named task is not registered with the scheduler.
     #[error("no task named '{0}' is registered (register it with SchedulerBuilder::task)")]
     UnknownTask(String),

@@ -321,6 +321,14 @@ impl EventBus {
         let _ = self.tx.send(event);
     }
 
+    /// Like [`emit`](Self::emit), but builds the event only if someone is listening: the
+    /// hot path (a run per job) pays nothing for events nobody reads.
+    pub fn emit_with(&self, event: impl FnOnce() -> Event) {
+        if self.tx.receiver_count() > 0 {
+            self.emit(event());
+        }
+    }
+
     /// A receiver of the events matching `mask`.
     pub fn subscribe(&self, mask: EventKind) -> EventReceiver {
         EventReceiver {

@@ -469,7 +469,7 @@ pub fn advance(job: &mut JobRecord, now: DateTime<Utc>) -> Advance {
 }
 
 /// A read-only view of a job, as `get_job` and `get_jobs` return it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Job {
     /// Job id.
     pub id: String,
@@ -484,6 +484,7 @@ pub struct Job {
     /// Store alias.
     pub store: String,
     /// Grace time (`None` = any lateness).
+    #[serde(with = "opt_secs")]
     pub misfire_grace_time: Option<Duration>,
     /// Coalesce flag.
     pub coalesce: bool,

@@ -31,7 +31,7 @@
 //! - [`executor`]: where runs happen (Tokio tasks, thread pool, child processes, `LocalSet`).
 //! - [`event`]: what happened, as a broadcast channel with masks.
 //! - [`clock`]: real and virtual time.
-//! - [`task`]: named tasks for persistent jobs.
+//! - [`task`]: named tasks for persistent jobs; [`worker`]: running them in child processes.
 //! - [`error`]: what can go wrong, and what to do about it.
 
 #![warn(missing_docs)]
@@ -45,6 +45,10 @@ mod scheduler;
 pub mod store;
 pub mod task;
 pub mod trigger;
+pub mod worker;
+
+#[doc(hidden)]
+pub mod conformance;
 
 pub use crate::error::{Error, Result, TriggerError};
 pub use crate::event::{Event, EventKind, EventReceiver};
@@ -54,3 +58,4 @@ pub use crate::scheduler::{
     Scheduler, SchedulerBuilder, SchedulerState,
 };
 pub use crate::trigger::{Trigger, TriggerSpec};
+pub use crate::worker::worker_main;

@@ -2,10 +2,11 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::process::Stdio;
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
 
 use crate::job::{JobError, JobResult};
 
@@ -94,48 +95,74 @@ impl CommandSpec {
     pub async fn run(&self) -> JobResult {
         let mut cmd = tokio::process::Command::new(&self.program);
         cmd.args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // A timed-out (dropped) run must not leave its child behind.
-            .kill_on_drop(true);
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(dir) = &self.current_dir {
             cmd.current_dir(dir);
         }
-        let child = cmd.spawn().map_err(|e| {
-            JobError::not_runnable(format!("could not start '{}': {e}", self.program))
-        })?;
-        let output = match self.timeout {
-            Some(t) => match tokio::time::timeout(t, child.wait_with_output()).await {
-                Ok(out) => out,
-                Err(_) => {
-                    return Err(JobError::TimedOut {
-                        seconds: t.as_secs_f64(),
-                    })
-                }
-            },
-            None => child.wait_with_output().await,
-        }
-        .map_err(|e| JobError::not_runnable(format!("waiting for '{}': {e}", self.program)))?;
+        let output = run_child(cmd, &self.program, None, self.timeout).await?;
         if output.status.success() {
             Ok(serde_json::Value::String(tail(&output.stdout)))
         } else {
-            #[cfg(unix)]
-            let signal = std::os::unix::process::ExitStatusExt::signal(&output.status);
-            #[cfg(not(unix))]
-            let signal = None;
-            Err(JobError::Exited {
-                code: output.status.code(),
-                signal,
-                stderr_tail: tail(&output.stderr),
-            })
+            Err(exit_error(&output))
         }
     }
 }
 
+/// Runs a child to completion with piped stdout/stderr, `stdin` written to it (or
+/// `/dev/null`), killed when `timeout` passes.
+pub(crate) async fn run_child(
+    mut cmd: tokio::process::Command,
+    program: &str,
+    stdin: Option<Vec<u8>>,
+    timeout: Option<Duration>,
+) -> Result<Output, JobError> {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    // A timed-out (dropped) run must not leave its child behind.
+    .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| JobError::not_runnable(format!("could not start '{program}': {e}")))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A child that exits without reading its input is not an error here; its exit
+        // status tells what happened.
+        let _ = pipe.write_all(&input).await;
+        drop(pipe);
+    }
+    let output = match timeout {
+        Some(t) => match tokio::time::timeout(t, child.wait_with_output()).await {
+            Ok(out) => out,
+            Err(_) => {
+                return Err(JobError::TimedOut {
+                    seconds: t.as_secs_f64(),
+                })
+            }
+        },
+        None => child.wait_with_output().await,
+    };
+    output.map_err(|e| JobError::not_runnable(format!("waiting for '{program}': {e}")))
+}
+
+/// The error for a child that did not exit successfully.
+pub(crate) fn exit_error(output: &Output) -> JobError {
+    #[cfg(unix)]
+    let signal = std::os::unix::process::ExitStatusExt::signal(&output.status);
+    #[cfg(not(unix))]
+    let signal = None;
+    JobError::Exited {
+        code: output.status.code(),
+        signal,
+        stderr_tail: tail(&output.stderr),
+    }
+}
+
 /// The last [`TAIL_BYTES`] of `bytes` as (lossy) UTF-8, trimmed.
-fn tail(bytes: &[u8]) -> String {
+pub(crate) fn tail(bytes: &[u8]) -> String {
     let start = bytes.len().saturating_sub(TAIL_BYTES);
     String::from_utf8_lossy(&bytes[start..]).trim().to_string()
 }

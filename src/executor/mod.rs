@@ -106,7 +106,7 @@ impl JobRun {
             let late = self.ctx.clock.now() - scheduled;
             if late.to_std().is_ok_and(|late| late > grace) {
                 tracing::warn!(job_id = %self.job_id, %scheduled, "run missed by {late}");
-                self.ctx.events.emit(Event::JobMissed {
+                self.ctx.events.emit_with(|| Event::JobMissed {
                     job_id: self.job_id.clone(),
                     store: self.store.clone(),
                     scheduled_run_time: scheduled,
@@ -119,22 +119,24 @@ impl JobRun {
 
     /// Call when a run finished: emits [`Event::JobExecuted`] or [`Event::JobError`].
     pub fn finish(&self, scheduled: DateTime<Utc>, result: JobResult) {
-        let (job_id, store) = (self.job_id.clone(), self.store.clone());
-        self.ctx.events.emit(match result {
-            Ok(retval) => Event::JobExecuted {
-                job_id,
-                store,
-                scheduled_run_time: scheduled,
-                retval,
-            },
-            Err(error) => {
-                tracing::error!(%job_id, %scheduled, %error, "job failed");
-                Event::JobError {
+        if let Err(error) = &result {
+            tracing::error!(job_id = %self.job_id, %scheduled, %error, "job failed");
+        }
+        self.ctx.events.emit_with(|| {
+            let (job_id, store) = (self.job_id.clone(), self.store.clone());
+            match result {
+                Ok(retval) => Event::JobExecuted {
+                    job_id,
+                    store,
+                    scheduled_run_time: scheduled,
+                    retval,
+                },
+                Err(error) => Event::JobError {
                     job_id,
                     store,
                     scheduled_run_time: scheduled,
                     error,
-                }
+                },
             }
         });
     }

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use tokio::runtime::{Handle, Runtime};
 
-use super::{JobChanges, Scheduler, SchedulerBuilder, SchedulerState};
+use super::{AddJob, JobChanges, Scheduler, SchedulerBuilder, SchedulerState};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventKind, EventReceiver};
-use crate::executor::LocalExecutor;
-use crate::job::Job;
+use crate::executor::{CommandSpec, LocalExecutor};
+use crate::job::{IntoJobResult, Job};
 use crate::trigger::TriggerSpec;
 
 impl Scheduler {
@@ -45,7 +45,6 @@ impl Scheduler {
 /// let scheduler = BackgroundScheduler::new(Scheduler::builder())?;
 /// scheduler.start()?;
 /// scheduler
-///     .scheduler()
 ///     .add_blocking_job(|| println!("tick"))
 ///     .trigger(Interval::new(Duration::from_secs(5))?)
 ///     .add()?;
@@ -95,6 +94,35 @@ impl BackgroundScheduler {
     /// Runs `fut` on the scheduler's runtime and waits for it.
     pub fn block_on<F: Future>(&self, fut: F) -> Result<F::Output> {
         self.scheduler.block_on(fut)
+    }
+
+    /// See [`Scheduler::add_job`]; finish with [`AddJob::add`].
+    pub fn add_job<F, Fut, R>(&self, f: F) -> AddJob<'_>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: IntoJobResult,
+    {
+        self.scheduler.add_job(f)
+    }
+
+    /// See [`Scheduler::add_blocking_job`]; finish with [`AddJob::add`].
+    pub fn add_blocking_job<F, R>(&self, f: F) -> AddJob<'_>
+    where
+        F: Fn() -> R + Send + Sync + 'static,
+        R: IntoJobResult,
+    {
+        self.scheduler.add_blocking_job(f)
+    }
+
+    /// See [`Scheduler::add_command_job`]; finish with [`AddJob::add`].
+    pub fn add_command_job(&self, command: CommandSpec) -> AddJob<'_> {
+        self.scheduler.add_command_job(command)
+    }
+
+    /// See [`Scheduler::add_task_job`]; finish with [`AddJob::add`].
+    pub fn add_task_job(&self, name: impl Into<String>, args: impl serde::Serialize) -> AddJob<'_> {
+        self.scheduler.add_task_job(name, args)
     }
 
     /// Starts the scheduler (its loop runs on the runtime's threads).

@@ -157,6 +157,11 @@ impl SchedulerBuilder {
         self
     }
 
+    /// The registered tasks (for worker mode).
+    pub(crate) fn into_tasks(self) -> TaskRegistry {
+        self.tasks
+    }
+
     /// Builds the scheduler (stopped; call [`Scheduler::start`]).
     pub fn build(mut self) -> Scheduler {
         if !self.executors.iter().any(|(a, _)| a == "default") {

@@ -1,13 +1,14 @@
 //! The loop: one task that sleeps until the earliest next run time across the stores (or
 //! until woken), claims the due jobs and hands their runs to executors.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use tokio_util::sync::CancellationToken;
 
-use super::{Backoff, Inner, SchedulerState};
+use super::{Backoff, Inner, SchedulerState, AWAKE};
 use crate::event::Event;
 use crate::executor::JobRun;
 use crate::job::JobError;
@@ -20,7 +21,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub(crate) async fn run_loop(inner: Arc<Inner>, stop: CancellationToken) {
     loop {
+        inner.planned_wakeup.store(AWAKE, Ordering::SeqCst);
         let wait = process_due_jobs(&inner).await;
+        let planned = wait
+            .and_then(|d| TimeDelta::from_std(d).ok())
+            .and_then(|d| inner.clock.now().checked_add_signed(d))
+            .map_or(i64::MAX, |t| t.timestamp_micros());
+        inner.planned_wakeup.store(planned, Ordering::SeqCst);
         let sleep = async {
             match wait {
                 Some(d) => tokio::time::sleep(d).await,
@@ -110,7 +117,7 @@ fn submit(inner: &Inner, store: &str, due: &DueJob) {
     let job = &due.job;
     if due.removed {
         // The trigger is exhausted: APScheduler reports the removal before the submission.
-        inner.events.emit(Event::JobRemoved {
+        inner.events.emit_with(|| Event::JobRemoved {
             job_id: job.id.clone(),
             store: store.to_string(),
         });
@@ -150,7 +157,7 @@ fn submit(inner: &Inner, store: &str, due: &DueJob) {
     };
     let Some(slot) = inner.instances.try_acquire(&job.id, job.max_instances) else {
         tracing::warn!(job_id = %job.id, "max_instances reached; run dropped");
-        inner.events.emit(Event::JobMaxInstances {
+        inner.events.emit_with(|| Event::JobMaxInstances {
             job_id: job.id.clone(),
             store: store.to_string(),
             scheduled_run_times: run_times,
@@ -158,7 +165,7 @@ fn submit(inner: &Inner, store: &str, due: &DueJob) {
         return;
     };
     // SUBMITTED goes out before the run can start, so it always precedes EXECUTED.
-    inner.events.emit(Event::JobSubmitted {
+    inner.events.emit_with(|| Event::JobSubmitted {
         job_id: job.id.clone(),
         store: store.to_string(),
         scheduled_run_times: run_times.clone(),

@@ -13,6 +13,7 @@ mod core;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
@@ -33,6 +34,9 @@ use crate::job::{Job, JobDefaults, JobRecord};
 use crate::store::{JobStore, StoreContext};
 use crate::task::TaskRegistry;
 use crate::trigger::{Trigger, TriggerSpec};
+
+/// `planned_wakeup` while the loop is in a pass (or has not planned yet).
+pub(crate) const AWAKE: i64 = i64::MIN;
 
 /// Where the scheduler is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -188,6 +192,9 @@ pub(crate) struct Inner {
     batch_size: usize,
     manual: bool,
     wakeup: Arc<Notify>,
+    /// When the loop plans to wake next (µs since the epoch); [`AWAKE`] while it is in a
+    /// pass. Changes that make nothing due earlier than this need not wake it.
+    planned_wakeup: AtomicI64,
     instances: Arc<Instances>,
     state: watch::Sender<SchedulerState>,
     stores: RwLock<Vec<(String, Arc<dyn JobStore>)>>,
@@ -227,6 +234,7 @@ impl Inner {
             batch_size,
             manual,
             wakeup: Arc::new(Notify::new()),
+            planned_wakeup: AtomicI64::new(AWAKE),
             instances: Arc::new(Instances::default()),
             state: watch::Sender::new(SchedulerState::Stopped),
             stores: RwLock::new(stores),
@@ -298,6 +306,16 @@ impl Inner {
 
     fn wakeup(&self) {
         self.wakeup.notify_one();
+    }
+
+    /// Wakes the loop if a job is now due at `t`, earlier than the loop plans to wake. Call
+    /// after the store write, so the loop either sees the job or gets woken.
+    fn wakeup_for(&self, t: Option<DateTime<Utc>>) {
+        let Some(t) = t else { return };
+        let planned = self.planned_wakeup.load(Ordering::SeqCst);
+        if planned == AWAKE || t.timestamp_micros() < planned {
+            self.wakeup();
+        }
     }
 
     fn check_started(&self) -> bool {
@@ -616,13 +634,13 @@ impl Scheduler {
 
     /// Writes a new job to its store, emits JOB_ADDED and wakes the loop.
     async fn store_new_job(&self, job: JobRecord, store: &str, replace: bool) -> Result<()> {
-        let id = job.id.clone();
+        let (id, next) = (job.id.clone(), job.next_run_time);
         self.inner.store(store)?.add_job(job, replace).await?;
-        self.inner.events.emit(Event::JobAdded {
+        self.inner.events.emit_with(|| Event::JobAdded {
             job_id: id,
             store: store.to_string(),
         });
-        self.inner.wakeup();
+        self.inner.wakeup_for(next);
         Ok(())
     }
 
@@ -843,11 +861,11 @@ impl Scheduler {
                 Located::Stored(alias, s, mut job) => match f(&mut job, now) {
                     Update::Modify => match s.update_job(*job).await {
                         Ok(stored) => {
-                            self.inner.events.emit(Event::JobModified {
+                            self.inner.events.emit_with(|| Event::JobModified {
                                 job_id: id.to_string(),
                                 store: alias.clone(),
                             });
-                            self.inner.wakeup();
+                            self.inner.wakeup_for(stored.next_run_time);
                             return Ok(Some(Job::from_record(&stored, &alias, false)));
                         }
                         Err(Error::Fenced(_)) => continue,

@@ -154,3 +154,96 @@ pub trait JobStore: Send + Sync + 'static {
         false
     }
 }
+
+/// Opens the store a URL names. Connecting happens when the scheduler starts the store, so
+/// this never blocks.
+///
+/// | URL | store | cargo feature |
+/// |---|---|---|
+/// | `memory://` | [`MemoryStore`] | — |
+/// | `sqlite://path/to/file.db` | SQL store on SQLite | `sqlite` |
+/// | `postgres://user@host/db` | SQL store on PostgreSQL | `postgres` |
+/// | `mysql://user@host/db` | SQL store on MySQL / MariaDB | `mysql` |
+/// | `redis://host:port/` | Redis store | `redis` |
+/// | `mongodb://host:port/db` | MongoDB store | `mongodb` |
+/// | `zk://host:port/root/path` | ZooKeeper store | `zookeeper` |
+///
+/// # Errors
+/// [`Error::InvalidStoreUrl`](crate::Error::InvalidStoreUrl) for an unknown scheme, or a
+/// scheme whose feature is not compiled in (the message names the feature).
+///
+/// ```
+/// let store = apsched::store::from_url("memory://").unwrap();
+/// let scheduler = apsched::Scheduler::builder().store("default", store).build();
+/// assert!(apsched::store::from_url("ftp://nope").is_err());
+/// ```
+pub fn from_url(url: &str) -> Result<Box<dyn JobStore>> {
+    let scheme = url.split_once("://").map_or(url, |(s, _)| s);
+    let missing = |feature: &str| {
+        Err(crate::Error::InvalidStoreUrl {
+            url: url.to_string(),
+            reason: format!(
+                "this build has no {scheme} store: enable apsched's `{feature}` cargo feature"
+            ),
+        })
+    };
+    match scheme {
+        "memory" => Ok(Box::new(MemoryStore::new())),
+        "sqlite" => missing("sqlite"),
+        "postgres" | "postgresql" => missing("postgres"),
+        "mysql" | "mariadb" => missing("mysql"),
+        "redis" | "rediss" => missing("redis"),
+        "mongodb" | "mongodb+srv" => missing("mongodb"),
+        "zk" | "zookeeper" => missing("zookeeper"),
+        _ => Err(crate::Error::InvalidStoreUrl {
+            url: url.to_string(),
+            reason: "unknown scheme; use memory://, sqlite://, postgres://, mysql://, redis://, \
+                     mongodb:// or zk://"
+                .into(),
+        }),
+    }
+}
+
+/// A boxed store is a store (so [`from_url`]'s result goes straight into the builder).
+#[async_trait::async_trait]
+impl JobStore for Box<dyn JobStore> {
+    async fn start(&self, ctx: StoreContext) -> Result<()> {
+        (**self).start(ctx).await
+    }
+    async fn shutdown(&self) -> Result<()> {
+        (**self).shutdown().await
+    }
+    async fn add_job(&self, job: JobRecord, replace_existing: bool) -> Result<()> {
+        (**self).add_job(job, replace_existing).await
+    }
+    async fn update_job(&self, job: JobRecord) -> Result<JobRecord> {
+        (**self).update_job(job).await
+    }
+    async fn remove_job(&self, id: &str) -> Result<()> {
+        (**self).remove_job(id).await
+    }
+    async fn remove_all_jobs(&self) -> Result<()> {
+        (**self).remove_all_jobs().await
+    }
+    async fn lookup_job(&self, id: &str) -> Result<Option<JobRecord>> {
+        (**self).lookup_job(id).await
+    }
+    async fn get_all_jobs(&self) -> Result<Vec<JobRecord>> {
+        (**self).get_all_jobs().await
+    }
+    async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>> {
+        (**self).next_run_time().await
+    }
+    async fn acquire_due_jobs(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueJob>> {
+        (**self).acquire_due_jobs(now, limit).await
+    }
+    async fn release_jobs(&self, jobs: &[DueJob]) -> Result<()> {
+        (**self).release_jobs(jobs).await
+    }
+    fn poll_interval(&self) -> Option<Duration> {
+        (**self).poll_interval()
+    }
+    fn is_persistent(&self) -> bool {
+        (**self).is_persistent()
+    }
+}

@@ -3,8 +3,10 @@
 use std::fmt;
 
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
+use super::tz::{self, IntoTriggerDate, TriggerDate};
 use super::Trigger;
 use crate::error::TriggerError;
 
@@ -12,17 +14,80 @@ use crate::error::TriggerError;
 ///
 /// Like APScheduler's `DateTrigger`, it returns `run_date` whenever `prev` is `None` (even
 /// when it lies in the past, so that a missed one-shot job is judged by misfire rules) and
-/// `None` afterwards.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `None` afterwards. A date string without offset is wall time in the trigger's zone (a
+/// non-existent one moves forward by the DST gap, an ambiguous one means its first
+/// occurrence).
+///
+/// ```
+/// use apsched::trigger::{Date, Trigger};
+/// use chrono::{TimeZone, Utc};
+///
+/// let once = Date::parse("2024-01-15 09:00:00", Some(chrono_tz::America::New_York))?;
+/// let at = Utc.with_ymd_and_hms(2024, 1, 15, 14, 0, 0).unwrap();
+/// assert_eq!(once.next_fire_time(None, Utc::now()), Some(at));
+/// assert_eq!(once.next_fire_time(Some(at), at), None);
+/// assert_eq!(once.to_string(), "date[2024-01-15 09:00:00 EST]");
+/// # Ok::<(), apsched::TriggerError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Date {
-    /// The instant to fire at.
-    pub run_date: DateTime<Utc>,
+    run: TriggerDate,
+    timezone: Option<Tz>,
+    /// The resolved instant.
+    at: DateTime<Utc>,
 }
 
 impl Date {
     /// A trigger firing once at `run_date`.
     pub fn new(run_date: DateTime<Utc>) -> Self {
-        Date { run_date }
+        let run = TriggerDate::from(run_date);
+        let at = run.resolve(Tz::UTC).unwrap_or(run_date);
+        Date {
+            run,
+            timezone: None,
+            at,
+        }
+    }
+
+    /// A trigger firing once at `run_date` (a chrono date-time, [`TriggerDate`] or a date
+    /// string), read in `timezone` (unset = the scheduler's zone, else UTC).
+    pub fn at(run_date: impl IntoTriggerDate, timezone: Option<Tz>) -> Result<Self, TriggerError> {
+        let run = run_date.into_trigger_date("run_date")?;
+        let at = run.resolve_param(timezone.unwrap_or(Tz::UTC), "run_date")?;
+        Ok(Date { run, timezone, at })
+    }
+
+    /// A trigger firing once at the date string `run_date` (see [`TriggerDate`] for the forms).
+    pub fn parse(run_date: &str, timezone: Option<Tz>) -> Result<Self, TriggerError> {
+        Date::at(run_date, timezone)
+    }
+
+    /// The instant it fires at.
+    pub fn run_date(&self) -> DateTime<Utc> {
+        self.at
+    }
+
+    /// The zone given, if any.
+    pub fn timezone(&self) -> Option<Tz> {
+        self.timezone
+    }
+
+    /// The trigger with its zone set to `tz` (a date string is re-read in it).
+    pub fn with_timezone(mut self, tz: Tz) -> Self {
+        self.timezone = Some(tz);
+        if let Some(at) = self.run.resolve(tz) {
+            self.at = at;
+        }
+        self
+    }
+
+    /// Fill in the zone if none was given.
+    pub fn with_default_timezone(self, tz: Tz) -> Self {
+        if self.timezone.is_some() {
+            self
+        } else {
+            self.with_timezone(tz)
+        }
     }
 }
 
@@ -33,7 +98,7 @@ impl Trigger for Date {
         _now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, TriggerError> {
         Ok(match prev {
-            None => Some(self.run_date),
+            None => Some(self.at),
             Some(_) => None,
         })
     }
@@ -41,6 +106,40 @@ impl Trigger for Date {
 
 impl fmt::Display for Date {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "date[{}]", self.run_date.format("%Y-%m-%d %H:%M:%S UTC"))
+        let tz = self.timezone.unwrap_or(Tz::UTC);
+        write!(f, "date[{}]", tz::display_instant(self.at, tz))
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DateRaw {
+    run_date: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    timezone: Option<String>,
+}
+
+impl Serialize for Date {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        DateRaw {
+            run_date: self.run.to_string(),
+            timezone: self.timezone.map(|z| z.name().to_string()),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Date {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = DateRaw::deserialize(d)?;
+        let build = || -> Result<Date, TriggerError> {
+            let tz = raw
+                .timezone
+                .as_deref()
+                .map(|z| tz::parse_tz("timezone", z))
+                .transpose()?;
+            Date::at(raw.run_date.as_str(), tz)
+        };
+        build().map_err(serde::de::Error::custom)
     }
 }

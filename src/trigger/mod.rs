@@ -3,13 +3,31 @@
 //! Every trigger answers one stateless question, as in APScheduler 3:
 //! [`Trigger::next_fire_time`]`(prev, now)`. Persistence therefore only needs the trigger's
 //! parameters, which [`TriggerSpec`] serialises in a tagged JSON form using APScheduler's
-//! parameter names.
+//! parameter names:
 //!
-//! (Skeleton: the cron, crontab, calendar-interval and and/or triggers land with the trigger
-//! module; `date` and `interval` are here so the scheduler core builds on the contract.)
+//! ```
+//! use apsched::trigger::{Cron, TriggerSpec};
+//!
+//! let spec: TriggerSpec = serde_json::from_str(r#"{"kind":"cron","hour":2,"minute":"30","timezone":"America/New_York"}"#)?;
+//! assert_eq!(
+//!     serde_json::to_string(&spec)?,
+//!     r#"{"kind":"cron","hour":"2","minute":"30","timezone":"America/New_York"}"#
+//! );
+//! assert_eq!(spec.to_string(), "cron[hour='2', minute='30']");
+//! # Ok::<(), serde_json::Error>(())
+//! ```
+//!
+//! The triggers: [`Cron`] (field form and crontab strings), [`Interval`], [`Date`],
+//! [`CalendarInterval`], [`And`], [`Or`]. Date strings, zones and the DST rules live in one
+//! place (`tz.rs`); see `docs/triggers.md` for the rules with worked examples.
 
+mod calendar_interval;
+mod combine;
+pub mod cron;
+mod crontab;
 mod date;
 mod interval;
+mod tz;
 
 use std::fmt;
 
@@ -17,8 +35,13 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
+pub use self::calendar_interval::{CalendarInterval, CalendarIntervalBuilder};
+pub use self::combine::{And, Or};
+pub use self::cron::field::{CronField, FieldKind};
+pub use self::cron::{Cron, CronBuilder};
 pub use self::date::Date;
-pub use self::interval::Interval;
+pub use self::interval::{Interval, IntervalBuilder};
+pub use self::tz::{IntoTriggerDate, TriggerDate};
 use crate::error::TriggerError;
 
 /// Answers "when does this fire next?".
@@ -42,34 +65,121 @@ pub trait Trigger: fmt::Debug + fmt::Display + Send + Sync {
     ) -> Option<DateTime<Utc>> {
         self.try_next_fire_time(prev, now).ok().flatten()
     }
+
+    /// The fire times from `from` on, as a scheduler would see them (each call passes the
+    /// previous result as both `prev` and `now`). Use `.take(n)` for the next `n`.
+    ///
+    /// ```
+    /// use apsched::trigger::{Interval, Trigger};
+    /// use chrono::{TimeZone, Utc};
+    ///
+    /// let t = Interval::builder().hours(1).start_date("2024-01-01 00:00:00").build()?;
+    /// let from = Utc.with_ymd_and_hms(2024, 1, 1, 0, 30, 0).unwrap();
+    /// let hours: Vec<u32> = t.fire_times(from).take(3).map(|d| chrono::Timelike::hour(&d)).collect();
+    /// assert_eq!(hours, [1, 2, 3]);
+    /// # Ok::<(), apsched::TriggerError>(())
+    /// ```
+    fn fire_times(&self, from: DateTime<Utc>) -> FireTimes<'_, Self>
+    where
+        Self: Sized,
+    {
+        FireTimes {
+            trigger: self,
+            prev: None,
+            now: from,
+            done: false,
+        }
+    }
+}
+
+/// Iterator over a trigger's fire times; see [`Trigger::fire_times`]. Ends when the trigger
+/// is exhausted, gives up, or stops moving forward.
+#[derive(Debug)]
+pub struct FireTimes<'a, T: ?Sized> {
+    trigger: &'a T,
+    prev: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    done: bool,
+}
+
+impl<T: Trigger + ?Sized> Iterator for FireTimes<'_, T> {
+    type Item = DateTime<Utc>;
+
+    fn next(&mut self) -> Option<DateTime<Utc>> {
+        if self.done {
+            return None;
+        }
+        match self.trigger.try_next_fire_time(self.prev, self.now) {
+            Ok(Some(t)) if self.prev.is_none_or(|p| t > p) => {
+                self.prev = Some(t);
+                self.now = t;
+                Some(t)
+            }
+            _ => {
+                self.done = true;
+                None
+            }
+        }
+    }
 }
 
 /// Any built-in trigger, in the serialisable form stores and config files use.
 ///
-/// Serialises as `{"kind": "cron", "hour": "2", ...}` with APScheduler's parameter names.
+/// Serialises as `{"kind": "cron", "hour": "2", ...}` with APScheduler's parameter names;
+/// deserialising validates, so an invalid stored trigger is an error, never a panic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum TriggerSpec {
-    /// Fires once.
-    Date(Date),
+    /// Cron (field form or crontab string).
+    Cron(Cron),
     /// Fires every fixed length of elapsed time.
     Interval(Interval),
+    /// Fires once.
+    Date(Date),
+    /// Every N years/months/weeks/days at a wall-clock time.
+    CalendarInterval(CalendarInterval),
+    /// All children agree.
+    And(And),
+    /// Earliest of the children.
+    Or(Or),
 }
 
 impl TriggerSpec {
-    /// The trigger with every zone left unset filled in with `tz` (the scheduler's zone).
+    /// The trigger with every zone left unset filled in with `tz` (the scheduler's zone),
+    /// recursively. A zone still unset when evaluated means UTC.
     pub fn with_default_timezone(self, tz: Tz) -> Self {
         match self {
-            TriggerSpec::Date(t) => TriggerSpec::Date(t),
+            TriggerSpec::Cron(t) => TriggerSpec::Cron(t.with_default_timezone(tz)),
             TriggerSpec::Interval(t) => TriggerSpec::Interval(t.with_default_timezone(tz)),
+            TriggerSpec::Date(t) => TriggerSpec::Date(t.with_default_timezone(tz)),
+            TriggerSpec::CalendarInterval(t) => {
+                TriggerSpec::CalendarInterval(t.with_default_timezone(tz))
+            }
+            TriggerSpec::And(t) => TriggerSpec::And(t.with_default_timezone(tz)),
+            TriggerSpec::Or(t) => TriggerSpec::Or(t.with_default_timezone(tz)),
+        }
+    }
+
+    /// The trigger's own zone, if set (`None` for `and`/`or`, whose children carry theirs).
+    pub fn timezone(&self) -> Option<Tz> {
+        match self {
+            TriggerSpec::Cron(t) => t.timezone(),
+            TriggerSpec::Interval(t) => t.timezone(),
+            TriggerSpec::Date(t) => t.timezone(),
+            TriggerSpec::CalendarInterval(t) => t.timezone(),
+            TriggerSpec::And(_) | TriggerSpec::Or(_) => None,
         }
     }
 
     fn as_trigger(&self) -> &dyn Trigger {
         match self {
-            TriggerSpec::Date(t) => t,
+            TriggerSpec::Cron(t) => t,
             TriggerSpec::Interval(t) => t,
+            TriggerSpec::Date(t) => t,
+            TriggerSpec::CalendarInterval(t) => t,
+            TriggerSpec::And(t) => t,
+            TriggerSpec::Or(t) => t,
         }
     }
 }
@@ -90,14 +200,13 @@ impl fmt::Display for TriggerSpec {
     }
 }
 
-impl From<Date> for TriggerSpec {
-    fn from(t: Date) -> Self {
-        TriggerSpec::Date(t)
-    }
+macro_rules! spec_from {
+    ($($t:ident),*) => {$(
+        impl From<$t> for TriggerSpec {
+            fn from(t: $t) -> Self {
+                TriggerSpec::$t(t)
+            }
+        }
+    )*};
 }
-
-impl From<Interval> for TriggerSpec {
-    fn from(t: Interval) -> Self {
-        TriggerSpec::Interval(t)
-    }
-}
+spec_from!(Cron, Interval, Date, CalendarInterval, And, Or);

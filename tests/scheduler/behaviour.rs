@@ -92,7 +92,7 @@ async fn slow_listener_delays_no_job() {
     .unwrap();
     let mut rx = s.subscribe(EventKind::JOB_EXECUTED);
     collect(&mut rx, 100).await;
-    let starts = starts.lock().unwrap();
+    let starts = starts.lock().unwrap().clone();
     for (k, t) in starts.iter().take(100).enumerate() {
         assert_eq!(*t, start_time() + TimeDelta::seconds(10 * (k as i64 + 1)));
     }
@@ -494,5 +494,140 @@ async fn modify_changes_options_and_validates_them() {
         resumed.next_run_time,
         Some(clock.now() + TimeDelta::seconds(60))
     );
+    s.shutdown(true).await.unwrap();
+}
+
+/// Scheduled times of the next `n` JOB_EXECUTED events.
+async fn executed_times(rx: &mut apsched::EventReceiver, n: usize) -> Vec<DateTime<Utc>> {
+    collect(rx, n)
+        .await
+        .into_iter()
+        .map(|e| match e {
+            Event::JobExecuted {
+                scheduled_run_time, ..
+            } => scheduled_run_time,
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+fn utc(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_month_of_hourly_cron_runs_in_virtual_time() {
+    let clock = TestClock::new(utc("2024-01-01T00:00:00Z"));
+    let s = scheduler(&clock);
+    s.start().await.unwrap();
+    let mut rx = s.subscribe(EventKind::JOB_EXECUTED);
+    s.add_job(|| async {})
+        .trigger(
+            apsched::trigger::Cron::builder()
+                .minute("0")
+                .end_date("2024-01-31 23:59:59")
+                .build()
+                .unwrap(),
+        )
+        .id("hourly")
+        .await
+        .unwrap();
+    // `now` is inclusive: added at 00:00 sharp, the first run is 00:00.
+    let times = executed_times(&mut rx, 31 * 24).await;
+    for (k, t) in times.iter().enumerate() {
+        assert_eq!(*t, utc("2024-01-01T00:00:00Z") + TimeDelta::hours(k as i64));
+    }
+    // The trigger is exhausted after 2024-01-31 23:00: the job is removed.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert!(s.get_jobs(None).await.unwrap().is_empty());
+    s.shutdown(true).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn dst_spring_forward_shifts_the_missing_time_forward() {
+    // New York, 2024-03-10: 02:00 EST jumps to 03:00 EDT; 02:30 does not exist that day.
+    let clock = TestClock::new(utc("2024-03-09T00:00:00Z"));
+    let s = scheduler(&clock);
+    s.start().await.unwrap();
+    let mut rx = s.subscribe(EventKind::JOB_EXECUTED);
+    s.add_job(|| async {})
+        .trigger(
+            apsched::trigger::Cron::builder()
+                .hour("2")
+                .minute("30")
+                .timezone(chrono_tz::America::New_York)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        executed_times(&mut rx, 3).await,
+        [
+            utc("2024-03-09T07:30:00Z"), // 02:30 EST
+            utc("2024-03-10T07:30:00Z"), // 03:30 EDT: shifted by the gap, once
+            utc("2024-03-11T06:30:00Z"), // 02:30 EDT
+        ]
+    );
+    s.shutdown(true).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn dst_fall_back_fires_once_unless_the_hour_is_a_wildcard() {
+    // New York, 2024-11-03: 02:00 EDT falls back to 01:00 EST; 01:30 happens twice.
+    let clock = TestClock::new(utc("2024-11-03T04:00:00Z"));
+    let s = scheduler(&clock);
+    s.start().await.unwrap();
+    let mut rx = s.subscribe(EventKind::JOB_EXECUTED);
+    let ny = chrono_tz::America::New_York;
+    s.add_job(|| async {})
+        .id("daily-0130")
+        .trigger(
+            apsched::trigger::Cron::builder()
+                .hour("1")
+                .minute("30")
+                .timezone(ny)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    s.add_job(|| async {})
+        .id("hourly-at-30")
+        .trigger(
+            apsched::trigger::Cron::builder()
+                .minute("30")
+                .end_date("2024-11-03 02:59:59")
+                .timezone(ny)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut got: Vec<(String, DateTime<Utc>)> = collect(&mut rx, 4)
+        .await
+        .into_iter()
+        .map(|e| match e {
+            Event::JobExecuted {
+                job_id,
+                scheduled_run_time,
+                ..
+            } => (job_id, scheduled_run_time),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("daily-0130".into(), utc("2024-11-03T05:30:00Z")), // first 01:30 only
+            ("hourly-at-30".into(), utc("2024-11-03T04:30:00Z")), // 00:30 EDT
+            ("hourly-at-30".into(), utc("2024-11-03T05:30:00Z")), // 01:30 EDT
+            ("hourly-at-30".into(), utc("2024-11-03T06:30:00Z")), // 01:30 EST, again
+        ]
+    );
+    // The daily job's next run is the next day's 01:30 EST.
+    let job = s.get_job("daily-0130", None).await.unwrap().unwrap();
+    assert_eq!(job.next_run_time, Some(utc("2024-11-04T06:30:00Z")));
     s.shutdown(true).await.unwrap();
 }

@@ -4,3 +4,4 @@
 mod behaviour;
 mod executors;
 mod flavours;
+mod scenarios;

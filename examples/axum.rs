@@ -1,0 +1,114 @@
+//! A scheduler inside an axum service: the `Scheduler` handle lives in the app state, routes
+//! list, add, pause, resume and remove jobs, and shutdown is graceful (the HTTP server stops
+//! first, then the scheduler lets running jobs finish).
+//!
+//! ```text
+//! cargo run --example axum
+//! curl localhost:3000/jobs
+//! curl -X POST localhost:3000/jobs -H 'content-type: application/json' \
+//!      -d '{"id": "greet", "cron": "*/5 * * * * *", "message": "hello"}'
+//! curl -X POST localhost:3000/jobs/greet/pause
+//! curl -X POST localhost:3000/jobs/greet/resume
+//! curl -X DELETE localhost:3000/jobs/greet
+//! ```
+//! Set `APSCHED_EXAMPLE_ADDR` to listen elsewhere (default 127.0.0.1:3000).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use apsched::trigger::Cron;
+use apsched::{Job, Scheduler};
+
+#[derive(Deserialize)]
+struct NewJob {
+    id: String,
+    /// A crontab string (5 fields, or 6 with seconds first).
+    cron: String,
+    message: String,
+}
+
+type ApiResult<T> = Result<T, (StatusCode, String)>;
+
+/// Maps scheduler errors to HTTP statuses.
+fn api_error(e: apsched::Error) -> (StatusCode, String) {
+    let status = match &e {
+        apsched::Error::JobLookup(_) => StatusCode::NOT_FOUND,
+        apsched::Error::ConflictingId(_) => StatusCode::CONFLICT,
+        apsched::Error::Trigger(_) | apsched::Error::InvalidJob { .. } => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, e.to_string())
+}
+
+async fn list(State(s): State<Scheduler>) -> ApiResult<Json<Vec<Job>>> {
+    s.get_jobs(None).await.map(Json).map_err(api_error)
+}
+
+async fn add(State(s): State<Scheduler>, Json(new): Json<NewJob>) -> ApiResult<Json<Job>> {
+    let trigger = Cron::from_crontab(&new.cron).map_err(|e| api_error(e.into()))?;
+    let message = new.message;
+    s.add_job(move || {
+        let message = message.clone();
+        async move { println!("{message}") }
+    })
+    .id(new.id)
+    .trigger(trigger)
+    .await
+    .map(Json)
+    .map_err(api_error)
+}
+
+async fn pause(State(s): State<Scheduler>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
+    s.pause_job(&id, None).await.map(Json).map_err(api_error)
+}
+
+async fn resume(
+    State(s): State<Scheduler>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Option<Job>>> {
+    s.resume_job(&id, None).await.map(Json).map_err(api_error)
+}
+
+async fn remove(State(s): State<Scheduler>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    s.remove_job(&id, None)
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
+        .map_err(api_error)
+}
+
+fn app(scheduler: Scheduler) -> Router {
+    Router::new()
+        .route("/jobs", get(list).post(add))
+        .route("/jobs/{id}", axum::routing::delete(remove))
+        .route("/jobs/{id}/pause", post(pause))
+        .route("/jobs/{id}/resume", post(resume))
+        .with_state(scheduler)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let scheduler = Scheduler::builder().build();
+    scheduler.start().await?;
+    scheduler
+        .add_job(|| async { println!("heartbeat") })
+        .id("heartbeat")
+        .trigger(Cron::from_crontab("*/10 * * * * *")?)
+        .await?;
+
+    let addr = std::env::var("APSCHED_EXAMPLE_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    println!("listening on http://{addr}");
+    axum::serve(listener, app(scheduler.clone()))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    // The server has drained; now let running jobs finish.
+    scheduler.shutdown(true).await?;
+    Ok(())
+}

@@ -1,0 +1,1206 @@
+//! Trigger tests: the conformance sample, each trigger, each DST rule, serde, errors, and a
+//! no-panic property test.
+
+use std::time::{Duration, Instant};
+
+use apsched::conformance;
+use apsched::trigger::{
+    And, CalendarInterval, Cron, Date, Interval, Or, Trigger, TriggerDate, TriggerSpec,
+};
+use apsched::TriggerError;
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+use proptest::prelude::*;
+use serde_json::Value;
+
+fn utc(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|d| d.with_timezone(&Utc))
+        .unwrap_or_else(|e| panic!("bad test instant {s}: {e}"))
+}
+
+fn ymd_hms(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
+}
+
+/// The next `n` fire times, rendered in `tz` (RFC 3339 with offset).
+fn times(t: &impl Trigger, from: &str, n: usize, tz: Tz) -> Vec<String> {
+    t.fire_times(utc(from))
+        .take(n)
+        .map(|d| conformance::render(d, tz))
+        .collect()
+}
+
+fn spec(json: &str) -> TriggerSpec {
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Conformance sample
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn conformance_sample() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/sample.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read the conformance sample at {} ({e}); the shared directory must sit \
+             beside the crate checkout",
+            path.display()
+        )
+    });
+    let input: Value = serde_json::from_str(&text).expect("sample.json is not JSON");
+    let cases = input["cases"].as_array().expect("no cases");
+    let invalid = input["invalid"].as_array().expect("no invalid inputs");
+    assert_eq!(cases.len(), 126, "sample case count changed");
+    assert_eq!(invalid.len(), 20, "sample invalid count changed");
+
+    let mut failures = Vec::new();
+    for case in cases {
+        let id = case["id"].as_str().unwrap_or("?");
+        let got = conformance::run_case(case);
+        let expected = &case["expected"];
+        let want: Vec<DateTime<Utc>> = expected["fire_times"]
+            .as_array()
+            .expect("expected.fire_times")
+            .iter()
+            .map(|v| utc(v.as_str().expect("fire time string")))
+            .collect();
+        let end_ok = match expected["end"].as_str().expect("expected.end") {
+            "open" => !got.exhausted && got.error.is_none(),
+            "exhausted" => got.exhausted && got.error.is_none(),
+            "error" => got.error.is_some(),
+            "exhausted_or_error" => got.exhausted || got.error.is_some(),
+            other => panic!("{id}: unknown end '{other}'"),
+        };
+        if got.fire_times != want || !end_ok {
+            failures.push(format!(
+                "{id}: got {:?} (exhausted {}, error {:?}), want {:?} (end {})",
+                got.fire_times, got.exhausted, got.error, want, expected["end"]
+            ));
+        }
+    }
+    for case in invalid {
+        let (rejected, message) = conformance::run_invalid(case);
+        if !rejected {
+            failures.push(format!("{}: not rejected ({message})", case["id"]));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn probe_output_has_every_id_and_never_reads_expected() {
+    let input = serde_json::json!({
+        "cases": [
+            {"id": "a", "kind": "cron", "construct": "init", "params": {"hour": 5, "timezone": "UTC"},
+             "timezone": "UTC", "now": "2024-01-15T10:20:30+00:00", "policy": "scheduler",
+             "step_count": 2, "steps": [{}, {}], "expected": "garbage", "note": 1},
+            {"id": "b", "kind": "nope", "params": {}, "now": "x"},
+            {"id": "c"},
+            {"id": "d", "kind": "cron", "params": {"hour": "99"}, "now": "2024-01-15T10:20:30+00:00"}
+        ],
+        "invalid": [{"id": "e", "kind": "date", "params": {"run_date": "x"}}, {"id": "f"}]
+    });
+    let out = conformance::run_input(&input);
+    let ids: Vec<&str> = out["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a", "b", "c", "d"]);
+    assert_eq!(
+        out["cases"][0]["fire_times"],
+        serde_json::json!(["2024-01-16T05:00:00+00:00", "2024-01-17T05:00:00+00:00"])
+    );
+    assert!(out["cases"][3]["error"]
+        .as_str()
+        .unwrap()
+        .contains("hour: '99'"));
+    assert_eq!(out["invalid"][0]["rejected"], true);
+    assert_eq!(out["invalid"][1]["rejected"], true);
+}
+
+// ---------------------------------------------------------------------------------------
+// Cron, field form
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn cron_default_filling() {
+    // hour given: minute and second default to 0, the rest are '*'.
+    let c = Cron::builder().hour(5).build().unwrap();
+    assert_eq!(
+        times(&c, "2024-01-15T10:20:30Z", 2, Tz::UTC),
+        ["2024-01-16T05:00:00+00:00", "2024-01-17T05:00:00+00:00"]
+    );
+    // day given: hour/minute/second default to 0, month to '*'.
+    let c = Cron::builder().day(15).build().unwrap();
+    assert_eq!(
+        times(&c, "2024-01-15T10:20:30Z", 1, Tz::UTC),
+        ["2024-02-15T00:00:00+00:00"]
+    );
+    // Nothing given: every second.
+    let c = Cron::builder().build().unwrap();
+    assert_eq!(
+        times(&c, "2024-01-15T10:20:30.25Z", 2, Tz::UTC),
+        ["2024-01-15T10:20:31+00:00", "2024-01-15T10:20:32+00:00"]
+    );
+}
+
+#[test]
+fn cron_expressions() {
+    let first = |b: apsched::trigger::CronBuilder, from: &str| -> String {
+        let c = b.build().unwrap();
+        times(&c, from, 1, Tz::UTC).pop().unwrap()
+    };
+    // 3rd Wednesday
+    assert_eq!(
+        first(Cron::builder().day("3rd wed"), "2024-01-01T00:00:00Z"),
+        "2024-01-17T00:00:00+00:00"
+    );
+    // last Friday of December
+    assert_eq!(
+        first(
+            Cron::builder().month(12).day("last fri"),
+            "2024-01-01T00:00:00Z"
+        ),
+        "2024-12-27T00:00:00+00:00"
+    );
+    // last day of February in a leap year
+    assert_eq!(
+        first(
+            Cron::builder().month("feb").day("last"),
+            "2024-01-01T00:00:00Z"
+        ),
+        "2024-02-29T00:00:00+00:00"
+    );
+    // year */4 counts from 1970: 2026, 2030, ...
+    assert_eq!(
+        first(Cron::builder().year("*/4"), "2024-01-01T00:00:00Z"),
+        "2026-01-01T00:00:00+00:00"
+    );
+    // ISO week 1 of 2025 starts on Monday 2024-12-30
+    assert_eq!(
+        first(Cron::builder().week(1), "2024-06-01T00:00:00Z"),
+        "2024-12-30T00:00:00+00:00"
+    );
+    // day_of_week 0 = Monday; mon-fri/2 = mon, wed, fri (stepped range)
+    let c = Cron::builder().day_of_week("mon-fri/2").build().unwrap();
+    assert_eq!(
+        times(&c, "2024-01-15T00:00:00Z", 4, Tz::UTC),
+        [
+            "2024-01-15T00:00:00+00:00",
+            "2024-01-17T00:00:00+00:00",
+            "2024-01-19T00:00:00+00:00",
+            "2024-01-22T00:00:00+00:00"
+        ]
+    );
+    // jan/2: jan, mar, may...
+    assert_eq!(
+        first(Cron::builder().month("jan/2"), "2024-02-01T00:00:00Z"),
+        "2024-03-01T00:00:00+00:00"
+    );
+    // day AND day_of_week: Friday the 13th
+    assert_eq!(
+        first(
+            Cron::builder().day(13).day_of_week("fri"),
+            "2024-01-01T00:00:00Z"
+        ),
+        "2024-09-13T00:00:00+00:00"
+    );
+    // lists, unordered
+    let c = Cron::builder().hour("23,0").build().unwrap();
+    assert_eq!(
+        times(&c, "2024-01-15T12:00:00Z", 2, Tz::UTC),
+        ["2024-01-15T23:00:00+00:00", "2024-01-16T00:00:00+00:00"]
+    );
+}
+
+#[test]
+fn cron_start_end_inclusive() {
+    let c = Cron::builder()
+        .hour(9)
+        .start_date("2024-02-01 09:00:00")
+        .end_date("2024-02-03 09:00:00")
+        .build()
+        .unwrap();
+    let got: Vec<_> = c.fire_times(utc("2024-01-01T00:00:00Z")).collect();
+    assert_eq!(
+        got,
+        [
+            ymd_hms(2024, 2, 1, 9, 0, 0),
+            ymd_hms(2024, 2, 2, 9, 0, 0),
+            ymd_hms(2024, 2, 3, 9, 0, 0)
+        ]
+    );
+}
+
+#[test]
+fn cron_prev_search_start() {
+    // with prev, search starts at min(now, prev + 1µs): an early `now` may return prev again
+    let c = Cron::builder().hour(3).minute(15).build().unwrap();
+    let prev = ymd_hms(2024, 1, 16, 3, 15, 0);
+    assert_eq!(
+        c.next_fire_time(Some(prev), prev),
+        Some(ymd_hms(2024, 1, 17, 3, 15, 0))
+    );
+    let early = ymd_hms(2024, 1, 16, 3, 14, 30);
+    assert_eq!(c.next_fire_time(Some(prev), early), Some(prev));
+}
+
+#[test]
+fn cron_unsatisfiable_is_none_and_fast() {
+    for b in [
+        Cron::builder().week(1).month(6),
+        Cron::builder().day(31).month("feb"),
+        Cron::builder().day(30).month(2),
+        Cron::builder().month("4,6,9,11").day(31),
+    ] {
+        let c = b.build().unwrap();
+        let started = Instant::now();
+        assert_eq!(
+            c.next_fire_time(None, utc("2024-01-15T10:20:30Z")),
+            None,
+            "{c}"
+        );
+        // Generous bound for debug builds; release is tens of µs (see the bench).
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "{c} too slow"
+        );
+    }
+    // A restricted year range ends too
+    let c = Cron::builder()
+        .year("2024-2025")
+        .month(2)
+        .day(29)
+        .build()
+        .unwrap();
+    let got: Vec<_> = c.fire_times(utc("2023-01-01T00:00:00Z")).collect();
+    assert_eq!(got, [ymd_hms(2024, 2, 29, 0, 0, 0)]);
+}
+
+#[test]
+fn cron_near_year_9999_terminates() {
+    let c = Cron::builder()
+        .month(12)
+        .day(31)
+        .hour(23)
+        .minute(59)
+        .second(59)
+        .build()
+        .unwrap();
+    let last = ymd_hms(9999, 12, 31, 23, 59, 59);
+    assert_eq!(
+        c.next_fire_time(None, utc("9999-12-31T00:00:00Z")),
+        Some(last)
+    );
+    assert_eq!(c.next_fire_time(Some(last), last), None);
+    let far = DateTime::<Utc>::MAX_UTC;
+    assert_eq!(c.next_fire_time(None, far), None);
+    assert_eq!(c.next_fire_time(Some(far), far), None);
+}
+
+// ---------------------------------------------------------------------------------------
+// Crontab strings
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn crontab_meaning() {
+    // 0 and 7 are Sunday
+    for expr in ["0 12 * * 0", "0 12 * * 7", "0 12 * * sun"] {
+        let c = Cron::from_crontab(expr).unwrap();
+        assert_eq!(
+            times(&c, "2024-01-15T00:00:00Z", 1, Tz::UTC),
+            ["2024-01-21T12:00:00+00:00"],
+            "{expr}"
+        );
+    }
+    // day-of-month OR day-of-week when both are restricted
+    let c: Cron = "0 0 13 * 5".parse().unwrap();
+    assert_eq!(
+        times(&c, "2024-09-01T00:00:00Z", 3, Tz::UTC),
+        [
+            "2024-09-06T00:00:00+00:00",
+            "2024-09-13T00:00:00+00:00",
+            "2024-09-20T00:00:00+00:00"
+        ]
+    );
+    // 1-5 = Monday to Friday
+    let c = Cron::parse("0 9 * * 1-5").unwrap();
+    assert_eq!(
+        times(&c, "2024-01-13T00:00:00Z", 1, Tz::UTC),
+        ["2024-01-15T09:00:00+00:00"]
+    );
+    // six fields: seconds first
+    let c = Cron::from_crontab("*/10 * * * * *").unwrap();
+    assert_eq!(
+        times(&c, "2024-01-15T00:00:01Z", 2, Tz::UTC),
+        ["2024-01-15T00:00:10+00:00", "2024-01-15T00:00:20+00:00"]
+    );
+    // nicknames
+    let c = Cron::from_crontab("@daily").unwrap();
+    assert_eq!(
+        times(&c, "2024-01-15T10:00:00Z", 1, Tz::UTC),
+        ["2024-01-16T00:00:00+00:00"]
+    );
+    let c = Cron::from_crontab("@weekly").unwrap();
+    assert_eq!(
+        times(&c, "2024-01-15T10:00:00Z", 1, Tz::UTC),
+        ["2024-01-21T00:00:00+00:00"]
+    );
+    // L: last day of month; W: nearest weekday; #: nth weekday; dL: last weekday of month
+    let c = Cron::from_crontab("0 0 L * ?").unwrap();
+    assert_eq!(
+        times(&c, "2024-02-01T00:00:00Z", 1, Tz::UTC),
+        ["2024-02-29T00:00:00+00:00"]
+    );
+    let c = Cron::from_crontab("0 0 15W * ?").unwrap(); // 2024-06-15 is a Saturday
+    assert_eq!(
+        times(&c, "2024-06-01T00:00:00Z", 1, Tz::UTC),
+        ["2024-06-14T00:00:00+00:00"]
+    );
+    let c = Cron::from_crontab("0 0 ? * MON#2").unwrap();
+    assert_eq!(
+        times(&c, "2024-01-01T00:00:00Z", 1, Tz::UTC),
+        ["2024-01-08T00:00:00+00:00"]
+    );
+    let c = Cron::from_crontab("0 0 ? * 5L").unwrap(); // last Friday
+    assert_eq!(
+        times(&c, "2024-01-01T00:00:00Z", 1, Tz::UTC),
+        ["2024-01-26T00:00:00+00:00"]
+    );
+}
+
+#[test]
+fn crontab_errors() {
+    for bad in [
+        "",
+        "   ",
+        "* * *",
+        "60 * * * *",
+        "* * * * * * * *",
+        "0 0 32 * *",
+        "x y z w v",
+    ] {
+        let e = Cron::from_crontab(bad).unwrap_err();
+        assert!(
+            matches!(e, TriggerError::InvalidCrontab { .. }),
+            "{bad}: {e}"
+        );
+        assert!(e.to_string().contains("invalid crontab"), "{e}");
+    }
+    assert!(Cron::builder()
+        .crontab("* * * * *")
+        .hour(1)
+        .build()
+        .is_err());
+}
+
+// ---------------------------------------------------------------------------------------
+// DST rules, one worked example each
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn dst_spring_gap_shifts_forward() {
+    // New York 2024-03-10: 02:00 EST -> 03:00 EDT. 02:30 does not exist: fires at 03:30 EDT.
+    let ny = chrono_tz::America::New_York;
+    let c = Cron::builder()
+        .hour(2)
+        .minute(30)
+        .timezone(ny)
+        .build()
+        .unwrap();
+    assert_eq!(
+        times(&c, "2024-03-09T12:00:00-05:00", 3, ny),
+        [
+            "2024-03-10T03:30:00-04:00",
+            "2024-03-11T02:30:00-04:00",
+            "2024-03-12T02:30:00-04:00"
+        ]
+    );
+    // Same rule for a crontab string and for a date string.
+    let c = Cron::from_crontab("30 2 * * *").unwrap().with_timezone(ny);
+    assert_eq!(
+        times(&c, "2024-03-09T12:00:00-05:00", 1, ny),
+        ["2024-03-10T03:30:00-04:00"]
+    );
+    let d = Date::parse("2024-03-10 02:30:00", Some(ny)).unwrap();
+    assert_eq!(d.run_date(), utc("2024-03-10T03:30:00-04:00"));
+}
+
+#[test]
+fn dst_autumn_overlap_first_occurrence() {
+    // New York 2024-11-03: 01:00-01:59 happens twice. hour=1 fires once, in the first pass.
+    let ny = chrono_tz::America::New_York;
+    let c = Cron::builder()
+        .hour(1)
+        .minute(30)
+        .timezone(ny)
+        .build()
+        .unwrap();
+    assert_eq!(
+        times(&c, "2024-11-02T12:00:00-04:00", 2, ny),
+        ["2024-11-03T01:30:00-04:00", "2024-11-04T01:30:00-05:00"]
+    );
+    // Asked during the second pass, it does not fire again that night.
+    assert_eq!(
+        c.next_fire_time(None, utc("2024-11-03T01:10:00-05:00")),
+        Some(utc("2024-11-04T01:30:00-05:00"))
+    );
+    let d = Date::parse("2024-11-03 01:30:00", Some(ny)).unwrap();
+    assert_eq!(d.run_date(), utc("2024-11-03T01:30:00-04:00"));
+}
+
+#[test]
+fn dst_hour_star_follows_real_time() {
+    // hour '*' (here by default filling): repeated wall times fire in both passes.
+    let ny = chrono_tz::America::New_York;
+    let c = Cron::builder().minute(30).timezone(ny).build().unwrap();
+    assert_eq!(
+        times(&c, "2024-11-03T00:45:00-04:00", 3, ny),
+        [
+            "2024-11-03T01:30:00-04:00",
+            "2024-11-03T01:30:00-05:00",
+            "2024-11-03T02:30:00-05:00"
+        ]
+    );
+    let c = Cron::from_crontab("*/30 * * * *")
+        .unwrap()
+        .with_timezone(ny);
+    assert_eq!(
+        times(&c, "2024-11-03T01:15:00-04:00", 4, ny),
+        [
+            "2024-11-03T01:30:00-04:00",
+            "2024-11-03T01:00:00-05:00",
+            "2024-11-03T01:30:00-05:00",
+            "2024-11-03T02:00:00-05:00"
+        ]
+    );
+}
+
+#[test]
+fn dst_sao_paulo_midnight_gap() {
+    // São Paulo 2018-11-04: 00:00 -> 01:00. Daily midnight fires at 01:00 that day.
+    let sp = chrono_tz::America::Sao_Paulo;
+    let c = Cron::builder().hour(0).timezone(sp).build().unwrap();
+    assert_eq!(
+        times(&c, "2018-11-03T12:00:00-03:00", 2, sp),
+        ["2018-11-04T01:00:00-02:00", "2018-11-05T00:00:00-02:00"]
+    );
+}
+
+#[test]
+fn dst_lord_howe_half_hour_gap() {
+    // Lord Howe 2024-10-06: 02:00 -> 02:30 (+10:30 -> +11). Hourly at :00 fires at 02:30.
+    let lh = chrono_tz::Australia::Lord_Howe;
+    let c = Cron::builder().minute(0).timezone(lh).build().unwrap();
+    assert_eq!(
+        times(&c, "2024-10-06T00:30:00+10:30", 4, lh),
+        [
+            "2024-10-06T01:00:00+10:30",
+            "2024-10-06T02:30:00+11:00",
+            "2024-10-06T03:00:00+11:00",
+            "2024-10-06T04:00:00+11:00"
+        ]
+    );
+}
+
+#[test]
+fn dst_interval_counts_elapsed_time() {
+    let ny = chrono_tz::America::New_York;
+    let t = Interval::builder()
+        .days(1)
+        .start_date("2024-03-09 09:00:00")
+        .timezone(ny)
+        .build()
+        .unwrap();
+    assert_eq!(
+        times(&t, "2024-03-09T08:00:00-05:00", 2, ny),
+        ["2024-03-09T09:00:00-05:00", "2024-03-10T10:00:00-04:00"]
+    );
+}
+
+#[test]
+fn dst_calendar_interval_keeps_wall_time() {
+    let ny = chrono_tz::America::New_York;
+    let t = CalendarInterval::builder()
+        .days(1)
+        .hour(2)
+        .minute(30)
+        .start_date("2024-03-08")
+        .timezone(ny)
+        .build()
+        .unwrap();
+    assert_eq!(
+        times(&t, "2024-03-09T12:00:00-05:00", 2, ny),
+        ["2024-03-10T03:30:00-04:00", "2024-03-11T02:30:00-04:00"]
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Interval, date, calendar interval, and/or, jitter
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn interval_grid_and_bounds() {
+    let t = Interval::builder()
+        .hours(7)
+        .start_date("2024-01-01 00:00:00")
+        .end_date("2024-01-16 00:00:00")
+        .build()
+        .unwrap();
+    // first grid point >= now
+    assert_eq!(
+        t.next_fire_time(None, utc("2024-01-15T10:20:30Z")),
+        Some(ymd_hms(2024, 1, 15, 14, 0, 0))
+    );
+    let last = ymd_hms(2024, 1, 15, 21, 0, 0);
+    assert_eq!(t.next_fire_time(Some(last), last), None);
+    // Interval::new: one interval after now
+    let t = Interval::new(Duration::from_secs(90)).unwrap();
+    let now = utc("2024-01-15T10:00:00Z");
+    assert_eq!(
+        t.next_fire_time(None, now),
+        Some(ymd_hms(2024, 1, 15, 10, 1, 30))
+    );
+    assert!(Interval::new(Duration::ZERO).is_err());
+    assert!(Interval::builder().seconds(-5).build().is_err());
+    assert!(Interval::builder().build().is_err());
+    assert!(Interval::builder().seconds(f64::NAN).build().is_err());
+    assert!(Interval::builder().weeks(1e300).build().is_err());
+    // fractional seconds
+    let t = Interval::builder()
+        .seconds(0.5)
+        .start_date("2024-01-01")
+        .build()
+        .unwrap();
+    assert_eq!(t.to_string(), "interval[0:00:00.500000]");
+}
+
+#[test]
+fn date_fires_once_even_in_the_past() {
+    let at = ymd_hms(2020, 1, 1, 0, 0, 0);
+    let d = Date::new(at);
+    assert_eq!(
+        d.next_fire_time(None, utc("2024-01-01T00:00:00Z")),
+        Some(at)
+    );
+    assert_eq!(
+        d.next_fire_time(Some(at), utc("2024-01-01T00:00:00Z")),
+        None
+    );
+    assert_eq!(d.to_string(), "date[2020-01-01 00:00:00 UTC]");
+    // fraction: .5 is half a second
+    let d = Date::parse("2024-02-01 09:30:00.5", None).unwrap();
+    assert_eq!(d.run_date(), utc("2024-02-01T09:30:00.5Z"));
+}
+
+#[test]
+fn calendar_interval_months_skip_missing_days() {
+    let t = CalendarInterval::builder()
+        .months(1)
+        .hour(9)
+        .start_date("2024-01-31")
+        .build()
+        .unwrap();
+    assert_eq!(
+        times(&t, "2024-01-01T00:00:00Z", 3, Tz::UTC),
+        [
+            "2024-01-31T09:00:00+00:00",
+            "2024-03-31T09:00:00+00:00",
+            "2024-05-31T09:00:00+00:00"
+        ]
+    );
+    // never before now
+    let t = CalendarInterval::builder()
+        .days(1)
+        .hour(9)
+        .start_date("2023-06-01")
+        .build()
+        .unwrap();
+    assert_eq!(
+        times(&t, "2024-01-15T10:20:30Z", 1, Tz::UTC),
+        ["2024-01-16T09:00:00+00:00"]
+    );
+    assert!(CalendarInterval::builder().hour(9).build().is_err());
+    assert!(CalendarInterval::builder()
+        .days(1)
+        .hour(24)
+        .build()
+        .is_err());
+    assert!(CalendarInterval::builder()
+        .days(1)
+        .start_date("2024-01-01 10:00:00")
+        .build()
+        .is_err());
+    assert!(CalendarInterval::builder()
+        .days(1)
+        .start_date("2024-02-01")
+        .end_date("2024-01-01")
+        .build()
+        .is_err());
+}
+
+#[test]
+fn and_or() {
+    let a: TriggerSpec = And::new(vec![
+        Cron::builder().hour("*/2").build().unwrap().into(),
+        Cron::builder().hour("*/3").build().unwrap().into(),
+    ])
+    .unwrap()
+    .into();
+    assert_eq!(
+        times(&a, "2024-01-15T10:20:30Z", 3, Tz::UTC),
+        [
+            "2024-01-15T12:00:00+00:00",
+            "2024-01-15T18:00:00+00:00",
+            "2024-01-16T00:00:00+00:00"
+        ]
+    );
+    // never agree: an error after a bounded search, not a hang
+    let never = And::new(vec![
+        Cron::builder()
+            .day_of_week("mon-fri")
+            .build()
+            .unwrap()
+            .into(),
+        Cron::builder().hour("9-17").build().unwrap().into(),
+    ])
+    .unwrap();
+    assert!(matches!(
+        never.try_next_fire_time(None, utc("2024-01-15T10:20:30Z")),
+        Err(TriggerError::GaveUp(_))
+    ));
+    // an interval child follows its grid
+    let a = And::new(vec![
+        Interval::builder()
+            .hours(5)
+            .start_date("2024-01-15 00:00:00")
+            .build()
+            .unwrap()
+            .into(),
+        Cron::builder().minute(0).build().unwrap().into(),
+        Cron::builder().hour("*/2").build().unwrap().into(),
+    ])
+    .unwrap();
+    assert_eq!(
+        times(&a, "2024-01-15T01:00:00Z", 2, Tz::UTC),
+        ["2024-01-15T10:00:00+00:00", "2024-01-15T20:00:00+00:00"]
+    );
+    assert!(And::new(vec![]).is_err());
+    let o = Or::new(vec![]);
+    assert_eq!(
+        o.try_next_fire_time(None, utc("2024-01-15T10:20:30Z")),
+        Ok(None)
+    );
+    let o = Or::new(vec![
+        Cron::builder().hour(9).build().unwrap().into(),
+        Cron::builder().hour(18).build().unwrap().into(),
+    ]);
+    assert_eq!(
+        times(&o, "2024-01-15T10:00:00Z", 2, Tz::UTC),
+        ["2024-01-15T18:00:00+00:00", "2024-01-16T09:00:00+00:00"]
+    );
+    assert_eq!(o.to_string(), "or[cron[hour='9'], cron[hour='18']]");
+}
+
+#[test]
+fn jitter_stays_in_range() {
+    let c = Cron::builder()
+        .hour(9)
+        .jitter(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let base = ymd_hms(2024, 1, 16, 9, 0, 0);
+    for _ in 0..200 {
+        let t = c.next_fire_time(None, utc("2024-01-15T10:00:00Z")).unwrap();
+        assert!(
+            t >= base && t <= base + chrono::TimeDelta::seconds(30),
+            "{t}"
+        );
+    }
+    // clamped to end_date
+    let c = Cron::builder()
+        .hour(9)
+        .end_date("2024-01-16 09:00:10")
+        .jitter(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let t = c.next_fire_time(None, utc("2024-01-15T10:00:00Z")).unwrap();
+    assert!(t <= utc("2024-01-16T09:00:10Z"));
+    let i = Interval::builder()
+        .minutes(1)
+        .jitter(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let now = utc("2024-01-15T10:00:00Z");
+    let t = i.next_fire_time(None, now).unwrap();
+    assert!(
+        t >= now + chrono::TimeDelta::minutes(1)
+            && t <= now + chrono::TimeDelta::milliseconds(60_500)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Serde, Display, zones
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn serde_forms_used_by_the_scheduler() {
+    for json in [
+        r#"{"kind":"cron","hour":5}"#,
+        r#"{"kind":"cron","minute":"*/2"}"#,
+        r#"{"kind":"cron","minute":"*","end_date":"2024-01-15 10:02:30"}"#,
+        r#"{"kind":"date","run_date":"2024-01-15 09:00:00"}"#,
+        r#"{"kind":"interval","minutes":10,"start_date":"2024-01-15 10:10:00"}"#,
+    ] {
+        let s = spec(json);
+        let back: TriggerSpec = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(s, back, "{json}");
+    }
+    let s = spec(r#"{"kind":"interval","minutes":10,"start_date":"2024-01-15 10:10:00"}"#);
+    assert_eq!(
+        s.next_fire_time(None, utc("2024-01-15T10:25:00Z")),
+        Some(ymd_hms(2024, 1, 15, 10, 30, 0))
+    );
+}
+
+#[test]
+fn serde_round_trips_every_kind() {
+    let ny = chrono_tz::America::New_York;
+    let all: Vec<TriggerSpec> = vec![
+        Cron::builder()
+            .hour(2)
+            .minute("30")
+            .timezone(ny)
+            .build()
+            .unwrap()
+            .into(),
+        Cron::builder()
+            .year("2024-2030/2")
+            .month("jan-mar")
+            .day("last fri")
+            .week("*/2")
+            .day_of_week("mon-fri")
+            .second(5)
+            .start_date("2024-01-01")
+            .end_date("2030-01-01T00:00:00.25+05:30")
+            .jitter(Duration::from_millis(1500))
+            .build()
+            .unwrap()
+            .into(),
+        Cron::from_crontab("0 0 13 * 5")
+            .unwrap()
+            .with_timezone(ny)
+            .into(),
+        Interval::builder()
+            .hours(1)
+            .minutes(30)
+            .seconds(0.25)
+            .start_date("2024-01-01 00:00:00")
+            .build()
+            .unwrap()
+            .into(),
+        Interval::new(Duration::from_secs(86_400 * 9))
+            .unwrap()
+            .into(),
+        Date::new(ymd_hms(2024, 1, 15, 9, 0, 0)).into(),
+        Date::parse("2024-01-15 09:00:00", Some(ny)).unwrap().into(),
+        CalendarInterval::builder()
+            .years(1)
+            .months(2)
+            .weeks(1)
+            .days(3)
+            .hour(4)
+            .minute(5)
+            .second(6)
+            .start_date("2024-01-01")
+            .end_date("2030-01-01")
+            .timezone(ny)
+            .build()
+            .unwrap()
+            .into(),
+        And::new(vec![
+            Cron::builder().hour(1).build().unwrap().into(),
+            Date::new(ymd_hms(2024, 1, 15, 1, 0, 0)).into(),
+        ])
+        .unwrap()
+        .with_jitter(Duration::from_secs(2))
+        .into(),
+        Or::new(vec![]).into(),
+    ];
+    for s in all {
+        let json = serde_json::to_string(&s).unwrap();
+        let back: TriggerSpec =
+            serde_json::from_str(&json).unwrap_or_else(|e| panic!("{json}: {e}"));
+        assert_eq!(s, back, "{json}");
+        assert_eq!(serde_json::to_string(&back).unwrap(), json);
+    }
+}
+
+#[test]
+fn serde_output_is_readable() {
+    let c = Cron::builder()
+        .hour(2)
+        .minute(30)
+        .timezone(chrono_tz::America::New_York)
+        .build()
+        .unwrap();
+    assert_eq!(
+        serde_json::to_string(&TriggerSpec::from(c)).unwrap(),
+        r#"{"kind":"cron","hour":"2","minute":"30","timezone":"America/New_York"}"#
+    );
+    let i = Interval::builder().minutes(90).build().unwrap();
+    assert_eq!(
+        serde_json::to_string(&TriggerSpec::from(i)).unwrap(),
+        r#"{"kind":"interval","hours":1,"minutes":30}"#
+    );
+    let c = CalendarInterval::builder()
+        .months(1)
+        .hour(9)
+        .start_date("2024-01-31")
+        .build()
+        .unwrap();
+    assert_eq!(
+        serde_json::to_string(&TriggerSpec::from(c)).unwrap(),
+        r#"{"kind":"calendarinterval","months":1,"hour":9,"start_date":"2024-01-31"}"#
+    );
+}
+
+#[test]
+fn serde_rejects_invalid_stored_triggers() {
+    for json in [
+        r#"{"kind":"cron","hour":"25"}"#,
+        r#"{"kind":"cron","hour":1.5}"#,
+        r#"{"kind":"cron","hour":-1}"#,
+        r#"{"kind":"cron","minutes":5}"#,
+        r#"{"kind":"cron","timezone":"Mars/Olympus"}"#,
+        r#"{"kind":"cron","crontab":"nope"}"#,
+        r#"{"kind":"cron","crontab":"* * * * *","hour":1}"#,
+        r#"{"kind":"interval"}"#,
+        r#"{"kind":"interval","seconds":"5"}"#,
+        r#"{"kind":"interval","hours":1,"jitter":-1}"#,
+        r#"{"kind":"date"}"#,
+        r#"{"kind":"date","run_date":"2024-02-30 00:00:00"}"#,
+        r#"{"kind":"calendarinterval","hour":9}"#,
+        r#"{"kind":"and","triggers":[]}"#,
+        r#"{"kind":"or","triggers":[{"kind":"cron","hour":"x"}]}"#,
+        r#"{"kind":"weekly"}"#,
+        r#"{"hour":1}"#,
+    ] {
+        assert!(
+            serde_json::from_str::<TriggerSpec>(json).is_err(),
+            "{json} accepted"
+        );
+    }
+}
+
+#[test]
+fn default_timezone_fills_unset_zones_recursively() {
+    let ny = chrono_tz::America::New_York;
+    let s = spec(
+        r#"{"kind":"or","triggers":[{"kind":"cron","hour":9},{"kind":"date","run_date":"2024-01-15 09:00:00","timezone":"UTC"}]}"#,
+    );
+    let s = s.with_default_timezone(ny);
+    // the cron now reads 09:00 in New York; the date keeps its own zone
+    let TriggerSpec::Or(o) = &s else {
+        panic!("not an or")
+    };
+    assert_eq!(o.triggers()[0].timezone(), Some(ny));
+    assert_eq!(o.triggers()[1].timezone(), Some(Tz::UTC));
+    assert_eq!(
+        o.triggers()[0].next_fire_time(None, utc("2024-01-16T00:00:00Z")),
+        Some(utc("2024-01-16T09:00:00-05:00"))
+    );
+    // a naive start date is re-read in the filled-in zone
+    let i = spec(r#"{"kind":"interval","minutes":10,"start_date":"2024-01-15 10:10:00"}"#)
+        .with_default_timezone(ny);
+    assert_eq!(
+        i.next_fire_time(None, utc("2024-01-15T00:00:00Z")),
+        Some(utc("2024-01-15T10:10:00-05:00"))
+    );
+}
+
+#[test]
+fn display_forms() {
+    assert_eq!(
+        Cron::builder()
+            .hour(2)
+            .minute(30)
+            .build()
+            .unwrap()
+            .to_string(),
+        "cron[hour='2', minute='30']"
+    );
+    assert_eq!(
+        Cron::from_crontab("0 9 * * 1-5").unwrap().to_string(),
+        "cron[crontab='0 9 * * 1-5']"
+    );
+    assert_eq!(
+        Interval::builder().minutes(10).build().unwrap().to_string(),
+        "interval[0:10:00]"
+    );
+    assert_eq!(
+        Interval::builder()
+            .days(2)
+            .hours(1)
+            .build()
+            .unwrap()
+            .to_string(),
+        "interval[2 days, 1:00:00]"
+    );
+    assert_eq!(
+        Date::new(ymd_hms(2024, 1, 15, 9, 0, 0)).to_string(),
+        "date[2024-01-15 09:00:00 UTC]"
+    );
+    assert_eq!(
+        CalendarInterval::builder()
+            .weeks(2)
+            .hour(9)
+            .build()
+            .unwrap()
+            .to_string(),
+        "calendarinterval[weeks=2, time=09:00:00]"
+    );
+}
+
+#[test]
+fn date_strings() {
+    let ok = [
+        "2024-01-15",
+        "2024-01-15 09:00:00",
+        "2024-01-15T09:00:00",
+        "2024-1-5 9:0:0",
+        "2024-01-15 09:00:00.5",
+        "2024-01-15 09:00:00.123456",
+        "2024-01-15 09:00:00Z",
+        "2024-01-15T09:00:00-04:00",
+    ];
+    for s in ok {
+        assert!(s.parse::<TriggerDate>().is_ok(), "{s}");
+    }
+    let bad = [
+        "",
+        "tomorrow",
+        "2024-01-15 09:00",
+        "2024-01-15 09:00:00.1234567",
+        "2024-13-01",
+        "2024-01-15 24:00:00",
+        "2024-01-15 09:00:00+5",
+        "2024-01-15 09:00:00 junk",
+        "24-01-15",
+        "2024-01-15Z",
+    ];
+    for s in bad {
+        assert!(s.parse::<TriggerDate>().is_err(), "{s} accepted");
+    }
+    let d: TriggerDate = "2024-01-15 09:00:00.5".parse().unwrap();
+    let want = NaiveDate::from_ymd_opt(2024, 1, 15)
+        .unwrap()
+        .and_hms_milli_opt(9, 0, 0, 500)
+        .unwrap();
+    assert_eq!(d, TriggerDate::Local(want));
+}
+
+// ---------------------------------------------------------------------------------------
+// Error messages
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn errors_name_field_expression_and_reason() {
+    let msg = |b: apsched::trigger::CronBuilder| b.build().unwrap_err().to_string();
+    assert_eq!(
+        msg(Cron::builder().day_of_week("foo")),
+        "day_of_week: 'foo' is not a weekday (mon, tue, wed, thu, fri, sat, sun)"
+    );
+    assert_eq!(
+        msg(Cron::builder().month("13")),
+        "month: '13' is out of range: 13 is above the maximum 12"
+    );
+    assert_eq!(
+        msg(Cron::builder().minute("*/0")),
+        "minute: '*/0' has a step of 0 (the step must be at least 1)"
+    );
+    assert_eq!(
+        msg(Cron::builder().hour("5-3")),
+        "hour: '5-3' is an inverted range: 5 is higher than 3"
+    );
+    assert!(msg(Cron::builder().day("6th fri"))
+        .starts_with("day: '6th fri' is not a valid day expression"));
+    assert!(msg(Cron::builder().hour("1,,2")).starts_with("hour: '' is empty"));
+    assert!(msg(Cron::builder()
+        .start_date("2024-02-01")
+        .end_date("2024-01-01"))
+    .starts_with("end_date: '2024-01-01 00:00:00' is before start_date"));
+    let e = Cron::builder().second(60).build().unwrap_err();
+    assert_eq!(
+        e,
+        TriggerError::InvalidField {
+            field: "second".into(),
+            expr: "60".into(),
+            reason: "is out of range: 60 is above the maximum 59".into()
+        }
+    );
+    assert!(Date::parse("next tuesday", None)
+        .unwrap_err()
+        .to_string()
+        .starts_with("run_date: 'next tuesday'"));
+}
+
+// ---------------------------------------------------------------------------------------
+// No panics on arbitrary input
+// ---------------------------------------------------------------------------------------
+
+fn any_instant() -> impl Strategy<Value = DateTime<Utc>> {
+    prop_oneof![
+        (0i64..=253_402_300_799, 0u32..1_000_000_000)
+            .prop_map(|(s, n)| DateTime::from_timestamp(s, n).unwrap_or_default()),
+        Just(DateTime::<Utc>::MAX_UTC),
+        Just(DateTime::<Utc>::MIN_UTC),
+        (-100_000_000_000i64..100_000_000_000)
+            .prop_map(|s| DateTime::from_timestamp(s, 0).unwrap_or_default()),
+    ]
+}
+
+fn any_tz() -> impl Strategy<Value = Tz> {
+    prop::sample::select(vec![
+        Tz::UTC,
+        chrono_tz::America::New_York,
+        chrono_tz::America::Sao_Paulo,
+        chrono_tz::Australia::Lord_Howe,
+        chrono_tz::Pacific::Chatham,
+        chrono_tz::Pacific::Apia,
+        chrono_tz::Europe::London,
+        chrono_tz::Asia::Kolkata,
+    ])
+}
+
+fn field_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        ".{0,12}",
+        "[0-9*/,a-z -]{0,10}",
+        "(\\*|[0-9]{1,4})(-[0-9]{1,4})?(/[0-9]{1,3})?",
+        "(1st|2nd|3rd|4th|5th|last|6th) ?(mon|tue|fri|sun|x)",
+    ]
+}
+
+fn exercise(t: &impl Trigger, now: DateTime<Utc>) {
+    let first = t.try_next_fire_time(None, now);
+    if let Ok(Some(f)) = first {
+        let _ = t.try_next_fire_time(Some(f), f);
+        let _ = t.try_next_fire_time(Some(f), now);
+    }
+    let _ = t.to_string();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 192, ..ProptestConfig::default() })]
+
+    #[test]
+    fn cron_fields_never_panic(
+        fields in prop::collection::vec(prop::option::of(field_text()), 8),
+        tz in any_tz(),
+        now in any_instant(),
+    ) {
+        let mut b = Cron::builder().timezone(tz);
+        for (kind, f) in apsched::trigger::FieldKind::ALL.into_iter().zip(fields) {
+            if let Some(f) = f {
+                b = b.field(kind, f);
+            }
+        }
+        if let Ok(c) = b.build() {
+            exercise(&c, now);
+            let json = serde_json::to_string(&c).unwrap();
+            let back: Cron = serde_json::from_str(&json).unwrap();
+            prop_assert_eq!(back, c);
+        }
+    }
+
+    #[test]
+    fn crontab_never_panics(
+        s in prop_oneof![".{0,40}", "([0-9*/,LW#?-]{1,6} ){4,6}[0-9*/,LW#?A-Z-]{1,6}", "@[a-z]{0,8}"],
+        tz in any_tz(),
+        now in any_instant(),
+    ) {
+        if let Ok(c) = Cron::from_crontab(&s) {
+            exercise(&c.with_timezone(tz), now);
+        }
+    }
+
+    #[test]
+    fn dates_and_intervals_never_panic(
+        s in prop_oneof![".{0,30}", "[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}( [0-9]{1,2}:[0-9]{1,2}:[0-9]{1,2}(\\.[0-9]{1,7})?(Z|[+-][0-9]{2}:[0-9]{2})?)?"],
+        nums in prop::collection::vec(prop_oneof![any::<f64>(), -1e6f64..1e6, Just(0.0)], 5),
+        tz in any_tz(),
+        now in any_instant(),
+    ) {
+        let _ = s.parse::<TriggerDate>();
+        if let Ok(d) = Date::parse(&s, Some(tz)) {
+            exercise(&d, now);
+        }
+        let b = Interval::builder()
+            .weeks(nums[0]).days(nums[1]).hours(nums[2]).minutes(nums[3]).seconds(nums[4])
+            .start_date(s.as_str())
+            .timezone(tz);
+        if let Ok(i) = b.build() {
+            exercise(&i, now);
+        }
+        if let Ok(i) = Interval::builder().seconds(nums[4]).build() {
+            exercise(&i, now);
+        }
+    }
+
+    #[test]
+    fn calendar_interval_never_panics(
+        v in prop::collection::vec(prop_oneof![0u32..40, any::<u32>()], 7),
+        start in prop::option::of("[0-9]{4}-[0-9]{2}-[0-9]{2}"),
+        tz in any_tz(),
+        now in any_instant(),
+    ) {
+        let mut b = CalendarInterval::builder()
+            .years(v[0] % 5).months(v[1]).weeks(v[2] % 60).days(v[3])
+            .hour(v[4]).minute(v[5]).second(v[6])
+            .timezone(tz);
+        if let Some(s) = &start {
+            b = b.start_date(s.as_str());
+        }
+        if let Ok(c) = b.build() {
+            exercise(&c, now);
+        }
+    }
+
+    #[test]
+    fn serde_never_panics(
+        s in ".{0,80}",
+        kind in prop::sample::select(vec!["cron", "interval", "date", "calendarinterval", "and", "or", "x"]),
+        key in prop::sample::select(vec!["hour", "day", "day_of_week", "crontab", "seconds", "days", "run_date", "start_date", "end_date", "timezone", "jitter", "triggers", "months"]),
+        val in prop_oneof![
+            ".{0,12}".prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            Just(Value::Null),
+            Just(serde_json::json!([{"kind": "cron", "hour": 1}])),
+        ],
+        now in any_instant(),
+    ) {
+        let _ = serde_json::from_str::<TriggerSpec>(&s);
+        let mut obj = serde_json::Map::new();
+        obj.insert("kind".into(), Value::from(kind));
+        obj.insert(key.into(), val);
+        if kind == "interval" && key != "seconds" {
+            obj.insert("seconds".into(), Value::from(30));
+        }
+        if let Ok(t) = serde_json::from_value::<TriggerSpec>(Value::Object(obj)) {
+            exercise(&t, now);
+            let _ = t.with_default_timezone(chrono_tz::America::New_York);
+        }
+    }
+}
