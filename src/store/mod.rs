@@ -192,8 +192,26 @@ pub fn from_url(url: &str) -> Result<Box<dyn JobStore>> {
         "sqlite" => missing("sqlite"),
         "postgres" | "postgresql" => missing("postgres"),
         "mysql" | "mariadb" => missing("mysql"),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => Ok(Box::new(RedisStore::new(url)?)),
+        #[cfg(not(feature = "redis"))]
         "redis" | "rediss" => missing("redis"),
+        #[cfg(feature = "mongodb")]
+        "mongodb" | "mongodb+srv" => Ok(Box::new(MongoStore::new(url)?)),
+        #[cfg(not(feature = "mongodb"))]
         "mongodb" | "mongodb+srv" => missing("mongodb"),
+        #[cfg(feature = "zookeeper")]
+        "zk" | "zookeeper" => {
+            let rest = url.split_once("://").map_or("", |(_, r)| r);
+            let (hosts, root) = rest.split_once('/').unwrap_or((rest, ""));
+            let store = ZooKeeperStore::new(hosts)?;
+            Ok(Box::new(if root.is_empty() {
+                store
+            } else {
+                store.with_root(root)
+            }))
+        }
+        #[cfg(not(feature = "zookeeper"))]
         "zk" | "zookeeper" => missing("zookeeper"),
         _ => Err(crate::Error::InvalidStoreUrl {
             url: url.to_string(),
