@@ -219,8 +219,8 @@ async fn mongodb_server_restart_mid_run() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Three scheduler processes on one collection, 50 jobs every second for 12 s, one
-/// SIGKILLed. (50, not the 200 of the Redis run: the test server, SecantusDB, is a Python
+/// Three scheduler processes on one collection, 20 jobs every second for 12 s, one
+/// SIGKILLed. (20, not the 200 of the Redis run: the test server, SecantusDB, is a Python
 /// process that manages a few hundred conditional updates a second; a real MongoDB takes
 /// far more.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,7 +240,7 @@ async fn mongodb_multi_process_no_duplicates() {
             url,
             namespace: "mp".into(),
             processes: 3,
-            jobs: 50,
+            jobs: 20,
             secs: 12,
             kill_at: 5,
             lease_secs: 3,
