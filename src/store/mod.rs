@@ -7,8 +7,16 @@
 //! ([`JobStore::acquire_due_jobs`]), so each scheduled time of a job is submitted once.
 
 mod memory;
+#[cfg(feature = "mongodb")]
+pub mod mongodb;
+#[cfg(any(feature = "redis", feature = "mongodb", feature = "zookeeper"))]
+mod nosql_common;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 pub mod sql;
+#[cfg(feature = "zookeeper")]
+pub mod zookeeper;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +25,12 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
 pub use self::memory::MemoryStore;
+#[cfg(feature = "mongodb")]
+pub use self::mongodb::MongoStore;
+#[cfg(feature = "redis")]
+pub use self::redis::RedisStore;
+#[cfg(feature = "zookeeper")]
+pub use self::zookeeper::ZooKeeperStore;
 use crate::clock::Clock;
 use crate::error::{Result, TriggerError};
 use crate::event::EventBus;
@@ -167,7 +181,9 @@ pub trait JobStore: Send + Sync + 'static {
 /// ```
 pub fn from_url(url: &str) -> Result<Box<dyn JobStore>> {
     let scheme = url.split_once("://").map_or(url, |(s, _)| s);
-    let missing = |feature: &str| {
+    // Unused when every store's feature is compiled in.
+    #[allow(unused_variables)]
+    let missing = |feature: &str| -> Result<Box<dyn JobStore>> {
         Err(crate::Error::InvalidStoreUrl {
             url: url.to_string(),
             reason: format!(
@@ -189,8 +205,26 @@ pub fn from_url(url: &str) -> Result<Box<dyn JobStore>> {
         "mysql" | "mariadb" => Ok(Box::new(sql::SqlStore::lazy(url)?)),
         #[cfg(not(feature = "mysql"))]
         "mysql" | "mariadb" => missing("mysql"),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => Ok(Box::new(RedisStore::new(url)?)),
+        #[cfg(not(feature = "redis"))]
         "redis" | "rediss" => missing("redis"),
+        #[cfg(feature = "mongodb")]
+        "mongodb" | "mongodb+srv" => Ok(Box::new(MongoStore::new(url)?)),
+        #[cfg(not(feature = "mongodb"))]
         "mongodb" | "mongodb+srv" => missing("mongodb"),
+        #[cfg(feature = "zookeeper")]
+        "zk" | "zookeeper" => {
+            let rest = url.split_once("://").map_or("", |(_, r)| r);
+            let (hosts, root) = rest.split_once('/').unwrap_or((rest, ""));
+            let store = ZooKeeperStore::new(hosts)?;
+            Ok(Box::new(if root.is_empty() {
+                store
+            } else {
+                store.with_root(root)
+            }))
+        }
+        #[cfg(not(feature = "zookeeper"))]
         "zk" | "zookeeper" => missing("zookeeper"),
         _ => Err(crate::Error::InvalidStoreUrl {
             url: url.to_string(),

@@ -8,4 +8,40 @@ mod suite;
 
 mod memory;
 
+#[cfg(any(feature = "redis", feature = "mongodb", feature = "zookeeper"))]
+mod nosql;
 mod sql;
+
+#[cfg(feature = "redis")]
+mod redis;
+
+#[cfg(feature = "mongodb")]
+mod mongodb;
+
+#[cfg(feature = "zookeeper")]
+mod zookeeper;
+
+/// A free TCP port on 127.0.0.1 (for private server instances).
+#[cfg(any(feature = "redis", feature = "mongodb", feature = "zookeeper"))]
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something listens on 127.0.0.1:`port`.
+#[cfg(any(feature = "redis", feature = "mongodb", feature = "zookeeper"))]
+pub fn wait_port(port: u16) {
+    for _ in 0..400 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("nothing listens on 127.0.0.1:{port}");
+}
+
+#[cfg(any(feature = "redis", feature = "mongodb"))]
+mod multiprocess;

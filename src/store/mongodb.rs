@@ -1,0 +1,548 @@
+//! The MongoDB job store (cargo feature `mongodb`).
+//!
+//! # Data layout
+//! One document per job in one collection (default database `apscheduler` unless the URL
+//! names one, collection `jobs`), indexed on `next_run_time`:
+//!
+//! ```text
+//! { _id: "<job id>",
+//!   job: "<JSON document (StoredJob)>",
+//!   next_run_time: <µs since epoch, Int64> | null (paused),
+//!   version: <Int64, incremented by every write>,
+//!   lease_owner: "<scheduler id>" | null,
+//!   lease_until: <µs since epoch, Int64> | null }
+//! ```
+//!
+//! # Claiming
+//! [`JobStore::acquire_due_jobs`] finds due documents whose lease is free, expired or its
+//! own, applies the due-run rule ([`DueJob::claim`]) in Rust, and writes each result back
+//! with a single-document conditional update (`updateOne`, or `deleteOne` for an exhausted
+//! trigger) filtered on `_id` and the `version` it read: the same atomic compare-and-swap
+//! as `findOneAndUpdate`, without shipping the document back. A document modified in
+//! between (by a claim, which always bumps the version, or any other write) no longer
+//! matches, so two schedulers never claim the same slot. Only standard MongoDB operations
+//! are used (no transactions, no change streams): other schedulers' changes are picked up
+//! by polling ([`MongoStore::with_poll_interval`], default 1 s).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::ClientOptions;
+use mongodb::{Client, Collection, IndexModel};
+use tokio::sync::OnceCell;
+
+use super::nosql_common::{claimable_at, from_us, sort_jobs, to_us, StoreState};
+use super::{DueJob, JobStore, StoreContext};
+use crate::error::{Error, Result};
+use crate::job::{JobRecord, Lease};
+
+type BoxFut<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// How many claims are in flight at once.
+const CONCURRENCY: usize = 16;
+
+/// Keeps jobs in a MongoDB collection; several schedulers (processes) may share it. See the
+/// [module docs](self) for the document layout and the claim protocol.
+///
+/// ```no_run
+/// # fn f() -> apsched::Result<()> {
+/// use apsched::store::MongoStore;
+/// let store = MongoStore::new("mongodb://127.0.0.1:27017/myapp")?.with_collection("jobs");
+/// # Ok(()) }
+/// ```
+pub struct MongoStore {
+    url: String,
+    database: Option<String>,
+    collection: String,
+    poll_interval: Option<Duration>,
+    timeout: Duration,
+    coll: OnceCell<Collection<Document>>,
+    state: StoreState,
+}
+
+impl std::fmt::Debug for MongoStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoStore")
+            .field("database", &self.database)
+            .field("collection", &self.collection)
+            .field("poll_interval", &self.poll_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The fields of a stored document, read leniently (a corrupt document still has an id).
+struct Fields {
+    id: String,
+    job: Option<String>,
+    version: u64,
+    lease: Option<Lease>,
+    next: Option<i64>,
+}
+
+fn int(d: &Document, key: &str) -> Option<i64> {
+    match d.get(key)? {
+        Bson::Int64(v) => Some(*v),
+        Bson::Int32(v) => Some(i64::from(*v)),
+        Bson::Double(v) => Some(*v as i64),
+        _ => None,
+    }
+}
+
+fn fields(d: &Document) -> Fields {
+    let id = match d.get("_id") {
+        Some(Bson::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    };
+    let lease = match (d.get_str("lease_owner").ok(), int(d, "lease_until")) {
+        (Some(owner), Some(until)) => Some(Lease {
+            owner: owner.to_string(),
+            until: from_us(until),
+        }),
+        _ => None,
+    };
+    Fields {
+        id,
+        job: d.get_str("job").ok().map(str::to_string),
+        version: int(d, "version").unwrap_or(0).max(0) as u64,
+        lease,
+        next: int(d, "next_run_time"),
+    }
+}
+
+fn next_bson(t: Option<DateTime<Utc>>) -> Bson {
+    t.map_or(Bson::Null, |t| Bson::Int64(to_us(t)))
+}
+
+fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    matches!(&*e.kind, ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == 11000)
+}
+
+impl MongoStore {
+    /// A store on the MongoDB server at `url` (`mongodb://host[:port][/database][?options]`),
+    /// in the URL's database (default `apscheduler`), collection `jobs`. Connects when the
+    /// scheduler starts.
+    pub fn new(url: &str) -> Result<Self> {
+        let state = StoreState::new("mongodb");
+        if !url.starts_with("mongodb://") && !url.starts_with("mongodb+srv://") {
+            return Err(state.msg(format!("not a MongoDB URL: {url}")));
+        }
+        Ok(MongoStore {
+            url: url.to_string(),
+            database: None,
+            collection: "jobs".into(),
+            poll_interval: Some(Duration::from_secs(1)),
+            timeout: Duration::from_secs(5),
+            coll: OnceCell::new(),
+            state,
+        })
+    }
+
+    /// Uses `database` instead of the URL's (or `apscheduler`).
+    pub fn with_database(mut self, database: impl Into<String>) -> Self {
+        self.database = Some(database.into());
+        self
+    }
+
+    /// Uses collection `collection` (default `jobs`).
+    pub fn with_collection(mut self, collection: impl Into<String>) -> Self {
+        self.collection = collection.into();
+        self
+    }
+
+    /// How often the scheduler looks for jobs other schedulers added or changed (default
+    /// 1 s; `None` when this scheduler is the only writer).
+    pub fn with_poll_interval(mut self, interval: Option<Duration>) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// How long an operation waits for a reachable server before failing with a store
+    /// error (server selection and connect timeouts; default 5 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The collection name.
+    pub fn collection(&self) -> &str {
+        &self.collection
+    }
+
+    async fn coll(&self) -> Result<&Collection<Document>> {
+        self.coll
+            .get_or_try_init(|| async {
+                let mut opts = ClientOptions::parse(&self.url)
+                    .await
+                    .map_err(|e| self.state.err("parsing the MongoDB URL", e))?;
+                opts.server_selection_timeout = Some(self.timeout);
+                opts.connect_timeout = Some(self.timeout.min(Duration::from_secs(2)));
+                opts.app_name.get_or_insert_with(|| "apsched".into());
+                let client = Client::with_options(opts)
+                    .map_err(|e| self.state.err("creating the MongoDB client", e))?;
+                let db = match &self.database {
+                    Some(name) => client.database(name),
+                    None => client
+                        .default_database()
+                        .unwrap_or_else(|| client.database("apscheduler")),
+                };
+                Ok(db.collection::<Document>(&self.collection))
+            })
+            .await
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.state.ctx().map_or_else(Utc::now, |c| c.clock.now())
+    }
+
+    fn decode(&self, d: &Document) -> Option<JobRecord> {
+        let f = fields(d);
+        match &f.job {
+            Some(job) => self.state.decode(&f.id, job, f.version, f.lease),
+            None => self
+                .state
+                .decode(&f.id, &format!("{d}"), f.version, f.lease),
+        }
+    }
+
+    fn corrupt_filter(&self) -> Bson {
+        Bson::Array(
+            self.state
+                .corrupt_ids()
+                .into_iter()
+                .map(Bson::String)
+                .collect(),
+        )
+    }
+
+    /// `{ $or: [lease free, expired, or own] }` at `now_us`.
+    fn lease_free(me: &str, now_us: i64) -> Document {
+        doc! { "$or": [
+            { "lease_until": Bson::Null },
+            { "lease_until": { "$lte": now_us } },
+            { "lease_owner": me },
+        ] }
+    }
+
+    async fn claim_one(
+        &self,
+        coll: &Collection<Document>,
+        mut due: DueJob,
+        version: u64,
+        me: &str,
+        lease: &Lease,
+    ) -> Result<Option<DueJob>> {
+        // The version alone fences the write: every claim and every other write bumps it,
+        // and the candidate was read with a free lease, so an unchanged version means the
+        // lease is still free too.
+        let filter = doc! { "_id": &due.job.id, "version": version as i64 };
+        let won = if due.removed {
+            coll.delete_one(filter)
+                .await
+                .map_err(|e| self.state.err("claiming a due job", e))?
+                .deleted_count
+                == 1
+        } else {
+            let update = doc! { "$set": {
+                "job": due.job.to_json()?,
+                "next_run_time": next_bson(due.job.next_run_time),
+                "version": (version + 1) as i64,
+                "lease_owner": me,
+                "lease_until": to_us(lease.until),
+            } };
+            coll.update_one(filter, update)
+                .await
+                .map_err(|e| self.state.err("claiming a due job", e))?
+                .modified_count
+                == 1
+        };
+        Ok(won.then(|| {
+            due.job.version = version + 1;
+            due.job.lease = Some(lease.clone());
+            due
+        }))
+    }
+}
+
+#[async_trait::async_trait]
+impl JobStore for MongoStore {
+    async fn start(&self, ctx: StoreContext) -> Result<()> {
+        self.state.set_ctx(Some(ctx));
+        self.state.forget_all_corrupt();
+        let coll = self.coll().await?;
+        coll.create_index(
+            IndexModel::builder()
+                .keys(doc! { "next_run_time": 1, "_id": 1 })
+                .build(),
+        )
+        .await
+        .map_err(|e| self.state.err("creating the next_run_time index", e))?;
+        Ok(())
+    }
+
+    async fn add_job(&self, job: JobRecord, replace_existing: bool) -> Result<()> {
+        let json = job.to_json()?;
+        let coll = self.coll().await?;
+        if replace_existing {
+            coll.update_one(
+                doc! { "_id": &job.id },
+                doc! {
+                    "$set": {
+                        "job": json,
+                        "next_run_time": next_bson(job.next_run_time),
+                        "lease_owner": Bson::Null,
+                        "lease_until": Bson::Null,
+                    },
+                    "$inc": { "version": 1_i64 },
+                },
+            )
+            .upsert(true)
+            .await
+            .map_err(|e| self.state.err("adding a job", e))?;
+        } else {
+            let d = doc! {
+                "_id": &job.id,
+                "job": json,
+                "next_run_time": next_bson(job.next_run_time),
+                "version": job.version as i64,
+                "lease_owner": Bson::Null,
+                "lease_until": Bson::Null,
+            };
+            if let Err(e) = coll.insert_one(d).await {
+                if is_duplicate_key(&e) {
+                    return Err(Error::ConflictingId(job.id));
+                }
+                return Err(self.state.err("adding a job", e));
+            }
+        }
+        self.state.forget_corrupt(&job.id);
+        Ok(())
+    }
+
+    async fn update_job(&self, mut job: JobRecord) -> Result<JobRecord> {
+        let json = job.to_json()?;
+        let coll = self.coll().await?;
+        let found = coll
+            .find_one_and_update(
+                doc! { "_id": &job.id, "version": job.version as i64 },
+                doc! { "$set": {
+                    "job": json,
+                    "next_run_time": next_bson(job.next_run_time),
+                    "version": (job.version + 1) as i64,
+                    "lease_owner": Bson::Null,
+                    "lease_until": Bson::Null,
+                } },
+            )
+            .await
+            .map_err(|e| self.state.err("updating a job", e))?;
+        if found.is_none() {
+            let exists = coll
+                .find_one(doc! { "_id": &job.id })
+                .projection(doc! { "_id": 1 })
+                .await
+                .map_err(|e| self.state.err("updating a job", e))?
+                .is_some();
+            return Err(if exists {
+                Error::Fenced(job.id)
+            } else {
+                Error::JobLookup(job.id)
+            });
+        }
+        self.state.forget_corrupt(&job.id);
+        job.version += 1;
+        job.lease = None;
+        Ok(job)
+    }
+
+    async fn remove_job(&self, id: &str) -> Result<()> {
+        let r = self
+            .coll()
+            .await?
+            .delete_one(doc! { "_id": id })
+            .await
+            .map_err(|e| self.state.err("removing a job", e))?;
+        self.state.forget_corrupt(id);
+        if r.deleted_count == 0 {
+            return Err(Error::JobLookup(id.to_string()));
+        }
+        Ok(())
+    }
+
+    async fn remove_all_jobs(&self) -> Result<()> {
+        self.coll()
+            .await?
+            .delete_many(doc! {})
+            .await
+            .map_err(|e| self.state.err("removing all jobs", e))?;
+        self.state.forget_all_corrupt();
+        Ok(())
+    }
+
+    async fn lookup_job(&self, id: &str) -> Result<Option<JobRecord>> {
+        let Some(d) = self
+            .coll()
+            .await?
+            .find_one(doc! { "_id": id })
+            .await
+            .map_err(|e| self.state.err("looking up a job", e))?
+        else {
+            return Ok(None);
+        };
+        match self.decode(&d) {
+            Some(job) => Ok(Some(job)),
+            None => Err(Error::CorruptJob {
+                id: id.to_string(),
+                reason: fields(&d)
+                    .job
+                    .map_or_else(
+                        || Err("the document has no 'job' string".to_string()),
+                        |j| self.state.check(&j).map(|_| ()),
+                    )
+                    .err()
+                    .unwrap_or_else(|| "unreadable".into()),
+            }),
+        }
+    }
+
+    async fn get_all_jobs(&self) -> Result<Vec<JobRecord>> {
+        let docs: Vec<Document> = self
+            .coll()
+            .await?
+            .find(doc! {})
+            .await
+            .map_err(|e| self.state.err("reading all jobs", e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.state.err("reading all jobs", e))?;
+        let mut jobs: Vec<JobRecord> = docs.iter().filter_map(|d| self.decode(d)).collect();
+        sort_jobs(&mut jobs);
+        Ok(jobs)
+    }
+
+    async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>> {
+        let me = self.state.owner();
+        let now = self.now();
+        let mut cursor = self
+            .coll()
+            .await?
+            .find(doc! {
+                "next_run_time": { "$ne": Bson::Null },
+                "_id": { "$nin": self.corrupt_filter() },
+            })
+            .sort(doc! { "next_run_time": 1, "_id": 1 })
+            .projection(doc! { "next_run_time": 1, "lease_owner": 1, "lease_until": 1 })
+            .batch_size(256)
+            .await
+            .map_err(|e| self.state.err("reading next run times", e))?;
+        let mut best: Option<DateTime<Utc>> = None;
+        while let Some(d) = cursor
+            .try_next()
+            .await
+            .map_err(|e| self.state.err("reading next run times", e))?
+        {
+            let f = fields(&d);
+            let Some(next) = f.next.map(from_us) else {
+                continue;
+            };
+            if best.is_some_and(|b| b <= next) {
+                break;
+            }
+            let at = claimable_at(next, f.lease.as_ref(), &me, now);
+            best = Some(best.map_or(at, |b| b.min(at)));
+        }
+        Ok(best)
+    }
+
+    async fn acquire_due_jobs(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueJob>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let me = self.state.owner();
+        let now_us = now.timestamp_micros();
+        let lease = Lease {
+            owner: me.clone(),
+            until: now
+                + chrono::Duration::from_std(self.state.lease()).unwrap_or(chrono::Duration::MAX),
+        };
+        let coll = self.coll().await?;
+        let mut filter = doc! {
+            "next_run_time": { "$lte": now_us },
+            "_id": { "$nin": self.corrupt_filter() },
+        };
+        filter.extend(Self::lease_free(&me, now_us));
+        let docs: Vec<Document> = coll
+            .find(filter)
+            .sort(doc! { "next_run_time": 1, "_id": 1 })
+            .limit(limit as i64)
+            .await
+            .map_err(|e| self.state.err("reading due jobs", e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.state.err("reading due jobs", e))?;
+        let mut claims = Vec::new();
+        for d in &docs {
+            let Some(job) = self.decode(d) else { continue };
+            let version = job.version;
+            let due = DueJob::claim(job, now);
+            if !due.run_times.is_empty() {
+                claims.push((due, version));
+            }
+        }
+        let mut futs: Vec<BoxFut<'_, Result<Option<DueJob>>>> = Vec::new();
+        for (due, version) in claims {
+            futs.push(Box::pin(self.claim_one(coll, due, version, &me, &lease)));
+        }
+        let results: Vec<Result<Option<DueJob>>> = futures::stream::iter(futs)
+            .buffered(CONCURRENCY)
+            .collect()
+            .await;
+        let mut won = Vec::new();
+        for r in results {
+            if let Some(d) = r? {
+                won.push(d);
+            }
+        }
+        Ok(won)
+    }
+
+    async fn release_jobs(&self, jobs: &[DueJob]) -> Result<()> {
+        // One lease per claim pass: (owner, until) identifies exactly the leases this pass
+        // took, and any later write to a job (a management update, or another scheduler's
+        // claim after expiry) replaces or clears them; so matching on the lease fences the
+        // release like matching on the version would, in one round trip.
+        let mut by_lease: std::collections::HashMap<i64, Vec<&str>> = Default::default();
+        for d in jobs.iter().filter(|d| !d.removed) {
+            if let Some(l) = &d.job.lease {
+                by_lease
+                    .entry(to_us(l.until))
+                    .or_default()
+                    .push(d.job.id.as_str());
+            }
+        }
+        if by_lease.is_empty() {
+            return Ok(());
+        }
+        let me = self.state.owner();
+        let coll = self.coll().await?;
+        for (until, ids) in by_lease {
+            coll.update_many(
+                doc! { "_id": { "$in": ids }, "lease_owner": &me, "lease_until": until },
+                doc! { "$set": { "lease_owner": Bson::Null, "lease_until": Bson::Null } },
+            )
+            .await
+            .map_err(|e| self.state.err("releasing jobs", e))?;
+        }
+        Ok(())
+    }
+
+    fn poll_interval(&self) -> Option<Duration> {
+        self.poll_interval
+    }
+
+    fn is_persistent(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,243 @@
+//! Helpers shared by the Redis, MongoDB and ZooKeeper stores: decoding stored documents,
+//! reporting corrupt records once, and turning driver errors into [`Error::Store`].
+
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
+
+use chrono::{DateTime, Utc};
+
+use super::StoreContext;
+use crate::error::Error;
+use crate::event::Event;
+use crate::job::{JobRecord, Lease, StoredCallable, StoredJob};
+
+/// The scheduler context of a started store, and the corrupt records it has reported.
+#[derive(Debug)]
+pub(crate) struct StoreState {
+    default_alias: &'static str,
+    ctx: RwLock<Option<StoreContext>>,
+    /// Corrupt records already reported: id -> fingerprint of what was reported.
+    corrupt: Mutex<HashMap<String, u64>>,
+}
+
+impl StoreState {
+    pub(crate) fn new(default_alias: &'static str) -> Self {
+        StoreState {
+            default_alias,
+            ctx: RwLock::new(None),
+            corrupt: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn set_ctx(&self, ctx: Option<StoreContext>) {
+        *self.ctx.write().unwrap_or_else(|e| e.into_inner()) = ctx;
+    }
+
+    pub(crate) fn ctx(&self) -> Option<StoreContext> {
+        self.ctx.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The store's alias (its kind before it is started).
+    pub(crate) fn alias(&self) -> String {
+        self.ctx
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or_else(|| self.default_alias.to_string(), |c| c.alias.clone())
+    }
+
+    /// This scheduler's identity (empty before start).
+    pub(crate) fn owner(&self) -> String {
+        self.ctx
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or_else(String::new, |c| c.scheduler_id.clone())
+    }
+
+    /// The lease length (30 s before start).
+    pub(crate) fn lease(&self) -> std::time::Duration {
+        self.ctx
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(30), |c| c.lease)
+    }
+
+    /// An [`Error::Store`] for a failed driver call.
+    pub(crate) fn err<E>(&self, doing: &str, e: E) -> Error
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        Error::Store {
+            store: self.alias(),
+            message: format!("{doing}: {e}"),
+            source: Some(Box::new(e)),
+        }
+    }
+
+    /// An [`Error::Store`] without an underlying error.
+    pub(crate) fn msg(&self, message: impl Into<String>) -> Error {
+        Error::Store {
+            store: self.alias(),
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Parses a stored document and checks that its task is registered. A record that
+    /// fails is reported (once per distinct content) and `None` returned.
+    pub(crate) fn decode(
+        &self,
+        id: &str,
+        doc: &str,
+        version: u64,
+        lease: Option<Lease>,
+    ) -> Option<JobRecord> {
+        match self.check(doc) {
+            Ok(stored) => {
+                self.forget_corrupt(id);
+                Some(JobRecord::from_stored(stored, version, lease))
+            }
+            Err(reason) => {
+                self.report_corrupt(id, fingerprint(doc, version), &reason);
+                None
+            }
+        }
+    }
+
+    /// Like [`decode`](Self::decode) but returns the reason instead of reporting it.
+    pub(crate) fn check(&self, doc: &str) -> Result<StoredJob, String> {
+        let stored: StoredJob = serde_json::from_str(doc).map_err(|e| e.to_string())?;
+        if let StoredCallable::Task { name, .. } = &stored.callable {
+            if let Some(ctx) = self.ctx() {
+                if !ctx.tasks.contains(name) {
+                    return Err(format!(
+                        "no task named '{name}' is registered with this scheduler"
+                    ));
+                }
+            }
+        }
+        Ok(stored)
+    }
+
+    /// Whether `id` is a known corrupt record (skipped by `next_run_time`).
+    pub(crate) fn is_corrupt(&self, id: &str) -> bool {
+        self.corrupt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(id)
+    }
+
+    /// The ids of the known corrupt records.
+    pub(crate) fn corrupt_ids(&self) -> Vec<String> {
+        self.corrupt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Whether `id` was reported with exactly this content already.
+    pub(crate) fn is_known_corrupt(&self, id: &str, doc: &str, version: u64) -> bool {
+        self.corrupt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .is_some_and(|f| *f == fingerprint(doc, version))
+    }
+
+    /// Forgets a corrupt record (it was rewritten or removed).
+    pub(crate) fn forget_corrupt(&self, id: &str) {
+        let mut c = self.corrupt.lock().unwrap_or_else(|e| e.into_inner());
+        if !c.is_empty() {
+            c.remove(id);
+        }
+    }
+
+    /// Forgets every corrupt record.
+    pub(crate) fn forget_all_corrupt(&self) {
+        self.corrupt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    fn report_corrupt(&self, id: &str, fp: u64, reason: &str) {
+        let first = self
+            .corrupt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), fp)
+            != Some(fp);
+        if !first {
+            return;
+        }
+        let store = self.alias();
+        tracing::error!(%store, job_id = %id, %reason, "stored job could not be loaded; it is kept untouched and skipped");
+        if let Some(ctx) = self.ctx() {
+            ctx.events.emit(Event::StoreError {
+                store,
+                job_id: Some(id.to_string()),
+                message: Error::CorruptJob {
+                    id: id.to_string(),
+                    reason: reason.to_string(),
+                }
+                .to_string(),
+            });
+        }
+    }
+}
+
+fn fingerprint(doc: &str, version: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    doc.hash(&mut h);
+    version.hash(&mut h);
+    h.finish()
+}
+
+/// Microseconds since the epoch, rounded up: a score never says a job is due before it is.
+pub(crate) fn to_us(t: DateTime<Utc>) -> i64 {
+    let us = t.timestamp_micros();
+    if t.timestamp_subsec_nanos() % 1000 != 0 {
+        us + 1
+    } else {
+        us
+    }
+}
+
+/// The inverse of [`to_us`].
+pub(crate) fn from_us(us: i64) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp_micros(us).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// Whether a lease stops `owner` from claiming the job at `now`.
+pub(crate) fn held_by_other(lease: Option<&Lease>, owner: &str, now: DateTime<Utc>) -> bool {
+    lease.is_some_and(|l| l.until > now && l.owner != owner)
+}
+
+/// When `owner` could claim a job due at `next` with this lease: `max(next, lease.until)`
+/// for a lease held by another scheduler.
+pub(crate) fn claimable_at(
+    next: DateTime<Utc>,
+    lease: Option<&Lease>,
+    owner: &str,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    match lease {
+        Some(l) if held_by_other(Some(l), owner, now) => next.max(l.until),
+        _ => next,
+    }
+}
+
+/// Sorts by next run time (paused last), ties by id: the order `get_all_jobs` promises.
+pub(crate) fn sort_jobs(jobs: &mut [JobRecord]) {
+    jobs.sort_by(|a, b| match (a.next_run_time, b.next_run_time) {
+        (Some(x), Some(y)) => x.cmp(&y).then_with(|| a.id.cmp(&b.id)),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => a.id.cmp(&b.id),
+    });
+}

@@ -1,0 +1,761 @@
+//! The ZooKeeper job store (cargo feature `zookeeper`).
+//!
+//! # Data layout
+//! Under a configurable root path `R` (default `/apsched`):
+//!
+//! | znode | data |
+//! |---|---|
+//! | `R/jobs/j-<id>` | `{"job": "<JSON document (StoredJob)>", "next_run_time": <µs>\|null, "lease_owner": .., "lease_until": <µs>\|null}` |
+//! | `R/index/<µs, 20 digits>~j-<id>` | empty: one per unpaused job, named by its next run time |
+//!
+//! Ids are percent-encoded into node names (`/`, `%`, `~` and any byte outside
+//! `[A-Za-z0-9_.-]`). The job's version is the znode's own data version.
+//!
+//! # Claiming
+//! [`JobStore::acquire_due_jobs`] lists `R/index` (names only), reads the due jobs in one
+//! multi-read, applies the due-run rule ([`DueJob::claim`]) in Rust and writes each result
+//! back in one ZooKeeper `multi` transaction: `set_data` on the job with the znode version it
+//! read (compare-and-swap), plus moving its index entry. If another scheduler wrote the job
+//! in between, the version check fails and the whole transaction is refused, so two
+//! schedulers never claim the same slot. Changes by other schedulers are picked up by
+//! polling ([`ZooKeeperStore::with_poll_interval`], default 1 s).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use zookeeper_client as zk;
+
+use super::nosql_common::{claimable_at, from_us, held_by_other, sort_jobs, to_us, StoreState};
+use super::{DueJob, JobStore, StoreContext};
+use crate::error::{Error, Result};
+use crate::job::{JobRecord, Lease};
+
+/// How many claims are in flight at once.
+const CONCURRENCY: usize = 32;
+
+/// The data of a job znode.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Envelope {
+    job: String,
+    next_run_time: Option<i64>,
+    #[serde(default)]
+    lease_owner: Option<String>,
+    #[serde(default)]
+    lease_until: Option<i64>,
+}
+
+impl Envelope {
+    fn lease(&self) -> Option<Lease> {
+        match (&self.lease_owner, self.lease_until) {
+            (Some(owner), Some(until)) => Some(Lease {
+                owner: owner.clone(),
+                until: from_us(until),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Keeps jobs in ZooKeeper; several schedulers (processes) may share one root path. See the
+/// [module docs](self) for the znode layout and the claim protocol.
+///
+/// ```no_run
+/// # fn f() -> apsched::Result<()> {
+/// use apsched::store::ZooKeeperStore;
+/// let store = ZooKeeperStore::new("127.0.0.1:2181")?.with_root("/myapp/jobs");
+/// # Ok(()) }
+/// ```
+pub struct ZooKeeperStore {
+    hosts: String,
+    root: String,
+    poll_interval: Option<Duration>,
+    session_timeout: Duration,
+    client: Mutex<Option<zk::Client>>,
+    state: StoreState,
+}
+
+impl std::fmt::Debug for ZooKeeperStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZooKeeperStore")
+            .field("hosts", &self.hosts)
+            .field("root", &self.root)
+            .field("poll_interval", &self.poll_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+fn encode(id: &str) -> String {
+    let mut out = String::with_capacity(id.len() + 2);
+    out.push_str("j-");
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn decode_name(name: &str) -> Option<String> {
+    let s = name.strip_prefix("j-")?;
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            out.push(u8::from_str_radix(s.get(i + 1..i + 3)?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn index_name(next_us: i64, node: &str) -> String {
+    format!("{:020}~{node}", next_us.max(0))
+}
+
+fn parse_index(name: &str) -> Option<(i64, &str)> {
+    let (t, node) = name.split_once('~')?;
+    Some((t.parse().ok()?, node))
+}
+
+fn persistent() -> zk::CreateOptions<'static> {
+    zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())
+}
+
+/// A job znode as read: node name, data, znode version.
+struct Node {
+    name: String,
+    data: Vec<u8>,
+    version: i32,
+}
+
+impl ZooKeeperStore {
+    /// A store on the ZooKeeper ensemble `hosts` (`host:port[,host:port...]`; a `zk://`
+    /// prefix is accepted), under the root path `/apsched`. Connects when the scheduler
+    /// starts.
+    pub fn new(hosts: &str) -> Result<Self> {
+        let state = StoreState::new("zookeeper");
+        let hosts = hosts.trim_start_matches("zk://").trim_end_matches('/');
+        if hosts.is_empty() {
+            return Err(state.msg("no ZooKeeper hosts given"));
+        }
+        Ok(ZooKeeperStore {
+            hosts: hosts.to_string(),
+            root: "/apsched".into(),
+            poll_interval: Some(Duration::from_secs(1)),
+            session_timeout: Duration::from_secs(10),
+            client: Mutex::new(None),
+            state,
+        })
+    }
+
+    /// Sets the root path (default `/apsched`); created if missing.
+    pub fn with_root(mut self, root: impl Into<String>) -> Self {
+        let root: String = root.into();
+        let root = root.trim_end_matches('/');
+        self.root = if root.starts_with('/') {
+            root.to_string()
+        } else {
+            format!("/{root}")
+        };
+        self
+    }
+
+    /// How often the scheduler looks for jobs other schedulers added or changed (default
+    /// 1 s; `None` when this scheduler is the only writer).
+    pub fn with_poll_interval(mut self, interval: Option<Duration>) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// The ZooKeeper session timeout (default 10 s); also bounds how long a call waits
+    /// for a lost server before failing with a store error.
+    pub fn with_session_timeout(mut self, timeout: Duration) -> Self {
+        self.session_timeout = timeout;
+        self
+    }
+
+    /// The root path.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    fn jobs_path(&self) -> String {
+        format!("{}/jobs", self.root)
+    }
+
+    fn index_path(&self) -> String {
+        format!("{}/index", self.root)
+    }
+
+    fn job_path(&self, node: &str) -> String {
+        format!("{}/jobs/{node}", self.root)
+    }
+
+    fn idx_path(&self, entry: &str) -> String {
+        format!("{}/index/{entry}", self.root)
+    }
+
+    /// The session, connecting (and creating the root paths) when there is none or the
+    /// last one expired.
+    async fn client(&self) -> Result<zk::Client> {
+        let mut guard = self.client.lock().await;
+        if let Some(c) = guard.as_ref() {
+            if !matches!(
+                c.state(),
+                zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed
+            ) {
+                return Ok(c.clone());
+            }
+        }
+        let connect = zk::Client::connector()
+            .with_session_timeout(self.session_timeout)
+            .with_connection_timeout(Duration::from_secs(2))
+            .with_fail_eagerly()
+            .connect(&self.hosts);
+        let c = tokio::time::timeout(self.session_timeout, connect)
+            .await
+            .map_err(|_| {
+                self.state
+                    .msg(format!("connecting to {}: timed out", self.hosts))
+            })?
+            .map_err(|e| self.state.err("connecting", e))?;
+        for p in [self.jobs_path(), self.index_path()] {
+            match c.mkdir(&p, &persistent()).await {
+                Ok(()) | Err(zk::Error::NodeExists) => {}
+                Err(e) => return Err(self.state.err("creating the root path", e)),
+            }
+        }
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Wraps a call so that it fails (instead of waiting forever) while the server is away.
+    async fn call<T, F>(&self, doing: &str, f: F) -> Result<T>
+    where
+        F: std::future::Future<Output = std::result::Result<T, zk::Error>>,
+    {
+        match tokio::time::timeout(self.session_timeout, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if matches!(e, zk::Error::SessionExpired | zk::Error::ClientClosed) {
+                    *self.client.lock().await = None;
+                }
+                Err(self.state.err(doing, e))
+            }
+            Err(_) => Err(self.state.msg(format!("{doing}: timed out"))),
+        }
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.state.ctx().map_or_else(Utc::now, |c| c.clock.now())
+    }
+
+    fn envelope(job: &JobRecord) -> Result<Vec<u8>> {
+        let env = Envelope {
+            job: job.to_json()?,
+            next_run_time: job.next_run_time.map(to_us),
+            lease_owner: job.lease.as_ref().map(|l| l.owner.clone()),
+            lease_until: job.lease.as_ref().map(|l| to_us(l.until)),
+        };
+        Ok(serde_json::to_vec(&env)?)
+    }
+
+    /// Decodes a job znode; corrupt ones are reported and `None` returned.
+    fn decode(&self, node: &Node) -> Option<(JobRecord, Envelope)> {
+        let id = decode_name(&node.name).unwrap_or_else(|| node.name.clone());
+        let version = node.version.max(0) as u64;
+        let text = String::from_utf8_lossy(&node.data);
+        match serde_json::from_slice::<Envelope>(&node.data) {
+            Ok(env) => {
+                let job = self.state.decode(&id, &env.job, version, env.lease())?;
+                Some((job, env))
+            }
+            Err(_) => {
+                // Report the whole node text as the unparseable document.
+                let _ = self.state.decode(&id, &text, version, None);
+                None
+            }
+        }
+    }
+
+    /// Reads job znodes by node name in one multi-read; missing ones are left out.
+    async fn read_nodes(&self, c: &zk::Client, names: &[String]) -> Result<Vec<Node>> {
+        let mut out = Vec::with_capacity(names.len());
+        for chunk in names.chunks(500) {
+            let mut reader = c.new_multi_reader();
+            for n in chunk {
+                reader
+                    .add_get_data(&self.job_path(n))
+                    .map_err(|e| self.state.err("reading jobs", e))?;
+            }
+            let results = self.call("reading jobs", reader.commit()).await?;
+            for (n, r) in chunk.iter().zip(results) {
+                if let zk::MultiReadResult::Data { data, stat } = r {
+                    out.push(Node {
+                        name: n.clone(),
+                        data,
+                        version: stat.version,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn index(&self, c: &zk::Client) -> Result<Vec<(i64, String)>> {
+        let mut entries: Vec<(i64, String)> = self
+            .call("listing the index", c.list_children(&self.index_path()))
+            .await?
+            .iter()
+            .filter_map(|e| parse_index(e).map(|(t, n)| (t, n.to_string())))
+            .collect();
+        entries.sort();
+        Ok(entries)
+    }
+
+    /// Writes `job` over the node read at `version` with index entry `old_next` (its
+    /// previous next run time), as one transaction. `Ok(false)` = the version changed.
+    async fn cas_write(
+        &self,
+        c: &zk::Client,
+        node: &str,
+        version: i32,
+        old_next: Option<i64>,
+        new: Option<(&[u8], Option<i64>)>,
+        doing: &str,
+    ) -> Result<bool> {
+        let mut w = c.new_multi_writer();
+        let path = self.job_path(node);
+        let bad = |e| self.state.err(doing, e);
+        match new {
+            Some((data, _)) => w.add_set_data(&path, data, Some(version)).map_err(bad)?,
+            None => w.add_delete(&path, Some(version)).map_err(bad)?,
+        }
+        if let Some(t) = old_next {
+            w.add_delete(&self.idx_path(&index_name(t, node)), None)
+                .map_err(bad)?;
+        }
+        if let Some((_, Some(t))) = new {
+            w.add_create(&self.idx_path(&index_name(t, node)), &[], &persistent())
+                .map_err(bad)?;
+        }
+        match tokio::time::timeout(self.session_timeout, w.commit()).await {
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(zk::MultiWriteError::OperationFailed {
+                index: 0,
+                source: zk::Error::BadVersion | zk::Error::NoNode,
+            })) => Ok(false),
+            Ok(Err(zk::MultiWriteError::OperationFailed {
+                source: zk::Error::NoNode | zk::Error::NodeExists,
+                ..
+            })) => {
+                // The index entry was not where the job said: repair it on its own.
+                let written = match new {
+                    Some((data, _)) => c.set_data(&path, data, Some(version)).await.map(|_| ()),
+                    None => c.delete(&path, Some(version)).await,
+                };
+                match written {
+                    Ok(()) => {}
+                    Err(zk::Error::BadVersion | zk::Error::NoNode) => return Ok(false),
+                    Err(e) => return Err(self.state.err(doing, e)),
+                }
+                if let Some(t) = old_next {
+                    let _ = c.delete(&self.idx_path(&index_name(t, node)), None).await;
+                }
+                if let Some((_, Some(t))) = new {
+                    let _ = c
+                        .create(&self.idx_path(&index_name(t, node)), &[], &persistent())
+                        .await;
+                }
+                Ok(true)
+            }
+            Ok(Err(e)) => {
+                let e: zk::Error = e.into();
+                if matches!(e, zk::Error::SessionExpired | zk::Error::ClientClosed) {
+                    *self.client.lock().await = None;
+                }
+                Err(self.state.err(doing, e))
+            }
+            Err(_) => Err(self.state.msg(format!("{doing}: timed out"))),
+        }
+    }
+
+    /// Reads one job node: (data, version), or `None`.
+    async fn read_one(&self, c: &zk::Client, node: &str) -> Result<Option<(Vec<u8>, i32)>> {
+        match tokio::time::timeout(self.session_timeout, c.get_data(&self.job_path(node))).await {
+            Ok(Ok((data, stat))) => Ok(Some((data, stat.version))),
+            Ok(Err(zk::Error::NoNode)) => Ok(None),
+            Ok(Err(e)) => Err(self.state.err("reading a job", e)),
+            Err(_) => Err(self.state.msg("reading a job: timed out")),
+        }
+    }
+
+    async fn claim_one(
+        &self,
+        c: &zk::Client,
+        node: String,
+        version: i32,
+        old_next: Option<i64>,
+        mut due: DueJob,
+        lease: &Lease,
+    ) -> Result<Option<DueJob>> {
+        due.job.lease = Some(lease.clone());
+        let data;
+        let new = if due.removed {
+            None
+        } else {
+            data = Self::envelope(&due.job)?;
+            Some((&data[..], due.job.next_run_time.map(to_us)))
+        };
+        let won = self
+            .cas_write(c, &node, version, old_next, new, "claiming a due job")
+            .await?;
+        Ok(won.then(|| {
+            due.job.version = version as u64 + 1;
+            due
+        }))
+    }
+}
+
+#[async_trait::async_trait]
+impl JobStore for ZooKeeperStore {
+    async fn start(&self, ctx: StoreContext) -> Result<()> {
+        self.state.set_ctx(Some(ctx));
+        self.state.forget_all_corrupt();
+        self.client().await?;
+        Ok(())
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        *self.client.lock().await = None;
+        Ok(())
+    }
+
+    async fn add_job(&self, mut job: JobRecord, replace_existing: bool) -> Result<()> {
+        job.lease = None;
+        let data = Self::envelope(&job)?;
+        let c = self.client().await?;
+        let node = encode(&job.id);
+        let next = job.next_run_time.map(to_us);
+        loop {
+            let existing = self.read_one(&c, &node).await?;
+            match existing {
+                None => {
+                    let mut w = c.new_multi_writer();
+                    let bad = |e| self.state.err("adding a job", e);
+                    w.add_create(&self.job_path(&node), &data, &persistent())
+                        .map_err(bad)?;
+                    if let Some(t) = next {
+                        w.add_create(&self.idx_path(&index_name(t, &node)), &[], &persistent())
+                            .map_err(bad)?;
+                    }
+                    match tokio::time::timeout(self.session_timeout, w.commit()).await {
+                        Ok(Ok(_)) => break,
+                        Ok(Err(zk::MultiWriteError::OperationFailed {
+                            index: 0,
+                            source: zk::Error::NodeExists,
+                        })) => continue,
+                        Ok(Err(e)) => {
+                            return Err(self.state.err("adding a job", zk::Error::from(e)))
+                        }
+                        Err(_) => return Err(self.state.msg("adding a job: timed out")),
+                    }
+                }
+                Some((old, version)) => {
+                    if !replace_existing {
+                        return Err(Error::ConflictingId(job.id));
+                    }
+                    let old_next = serde_json::from_slice::<Envelope>(&old)
+                        .ok()
+                        .and_then(|e| e.next_run_time);
+                    if self
+                        .cas_write(
+                            &c,
+                            &node,
+                            version,
+                            old_next,
+                            Some((&data, next)),
+                            "adding a job",
+                        )
+                        .await?
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        self.state.forget_corrupt(&job.id);
+        Ok(())
+    }
+
+    async fn update_job(&self, mut job: JobRecord) -> Result<JobRecord> {
+        job.lease = None;
+        let data = Self::envelope(&job)?;
+        let c = self.client().await?;
+        let node = encode(&job.id);
+        let Some((old, version)) = self.read_one(&c, &node).await? else {
+            return Err(Error::JobLookup(job.id));
+        };
+        if version.max(0) as u64 != job.version {
+            return Err(Error::Fenced(job.id));
+        }
+        let old_next = serde_json::from_slice::<Envelope>(&old)
+            .ok()
+            .and_then(|e| e.next_run_time);
+        let next = job.next_run_time.map(to_us);
+        if !self
+            .cas_write(
+                &c,
+                &node,
+                version,
+                old_next,
+                Some((&data, next)),
+                "updating a job",
+            )
+            .await?
+        {
+            return Err(Error::Fenced(job.id));
+        }
+        self.state.forget_corrupt(&job.id);
+        job.version += 1;
+        Ok(job)
+    }
+
+    async fn remove_job(&self, id: &str) -> Result<()> {
+        let c = self.client().await?;
+        let node = encode(id);
+        loop {
+            let Some((old, version)) = self.read_one(&c, &node).await? else {
+                return Err(Error::JobLookup(id.to_string()));
+            };
+            let old_next = serde_json::from_slice::<Envelope>(&old)
+                .ok()
+                .and_then(|e| e.next_run_time);
+            if self
+                .cas_write(&c, &node, version, old_next, None, "removing a job")
+                .await?
+            {
+                self.state.forget_corrupt(id);
+                return Ok(());
+            }
+        }
+    }
+
+    async fn remove_all_jobs(&self) -> Result<()> {
+        let c = self.client().await?;
+        for parent in [self.index_path(), self.jobs_path()] {
+            let children = self
+                .call("removing all jobs", c.list_children(&parent))
+                .await?;
+            for ch in children {
+                match self
+                    .call("removing all jobs", async {
+                        match c.delete(&format!("{parent}/{ch}"), None).await {
+                            Err(zk::Error::NoNode) => Ok(()),
+                            r => r,
+                        }
+                    })
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.state.forget_all_corrupt();
+        Ok(())
+    }
+
+    async fn lookup_job(&self, id: &str) -> Result<Option<JobRecord>> {
+        let c = self.client().await?;
+        let node = encode(id);
+        let Some((data, version)) = self.read_one(&c, &node).await? else {
+            return Ok(None);
+        };
+        let n = Node {
+            name: node,
+            data,
+            version,
+        };
+        match self.decode(&n) {
+            Some((job, _)) => Ok(Some(job)),
+            None => Err(Error::CorruptJob {
+                id: id.to_string(),
+                reason: match serde_json::from_slice::<Envelope>(&n.data) {
+                    Ok(env) => self.state.check(&env.job).err().unwrap_or_default(),
+                    Err(e) => e.to_string(),
+                },
+            }),
+        }
+    }
+
+    async fn get_all_jobs(&self) -> Result<Vec<JobRecord>> {
+        let c = self.client().await?;
+        let names = self
+            .call("listing jobs", c.list_children(&self.jobs_path()))
+            .await?;
+        let nodes = self.read_nodes(&c, &names).await?;
+        let mut jobs: Vec<JobRecord> = nodes
+            .iter()
+            .filter_map(|n| self.decode(n).map(|(j, _)| j))
+            .collect();
+        sort_jobs(&mut jobs);
+        Ok(jobs)
+    }
+
+    async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>> {
+        let me = self.state.owner();
+        let now = self.now();
+        let c = self.client().await?;
+        let entries = self.index(&c).await?;
+        let mut best: Option<DateTime<Utc>> = None;
+        for chunk in entries.chunks(64) {
+            let first = from_us(chunk[0].0);
+            if best.is_some_and(|b| b <= first) {
+                break;
+            }
+            let names: Vec<String> = chunk
+                .iter()
+                .filter(|(_, n)| !self.state.is_corrupt(&decode_name(n).unwrap_or_default()))
+                .map(|(_, n)| n.clone())
+                .collect();
+            for node in self.read_nodes(&c, &names).await? {
+                let Ok(env) = serde_json::from_slice::<Envelope>(&node.data) else {
+                    continue;
+                };
+                let Some(next) = env.next_run_time else {
+                    continue;
+                };
+                let at = claimable_at(from_us(next), env.lease().as_ref(), &me, now);
+                best = Some(best.map_or(at, |b| b.min(at)));
+            }
+        }
+        Ok(best)
+    }
+
+    async fn acquire_due_jobs(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueJob>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let me = self.state.owner();
+        let lease = Lease {
+            owner: me.clone(),
+            until: now
+                + chrono::Duration::from_std(self.state.lease()).unwrap_or(chrono::Duration::MAX),
+        };
+        let now_us = now.timestamp_micros();
+        let c = self.client().await?;
+        let entries = self.index(&c).await?;
+        let mut claims = Vec::new();
+        for chunk in entries
+            .iter()
+            .take_while(|(t, _)| *t <= now_us)
+            .collect::<Vec<_>>()
+            .chunks(limit.clamp(16, 500))
+        {
+            if claims.len() >= limit {
+                break;
+            }
+            let names: Vec<String> = chunk.iter().map(|(_, n)| n.clone()).collect();
+            for node in self.read_nodes(&c, &names).await? {
+                if claims.len() >= limit {
+                    break;
+                }
+                let id = decode_name(&node.name).unwrap_or_default();
+                if self.state.is_known_corrupt(
+                    &id,
+                    &String::from_utf8_lossy(&node.data),
+                    node.version.max(0) as u64,
+                ) {
+                    continue;
+                }
+                let Some((job, env)) = self.decode(&node) else {
+                    continue;
+                };
+                if held_by_other(job.lease.as_ref(), &me, now) {
+                    continue;
+                }
+                let due = DueJob::claim(job, now);
+                if due.run_times.is_empty() {
+                    continue;
+                }
+                claims.push((node.name, node.version, env.next_run_time, due));
+            }
+        }
+        let results: Vec<Result<Option<DueJob>>> = futures::stream::iter(
+            claims
+                .into_iter()
+                .map(|(name, version, old_next, due)| {
+                    self.claim_one(&c, name, version, old_next, due, &lease)
+                })
+                .collect::<Vec<_>>(),
+        )
+        .buffered(CONCURRENCY)
+        .collect()
+        .await;
+        let mut won = Vec::new();
+        for r in results {
+            if let Some(d) = r? {
+                won.push(d);
+            }
+        }
+        Ok(won)
+    }
+
+    async fn release_jobs(&self, jobs: &[DueJob]) -> Result<()> {
+        let me = self.state.owner();
+        let c = self.client().await?;
+        for d in jobs.iter().filter(|d| !d.removed) {
+            if d.job.lease.as_ref().is_none_or(|l| l.owner != me) {
+                continue;
+            }
+            let mut job = d.job.clone();
+            job.lease = None;
+            let data = Self::envelope(&job)?;
+            let expected = d.job.version as i32;
+            match tokio::time::timeout(
+                self.session_timeout,
+                c.set_data(&self.job_path(&encode(&job.id)), &data, Some(expected)),
+            )
+            .await
+            {
+                // A newer write (or a removal) wins: the release is fenced.
+                Ok(Ok(_)) | Ok(Err(zk::Error::BadVersion | zk::Error::NoNode)) => {}
+                Ok(Err(e)) => return Err(self.state.err("releasing jobs", e)),
+                Err(_) => return Err(self.state.msg("releasing jobs: timed out")),
+            }
+        }
+        Ok(())
+    }
+
+    fn poll_interval(&self) -> Option<Duration> {
+        self.poll_interval
+    }
+
+    fn is_persistent(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for id in ["a", "job/with/slashes", "..", "50%~off", "ünï", ""] {
+            let n = encode(id);
+            assert!(!n.contains('/') && !n.contains('~'), "{n}");
+            assert_eq!(decode_name(&n).as_deref(), Some(id));
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Store-specific scenarios shared by the Redis, MongoDB and ZooKeeper tests: corrupt
+//! records, closures refused, restart persistence and a server restart under a running
+//! scheduler. Each store module supplies the store factory and the raw-write hooks.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use apsched::event::{Event, EventKind};
+use apsched::job::{Callable, JobRecord};
+use apsched::store::JobStore;
+use apsched::trigger::Interval;
+use apsched::{Error, Scheduler};
+
+use crate::suite;
+
+/// A job record in the suite's shape whose task is `task`.
+pub fn task_job(id: &str, task: &str, next: chrono::DateTime<chrono::Utc>) -> JobRecord {
+    let mut j = suite::interval_job(id, 60, Some(next));
+    j.callable = Callable::Task {
+        name: task.into(),
+        args: serde_json::json!(null),
+    };
+    j
+}
+
+/// A closure job cannot go into a persistent store.
+pub async fn closures_refused(store: impl JobStore) {
+    assert!(store.is_persistent());
+    let mut job = suite::interval_job("closure", 60, Some(suite::at(0)));
+    job.callable = Callable::from_async(|| async {});
+    let err = store.add_job(job, false).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidJob { .. }), "{err}");
+    assert!(store.lookup_job("closure").await.unwrap().is_none());
+}
+
+/// Corrupt records: `bad_json` holds an unparseable document and `unknown_task` names a task
+/// that is not registered (both written raw by the caller, due at `suite::at(0)`), and `good`
+/// is a normal job due at `suite::at(0)`. They are reported once each, never claimed, skipped
+/// by `get_all_jobs` and `next_run_time`, and left untouched (`raw` reads them back).
+pub async fn corrupt_records<S, R, RF>(store: S, mut rx: apsched::event::EventReceiver, raw: R)
+where
+    S: JobStore,
+    R: Fn(&'static str) -> RF,
+    RF: Future<Output = Option<String>>,
+{
+    let before_bad = raw("bad_json").await.expect("bad_json was written");
+    let before_unknown = raw("unknown_task").await.expect("unknown_task was written");
+
+    let all = store.get_all_jobs().await.unwrap();
+    assert_eq!(
+        all.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+        ["good"]
+    );
+    for _ in 0..3 {
+        let due = store.acquire_due_jobs(suite::at(100), 100).await.unwrap();
+        assert!(
+            due.iter().all(|d| d.job.id == "good"),
+            "only the good job is claimed: {:?}",
+            due.iter().map(|d| &d.job.id).collect::<Vec<_>>()
+        );
+        store.release_jobs(&due).await.unwrap();
+    }
+    // The good job moved on to at(120); the corrupt ones do not keep next_run_time at at(0).
+    assert_eq!(store.next_run_time().await.unwrap(), Some(suite::at(120)));
+    assert!(matches!(
+        store.lookup_job("bad_json").await,
+        Err(Error::CorruptJob { .. })
+    ));
+
+    let mut reported = Vec::new();
+    while let Some(Ok(ev)) = rx.try_recv() {
+        if let Event::StoreError {
+            job_id: Some(id),
+            message,
+            ..
+        } = ev
+        {
+            reported.push((id, message));
+        }
+    }
+    reported.sort();
+    let ids: Vec<&str> = reported.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["bad_json", "unknown_task"],
+        "each reported once: {reported:?}"
+    );
+    assert!(
+        reported[1].1.contains("no task named 'mystery'"),
+        "{reported:?}"
+    );
+
+    assert_eq!(raw("bad_json").await.as_deref(), Some(before_bad.as_str()));
+    assert_eq!(
+        raw("unknown_task").await.as_deref(),
+        Some(before_unknown.as_str())
+    );
+}
+
+/// A scheduler with a `tick` task counting its runs in `count`.
+pub fn scheduler_with<S: JobStore>(store: S, id: &str, count: Arc<AtomicUsize>) -> Scheduler {
+    Scheduler::builder()
+        .store("default", store)
+        .scheduler_id(id)
+        .lease(Duration::from_secs(3))
+        .task("tick", move |_: serde_json::Value| {
+            let count = count.clone();
+            async move {
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .build()
+}
+
+/// Waits (real time) until `count` reaches `n`; panics after `secs`.
+pub async fn wait_count(count: &AtomicUsize, n: usize, secs: u64, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while count.load(Ordering::SeqCst) < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {} runs after {secs} s, expected {n}",
+            count.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Restart persistence: a job added by one scheduler is there for the next one on the same
+/// store, and keeps running.
+pub async fn restart_persistence<S, F, Fut>(make: F)
+where
+    S: JobStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let count = Arc::new(AtomicUsize::new(0));
+    let s1 = scheduler_with(make().await, "first", count.clone());
+    s1.start().await.unwrap();
+    s1.add_task_job("tick", ())
+        .id("persisted")
+        .trigger(Interval::new(Duration::from_millis(500)).unwrap())
+        .await
+        .unwrap();
+    wait_count(&count, 1, 10, "first scheduler").await;
+    s1.shutdown(true).await.unwrap();
+    drop(s1);
+
+    let count2 = Arc::new(AtomicUsize::new(0));
+    let s2 = scheduler_with(make().await, "second", count2.clone());
+    s2.start().await.unwrap();
+    let job = s2
+        .get_job("persisted", None)
+        .await
+        .unwrap()
+        .expect("job survived the restart");
+    assert_eq!(job.callable, "task tick");
+    wait_count(&count2, 2, 10, "second scheduler").await;
+    s2.remove_all_jobs(None).await.unwrap();
+    s2.shutdown(true).await.unwrap();
+}
+
+/// The server goes away under a running scheduler and comes back: the scheduler reports
+/// store errors meanwhile, loses no job, and runs it again by itself afterwards.
+pub async fn server_restart<S, K, KF, B, BF>(store: S, kill: K, bring_back: B)
+where
+    S: JobStore,
+    K: FnOnce() -> KF,
+    KF: Future<Output = ()>,
+    B: FnOnce() -> BF,
+    BF: Future<Output = ()>,
+{
+    let count = Arc::new(AtomicUsize::new(0));
+    let s = scheduler_with(store, "survivor", count.clone());
+    let mut errors = s.subscribe(EventKind::STORE_ERROR);
+    s.start().await.unwrap();
+    s.add_task_job("tick", ())
+        .id("steady")
+        .trigger(Interval::new(Duration::from_millis(300)).unwrap())
+        .await
+        .unwrap();
+    wait_count(&count, 2, 10, "before the outage").await;
+
+    kill().await;
+    // Real time is what this test is about: the loop must see the outage.
+    tokio::time::timeout(Duration::from_secs(20), errors.recv())
+        .await
+        .expect("a STORE_ERROR event during the outage")
+        .unwrap();
+    bring_back().await;
+
+    let after = count.load(Ordering::SeqCst);
+    wait_count(&count, after + 3, 60, "after the server came back").await;
+    assert!(
+        s.get_job("steady", None).await.unwrap().is_some(),
+        "job still stored"
+    );
+    s.remove_all_jobs(None).await.unwrap();
+    s.shutdown(true).await.unwrap();
+}

@@ -1,0 +1,243 @@
+//! The Redis store against the contract, plus its own tests. Needs Redis on
+//! `APSCHED_REDIS_URL` (default `redis://127.0.0.1:6379/`); see `scripts/services.sh`.
+
+use std::time::Duration;
+
+use apsched::store::{JobStore, RedisStore};
+
+use crate::{nosql, suite};
+
+fn url() -> String {
+    std::env::var("APSCHED_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+async fn available() -> bool {
+    let check = async {
+        let client = ::redis::Client::open(url()).map_err(|e| e.to_string())?;
+        let mut c = tokio::time::timeout(
+            Duration::from_secs(3),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .map_err(|_| "connection timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+        ::redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    };
+    suite::service_available("Redis", check.await)
+}
+
+/// Deletes every key under `prefix:`.
+async fn cleanup(prefix: &str) {
+    let client = ::redis::Client::open(url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        ::redis::cmd("DEL")
+            .arg(&keys)
+            .query_async::<()>(&mut c)
+            .await
+            .unwrap();
+    }
+}
+
+async fn started(prefix: &str, id: &str) -> RedisStore {
+    let store = RedisStore::new(&url()).unwrap().with_prefix(prefix);
+    store
+        .start(suite::context("redis", id, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    store
+}
+
+#[tokio::test]
+async fn redis_contract() {
+    if !available().await {
+        return;
+    }
+    let base = format!("apsched-test:{}", suite::unique_suffix());
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    suite::contract(|| {
+        let prefix = format!(
+            "{base}:{}",
+            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        async move { started(&prefix, "s1").await }
+    })
+    .await;
+    for i in 0..n.load(std::sync::atomic::Ordering::SeqCst) {
+        cleanup(&format!("{base}:{i}")).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_shared_claims() {
+    if !available().await {
+        return;
+    }
+    let prefix = format!("apsched-test:{}", suite::unique_suffix());
+    suite::shared_claims(started(&prefix, "a").await, started(&prefix, "b").await).await;
+    cleanup(&prefix).await;
+}
+
+#[tokio::test]
+async fn redis_closures_refused() {
+    if !available().await {
+        return;
+    }
+    let prefix = format!("apsched-test:{}", suite::unique_suffix());
+    nosql::closures_refused(started(&prefix, "s1").await).await;
+    cleanup(&prefix).await;
+}
+
+#[tokio::test]
+async fn redis_corrupt_records_are_reported_once_and_kept() {
+    if !available().await {
+        return;
+    }
+    let prefix = format!("apsched-test:{}", suite::unique_suffix());
+    let ctx = suite::context("redis", "s1", Duration::from_secs(30));
+    let rx = ctx.events.subscribe(apsched::event::EventKind::STORE_ERROR);
+    let store = RedisStore::new(&url()).unwrap().with_prefix(&prefix);
+    store.start(ctx).await.unwrap();
+    store
+        .add_job(nosql::task_job("good", "echo", suite::at(0)), false)
+        .await
+        .unwrap();
+
+    let client = ::redis::Client::open(url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let unknown = nosql::task_job("unknown_task", "mystery", suite::at(0))
+        .to_json()
+        .unwrap();
+    let score = suite::at(0).timestamp_micros();
+    ::redis::pipe()
+        .hset(format!("{prefix}:jobs"), "bad_json", "{not json")
+        .hset(format!("{prefix}:jobs"), "unknown_task", unknown)
+        .zadd(format!("{prefix}:run_times"), "bad_json", score)
+        .zadd(format!("{prefix}:run_times"), "unknown_task", score)
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+
+    let raw = |id: &'static str| {
+        let mut c = c.clone();
+        let prefix = prefix.clone();
+        async move {
+            let (doc, score): (Option<String>, Option<i64>) = ::redis::pipe()
+                .hget(format!("{prefix}:jobs"), id)
+                .zscore(format!("{prefix}:run_times"), id)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            doc.map(|d| format!("{d} @ {score:?}"))
+        }
+    };
+    nosql::corrupt_records(store, rx, raw).await;
+    cleanup(&prefix).await;
+}
+
+#[tokio::test]
+async fn redis_restart_persistence() {
+    if !available().await {
+        return;
+    }
+    let prefix = format!("apsched-test:{}", suite::unique_suffix());
+    nosql::restart_persistence(|| {
+        let p = prefix.clone();
+        async move { RedisStore::new(&url()).unwrap().with_prefix(p) }
+    })
+    .await;
+    cleanup(&prefix).await;
+}
+
+/// A private redis-server (append-only file, so it keeps its data across a kill) on a free
+/// port, killed with SIGKILL and started again under a running scheduler.
+#[tokio::test]
+async fn redis_server_restart_mid_run() {
+    if !available().await {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("apsched-redis-{}", suite::unique_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = crate::free_port();
+    let spawn = {
+        let dir = dir.clone();
+        move || {
+            let child = std::process::Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                ])
+                .args(["--appendonly", "yes", "--appendfsync", "always"])
+                .arg("--dir")
+                .arg(&dir)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server runs");
+            crate::wait_port(port);
+            child
+        }
+    };
+    let child = std::sync::Arc::new(std::sync::Mutex::new(Some(spawn())));
+    let store = RedisStore::new(&format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .with_prefix("restart")
+        .with_response_timeout(Duration::from_secs(1));
+    let killer = child.clone();
+    let restarter = child.clone();
+    nosql::server_restart(
+        store,
+        || async move {
+            if let Some(mut c) = killer.lock().unwrap().take() {
+                c.kill().unwrap();
+                c.wait().unwrap();
+            }
+        },
+        || async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            *restarter.lock().unwrap() = Some(spawn());
+        },
+    )
+    .await;
+    if let Some(mut c) = child.lock().unwrap().take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Three scheduler processes on one prefix, 200 jobs every second for 12 s, one SIGKILLed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_multi_process_no_duplicates() {
+    if !available().await {
+        return;
+    }
+    let prefix = format!("apsched-test:{}", suite::unique_suffix());
+    let store = started(&prefix, "setup").await;
+    crate::multiprocess::run(
+        store,
+        crate::multiprocess::Plan {
+            url: url(),
+            namespace: prefix.clone(),
+            processes: 3,
+            jobs: 200,
+            secs: 12,
+            kill_at: 5,
+            lease_secs: 3,
+        },
+    )
+    .await;
+    cleanup(&prefix).await;
+}
