@@ -1,6 +1,6 @@
 //! The SQL stores (SQLite, PostgreSQL, MySQL/MariaDB) against the contract, plus their own
 //! tests: restart persistence, corrupt rows, fencing and leases, two schedulers on one
-//! table, and several scheduler processes sharing one database with one of them killed.
+//! table, and the databases' targets for the multi-process test (`multiprocess`).
 //!
 //! Servers: `APSCHED_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/test`)
 //! and `APSCHED_TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306/test`). Every test
