@@ -6,6 +6,8 @@
 
 mod suite;
 
+mod multiprocess;
+
 mod memory;
 
 #[cfg(any(feature = "redis", feature = "mongodb", feature = "zookeeper"))]
@@ -42,6 +44,3 @@ pub fn wait_port(port: u16) {
     }
     panic!("nothing listens on 127.0.0.1:{port}");
 }
-
-#[cfg(any(feature = "redis", feature = "mongodb"))]
-mod multiprocess;

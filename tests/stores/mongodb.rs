@@ -219,25 +219,19 @@ async fn mongodb_server_restart_mid_run() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Three scheduler processes on one collection, 20 jobs every second for 12 s, one
-/// SIGKILLed. (20, not the 200 of the Redis run: the test server, SecantusDB, is a Python
-/// process that manages a few hundred conditional updates a second; a real MongoDB takes
-/// far more.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mongodb_multi_process_no_duplicates() {
+/// The multi-process test's target (see `multiprocess`): 3 processes on one collection, 20
+/// jobs every second for 12 s, the busiest killed at 5 s. (20, not the 200 of the Redis run:
+/// the test server, SecantusDB, is a Python process that manages a few hundred conditional
+/// updates a second; a real MongoDB takes far more.)
+pub async fn multiprocess_target() -> Option<crate::multiprocess::Target> {
     if !available().await {
-        return;
+        return None;
     }
     let db = db_name();
-    let url = format!("{}{db}", url().trim_end_matches('/').to_string() + "/");
-    let s = MongoStore::new(&url).unwrap().with_collection("mp");
-    s.start(suite::context("mongodb", "setup", Duration::from_secs(3)))
-        .await
-        .unwrap();
-    crate::multiprocess::run(
-        s,
-        crate::multiprocess::Plan {
-            url,
+    Some(crate::multiprocess::Target {
+        plan: crate::multiprocess::Plan {
+            label: "mongodb".into(),
+            url: format!("{}/{db}", url().trim_end_matches('/')),
             namespace: "mp".into(),
             processes: 3,
             jobs: 20,
@@ -245,7 +239,6 @@ async fn mongodb_multi_process_no_duplicates() {
             kill_at: 5,
             lease_secs: 3,
         },
-    )
-    .await;
-    drop_db(&db).await;
+        cleanup: Box::pin(async move { drop_db(&db).await }),
+    })
 }

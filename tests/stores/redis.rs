@@ -218,17 +218,16 @@ async fn redis_server_restart_mid_run() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Three scheduler processes on one prefix, 200 jobs every second for 12 s, one SIGKILLed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_multi_process_no_duplicates() {
+/// The multi-process test's target (see `multiprocess`): 3 processes on one prefix, 200
+/// jobs every second for 12 s, the busiest killed at 5 s.
+pub async fn multiprocess_target() -> Option<crate::multiprocess::Target> {
     if !available().await {
-        return;
+        return None;
     }
     let prefix = format!("apsched-test:{}", suite::unique_suffix());
-    let store = started(&prefix, "setup").await;
-    crate::multiprocess::run(
-        store,
-        crate::multiprocess::Plan {
+    Some(crate::multiprocess::Target {
+        plan: crate::multiprocess::Plan {
+            label: "redis".into(),
             url: url(),
             namespace: prefix.clone(),
             processes: 3,
@@ -237,7 +236,6 @@ async fn redis_multi_process_no_duplicates() {
             kill_at: 5,
             lease_secs: 3,
         },
-    )
-    .await;
-    cleanup(&prefix).await;
+        cleanup: Box::pin(async move { cleanup(&prefix).await }),
+    })
 }

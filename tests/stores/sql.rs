@@ -1,6 +1,6 @@
 //! The SQL stores (SQLite, PostgreSQL, MySQL/MariaDB) against the contract, plus their own
 //! tests: restart persistence, corrupt rows, fencing and leases, two schedulers on one
-//! table, and several scheduler processes sharing one database with one of them killed.
+//! table, and the databases' targets for the multi-process test (`multiprocess`).
 //!
 //! Servers: `APSCHED_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/test`)
 //! and `APSCHED_TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306/test`). Every test
@@ -9,7 +9,6 @@
 #![cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +17,7 @@ use apsched::job::Callable;
 use apsched::store::sql::SqlStore;
 use apsched::store::JobStore;
 use apsched::trigger::Interval;
-use apsched::{Error, Event, EventKind, JobDefaults, Scheduler};
+use apsched::{Error, Event, EventKind, Scheduler};
 use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::suite;
@@ -549,234 +548,29 @@ async fn mysql_two_schedulers() {
 // ---------------------------------------------------------------------------------------
 // Several processes
 
-const MP_JOBS: usize = 500;
-const MP_SECONDS: i64 = 20;
-const MP_KILL_AT: i64 = 8;
-const MP_LEASE: Duration = Duration::from_secs(3);
-const MP_PROCS: usize = 3;
-
-/// The child side of [`multiprocess_shared_store`]: a scheduler process that runs the shared
-/// jobs and appends `job_id scheduled_micros process` for every run to its log. Does
-/// nothing unless started by the parent (env `APSCHED_MP_CHILD`).
-#[test]
-fn multiprocess_child() {
-    let Ok(id) = std::env::var("APSCHED_MP_CHILD") else {
-        return;
-    };
-    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} not set"));
-    let url = var("APSCHED_MP_URL");
-    let table = var("APSCHED_MP_TABLE");
-    let log = var("APSCHED_MP_LOG");
-    let end: i64 = var("APSCHED_MP_END").parse().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let store = SqlStore::lazy(&url).unwrap().table(table);
-        let s = Scheduler::builder()
-            .store("default", store)
-            .scheduler_id(id.clone())
-            .lease(MP_LEASE)
-            .event_capacity(1 << 16)
-            .job_defaults(JobDefaults {
-                misfire_grace_time: None,
-                coalesce: false,
-                max_instances: 100,
-            })
-            .task("noop", |_: serde_json::Value| async {})
-            .build();
-        let mut events = s.subscribe(EventKind::JOB_EXECUTED | EventKind::STORE_ERROR);
-        s.start().await.unwrap();
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let deadline = DateTime::from_timestamp_micros(end).unwrap();
-        loop {
-            let left = (deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-            if left.is_zero() {
-                break;
-            }
-            match tokio::time::timeout(left, events.recv()).await {
-                Ok(Ok(Event::JobExecuted {
-                    job_id,
-                    scheduled_run_time,
-                    ..
-                })) => {
-                    // One write per run, so a SIGKILL loses at most the line being written.
-                    let line = format!("{job_id} {} {id}\n", scheduled_run_time.timestamp_micros());
-                    file.write_all(line.as_bytes()).unwrap();
-                }
-                Ok(Ok(Event::StoreError { message, .. })) => {
-                    eprintln!("{id}: store error: {message}")
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => panic!("{id}: events: {e}"),
-                Err(_) => break,
-            }
-        }
-        s.shutdown(false).await.unwrap();
-    });
-}
-
-/// 3 scheduler processes share one database; 500 jobs fire every second for 20 s; one
-/// process is SIGKILLed at 8 s. No (job, scheduled time) runs twice, and every slot before
-/// the kill and after its lease expired runs exactly once.
-async fn multiprocess(db: Db) {
-    let Some(tdb) = TestDb::new(db, "mp").await else {
-        return;
-    };
-    let exe = std::env::current_exe().unwrap();
-    let dir = std::env::temp_dir().join(format!(
-        "apsched_mp_{}_{}",
-        db.name(),
-        suite::unique_suffix()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-
-    // The parent creates the table and the jobs, starting on a whole second.
-    let store = tdb.started(&tdb.table, "parent", MP_LEASE).await;
-    let now = Utc::now();
-    let t0 = DateTime::from_timestamp(now.timestamp() + 3, 0).unwrap();
-    let end = t0 + TimeDelta::seconds(MP_SECONDS);
-    for i in 0..MP_JOBS {
-        let mut job = suite::interval_job(&format!("job{i:03}"), 1, Some(t0));
-        job.callable = Callable::Task {
-            name: "noop".into(),
-            args: serde_json::Value::Null,
-        };
-        job.misfire_grace_time = None;
-        job.coalesce = false;
-        job.max_instances = 100;
-        store.add_job(job, false).await.unwrap();
-    }
-    drop(store);
-
-    let mut children = Vec::new();
-    for p in 0..MP_PROCS {
-        let child = tokio::process::Command::new(&exe)
-            .args([
-                "--exact",
-                "sql::multiprocess_child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("APSCHED_MP_CHILD", format!("p{p}"))
-            .env("APSCHED_MP_URL", &tdb.url)
-            .env("APSCHED_MP_TABLE", &tdb.table)
-            .env("APSCHED_MP_LOG", dir.join(format!("p{p}.log")))
-            .env(
-                "APSCHED_MP_END",
-                (end + TimeDelta::seconds(2)).timestamp_micros().to_string(),
-            )
-            // Its libtest summary would only clutter the parent's output; errors go to stderr.
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn child scheduler");
-        children.push(child);
-    }
-    let kill_at = t0 + TimeDelta::seconds(MP_KILL_AT);
-    tokio::time::sleep((kill_at - Utc::now()).to_std().unwrap_or_default()).await;
-    // Kill the busiest process (the most runs so far), so the kill hits one that holds
-    // claims rather than one that happened to stay idle.
-    let lines = |p: usize| {
-        std::fs::read_to_string(dir.join(format!("p{p}.log"))).map_or(0, |t| t.lines().count())
-    };
-    let victim = (0..MP_PROCS).max_by_key(|&p| lines(p)).unwrap_or(0);
-    let killed_at = Utc::now();
-    children[victim].start_kill().unwrap(); // SIGKILL
-    children[victim].wait().await.unwrap();
-    for (p, c) in children.iter_mut().enumerate() {
-        if p == victim {
+/// The multi-process test's targets (see `multiprocess`): one table on each database that
+/// is there; 3 processes, 500 jobs every second for 20 s, the busiest killed at 8 s.
+pub async fn multiprocess_targets() -> Vec<crate::multiprocess::Target> {
+    let mut targets = Vec::new();
+    for db in [Db::Postgres, Db::MySql, Db::Sqlite] {
+        let Some(tdb) = TestDb::new(db, "mp").await else {
             continue;
-        }
-        let status = tokio::time::timeout(Duration::from_secs(60), c.wait())
-            .await
-            .expect("child finishes")
-            .unwrap();
-        assert!(
-            status.success(),
-            "{}: a child scheduler failed: {status}",
-            db.name()
-        );
+        };
+        targets.push(crate::multiprocess::Target {
+            plan: crate::multiprocess::Plan {
+                label: db.name().into(),
+                url: tdb.url.clone(),
+                namespace: tdb.table.clone(),
+                processes: 3,
+                jobs: 500,
+                secs: 20,
+                kill_at: 8,
+                lease_secs: 3,
+            },
+            cleanup: Box::pin(async move { tdb.cleanup(&[]).await }),
+        });
     }
-
-    // (job, slot) -> processes that ran it.
-    let mut runs: HashMap<(String, i64), Vec<String>> = HashMap::new();
-    for p in 0..MP_PROCS {
-        let text = std::fs::read_to_string(dir.join(format!("p{p}.log"))).unwrap_or_default();
-        for line in text.lines() {
-            let mut parts = line.split(' ');
-            let (Some(job), Some(t), Some(proc_)) = (parts.next(), parts.next(), parts.next())
-            else {
-                continue; // the line being written when the process was killed
-            };
-            let Ok(t) = t.parse::<i64>() else { continue };
-            runs.entry((job.to_string(), t))
-                .or_default()
-                .push(proc_.to_string());
-        }
-    }
-    let duplicates: Vec<_> = runs.iter().filter(|(_, p)| p.len() > 1).collect();
-    let sure_before = killed_at - TimeDelta::seconds(1);
-    let sure_after = killed_at + TimeDelta::from_std(MP_LEASE).unwrap() + TimeDelta::seconds(1);
-    let (mut expected, mut missing, mut in_window, mut window_missing) = (0, 0, 0, 0);
-    for s in 0..MP_SECONDS {
-        let t = t0 + TimeDelta::seconds(s);
-        for i in 0..MP_JOBS {
-            let ran = runs.contains_key(&(format!("job{i:03}"), t.timestamp_micros()));
-            if t < sure_before || t > sure_after {
-                expected += 1;
-                missing += usize::from(!ran);
-            } else {
-                in_window += 1;
-                window_missing += usize::from(!ran);
-            }
-        }
-    }
-    let mut per_proc: HashMap<&str, usize> = HashMap::new();
-    for procs in runs.values() {
-        for p in procs {
-            *per_proc.entry(p.as_str()).or_default() += 1;
-        }
-    }
-    eprintln!(
-        "{}: multiprocess: killed p{victim}; {} (job, time) runs logged (to 2 s past the end), per process {:?}, {} duplicates, {expected} slots \
-         outside the failover window ({missing} missing), {in_window} slots inside it \
-         ({window_missing} missing)",
-        db.name(),
-        runs.len(),
-        per_proc,
-        duplicates.len(),
-    );
-    assert!(
-        duplicates.is_empty(),
-        "{}: slots run twice: {:?}",
-        db.name(),
-        &duplicates[..duplicates.len().min(5)]
-    );
-    assert_eq!(
-        missing,
-        0,
-        "{}: slots outside the failover window did not run",
-        db.name()
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    tdb.cleanup(&[]).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn multiprocess_shared_store() {
-    // The three databases run at once: the test takes ~25 s instead of ~75 s.
-    tokio::join!(
-        multiprocess(Db::Postgres),
-        multiprocess(Db::MySql),
-        multiprocess(Db::Sqlite)
-    );
+    targets
 }
 
 // ---------------------------------------------------------------------------------------
