@@ -157,6 +157,25 @@ pub trait JobStore: Send + Sync + 'static {
     }
 }
 
+/// Microseconds since the epoch, rounded up: the form persistent stores index next run
+/// times in, so that a stored time never says a job is due before it is.
+#[cfg(any(
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "mysql",
+    feature = "redis",
+    feature = "mongodb",
+    feature = "zookeeper"
+))]
+pub(crate) fn micros_ceil(t: DateTime<Utc>) -> i64 {
+    let us = t.timestamp_micros();
+    if t.timestamp_subsec_nanos().is_multiple_of(1000) {
+        us
+    } else {
+        us.saturating_add(1)
+    }
+}
+
 /// Opens the store a URL names. Connecting happens when the scheduler starts the store, so
 /// this never blocks.
 ///

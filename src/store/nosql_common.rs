@@ -198,17 +198,9 @@ fn fingerprint(doc: &str, version: u64) -> u64 {
     h.finish()
 }
 
-/// Microseconds since the epoch, rounded up: a score never says a job is due before it is.
-pub(crate) fn to_us(t: DateTime<Utc>) -> i64 {
-    let us = t.timestamp_micros();
-    if t.timestamp_subsec_nanos() % 1000 != 0 {
-        us + 1
-    } else {
-        us
-    }
-}
+pub(crate) use super::micros_ceil as to_us;
 
-/// The inverse of [`to_us`].
+/// The inverse of [`to_us`] (the scheduler's [`micros_ceil`](super::micros_ceil)).
 pub(crate) fn from_us(us: i64) -> DateTime<Utc> {
     DateTime::<Utc>::from_timestamp_micros(us).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }

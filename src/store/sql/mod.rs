@@ -48,7 +48,7 @@ use sqlx::{
 };
 use tokio::task::JoinHandle;
 
-use super::{DueJob, JobStore, StoreContext};
+use super::{micros_ceil, DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::job::{Callable, JobRecord, Lease};
@@ -475,17 +475,6 @@ pub(crate) fn validate_table(table: &str) -> std::result::Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// Microseconds since the epoch, rounded up, so that `column <= now_floor` implies the
-/// exact time is due.
-fn micros_ceil(t: DateTime<Utc>) -> i64 {
-    let m = t.timestamp_micros();
-    if t.timestamp_subsec_nanos() % 1000 != 0 {
-        m.saturating_add(1)
-    } else {
-        m
-    }
 }
 
 fn from_micros(m: i64) -> Option<DateTime<Utc>> {
