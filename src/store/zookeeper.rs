@@ -26,14 +26,16 @@
 //! is earlier than what this store last reported from [`JobStore::next_run_time`] (or when
 //! nothing is known), the watcher wakes the scheduler loop (`StoreContext::wakeup`). Entries
 //! at or after the reported time need no wake-up: the loop looks again by then anyway, so
-//! other schedulers' claims and one's own bulk adds do not make the loop spin. After a
+//! other schedulers' claims and one's own bulk adds do not make the loop spin. Entries seen
+//! since the last report are checked again against the next one (they may be missing from
+//! the listing behind it), so no order of events and listings loses a wake-up. After a
 //! disconnection, session loss or outage the watcher re-arms the watch (new session if
 //! needed, backing off 0.5 s doubling to 30 s between failed attempts) and wakes the loop
 //! once, since events may have been missed meanwhile. While the watch is armed the store
 //! still polls every 30 s as a safety net ([`ZooKeeperStore::with_poll_interval`]); while it
 //! is not (connecting, outage, a server without persistent watches) it polls every 1 s.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,17 +60,59 @@ const UNWATCHED_POLL: Duration = Duration::from_secs(1);
 const WATCH_MIN_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest delay between the watcher's attempts.
 const WATCH_MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// `planned` when the store does not know when the loop will look again.
+/// `Plan::planned` when the store does not know when the loop will look again.
 const UNKNOWN: i64 = i64::MAX;
+
+/// When the loop will look at the store again, as far as the store knows.
+#[derive(Debug)]
+struct Plan {
+    /// The earliest claimable time (µs) `next_run_time` last reported to the loop;
+    /// [`UNKNOWN`] when there is none, before the first report and after a failure.
+    planned: i64,
+    /// The earliest index entry (µs) created since that report. The next report wakes the
+    /// loop if it is earlier than the new planned time: the entry may be missing from the
+    /// listing behind that report (created during the pass, or seen late by a lagging
+    /// server), and no event is lost between the watcher and the loop, whatever the order.
+    since: i64,
+}
+
+impl Plan {
+    const fn new() -> Plan {
+        Plan {
+            planned: UNKNOWN,
+            since: UNKNOWN,
+        }
+    }
+}
 
 /// What the store and its watcher task share.
 #[derive(Debug)]
 struct WatchState {
-    /// The earliest claimable time (µs) `next_run_time` last reported to the loop;
-    /// [`UNKNOWN`] while a pass is computing it, after a failure, or when there is none.
-    planned: AtomicI64,
+    plan: std::sync::Mutex<Plan>,
     /// Whether the watch is armed (so the long fallback poll is enough).
     armed: AtomicBool,
+}
+
+impl WatchState {
+    fn plan(&self) -> std::sync::MutexGuard<'_, Plan> {
+        self.plan.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The watcher saw an index entry for `at` (µs) appear: whether to wake the loop.
+    fn entry_created(&self, at: i64) -> bool {
+        let mut plan = self.plan();
+        plan.since = plan.since.min(at);
+        at < plan.planned
+    }
+
+    /// `next_run_time` reports `next` to the loop: whether to wake the loop again.
+    fn reported(&self, next: Option<i64>) -> bool {
+        let mut plan = self.plan();
+        plan.planned = next.unwrap_or(UNKNOWN);
+        let missed = plan.since < plan.planned;
+        plan.since = UNKNOWN;
+        missed
+    }
 }
 
 /// The data of a job znode.
@@ -192,7 +236,7 @@ impl ZooKeeperStore {
             client: Mutex::new(None),
             state,
             watch: Arc::new(WatchState {
-                planned: AtomicI64::new(UNKNOWN),
+                plan: std::sync::Mutex::new(Plan::new()),
                 armed: AtomicBool::new(false),
             }),
             watcher: std::sync::Mutex::new(None),
@@ -444,7 +488,7 @@ impl ZooKeeperStore {
             stop.cancel();
         }
         self.watch.armed.store(false, Ordering::SeqCst);
-        self.watch.planned.store(UNKNOWN, Ordering::SeqCst);
+        *self.watch.plan() = Plan::new();
     }
 
     /// Reads one job node: (data, version), or `None`.
@@ -635,7 +679,7 @@ impl Watcher {
                         .strip_prefix(&prefix)
                         .and_then(parse_index)
                         .map_or(i64::MIN, |(t, _)| t);
-                    if at < self.shared.planned.load(Ordering::SeqCst) {
+                    if self.shared.entry_created(at) {
                         self.wakeup.notify_one();
                     }
                 }
@@ -862,11 +906,19 @@ impl JobStore for ZooKeeperStore {
     }
 
     async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>> {
-        // Unknown while computing: the watcher wakes the loop for any new entry meanwhile.
-        self.watch.planned.store(UNKNOWN, Ordering::SeqCst);
-        let next = self.earliest_claimable().await?;
-        if let Some(t) = next {
-            self.watch.planned.store(to_us(t), Ordering::SeqCst);
+        let next = match self.earliest_claimable().await {
+            Ok(next) => next,
+            Err(e) => {
+                // The loop retries after a backoff; until then every new entry wakes it.
+                *self.watch.plan() = Plan::new();
+                return Err(e);
+            }
+        };
+        if self.watch.reported(next.map(to_us)) {
+            // An entry appeared meanwhile that may be missing from this listing.
+            if let Some(ctx) = self.state.ctx() {
+                ctx.wakeup.notify_one();
+            }
         }
         Ok(next)
     }
@@ -982,6 +1034,30 @@ impl JobStore for ZooKeeperStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plan_wakes_for_entries_before_the_planned_time() {
+        let w = WatchState {
+            plan: std::sync::Mutex::new(Plan::new()),
+            armed: AtomicBool::new(false),
+        };
+        assert!(w.entry_created(500), "nothing reported yet: always wake");
+        assert!(
+            !w.reported(Some(100)),
+            "500 is after 100: the loop looks by then"
+        );
+        assert!(!w.entry_created(200), "after the planned time");
+        assert!(!w.reported(Some(150)));
+        assert!(w.entry_created(120), "earlier than planned");
+        assert!(!w.reported(Some(120)), "the listing had it");
+        // During the next pass the earliest job is claimed and an entry for 300 appears;
+        // the pass reports 1000: its listing missed the entry, which must wake the loop.
+        assert!(!w.entry_created(300));
+        assert!(w.reported(Some(1000)));
+        assert!(!w.reported(Some(1000)), "checked once");
+        assert!(!w.reported(None));
+        assert!(w.entry_created(i64::MAX - 1), "no jobs: always wake");
+    }
 
     #[test]
     fn names_round_trip() {
