@@ -77,6 +77,7 @@ impl StoreState {
     }
 
     /// An [`Error::Store`] without an underlying error.
+    #[cfg(any(feature = "mongodb", feature = "zookeeper"))]
     pub(crate) fn msg(&self, message: impl Into<String>) -> Error {
         Error::Store {
             store: self.alias(),
@@ -122,6 +123,7 @@ impl StoreState {
     }
 
     /// Whether `id` is a known corrupt record (skipped by `next_run_time`).
+    #[cfg(any(feature = "redis", feature = "zookeeper"))]
     pub(crate) fn is_corrupt(&self, id: &str) -> bool {
         self.corrupt
             .lock()
@@ -130,6 +132,7 @@ impl StoreState {
     }
 
     /// The ids of the known corrupt records.
+    #[cfg(feature = "mongodb")]
     pub(crate) fn corrupt_ids(&self) -> Vec<String> {
         self.corrupt
             .lock()
@@ -140,6 +143,7 @@ impl StoreState {
     }
 
     /// Whether `id` was reported with exactly this content already.
+    #[cfg(any(feature = "redis", feature = "zookeeper"))]
     pub(crate) fn is_known_corrupt(&self, id: &str, doc: &str, version: u64) -> bool {
         self.corrupt
             .lock()

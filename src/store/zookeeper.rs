@@ -17,15 +17,33 @@
 //! back in one ZooKeeper `multi` transaction: `set_data` on the job with the znode version it
 //! read (compare-and-swap), plus moving its index entry. If another scheduler wrote the job
 //! in between, the version check fails and the whole transaction is refused, so two
-//! schedulers never claim the same slot. Changes by other schedulers are picked up by
-//! polling ([`ZooKeeperStore::with_poll_interval`], default 1 s).
+//! schedulers never claim the same slot.
+//!
+//! # Wake-ups
+//! [`JobStore::start`] spawns a watcher task with its own session and a persistent
+//! recursive watch (`addWatch`, ZooKeeper 3.6+) on `R/index`. Every add, reschedule, resume
+//! or claim creates an index entry named by its next run time; when an entry is created that
+//! is earlier than what this store last reported from [`JobStore::next_run_time`] (or when
+//! nothing is known), the watcher wakes the scheduler loop (`StoreContext::wakeup`). Entries
+//! at or after the reported time need no wake-up: the loop looks again by then anyway, so
+//! other schedulers' claims and one's own bulk adds do not make the loop spin. Entries seen
+//! since the last report are checked again against the next one (they may be missing from
+//! the listing behind it), so no order of events and listings loses a wake-up. After a
+//! disconnection, session loss or outage the watcher re-arms the watch (new session if
+//! needed, backing off 0.5 s doubling to 30 s between failed attempts) and wakes the loop
+//! once, since events may have been missed meanwhile. While the watch is armed the store
+//! still polls every 30 s as a safety net ([`ZooKeeperStore::with_poll_interval`]); while it
+//! is not (connecting, outage, a server without persistent watches) it polls every 1 s.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 use zookeeper_client as zk;
 
 use super::nosql_common::{claimable_at, from_us, held_by_other, sort_jobs, to_us, StoreState};
@@ -35,6 +53,67 @@ use crate::job::{JobRecord, Lease};
 
 /// How many claims are in flight at once.
 const CONCURRENCY: usize = 32;
+
+/// The poll interval while the watch is not armed (capped by the configured one).
+const UNWATCHED_POLL: Duration = Duration::from_secs(1);
+/// First delay before the watcher retries after a failure; doubles up to [`WATCH_MAX_BACKOFF`].
+const WATCH_MIN_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest delay between the watcher's attempts.
+const WATCH_MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// `Plan::planned` when the store does not know when the loop will look again.
+const UNKNOWN: i64 = i64::MAX;
+
+/// When the loop will look at the store again, as far as the store knows.
+#[derive(Debug)]
+struct Plan {
+    /// The earliest claimable time (µs) `next_run_time` last reported to the loop;
+    /// [`UNKNOWN`] when there is none, before the first report and after a failure.
+    planned: i64,
+    /// The earliest index entry (µs) created since that report. The next report wakes the
+    /// loop if it is earlier than the new planned time: the entry may be missing from the
+    /// listing behind that report (created during the pass, or seen late by a lagging
+    /// server), and no event is lost between the watcher and the loop, whatever the order.
+    since: i64,
+}
+
+impl Plan {
+    const fn new() -> Plan {
+        Plan {
+            planned: UNKNOWN,
+            since: UNKNOWN,
+        }
+    }
+}
+
+/// What the store and its watcher task share.
+#[derive(Debug)]
+struct WatchState {
+    plan: std::sync::Mutex<Plan>,
+    /// Whether the watch is armed (so the long fallback poll is enough).
+    armed: AtomicBool,
+}
+
+impl WatchState {
+    fn plan(&self) -> std::sync::MutexGuard<'_, Plan> {
+        self.plan.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The watcher saw an index entry for `at` (µs) appear: whether to wake the loop.
+    fn entry_created(&self, at: i64) -> bool {
+        let mut plan = self.plan();
+        plan.since = plan.since.min(at);
+        at < plan.planned
+    }
+
+    /// `next_run_time` reports `next` to the loop: whether to wake the loop again.
+    fn reported(&self, next: Option<i64>) -> bool {
+        let mut plan = self.plan();
+        plan.planned = next.unwrap_or(UNKNOWN);
+        let missed = plan.since < plan.planned;
+        plan.since = UNKNOWN;
+        missed
+    }
+}
 
 /// The data of a job znode.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,6 +154,8 @@ pub struct ZooKeeperStore {
     session_timeout: Duration,
     client: Mutex<Option<zk::Client>>,
     state: StoreState,
+    watch: Arc<WatchState>,
+    watcher: std::sync::Mutex<Option<CancellationToken>>,
 }
 
 impl std::fmt::Debug for ZooKeeperStore {
@@ -150,10 +231,15 @@ impl ZooKeeperStore {
         Ok(ZooKeeperStore {
             hosts: hosts.to_string(),
             root: "/apsched".into(),
-            poll_interval: Some(Duration::from_secs(1)),
+            poll_interval: Some(Duration::from_secs(30)),
             session_timeout: Duration::from_secs(10),
             client: Mutex::new(None),
             state,
+            watch: Arc::new(WatchState {
+                plan: std::sync::Mutex::new(Plan::new()),
+                armed: AtomicBool::new(false),
+            }),
+            watcher: std::sync::Mutex::new(None),
         })
     }
 
@@ -169,8 +255,10 @@ impl ZooKeeperStore {
         self
     }
 
-    /// How often the scheduler looks for jobs other schedulers added or changed (default
-    /// 1 s; `None` when this scheduler is the only writer).
+    /// How often the scheduler looks at the store even without a watch event (a safety net;
+    /// default 30 s). While the watch is not armed (connecting, outage, a ZooKeeper older
+    /// than 3.6 without persistent watches) the store polls at most 1 s apart. `None`
+    /// disables polling altogether (the watch alone, or this scheduler is the only writer).
     pub fn with_poll_interval(mut self, interval: Option<Duration>) -> Self {
         self.poll_interval = interval;
         self
@@ -389,6 +477,20 @@ impl ZooKeeperStore {
         }
     }
 
+    /// Stops the watcher task, if one runs.
+    fn stop_watcher(&self) {
+        if let Some(stop) = self
+            .watcher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            stop.cancel();
+        }
+        self.watch.armed.store(false, Ordering::SeqCst);
+        *self.watch.plan() = Plan::new();
+    }
+
     /// Reads one job node: (data, version), or `None`.
     async fn read_one(&self, c: &zk::Client, node: &str) -> Result<Option<(Vec<u8>, i32)>> {
         match tokio::time::timeout(self.session_timeout, c.get_data(&self.job_path(node))).await {
@@ -397,6 +499,37 @@ impl ZooKeeperStore {
             Ok(Err(e)) => Err(self.state.err("reading a job", e)),
             Err(_) => Err(self.state.msg("reading a job: timed out")),
         }
+    }
+
+    /// The earliest time this scheduler could claim a job (see [`JobStore::next_run_time`]).
+    async fn earliest_claimable(&self) -> Result<Option<DateTime<Utc>>> {
+        let me = self.state.owner();
+        let now = self.now();
+        let c = self.client().await?;
+        let entries = self.index(&c).await?;
+        let mut best: Option<DateTime<Utc>> = None;
+        for chunk in entries.chunks(64) {
+            let first = from_us(chunk[0].0);
+            if best.is_some_and(|b| b <= first) {
+                break;
+            }
+            let names: Vec<String> = chunk
+                .iter()
+                .filter(|(_, n)| !self.state.is_corrupt(&decode_name(n).unwrap_or_default()))
+                .map(|(_, n)| n.clone())
+                .collect();
+            for node in self.read_nodes(&c, &names).await? {
+                let Ok(env) = serde_json::from_slice::<Envelope>(&node.data) else {
+                    continue;
+                };
+                let Some(next) = env.next_run_time else {
+                    continue;
+                };
+                let at = claimable_at(from_us(next), env.lease().as_ref(), &me, now);
+                best = Some(best.map_or(at, |b| b.min(at)));
+            }
+        }
+        Ok(best)
     }
 
     async fn claim_one(
@@ -426,16 +559,176 @@ impl ZooKeeperStore {
     }
 }
 
+/// The task that keeps a persistent recursive watch on `R/index` and wakes the loop (see
+/// the [module docs](self#wake-ups)).
+struct Watcher {
+    hosts: String,
+    index: String,
+    session_timeout: Duration,
+    shared: Arc<WatchState>,
+    wakeup: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+}
+
+/// Why a watch session ended.
+enum Ended {
+    Stopped,
+    /// The session is gone (expired, closed): open a new one.
+    Lost(String),
+    /// The server cannot watch (no `addWatch` before ZooKeeper 3.6): give up, poll instead.
+    Unsupported,
+}
+
+impl Watcher {
+    async fn run(self, armed: tokio::sync::oneshot::Sender<()>) {
+        let mut armed = Some(armed);
+        let mut delay = WATCH_MIN_BACKOFF;
+        let mut healthy = true;
+        loop {
+            match self.session(&mut armed, &mut delay, &mut healthy).await {
+                Ended::Stopped => return,
+                Ended::Unsupported => {
+                    tracing::warn!(
+                        index = %self.index,
+                        "ZooKeeper refuses persistent watches (needs 3.6+); polling every 1 s"
+                    );
+                    return;
+                }
+                Ended::Lost(why) => {
+                    self.shared.armed.store(false, Ordering::SeqCst);
+                    if healthy {
+                        tracing::warn!(index = %self.index, error = %why, "ZooKeeper watch lost; re-arming");
+                    } else {
+                        tracing::debug!(index = %self.index, error = %why, "ZooKeeper watch still down; retrying");
+                    }
+                    healthy = false;
+                }
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(WATCH_MAX_BACKOFF);
+        }
+    }
+
+    /// One session: connect, arm the watch, follow its events until the session ends.
+    async fn session(
+        &self,
+        armed_signal: &mut Option<tokio::sync::oneshot::Sender<()>>,
+        delay: &mut Duration,
+        healthy: &mut bool,
+    ) -> Ended {
+        let connect = zk::Client::connector()
+            .with_session_timeout(self.session_timeout)
+            .with_connection_timeout(Duration::from_secs(2))
+            .with_fail_eagerly()
+            .connect(&self.hosts);
+        let client = tokio::select! {
+            _ = self.stop.cancelled() => return Ended::Stopped,
+            r = tokio::time::timeout(self.session_timeout, connect) => match r {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Ended::Lost(format!("connecting: {e}")),
+                Err(_) => return Ended::Lost("connecting: timed out".into()),
+            },
+        };
+        let add = client.watch(&self.index, zk::AddWatchMode::PersistentRecursive);
+        let mut watcher = tokio::select! {
+            _ = self.stop.cancelled() => return Ended::Stopped,
+            r = tokio::time::timeout(self.session_timeout, add) => match r {
+                Ok(Ok(w)) => w,
+                Ok(Err(zk::Error::Unimplemented)) => return Ended::Unsupported,
+                Ok(Err(e)) => return Ended::Lost(format!("adding the watch: {e}")),
+                Err(_) => return Ended::Lost("adding the watch: timed out".into()),
+            },
+        };
+        self.armed();
+        if let Some(tx) = armed_signal.take() {
+            let _ = tx.send(());
+        } else {
+            tracing::info!(index = %self.index, "ZooKeeper watch re-armed");
+            // Changes made while the watch was down were not seen.
+            self.wakeup.notify_one();
+        }
+        *delay = WATCH_MIN_BACKOFF;
+        *healthy = true;
+        let prefix = format!("{}/", self.index);
+        loop {
+            let event = tokio::select! {
+                _ = self.stop.cancelled() => return Ended::Stopped,
+                e = watcher.changed() => e,
+            };
+            match event.event_type {
+                zk::EventType::Session => match event.session_state {
+                    // Terminal: the watcher must not be polled again.
+                    s if s.is_terminated() => return Ended::Lost(format!("session {s}")),
+                    zk::SessionState::Disconnected => {
+                        self.shared.armed.store(false, Ordering::SeqCst);
+                        tracing::debug!(index = %self.index, "ZooKeeper watch disconnected");
+                    }
+                    zk::SessionState::SyncConnected => {
+                        // Same session, watch restored by the client; events may be lost.
+                        self.armed();
+                        self.wakeup.notify_one();
+                    }
+                    _ => {}
+                },
+                zk::EventType::NodeCreated => {
+                    let at = event
+                        .path
+                        .strip_prefix(&prefix)
+                        .and_then(parse_index)
+                        .map_or(i64::MIN, |(t, _)| t);
+                    if self.shared.entry_created(at) {
+                        self.wakeup.notify_one();
+                    }
+                }
+                // A removed entry or a later one never makes a job due sooner.
+                _ => {}
+            }
+        }
+    }
+
+    fn armed(&self) {
+        self.shared.armed.store(true, Ordering::SeqCst);
+    }
+}
+
 #[async_trait::async_trait]
 impl JobStore for ZooKeeperStore {
     async fn start(&self, ctx: StoreContext) -> Result<()> {
+        let wakeup = ctx.wakeup.clone();
         self.state.set_ctx(Some(ctx));
         self.state.forget_all_corrupt();
         self.client().await?;
+        self.stop_watcher();
+        let stop = CancellationToken::new();
+        *self.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(stop.clone());
+        let (armed_tx, armed_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(
+            Watcher {
+                hosts: self.hosts.clone(),
+                index: self.index_path(),
+                session_timeout: self.session_timeout,
+                shared: self.watch.clone(),
+                wakeup,
+                stop,
+            }
+            .run(armed_tx),
+        );
+        // Changes made after `start` returns must not be missed: wait for the watch (a
+        // failure here is not fatal, the store polls every second until it is armed).
+        if tokio::time::timeout(self.session_timeout, armed_rx)
+            .await
+            .is_err()
+        {
+            tracing::warn!(root = %self.root, "ZooKeeper watch not armed yet; polling meanwhile");
+        }
         Ok(())
     }
 
     async fn shutdown(&self) -> Result<()> {
+        self.stop_watcher();
         *self.client.lock().await = None;
         Ok(())
     }
@@ -613,33 +906,21 @@ impl JobStore for ZooKeeperStore {
     }
 
     async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>> {
-        let me = self.state.owner();
-        let now = self.now();
-        let c = self.client().await?;
-        let entries = self.index(&c).await?;
-        let mut best: Option<DateTime<Utc>> = None;
-        for chunk in entries.chunks(64) {
-            let first = from_us(chunk[0].0);
-            if best.is_some_and(|b| b <= first) {
-                break;
+        let next = match self.earliest_claimable().await {
+            Ok(next) => next,
+            Err(e) => {
+                // The loop retries after a backoff; until then every new entry wakes it.
+                *self.watch.plan() = Plan::new();
+                return Err(e);
             }
-            let names: Vec<String> = chunk
-                .iter()
-                .filter(|(_, n)| !self.state.is_corrupt(&decode_name(n).unwrap_or_default()))
-                .map(|(_, n)| n.clone())
-                .collect();
-            for node in self.read_nodes(&c, &names).await? {
-                let Ok(env) = serde_json::from_slice::<Envelope>(&node.data) else {
-                    continue;
-                };
-                let Some(next) = env.next_run_time else {
-                    continue;
-                };
-                let at = claimable_at(from_us(next), env.lease().as_ref(), &me, now);
-                best = Some(best.map_or(at, |b| b.min(at)));
+        };
+        if self.watch.reported(next.map(to_us)) {
+            // An entry appeared meanwhile that may be missing from this listing.
+            if let Some(ctx) = self.state.ctx() {
+                ctx.wakeup.notify_one();
             }
         }
-        Ok(best)
+        Ok(next)
     }
 
     async fn acquire_due_jobs(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueJob>> {
@@ -738,7 +1019,11 @@ impl JobStore for ZooKeeperStore {
     }
 
     fn poll_interval(&self) -> Option<Duration> {
-        self.poll_interval
+        if self.watch.armed.load(Ordering::SeqCst) {
+            self.poll_interval
+        } else {
+            self.poll_interval.map(|p| p.min(UNWATCHED_POLL))
+        }
     }
 
     fn is_persistent(&self) -> bool {
@@ -749,6 +1034,30 @@ impl JobStore for ZooKeeperStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plan_wakes_for_entries_before_the_planned_time() {
+        let w = WatchState {
+            plan: std::sync::Mutex::new(Plan::new()),
+            armed: AtomicBool::new(false),
+        };
+        assert!(w.entry_created(500), "nothing reported yet: always wake");
+        assert!(
+            !w.reported(Some(100)),
+            "500 is after 100: the loop looks by then"
+        );
+        assert!(!w.entry_created(200), "after the planned time");
+        assert!(!w.reported(Some(150)));
+        assert!(w.entry_created(120), "earlier than planned");
+        assert!(!w.reported(Some(120)), "the listing had it");
+        // During the next pass the earliest job is claimed and an entry for 300 appears;
+        // the pass reports 1000: its listing missed the entry, which must wake the loop.
+        assert!(!w.entry_created(300));
+        assert!(w.reported(Some(1000)));
+        assert!(!w.reported(Some(1000)), "checked once");
+        assert!(!w.reported(None));
+        assert!(w.entry_created(i64::MAX - 1), "no jobs: always wake");
+    }
 
     #[test]
     fn names_round_trip() {

@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use apsched::store::{JobStore, ZooKeeperStore};
+use chrono::Utc;
+use futures::FutureExt;
 use zookeeper_client as zk;
 
 use crate::{nosql, suite};
@@ -159,71 +161,221 @@ async fn zookeeper_restart_persistence() {
     cleanup(&r).await;
 }
 
-/// A private ZooKeeper (its own data directory) on a free port, killed with SIGKILL and
-/// started again under a running scheduler.
+/// Scheduler A's store is idle (no jobs: its loop would sleep until the 30 s fallback poll);
+/// another store on the same root adds a job due now, and A's wake-up fires through the
+/// watch. Then the same with a real scheduler A, which runs the job.
+#[tokio::test]
+async fn zookeeper_watch_wakes_idle_scheduler() {
+    if !available().await {
+        return;
+    }
+    let r = root();
+    let ctx = suite::context("zookeeper", "a", Duration::from_secs(30));
+    let wakeup = ctx.wakeup.clone();
+    let a = ZooKeeperStore::new(&hosts()).unwrap().with_root(&r);
+    a.start(ctx).await.unwrap();
+    assert_eq!(
+        a.poll_interval(),
+        Some(Duration::from_secs(30)),
+        "the watch is armed when start returns, so only the long fallback poll is left"
+    );
+    // What A's loop asks on each pass: nothing to wait for.
+    assert_eq!(a.next_run_time().await.unwrap(), None);
+    // Only a wake-up caused by B's change counts.
+    let _ = wakeup.notified().now_or_never();
+
+    let b = started(&r, "b").await;
+    b.add_job(nosql::task_job("due_now", "echo", Utc::now()), false)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), wakeup.notified())
+        .await
+        .expect("A is woken by the watch when B adds a job");
+    let due = a.acquire_due_jobs(Utc::now(), 10).await.unwrap();
+    assert_eq!(due.len(), 1, "A sees and claims B's job");
+
+    // A now plans to look again in an hour (the job repeats every minute, leased by A for
+    // 30 s; its next slot is what A reports). B's job due now still wakes A at once.
+    a.release_jobs(&due).await.unwrap();
+    let planned = a.next_run_time().await.unwrap().expect("A has a job");
+    assert!(planned > Utc::now());
+    let _ = wakeup.notified().now_or_never();
+    b.add_job(nosql::task_job("due_now_too", "echo", Utc::now()), false)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), wakeup.notified())
+        .await
+        .expect("A is woken for a job due before its planned wake-up");
+    a.shutdown().await.unwrap();
+    b.remove_all_jobs().await.unwrap();
+
+    // End to end: an idle scheduler runs a job another process added, long before its poll.
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let s = nosql::scheduler_with(
+        ZooKeeperStore::new(&hosts()).unwrap().with_root(&r),
+        "a",
+        count.clone(),
+    );
+    s.start().await.unwrap();
+    // Let A's loop make its first pass (an empty store) and go to sleep.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.add_job(nosql::task_job("tick_now", "tick", Utc::now()), false)
+        .await
+        .unwrap();
+    nosql::wait_count(&count, 1, 5, "idle scheduler woken by the watch").await;
+    s.shutdown(true).await.unwrap();
+    b.shutdown().await.unwrap();
+    cleanup(&r).await;
+}
+
+/// A private ZooKeeper (its own data directory) on a free port, for tests that kill it.
+struct PrivateZk {
+    dir: std::path::PathBuf,
+    port: u16,
+    child: std::sync::Mutex<Option<std::process::Child>>,
+}
+
+impl PrivateZk {
+    async fn start() -> std::sync::Arc<PrivateZk> {
+        let dir = std::env::temp_dir().join(format!("apsched-zk-{}", suite::unique_suffix()));
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let port = crate::free_port();
+        std::fs::write(
+            dir.join("zoo.cfg"),
+            format!(
+                "tickTime=500\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+                 admin.enableServer=false\nminSessionTimeout=1000\nmaxSessionTimeout=60000\n",
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        let zk = std::sync::Arc::new(PrivateZk {
+            dir,
+            port,
+            child: std::sync::Mutex::new(None),
+        });
+        zk.bring_back().await;
+        zk
+    }
+
+    fn hosts(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL).
+    fn kill(&self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server (again) and waits until it accepts sessions.
+    async fn bring_back(&self) {
+        let child = std::process::Command::new("java")
+            .arg("-Xmx128m")
+            .arg("-cp")
+            .arg(format!(
+                "{}:/usr/share/java/zookeeper.jar",
+                self.dir.display()
+            ))
+            .arg("org.apache.zookeeper.server.ZooKeeperServerMain")
+            .arg(self.dir.join("zoo.cfg"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("java runs ZooKeeper");
+        *self.child.lock().unwrap() = Some(child);
+        crate::wait_port(self.port);
+        wait_serving(self.port).await;
+    }
+}
+
+impl Drop for PrivateZk {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A private ZooKeeper killed with SIGKILL and started again under a running scheduler.
 #[tokio::test]
 async fn zookeeper_server_restart_mid_run() {
     if !available().await {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("apsched-zk-{}", suite::unique_suffix()));
-    std::fs::create_dir_all(dir.join("data")).unwrap();
-    let port = crate::free_port();
-    std::fs::write(
-        dir.join("zoo.cfg"),
-        format!(
-            "tickTime=500\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
-             admin.enableServer=false\nminSessionTimeout=1000\nmaxSessionTimeout=60000\n",
-            dir.join("data").display()
-        ),
-    )
-    .unwrap();
-    let spawn = {
-        let dir = dir.clone();
-        move || {
-            let child = std::process::Command::new("java")
-                .arg("-Xmx128m")
-                .arg("-cp")
-                .arg(format!("{}:/usr/share/java/zookeeper.jar", dir.display()))
-                .arg("org.apache.zookeeper.server.ZooKeeperServerMain")
-                .arg(dir.join("zoo.cfg"))
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("java runs ZooKeeper");
-            crate::wait_port(port);
-            child
-        }
-    };
-    let child = std::sync::Arc::new(std::sync::Mutex::new(Some(spawn())));
-    wait_serving(port).await;
-    let store = ZooKeeperStore::new(&format!("127.0.0.1:{port}"))
+    let zk = PrivateZk::start().await;
+    let store = ZooKeeperStore::new(&zk.hosts())
         .unwrap()
         .with_root("/restart")
         .with_session_timeout(Duration::from_secs(4))
         .with_poll_interval(Some(Duration::from_millis(200)));
-    let killer = child.clone();
-    let restarter = child.clone();
+    let (killer, restarter) = (zk.clone(), zk.clone());
     nosql::server_restart(
         store,
-        || async move {
-            if let Some(mut c) = killer.lock().unwrap().take() {
-                c.kill().unwrap();
-                c.wait().unwrap();
-            }
-        },
+        || async move { killer.kill() },
         || async move {
             tokio::time::sleep(Duration::from_secs(2)).await;
-            *restarter.lock().unwrap() = Some(spawn());
-            wait_serving(port).await;
+            restarter.bring_back().await;
         },
     )
     .await;
-    if let Some(mut c) = child.lock().unwrap().take() {
-        let _ = c.kill();
-        let _ = c.wait();
+}
+
+/// The watch survives an outage longer than the session timeout: once the server is back,
+/// the watcher opens a new session, re-arms the watch, and other stores' adds wake this one
+/// again.
+#[tokio::test]
+async fn zookeeper_watch_rearmed_after_outage() {
+    if !available().await {
+        return;
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    let zk = PrivateZk::start().await;
+    let ctx = suite::context("zookeeper", "a", Duration::from_secs(30));
+    let wakeup = ctx.wakeup.clone();
+    let a = ZooKeeperStore::new(&zk.hosts())
+        .unwrap()
+        .with_root("/watch")
+        .with_session_timeout(Duration::from_secs(2));
+    a.start(ctx).await.unwrap();
+    let long_poll = Some(Duration::from_secs(30));
+    assert_eq!(a.poll_interval(), long_poll, "watch armed");
+
+    zk.kill();
+    // The session expires while the server is away.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        a.poll_interval(),
+        Some(Duration::from_secs(1)),
+        "while the watch is down the store polls every second"
+    );
+    zk.bring_back().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while a.poll_interval() != long_poll {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "watch not re-armed 60 s after the server came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The loop would look at the store now (and the re-arm itself wakes it once).
+    assert_eq!(a.next_run_time().await.unwrap(), None);
+    let _ = wakeup.notified().now_or_never();
+
+    let b = ZooKeeperStore::new(&zk.hosts())
+        .unwrap()
+        .with_root("/watch");
+    b.start(suite::context("zookeeper", "b", Duration::from_secs(30)))
+        .await
+        .unwrap();
+    b.add_job(nosql::task_job("after_outage", "echo", Utc::now()), false)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), wakeup.notified())
+        .await
+        .expect("A is woken through the re-armed watch");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
 }
 
 /// Waits until the ZooKeeper on `port` accepts sessions (its port opens a little earlier).
