@@ -368,9 +368,9 @@ async fn run_in(plan: &Plan, dir: &Path) -> Result<String, String> {
             "slots outside the failover window never submitted, e.g. {missing_examples:?}"
         ));
     }
-    if let Some(p) = (0..plan.processes).find(|&p| p != victim && per_process[p] == 0) {
-        problems.push(format!("surviving process w{p} submitted nothing"));
-    }
+    // No check that every survivor submitted something: claims are a race (SKIP LOCKED lets
+    // one process take whole batches), so an idle survivor is legitimate. The takeover is
+    // proven by the slots after the failover window, which only survivors can have run.
     if problems.is_empty() {
         Ok(report)
     } else {
