@@ -172,51 +172,25 @@ async fn mongodb_server_restart_mid_run() {
     ) {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("apsched-mongo-{}", suite::unique_suffix()));
-    let port = crate::free_port();
-    let spawn = {
-        let dir = dir.clone();
-        move || {
-            let child = std::process::Command::new(&server)
-                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+    let server = nosql::PrivateServer::start(
+        "mongo",
+        move |dir, port| {
+            let mut c = std::process::Command::new(&server);
+            c.args(["--host", "127.0.0.1", "--port", &port.to_string()])
                 .arg("--storage-path")
-                .arg(&dir)
+                .arg(dir)
                 .arg("--sync-on-commit")
-                .args(["--log-level", "ERROR"])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("secantusd-py runs");
-            crate::wait_port(port);
-            child
-        }
-    };
-    let child = std::sync::Arc::new(std::sync::Mutex::new(Some(spawn())));
-    let store = MongoStore::new(&format!("mongodb://127.0.0.1:{port}/restart"))
+                .args(["--log-level", "ERROR"]);
+            c
+        },
+        None,
+    )
+    .await;
+    let store = MongoStore::new(&format!("mongodb://127.0.0.1:{}/restart", server.port()))
         .unwrap()
         .with_timeout(Duration::from_secs(1))
         .with_poll_interval(Some(Duration::from_millis(200)));
-    let killer = child.clone();
-    let restarter = child.clone();
-    nosql::server_restart(
-        store,
-        || async move {
-            if let Some(mut c) = killer.lock().unwrap().take() {
-                c.kill().unwrap();
-                c.wait().unwrap();
-            }
-        },
-        || async move {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            *restarter.lock().unwrap() = Some(spawn());
-        },
-    )
-    .await;
-    if let Some(mut c) = child.lock().unwrap().take() {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    nosql::server_restart(store, &server).await;
 }
 
 /// The multi-process test's target (see `multiprocess`): 3 processes on one collection, 20

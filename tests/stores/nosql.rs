@@ -5,8 +5,10 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use apsched::event::{Event, EventKind};
@@ -14,6 +16,7 @@ use apsched::job::{Callable, JobRecord};
 use apsched::store::JobStore;
 use apsched::trigger::Interval;
 use apsched::{Error, Scheduler};
+use futures::future::BoxFuture;
 
 use crate::suite;
 
@@ -163,16 +166,78 @@ where
     s2.shutdown(true).await.unwrap();
 }
 
-/// The server goes away under a running scheduler and comes back: the scheduler reports
-/// store errors meanwhile, loses no job, and runs it again by itself afterwards.
-pub async fn server_restart<S, K, KF, B, BF>(store: S, kill: K, bring_back: B)
-where
-    S: JobStore,
-    K: FnOnce() -> KF,
-    KF: Future<Output = ()>,
-    B: FnOnce() -> BF,
-    BF: Future<Output = ()>,
-{
+/// Builds the command that starts a private server in its directory on its port.
+type ServerCommand = Box<dyn Fn(&Path, u16) -> Command + Send + Sync>;
+
+/// A server process of the test's own (a temp directory, a free port on 127.0.0.1), for
+/// tests that kill it with SIGKILL and start it again; killed and cleaned up when dropped.
+pub struct PrivateServer {
+    dir: PathBuf,
+    port: u16,
+    command: ServerCommand,
+    /// What "up" means beyond an open port (ZooKeeper must also accept sessions).
+    ready: Option<fn(u16) -> BoxFuture<'static, ()>>,
+    child: Mutex<Option<Child>>,
+}
+
+impl PrivateServer {
+    /// Starts the server `command(dir, port)` builds and waits until it is up.
+    pub async fn start(
+        name: &str,
+        command: impl Fn(&Path, u16) -> Command + Send + Sync + 'static,
+        ready: Option<fn(u16) -> BoxFuture<'static, ()>>,
+    ) -> Arc<PrivateServer> {
+        let dir = std::env::temp_dir().join(format!("apsched-{name}-{}", suite::unique_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let server = Arc::new(PrivateServer {
+            dir,
+            port: crate::free_port(),
+            command: Box::new(command),
+            ready,
+            child: Mutex::new(None),
+        });
+        server.bring_back().await;
+        server
+    }
+
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills it with SIGKILL.
+    pub fn kill(&self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it (again) and waits until it is up.
+    pub async fn bring_back(&self) {
+        let child = (self.command)(&self.dir, self.port)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the private server starts");
+        *self.child.lock().unwrap() = Some(child);
+        crate::wait_port(self.port);
+        if let Some(ready) = self.ready {
+            ready(self.port).await;
+        }
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The server goes away under a running scheduler and comes back 2 s later: the scheduler
+/// reports store errors meanwhile, loses no job, and runs it again by itself afterwards.
+pub async fn server_restart<S: JobStore>(store: S, server: &PrivateServer) {
     let count = Arc::new(AtomicUsize::new(0));
     let s = scheduler_with(store, "survivor", count.clone());
     let mut errors = s.subscribe(EventKind::STORE_ERROR);
@@ -184,13 +249,14 @@ where
         .unwrap();
     wait_count(&count, 2, 10, "before the outage").await;
 
-    kill().await;
+    server.kill();
     // Real time is what this test is about: the loop must see the outage.
     tokio::time::timeout(Duration::from_secs(20), errors.recv())
         .await
         .expect("a STORE_ERROR event during the outage")
         .unwrap();
-    bring_back().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.bring_back().await;
 
     let after = count.load(Ordering::SeqCst);
     wait_count(&count, after + 3, 60, "after the server came back").await;

@@ -165,57 +165,31 @@ async fn redis_server_restart_mid_run() {
     if !available().await {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("apsched-redis-{}", suite::unique_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = crate::free_port();
-    let spawn = {
-        let dir = dir.clone();
-        move || {
-            let child = std::process::Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                ])
-                .args(["--appendonly", "yes", "--appendfsync", "always"])
-                .arg("--dir")
-                .arg(&dir)
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("redis-server runs");
-            crate::wait_port(port);
-            child
-        }
-    };
-    let child = std::sync::Arc::new(std::sync::Mutex::new(Some(spawn())));
-    let store = RedisStore::new(&format!("redis://127.0.0.1:{port}/"))
+    let server = nosql::PrivateServer::start(
+        "redis",
+        |dir, port| {
+            let mut c = std::process::Command::new("redis-server");
+            c.args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(dir);
+            c
+        },
+        None,
+    )
+    .await;
+    let store = RedisStore::new(&format!("redis://127.0.0.1:{}/", server.port()))
         .unwrap()
         .with_prefix("restart")
         .with_response_timeout(Duration::from_secs(1));
-    let killer = child.clone();
-    let restarter = child.clone();
-    nosql::server_restart(
-        store,
-        || async move {
-            if let Some(mut c) = killer.lock().unwrap().take() {
-                c.kill().unwrap();
-                c.wait().unwrap();
-            }
-        },
-        || async move {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            *restarter.lock().unwrap() = Some(spawn());
-        },
-    )
-    .await;
-    if let Some(mut c) = child.lock().unwrap().take() {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    nosql::server_restart(store, &server).await;
 }
 
 /// The multi-process test's target (see `multiprocess`): 3 processes on one prefix, 200

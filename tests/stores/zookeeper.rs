@@ -229,73 +229,35 @@ async fn zookeeper_watch_wakes_idle_scheduler() {
 }
 
 /// A private ZooKeeper (its own data directory) on a free port, for tests that kill it.
-struct PrivateZk {
-    dir: std::path::PathBuf,
-    port: u16,
-    child: std::sync::Mutex<Option<std::process::Child>>,
+async fn private_zk() -> std::sync::Arc<nosql::PrivateServer> {
+    nosql::PrivateServer::start(
+        "zk",
+        |dir, port| {
+            std::fs::create_dir_all(dir.join("data")).unwrap();
+            std::fs::write(
+                dir.join("zoo.cfg"),
+                format!(
+                    "tickTime=500\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+                     admin.enableServer=false\nminSessionTimeout=1000\nmaxSessionTimeout=60000\n",
+                    dir.join("data").display()
+                ),
+            )
+            .unwrap();
+            let mut c = std::process::Command::new("java");
+            c.arg("-Xmx128m")
+                .arg("-cp")
+                .arg(format!("{}:/usr/share/java/zookeeper.jar", dir.display()))
+                .arg("org.apache.zookeeper.server.ZooKeeperServerMain")
+                .arg(dir.join("zoo.cfg"));
+            c
+        },
+        Some(|port| Box::pin(wait_serving(port))),
+    )
+    .await
 }
 
-impl PrivateZk {
-    async fn start() -> std::sync::Arc<PrivateZk> {
-        let dir = std::env::temp_dir().join(format!("apsched-zk-{}", suite::unique_suffix()));
-        std::fs::create_dir_all(dir.join("data")).unwrap();
-        let port = crate::free_port();
-        std::fs::write(
-            dir.join("zoo.cfg"),
-            format!(
-                "tickTime=500\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
-                 admin.enableServer=false\nminSessionTimeout=1000\nmaxSessionTimeout=60000\n",
-                dir.join("data").display()
-            ),
-        )
-        .unwrap();
-        let zk = std::sync::Arc::new(PrivateZk {
-            dir,
-            port,
-            child: std::sync::Mutex::new(None),
-        });
-        zk.bring_back().await;
-        zk
-    }
-
-    fn hosts(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Kills the server (SIGKILL).
-    fn kill(&self) {
-        if let Some(mut c) = self.child.lock().unwrap().take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Starts the server (again) and waits until it accepts sessions.
-    async fn bring_back(&self) {
-        let child = std::process::Command::new("java")
-            .arg("-Xmx128m")
-            .arg("-cp")
-            .arg(format!(
-                "{}:/usr/share/java/zookeeper.jar",
-                self.dir.display()
-            ))
-            .arg("org.apache.zookeeper.server.ZooKeeperServerMain")
-            .arg(self.dir.join("zoo.cfg"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("java runs ZooKeeper");
-        *self.child.lock().unwrap() = Some(child);
-        crate::wait_port(self.port);
-        wait_serving(self.port).await;
-    }
-}
-
-impl Drop for PrivateZk {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+fn private_hosts(zk: &nosql::PrivateServer) -> String {
+    format!("127.0.0.1:{}", zk.port())
 }
 
 /// A private ZooKeeper killed with SIGKILL and started again under a running scheduler.
@@ -304,22 +266,13 @@ async fn zookeeper_server_restart_mid_run() {
     if !available().await {
         return;
     }
-    let zk = PrivateZk::start().await;
-    let store = ZooKeeperStore::new(&zk.hosts())
+    let zk = private_zk().await;
+    let store = ZooKeeperStore::new(&private_hosts(&zk))
         .unwrap()
         .with_root("/restart")
         .with_session_timeout(Duration::from_secs(4))
         .with_poll_interval(Some(Duration::from_millis(200)));
-    let (killer, restarter) = (zk.clone(), zk.clone());
-    nosql::server_restart(
-        store,
-        || async move { killer.kill() },
-        || async move {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            restarter.bring_back().await;
-        },
-    )
-    .await;
+    nosql::server_restart(store, &zk).await;
 }
 
 /// The watch survives an outage longer than the session timeout: once the server is back,
@@ -330,10 +283,10 @@ async fn zookeeper_watch_rearmed_after_outage() {
     if !available().await {
         return;
     }
-    let zk = PrivateZk::start().await;
+    let zk = private_zk().await;
     let ctx = suite::context("zookeeper", "a", Duration::from_secs(30));
     let wakeup = ctx.wakeup.clone();
-    let a = ZooKeeperStore::new(&zk.hosts())
+    let a = ZooKeeperStore::new(&private_hosts(&zk))
         .unwrap()
         .with_root("/watch")
         .with_session_timeout(Duration::from_secs(2));
@@ -362,7 +315,7 @@ async fn zookeeper_watch_rearmed_after_outage() {
     assert_eq!(a.next_run_time().await.unwrap(), None);
     let _ = wakeup.notified().now_or_never();
 
-    let b = ZooKeeperStore::new(&zk.hosts())
+    let b = ZooKeeperStore::new(&private_hosts(&zk))
         .unwrap()
         .with_root("/watch");
     b.start(suite::context("zookeeper", "b", Duration::from_secs(30)))
