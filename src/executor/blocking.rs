@@ -7,7 +7,6 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use super::{Executor, JobRun};
-use crate::job::Callable;
 
 /// Runs each submission on a blocking thread, at most `max_workers` at once.
 ///
@@ -48,15 +47,6 @@ impl Default for BlockingExecutor {
 impl Executor for BlockingExecutor {
     fn kind(&self) -> &'static str {
         "blocking"
-    }
-
-    fn check(&self, callable: &Callable) -> Result<(), String> {
-        match callable {
-            Callable::Local(_) => {
-                Err("a !Send job needs a LocalExecutor; add one and pick it".into())
-            }
-            _ => Ok(()),
-        }
     }
 
     fn submit(&self, run: JobRun) {

@@ -48,10 +48,15 @@ pub trait Executor: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 
     /// Whether this executor can run `callable`; the error says what to use instead.
-    /// Checked by `add_job`, so an unsuitable job is refused up front.
+    /// Checked by `add_job`, so an unsuitable job is refused up front. By default everything
+    /// but a `!Send` job, which only a [`LocalExecutor`] can run.
     fn check(&self, callable: &Callable) -> Result<(), String> {
-        let _ = callable;
-        Ok(())
+        match callable {
+            Callable::Local(_) => {
+                Err("a !Send job needs a LocalExecutor; add one and pick it".into())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Starts running `run` somewhere and returns at once.

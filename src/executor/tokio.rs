@@ -3,7 +3,6 @@
 use tokio_util::task::TaskTracker;
 
 use super::{Executor, JobRun};
-use crate::job::Callable;
 
 /// Runs each submission as a Tokio task (blocking closures go to `spawn_blocking`).
 ///
@@ -24,15 +23,6 @@ impl TokioExecutor {
 impl Executor for TokioExecutor {
     fn kind(&self) -> &'static str {
         "tokio"
-    }
-
-    fn check(&self, callable: &Callable) -> Result<(), String> {
-        match callable {
-            Callable::Local(_) => {
-                Err("a !Send job needs a LocalExecutor; add one and pick it".into())
-            }
-            _ => Ok(()),
-        }
     }
 
     fn submit(&self, run: JobRun) {

@@ -178,7 +178,7 @@ fn submit(inner: &Inner, store: &Arc<str>, due: &DueJob) {
         callable: job.callable.clone(),
         run_times,
         misfire_grace_time: job.misfire_grace_time,
-        ctx: inner.run_context().clone(),
+        ctx: inner.run_context.clone(),
         _slot: Some(slot),
     });
 }

@@ -293,10 +293,6 @@ impl Inner {
             .map(|(_, e)| e.clone())
     }
 
-    fn run_context(&self) -> &Arc<RunContext> {
-        &self.run_context
-    }
-
     fn store_context(&self, alias: &str) -> StoreContext {
         StoreContext {
             alias: alias.to_string(),
