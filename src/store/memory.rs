@@ -137,13 +137,7 @@ impl JobStore for MemoryStore {
     async fn acquire_due_jobs(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueJob>> {
         let mut inner = self.lock();
         let mut due = Vec::with_capacity(limit.min(inner.due_index.len()).min(1024));
-        while due.len() < limit {
-            let Some((t, _)) = inner.due_index.first() else {
-                break;
-            };
-            if *t > now {
-                break;
-            }
+        while due.len() < limit && inner.due_index.first().is_some_and(|(t, _)| *t <= now) {
             let Some((_, id)) = inner.due_index.pop_first() else {
                 break;
             };
