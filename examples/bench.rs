@@ -1,4 +1,4 @@
-//! The standard benchmark scenarios of `shared/bench/SCENARIOS.md`.
+//! The standard benchmark scenarios of `benches/SCENARIOS.md`.
 //!
 //! ```text
 //! cargo run --release --example bench -- SCENARIO N [--store URL]

@@ -1,4 +1,4 @@
-//! The trigger conformance probe (`../shared/conformance/README.md`).
+//! The trigger conformance probe (`docs/conformance.md`).
 //!
 //! ```text
 //! cargo run --release --example conformance -- INPUT.json

@@ -1,4 +1,4 @@
-//! Replaying trigger conformance cases (`../shared/conformance/README.md`): shared by the
+//! Replaying trigger conformance cases (`docs/conformance.md`): shared by the
 //! probe (`examples/conformance.rs`) and the integration test, so the replay rules live in
 //! one place. Not part of the public API.
 //!

@@ -42,11 +42,10 @@ fn spec(json: &str) -> TriggerSpec {
 #[test]
 fn conformance_sample() {
     let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/sample.json");
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/conformance_sample.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
-            "cannot read the conformance sample at {} ({e}); the shared directory must sit \
-             beside the crate checkout",
+            "cannot read the conformance sample at {} ({e}); it ships in tests/data/",
             path.display()
         )
     });

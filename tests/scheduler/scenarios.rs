@@ -1,4 +1,4 @@
-//! Every scenario of `shared/semantics/scheduler_scenarios.json` (recorded from APScheduler
+//! Every scenario of `tests/data/scheduler_scenarios.json` (recorded from APScheduler
 //! 3.11) replayed step by step on a manual scheduler with a test clock: the same events in
 //! the same order, the same next run times, the same executor queue.
 //!
@@ -71,7 +71,7 @@ fn parse_time(s: &str) -> DateTime<Utc> {
 fn corpus() -> Value {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/semantics/scheduler_scenarios.json"
+        "/tests/data/scheduler_scenarios.json"
     );
     let text = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("the scenario corpus {path} is needed: {e}"));
