@@ -7,7 +7,7 @@
 
 use std::str::FromStr;
 
-use chrono::{DateTime, SecondsFormat, TimeDelta, TimeZone, Utc};
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use chrono_tz::Tz;
 use serde_json::{json, Map, Value};
 
@@ -216,8 +216,8 @@ pub fn run_invalid(case: &Value) -> (bool, String) {
 
 /// Renders an instant as wall time in `tz` with its offset.
 pub fn render(t: DateTime<Utc>, tz: Tz) -> String {
-    use chrono::Offset;
-    let offset = tz.offset_from_utc_datetime(&t.naive_utc()).fix();
+    // The triggers' zone database, not chrono-tz's tables (which stop at 2099).
+    let offset = crate::trigger::utc_offset(tz, t);
     match t.naive_utc().checked_add_offset(offset) {
         Some(_) => t
             .with_timezone(&offset)

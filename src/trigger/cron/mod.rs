@@ -13,7 +13,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, LocalResult, NaiveDateTime, TimeDelta, TimeZone, Utc};
+use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
@@ -235,6 +235,10 @@ fn compile_fields(fields: &[Option<CronField>; 8]) -> Result<(Schedule, bool), T
 /// How far around an instant to look for a zone transition (longer than any DST gap).
 const WINDOW_SECS: i64 = 25 * 3600;
 
+/// More than any change of UTC offset (Samoa's 24 hours): a wall time read with the offset
+/// of a stretch at least this far from the stretch's ends can have no other reading.
+const UNIQUE_MARGIN_SECS: i64 = 2 * 86_400;
+
 impl Cron {
     /// A builder for the field form.
     pub fn builder() -> CronBuilder {
@@ -322,16 +326,23 @@ impl Cron {
         let mut s = s;
         let mut force_slow = false;
         for _ in 0..256 {
-            let o = tz::offset_at(tz, s);
+            let span = tz::span(tz, s, WINDOW_SECS);
+            let o = span.offset;
             let wall = tz::shift(s, i64::from(o))?;
-            let quiet = !force_slow
-                && tz::shift(s, -WINDOW_SECS).is_none_or(|x| tz::offset_at(tz, x) == o)
-                && tz::shift(s, WINDOW_SECS).is_none_or(|x| tz::offset_at(tz, x) == o);
+            let quiet = !force_slow && span.holds(s.and_utc().timestamp(), WINDOW_SECS);
             if quiet {
                 let m = self.schedule.next_match(wall)?;
-                match tz.from_local_datetime(&m) {
-                    LocalResult::Single(dt) => return Some(dt.naive_utc()),
-                    _ => {
+                // Well inside the stretch of offset `o`, a wall time exists once, with `o`
+                // (no other offset is two days away); elsewhere ask the zone.
+                let instant = tz::shift(m, -i64::from(o));
+                let margin =
+                    |i: &NaiveDateTime| span.holds(i.and_utc().timestamp(), UNIQUE_MARGIN_SECS);
+                if let Some(instant) = instant.filter(margin) {
+                    return Some(instant);
+                }
+                match tz::unique_instant(tz, m) {
+                    Some(instant) => return Some(instant),
+                    None => {
                         // Near a transition: continue carefully from half a day before it.
                         let approx = tz::shift(m, -i64::from(o) - 12 * 3600)?;
                         if approx > s {
