@@ -106,10 +106,11 @@ fn conformance_sample() {
 }
 
 /// The project's own cases beside the recorded sample: fire times after 2099 (issue 15's
-/// table and a DST gap/overlap in 2100, 2500 and 9999).
+/// table and a DST gap/overlap in 2100, 2500 and 9999) and crontab strings croner accepts
+/// but the contract rejects.
 #[test]
 fn conformance_extra() {
-    assert_eq!(replay_conformance("conformance_extra.json"), (8, 0));
+    assert_eq!(replay_conformance("conformance_extra.json"), (8, 11));
 }
 
 #[test]
@@ -419,6 +420,109 @@ fn crontab_errors() {
         .hour(1)
         .build()
         .is_err());
+}
+
+/// Issue 15: croner reads these leniently (a step past the range fires once, a stray comma is
+/// skipped); a crontab typo must be an error naming the field and the reason.
+#[test]
+fn crontab_steps_and_lists_are_strict() {
+    let step = |field: &str, expr: &str, step: u32, range: u32, allowed: &str| {
+        format!(
+            "{field}: '{expr}' is invalid (a step ({step}) higher than the range it steps over \
+             ({range}); allowed: {allowed})"
+        )
+    };
+    let empty = |field: &str, expr: &str, allowed: &str| {
+        format!("{field}: '{expr}' is invalid (an empty list element (a stray comma?); allowed: {allowed})")
+    };
+    let dow = "0-7 or sun-sat (0 and 7 = Sunday), L, #";
+    let cases = [
+        // The issue's rows.
+        ("*/99 * * * *", step("minute", "*/99", 99, 59, "0-59")),
+        ("*/60 * * * *", step("minute", "*/60", 60, 59, "0-59")),
+        ("1-59/99 * * * *", step("minute", "1-59/99", 99, 58, "0-59")),
+        ("0 */25 * * *", step("hour", "*/25", 25, 23, "0-23")),
+        ("0 0 */32 * *", step("day", "*/32", 32, 30, "1-31, L, W")),
+        (
+            "0 0 * */13 *",
+            step("month", "*/13", 13, 11, "1-12 or jan-dec"),
+        ),
+        ("*/99 * * * * *", step("second", "*/99", 99, 59, "0-59")),
+        ("1,,2 * * * *", empty("minute", "1,,2", "0-59")),
+        // The same defect elsewhere: weekday steps (`*` = 0-6), names, `?`, other commas.
+        ("0 0 * * */7", step("day_of_week", "*/7", 7, 6, dow)),
+        (
+            "0 0 * * mon-fri/5",
+            step("day_of_week", "mon-fri/5", 5, 4, dow),
+        ),
+        (
+            "0 0 * jan-jun/6 *",
+            step("month", "jan-jun/6", 6, 5, "1-12 or jan-dec"),
+        ),
+        ("0 0 ?/31 * *", step("day", "?/31", 31, 30, "1-31, L, W")),
+        ("0 */24 * * *", step("hour", "*/24", 24, 23, "0-23")),
+        (
+            "0 0 1 */12 *",
+            step("month", "*/12", 12, 11, "1-12 or jan-dec"),
+        ),
+        (
+            "0 30-59/30 * * * *",
+            step("minute", "30-59/30", 30, 29, "0-59"),
+        ),
+        ("0 0 1, * *", empty("day", "1,", "1-31, L, W")),
+        (",5 * * * *", empty("minute", ",5", "0-59")),
+        ("0 0 * * 1,,5", empty("day_of_week", "1,,5", dow)),
+    ];
+    for (expr, want) in cases {
+        let err = Cron::from_crontab(expr).unwrap_err();
+        assert!(
+            matches!(err, TriggerError::InvalidCrontab { .. }),
+            "{expr}: {err}"
+        );
+        assert_eq!(err.to_string(), format!("invalid crontab '{expr}': {want}"));
+        // Stored triggers are checked the same way.
+        let json = format!(r#"{{"kind":"cron","crontab":"{expr}"}}"#);
+        assert!(
+            serde_json::from_str::<TriggerSpec>(&json).is_err(),
+            "{json}"
+        );
+    }
+    // Steps up to the range's length, and everything else, still parse and mean crontab's.
+    let from = "2024-01-15T00:00:00Z";
+    for (expr, want) in [
+        ("*/15 * * * *", ["00:00:00", "00:15:00", "00:30:00"]),
+        ("0-59/30 * * * *", ["00:00:00", "00:30:00", "01:00:00"]),
+        ("*/59 * * * *", ["00:00:00", "00:59:00", "01:00:00"]),
+        ("0 */23 * * *", ["00:00:00", "23:00:00", "00:00:00"]),
+        ("*/30 * * * * *", ["00:00:00", "00:00:30", "00:01:00"]),
+    ] {
+        let c = Cron::from_crontab(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
+        let got: Vec<String> = times(&c, from, 3, Tz::UTC)
+            .iter()
+            .map(|t| t[11..19].to_string())
+            .collect();
+        assert_eq!(got, want, "{expr}");
+    }
+    for ok in [
+        "0 0 */30 * *",
+        "0 0 1 */11 *",
+        "0 0 * * 0-7/7",
+        "0 9 * * mon-fri/2",
+        "0 0 ? * 1-5/2",
+        "0 0 L * *",
+        "0 0 * * 5#2",
+        "0 0 15W * *",
+        "@hourly",
+        "@yearly",
+    ] {
+        assert!(Cron::from_crontab(ok).is_ok(), "{ok}");
+    }
+    // `*/6` on weekdays is Sunday and Saturday.
+    let c = Cron::from_crontab("0 0 * * */6").unwrap();
+    assert_eq!(
+        times(&c, from, 2, Tz::UTC),
+        ["2024-01-20T00:00:00+00:00", "2024-01-21T00:00:00+00:00"]
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -6,9 +6,14 @@
 //! is `*` or `?`), a day matches if **either** matches; `@yearly`, `@annually`, `@monthly`,
 //! `@weekly`, `@daily`, `@hourly`; `L` (last day / last weekday `5L`), `W` (nearest weekday),
 //! `#` (`5#2` = second Friday), `?`.
+//!
+//! Stricter than croner: an empty list element (`1,,2`) and a step larger than the range it
+//! steps over (`*/60`) are errors (see [`strict`]).
 
 use croner::parser::{CronParser, Seconds, Year};
 
+use super::cron::expr::{step_beyond_range, MONTHS, WEEKDAYS};
+use super::cron::field::FieldKind;
 use super::cron::schedule::{CrontabDays, DayRule, Schedule};
 use crate::error::TriggerError;
 
@@ -25,43 +30,115 @@ fn bad(expr: &str, reason: impl Into<String>) -> TriggerError {
     }
 }
 
-/// Names the field that makes `expr` invalid, with its allowed values: croner's own
-/// messages ("Number out of bounds") do not say which field they mean.
-fn diagnose(parser: &CronParser, expr: &str) -> Option<String> {
-    const FIVE: [(&str, &str); 5] = [
-        ("minute", "0-59"),
-        ("hour", "0-23"),
-        ("day", "1-31, L, W"),
-        ("month", "1-12 or jan-dec"),
-        ("day_of_week", "0-7 or sun-sat (0 and 7 = Sunday), L, #"),
-    ];
-    if expr.starts_with('@') {
-        return Some(format!(
-            "'{expr}' is not one of @yearly, @annually, @monthly, @weekly, @daily, @hourly"
-        ));
-    }
+/// The fields of a 5-field crontab, with the values each allows (for messages).
+const FIVE: [(FieldKind, &str); 5] = [
+    (FieldKind::Minute, "0-59"),
+    (FieldKind::Hour, "0-23"),
+    (FieldKind::Day, "1-31, L, W"),
+    (FieldKind::Month, "1-12 or jan-dec"),
+    (
+        FieldKind::DayOfWeek,
+        "0-7 or sun-sat (0 and 7 = Sunday), L, #",
+    ),
+];
+
+/// The fields of `expr` with their kinds, or why their number is wrong.
+fn fields(expr: &str) -> Result<Vec<(&str, FieldKind, &'static str)>, String> {
     let fields: Vec<&str> = expr.split_whitespace().collect();
-    let names: Vec<(&str, &str)> = match fields.len() {
+    let kinds: Vec<(FieldKind, &str)> = match fields.len() {
         5 => FIVE.to_vec(),
-        6 => std::iter::once(("second", "0-59")).chain(FIVE).collect(),
+        6 => std::iter::once((FieldKind::Second, "0-59"))
+            .chain(FIVE)
+            .collect(),
         n => {
-            return Some(format!(
+            return Err(format!(
                 "has {n} fields; a crontab has 5 (minute hour day month day_of_week) or 6 \
                  (second first)"
             ))
         }
     };
-    fields.iter().enumerate().find_map(|(i, field)| {
-        let alone: Vec<&str> = (0..fields.len())
-            .map(|j| if j == i { *field } else { "*" })
-            .collect();
-        parser.parse(&alone.join(" ")).err().map(|e| {
-            let (name, allowed) = names[i];
-            let why = e.to_string();
-            let why = why.strip_prefix("Component error: ").unwrap_or(&why);
-            format!("{name}: '{field}' is invalid ({why}; allowed: {allowed})")
-        })
+    Ok(fields
+        .into_iter()
+        .zip(kinds)
+        .map(|(f, (k, allowed))| (f, k, allowed))
+        .collect())
+}
+
+fn field_error(kind: FieldKind, field: &str, why: &str, allowed: &str) -> String {
+    format!(
+        "{}: '{field}' is invalid ({why}; allowed: {allowed})",
+        kind.name()
+    )
+}
+
+/// What croner reads leniently but a crontab must not say, since a typo would become a
+/// schedule nobody meant: an empty element of a list (`1,,2`, `5,`), and a step larger than
+/// the range it steps over (`*/60` minutes would fire at :00 only), the field form's rule.
+/// `*` (and `?`) step over the field's whole range: 0-59, 0-23, 1-31, 1-12, and 0-6 for
+/// weekdays (`*/7` would be Sundays only).
+fn strict(expr: &str) -> Option<String> {
+    let fields = fields(expr).ok()?;
+    fields.into_iter().find_map(|(field, kind, allowed)| {
+        let why = field.split(',').find_map(|part| {
+            if part.is_empty() {
+                return Some("an empty list element (a stray comma?)".to_string());
+            }
+            let (base, step) = part.split_once('/')?;
+            // Malformed steps and bases are croner's to report.
+            let step: u32 = step.parse().ok()?;
+            let range = match base {
+                "*" | "?" => kind.max() - kind.min(),
+                _ => {
+                    let (a, b) = base.split_once('-')?;
+                    let (a, b) = (value(kind, a)?, value(kind, b)?);
+                    b.checked_sub(a)?
+                }
+            };
+            step_beyond_range(step, range)
+        })?;
+        Some(field_error(kind, field, &why, allowed))
     })
+}
+
+/// A number, or a month or weekday name (crontab numbering: `sun` = 0).
+fn value(kind: FieldKind, s: &str) -> Option<u32> {
+    if let Ok(n) = s.parse() {
+        return Some(n);
+    }
+    let s = s.to_ascii_lowercase();
+    let at = |names: &[&str]| names.iter().position(|n| *n == s);
+    match kind {
+        FieldKind::Month => at(&MONTHS).map(|i| i as u32 + 1),
+        FieldKind::DayOfWeek => at(&WEEKDAYS).map(|i| (i as u32 + 1) % 7),
+        _ => None,
+    }
+}
+
+/// Names the field that makes `expr` invalid, with its allowed values: croner's own
+/// messages ("Number out of bounds") do not say which field they mean.
+fn diagnose(parser: &CronParser, expr: &str) -> Option<String> {
+    if expr.starts_with('@') {
+        return Some(format!(
+            "'{expr}' is not one of @yearly, @annually, @monthly, @weekly, @daily, @hourly"
+        ));
+    }
+    let fields = match fields(expr) {
+        Ok(f) => f,
+        Err(why) => return Some(why),
+    };
+    fields
+        .iter()
+        .enumerate()
+        .find_map(|(i, (field, kind, allowed))| {
+            let alone: Vec<&str> = (0..fields.len())
+                .map(|j| if j == i { *field } else { "*" })
+                .collect();
+            parser.parse(&alone.join(" ")).err().map(|e| {
+                let why = e.to_string();
+                let why = why.strip_prefix("Component error: ").unwrap_or(&why);
+                field_error(*kind, field, why, allowed)
+            })
+        })
 }
 
 /// Compiles a crontab string; the flag says whether the hour field is `*`.
@@ -72,6 +149,10 @@ pub(crate) fn compile(expr: &str) -> Result<(Schedule, bool), TriggerError> {
     }
     if !trimmed.is_ascii() {
         return Err(bad(expr, "contains non-ASCII characters"));
+    }
+    // `@` macros are croner's alone (`fields` sees one field and `strict` passes them).
+    if let Some(why) = strict(trimmed) {
+        return Err(bad(expr, why));
     }
     let parser = CronParser::builder()
         .seconds(Seconds::Optional)

@@ -7,8 +7,8 @@
 use super::field::FieldKind;
 use crate::error::TriggerError;
 
-const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
-const MONTHS: [&str; 12] = [
+pub(crate) const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+pub(crate) const MONTHS: [&str; 12] = [
     "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
 ];
 const NTHS: [&str; 6] = ["1st", "2nd", "3rd", "4th", "5th", "last"];
@@ -76,6 +76,13 @@ impl Expr {
             }
         }
     }
+}
+
+/// APScheduler's step rule, for the field form and crontab strings alike: a step larger than
+/// the range it steps over matches only the range's first value (`*/60` minutes = `0`), so it
+/// is a typo, not a schedule. Returns the reason (`a step (60) higher than ...`).
+pub(crate) fn step_beyond_range(step: u32, range: u32) -> Option<String> {
+    (step > range).then(|| format!("a step ({step}) higher than the range it steps over ({range})"))
 }
 
 /// Bits `first, first+step, ... <= last`.
@@ -186,15 +193,8 @@ fn parse_part(field: FieldKind, part: &str) -> Result<Expr, TriggerError> {
     let (min, max) = (field.min(), field.max());
     if body == "*" {
         let step = step.unwrap_or(1);
-        if step > max - min {
-            return Err(err(
-                field,
-                part,
-                format!(
-                    "has a step ({step}) higher than the range it steps over ({})",
-                    max - min
-                ),
-            ));
+        if let Some(why) = step_beyond_range(step, max - min) {
+            return Err(err(field, part, format!("has {why}")));
         }
         return Ok(Expr::Range {
             first: min,
@@ -253,15 +253,8 @@ fn parse_part(field: FieldKind, part: &str) -> Result<Expr, TriggerError> {
         (None, Some(_)) => max,
         (None, None) => first,
     };
-    if let Some(s) = step {
-        let range = last_v - first;
-        if s > range {
-            return Err(err(
-                field,
-                part,
-                format!("has a step ({s}) higher than the range it steps over ({range})"),
-            ));
-        }
+    if let Some(why) = step.and_then(|s| step_beyond_range(s, last_v - first)) {
+        return Err(err(field, part, format!("has {why}")));
     }
     Ok(Expr::Range {
         first,

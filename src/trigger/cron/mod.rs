@@ -5,7 +5,7 @@
 //! * [`schedule`]: the compiled wall-clock schedule and its bounded search;
 //! * this file: [`Cron`], its builder, the DST rules, serde and `Display`.
 
-mod expr;
+pub(crate) mod expr;
 pub mod field;
 pub(crate) mod schedule;
 
