@@ -160,6 +160,12 @@ fn worst(c: &mut Criterion) {
     c.bench_function("dst/New_York spring gap 02:30", |b| {
         b.iter(|| t.next_fire_time(None, black_box(at)))
     });
+    // After 2099 offsets come from the zone's footer rule, computed per lookup.
+    let t = Cron::builder().hour(12).timezone(ny).build().unwrap();
+    let at = Utc.with_ymd_and_hms(2100, 7, 10, 0, 0, 0).unwrap();
+    c.bench_function("dst/New_York hour=12 in 2100", |b| {
+        b.iter(|| t.next_fire_time(None, black_box(at)))
+    });
 }
 
 criterion_group!(benches, cron_field, crontab, others, worst);
