@@ -906,6 +906,22 @@ fn after_2099_dst_rules_hold_in_2100_2500_and_9999() {
     assert_eq!(d.to_string(), "date[2100-07-04 12:00:00 EDT]");
 }
 
+/// The zone database covers years -9999..=9999: a wall time past it is a clear error, not a
+/// guess (date strings have 4-digit years; this is reachable only with chrono types).
+#[test]
+fn wall_times_past_year_9999_are_an_error() {
+    let ny = chrono_tz::America::New_York;
+    let far = NaiveDate::from_ymd_opt(10_000, 1, 1).unwrap();
+    let err = Date::at(far, Some(ny)).unwrap_err().to_string();
+    assert!(
+        err.contains("run_date") && err.contains("out of the supported range"),
+        "{err}"
+    );
+    let last = NaiveDate::from_ymd_opt(9999, 12, 31).unwrap();
+    let d = Date::at(last, Some(ny)).unwrap();
+    assert_eq!(d.run_date(), utc("9999-12-31T00:00:00-05:00"));
+}
+
 /// The offset written in an RFC 3339 string, in seconds east.
 fn utc_offset_of(rfc3339: &str) -> i32 {
     DateTime::parse_from_rfc3339(rfc3339)

@@ -57,7 +57,8 @@ impl TriggerDate {
     }
 
     /// The instant this date means in `tz` (a non-existent wall time moves forward by the
-    /// gap, an ambiguous one means its first occurrence). `None` only outside chrono's range.
+    /// gap, an ambiguous one means its first occurrence). `None` only for a wall time outside
+    /// years -9999..=9999 (the zone database's range).
     pub fn resolve(&self, tz: Tz) -> Option<DateTime<Utc>> {
         match self {
             TriggerDate::Local(naive) => resolve_local(tz, *naive),
