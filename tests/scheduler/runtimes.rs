@@ -337,15 +337,20 @@ fn listeners_can_be_added_from_a_thread_without_a_runtime() {
         .unwrap();
     let s = Scheduler::builder().build();
     let (tx, heard) = std::sync::mpsc::channel();
-    // Added while stopped and outside any runtime: it starts with the scheduler.
-    s.add_listener(EventKind::SCHEDULER_STARTED, move |_| {
-        let tx = tx.clone();
-        async move {
-            let _ = tx.send("started");
-        }
-    });
+    // Added while stopped and outside any runtime: it starts with the scheduler, and hears
+    // what start emitted before its task began (EXECUTOR_ADDED comes first).
+    s.add_listener(
+        EventKind::EXECUTOR_ADDED | EventKind::SCHEDULER_STARTED,
+        move |ev| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(ev.kind());
+            }
+        },
+    );
     rt.block_on(s.start()).unwrap();
-    assert_eq!(heard.recv_timeout(HANG), Ok("started"));
+    assert_eq!(heard.recv_timeout(HANG), Ok(EventKind::EXECUTOR_ADDED));
+    assert_eq!(heard.recv_timeout(HANG), Ok(EventKind::SCHEDULER_STARTED));
     let (tx, heard) = std::sync::mpsc::channel();
     let id = s.add_listener(EventKind::JOB_EXECUTED, move |ev| {
         let tx = tx.clone();
