@@ -1,5 +1,5 @@
 //! A scheduler inside an axum service: the `Scheduler` handle lives in the app state, routes
-//! list, add, pause, resume and remove jobs, and shutdown is graceful (the HTTP server stops
+//! list, add, pause, resume, run and remove jobs, and shutdown is graceful (the HTTP server stops
 //! first, then the scheduler lets running jobs finish).
 //!
 //! ```text
@@ -9,9 +9,11 @@
 //!      -d '{"id": "greet", "cron": "*/5 * * * * *", "message": "hello"}'
 //! curl -X POST localhost:3000/jobs/greet/pause
 //! curl -X POST localhost:3000/jobs/greet/resume
+//! curl -X POST localhost:3000/jobs/greet/run
 //! curl -X DELETE localhost:3000/jobs/greet
 //! ```
 //! Set `APSCHED_EXAMPLE_ADDR` to listen elsewhere (default 127.0.0.1:3000).
+//! `examples/actix.rs` is the same service on actix-web, with jobs in SQLite.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -20,7 +22,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use apsched::trigger::Cron;
-use apsched::{Job, Scheduler};
+use apsched::{Job, JobChanges, Scheduler};
 
 #[derive(Deserialize)]
 struct NewJob {
@@ -74,6 +76,16 @@ async fn resume(
     s.resume_job(&id, None).await.map(Json).map_err(api_error)
 }
 
+/// Runs the job now: its next run time becomes now (a paused job runs and then follows
+/// its trigger again, as with APScheduler's `job.modify(next_run_time=now)`).
+async fn run(State(s): State<Scheduler>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
+    let changes = JobChanges::new().next_run_time(Some(s.clock().now()));
+    s.modify_job(&id, changes, None)
+        .await
+        .map(Json)
+        .map_err(api_error)
+}
+
 async fn remove(State(s): State<Scheduler>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     s.remove_job(&id, None)
         .await
@@ -87,6 +99,7 @@ fn app(scheduler: Scheduler) -> Router {
         .route("/jobs/{id}", axum::routing::delete(remove))
         .route("/jobs/{id}/pause", post(pause))
         .route("/jobs/{id}/resume", post(resume))
+        .route("/jobs/{id}/run", post(run))
         .with_state(scheduler)
 }
 

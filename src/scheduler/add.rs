@@ -289,7 +289,8 @@ impl<'a> IntoFuture for AddJob<'a> {
     type IntoFuture = BoxFuture<'a, Result<Job>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.run())
+        let scheduler = self.scheduler;
+        Box::pin(scheduler.inner.at_home(self.run()))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The scheduler: a cheap, cloneable handle to one loop.
 //!
-//! [`Scheduler`] runs on the caller's Tokio runtime. [`BackgroundScheduler`] owns a runtime
+//! [`Scheduler`] runs on the Tokio runtime it is started on, and its handle works from any
+//! other runtime too (see `home.rs`). [`BackgroundScheduler`] owns a runtime
 //! and offers the same operations as plain blocking calls; [`BlockingScheduler`] runs until
 //! shutdown or Ctrl-C; [`LocalScheduler`] adds a [`LocalExecutor`](crate::executor::LocalExecutor)
 //! for `!Send` jobs.
@@ -9,6 +10,7 @@ mod add;
 mod background;
 mod builder;
 mod core;
+mod home;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -19,6 +21,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
+use futures::future::BoxFuture;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -123,7 +126,20 @@ impl JobChanges {
 }
 
 /// A handle to a scheduler. Cheap to clone; every clone drives the same scheduler, so it
-/// can live in axum state or be moved into jobs.
+/// can live in axum state or actix-web `web::Data`, or be moved into jobs.
+///
+/// # Runtimes
+/// The scheduler runs on the Tokio runtime that [`start`](Self::start) is called on (a
+/// [`BackgroundScheduler`]'s own runtime): the loop, every run of the default
+/// [`TokioExecutor`](crate::executor::TokioExecutor), and the listeners of
+/// [`add_listener`](Self::add_listener) are tasks of that runtime, until
+/// [`shutdown`](Self::shutdown). Every method may be called from any other runtime (an
+/// actix-web worker's current-thread runtime, a test's) or from a thread with none: what a
+/// call spawns, and the timers and connections it opens, go to the scheduler's runtime, so
+/// a job added from a worker keeps running after that worker's runtime is gone. Start the
+/// scheduler on a runtime that lives as long as it does and is not blocked: while that
+/// runtime is blocked (a current-thread runtime whose thread waits on something else), no
+/// job starts and no listener runs.
 ///
 /// ```
 /// use std::time::Duration;
@@ -178,6 +194,8 @@ struct Life {
     loop_task: Option<(JoinHandle<()>, CancellationToken)>,
     backoff: HashMap<String, Backoff>,
     listeners: HashMap<u64, JoinHandle<()>>,
+    /// Listeners added while stopped; they start with the scheduler, on its runtime.
+    waiting_listeners: HashMap<u64, BoxFuture<'static, ()>>,
     next_listener: u64,
 }
 
@@ -204,6 +222,8 @@ pub(crate) struct Inner {
     life: Mutex<Life>,
     /// Set by the flavours that own a runtime, so that [`AddJob::add`] can block on it.
     runtime: Mutex<Option<tokio::runtime::Handle>>,
+    /// The runtime the scheduler runs on, from `start` to `shutdown` (see `home.rs`).
+    home: Mutex<Option<tokio::runtime::Handle>>,
 }
 
 /// Identifies a listener added with [`Scheduler::add_listener`].
@@ -253,9 +273,11 @@ impl Inner {
                 loop_task: None,
                 backoff: HashMap::new(),
                 listeners: HashMap::new(),
+                waiting_listeners: HashMap::new(),
                 next_listener: 0,
             }),
             runtime: Mutex::new(None),
+            home: Mutex::new(None),
         }
     }
 
@@ -357,10 +379,13 @@ impl Scheduler {
     }
 
     /// Starts the scheduler: starts stores, adds the jobs added so far, then runs the loop
-    /// on the current Tokio runtime.
+    /// on the current Tokio runtime, which becomes the scheduler's runtime (see
+    /// [Runtimes](Self#runtimes)).
     ///
     /// # Errors
-    /// [`Error::State`] if it is already running; a store error if a store cannot start.
+    /// [`Error::State`] if it is already running, or if it is called outside a Tokio runtime
+    /// (only a [`manual`](SchedulerBuilder::manual) scheduler, which has no loop, may be); a
+    /// store error if a store cannot start.
     pub async fn start(&self) -> Result<()> {
         self.start_with(SchedulerState::Running).await
     }
@@ -378,6 +403,13 @@ impl Scheduler {
                 actual: inner.state().name(),
             });
         }
+        let home = tokio::runtime::Handle::try_current().ok();
+        if home.is_none() && !inner.manual {
+            return Err(Error::State {
+                needed: "started inside a Tokio runtime (it runs the loop)",
+                actual: "called outside any runtime",
+            });
+        }
         let executors = inner
             .executors
             .read()
@@ -392,6 +424,7 @@ impl Scheduler {
             store.start(inner.store_context(&alias)).await?;
             inner.events.emit(Event::JobStoreAdded { alias });
         }
+        inner.set_home(home.clone());
         inner.state.send_replace(state);
         let pending = std::mem::take(&mut inner.life().pending);
         let now = inner.clock.now();
@@ -408,9 +441,9 @@ impl Scheduler {
             }
         }
         inner.events.emit(Event::SchedulerStarted);
-        if !inner.manual {
+        if let (Some(home), false) = (&home, inner.manual) {
             let token = CancellationToken::new();
-            let handle = tokio::spawn(core::run_loop(self.inner.clone(), token.clone()));
+            let handle = home.spawn(core::run_loop(self.inner.clone(), token.clone()));
             inner.life().loop_task = Some((handle, token));
         }
         inner.wakeup();
@@ -423,6 +456,10 @@ impl Scheduler {
     /// # Errors
     /// [`Error::State`] if the scheduler is not running.
     pub async fn shutdown(&self, wait: bool) -> Result<()> {
+        self.inner.at_home(self.shutdown_at_home(wait)).await
+    }
+
+    async fn shutdown_at_home(&self, wait: bool) -> Result<()> {
         let inner = &self.inner;
         if !inner.check_started() {
             return Err(Error::State {
@@ -448,6 +485,7 @@ impl Scheduler {
                 tracing::warn!(store = %alias, error = %e, "store shutdown failed");
             }
         }
+        inner.set_home(None);
         inner.state.send_replace(SchedulerState::Stopped);
         inner.events.emit(Event::SchedulerShutdown);
         Ok(())
@@ -501,7 +539,9 @@ impl Scheduler {
     /// one (`None` = nothing scheduled). The loop calls this; call it yourself with a
     /// scheduler built with [`SchedulerBuilder::manual`].
     pub async fn process_due_jobs(&self) -> Option<Duration> {
-        core::process_due_jobs(&self.inner).await
+        self.inner
+            .at_home(core::process_due_jobs(&self.inner))
+            .await
     }
 
     /// Events matching `mask`, from now on.
@@ -511,13 +551,17 @@ impl Scheduler {
 
     /// Runs `f` for each event matching `mask`, on a task of its own: a slow listener
     /// delays no job (it only falls behind, and past the event capacity loses events).
+    ///
+    /// The task runs on the scheduler's runtime, whichever runtime this is called from. A
+    /// listener added while the scheduler is stopped starts with it (events emitted
+    /// meanwhile wait for it, up to the event capacity).
     pub fn add_listener<F, Fut>(&self, mask: EventKind, f: F) -> ListenerId
     where
         F: Fn(Event) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let mut rx = self.subscribe(mask);
-        let handle = tokio::spawn(async move {
+        let listener = Box::pin(async move {
             loop {
                 match rx.recv().await {
                     Ok(ev) => f(ev).await,
@@ -528,21 +572,18 @@ impl Scheduler {
                 }
             }
         });
-        let mut life = self.inner.life();
-        life.next_listener += 1;
-        let id = life.next_listener;
-        life.listeners.insert(id, handle);
-        ListenerId(id)
+        ListenerId(self.inner.spawn_listener(listener))
     }
 
     /// Stops a listener added with [`add_listener`](Self::add_listener).
     pub fn remove_listener(&self, id: ListenerId) -> bool {
-        match self.inner.life().listeners.remove(&id.0) {
+        let mut life = self.inner.life();
+        match life.listeners.remove(&id.0) {
             Some(h) => {
                 h.abort();
                 true
             }
-            None => false,
+            None => life.waiting_listeners.remove(&id.0).is_some(),
         }
     }
 
@@ -570,6 +611,12 @@ impl Scheduler {
     /// Removes an executor (after letting its runs in flight finish). Jobs that name it stay
     /// in their stores and are reported with a [`Event::JobError`] each time they come due.
     pub async fn remove_executor(&self, alias: &str) -> Result<()> {
+        self.inner
+            .at_home(self.remove_executor_at_home(alias))
+            .await
+    }
+
+    async fn remove_executor_at_home(&self, alias: &str) -> Result<()> {
         let removed = {
             let mut executors = self
                 .inner
@@ -594,7 +641,12 @@ impl Scheduler {
     /// # Errors
     /// [`Error::AliasInUse`] if the alias is taken; the store's error if it cannot start.
     pub async fn add_store(&self, alias: impl Into<String>, store: impl JobStore) -> Result<()> {
-        let alias = alias.into();
+        self.inner
+            .at_home(self.add_store_at_home(alias.into(), store))
+            .await
+    }
+
+    async fn add_store_at_home(&self, alias: String, store: impl JobStore) -> Result<()> {
         if self.inner.store(&alias).is_ok() {
             return Err(Error::AliasInUse(alias));
         }
@@ -616,6 +668,10 @@ impl Scheduler {
 
     /// Removes a job store (its jobs stay in it, but this scheduler no longer runs them).
     pub async fn remove_store(&self, alias: &str) -> Result<()> {
+        self.inner.at_home(self.remove_store_at_home(alias)).await
+    }
+
+    async fn remove_store_at_home(&self, alias: &str) -> Result<()> {
         let removed = {
             let mut stores = self.inner.stores.write().unwrap_or_else(|e| e.into_inner());
             let i = stores
@@ -672,6 +728,10 @@ impl Scheduler {
 
     /// The job with this id (searching every store unless `store` is given).
     pub async fn get_job(&self, id: &str, store: Option<&str>) -> Result<Option<Job>> {
+        self.inner.at_home(self.get_job_at_home(id, store)).await
+    }
+
+    async fn get_job_at_home(&self, id: &str, store: Option<&str>) -> Result<Option<Job>> {
         match self.locate(id, store).await {
             Ok(Located::Pending(i, alias)) => Ok(self
                 .inner
@@ -688,6 +748,10 @@ impl Scheduler {
     /// Every job (of `store`, or of all stores), pending ones included, each store's jobs by
     /// next run time.
     pub async fn get_jobs(&self, store: Option<&str>) -> Result<Vec<Job>> {
+        self.inner.at_home(self.get_jobs_at_home(store)).await
+    }
+
+    async fn get_jobs_at_home(&self, store: Option<&str>) -> Result<Vec<Job>> {
         let mut jobs: Vec<Job> = self
             .inner
             .life()
@@ -837,6 +901,13 @@ impl Scheduler {
     where
         F: Fn(&mut JobRecord, DateTime<Utc>) -> Update,
     {
+        self.inner.at_home(self.update_at_home(id, store, f)).await
+    }
+
+    async fn update_at_home<F>(&self, id: &str, store: Option<&str>, f: F) -> Result<Option<Job>>
+    where
+        F: Fn(&mut JobRecord, DateTime<Utc>) -> Update,
+    {
         const ATTEMPTS: usize = 5;
         for _ in 0..ATTEMPTS {
             let now = self.inner.clock.now();
@@ -891,6 +962,10 @@ impl Scheduler {
     /// # Errors
     /// [`Error::JobLookup`] if there is no such job.
     pub async fn remove_job(&self, id: &str, store: Option<&str>) -> Result<()> {
+        self.inner.at_home(self.remove_job_at_home(id, store)).await
+    }
+
+    async fn remove_job_at_home(&self, id: &str, store: Option<&str>) -> Result<()> {
         match self.locate(id, store).await? {
             Located::Pending(i, _) => {
                 self.inner.life().pending.remove(i);
@@ -909,6 +984,12 @@ impl Scheduler {
 
     /// Removes every job (of `store`, or of all stores) and emits ALL_JOBS_REMOVED.
     pub async fn remove_all_jobs(&self, store: Option<&str>) -> Result<()> {
+        self.inner
+            .at_home(self.remove_all_jobs_at_home(store))
+            .await
+    }
+
+    async fn remove_all_jobs_at_home(&self, store: Option<&str>) -> Result<()> {
         self.inner
             .life()
             .pending

@@ -1,7 +1,9 @@
 //! The scheduler test binary: recorded APScheduler scenarios replayed in virtual time, and
-//! the behaviour of the loop, executors, events and flavours.
+//! the behaviour of the loop, executors, events and flavours, and the handle used from other
+//! runtimes.
 
 mod behaviour;
 mod executors;
 mod flavours;
+mod runtimes;
 mod scenarios;
