@@ -241,3 +241,47 @@ impl fmt::Display for CommandSpec {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{run_child, TAIL_BYTES};
+    use crate::job::JobError;
+
+    /// Issue 9, item 19: a child that never reads its (large) input is still killed at its
+    /// timeout; before, the input was written before the timeout started and the write
+    /// blocked forever once the pipe was full.
+    #[tokio::test]
+    async fn item19_the_timeout_covers_a_child_that_never_reads_its_input() {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c").arg("sleep 30");
+        let input = vec![b'x'; 8 << 20];
+        let run = run_child(
+            cmd,
+            "sh",
+            Some(input),
+            Some(Duration::from_millis(300)),
+            TAIL_BYTES,
+        );
+        let result = tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("run_child hung past its timeout");
+        assert!(
+            matches!(result, Err(JobError::TimedOut { seconds }) if seconds == 0.3),
+            "{result:?}"
+        );
+    }
+
+    /// Output is read as it comes and only its tail is kept.
+    #[tokio::test]
+    async fn item19_only_the_tail_of_the_output_is_kept() {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg("head -c 1000000 /dev/zero | tr '\\0' a; echo; echo last; echo oops >&2");
+        let out = run_child(cmd, "sh", None, None, 100).await.unwrap();
+        assert_eq!(out.stdout.len(), 100);
+        assert!(out.stdout.ends_with(b"a\nlast\n"));
+        assert_eq!(out.stderr, b"oops\n");
+    }
+}
