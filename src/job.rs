@@ -675,3 +675,20 @@ pub(crate) mod opt_secs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::guarded;
+    use crate::error::TriggerError;
+
+    /// A trigger that panics while a job is claimed gives up instead of unwinding through
+    /// the store's lock or transaction.
+    #[test]
+    fn a_panicking_trigger_gives_up() {
+        let r: Result<Option<()>, TriggerError> = guarded(|| panic!("bad trigger"));
+        match r {
+            Err(TriggerError::GaveUp(m)) => assert!(m.contains("bad trigger"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -640,3 +640,54 @@ impl<S: JobStore> JobStore for ArcStore<S> {
         self.0.acquire_due_jobs(now, limit).await
     }
 }
+
+/// A clock that panics once when told to: a panic outside any store's pass.
+#[derive(Debug)]
+struct PanickyClock {
+    inner: TestClock,
+    panic_next: std::sync::atomic::AtomicBool,
+}
+
+impl Clock for PanickyClock {
+    fn now(&self) -> DateTime<Utc> {
+        if self.panic_next.swap(false, Ordering::SeqCst) {
+            panic!("the clock broke");
+        }
+        self.inner.now()
+    }
+    fn max_sleep(&self) -> Duration {
+        self.inner.max_sleep()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn item2_a_panic_in_the_loop_itself_is_reported_and_the_loop_restarts() {
+    let test_clock = TestClock::new(start_time());
+    let clock = Arc::new(PanickyClock {
+        inner: test_clock.clone(),
+        panic_next: std::sync::atomic::AtomicBool::new(false),
+    });
+    let s = Scheduler::builder()
+        .timezone(chrono_tz::UTC)
+        .clock(clock.clone())
+        .build();
+    let mut errors = s.subscribe(EventKind::SCHEDULER_ERROR);
+    s.start().await.unwrap();
+    let starts = recording_job(&s, &test_clock, "hourly", every(3600)).await;
+    // The loop sleeps towards 11:00 in slices; the clock panics at the next reading.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    clock.panic_next.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    match errors.try_recv() {
+        Some(Ok(Event::SchedulerError { message })) => {
+            assert!(message.contains("the clock broke"), "{message}")
+        }
+        other => panic!("expected a SCHEDULER_ERROR, got {other:?}"),
+    }
+    assert_eq!(
+        *starts.lock().unwrap(),
+        [start_time() + TimeDelta::hours(1)],
+        "the restarted loop runs the job on time"
+    );
+    s.shutdown(false).await.unwrap();
+}
