@@ -13,6 +13,21 @@ use chrono::TimeDelta;
 
 use super::{drain, every, start_time};
 
+/// A one-shot report from inside a job: `send` may be called from every run, the first wins.
+fn report<T: Send + 'static>() -> (
+    impl Fn(T) + Clone + Send + Sync + 'static,
+    tokio::sync::oneshot::Receiver<T>,
+) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let tx = Arc::new(std::sync::Mutex::new(Some(tx)));
+    let send = move |v: T| {
+        if let Some(tx) = tx.lock().unwrap().take() {
+            let _ = tx.send(v);
+        }
+    };
+    (send, rx)
+}
+
 /// Guards against a hang: a deadlock shows up as a failure, not a stuck test run.
 async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(20), f)
@@ -37,19 +52,14 @@ async fn item3_shutdown_wait_from_inside_an_async_job_returns_after_the_other_ru
     .await
     .unwrap();
     let (h, seen) = (s.clone(), other_done.clone());
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let tx = std::sync::Mutex::new(Some(tx));
+    let (send, rx) = report();
     s.add_job(move || {
-        let (h, seen) = (h.clone(), seen.clone());
-        let tx = tx.lock().unwrap().take();
+        let (h, seen, send) = (h.clone(), seen.clone(), send.clone());
         async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
             let result = h.shutdown(true).await;
             // shutdown(true) waited for the other run, not for this one.
-            let other_finished = seen.load(Ordering::SeqCst);
-            if let Some(tx) = tx {
-                let _ = tx.send((result.is_ok(), other_finished));
-            }
+            send((result.is_ok(), seen.load(Ordering::SeqCst)));
         }
     })
     .id("stopper")
@@ -71,13 +81,13 @@ async fn item3_shutdown_wait_from_inside_a_blocking_job_returns() {
         .build();
     s.start().await.unwrap();
     let h = s.clone();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let tx = std::sync::Mutex::new(Some(tx));
+    let (send, rx) = report();
     s.add_blocking_job(move || {
-        let result = tokio::runtime::Handle::current().block_on(h.shutdown(true));
-        if let Some(tx) = tx.lock().unwrap().take() {
-            let _ = tx.send(result.is_ok());
-        }
+        send(
+            tokio::runtime::Handle::current()
+                .block_on(h.shutdown(true))
+                .is_ok(),
+        )
     })
     .executor("pool")
     .await
@@ -95,17 +105,10 @@ async fn item3_shutdown_wait_from_inside_a_local_job_returns() {
         .build();
     s.start().await.unwrap();
     let h = s.clone();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let tx = std::sync::Mutex::new(Some(tx));
+    let (send, rx) = report();
     s.add_local_job(move || {
-        let h = h.clone();
-        let tx = tx.lock().unwrap().take();
-        async move {
-            let result = h.shutdown(true).await;
-            if let Some(tx) = tx {
-                let _ = tx.send(result.is_ok());
-            }
-        }
+        let (h, send) = (h.clone(), send.clone());
+        async move { send(h.shutdown(true).await.is_ok()) }
     })
     .await
     .unwrap();
@@ -123,17 +126,10 @@ async fn item3_remove_executor_from_inside_its_own_job_returns() {
     let mut rx_events = s.subscribe(EventKind::EXECUTOR_REMOVED);
     s.start().await.unwrap();
     let h = s.clone();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let tx = std::sync::Mutex::new(Some(tx));
+    let (send, rx) = report();
     s.add_job(move || {
-        let h = h.clone();
-        let tx = tx.lock().unwrap().take();
-        async move {
-            let result = h.remove_executor("mine").await;
-            if let Some(tx) = tx {
-                let _ = tx.send(result.is_ok());
-            }
-        }
+        let (h, send) = (h.clone(), send.clone());
+        async move { send(h.remove_executor("mine").await.is_ok()) }
     })
     .executor("mine")
     .await

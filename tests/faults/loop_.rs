@@ -8,7 +8,7 @@ use std::time::Duration;
 use apsched::clock::{Clock, TestClock};
 use apsched::executor::TokioExecutor;
 use apsched::job::{advance, Callable, JobRecord};
-use apsched::store::{DueJob, JobStore, MemoryStore, StoreContext};
+use apsched::store::{DueJob, JobStore, MemoryStore};
 use apsched::trigger::{Date, Interval};
 use apsched::{Error, Event, EventKind, JobError, Scheduler};
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
@@ -80,50 +80,6 @@ impl JobStore for BrokenStore {
     }
 }
 
-/// A memory store that asks to be polled at `poll`.
-struct PolledStore {
-    inner: MemoryStore,
-    poll: Duration,
-}
-
-#[async_trait::async_trait]
-impl JobStore for PolledStore {
-    async fn start(&self, ctx: StoreContext) -> apsched::Result<()> {
-        self.inner.start(ctx).await
-    }
-    async fn add_job(&self, job: JobRecord, replace: bool) -> apsched::Result<()> {
-        self.inner.add_job(job, replace).await
-    }
-    async fn update_job(&self, job: JobRecord) -> apsched::Result<JobRecord> {
-        self.inner.update_job(job).await
-    }
-    async fn remove_job(&self, id: &str) -> apsched::Result<()> {
-        self.inner.remove_job(id).await
-    }
-    async fn remove_all_jobs(&self) -> apsched::Result<()> {
-        self.inner.remove_all_jobs().await
-    }
-    async fn lookup_job(&self, id: &str) -> apsched::Result<Option<JobRecord>> {
-        self.inner.lookup_job(id).await
-    }
-    async fn get_all_jobs(&self) -> apsched::Result<Vec<JobRecord>> {
-        self.inner.get_all_jobs().await
-    }
-    async fn next_run_time(&self) -> apsched::Result<Option<DateTime<Utc>>> {
-        self.inner.next_run_time().await
-    }
-    async fn acquire_due_jobs(
-        &self,
-        now: DateTime<Utc>,
-        limit: usize,
-    ) -> apsched::Result<Vec<DueJob>> {
-        self.inner.acquire_due_jobs(now, limit).await
-    }
-    fn poll_interval(&self) -> Option<Duration> {
-        Some(self.poll)
-    }
-}
-
 fn builder(clock: &TestClock) -> apsched::SchedulerBuilder {
     Scheduler::builder()
         .timezone(chrono_tz::UTC)
@@ -150,7 +106,7 @@ async fn item1_a_dead_store_delays_no_other_stores_job() {
     let dead = Arc::new(BrokenStore::dead(Duration::from_secs(5)));
     let s = builder(&clock).build();
     s.start().await.unwrap();
-    s.add_store("dead", ArcStore(dead.clone())).await.unwrap();
+    s.add_store("dead", shared(&dead)).await.unwrap();
     twelve_runs_on_time(&s, &clock).await;
     // The dead store was retried all along (with backoff), not given up.
     assert!(dead.calls.load(Ordering::SeqCst) >= 3);
@@ -164,9 +120,7 @@ async fn item2_a_panicking_store_pass_is_reported_and_the_loop_goes_on() {
     let s = builder(&clock).build();
     let mut errors = s.subscribe(EventKind::STORE_ERROR);
     s.start().await.unwrap();
-    s.add_store("broken", ArcStore(broken.clone()))
-        .await
-        .unwrap();
+    s.add_store("broken", shared(&broken)).await.unwrap();
     twelve_runs_on_time(&s, &clock).await;
     let errors = drain(&mut errors);
     match errors.first() {
@@ -192,9 +146,9 @@ async fn item2_poll_interval_of_duration_max_does_not_kill_the_loop() {
     let clock = TestClock::new(start_time());
     let s = builder(&clock).build();
     s.start().await.unwrap();
-    let polled = PolledStore {
-        inner: MemoryStore::new(),
-        poll: Duration::MAX,
+    let polled = Shared {
+        store: Arc::new(MemoryStore::new()),
+        poll: Some(Duration::MAX),
     };
     s.add_store("polled", polled).await.unwrap();
     twelve_runs_on_time(&s, &clock).await;
@@ -606,38 +560,51 @@ async fn item8_a_one_shot_job_whose_executor_is_missing_is_kept() {
     );
 }
 
-/// Shares one store between the test and the scheduler.
-struct ArcStore<S>(Arc<S>);
+/// Shares one store between the test and the scheduler, with the poll interval it asks for.
+struct Shared<S> {
+    store: Arc<S>,
+    poll: Option<Duration>,
+}
+
+fn shared<S>(store: &Arc<S>) -> Shared<S> {
+    Shared {
+        store: store.clone(),
+        poll: None,
+    }
+}
 
 #[async_trait::async_trait]
-impl<S: JobStore> JobStore for ArcStore<S> {
+impl<S: JobStore> JobStore for Shared<S> {
+    fn poll_interval(&self) -> Option<Duration> {
+        self.poll
+    }
     async fn add_job(&self, job: JobRecord, replace: bool) -> apsched::Result<()> {
-        self.0.add_job(job, replace).await
+        self.store.add_job(job, replace).await
     }
     async fn update_job(&self, job: JobRecord) -> apsched::Result<JobRecord> {
-        self.0.update_job(job).await
+        self.store.update_job(job).await
     }
     async fn remove_job(&self, id: &str) -> apsched::Result<()> {
-        self.0.remove_job(id).await
+        self.store.remove_job(id).await
     }
     async fn remove_all_jobs(&self) -> apsched::Result<()> {
-        self.0.remove_all_jobs().await
+        self.store.remove_all_jobs().await
     }
     async fn lookup_job(&self, id: &str) -> apsched::Result<Option<JobRecord>> {
-        self.0.lookup_job(id).await
+        self.store.lookup_job(id).await
     }
     async fn get_all_jobs(&self) -> apsched::Result<Vec<JobRecord>> {
-        self.0.get_all_jobs().await
+        self.store.get_all_jobs().await
     }
     async fn next_run_time(&self) -> apsched::Result<Option<DateTime<Utc>>> {
-        self.0.next_run_time().await
+        self.store.next_run_time().await
     }
     async fn acquire_due_jobs(
         &self,
         now: DateTime<Utc>,
         limit: usize,
     ) -> apsched::Result<Vec<DueJob>> {
-        self.0.acquire_due_jobs(now, limit).await
+        self.store.acquire_due_jobs(now, limit).await
     }
 }
 
