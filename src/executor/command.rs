@@ -273,15 +273,29 @@ mod tests {
         );
     }
 
-    /// Output is read as it comes and only its tail is kept.
+    /// Output is read as it comes and only its tail is kept: 50 MB of output never sit in
+    /// memory (the buffers' capacity shows the most they ever held).
     #[tokio::test]
     async fn item19_only_the_tail_of_the_output_is_kept() {
         let mut cmd = tokio::process::Command::new("sh");
-        cmd.arg("-c")
-            .arg("head -c 1000000 /dev/zero | tr '\\0' a; echo; echo last; echo oops >&2");
+        cmd.arg("-c").arg(
+            "head -c 50000000 /dev/zero | tr '\\0' a; echo; echo last; \
+             head -c 50000000 /dev/zero | tr '\\0' b >&2; echo oops >&2",
+        );
         let out = run_child(cmd, "sh", None, None, 100).await.unwrap();
         assert_eq!(out.stdout.len(), 100);
         assert!(out.stdout.ends_with(b"a\nlast\n"));
-        assert_eq!(out.stderr, b"oops\n");
+        assert_eq!(out.stderr.len(), TAIL_BYTES);
+        assert!(out.stderr.ends_with(b"boops\n"));
+        assert!(
+            out.stdout.capacity() <= 64 << 10,
+            "{}",
+            out.stdout.capacity()
+        );
+        assert!(
+            out.stderr.capacity() <= 64 << 10,
+            "{}",
+            out.stderr.capacity()
+        );
     }
 }

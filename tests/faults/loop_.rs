@@ -225,6 +225,11 @@ async fn item2_year_9999_dates_and_huge_intervals_do_not_stop_other_jobs() {
         .next_run_time(DateTime::<Utc>::MAX_UTC)
         .await
         .unwrap();
+    // Interval::new(Duration::MAX) is a clear error, not a panic.
+    assert!(matches!(
+        Interval::new(Duration::MAX),
+        Err(apsched::TriggerError::InvalidParam { .. })
+    ));
     // An interval of 285 000 years: its second fire time is beyond chrono's range.
     let huge = Interval::new(Duration::from_secs(9_000_000_000_000)).unwrap();
     s.add_job(|| async {})
