@@ -341,3 +341,99 @@ async fn item9_add_and_modify_validate_options_and_the_executor() {
     );
     s.shutdown(false).await.unwrap();
 }
+
+/// End to end on a real store: a row whose options the scheduler refuses is reported with
+/// STORE_ERROR and kept untouched, and never runs; the other jobs do.
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item9_a_stored_row_with_zero_max_instances_is_reported_and_kept() {
+    use apsched::clock::SystemClock;
+    use apsched::event::EventBus;
+    use apsched::store::sql::SqlStore;
+    use apsched::store::{JobStore, StoreContext};
+    use apsched::task::{TaskFn, TaskRegistry};
+
+    let path = std::env::temp_dir().join(format!("apsched-item9-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let past = chrono::Utc::now() - TimeDelta::seconds(5);
+    let doc = |id: &str, max_instances: u32| {
+        format!(
+            r#"{{"id":"{id}","callable":{{"type":"task","name":"noop","args":null}},
+            "trigger":{{"kind":"interval","seconds":1}},"executor":"default",
+            "misfire_grace_time":null,"coalesce":true,"max_instances":{max_instances},
+            "next_run_time":"{}"}}"#,
+            past.to_rfc3339()
+        )
+    };
+    {
+        let mut tasks = TaskRegistry::new();
+        tasks.insert("noop", TaskFn::from_async(|_: serde_json::Value| async {}));
+        let writer = SqlStore::sqlite(&path).unwrap();
+        writer
+            .start(StoreContext {
+                alias: "default".into(),
+                scheduler_id: "writer".into(),
+                lease: Duration::from_secs(3),
+                tasks: Arc::new(tasks),
+                wakeup: Arc::new(tokio::sync::Notify::new()),
+                events: EventBus::new(16),
+                clock: Arc::new(SystemClock),
+            })
+            .await
+            .unwrap();
+        writer
+            .insert_raw_row("zero", Some(past), &doc("zero", 0))
+            .await
+            .unwrap();
+        writer
+            .insert_raw_row("fine", Some(past), &doc("fine", 1))
+            .await
+            .unwrap();
+        writer.shutdown().await.unwrap();
+    }
+    let s = Scheduler::builder()
+        .store("default", SqlStore::sqlite(&path).unwrap())
+        .task("noop", |_: serde_json::Value| async {})
+        .build();
+    let mut rx = s.subscribe(EventKind::STORE_ERROR | EventKind::JOB_SUBMITTED);
+    s.start().await.unwrap();
+    let (mut reported, mut fine_runs) = (None, 0);
+    while reported.is_none() || fine_runs < 2 {
+        let ev = within("events", rx.recv()).await.unwrap();
+        match ev {
+            Event::StoreError {
+                job_id: Some(id),
+                message,
+                ..
+            } => {
+                assert_eq!(id, "zero");
+                reported = Some(message);
+            }
+            Event::JobSubmitted { job_id, .. } => {
+                assert_eq!(job_id, "fine", "the refused row never runs");
+                fine_runs += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let message = reported.unwrap();
+    assert!(
+        message.contains("max_instances must be at least 1"),
+        "{message}"
+    );
+    // Kept, untouched: the store still holds it (and says why it cannot be loaded).
+    let ids: Vec<String> = s
+        .get_jobs(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(ids, ["fine"]);
+    assert!(matches!(
+        s.get_job("zero", None).await,
+        Err(Error::CorruptJob { .. })
+    ));
+    s.shutdown(false).await.unwrap();
+    let _ = std::fs::remove_file(&path);
+}
