@@ -5,6 +5,7 @@
 //! milliseconds, because sleeping auto-advances the virtual clock.
 
 use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -16,6 +17,16 @@ use chrono::{DateTime, Utc};
 pub trait Clock: fmt::Debug + Send + Sync + 'static {
     /// The current instant.
     fn now(&self) -> DateTime<Utc>;
+
+    /// The longest the scheduler sleeps on a Tokio timer before reading this clock again.
+    ///
+    /// Tokio's timers run on the monotonic clock, which does not follow a step of the wall
+    /// clock and stands still while the machine is suspended; this bounds how late a run can
+    /// be after either. Default: 1 s (the default misfire grace time), which costs an idle
+    /// scheduler one clock read per second.
+    fn max_sleep(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(1)
+    }
 }
 
 /// The machine's wall clock.
@@ -48,10 +59,18 @@ impl Clock for SystemClock {
 /// # main();
 /// # }
 /// ```
+///
+/// [`TestClock::jump`] moves the wall reading alone, as a clock step or a resume from
+/// suspend does: Tokio's timers do not notice, the scheduler does at its next clock reading
+/// (at most [`Clock::max_sleep`] later: 60 s by default for this clock, so that a virtual
+/// month of schedule stays cheap; set it with [`TestClock::with_max_sleep`]).
 #[derive(Debug, Clone)]
 pub struct TestClock {
     anchor_utc: DateTime<Utc>,
     anchor: tokio::time::Instant,
+    /// Microseconds added by [`TestClock::jump`], shared by every clone.
+    jumped: Arc<AtomicI64>,
+    max_sleep: std::time::Duration,
 }
 
 impl TestClock {
@@ -60,7 +79,28 @@ impl TestClock {
         TestClock {
             anchor_utc: start,
             anchor: tokio::time::Instant::now(),
+            jumped: Arc::new(AtomicI64::new(0)),
+            max_sleep: std::time::Duration::from_secs(60),
         }
+    }
+
+    /// Sets how long a scheduler using this clock sleeps at most before reading it again
+    /// (see [`Clock::max_sleep`]).
+    pub fn with_max_sleep(mut self, max_sleep: std::time::Duration) -> Self {
+        self.max_sleep = max_sleep;
+        self
+    }
+
+    /// Moves the wall reading forward by `by` without moving Tokio's time: what a step of
+    /// the system clock, or a laptop resuming from suspend, looks like to a program. Timers
+    /// already set fire at their monotonic deadline, not earlier.
+    pub fn jump(&self, by: std::time::Duration) {
+        let us = i64::try_from(by.as_micros()).unwrap_or(i64::MAX);
+        let _ = self
+            .jumped
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |j| {
+                Some(j.saturating_add(us))
+            });
     }
 
     /// Moves Tokio's paused time (and so this clock) forward by `by`, firing due timers.
@@ -90,9 +130,24 @@ impl TestClock {
 impl Clock for TestClock {
     fn now(&self) -> DateTime<Utc> {
         let elapsed = tokio::time::Instant::now().saturating_duration_since(self.anchor);
+        let jumped = chrono::TimeDelta::microseconds(self.jumped.load(Ordering::SeqCst));
         chrono::TimeDelta::from_std(elapsed)
             .ok()
             .and_then(|d| self.anchor_utc.checked_add_signed(d))
+            .and_then(|t| t.checked_add_signed(jumped))
             .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
+
+    fn max_sleep(&self) -> std::time::Duration {
+        self.max_sleep
+    }
+}
+
+/// `t + d`, saturating at the largest instant chrono can represent. Every time addition in
+/// the loop goes through here: a huge lease, poll interval or backoff must never panic.
+pub(crate) fn saturating_add(t: DateTime<Utc>, d: std::time::Duration) -> DateTime<Utc> {
+    chrono::TimeDelta::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }

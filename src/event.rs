@@ -67,8 +67,11 @@ impl EventKind {
     pub const JOB_MAX_INSTANCES: EventKind = EventKind(1 << 16);
     /// A job store failed, or a stored job could not be loaded (apsched addition).
     pub const STORE_ERROR: EventKind = EventKind(1 << 17);
+    /// The scheduler's loop itself failed (a panic outside any store's pass) and was
+    /// restarted (apsched addition).
+    pub const SCHEDULER_ERROR: EventKind = EventKind(1 << 18);
     /// Every kind of event.
-    pub const ALL: EventKind = EventKind((1 << 18) - 1);
+    pub const ALL: EventKind = EventKind((1 << 19) - 1);
     /// No event.
     pub const NONE: EventKind = EventKind(0);
 
@@ -89,7 +92,7 @@ impl EventKind {
 
     /// APScheduler's constant name of a single-bit kind, e.g. `EVENT_JOB_ADDED`.
     pub fn name(self) -> &'static str {
-        const NAMES: [&str; 18] = [
+        const NAMES: [&str; 19] = [
             "EVENT_SCHEDULER_STARTED",
             "EVENT_SCHEDULER_SHUTDOWN",
             "EVENT_SCHEDULER_PAUSED",
@@ -108,6 +111,7 @@ impl EventKind {
             "EVENT_JOB_SUBMITTED",
             "EVENT_JOB_MAX_INSTANCES",
             "EVENT_STORE_ERROR",
+            "EVENT_SCHEDULER_ERROR",
         ];
         if self.0.count_ones() == 1 {
             NAMES[self.0.trailing_zeros() as usize]
@@ -260,6 +264,12 @@ pub enum Event {
         /// What went wrong.
         message: String,
     },
+    /// The scheduler's loop panicked outside any store's pass; it was restarted after a
+    /// backoff. (A panic inside a store's pass is a [`Event::StoreError`] for that store.)
+    SchedulerError {
+        /// What went wrong.
+        message: String,
+    },
 }
 
 impl Event {
@@ -284,6 +294,7 @@ impl Event {
             Event::JobError { .. } => EventKind::JOB_ERROR,
             Event::JobMissed { .. } => EventKind::JOB_MISSED,
             Event::StoreError { .. } => EventKind::STORE_ERROR,
+            Event::SchedulerError { .. } => EventKind::SCHEDULER_ERROR,
         }
     }
 
@@ -331,9 +342,14 @@ impl EventBus {
     /// Like [`emit`](Self::emit), but builds the event only if someone is listening: the
     /// hot path (a run per job) pays nothing for events nobody reads.
     pub fn emit_with(&self, event: impl FnOnce() -> Event) {
-        if self.receivers.load(Ordering::Relaxed) > 0 {
+        if self.has_receivers() {
             self.emit(event());
         }
+    }
+
+    /// Whether any receiver exists (so that events worth building are built only then).
+    pub fn has_receivers(&self) -> bool {
+        self.receivers.load(Ordering::Relaxed) > 0
     }
 
     /// A receiver of the events matching `mask`.

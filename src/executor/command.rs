@@ -2,16 +2,16 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::process::{Output, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use crate::job::{JobError, JobResult};
 
 /// How much of a child's stdout (as the return value) and stderr (in errors) is kept.
-const TAIL_BYTES: usize = 4096;
+pub(crate) const TAIL_BYTES: usize = 4096;
 
 /// An external command to run as a job: program, arguments, environment, working
 /// directory and timeout. Serialisable, so command jobs can live in persistent stores.
@@ -99,7 +99,7 @@ impl CommandSpec {
         if let Some(dir) = &self.current_dir {
             cmd.current_dir(dir);
         }
-        let output = run_child(cmd, &self.program, None, self.timeout).await?;
+        let output = run_child(cmd, &self.program, None, self.timeout, TAIL_BYTES).await?;
         if output.status.success() {
             Ok(serde_json::Value::String(tail(&output.stdout)))
         } else {
@@ -108,14 +108,31 @@ impl CommandSpec {
     }
 }
 
+/// What a finished child left: its status and the tails of its output.
+#[derive(Debug)]
+pub(crate) struct ChildOutput {
+    pub status: ExitStatus,
+    /// The last `stdout_limit` bytes of stdout.
+    pub stdout: Vec<u8>,
+    /// The last [`TAIL_BYTES`] of stderr.
+    pub stderr: Vec<u8>,
+}
+
 /// Runs a child to completion with piped stdout/stderr, `stdin` written to it (or
 /// `/dev/null`), killed when `timeout` passes.
+///
+/// The timeout covers the whole run: writing the input, reading the output and waiting, so
+/// a child that never reads its input cannot hold its slot forever. Input and output move
+/// concurrently (a child that writes before it reads cannot deadlock against us), and only
+/// the last `stdout_limit` bytes of stdout and [`TAIL_BYTES`] of stderr are kept while
+/// reading, so a chatty child cannot exhaust memory.
 pub(crate) async fn run_child(
     mut cmd: tokio::process::Command,
     program: &str,
     stdin: Option<Vec<u8>>,
     timeout: Option<Duration>,
-) -> Result<Output, JobError> {
+    stdout_limit: usize,
+) -> Result<ChildOutput, JobError> {
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
     } else {
@@ -123,33 +140,81 @@ pub(crate) async fn run_child(
     })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
-    // A timed-out (dropped) run must not leave its child behind.
+    // A run dropped while its child runs must not leave the child behind.
     .kill_on_drop(true);
     let mut child = cmd
         .spawn()
         .map_err(|e| JobError::not_runnable(format!("could not start '{program}': {e}")))?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // A child that exits without reading its input is not an error here; its exit
-        // status tells what happened.
-        let _ = pipe.write_all(&input).await;
-        drop(pipe);
-    }
-    let output = match timeout {
-        Some(t) => match tokio::time::timeout(t, child.wait_with_output()).await {
+    let (pipe_in, pipe_out, pipe_err) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    let io = async {
+        let write = async {
+            if let (Some(input), Some(mut pipe)) = (stdin, pipe_in) {
+                // A child that exits without reading its input is not an error here; its
+                // exit status tells what happened.
+                let _ = pipe.write_all(&input).await;
+            }
+        };
+        let (_, out, err) = tokio::join!(
+            write,
+            read_tail(pipe_out, stdout_limit),
+            read_tail(pipe_err, TAIL_BYTES)
+        );
+        (out, err)
+    };
+    let run = async {
+        let (stdout, stderr) = io.await;
+        let status = child.wait().await?;
+        Ok::<_, std::io::Error>(ChildOutput {
+            status,
+            stdout,
+            stderr,
+        })
+    };
+    let result = match timeout {
+        Some(t) => match tokio::time::timeout(t, run).await {
             Ok(out) => out,
             Err(_) => {
+                // Kill and reap it (the run future, which borrowed it, is gone).
+                let _ = child.start_kill();
+                let _ = child.wait().await;
                 return Err(JobError::TimedOut {
                     seconds: t.as_secs_f64(),
-                })
+                });
             }
         },
-        None => child.wait_with_output().await,
+        None => run.await,
     };
-    output.map_err(|e| JobError::not_runnable(format!("waiting for '{program}': {e}")))
+    result.map_err(|e| JobError::not_runnable(format!("waiting for '{program}': {e}")))
+}
+
+/// Reads `pipe` to its end, keeping only its last `limit` bytes.
+async fn read_tail(pipe: Option<impl AsyncRead + Unpin>, limit: usize) -> Vec<u8> {
+    let Some(mut pipe) = pipe else {
+        return Vec::new();
+    };
+    let mut kept = Vec::new();
+    let mut chunk = vec![0u8; 8192];
+    loop {
+        match pipe.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                kept.extend_from_slice(&chunk[..n]);
+                // Trim only once the excess is as large as the limit: amortised O(1) a byte.
+                if kept.len() > limit.saturating_mul(2).max(chunk.len()) {
+                    kept.drain(..kept.len() - limit);
+                }
+            }
+        }
+    }
+    if kept.len() > limit {
+        kept.drain(..kept.len() - limit);
+    }
+    kept
 }
 
 /// The error for a child that did not exit successfully.
-pub(crate) fn exit_error(output: &Output) -> JobError {
+pub(crate) fn exit_error(output: &ChildOutput) -> JobError {
     #[cfg(unix)]
     let signal = std::os::unix::process::ExitStatusExt::signal(&output.status);
     #[cfg(not(unix))]
@@ -174,5 +239,63 @@ impl fmt::Display for CommandSpec {
             write!(f, " {a}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{run_child, TAIL_BYTES};
+    use crate::job::JobError;
+
+    /// Issue 9, item 19: a child that never reads its (large) input is still killed at its
+    /// timeout; before, the input was written before the timeout started and the write
+    /// blocked forever once the pipe was full.
+    #[tokio::test]
+    async fn item19_the_timeout_covers_a_child_that_never_reads_its_input() {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c").arg("sleep 30");
+        let input = vec![b'x'; 8 << 20];
+        let run = run_child(
+            cmd,
+            "sh",
+            Some(input),
+            Some(Duration::from_millis(300)),
+            TAIL_BYTES,
+        );
+        let result = tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("run_child hung past its timeout");
+        assert!(
+            matches!(result, Err(JobError::TimedOut { seconds }) if seconds == 0.3),
+            "{result:?}"
+        );
+    }
+
+    /// Output is read as it comes and only its tail is kept: 50 MB of output never sit in
+    /// memory (the buffers' capacity shows the most they ever held).
+    #[tokio::test]
+    async fn item19_only_the_tail_of_the_output_is_kept() {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c").arg(
+            "head -c 50000000 /dev/zero | tr '\\0' a; echo; echo last; \
+             head -c 50000000 /dev/zero | tr '\\0' b >&2; echo oops >&2",
+        );
+        let out = run_child(cmd, "sh", None, None, 100).await.unwrap();
+        assert_eq!(out.stdout.len(), 100);
+        assert!(out.stdout.ends_with(b"a\nlast\n"));
+        assert_eq!(out.stderr.len(), TAIL_BYTES);
+        assert!(out.stderr.ends_with(b"boops\n"));
+        assert!(
+            out.stdout.capacity() <= 64 << 10,
+            "{}",
+            out.stdout.capacity()
+        );
+        assert!(
+            out.stderr.capacity() <= 64 << 10,
+            "{}",
+            out.stderr.capacity()
+        );
     }
 }

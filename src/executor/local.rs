@@ -51,6 +51,10 @@ impl LocalExecutor {
 }
 
 async fn run_local(run: JobRun) {
+    run.scoped(run_local_times(&run)).await;
+}
+
+async fn run_local_times(run: &JobRun) {
     for &t in &run.run_times {
         if run.start(t) {
             let result: JobResult = match &run.callable {

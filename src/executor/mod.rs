@@ -18,8 +18,10 @@ mod local;
 mod process;
 mod tokio;
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -76,7 +78,11 @@ pub(crate) struct RunContext {
 
 /// One submission of a job: one or more scheduled times to run in order.
 ///
-/// Holds one of the job's `max_instances` slots until it is dropped.
+/// Holds one of the job's `max_instances` slots until it is dropped. Every scheduled time
+/// gets exactly one outcome event: [`start`](Self::start) reports a miss,
+/// [`finish`](Self::finish) the result, and a run dropped before all its times had an
+/// outcome (its executor shut down, its task was cancelled) reports
+/// [`JobError::NotRunnable`] for each time left.
 pub struct JobRun {
     /// The job id.
     pub job_id: Arc<str>,
@@ -90,6 +96,65 @@ pub struct JobRun {
     pub misfire_grace_time: Option<Duration>,
     pub(crate) ctx: Arc<RunContext>,
     pub(crate) _slot: Option<InstanceSlot>,
+    /// How many of `run_times` have had their outcome event.
+    outcomes: AtomicUsize,
+}
+
+impl Drop for JobRun {
+    fn drop(&mut self) {
+        let done = *self.outcomes.get_mut();
+        for &t in self.run_times.iter().skip(done) {
+            tracing::error!(job_id = %self.job_id, scheduled = %t, "run dropped before it finished");
+            self.ctx.events.emit_with(|| Event::JobError {
+                job_id: self.job_id.to_string(),
+                store: self.store.to_string(),
+                scheduled_run_time: t,
+                error: JobError::not_runnable(
+                    "the run was dropped before it finished: its executor was shut down or \
+                     its task was cancelled",
+                ),
+            });
+        }
+    }
+}
+
+::tokio::task_local! {
+    /// Set while a run is in progress on an async task: which scheduler it belongs to (the
+    /// address of its [`Instances`]), so that `shutdown` called from inside a job does not
+    /// wait for that very job.
+    static CURRENT_RUN: usize;
+}
+
+thread_local! {
+    /// [`CURRENT_RUN`] for runs on blocking threads.
+    static CURRENT_RUN_THREAD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The scheduler (as its [`Instances`] address) whose run is in progress here, or 0.
+fn current_run() -> usize {
+    CURRENT_RUN
+        .try_with(|k| *k)
+        .unwrap_or_else(|_| CURRENT_RUN_THREAD.with(Cell::get))
+}
+
+/// Marks the current thread as running a run of `key` until dropped.
+struct ThreadRunGuard(usize);
+
+impl ThreadRunGuard {
+    fn enter(key: usize) -> Self {
+        ThreadRunGuard(CURRENT_RUN_THREAD.with(|c| c.replace(key)))
+    }
+}
+
+impl Drop for ThreadRunGuard {
+    fn drop(&mut self) {
+        CURRENT_RUN_THREAD.with(|c| c.set(self.0));
+    }
+}
+
+/// Whether the caller is a job run of the scheduler owning `instances`.
+pub(crate) fn inside_run_of(instances: &Arc<Instances>) -> bool {
+    current_run() == Arc::as_ptr(instances) as usize
 }
 
 impl std::fmt::Debug for JobRun {
@@ -104,6 +169,39 @@ impl std::fmt::Debug for JobRun {
 }
 
 impl JobRun {
+    pub(crate) fn new(
+        job_id: Arc<str>,
+        store: Arc<str>,
+        callable: Callable,
+        run_times: Vec<DateTime<Utc>>,
+        misfire_grace_time: Option<Duration>,
+        ctx: Arc<RunContext>,
+        slot: InstanceSlot,
+    ) -> Self {
+        JobRun {
+            job_id,
+            store,
+            callable,
+            run_times,
+            misfire_grace_time,
+            ctx,
+            _slot: Some(slot),
+            outcomes: AtomicUsize::new(0),
+        }
+    }
+
+    /// The key [`inside_run_of`] compares: the scheduler this run belongs to.
+    fn owner_key(&self) -> usize {
+        self._slot
+            .as_ref()
+            .map_or(0, |s| Arc::as_ptr(&s.instances) as usize)
+    }
+
+    /// Runs `fut` marked as this run's (see [`inside_run_of`]).
+    pub(crate) async fn scoped<F: std::future::Future>(&self, fut: F) -> F::Output {
+        CURRENT_RUN.scope(self.owner_key(), fut).await
+    }
+
     /// Call as a scheduled time is about to start. Returns `false`, after emitting
     /// [`Event::JobMissed`], when it is later than the grace time allows (strictly later:
     /// a delay equal to the grace time still runs).
@@ -117,6 +215,7 @@ impl JobRun {
                     store: self.store.to_string(),
                     scheduled_run_time: scheduled,
                 });
+                self.outcomes.fetch_add(1, Ordering::Relaxed);
                 return false;
             }
         }
@@ -128,6 +227,7 @@ impl JobRun {
         if let Err(error) = &result {
             tracing::error!(job_id = %self.job_id, %scheduled, %error, "job failed");
         }
+        self.outcomes.fetch_add(1, Ordering::Relaxed);
         self.ctx.events.emit_with(|| {
             let (job_id, store) = (self.job_id.to_string(), self.store.to_string());
             match result {
@@ -149,18 +249,22 @@ impl JobRun {
 
     /// Runs every scheduled time in order on the current Tokio runtime.
     pub async fn run(self) {
-        for &t in &self.run_times {
-            if self.start(t) {
-                let result = invoke(&self.callable, &self.ctx.tasks).await;
-                self.finish(t, result);
+        self.scoped(async {
+            for &t in &self.run_times {
+                if self.start(t) {
+                    let result = invoke(&self.callable, &self.ctx.tasks).await;
+                    self.finish(t, result);
+                }
             }
-        }
+        })
+        .await;
     }
 
     /// Runs every scheduled time in order on the current (blocking) thread. Async bodies
     /// are driven with the runtime's handle, so call this from `spawn_blocking` or another
     /// thread that has a runtime context.
     pub fn run_blocking(self) {
+        let _marked = ThreadRunGuard::enter(self.owner_key());
         for &t in &self.run_times {
             if self.start(t) {
                 let result = invoke_blocking(&self.callable, &self.ctx.tasks);
@@ -170,16 +274,22 @@ impl JobRun {
     }
 }
 
-/// Turns a panic payload into its message.
+/// Turns a job's panic payload into its error.
 pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> JobError {
-    let message = if let Some(s) = payload.downcast_ref::<&str>() {
+    JobError::Panicked {
+        message: panic_text(payload),
+    }
+}
+
+/// The message of a panic payload.
+pub(crate) fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {
         s.clone()
     } else {
         "non-string panic payload".to_string()
-    };
-    JobError::Panicked { message }
+    }
 }
 
 fn local_needs_local_executor() -> JobError {
@@ -234,8 +344,13 @@ async fn caught(make: impl FnOnce() -> BoxFuture<'static, JobResult>) -> JobResu
 }
 
 async fn spawn_blocking_caught(f: impl FnOnce() -> JobResult + Send + 'static) -> JobResult {
-    match ::tokio::task::spawn_blocking(move || std::panic::catch_unwind(AssertUnwindSafe(f))).await
-    {
+    // The body runs on another thread: carry the run's mark along.
+    let key = current_run();
+    let body = move || {
+        let _marked = ThreadRunGuard::enter(key);
+        std::panic::catch_unwind(AssertUnwindSafe(f))
+    };
+    match ::tokio::task::spawn_blocking(body).await {
         Ok(Ok(r)) => r,
         Ok(Err(p)) => Err(panic_message(p)),
         Err(e) => Err(JobError::not_runnable(format!(
@@ -272,21 +387,46 @@ pub(crate) fn invoke_blocking(callable: &Callable, tasks: &TaskRegistry) -> JobR
 #[derive(Debug, Default)]
 pub(crate) struct Instances {
     running: Mutex<HashMap<Arc<str>, u32>>,
+    /// Runs in flight, all jobs together.
+    total: AtomicUsize,
+    /// Notified whenever a run ends.
+    ended: ::tokio::sync::Notify,
 }
 
 impl Instances {
-    /// Takes a slot for `job_id` unless `max` are already taken.
+    /// Takes a slot for `job_id` unless `max` are already taken. A refused job leaves no
+    /// entry behind.
     pub fn try_acquire(self: &Arc<Self>, job_id: &Arc<str>, max: u32) -> Option<InstanceSlot> {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        let n = running.entry(job_id.clone()).or_insert(0);
-        if *n >= max {
+        let n = running.get(job_id).copied().unwrap_or(0);
+        if n >= max {
             return None;
         }
-        *n += 1;
+        running.insert(job_id.clone(), n + 1);
+        self.total.fetch_add(1, Ordering::SeqCst);
         Some(InstanceSlot {
             instances: self.clone(),
             job_id: job_id.clone(),
         })
+    }
+
+    /// How many jobs have a run in flight (one entry per job).
+    #[cfg(test)]
+    pub fn jobs_in_flight(&self) -> usize {
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Waits until at most `n` runs are in flight.
+    pub async fn wait_until_at_most(&self, n: usize) {
+        loop {
+            let ended = self.ended.notified();
+            ::tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.total.load(Ordering::SeqCst) <= n {
+                return;
+            }
+            ended.await;
+        }
     }
 }
 
@@ -310,6 +450,25 @@ impl Drop for InstanceSlot {
                 running.remove(&self.job_id);
             }
         }
+        drop(running);
+        self.instances.total.fetch_sub(1, Ordering::SeqCst);
+        self.instances.ended.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod instance_tests {
+    use std::sync::Arc;
+
+    /// A job refused for `max_instances` (0, from a bad record) leaves no entry behind.
+    #[test]
+    fn a_refused_slot_leaves_no_entry() {
+        let instances = Arc::new(super::Instances::default());
+        for i in 0..100 {
+            let id: Arc<str> = Arc::from(format!("job{i}"));
+            assert!(instances.try_acquire(&id, 0).is_none());
+        }
+        assert_eq!(instances.jobs_in_flight(), 0);
     }
 }
 

@@ -54,6 +54,10 @@ impl ProcessExecutor {
     }
 }
 
+/// How much of a worker's stdout is kept: its result is the last line, so this bounds the
+/// size of a worker task's result.
+const WORKER_STDOUT_BYTES: usize = 1 << 20;
+
 /// Runs a task in a worker child of this binary.
 async fn run_worker(name: &str, args: &serde_json::Value, mode: &WorkerMode) -> JobResult {
     let exe = std::env::current_exe()
@@ -62,7 +66,14 @@ async fn run_worker(name: &str, args: &serde_json::Value, mode: &WorkerMode) -> 
     cmd.env(WORKER_TASK_ENV, name);
     let input = serde_json::to_vec(args).map_err(JobError::failed)?;
     let program = exe.display().to_string();
-    let output = run_child(cmd, &program, Some(input), mode.timeout).await?;
+    let output = run_child(
+        cmd,
+        &program,
+        Some(input),
+        mode.timeout,
+        WORKER_STDOUT_BYTES,
+    )
+    .await?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     match parse_result(&stdout) {
         // The task ran: its own result, success or error.

@@ -252,16 +252,11 @@ impl<'a> AddJob<'a> {
             // Like APScheduler: kept aside, enters its store (and gets its next run time)
             // when the scheduler starts.
             let mut life = inner.life();
-            if life
-                .pending
-                .iter()
-                .any(|p| p.job.id == job.id && p.store == store_alias)
-            {
+            if let Some(i) = life.pending_index(&job.id, &store_alias) {
                 if !self.replace_existing {
                     return Err(Error::ConflictingId(job.id));
                 }
-                life.pending
-                    .retain(|p| !(p.job.id == job.id && p.store == store_alias));
+                life.pending.remove(i);
             }
             let view = Job::from_record(&job, &store_alias, true);
             life.pending.push(Pending {

@@ -32,7 +32,7 @@ pub use self::builder::SchedulerBuilder;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventBus, EventKind, EventReceiver};
-use crate::executor::{Executor, Instances, RunContext};
+use crate::executor::{self, Executor, Instances, RunContext};
 use crate::job::{Job, JobDefaults, JobRecord};
 use crate::store::{JobStore, StoreContext};
 use crate::task::TaskRegistry;
@@ -190,6 +190,7 @@ struct Backoff {
 }
 
 struct Life {
+    /// In the order they were added (the order they enter their stores at start).
     pending: Vec<Pending>,
     loop_task: Option<(JoinHandle<()>, CancellationToken)>,
     backoff: HashMap<String, Backoff>,
@@ -224,6 +225,22 @@ pub(crate) struct Inner {
     runtime: Mutex<Option<tokio::runtime::Handle>>,
     /// The runtime the scheduler runs on, from `start` to `shutdown` (see `home.rs`).
     home: Mutex<Option<tokio::runtime::Handle>>,
+}
+
+impl Life {
+    /// Where the pending job `id` (of `store`, if given) is in the pending list now.
+    fn pending_index(&self, id: &str, store: &str) -> Option<usize> {
+        self.pending
+            .iter()
+            .position(|p| p.job.id == id && p.store == store)
+    }
+
+    /// The pending job `id` (of `store`, if given).
+    fn pending_job(&self, id: &str, store: Option<&str>) -> Option<&Pending> {
+        self.pending
+            .iter()
+            .find(|p| p.job.id == id && store.is_none_or(|s| s == p.store))
+    }
 }
 
 /// Identifies a listener added with [`Scheduler::add_listener`].
@@ -453,6 +470,10 @@ impl Scheduler {
     /// Stops the loop, then the executors (with `wait`, after the runs in flight finish) and
     /// the stores. Jobs stay in their stores.
     ///
+    /// Called from inside one of this scheduler's jobs, `shutdown(true)` waits for every
+    /// other run in flight but not for the calling one (which cannot end while it waits);
+    /// the caller's run finishes after `shutdown` returns.
+    ///
     /// # Errors
     /// [`Error::State`] if the scheduler is not running.
     pub async fn shutdown(&self, wait: bool) -> Result<()> {
@@ -470,15 +491,26 @@ impl Scheduler {
         let task = inner.life().loop_task.take();
         if let Some((handle, token)) = task {
             token.cancel();
-            let _ = handle.await;
+            if let Err(e) = handle.await {
+                // The loop is supervised, so this is a bug; never swallow it silently.
+                tracing::error!(error = %e, "the scheduler loop ended abnormally");
+                inner.events.emit(Event::SchedulerError {
+                    message: format!("the scheduler loop ended abnormally: {e}"),
+                });
+            }
         }
+        let inside_job = executor::inside_run_of(&inner.instances);
         let executors = inner
             .executors
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         for (_, ex) in executors {
-            ex.shutdown(wait).await;
+            ex.shutdown(wait && !inside_job).await;
+        }
+        if wait && inside_job {
+            // Every run but the caller's own.
+            inner.instances.wait_until_at_most(1).await;
         }
         for (alias, store) in inner.stores() {
             if let Err(e) = store.shutdown().await {
@@ -610,6 +642,9 @@ impl Scheduler {
 
     /// Removes an executor (after letting its runs in flight finish). Jobs that name it stay
     /// in their stores and are reported with a [`Event::JobError`] each time they come due.
+    ///
+    /// Called from inside one of this scheduler's jobs, it does not wait for the runs in
+    /// flight (the caller's may be one of them); they finish on their own.
     pub async fn remove_executor(&self, alias: &str) -> Result<()> {
         self.inner
             .at_home(self.remove_executor_at_home(alias))
@@ -629,7 +664,9 @@ impl Scheduler {
                 .ok_or_else(|| Error::UnknownExecutor(alias.to_string()))?;
             executors.remove(i).1
         };
-        removed.shutdown(true).await;
+        removed
+            .shutdown(!executor::inside_run_of(&self.inner.instances))
+            .await;
         self.inner.events.emit(Event::ExecutorRemoved {
             alias: alias.to_string(),
         });
@@ -702,17 +739,12 @@ impl Scheduler {
     }
 
     /// Finds a job: in `store` if given, else in every store in order. Pending jobs (added
-    /// before start) are found too.
+    /// before start) are found too, as a copy (callers that change one find it again by id
+    /// under the lock: a position in the pending list goes stale when another call removes
+    /// an earlier entry).
     async fn locate(&self, id: &str, store: Option<&str>) -> Result<Located> {
-        {
-            let life = self.inner.life();
-            if let Some(i) = life
-                .pending
-                .iter()
-                .position(|p| p.job.id == id && store.is_none_or(|s| s == p.store))
-            {
-                return Ok(Located::Pending(i, life.pending[i].store.clone()));
-            }
+        if let Some(p) = self.inner.life().pending_job(id, store) {
+            return Ok(Located::Pending(p.store.clone(), Box::new(p.job.clone())));
         }
         let stores = match store {
             Some(alias) => vec![(alias.to_string(), self.inner.store(alias)?)],
@@ -733,12 +765,7 @@ impl Scheduler {
 
     async fn get_job_at_home(&self, id: &str, store: Option<&str>) -> Result<Option<Job>> {
         match self.locate(id, store).await {
-            Ok(Located::Pending(i, alias)) => Ok(self
-                .inner
-                .life()
-                .pending
-                .get(i)
-                .map(|p| Job::from_record(&p.job, &alias, true))),
+            Ok(Located::Pending(alias, job)) => Ok(Some(Job::from_record(&job, &alias, true))),
             Ok(Located::Stored(alias, _, job)) => Ok(Some(Job::from_record(&job, &alias, false))),
             Err(Error::JobLookup(_)) => Ok(None),
             Err(e) => Err(e),
@@ -813,23 +840,34 @@ impl Scheduler {
         changes: JobChanges,
         store: Option<&str>,
     ) -> Result<Job> {
-        if let Some(alias) = &changes.executor {
-            if self.inner.executor(alias).is_none() {
-                return Err(Error::UnknownExecutor(alias.clone()));
-            }
-        }
+        let executor = match &changes.executor {
+            Some(alias) => Some((
+                alias.clone(),
+                self.inner
+                    .executor(alias)
+                    .ok_or_else(|| Error::UnknownExecutor(alias.clone()))?,
+            )),
+            None => None,
+        };
         add::validate_options(id, changes.misfire_grace_time, changes.max_instances)?;
         let tz = self.inner.timezone;
-        let apply = |job: &mut JobRecord| {
+        let apply = move |job: &mut JobRecord| -> Result<()> {
             let c = changes.clone();
+            if let Some((alias, executor)) = &executor {
+                // The same check as add_job: the new executor must be able to run the job.
+                executor
+                    .check(&job.callable)
+                    .map_err(|reason| Error::InvalidJob {
+                        id: job.id.clone(),
+                        reason: format!("executor '{alias}': {reason}"),
+                    })?;
+                job.executor = alias.clone();
+            }
             if let Some(v) = c.name {
                 job.name = Some(v);
             }
             if let Some(v) = c.trigger {
                 job.trigger = v.with_default_timezone(tz);
-            }
-            if let Some(v) = c.executor {
-                job.executor = v;
             }
             if let Some(v) = c.misfire_grace_time {
                 job.misfire_grace_time = v;
@@ -840,14 +878,14 @@ impl Scheduler {
             if let Some(v) = c.max_instances {
                 job.max_instances = v;
             }
-        };
-        let next = changes.next_run_time;
-        self.update_with(id, store, move |job, _now| {
-            apply(job);
-            if let Some(t) = next {
+            if let Some(t) = c.next_run_time {
                 job.next_run_time = t;
             }
-            Update::Modify
+            Ok(())
+        };
+        self.update_with(id, store, move |job, _now| {
+            apply(job)?;
+            Ok(Update::Modify)
         })
         .await?
         .ok_or_else(|| Error::JobLookup(id.to_string()))
@@ -864,7 +902,7 @@ impl Scheduler {
         self.update_with(id, store, move |job, now| {
             job.next_run_time = trigger.next_fire_time(None, now);
             job.trigger = trigger.clone();
-            Update::Modify
+            Ok(Update::Modify)
         })
         .await?
         .ok_or_else(|| Error::JobLookup(id.to_string()))
@@ -874,7 +912,7 @@ impl Scheduler {
     pub async fn pause_job(&self, id: &str, store: Option<&str>) -> Result<Job> {
         self.update_with(id, store, |job, _| {
             job.next_run_time = None;
-            Update::Modify
+            Ok(Update::Modify)
         })
         .await?
         .ok_or_else(|| Error::JobLookup(id.to_string()))
@@ -887,9 +925,9 @@ impl Scheduler {
             match job.trigger.next_fire_time(None, now) {
                 Some(t) => {
                     job.next_run_time = Some(t);
-                    Update::Modify
+                    Ok(Update::Modify)
                 }
-                None => Update::Remove,
+                None => Ok(Update::Remove),
             }
         })
         .await
@@ -899,38 +937,59 @@ impl Scheduler {
     /// changed it in between), and emits the matching event.
     async fn update_with<F>(&self, id: &str, store: Option<&str>, f: F) -> Result<Option<Job>>
     where
-        F: Fn(&mut JobRecord, DateTime<Utc>) -> Update,
+        F: Fn(&mut JobRecord, DateTime<Utc>) -> Result<Update>,
     {
         self.inner.at_home(self.update_at_home(id, store, f)).await
     }
 
     async fn update_at_home<F>(&self, id: &str, store: Option<&str>, f: F) -> Result<Option<Job>>
     where
-        F: Fn(&mut JobRecord, DateTime<Utc>) -> Update,
+        F: Fn(&mut JobRecord, DateTime<Utc>) -> Result<Update>,
     {
         const ATTEMPTS: usize = 5;
         for _ in 0..ATTEMPTS {
             let now = self.inner.clock.now();
             match self.locate(id, store).await? {
-                Located::Pending(i, alias) => {
+                Located::Pending(alias, _) => {
                     let mut life = self.inner.life();
-                    let Some(p) = life.pending.get_mut(i) else {
+                    let Some(i) = life.pending_index(id, &alias) else {
                         continue;
                     };
-                    let before = p.job.next_run_time;
+                    let p = &mut life.pending[i];
+                    // A pending job's run time is computed at start unless a call sets it:
+                    // mark "not set" so that a pause (None) is told apart from it.
+                    let unset = DateTime::<Utc>::MIN_UTC;
+                    p.job.next_run_time = p.next_run_time.unwrap_or(Some(unset));
                     let outcome = f(&mut p.job, now);
-                    if p.job.next_run_time != before {
-                        p.next_run_time = Some(p.job.next_run_time);
-                    }
-                    return match outcome {
-                        Update::Modify => Ok(Some(Job::from_record(&p.job, &alias, true))),
-                        Update::Remove => {
-                            life.pending.remove(i);
-                            Ok(None)
+                    let restore = p.next_run_time;
+                    p.next_run_time = match p.job.next_run_time {
+                        Some(t) if t == unset => None,
+                        explicit => Some(explicit),
+                    };
+                    p.job.next_run_time = None;
+                    let outcome = match outcome {
+                        Ok(o) => o,
+                        Err(e) => {
+                            p.next_run_time = restore;
+                            return Err(e);
                         }
                     };
+                    let event = |job_id: String, store: String| match outcome {
+                        Update::Modify => Event::JobModified { job_id, store },
+                        Update::Remove => Event::JobRemoved { job_id, store },
+                    };
+                    let result = match outcome {
+                        Update::Modify => Some(Job::from_record(&p.job, &alias, true)),
+                        Update::Remove => {
+                            life.pending.remove(i);
+                            None
+                        }
+                    };
+                    drop(life);
+                    self.inner.events.emit(event(id.to_string(), alias));
+                    return Ok(result);
                 }
-                Located::Stored(alias, s, mut job) => match f(&mut job, now) {
+                Located::Stored(alias, s, mut job) => match f(&mut job, now)? {
                     Update::Modify => match s.update_job(*job).await {
                         Ok(stored) => {
                             self.inner.events.emit_with(|| Event::JobModified {
@@ -967,8 +1026,19 @@ impl Scheduler {
 
     async fn remove_job_at_home(&self, id: &str, store: Option<&str>) -> Result<()> {
         match self.locate(id, store).await? {
-            Located::Pending(i, _) => {
-                self.inner.life().pending.remove(i);
+            Located::Pending(alias, _) => {
+                let removed = {
+                    let mut life = self.inner.life();
+                    life.pending_index(id, &alias)
+                        .map(|i| life.pending.remove(i))
+                };
+                if removed.is_none() {
+                    return Err(Error::JobLookup(id.to_string()));
+                }
+                self.inner.events.emit(Event::JobRemoved {
+                    job_id: id.to_string(),
+                    store: alias,
+                });
                 Ok(())
             }
             Located::Stored(alias, s, _) => {
@@ -1009,7 +1079,8 @@ impl Scheduler {
 }
 
 enum Located {
-    Pending(usize, String),
+    /// A pending job (a copy) and its store alias.
+    Pending(String, Box<JobRecord>),
     Stored(String, Arc<dyn JobStore>, Box<JobRecord>),
 }
 

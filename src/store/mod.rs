@@ -67,6 +67,9 @@ pub struct DueJob {
     pub removed: bool,
     /// The trigger gave up; the store kept the job paused.
     pub trigger_error: Option<TriggerError>,
+    /// The oldest due time of a long backlog that was skipped unlisted (see
+    /// [`crate::job::advance`]); the loop reports it as missed.
+    pub skipped_from: Option<DateTime<Utc>>,
 }
 
 impl DueJob {
@@ -80,6 +83,7 @@ impl DueJob {
             run_times: adv.run_times,
             removed,
             trigger_error: adv.trigger_error,
+            skipped_from: adv.skipped_from,
         }
     }
 }

@@ -247,6 +247,18 @@ impl Interval {
         origin.checked_add_signed(TimeDelta::microseconds(add))
     }
 
+    /// The first fire time of the sequence after `prev` that is at or after `from`, found by
+    /// arithmetic instead of a walk (what the loop uses to skip a long backlog).
+    pub(crate) fn first_at_or_after(
+        &self,
+        prev: DateTime<Utc>,
+        from: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let first = prev.checked_add_signed(TimeDelta::microseconds(self.micros))?;
+        let next = self.bounded(self.grid_at_or_after(first, from))?;
+        Some(tz::apply_jitter(next, self.jitter))
+    }
+
     pub(crate) fn bounded(&self, t: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
         let t = t?;
         match self.end {

@@ -174,6 +174,29 @@ impl TriggerSpec {
         }
     }
 
+    /// The first fire time of the sequence that follows `prev` which is at or after `from`,
+    /// without walking the times in between; `None` for kinds that can only be walked
+    /// (date, calendar interval, and/or). The loop uses it to skip a long backlog.
+    pub(crate) fn first_fire_at_or_after(
+        &self,
+        prev: DateTime<Utc>,
+        from: DateTime<Utc>,
+    ) -> Option<Result<Option<DateTime<Utc>>, TriggerError>> {
+        match self {
+            TriggerSpec::Interval(t) => Some(Ok(t.first_at_or_after(prev, from))),
+            // A cron's next time depends on `prev` only through "after prev": searching
+            // after `from - 1µs` finds the first time at or after `from`.
+            TriggerSpec::Cron(t) => {
+                let after = from
+                    .checked_sub_signed(chrono::TimeDelta::microseconds(1))
+                    .unwrap_or(from)
+                    .max(prev);
+                Some(t.try_next_fire_time(Some(after), from.max(after)))
+            }
+            _ => None,
+        }
+    }
+
     fn as_trigger(&self) -> &dyn Trigger {
         match self {
             TriggerSpec::Cron(t) => &**t,
