@@ -15,7 +15,7 @@
 //! | `next_run_time` | 64-bit integer, indexed | µs since the Unix epoch (rounded up); `NULL` = paused |
 //! | `paused` | boolean | `next_run_time IS NULL`, for ordering |
 //! | `doc` | text | the job as JSON ([`JobRecord::to_json`]) |
-//! | `version` | 64-bit integer | bumped by every write; writes compare it (fencing) |
+//! | `version` | 64-bit integer | random when the job is added, bumped by every write; writes compare it (fencing) |
 //! | `lease_owner` | text | the scheduler that claimed the job, while it submits its runs |
 //! | `lease_until` | 64-bit integer, indexed | when that claim expires (µs since the epoch) |
 //!
@@ -48,7 +48,7 @@ use sqlx::{
 };
 use tokio::task::JoinHandle;
 
-use super::{micros_ceil, DueJob, JobStore, StoreContext};
+use super::{first_version, micros_ceil, DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::job::{Callable, JobRecord, Lease};
@@ -270,8 +270,6 @@ pub(crate) trait Dialect: Database + sqlx::database::HasStatementCache + Sized {
     /// Appended to the due-rows query: `FOR UPDATE SKIP LOCKED`, or nothing where the
     /// transaction itself is exclusive.
     const LOCK_SKIP: &'static str;
-    /// Appended to a read that precedes a write in the same transaction.
-    const LOCK: &'static str;
     /// The statement beginning a write transaction (`None` = the driver's default).
     const BEGIN: Option<&'static str>;
     /// Whether this store should poll by default (no push notifications).
@@ -327,7 +325,6 @@ struct Statements {
     select_due: String,
     delete: String,
     insert: String,
-    select_version_lock: String,
     replace: String,
     update_cas: String,
     select_version: String,
@@ -355,7 +352,6 @@ impl Statements {
                 "INSERT INTO {t} (id, next_run_time, paused, doc, version) \
                  VALUES (?, ?, ?, ?, ?)"
             )),
-            select_version_lock: p(&format!("SELECT version FROM {t} WHERE id = ?{}", DB::LOCK)),
             replace: p(&format!(
                 "UPDATE {t} SET next_run_time = ?, paused = ?, doc = ?, version = ?, \
                  lease_owner = NULL, lease_until = NULL WHERE id = ?"
@@ -835,6 +831,8 @@ where
         let doc = job.to_json()?;
         let next = job.next_run_time.map(micros_ceil);
         let paused = job.next_run_time.is_none();
+        // A new incarnation: see `first_version`.
+        let version = version_i64(first_version());
         let err = |e| self.err(&format!("adding job '{}'", job.id), e);
         if !replace {
             // One statement: the primary key refuses a duplicate id.
@@ -843,7 +841,7 @@ where
                 .bind(next)
                 .bind(paused)
                 .bind(doc)
-                .bind(version_i64(job.version))
+                .bind(version)
                 .execute(&self.pool)
                 .await;
             return match r {
@@ -858,42 +856,28 @@ where
                 Err(e) => Err(err(e)),
             };
         }
+        // A replacement is a new job with a new version (whatever the old row held, even
+        // something unreadable), so a writer still holding the old one is fenced off.
         let mut tx = self.begin_write().await.map_err(err)?;
-        let old: Option<i64> = match sqlx::query(AssertSqlSafe(st.sql.select_version_lock.clone()))
+        let replaced = sqlx::query(AssertSqlSafe(st.sql.replace.clone()))
+            .bind(next)
+            .bind(paused)
+            .bind(doc.as_str())
+            .bind(version)
             .bind(job.id.as_str())
-            .fetch_optional(&mut *tx)
+            .execute(&mut *tx)
             .await
-            .map_err(err)?
-        {
-            Some(row) => Some(row.try_get(0).map_err(err)?),
-            None => None,
-        };
-        match old {
-            Some(old) => {
-                // A replacement gets a newer version than the row it replaces, so a writer
-                // still holding the old one is fenced off.
-                let version = version_i64(job.version).max(old.saturating_add(1));
-                sqlx::query(AssertSqlSafe(st.sql.replace.clone()))
-                    .bind(next)
-                    .bind(paused)
-                    .bind(doc)
-                    .bind(version)
-                    .bind(job.id.as_str())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(err)?;
-            }
-            None => {
-                sqlx::query(AssertSqlSafe(st.sql.insert.clone()))
-                    .bind(job.id.as_str())
-                    .bind(next)
-                    .bind(paused)
-                    .bind(doc)
-                    .bind(version_i64(job.version))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(err)?;
-            }
+            .map_err(err)?;
+        if DB::rows_affected(&replaced) == 0 {
+            sqlx::query(AssertSqlSafe(st.sql.insert.clone()))
+                .bind(job.id.as_str())
+                .bind(next)
+                .bind(paused)
+                .bind(doc.as_str())
+                .bind(version)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
         }
         tx.commit().await.map_err(err)?;
         self.bad().remove(&job.id);
@@ -1147,16 +1131,17 @@ where
         if kept.is_empty() {
             return Ok(());
         }
-        // Fenced by the lease itself: a row is released only while it still carries the
-        // lease this scheduler wrote when claiming it (owner and expiry). A later claim by
-        // anyone, this scheduler included, wrote another lease.
-        let mut by_lease: HashMap<i64, Vec<&str>> = HashMap::new();
+        // Fenced by the lease and the version: a row is released only while it still
+        // carries the lease this scheduler wrote when claiming it (owner and expiry) and
+        // the version that claim wrote. A later claim by anyone, this scheduler included,
+        // wrote another version, as did the removal and re-adding of the job.
+        let mut by_lease: HashMap<i64, Vec<(&str, i64)>> = HashMap::new();
         for d in kept {
             if let Some(l) = &d.job.lease {
                 by_lease
                     .entry(l.until.timestamp_micros())
                     .or_default()
-                    .push(d.job.id.as_str());
+                    .push((d.job.id.as_str(), version_i64(d.job.version)));
             }
         }
         let mut tx = self.begin_write().await.map_err(err)?;
@@ -1164,16 +1149,16 @@ where
             for chunk in ids.chunks(BATCH) {
                 let sql = DB::placeholders(&format!(
                     "UPDATE {} SET lease_owner = NULL, lease_until = NULL \
-                     WHERE lease_owner = ? AND lease_until = ? AND id IN ({})",
+                     WHERE lease_owner = ? AND lease_until = ? AND (id, version) IN ({})",
                     st.table,
-                    list(chunk.len(), "?")
+                    list(chunk.len(), "(?, ?)")
                 ));
                 let mut q = sqlx::query(AssertSqlSafe(sql))
                     .persistent(false)
                     .bind(me)
                     .bind(*until);
-                for id in chunk {
-                    q = q.bind(*id);
+                for (id, version) in chunk {
+                    q = q.bind(*id).bind(*version);
                 }
                 q.execute(&mut *tx).await.map_err(err)?;
             }

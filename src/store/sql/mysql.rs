@@ -13,7 +13,6 @@ use crate::error::Result;
 impl Dialect for MySql {
     const LABEL: &'static str = "MySQL";
     const LOCK_SKIP: &'static str = " FOR UPDATE SKIP LOCKED";
-    const LOCK: &'static str = " FOR UPDATE";
     const BEGIN: Option<&'static str> = None;
     const POLLS: bool = true;
 

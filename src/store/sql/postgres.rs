@@ -15,7 +15,6 @@ use crate::store::StoreContext;
 impl Dialect for Postgres {
     const LABEL: &'static str = "PostgreSQL";
     const LOCK_SKIP: &'static str = " FOR UPDATE SKIP LOCKED";
-    const LOCK: &'static str = " FOR UPDATE";
     const BEGIN: Option<&'static str> = None;
     const POLLS: bool = false;
 

@@ -14,7 +14,6 @@ use crate::error::Result;
 impl Dialect for Sqlite {
     const LABEL: &'static str = "SQLite";
     const LOCK_SKIP: &'static str = "";
-    const LOCK: &'static str = "";
     const BEGIN: Option<&'static str> = Some("BEGIN IMMEDIATE");
     const POLLS: bool = true;
 
