@@ -742,3 +742,316 @@ async fn unreachable_server_is_a_store_error() {
         check("mysql://root@127.0.0.1:1/test")
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Rows no store would write
+
+/// A started store (identity `s1`) and a receiver of its STORE_ERROR events.
+async fn started_with_events(tdb: &TestDb) -> (SqlStore, apsched::event::EventReceiver) {
+    let ctx = suite::context("default", "s1", Duration::from_secs(30));
+    let events = ctx.events.subscribe(EventKind::STORE_ERROR);
+    let store = tdb.store();
+    store.start(ctx).await.unwrap();
+    (store, events)
+}
+
+/// How many STORE_ERROR events each job id got.
+fn reports(events: &mut apsched::event::EventReceiver) -> HashMap<String, usize> {
+    let mut reported = HashMap::new();
+    while let Some(Ok(ev)) = events.try_recv() {
+        if let Event::StoreError {
+            job_id: Some(id), ..
+        } = ev
+        {
+            *reported.entry(id).or_default() += 1;
+        }
+    }
+    reported
+}
+
+fn sorted_ids(due: &[apsched::store::DueJob]) -> Vec<String> {
+    let mut ids: Vec<String> = due.iter().map(|d| d.job.id.clone()).collect();
+    ids.sort();
+    ids
+}
+
+/// Issue 9 item 11: the `next_run_time` column and the document's copy disagree. The column
+/// is the truth (every query selects by it): a due column with a paused or a future document
+/// runs at the column's time (not deleted, not selected again on every pass), a paused
+/// column with a due document stays paused, a document naming another id is a corrupt
+/// record. Each is reported once, nothing is deleted, a claim rewrites the document, and a
+/// loop's passes find nothing due before the next real run time (no spin, no writes).
+async fn copies_disagree(db: Db) {
+    let Some(tdb) = TestDb::new(db, "copies").await else {
+        return;
+    };
+    let (store, mut events) = started_with_events(&tdb).await;
+    let doc = |id: &str, next: Option<DateTime<Utc>>| {
+        suite::interval_job(id, 60, next).to_json().unwrap()
+    };
+    let at = suite::at;
+    for (id, column, document) in [
+        ("paused_doc", Some(at(0)), doc("paused_doc", None)),
+        ("future_doc", Some(at(0)), doc("future_doc", Some(at(3600)))),
+        ("paused_column", None, doc("paused_column", Some(at(0)))),
+        ("other_id", Some(at(0)), doc("someone_else", Some(at(0)))),
+    ] {
+        store.insert_raw_row(id, column, &document).await.unwrap();
+    }
+    store
+        .add_job(suite::interval_job("good", 60, Some(at(0))), false)
+        .await
+        .unwrap();
+
+    // One pass, as the loop makes it: the earliest time, then a claim at that time.
+    assert_eq!(store.next_run_time().await.unwrap(), Some(at(0)));
+    let due = store.acquire_due_jobs(at(0), 100).await.unwrap();
+    assert_eq!(sorted_ids(&due), ["future_doc", "good", "paused_doc"]);
+    for d in &due {
+        assert_eq!(d.run_times, vec![at(0)], "{}", d.job.id);
+        assert!(!d.removed, "{} deleted", d.job.id);
+        assert_eq!(d.job.next_run_time, Some(at(60)), "{}", d.job.id);
+    }
+    store.release_jobs(&due).await.unwrap();
+
+    // Further passes before at(60): nothing due, nothing claimed, nothing written.
+    let before = row_versions(&store).await;
+    for pass in 0..5 {
+        assert_eq!(
+            store.next_run_time().await.unwrap(),
+            Some(at(60)),
+            "pass {pass}"
+        );
+        assert!(store
+            .acquire_due_jobs(at(30), 100)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+    assert_eq!(row_versions(&store).await, before, "a pass wrote a row");
+
+    // Kept, none deleted; the paused column keeps the job paused.
+    let all: Vec<String> = store
+        .get_all_jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(all, ["future_doc", "good", "paused_doc", "paused_column"]);
+    assert_eq!(
+        store
+            .lookup_job("paused_column")
+            .await
+            .unwrap()
+            .unwrap()
+            .next_run_time,
+        None
+    );
+    let err = store.lookup_job("other_id").await.unwrap_err();
+    assert!(matches!(err, Error::CorruptJob { .. }), "{err}");
+
+    // Reported once each, however often they were read.
+    let reported = reports(&mut events);
+    let expected: HashMap<String, usize> =
+        ["paused_doc", "future_doc", "paused_column", "other_id"]
+            .into_iter()
+            .map(|id| (id.to_string(), 1))
+            .collect();
+    assert_eq!(reported, expected);
+
+    // Repaired: another scheduler reading the table finds only the rows never written since.
+    let (other, mut other_events) = {
+        let ctx = suite::context("default", "s2", Duration::from_secs(30));
+        let events = ctx.events.subscribe(EventKind::STORE_ERROR);
+        let other = tdb.store();
+        other.start(ctx).await.unwrap();
+        (other, events)
+    };
+    assert_eq!(other.get_all_jobs().await.unwrap().len(), 4);
+    let mut reported: Vec<String> = reports(&mut other_events).into_keys().collect();
+    reported.sort();
+    assert_eq!(reported, ["other_id", "paused_column"]);
+    tdb.cleanup(&[]).await;
+}
+
+/// The versions of the loadable rows of `copies_disagree`.
+async fn row_versions(store: &SqlStore) -> Vec<u64> {
+    let mut v = Vec::new();
+    for id in ["good", "paused_doc", "future_doc", "paused_column"] {
+        v.push(store.lookup_job(id).await.unwrap().unwrap().version);
+    }
+    v
+}
+
+#[tokio::test]
+async fn sqlite_copies_disagree() {
+    copies_disagree(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_copies_disagree() {
+    copies_disagree(Db::Postgres).await;
+}
+
+#[tokio::test]
+async fn mysql_copies_disagree() {
+    copies_disagree(Db::MySql).await;
+}
+
+/// Issue 9 item 13: SQLite keeps any storage class in any column. Rows whose document is a
+/// BLOB, whose version is text, whose next run time is REAL or text, or whose lease owner is
+/// a BLOB are corrupt records: reported once each, kept, skipped by listing, claiming and
+/// the next run time, removable; the good job runs on.
+#[tokio::test]
+async fn sqlite_unexpected_storage_types() {
+    let Some(tdb) = TestDb::new(Db::Sqlite, "types").await else {
+        return;
+    };
+    let (store, mut events) = started_with_events(&tdb).await;
+    let at = suite::at;
+    store
+        .add_job(suite::interval_job("good", 60, Some(at(0))), false)
+        .await
+        .unwrap();
+    let us = at(0).timestamp_micros();
+    let doc = |id: &str| suite::interval_job(id, 60, Some(at(0))).to_json().unwrap();
+    let bad = [
+        (
+            "blob_doc",
+            format!("{us}, CAST('{}' AS BLOB), 0, NULL, NULL", doc("blob_doc")),
+        ),
+        (
+            "text_version",
+            format!("{us}, '{}', 'abc', NULL, NULL", doc("text_version")),
+        ),
+        (
+            "real_time",
+            format!("{us}.5, '{}', 0, NULL, NULL", doc("real_time")),
+        ),
+        (
+            "text_time",
+            format!("'soon', '{}', 0, NULL, NULL", doc("text_time")),
+        ),
+        (
+            "blob_owner",
+            format!("{us}, '{}', 0, X'00ff', 5", doc("blob_owner")),
+        ),
+    ];
+    for (id, values) in &bad {
+        let n = store
+            .execute_raw_sql(&format!(
+                "INSERT INTO {{table}} (id, next_run_time, doc, version, lease_owner, \
+                 lease_until) VALUES ('{id}', {values})"
+            ))
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    let all = store.get_all_jobs().await.unwrap();
+    assert_eq!(
+        all.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+        ["good"]
+    );
+    assert_eq!(store.next_run_time().await.unwrap(), Some(at(0)));
+    for pass in 0..3 {
+        let due = store.acquire_due_jobs(at(pass * 60), 100).await.unwrap();
+        assert_eq!(sorted_ids(&due), ["good"], "pass {pass}");
+        store.release_jobs(&due).await.unwrap();
+        assert_eq!(
+            store.next_run_time().await.unwrap(),
+            Some(at(pass * 60 + 60))
+        );
+    }
+    for (id, _) in &bad {
+        let err = store.lookup_job(id).await.unwrap_err();
+        assert!(matches!(err, Error::CorruptJob { .. }), "{id}: {err}");
+    }
+    let reported = reports(&mut events);
+    for (id, _) in &bad {
+        assert_eq!(reported.get(*id), Some(&1), "{id}: {reported:?}");
+    }
+    assert_eq!(reported.len(), bad.len(), "{reported:?}");
+    // Removable, the documented way out.
+    for (id, _) in &bad {
+        store.remove_job(id).await.unwrap();
+    }
+    assert_eq!(store.get_all_jobs().await.unwrap().len(), 1);
+    tdb.cleanup(&[]).await;
+}
+
+/// Issue 9 item 13 on the servers: the schema allows NULL in `next_run_time`,
+/// `lease_owner` and `lease_until`. An owner without an expiry is no lease, an expiry
+/// without an owner holds the job until it passes; a document that is JSON `null`, a number or empty is a corrupt
+/// record. Nothing fails the whole store.
+async fn odd_but_allowed_values(db: Db) {
+    let Some(tdb) = TestDb::new(db, "odd").await else {
+        return;
+    };
+    let (store, mut events) = started_with_events(&tdb).await;
+    let at = suite::at;
+    let us = at(0).timestamp_micros();
+    let doc = |id: &str| suite::interval_job(id, 60, Some(at(0))).to_json().unwrap();
+    let rows = [
+        (
+            "owner_only",
+            format!("{us}, '{}', 0, 'ghost', NULL", doc("owner_only")),
+        ),
+        (
+            "until_only",
+            format!(
+                "{us}, '{}', 0, NULL, {}",
+                doc("until_only"),
+                us + 60_000_000
+            ),
+        ),
+        ("null_doc", format!("{us}, 'null', 0, NULL, NULL")),
+        ("number_doc", format!("{us}, '42', 0, NULL, NULL")),
+        ("empty_doc", format!("{us}, '', 0, NULL, NULL")),
+    ];
+    for (id, values) in &rows {
+        store
+            .execute_raw_sql(&format!(
+                "INSERT INTO {{table}} (id, next_run_time, doc, version, lease_owner, \
+                 lease_until) VALUES ('{id}', {values})"
+            ))
+            .await
+            .unwrap();
+    }
+    let ids: Vec<String> = store
+        .get_all_jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(ids, ["owner_only", "until_only"]);
+    // An expiry without an owner holds the job until then, like any lease of another.
+    let due = store.acquire_due_jobs(at(0), 100).await.unwrap();
+    assert_eq!(sorted_ids(&due), ["owner_only"]);
+    store.release_jobs(&due).await.unwrap();
+    assert_eq!(store.next_run_time().await.unwrap(), Some(at(60)));
+    let due = store.acquire_due_jobs(at(60), 100).await.unwrap();
+    assert_eq!(sorted_ids(&due), ["owner_only", "until_only"]);
+    store.release_jobs(&due).await.unwrap();
+    let mut reported: Vec<String> = reports(&mut events).into_keys().collect();
+    reported.sort();
+    assert_eq!(reported, ["empty_doc", "null_doc", "number_doc"]);
+    tdb.cleanup(&[]).await;
+}
+
+#[tokio::test]
+async fn sqlite_odd_but_allowed_values() {
+    odd_but_allowed_values(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_odd_but_allowed_values() {
+    odd_but_allowed_values(Db::Postgres).await;
+}
+
+#[tokio::test]
+async fn mysql_odd_but_allowed_values() {
+    odd_but_allowed_values(Db::MySql).await;
+}

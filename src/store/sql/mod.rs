@@ -241,6 +241,14 @@ impl SqlStore {
     ) -> Result<()> {
         with_core!(self, core => core.insert_raw(id, next_run_time, doc).await)
     }
+
+    /// Runs one statement as is, `{table}` standing for the store's table; returns the
+    /// number of rows it changed. For tests that write rows no store would (values of
+    /// another type, copies that disagree). Not for applications.
+    #[doc(hidden)]
+    pub async fn execute_raw_sql(&self, sql: &str) -> Result<u64> {
+        with_core!(self, core => core.execute_raw(sql).await)
+    }
 }
 
 /// A URL the driver could not parse.
@@ -339,10 +347,11 @@ struct Statements {
 impl Statements {
     fn new<DB: Dialect>(t: &str) -> Self {
         let p = DB::placeholders;
-        let cols = "id, doc, version, lease_owner, lease_until";
+        // Every row read has these columns, in this order (see `Core::read_row`).
+        let cols = "id, doc, version, lease_owner, lease_until, next_run_time";
         Statements {
             select_due: p(&format!(
-                "SELECT {cols}, next_run_time FROM {t} WHERE next_run_time <= ? \
+                "SELECT {cols} FROM {t} WHERE next_run_time <= ? \
                  AND (lease_until IS NULL OR lease_until <= ? OR lease_owner = ?) \
                  ORDER BY next_run_time, id LIMIT ?{}",
                 DB::LOCK_SKIP
@@ -403,6 +412,9 @@ pub(crate) struct Core<DB: Database> {
     /// Rows that could not be loaded, by id, with the version that was reported: each is
     /// reported once, kept, and neither claimed nor counted as due while its version stays.
     bad: Mutex<HashMap<String, i64>>,
+    /// Rows whose document and columns disagree, by id, with the version that was
+    /// reported: each is reported once (see `Core::load`).
+    noted: Mutex<HashMap<String, i64>>,
     /// The LISTEN and NOTIFY tasks (PostgreSQL).
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -434,14 +446,26 @@ struct ClaimRow {
     version: i64,
 }
 
-/// A row as read from the table.
+/// A row as read from the table. Any column may hold what this store never writes (a row
+/// edited by hand, an SQLite value of another storage class): such a row is a corrupt
+/// record like any other, reported and kept, never an error of the whole read.
 struct RawRow {
     id: String,
-    doc: String,
+    /// The version, or [`UNREADABLE`] (the key under which a bad row is remembered).
     version: i64,
+    /// The other columns, or why one of them cannot be read.
+    columns: std::result::Result<Columns, String>,
+}
+
+struct Columns {
+    doc: String,
     lease_owner: Option<String>,
     lease_until: Option<i64>,
+    next_run_time: Option<i64>,
 }
+
+/// The version a row whose `version` column cannot be read is remembered under.
+const UNREADABLE: i64 = i64::MIN;
 
 fn store_error(
     store: &str,
@@ -493,6 +517,7 @@ impl<DB: Dialect> Core<DB> {
             poll: DB::POLLS.then_some(DEFAULT_POLL_INTERVAL),
             started: RwLock::new(None),
             bad: Mutex::new(HashMap::new()),
+            noted: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
         }
     }
@@ -530,6 +555,10 @@ impl<DB: Dialect> Core<DB> {
 
     fn bad(&self) -> MutexGuard<'_, HashMap<String, i64>> {
         self.bad.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn noted(&self) -> MutexGuard<'_, HashMap<String, i64>> {
+        self.noted.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Wraps a database error as [`Error::Store`], saying what the store was doing.
@@ -632,6 +661,7 @@ where
         });
         *self.started.write().unwrap_or_else(|e| e.into_inner()) = Some(started.clone());
         self.bad().clear();
+        self.noted().clear();
         let tasks = [DB::listen(self, &ctx, channel), self.notifier(&started)];
         let mut slot = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         for old in slot.drain(..) {
@@ -712,6 +742,16 @@ where
         Ok(())
     }
 
+    async fn execute_raw(&self, sql: &str) -> Result<u64> {
+        let sql = sql.replace("{table}", self.table_checked()?);
+        let r = sqlx::query(AssertSqlSafe(sql))
+            .persistent(false)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err("running a raw statement", e))?;
+        Ok(DB::rows_affected(&r))
+    }
+
     /// Tells the other schedulers that jobs changed (PostgreSQL NOTIFY; a no-op elsewhere).
     /// The notification is sent by a background task, so a burst of changes costs one
     /// NOTIFY, not one per change, and never slows the write down.
@@ -748,71 +788,137 @@ where
         }))
     }
 
-    fn read_row(
-        row: &DB::Row,
-        with_next: bool,
-    ) -> std::result::Result<(RawRow, Option<i64>), sqlx::Error> {
-        let raw = RawRow {
-            id: row.try_get(0)?,
-            doc: row.try_get(1)?,
-            version: row.try_get(2)?,
-            lease_owner: row.try_get(3)?,
-            lease_until: row.try_get(4)?,
+    /// Reads a row of `Statements::cols`, column by column: a value of an unexpected type
+    /// makes the row corrupt, not the read.
+    fn read_row(row: &DB::Row) -> RawRow {
+        // The id column is text everywhere; only SQLite can hold another storage class in
+        // it (a BLOB), which is read as text if it is UTF-8.
+        let id = row
+            .try_get::<String, _>(0)
+            .or_else(|_| row.try_get_unchecked::<String, _>(0))
+            .unwrap_or_else(|e| format!("<unreadable id: {e}>"));
+        let cannot = |column: &str, e: &sqlx::Error| format!("its `{column}` column: {e}");
+        let version = row.try_get::<i64, _>(2);
+        let columns = match &version {
+            Err(e) => Err(cannot("version", e)),
+            Ok(_) => (|| {
+                Ok(Columns {
+                    doc: row.try_get(1).map_err(|e| cannot("doc", &e))?,
+                    lease_owner: row.try_get(3).map_err(|e| cannot("lease_owner", &e))?,
+                    lease_until: row.try_get(4).map_err(|e| cannot("lease_until", &e))?,
+                    next_run_time: row.try_get(5).map_err(|e| cannot("next_run_time", &e))?,
+                })
+            })(),
         };
-        let next = if with_next { row.try_get(5)? } else { None };
-        Ok((raw, next))
+        RawRow {
+            id,
+            version: version.unwrap_or(UNREADABLE),
+            columns,
+        }
     }
 
     /// Parses a row into a job, checking that its task is registered. On failure the row is
-    /// reported once (event + error log) and remembered as bad; `None` is returned.
+    /// reported once (event + error log) and remembered as bad, and the reason returned.
+    ///
+    /// The `next_run_time` column is the job's next run time: it is what every query
+    /// selects and orders by. A document whose copy disagrees (written by hand, or by
+    /// something other than apsched) is reported once and otherwise ignored; the job's next
+    /// write rewrites it. So a due column with a paused document neither deletes the job nor
+    /// leaves it due for ever, and a due column with a future document runs at the column's
+    /// time rather than being selected again on every pass.
     fn load(&self, st: &Started, raw: &RawRow) -> std::result::Result<JobRecord, String> {
-        let lease = match (&raw.lease_owner, raw.lease_until.and_then(from_micros)) {
+        match Self::parse(st, raw) {
+            Ok((job, mismatch)) => {
+                let mut bad = self.bad();
+                if !bad.is_empty() {
+                    bad.remove(&raw.id);
+                }
+                drop(bad);
+                if let Some(m) = mismatch {
+                    let first =
+                        self.noted().insert(raw.id.clone(), raw.version) != Some(raw.version);
+                    if first {
+                        tracing::warn!(store = %st.ctx.alias, job_id = %raw.id, "{m}");
+                        st.ctx.events.emit(Event::StoreError {
+                            store: st.ctx.alias.clone(),
+                            job_id: Some(raw.id.clone()),
+                            message: m,
+                        });
+                    }
+                }
+                Ok(job)
+            }
+            Err(reason) => {
+                self.report_bad(st, &raw.id, raw.version, &reason);
+                Err(reason)
+            }
+        }
+    }
+
+    /// A row as a job, and what its document and columns disagree on (if anything).
+    fn parse(
+        st: &Started,
+        raw: &RawRow,
+    ) -> std::result::Result<(JobRecord, Option<String>), String> {
+        let c = raw.columns.as_ref().map_err(Clone::clone)?;
+        let column_time = match c.next_run_time {
+            None => None,
+            Some(us) => Some(from_micros(us).ok_or_else(|| {
+                format!("its next_run_time column ({us} µs) is outside the dates apsched handles")
+            })?),
+        };
+        let lease = match (&c.lease_owner, c.lease_until.and_then(from_micros)) {
             (Some(owner), Some(until)) => Some(Lease {
                 owner: owner.clone(),
                 until,
             }),
             _ => None,
         };
-        let parsed = JobRecord::from_json(&raw.doc, version_u64(raw.version), lease)
-            .map_err(|e| format!("its JSON does not parse: {e}"))
-            .and_then(|job| {
-                if job.id != raw.id {
-                    return Err(format!("its JSON names another id ('{}')", job.id));
-                }
-                if let Callable::Task { name, .. } = &job.callable {
-                    if !st.ctx.tasks.contains(name) {
-                        return Err(format!(
-                            "its task '{name}' is not registered with this scheduler \
-                             (SchedulerBuilder::task)"
-                        ));
-                    }
-                }
-                Ok(job)
+        let mut job = JobRecord::from_json(&c.doc, version_u64(raw.version), lease)
+            .map_err(|e| format!("its JSON does not parse: {e}"))?;
+        if job.id != raw.id {
+            return Err(format!("its JSON names another id ('{}')", job.id));
+        }
+        if let Callable::Task { name, .. } = &job.callable {
+            if !st.ctx.tasks.contains(name) {
+                return Err(format!(
+                    "its task '{name}' is not registered with this scheduler \
+                     (SchedulerBuilder::task)"
+                ));
+            }
+        }
+        let mut mismatch = None;
+        if job.next_run_time.map(micros_ceil) != c.next_run_time {
+            let show = |t: Option<DateTime<Utc>>| {
+                t.map_or_else(|| "paused".to_string(), |t| t.to_rfc3339())
+            };
+            mismatch = Some(format!(
+                "job '{}': its next_run_time column says {} but its document says {}; the \
+                 column is used (the job's next write rewrites the document)",
+                raw.id,
+                show(column_time),
+                show(job.next_run_time)
+            ));
+            job.next_run_time = column_time;
+        }
+        Ok((job, mismatch))
+    }
+
+    /// Reports a row that cannot be loaded, once per row and version (event + error log),
+    /// and remembers it so that it is neither claimed nor counted as due.
+    fn report_bad(&self, st: &Started, id: &str, version: i64, reason: &str) {
+        let first = self.bad().insert(id.to_string(), version) != Some(version);
+        if first {
+            let err = Error::CorruptJob {
+                id: id.to_string(),
+                reason: reason.to_string(),
+            };
+            tracing::error!(store = %st.ctx.alias, job_id = %id, "{err}");
+            st.ctx.events.emit(Event::StoreError {
+                store: st.ctx.alias.clone(),
+                job_id: Some(id.to_string()),
+                message: err.to_string(),
             });
-        match parsed {
-            Ok(job) => {
-                let mut bad = self.bad();
-                if !bad.is_empty() {
-                    bad.remove(&raw.id);
-                }
-                Ok(job)
-            }
-            Err(reason) => {
-                let first = self.bad().insert(raw.id.clone(), raw.version) != Some(raw.version);
-                if first {
-                    let err = Error::CorruptJob {
-                        id: raw.id.clone(),
-                        reason: reason.clone(),
-                    };
-                    tracing::error!(store = %st.ctx.alias, job_id = %raw.id, "{err}");
-                    st.ctx.events.emit(Event::StoreError {
-                        store: st.ctx.alias.clone(),
-                        job_id: Some(raw.id.clone()),
-                        message: err.to_string(),
-                    });
-                }
-                Err(reason)
-            }
         }
     }
 
@@ -956,7 +1062,7 @@ where
         else {
             return Ok(None);
         };
-        let (raw, _) = Self::read_row(&row, false).map_err(err)?;
+        let raw = Self::read_row(&row);
         self.load(&st, &raw)
             .map(Some)
             .map_err(|reason| Error::CorruptJob {
@@ -974,8 +1080,7 @@ where
             .map_err(err)?;
         let mut jobs = Vec::with_capacity(rows.len());
         for row in &rows {
-            let (raw, _) = Self::read_row(row, false).map_err(err)?;
-            if let Ok(job) = self.load(&st, &raw) {
+            if let Ok(job) = self.load(&st, &Self::read_row(row)) {
                 jobs.push(job);
             }
         }
@@ -987,27 +1092,44 @@ where
         let err = |e| self.err("reading the next run time", e);
         let me = st.ctx.scheduler_id.as_str();
         // Known-bad rows are skipped; fetching one more row than there are of them always
-        // reaches a good one if there is any.
-        let limit = self.bad_count() + 1;
-        let mut best: Option<i64> = None;
-        for sql in [&st.sql.next_free, &st.sql.next_leased] {
-            let rows = sqlx::query(AssertSqlSafe(sql.clone()))
-                .bind(me)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(err)?;
-            for row in rows {
-                let id: String = row.try_get(0).map_err(err)?;
-                let t: i64 = row.try_get(1).map_err(err)?;
-                if self.bad().contains_key(&id) {
-                    continue;
+        // reaches a good one if there is any. A row whose time cannot be read is reported
+        // as bad on the way, and the look repeated with it counted (each repeat is owed to
+        // a row reported for the first time, so this ends).
+        loop {
+            let limit = self.bad_count() + 1;
+            let mut best: Option<i64> = None;
+            let mut newly_bad = false;
+            for sql in [&st.sql.next_free, &st.sql.next_leased] {
+                let rows = sqlx::query(AssertSqlSafe(sql.clone()))
+                    .bind(me)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(err)?;
+                for row in rows {
+                    let Ok(id) = row.try_get::<String, _>(0) else {
+                        continue;
+                    };
+                    if self.bad().contains_key(&id) {
+                        continue;
+                    }
+                    match row.try_get::<i64, _>(1) {
+                        Ok(t) => {
+                            best = Some(best.map_or(t, |b| b.min(t)));
+                            break;
+                        }
+                        Err(e) => {
+                            let reason = format!("its time column: {e}");
+                            self.report_bad(&st, &id, UNREADABLE, &reason);
+                            newly_bad = true;
+                        }
+                    }
                 }
-                best = Some(best.map_or(t, |b| b.min(t)));
-                break;
+            }
+            if !newly_bad {
+                return Ok(best.and_then(from_micros));
             }
         }
-        Ok(best.and_then(from_micros))
     }
 
     async fn acquire_due_jobs(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueJob>> {
@@ -1058,7 +1180,7 @@ where
             if due.len() >= limit {
                 break;
             }
-            let (raw, _) = Self::read_row(row, true)?;
+            let raw = Self::read_row(row);
             if self.known_bad(&raw.id, raw.version) {
                 continue;
             }
