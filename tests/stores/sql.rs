@@ -1055,3 +1055,200 @@ async fn postgres_odd_but_allowed_values() {
 async fn mysql_odd_but_allowed_values() {
     odd_but_allowed_values(Db::MySql).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Connections
+
+/// `url` with `params` added to its query.
+fn with_params(url: &str, params: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{params}")
+}
+
+/// Issue 9 item 17: the pool size is the user's (URL parameter or builder), and the
+/// PostgreSQL listener has a connection of its own: a store with a pool of one connection
+/// serves many concurrent calls, and on PostgreSQL is still woken by other schedulers.
+async fn pool_of_one(db: Db) {
+    let Some(tdb) = TestDb::new(db, "pool").await else {
+        return;
+    };
+    let app = format!("apsched_pool_{}", suite::unique_suffix());
+    let store = match db {
+        // The URL parameter (and a name to find its connections by)...
+        Db::Postgres => SqlStore::lazy(&with_params(
+            &tdb.url,
+            &format!("pool_size=1&application_name={app}"),
+        ))
+        .unwrap(),
+        Db::MySql => SqlStore::lazy(&with_params(&tdb.url, "max_connections=1")).unwrap(),
+        // ...and the builder.
+        Db::Sqlite => SqlStore::lazy(&tdb.url).unwrap().pool_size(1),
+    }
+    .table(&tdb.table);
+    let ctx = suite::context("default", "s1", Duration::from_secs(30));
+    let wakeup = ctx.wakeup.clone();
+    store.start(ctx).await.unwrap();
+    let store = Arc::new(store);
+    let mut calls = tokio::task::JoinSet::<apsched::Result<()>>::new();
+    for i in 0..20 {
+        let store = store.clone();
+        calls.spawn(async move {
+            let id = format!("j{i:02}");
+            store
+                .add_job(suite::interval_job(&id, 60, Some(suite::at(0))), false)
+                .await?;
+            store.lookup_job(&id).await?;
+            store.get_all_jobs().await?;
+            store.next_run_time().await?;
+            let due = store.acquire_due_jobs(suite::at(0), 5).await?;
+            store.release_jobs(&due).await?;
+            Ok(())
+        });
+    }
+    while let Some(r) = calls.join_next().await {
+        r.unwrap().unwrap();
+    }
+    assert_eq!(store.get_all_jobs().await.unwrap().len(), 20);
+
+    if db == Db::Postgres {
+        let other = tdb
+            .started(&tdb.table, "other", Duration::from_secs(30))
+            .await;
+        let count = format!(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = '{app}' AND pid <> \
+             pg_backend_pid()"
+        );
+        // The pool's one connection and the listener's: wait for the listener to be there.
+        let mut n = 0;
+        for _ in 0..200 {
+            n = other.execute_raw_sql(&count).await.unwrap();
+            if n >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(n, 2, "connections of a store with pool_size=1");
+        // Drain the wake-up the listener gives when it (re)connects, then: another
+        // scheduler's change wakes this one.
+        let _ = tokio::time::timeout(Duration::from_millis(200), wakeup.notified()).await;
+        let woken = wakeup.notified();
+        other
+            .add_job(suite::interval_job("from_other", 60, None), false)
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(30), woken)
+            .await
+            .expect("the listener wakes the store's scheduler");
+        assert_eq!(other.execute_raw_sql(&count).await.unwrap(), 2);
+    }
+    // A pool size of 0 or garbage is refused, saying why.
+    for bad in ["pool_size=0", "max_connections=many"] {
+        let err = SqlStore::lazy(&with_params(&tdb.url, bad)).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidStoreUrl { ref reason, .. } if reason.contains("at least 1")),
+            "{bad}: {err}"
+        );
+    }
+    tdb.cleanup(&[]).await;
+}
+
+#[tokio::test]
+async fn sqlite_pool_of_one() {
+    pool_of_one(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_pool_of_one() {
+    pool_of_one(Db::Postgres).await;
+}
+
+#[tokio::test]
+async fn mysql_pool_of_one() {
+    pool_of_one(Db::MySql).await;
+}
+
+/// Issue 9 item 18: a URL without a user connects as libpq and the mysql client would:
+/// `PGUSER`, else the operating-system user (here `root`, a role the test server has).
+/// Before, sqlx's stub answered "anonymous" and PostgreSQL refused the role.
+#[tokio::test]
+async fn urls_without_a_user() {
+    for (db, url) in [
+        (Db::Postgres, "postgres://127.0.0.1/test"),
+        (Db::MySql, "mysql://127.0.0.1/test"),
+    ] {
+        if TestDb::new(db, "nouser").await.is_none() {
+            continue;
+        }
+        let store = SqlStore::connect(url)
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"))
+            .table(format!("t_nouser_{}", suite::unique_suffix()));
+        store
+            .start(suite::context("default", "s", Duration::from_secs(30)))
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        store
+            .add_job(suite::interval_job("a", 60, Some(suite::at(0))), false)
+            .await
+            .unwrap();
+        assert!(store.lookup_job("a").await.unwrap().is_some());
+        store.drop_tables().await.unwrap();
+    }
+}
+
+/// `poll_interval(Duration::MAX)` and a `Duration::MAX` lease: the store's time arithmetic
+/// saturates (the lease ends at the last representable instant), nothing panics, and the
+/// lease still holds off another scheduler until released.
+async fn extreme_durations(db: Db) {
+    let Some(tdb) = TestDb::new(db, "maxdur").await else {
+        return;
+    };
+    let a = tdb.store().poll_interval(Duration::MAX);
+    a.start(suite::context("default", "a", Duration::MAX))
+        .await
+        .unwrap();
+    assert_eq!(JobStore::poll_interval(&a), Some(Duration::MAX));
+    let b = tdb.started(&tdb.table, "b", Duration::from_secs(30)).await;
+    a.add_job(suite::interval_job("j", 60, Some(suite::at(0))), false)
+        .await
+        .unwrap();
+    let due = a.acquire_due_jobs(suite::at(0), 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    let until = due[0].job.lease.as_ref().unwrap().until;
+    assert!(
+        until.timestamp() > suite::at(0).timestamp() + 1_000_000_000,
+        "{until}"
+    );
+    assert_eq!(a.next_run_time().await.unwrap(), Some(suite::at(60)));
+    // Another scheduler's next look is when the lease ends (kept to the µs).
+    assert_eq!(
+        b.next_run_time().await.unwrap().unwrap().timestamp_micros(),
+        until.timestamp_micros()
+    );
+    assert!(b
+        .acquire_due_jobs(suite::at(60), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    a.release_jobs(&due).await.unwrap();
+    assert_eq!(
+        b.acquire_due_jobs(suite::at(60), 10).await.unwrap().len(),
+        1
+    );
+    tdb.cleanup(&[]).await;
+}
+
+#[tokio::test]
+async fn sqlite_extreme_durations() {
+    extreme_durations(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_extreme_durations() {
+    extreme_durations(Db::Postgres).await;
+}
+
+#[tokio::test]
+async fn mysql_extreme_durations() {
+    extreme_durations(Db::MySql).await;
+}

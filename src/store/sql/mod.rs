@@ -135,7 +135,11 @@ impl SqlStore {
     /// `mysql://user:password@host:port/db` (also for MariaDB). Each scheme needs its cargo
     /// feature.
     ///
-    /// The connection pool reconnects by itself after an outage.
+    /// The connection pool reconnects by itself after an outage. Its size is 5 (4 on an
+    /// SQLite file) unless the URL says `pool_size=N` (or `max_connections=N`), see
+    /// [`pool_size`](Self::pool_size). Parts the URL leaves out are filled in as the
+    /// database's own client does (PostgreSQL: `PGUSER`, else the operating-system user,
+    /// and so on; MySQL: the operating-system user, `MYSQL_HOST`, `MYSQL_TCP_PORT`).
     ///
     /// # Errors
     /// [`Error::InvalidStoreUrl`] if the URL is not understood or its feature is not
@@ -154,14 +158,30 @@ impl SqlStore {
     /// # Errors
     /// [`Error::InvalidStoreUrl`] if the URL is not understood or its feature is not enabled.
     pub fn lazy(url: &str) -> Result<Self> {
+        let (rest, pool_size) = take_pool_size(url)?;
         let scheme = url.split_once(':').map_or("", |(s, _)| s);
         let backend = match scheme {
             #[cfg(feature = "sqlite")]
-            "sqlite" => Backend::Sqlite(Core::new(sqlite::pool_from_url(url)?)),
+            "sqlite" => {
+                let (pool, in_memory) = sqlite::pool_from_url(&rest)?;
+                Backend::Sqlite(Core::new(pool, !in_memory))
+            }
             #[cfg(feature = "postgres")]
-            "postgres" | "postgresql" => Backend::Postgres(Core::new(postgres::pool(url)?)),
+            "postgres" | "postgresql" => Backend::Postgres(Core::new(
+                <sqlx::Postgres as Dialect>::pool(
+                    postgres::options(&rest)?,
+                    <sqlx::Postgres as Dialect>::DEFAULT_POOL_SIZE,
+                ),
+                true,
+            )),
             #[cfg(feature = "mysql")]
-            "mysql" | "mariadb" => Backend::MySql(Core::new(mysql::pool(url)?)),
+            "mysql" | "mariadb" => Backend::MySql(Core::new(
+                <sqlx::MySql as Dialect>::pool(
+                    mysql::options(&rest)?,
+                    <sqlx::MySql as Dialect>::DEFAULT_POOL_SIZE,
+                ),
+                true,
+            )),
             _ => {
                 return Err(Error::InvalidStoreUrl {
                     url: url.to_string(),
@@ -172,7 +192,11 @@ impl SqlStore {
                 })
             }
         };
-        Ok(SqlStore { backend })
+        let store = SqlStore { backend };
+        Ok(match pool_size {
+            Some(n) => store.pool_size(n),
+            None => store,
+        })
     }
 
     /// A store in the SQLite file at `path` (created if missing), in WAL mode so several
@@ -183,8 +207,9 @@ impl SqlStore {
     /// Never fails today; kept fallible so that later checks need no API change.
     #[cfg(feature = "sqlite")]
     pub fn sqlite(path: impl AsRef<Path>) -> Result<Self> {
+        let (pool, in_memory) = sqlite::pool_from_path(path.as_ref());
         Ok(SqlStore {
-            backend: Backend::Sqlite(Core::new(sqlite::pool_from_path(path.as_ref()))),
+            backend: Backend::Sqlite(Core::new(pool, !in_memory)),
         })
     }
 
@@ -213,6 +238,17 @@ impl SqlStore {
     #[must_use]
     pub fn poll_interval(mut self, every: Duration) -> Self {
         with_core_mut!(self, core => core.poll = Some(every));
+        self
+    }
+
+    /// Keeps at most `connections` connections to the database (at least 1; default 5 on
+    /// PostgreSQL and MySQL, 4 on an SQLite file; the URL parameter `pool_size=N`, or its
+    /// alias `max_connections=N`, sets the same). The PostgreSQL listener has a connection
+    /// of its own, outside the pool. A private in-memory SQLite database always has exactly
+    /// one: that connection is the database.
+    #[must_use]
+    pub fn pool_size(mut self, connections: u32) -> Self {
+        with_core_mut!(self, core => core.resize(connections));
         self
     }
 
@@ -251,6 +287,41 @@ impl SqlStore {
     }
 }
 
+/// The URL parameters that set the pool size (apsched's, so they are taken out before the
+/// driver sees the URL).
+const POOL_SIZE_PARAMS: [&str; 2] = ["pool_size", "max_connections"];
+
+/// `url` without its pool-size parameter, and the size it gave.
+fn take_pool_size(url: &str) -> Result<(String, Option<u32>)> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), None));
+    };
+    let mut size = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if !POOL_SIZE_PARAMS.contains(&key) {
+            kept.push(pair);
+            continue;
+        }
+        match value.parse::<u32>() {
+            Ok(n) if n >= 1 => size = Some(n),
+            _ => {
+                return Err(Error::InvalidStoreUrl {
+                    url: url.to_string(),
+                    reason: format!("{key} must be a whole number of connections, at least 1"),
+                })
+            }
+        }
+    }
+    let rest = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((rest, size))
+}
+
 /// A URL the driver could not parse.
 fn bad_url(url: &str, e: &sqlx::Error) -> Error {
     Error::InvalidStoreUrl {
@@ -282,6 +353,11 @@ pub(crate) trait Dialect: Database + sqlx::database::HasStatementCache + Sized {
     const BEGIN: Option<&'static str>;
     /// Whether this store should poll by default (no push notifications).
     const POLLS: bool;
+    /// The pool size unless the user sets one.
+    const DEFAULT_POOL_SIZE: u32;
+
+    /// A lazily connecting pool of at most `size` connections.
+    fn pool(opts: <Self::Connection as sqlx::Connection>::Options, size: u32) -> Pool<Self>;
 
     /// The number of rows a statement changed.
     fn rows_affected(r: &Self::QueryResult) -> u64;
@@ -406,6 +482,9 @@ struct Started {
 #[derive(Debug)]
 pub(crate) struct Core<DB: Database> {
     pool: Pool<DB>,
+    /// Whether [`SqlStore::pool_size`] may change the pool (not for a private in-memory
+    /// SQLite database, whose one connection is the database).
+    resizable: bool,
     table: String,
     poll: Option<Duration>,
     started: RwLock<Option<Arc<Started>>>,
@@ -510,9 +589,10 @@ fn version_u64(v: i64) -> u64 {
 }
 
 impl<DB: Dialect> Core<DB> {
-    fn new(pool: Pool<DB>) -> Self {
+    fn new(pool: Pool<DB>, resizable: bool) -> Self {
         Core {
             pool,
+            resizable,
             table: DEFAULT_TABLE.to_string(),
             poll: DB::POLLS.then_some(DEFAULT_POLL_INTERVAL),
             started: RwLock::new(None),
@@ -524,6 +604,14 @@ impl<DB: Dialect> Core<DB> {
 
     pub(crate) fn pool(&self) -> &Pool<DB> {
         &self.pool
+    }
+
+    /// Replaces the (not yet connected) pool by one of `size` connections.
+    fn resize(&mut self, size: u32) {
+        if self.resizable {
+            let opts = (*self.pool.connect_options()).clone();
+            self.pool = DB::pool(opts, size.max(1));
+        }
     }
 
     fn alias(&self) -> String {
