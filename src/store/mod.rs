@@ -4,7 +4,8 @@
 //! stores (SQL, Redis, MongoDB, ZooKeeper; each behind its own cargo feature) keep
 //! [`JobRecord`]s as JSON, survive restarts, and can be shared by several scheduler
 //! processes: claiming a due job and advancing its next run time is one atomic step
-//! ([`JobStore::acquire_due_jobs`]), so each scheduled time of a job is submitted once.
+//! ([`JobStore::acquire_due_jobs`]), so no scheduled time of a job is submitted twice (a
+//! time claimed by a scheduler that dies before starting it is lost: see docs/stores.md).
 
 mod memory;
 #[cfg(feature = "mongodb")]

@@ -27,8 +27,8 @@
 //! lease of another scheduler) in `(next_run_time, id)` order with `FOR UPDATE SKIP LOCKED`
 //! (PostgreSQL, MySQL/MariaDB) or inside a `BEGIN IMMEDIATE` transaction (SQLite), advances
 //! each with [`DueJob::claim`], writes it back with a lease and `version + 1` (or deletes it
-//! when its trigger is exhausted), and commits: one transaction, so each scheduled time of a
-//! job is submitted by exactly one scheduler.
+//! when its trigger is exhausted), and commits: one transaction, so no scheduled time of a
+//! job is submitted by two schedulers (or twice by one).
 
 #[cfg(feature = "mysql")]
 mod mysql;
