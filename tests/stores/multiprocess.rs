@@ -2,7 +2,7 @@
 //! scheduler processes run the same jobs from one store; the busiest is SIGKILLed mid-run.
 //! No (job, scheduled time) may be submitted twice, and every slot outside the failover
 //! window (from just before the kill to the end of the dead process's leases) must be
-//! submitted exactly once.
+//! submitted. (`chaos` runs the same workers on PostgreSQL with connection cuts too.)
 //!
 //! One parent test, [`multiprocess_shared_store`], runs one [`Plan`] per store (each store
 //! module says how to reach its server and clean up, in a [`Target`]). The processes are
@@ -135,7 +135,11 @@ async fn run_target(target: Target) -> Result<String, String> {
 
 /// The jobs: `plan.jobs` of them, every second from `first`, the last slot at
 /// `first + (secs - 1) s`.
-async fn add_jobs(store: &dyn JobStore, plan: &Plan, first: DateTime<Utc>) -> apsched::Result<()> {
+pub async fn add_jobs(
+    store: &dyn JobStore,
+    plan: &Plan,
+    first: DateTime<Utc>,
+) -> apsched::Result<()> {
     let last = first + TimeDelta::seconds(plan.secs - 1);
     for i in 0..plan.jobs {
         let mut job = suite::interval_job(&format!("mp{i:04}"), 1, Some(first));
@@ -159,14 +163,14 @@ async fn add_jobs(store: &dyn JobStore, plan: &Plan, first: DateTime<Utc>) -> ap
 }
 
 /// One logged submission: `job scheduled_ms process logged_ms`.
-struct Line {
-    job: String,
-    scheduled: i64,
-    process: usize,
-    logged: i64,
+pub struct Line {
+    pub job: String,
+    pub scheduled: i64,
+    pub process: usize,
+    pub logged: i64,
 }
 
-fn read_logs(dir: &Path, processes: usize) -> Vec<Line> {
+pub fn read_logs(dir: &Path, processes: usize) -> Vec<Line> {
     let mut lines = Vec::new();
     for p in 0..processes {
         let text = std::fs::read_to_string(dir.join(format!("w{p}.log"))).unwrap_or_default();
@@ -189,7 +193,21 @@ fn read_logs(dir: &Path, processes: usize) -> Vec<Line> {
     lines
 }
 
-fn log_bytes(dir: &Path, processes: usize) -> u64 {
+/// How many failed claims each process logged (`!error claim` lines): calls that may have
+/// committed a claim the process never heard of.
+pub fn failed_claims(dir: &Path, processes: usize) -> Vec<usize> {
+    (0..processes)
+        .map(|p| {
+            std::fs::read_to_string(dir.join(format!("w{p}.log")))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.starts_with("!error claim"))
+                .count()
+        })
+        .collect()
+}
+
+pub fn log_bytes(dir: &Path, processes: usize) -> u64 {
     (0..processes)
         .map(|p| std::fs::metadata(dir.join(format!("w{p}.log"))).map_or(0, |m| m.len()))
         .sum()
@@ -378,9 +396,9 @@ async fn run_in(plan: &Plan, dir: &Path) -> Result<String, String> {
     }
 }
 
-/// A scheduler process (only when started by [`run`]): runs the shared jobs and appends
-/// `job scheduled_ms process logged_ms` for every submitted slot to its log, until its stdin
-/// closes.
+/// A scheduler process (only when started by [`run`] or the chaos test): runs the shared
+/// jobs and appends `job scheduled_ms process logged_ms` for every submitted slot to its
+/// log (and `!error claim|other` for every store error), until its stdin closes.
 #[test]
 fn multiprocess_worker() {
     let Ok(url) = std::env::var("APSCHED_MP_URL") else {
@@ -431,7 +449,17 @@ async fn worker(url: String) {
                     // One write per event, unbuffered: a SIGKILL loses at most this one.
                     log.write_all(lines.as_bytes()).unwrap();
                 }
-                Ok(Event::StoreError { message, .. }) => eprintln!("{id}: store error: {message}"),
+                Ok(Event::StoreError { message, .. }) => {
+                    // A failed claim may have committed unheard (a cut connection, a
+                    // timeout): logged for the chaos test's accounting.
+                    let kind = if message.contains("claim") || message.contains("timed out") {
+                        "claim"
+                    } else {
+                        "other"
+                    };
+                    log.write_all(format!("!error {kind}\n").as_bytes()).unwrap();
+                    eprintln!("{id}: store error: {message}");
+                }
                 Ok(_) => {}
                 Err(e) => panic!("{id}: events: {e}"),
             }

@@ -590,20 +590,38 @@ pub async fn multiprocess_targets() -> Vec<crate::multiprocess::Target> {
     targets
 }
 
+/// The chaos test's database (see `chaos`): a fresh table on PostgreSQL, if it is there.
+pub async fn chaos_target() -> Option<crate::multiprocess::Target> {
+    let tdb = TestDb::new(Db::Postgres, "chaos").await?;
+    Some(crate::multiprocess::Target {
+        plan: crate::multiprocess::Plan {
+            label: "postgres chaos".into(),
+            url: tdb.url.clone(),
+            namespace: tdb.table.clone(),
+            processes: 3,
+            jobs: 100,
+            secs: 60,
+            kill_at: 0, // chosen at random by the chaos test
+            lease_secs: 3,
+        },
+        cleanup: Box::pin(async move { tdb.cleanup(&[]).await }),
+    })
+}
+
 // ---------------------------------------------------------------------------------------
 // Outages
 
 /// A TCP proxy in front of a database server that can be cut and restored, to simulate an
 /// outage without touching the shared server.
-struct Proxy {
-    port: u16,
+pub struct Proxy {
+    pub port: u16,
     up: Arc<std::sync::atomic::AtomicBool>,
     conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     accept: tokio::task::JoinHandle<()>,
 }
 
 impl Proxy {
-    async fn start(upstream: String) -> Proxy {
+    pub async fn start(upstream: String) -> Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -630,7 +648,9 @@ impl Proxy {
         }
     }
 
-    fn set_up(&self, up: bool) {
+    /// Up: accepts and forwards connections. Down: drops every open connection and refuses
+    /// new ones.
+    pub fn set_up(&self, up: bool) {
         self.up.store(up, std::sync::atomic::Ordering::SeqCst);
         if !up {
             for c in self.conns.lock().unwrap().drain(..) {
@@ -648,7 +668,7 @@ impl Drop for Proxy {
 }
 
 /// `url` with its host:port replaced by the proxy's; also returns the original host:port.
-fn via_proxy(url: &str, port: u16) -> (String, String) {
+pub fn via_proxy(url: &str, port: u16) -> (String, String) {
     let start = url
         .find('@')
         .map_or_else(|| url.find("://").unwrap() + 3, |i| i + 1);

@@ -285,6 +285,14 @@ impl SqlStore {
     pub async fn execute_raw_sql(&self, sql: &str) -> Result<u64> {
         with_core!(self, core => core.execute_raw(sql).await)
     }
+
+    /// Runs one query as is, `{table}` standing for the store's table, and returns its
+    /// first column, which must be text. For tests that inspect what the database holds.
+    /// Not for applications.
+    #[doc(hidden)]
+    pub async fn query_raw_text(&self, sql: &str) -> Result<Vec<String>> {
+        with_core!(self, core => core.query_raw_text(sql).await)
+    }
 }
 
 /// The URL parameters that set the pool size (apsched's, so they are taken out before the
@@ -838,6 +846,19 @@ where
             .await
             .map_err(|e| self.err("running a raw statement", e))?;
         Ok(DB::rows_affected(&r))
+    }
+
+    async fn query_raw_text(&self, sql: &str) -> Result<Vec<String>> {
+        let sql = sql.replace("{table}", self.table_checked()?);
+        let err = |e| self.err("running a raw query", e);
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .persistent(false)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>(0).map_err(err))
+            .collect()
     }
 
     /// Tells the other schedulers that jobs changed (PostgreSQL NOTIFY; a no-op elsewhere).
