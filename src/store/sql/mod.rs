@@ -423,8 +423,7 @@ struct Statements {
     lookup: String,
     all: String,
     delete_all: String,
-    next_free: String,
-    next_leased: String,
+    next: String,
     notify: Option<String>,
 }
 
@@ -458,17 +457,20 @@ impl Statements {
             all: format!("SELECT {cols} FROM {t} ORDER BY paused, next_run_time, id"),
             delete_all: format!("DELETE FROM {t}"),
             // The earliest time this scheduler could claim something: rows free of other
-            // leases (or whose lease ends before they are due) at their next run time...
-            next_free: p(&format!(
-                "SELECT id, next_run_time FROM {t} WHERE next_run_time IS NOT NULL \
-                 AND (lease_until IS NULL OR lease_owner = ? OR lease_until <= next_run_time) \
-                 ORDER BY next_run_time, id LIMIT ?"
-            )),
-            // ...and rows leased by another scheduler when that lease ends.
-            next_leased: p(&format!(
-                "SELECT id, lease_until FROM {t} WHERE lease_until IS NOT NULL \
-                 AND next_run_time IS NOT NULL AND lease_owner <> ? \
-                 AND lease_until > next_run_time ORDER BY lease_until, id LIMIT ?"
+            // leases (or whose lease ends before they are due) at their next run time, and
+            // rows leased by another scheduler when that lease ends. Each half walks its
+            // own index; one statement, so both halves see the same snapshot (two
+            // statements could miss a row whose lease was released in between, and report
+            // nothing due at all).
+            next: p(&format!(
+                "SELECT id, t FROM (SELECT id, next_run_time AS t FROM {t} \
+                 WHERE next_run_time IS NOT NULL AND (lease_until IS NULL OR lease_owner = ? \
+                 OR lease_until <= next_run_time) ORDER BY next_run_time, id LIMIT ?) AS free \
+                 UNION ALL \
+                 SELECT id, t FROM (SELECT id, lease_until AS t FROM {t} \
+                 WHERE lease_until IS NOT NULL AND next_run_time IS NOT NULL \
+                 AND lease_owner <> ? AND lease_until > next_run_time \
+                 ORDER BY lease_until, id LIMIT ?) AS leased"
             )),
             notify: DB::notify_sql().map(p),
         }
@@ -897,15 +899,18 @@ where
         }))
     }
 
+    /// The id in a row's first column. It is text everywhere; only SQLite can hold another
+    /// storage class in it (a BLOB), which is read as text if it is UTF-8.
+    fn read_id(row: &DB::Row) -> String {
+        row.try_get::<String, _>(0)
+            .or_else(|_| row.try_get_unchecked::<String, _>(0))
+            .unwrap_or_else(|e| format!("<unreadable id: {e}>"))
+    }
+
     /// Reads a row of `Statements::cols`, column by column: a value of an unexpected type
     /// makes the row corrupt, not the read.
     fn read_row(row: &DB::Row) -> RawRow {
-        // The id column is text everywhere; only SQLite can hold another storage class in
-        // it (a BLOB), which is read as text if it is UTF-8.
-        let id = row
-            .try_get::<String, _>(0)
-            .or_else(|_| row.try_get_unchecked::<String, _>(0))
-            .unwrap_or_else(|e| format!("<unreadable id: {e}>"));
+        let id = Self::read_id(row);
         let cannot = |column: &str, e: &sqlx::Error| format!("its `{column}` column: {e}");
         let version = row.try_get::<i64, _>(2);
         let columns = match &version {
@@ -1200,38 +1205,33 @@ where
         let st = self.started()?;
         let err = |e| self.err("reading the next run time", e);
         let me = st.ctx.scheduler_id.as_str();
-        // Known-bad rows are skipped; fetching one more row than there are of them always
-        // reaches a good one if there is any. A row whose time cannot be read is reported
-        // as bad on the way, and the look repeated with it counted (each repeat is owed to
-        // a row reported for the first time, so this ends).
+        // Known-bad rows are skipped; fetching one more row per half than there are of
+        // them always reaches a good one if there is any. A row whose time cannot be read
+        // is reported as bad on the way, and the look repeated with it counted (each repeat
+        // is owed to a row reported for the first time, so this ends).
         loop {
             let limit = self.bad_count() + 1;
+            let rows = sqlx::query(AssertSqlSafe(st.sql.next.clone()))
+                .bind(me)
+                .bind(limit)
+                .bind(me)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(err)?;
             let mut best: Option<i64> = None;
             let mut newly_bad = false;
-            for sql in [&st.sql.next_free, &st.sql.next_leased] {
-                let rows = sqlx::query(AssertSqlSafe(sql.clone()))
-                    .bind(me)
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(err)?;
-                for row in rows {
-                    let Ok(id) = row.try_get::<String, _>(0) else {
-                        continue;
-                    };
-                    if self.bad().contains_key(&id) {
-                        continue;
-                    }
-                    match row.try_get::<i64, _>(1) {
-                        Ok(t) => {
-                            best = Some(best.map_or(t, |b| b.min(t)));
-                            break;
-                        }
-                        Err(e) => {
-                            let reason = format!("its time column: {e}");
-                            self.report_bad(&st, &id, UNREADABLE, &reason);
-                            newly_bad = true;
-                        }
+            for row in rows {
+                let id = Self::read_id(&row);
+                if self.bad().contains_key(&id) {
+                    continue;
+                }
+                match row.try_get::<i64, _>(1) {
+                    Ok(t) => best = Some(best.map_or(t, |b| b.min(t))),
+                    Err(e) => {
+                        let reason = format!("its time column: {e}");
+                        self.report_bad(&st, &id, UNREADABLE, &reason);
+                        newly_bad = true;
                     }
                 }
             }
