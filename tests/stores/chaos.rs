@@ -152,6 +152,12 @@ async fn run_with_audit(plan: &Plan, dir: &Path, store: &SqlStore) -> Result<Str
             .env("APSCHED_MP_LEASE", plan.lease_secs.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
+            // Its store errors (one per cut call) go to a file, shown if the test fails.
+            .stderr(
+                std::fs::File::create(dir.join(format!("w{p}.err")))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::inherit()),
+            )
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("spawning a scheduler process: {e}"))?;
@@ -235,7 +241,9 @@ async fn run_with_audit(plan: &Plan, dir: &Path, store: &SqlStore) -> Result<Str
             .map_err(|_| format!("w{p} did not stop"))?
             .unwrap();
         if !status.success() {
-            return Err(format!("w{p} failed: {status}"));
+            let err = std::fs::read_to_string(dir.join(format!("w{p}.err"))).unwrap_or_default();
+            let tail: Vec<&str> = err.lines().rev().take(10).collect();
+            return Err(format!("w{p} failed: {status}; its last words: {tail:?}"));
         }
     }
     drop(proxies);
@@ -414,4 +422,103 @@ fn judge(
     } else {
         Err(format!("{report}\n  {}", problems.join("\n  ")))
     }
+}
+
+/// The verdict itself, on made-up logs and claims: 2 jobs x 3 slots, w0 killed.
+#[test]
+fn judging_lost_slots() {
+    let plan = Plan {
+        label: "judge".into(),
+        url: String::new(),
+        namespace: String::new(),
+        processes: 2,
+        jobs: 2,
+        secs: 3,
+        kill_at: 0,
+        lease_secs: 3,
+    };
+    let first = DateTime::from_timestamp(1_000, 0).unwrap();
+    let us = |s: i64| (first + TimeDelta::seconds(s)).timestamp_micros();
+    let ms = |s: i64| (first + TimeDelta::seconds(s)).timestamp_millis();
+    // Each job is claimed slot by slot: tx = 10 * slot + job; slot 2 removes the job.
+    let claims = |who: &dyn Fn(i64, usize) -> usize| -> Vec<Change> {
+        let mut v = Vec::new();
+        for s in 0..3 {
+            for j in 0..2 {
+                v.push(Change {
+                    tx: 10 * s + j as i64,
+                    process: Some(who(s, j)),
+                    job: format!("mp{j:04}"),
+                    old: us(s),
+                    new: (s < 2).then(|| us(s + 1)),
+                });
+            }
+        }
+        v
+    };
+    let verdict = |changes: &[Change], logs: [&str; 2]| {
+        let dir = std::env::temp_dir().join(format!("apsched-judge-{}", suite::unique_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (p, log) in logs.iter().enumerate() {
+            std::fs::write(dir.join(format!("w{p}.log")), log).unwrap();
+        }
+        let r = judge(&plan, &dir, changes, first, 0, first, 0);
+        let _ = std::fs::remove_dir_all(&dir);
+        r
+    };
+    let line = |job: usize, s: i64, p: usize| format!("mp{job:04} {} w{p} 0\n", ms(s));
+    let logs_of = |p: usize, slots: &[(usize, i64)]| -> String {
+        slots.iter().map(|&(j, s)| line(j, s, p)).collect()
+    };
+
+    // w0 claims slot 0 and 1, w1 slot 2; everything ran: fine.
+    let changes = claims(&|s, _| usize::from(s == 2));
+    let w0 = logs_of(0, &[(0, 0), (1, 0), (0, 1), (1, 1)]);
+    let w1 = logs_of(1, &[(0, 2), (1, 2)]);
+    assert!(verdict(&changes, [&w0, &w1]).is_ok());
+
+    // Window 1: w0 (killed) never ran its last claims: fine.
+    let w0_cut = logs_of(0, &[(0, 0), (1, 0), (0, 1)]);
+    assert!(verdict(&changes, [&w0_cut, &w1]).is_ok());
+    // ...but an earlier claim of w0 that did not run, after a later one did: lost.
+    let w0_hole = logs_of(0, &[(1, 0), (0, 1), (1, 1)]);
+    let r = verdict(&changes, [&w0_hole, &w1]);
+    assert!(
+        r.as_ref()
+            .is_err_and(|e| e.contains("claims never reached")),
+        "{r:?}"
+    );
+    // ...unless w0 had a failed claim to account for it (window 2).
+    let w0_hole_failed = format!("{w0_hole}!error claim\n");
+    assert!(verdict(&changes, [&w0_hole_failed, &w1]).is_ok());
+
+    // Window 2 for a survivor: w1's claim of job 1 at slot 2 never reached it.
+    let w1_cut = logs_of(1, &[(0, 2)]);
+    let r = verdict(&changes, [&w0, &w1_cut]);
+    assert!(
+        r.as_ref()
+            .is_err_and(|e| e.contains("w1: 1 committed claims")),
+        "{r:?}"
+    );
+    let w1_cut_failed = format!("{w1_cut}!error claim\n");
+    assert!(verdict(&changes, [&w0, &w1_cut_failed]).is_ok());
+
+    // A claim of both jobs in one transaction of which only one ran: lost, whatever failed.
+    let mut one_tx = claims(&|s, _| usize::from(s == 2));
+    for c in one_tx.iter_mut().filter(|c| c.old == us(2)) {
+        c.tx = 99;
+    }
+    let r = verdict(&one_tx, [&w0, &w1_cut_failed]);
+    assert!(
+        r.as_ref().is_err_and(|e| e.contains("other slots ran")),
+        "{r:?}"
+    );
+
+    // A slot run by both: a duplicate.
+    let w1_dup = format!("{w1}{}", line(0, 1, 1));
+    let r = verdict(&changes, [&w0, &w1_dup]);
+    assert!(
+        r.as_ref().is_err_and(|e| e.contains("submitted twice")),
+        "{r:?}"
+    );
 }
