@@ -22,7 +22,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use apsched::store::sql::SqlStore;
@@ -30,7 +29,9 @@ use apsched::store::JobStore;
 use chrono::{DateTime, TimeDelta, Utc};
 use rand::Rng;
 
-use crate::multiprocess::{add_jobs, failed_claims, log_bytes, read_logs, Plan};
+use crate::multiprocess::{
+    add_jobs, failed_claims, finish, kill_busiest, read_logs, spawn_worker, Plan,
+};
 use crate::sql::{via_proxy, Proxy};
 use crate::suite;
 
@@ -51,6 +52,7 @@ async fn chaos_postgres() {
         return;
     };
     let plan = target.plan.clone();
+    let _turn = crate::multiprocess::PROCESS_TESTS.lock().await;
     let dir = std::env::temp_dir().join(format!("apsched-chaos-{}", suite::unique_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
     let result = run(&plan, &dir).await;
@@ -130,7 +132,6 @@ async fn run_with_audit(plan: &Plan, dir: &Path, store: &SqlStore) -> Result<Str
     // One proxy per process, so that each is cut on its own.
     let (_, upstream) = via_proxy(&plan.url, 0);
     let mut proxies = Vec::new();
-    let exe = std::env::current_exe().unwrap();
     let mut children = Vec::new();
     for p in 0..plan.processes {
         let proxy = Proxy::start(upstream.clone()).await;
@@ -138,30 +139,7 @@ async fn run_with_audit(plan: &Plan, dir: &Path, store: &SqlStore) -> Result<Str
         let sep = if url.contains('?') { '&' } else { '?' };
         let url = format!("{url}{sep}application_name={}", app(p));
         proxies.push(proxy);
-        let child = tokio::process::Command::new(&exe)
-            .args([
-                "--exact",
-                "multiprocess::multiprocess_worker",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("APSCHED_MP_URL", &url)
-            .env("APSCHED_MP_NAMESPACE", t)
-            .env("APSCHED_MP_ID", format!("w{p}"))
-            .env("APSCHED_MP_LOG", dir.join(format!("w{p}.log")))
-            .env("APSCHED_MP_LEASE", plan.lease_secs.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            // Its store errors (one per cut call) go to a file, shown if the test fails.
-            .stderr(
-                std::fs::File::create(dir.join(format!("w{p}.err")))
-                    .map(Stdio::from)
-                    .unwrap_or_else(|_| Stdio::inherit()),
-            )
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("spawning a scheduler process: {e}"))?;
-        children.push(child);
+        children.push(spawn_worker(plan, &url, p, dir)?);
     }
 
     // The chaos: each proxy, independently, stays up 0.5–4 s, then down 0.1–2 s, until the
@@ -193,14 +171,7 @@ async fn run_with_audit(plan: &Plan, dir: &Path, store: &SqlStore) -> Result<Str
 
     let kill_at = first + TimeDelta::milliseconds(rand::rng().random_range(15_000..45_000));
     tokio::time::sleep((kill_at - Utc::now()).to_std().unwrap_or_default()).await;
-    // The busiest process so far, so that the kill hits one holding claims.
-    let so_far = read_logs(dir, plan.processes);
-    let victim = (0..plan.processes)
-        .max_by_key(|&p| so_far.iter().filter(|l| l.process == p).count())
-        .unwrap();
-    let killed_at = Utc::now();
-    children[victim].start_kill().unwrap(); // SIGKILL
-    children[victim].wait().await.unwrap();
+    let (victim, killed_at) = kill_busiest(&mut children, dir).await;
 
     let mut proxies = Vec::new();
     let mut cuts = 0;
@@ -211,41 +182,7 @@ async fn run_with_audit(plan: &Plan, dir: &Path, store: &SqlStore) -> Result<Str
         proxies.push(proxy);
     }
 
-    // Every slot is claimed once no job is left (the last claim of each job removes it);
-    // then the claimers' logs go quiet.
-    let give_up = end + TimeDelta::seconds(60);
-    loop {
-        match store.next_run_time().await {
-            Ok(None) => break,
-            Ok(Some(_)) | Err(_) if Utc::now() > give_up => {
-                return Err("slots still unclaimed 60 s after the end".into());
-            }
-            _ => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    }
-    let (mut size, mut quiet_since) = (log_bytes(dir, plan.processes), Utc::now());
-    while Utc::now() - quiet_since < TimeDelta::seconds(1) {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let now = log_bytes(dir, plan.processes);
-        if now != size {
-            (size, quiet_since) = (now, Utc::now());
-        }
-    }
-    for (p, c) in children.iter_mut().enumerate() {
-        if p == victim {
-            continue;
-        }
-        drop(c.stdin.take());
-        let status = tokio::time::timeout(Duration::from_secs(60), c.wait())
-            .await
-            .map_err(|_| format!("w{p} did not stop"))?
-            .unwrap();
-        if !status.success() {
-            let err = std::fs::read_to_string(dir.join(format!("w{p}.err"))).unwrap_or_default();
-            let tail: Vec<&str> = err.lines().rev().take(10).collect();
-            return Err(format!("w{p} failed: {status}; its last words: {tail:?}"));
-        }
-    }
+    finish(store, end, &mut children, victim, dir).await?;
     drop(proxies);
 
     // What the database committed.
