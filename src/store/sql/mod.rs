@@ -12,7 +12,7 @@
 //! | column | type | meaning |
 //! | --- | --- | --- |
 //! | `id` | text, primary key | the job id |
-//! | `next_run_time` | 64-bit integer, indexed | µs since the Unix epoch (rounded up); `NULL` = paused |
+//! | `next_run_time` | 64-bit integer, indexed | µs since the Unix epoch (rounded up); `NULL` = paused; the job's next run time (the document's copy is for reading) |
 //! | `paused` | boolean | `next_run_time IS NULL`, for ordering |
 //! | `doc` | text | the job as JSON ([`JobRecord::to_json`]) |
 //! | `version` | 64-bit integer | random when the job is added, bumped by every write; writes compare it (fencing) |
