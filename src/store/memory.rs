@@ -25,9 +25,18 @@ struct Inner {
     jobs: HashMap<Arc<str>, Box<JobRecord>>,
     /// Unpaused jobs by (next run time, id).
     due_index: BTreeSet<(DateTime<Utc>, Arc<str>)>,
+    /// The last version written. Versions come from this one store-wide counter, so a job
+    /// removed and added again never repeats a version of the job it replaces (a writer
+    /// holding a read of the old one is fenced).
+    last_version: u64,
 }
 
 impl Inner {
+    fn next_version(&mut self) -> u64 {
+        self.last_version = self.last_version.saturating_add(1);
+        self.last_version
+    }
+
     fn insert(&mut self, job: JobRecord) {
         let id: Arc<str> = Arc::from(job.id.as_str());
         if let Some(t) = job.next_run_time {
@@ -68,7 +77,7 @@ impl MemoryStore {
 
 #[async_trait::async_trait]
 impl JobStore for MemoryStore {
-    async fn add_job(&self, job: JobRecord, replace_existing: bool) -> Result<()> {
+    async fn add_job(&self, mut job: JobRecord, replace_existing: bool) -> Result<()> {
         let mut inner = self.lock();
         if inner.jobs.contains_key(job.id.as_str()) {
             if !replace_existing {
@@ -76,6 +85,7 @@ impl JobStore for MemoryStore {
             }
             inner.remove(&job.id);
         }
+        job.version = inner.next_version();
         inner.insert(job);
         Ok(())
     }
@@ -89,7 +99,7 @@ impl JobStore for MemoryStore {
             return Err(Error::Fenced(job.id));
         }
         inner.remove(&job.id);
-        job.version += 1;
+        job.version = inner.next_version();
         inner.insert(job.clone());
         Ok(job)
     }
@@ -144,7 +154,7 @@ impl JobStore for MemoryStore {
             let Some((key, mut job)) = inner.jobs.remove_entry(&id) else {
                 continue;
             };
-            job.version += 1;
+            job.version = inner.next_version();
             let claimed = DueJob::claim(*job, now);
             if !claimed.removed {
                 if let Some(t) = claimed.job.next_run_time {

@@ -4,7 +4,8 @@
 //! stores (SQL, Redis, MongoDB, ZooKeeper; each behind its own cargo feature) keep
 //! [`JobRecord`]s as JSON, survive restarts, and can be shared by several scheduler
 //! processes: claiming a due job and advancing its next run time is one atomic step
-//! ([`JobStore::acquire_due_jobs`]), so each scheduled time of a job is submitted once.
+//! ([`JobStore::acquire_due_jobs`]), so no scheduled time of a job is submitted twice (a
+//! time claimed by a scheduler that dies before starting it is lost: see docs/stores.md).
 
 mod memory;
 #[cfg(feature = "mongodb")]
@@ -178,6 +179,24 @@ pub(crate) fn micros_ceil(t: DateTime<Utc>) -> i64 {
     } else {
         us.saturating_add(1)
     }
+}
+
+/// The version a persistent store gives a job it adds (or a replacement of one): random in
+/// `[2^32, 2^62)`, then bumped by one per write. The random start is the job's incarnation:
+/// a job removed and added again under the same id starts elsewhere in a range of 2^62
+/// versions, so a writer still holding a version of the removed job is fenced (a stale
+/// version matches only by a chance of about one in 2^62 per write of the new job). The
+/// memory store, which needs no such chance, counts instead.
+#[cfg(any(
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "mysql",
+    feature = "redis",
+    feature = "mongodb",
+    feature = "zookeeper"
+))]
+pub(crate) fn first_version() -> u64 {
+    (rand::random::<u64>() >> 2) | (1 << 32)
 }
 
 /// Opens the store a URL names. Connecting happens when the scheduler starts the store, so

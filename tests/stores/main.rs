@@ -8,6 +8,8 @@ mod suite;
 
 mod multiprocess;
 
+mod chaos;
+
 mod memory;
 
 #[cfg(any(feature = "redis", feature = "mongodb", feature = "zookeeper"))]

@@ -2,7 +2,7 @@
 //! scheduler processes run the same jobs from one store; the busiest is SIGKILLed mid-run.
 //! No (job, scheduled time) may be submitted twice, and every slot outside the failover
 //! window (from just before the kill to the end of the dead process's leases) must be
-//! submitted exactly once.
+//! submitted. (`chaos` runs the same workers on PostgreSQL with connection cuts too.)
 //!
 //! One parent test, [`multiprocess_shared_store`], runs one [`Plan`] per store (each store
 //! module says how to reach its server and clean up, in a [`Target`]). The processes are
@@ -84,12 +84,19 @@ pub fn store_for(url: &str, namespace: &str) -> apsched::Result<Box<dyn JobStore
     })
 }
 
+/// Held by each test that runs scheduler processes for a while (this one and `chaos`), so
+/// that they take turns: on a 2-core machine, one's processes would starve the other's
+/// (the MongoDB test server above all), and a slow store shows as lost slots in the
+/// failover-window arithmetic here.
+pub static PROCESS_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Every store whose server is there, at once: the SQL databases side by side, and beside
 /// them the other stores one after another (the MongoDB test server is a Python process
 /// that a second concurrent run would starve).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multiprocess_shared_store() {
     #![allow(unused_mut)] // nothing is added without a store feature
+    let _turn = PROCESS_TESTS.lock().await;
     let mut side_by_side: Vec<Target> = Vec::new();
     let mut one_by_one: Vec<Target> = Vec::new();
     #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
@@ -135,7 +142,11 @@ async fn run_target(target: Target) -> Result<String, String> {
 
 /// The jobs: `plan.jobs` of them, every second from `first`, the last slot at
 /// `first + (secs - 1) s`.
-async fn add_jobs(store: &dyn JobStore, plan: &Plan, first: DateTime<Utc>) -> apsched::Result<()> {
+pub async fn add_jobs(
+    store: &dyn JobStore,
+    plan: &Plan,
+    first: DateTime<Utc>,
+) -> apsched::Result<()> {
     let last = first + TimeDelta::seconds(plan.secs - 1);
     for i in 0..plan.jobs {
         let mut job = suite::interval_job(&format!("mp{i:04}"), 1, Some(first));
@@ -159,14 +170,14 @@ async fn add_jobs(store: &dyn JobStore, plan: &Plan, first: DateTime<Utc>) -> ap
 }
 
 /// One logged submission: `job scheduled_ms process logged_ms`.
-struct Line {
-    job: String,
-    scheduled: i64,
-    process: usize,
-    logged: i64,
+pub struct Line {
+    pub job: String,
+    pub scheduled: i64,
+    pub process: usize,
+    pub logged: i64,
 }
 
-fn read_logs(dir: &Path, processes: usize) -> Vec<Line> {
+pub fn read_logs(dir: &Path, processes: usize) -> Vec<Line> {
     let mut lines = Vec::new();
     for p in 0..processes {
         let text = std::fs::read_to_string(dir.join(format!("w{p}.log"))).unwrap_or_default();
@@ -189,10 +200,122 @@ fn read_logs(dir: &Path, processes: usize) -> Vec<Line> {
     lines
 }
 
+/// How many failed claims each process logged (`!error claim` lines): calls that may have
+/// committed a claim the process never heard of.
+pub fn failed_claims(dir: &Path, processes: usize) -> Vec<usize> {
+    (0..processes)
+        .map(|p| {
+            std::fs::read_to_string(dir.join(format!("w{p}.log")))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.starts_with("!error claim"))
+                .count()
+        })
+        .collect()
+}
+
 fn log_bytes(dir: &Path, processes: usize) -> u64 {
     (0..processes)
         .map(|p| std::fs::metadata(dir.join(format!("w{p}.log"))).map_or(0, |m| m.len()))
         .sum()
+}
+
+/// Starts worker `p` of `plan` ([`multiprocess_worker`]) on the store at `url`, logging to
+/// `dir/w{p}.log` (and its errors to `dir/w{p}.err`). Closing its stdin stops it (so does
+/// the parent's death).
+pub fn spawn_worker(
+    plan: &Plan,
+    url: &str,
+    p: usize,
+    dir: &Path,
+) -> Result<tokio::process::Child, String> {
+    tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "multiprocess::multiprocess_worker",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("APSCHED_MP_URL", url)
+        .env("APSCHED_MP_NAMESPACE", &plan.namespace)
+        .env("APSCHED_MP_ID", format!("w{p}"))
+        .env("APSCHED_MP_LOG", dir.join(format!("w{p}.log")))
+        .env("APSCHED_MP_LEASE", plan.lease_secs.to_string())
+        .stdin(Stdio::piped())
+        // Its libtest summary would only clutter the output.
+        .stdout(Stdio::null())
+        // Its store errors go to a file, shown if it fails.
+        .stderr(
+            std::fs::File::create(dir.join(format!("w{p}.err")))
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::inherit()),
+        )
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("spawning a scheduler process: {e}"))
+}
+
+/// SIGKILLs the busiest worker (most submissions so far), so that the kill hits one holding
+/// claims; returns which, and when.
+pub async fn kill_busiest(
+    children: &mut [tokio::process::Child],
+    dir: &Path,
+) -> (usize, DateTime<Utc>) {
+    let so_far = read_logs(dir, children.len());
+    let victim = (0..children.len())
+        .max_by_key(|&p| so_far.iter().filter(|l| l.process == p).count())
+        .unwrap();
+    let killed_at = Utc::now();
+    children[victim].start_kill().unwrap();
+    children[victim].wait().await.unwrap();
+    (victim, killed_at)
+}
+
+/// Waits until every slot has been claimed (no job is left: the last claim of each job
+/// removes it) and the workers' logs have gone quiet, then stops the survivors. Returns
+/// when the last slot was claimed.
+pub async fn finish(
+    store: &dyn JobStore,
+    end: DateTime<Utc>,
+    children: &mut [tokio::process::Child],
+    victim: usize,
+    dir: &Path,
+) -> Result<DateTime<Utc>, String> {
+    let give_up = end + TimeDelta::seconds(60);
+    loop {
+        match store.next_run_time().await {
+            Ok(None) => break,
+            Ok(Some(_)) | Err(_) if Utc::now() > give_up => {
+                return Err("slots still unclaimed 60 s after the end".into());
+            }
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+    let all_claimed = Utc::now();
+    let (mut size, mut quiet_since) = (log_bytes(dir, children.len()), Utc::now());
+    while Utc::now() - quiet_since < TimeDelta::seconds(1) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = log_bytes(dir, children.len());
+        if now != size {
+            (size, quiet_since) = (now, Utc::now());
+        }
+    }
+    for (p, c) in children.iter_mut().enumerate() {
+        if p == victim {
+            continue;
+        }
+        drop(c.stdin.take());
+        let status = tokio::time::timeout(Duration::from_secs(60), c.wait())
+            .await
+            .map_err(|_| format!("w{p} did not stop"))?
+            .unwrap();
+        if !status.success() {
+            let err = std::fs::read_to_string(dir.join(format!("w{p}.err"))).unwrap_or_default();
+            let tail: Vec<&str> = err.lines().rev().take(10).collect();
+            return Err(format!("w{p} failed: {status}; its last words: {tail:?}"));
+        }
+    }
+    Ok(all_claimed)
 }
 
 /// Runs one plan: adds the jobs, starts the processes, kills the busiest, waits until every
@@ -221,76 +344,15 @@ async fn run_in(plan: &Plan, dir: &Path) -> Result<String, String> {
         .await
         .map_err(|e| format!("adding the jobs: {e}"))?;
 
-    let exe = std::env::current_exe().unwrap();
     let mut children = Vec::new();
     for p in 0..plan.processes {
-        let child = tokio::process::Command::new(&exe)
-            .args([
-                "--exact",
-                "multiprocess::multiprocess_worker",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("APSCHED_MP_URL", &plan.url)
-            .env("APSCHED_MP_NAMESPACE", &plan.namespace)
-            .env("APSCHED_MP_ID", format!("w{p}"))
-            .env("APSCHED_MP_LOG", dir.join(format!("w{p}.log")))
-            .env("APSCHED_MP_LEASE", plan.lease_secs.to_string())
-            // Closing its stdin stops it (so does the parent's death).
-            .stdin(Stdio::piped())
-            // Its libtest summary would only clutter the output; errors go to stderr.
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("spawning a scheduler process: {e}"))?;
-        children.push(child);
+        children.push(spawn_worker(plan, &plan.url, p, dir)?);
     }
 
     let kill_at = first + TimeDelta::seconds(plan.kill_at);
     tokio::time::sleep((kill_at - Utc::now()).to_std().unwrap_or_default()).await;
-    // The busiest process (most submissions so far), so the kill hits one holding claims.
-    let so_far = read_logs(dir, plan.processes);
-    let victim = (0..plan.processes)
-        .max_by_key(|&p| so_far.iter().filter(|l| l.process == p).count())
-        .unwrap();
-    let killed_at = Utc::now();
-    children[victim].start_kill().unwrap(); // SIGKILL
-    children[victim].wait().await.unwrap();
-
-    // Stragglers: every slot is claimed once no job is left (the last claim of each job
-    // removes it); then the claimers' logs go quiet.
-    let give_up = end + TimeDelta::seconds(60);
-    loop {
-        match store.next_run_time().await {
-            Ok(None) => break,
-            Ok(Some(_)) | Err(_) if Utc::now() > give_up => {
-                return Err("slots still unclaimed 60 s after the end".into());
-            }
-            _ => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    }
-    let all_claimed = Utc::now();
-    let (mut size, mut quiet_since) = (log_bytes(dir, plan.processes), Utc::now());
-    while Utc::now() - quiet_since < TimeDelta::seconds(1) {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let now = log_bytes(dir, plan.processes);
-        if now != size {
-            (size, quiet_since) = (now, Utc::now());
-        }
-    }
-    for (p, c) in children.iter_mut().enumerate() {
-        if p == victim {
-            continue;
-        }
-        drop(c.stdin.take());
-        let status = tokio::time::timeout(Duration::from_secs(60), c.wait())
-            .await
-            .map_err(|_| format!("w{p} did not stop"))?
-            .unwrap();
-        if !status.success() {
-            return Err(format!("w{p} failed: {status}"));
-        }
-    }
+    let (victim, killed_at) = kill_busiest(&mut children, dir).await;
+    let all_claimed = finish(&*store, end, &mut children, victim, dir).await?;
     drop(store);
 
     let lines = read_logs(dir, plan.processes);
@@ -378,9 +440,9 @@ async fn run_in(plan: &Plan, dir: &Path) -> Result<String, String> {
     }
 }
 
-/// A scheduler process (only when started by [`run`]): runs the shared jobs and appends
-/// `job scheduled_ms process logged_ms` for every submitted slot to its log, until its stdin
-/// closes.
+/// A scheduler process (only when started by [`run`] or the chaos test): runs the shared
+/// jobs and appends `job scheduled_ms process logged_ms` for every submitted slot to its
+/// log (and `!error claim|other` for every store error), until its stdin closes.
 #[test]
 fn multiprocess_worker() {
     let Ok(url) = std::env::var("APSCHED_MP_URL") else {
@@ -431,7 +493,17 @@ async fn worker(url: String) {
                     // One write per event, unbuffered: a SIGKILL loses at most this one.
                     log.write_all(lines.as_bytes()).unwrap();
                 }
-                Ok(Event::StoreError { message, .. }) => eprintln!("{id}: store error: {message}"),
+                Ok(Event::StoreError { message, .. }) => {
+                    // A failed claim may have committed unheard (a cut connection, a
+                    // timeout): logged for the chaos test's accounting.
+                    let kind = if message.contains("claim") || message.contains("timed out") {
+                        "claim"
+                    } else {
+                        "other"
+                    };
+                    log.write_all(format!("!error {kind}\n").as_bytes()).unwrap();
+                    eprintln!("{id}: store error: {message}");
+                }
                 Ok(_) => {}
                 Err(e) => panic!("{id}: events: {e}"),
             }

@@ -19,6 +19,7 @@ use apsched::store::JobStore;
 use apsched::trigger::Interval;
 use apsched::{Error, Event, EventKind, Scheduler};
 use chrono::{DateTime, TimeDelta, Utc};
+use futures::future::BoxFuture;
 
 use crate::suite;
 
@@ -131,6 +132,16 @@ impl TestDb {
 // ---------------------------------------------------------------------------------------
 // The contract
 
+/// The suite's corrupt-record hook: a row whose document is not JSON.
+fn write_corrupt<'a>(store: &'a SqlStore, id: &'a str) -> BoxFuture<'a, ()> {
+    Box::pin(async move {
+        store
+            .insert_raw_row(id, Some(suite::t0()), "{this is not json")
+            .await
+            .unwrap();
+    })
+}
+
 async fn contract(db: Db) {
     let Some(tdb) = TestDb::new(db, "contract").await else {
         return;
@@ -140,19 +151,22 @@ async fn contract(db: Db) {
     {
         let tdb = &tdb;
         let tables = tables.clone();
-        suite::contract(move || {
-            let tables = tables.clone();
-            let n = n.clone();
-            async move {
-                let t = {
-                    let mut n = n.lock().unwrap();
-                    *n += 1;
-                    format!("{}_{}", tdb.table, *n)
-                };
-                tables.lock().unwrap().push(t.clone());
-                tdb.started(&t, "s1", Duration::from_secs(30)).await
-            }
-        })
+        suite::contract(
+            move || {
+                let tables = tables.clone();
+                let n = n.clone();
+                async move {
+                    let t = {
+                        let mut n = n.lock().unwrap();
+                        *n += 1;
+                        format!("{}_{}", tdb.table, *n)
+                    };
+                    tables.lock().unwrap().push(t.clone());
+                    tdb.started(&t, "s1", Duration::from_secs(30)).await
+                }
+            },
+            Some(write_corrupt),
+        )
         .await;
     }
     let shared = format!("{}_shared", tdb.table);
@@ -173,14 +187,17 @@ async fn sqlite_contract() {
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn sqlite_in_memory_contract() {
-    suite::contract(|| async {
-        let store = SqlStore::lazy("sqlite::memory:").unwrap();
-        store
-            .start(suite::context("default", "s1", Duration::from_secs(30)))
-            .await
-            .unwrap();
-        store
-    })
+    suite::contract(
+        || async {
+            let store = SqlStore::lazy("sqlite::memory:").unwrap();
+            store
+                .start(suite::context("default", "s1", Duration::from_secs(30)))
+                .await
+                .unwrap();
+            store
+        },
+        Some(write_corrupt),
+    )
     .await;
 }
 
@@ -573,20 +590,38 @@ pub async fn multiprocess_targets() -> Vec<crate::multiprocess::Target> {
     targets
 }
 
+/// The chaos test's database (see `chaos`): a fresh table on PostgreSQL, if it is there.
+pub async fn chaos_target() -> Option<crate::multiprocess::Target> {
+    let tdb = TestDb::new(Db::Postgres, "chaos").await?;
+    Some(crate::multiprocess::Target {
+        plan: crate::multiprocess::Plan {
+            label: "postgres chaos".into(),
+            url: tdb.url.clone(),
+            namespace: tdb.table.clone(),
+            processes: 3,
+            jobs: 100,
+            secs: 60,
+            kill_at: 0, // chosen at random by the chaos test
+            lease_secs: 3,
+        },
+        cleanup: Box::pin(async move { tdb.cleanup(&[]).await }),
+    })
+}
+
 // ---------------------------------------------------------------------------------------
 // Outages
 
 /// A TCP proxy in front of a database server that can be cut and restored, to simulate an
 /// outage without touching the shared server.
-struct Proxy {
-    port: u16,
+pub struct Proxy {
+    pub port: u16,
     up: Arc<std::sync::atomic::AtomicBool>,
     conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     accept: tokio::task::JoinHandle<()>,
 }
 
 impl Proxy {
-    async fn start(upstream: String) -> Proxy {
+    pub async fn start(upstream: String) -> Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -613,7 +648,9 @@ impl Proxy {
         }
     }
 
-    fn set_up(&self, up: bool) {
+    /// Up: accepts and forwards connections. Down: drops every open connection and refuses
+    /// new ones.
+    pub fn set_up(&self, up: bool) {
         self.up.store(up, std::sync::atomic::Ordering::SeqCst);
         if !up {
             for c in self.conns.lock().unwrap().drain(..) {
@@ -631,7 +668,7 @@ impl Drop for Proxy {
 }
 
 /// `url` with its host:port replaced by the proxy's; also returns the original host:port.
-fn via_proxy(url: &str, port: u16) -> (String, String) {
+pub fn via_proxy(url: &str, port: u16) -> (String, String) {
     let start = url
         .find('@')
         .map_or_else(|| url.find("://").unwrap() + 3, |i| i + 1);
@@ -724,4 +761,514 @@ async fn unreachable_server_is_a_store_error() {
         check("postgres://postgres@127.0.0.1:1/test"),
         check("mysql://root@127.0.0.1:1/test")
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Rows no store would write
+
+/// A started store (identity `s1`) and a receiver of its STORE_ERROR events.
+async fn started_with_events(tdb: &TestDb) -> (SqlStore, apsched::event::EventReceiver) {
+    let ctx = suite::context("default", "s1", Duration::from_secs(30));
+    let events = ctx.events.subscribe(EventKind::STORE_ERROR);
+    let store = tdb.store();
+    store.start(ctx).await.unwrap();
+    (store, events)
+}
+
+/// How many STORE_ERROR events each job id got.
+fn reports(events: &mut apsched::event::EventReceiver) -> HashMap<String, usize> {
+    let mut reported = HashMap::new();
+    while let Some(Ok(ev)) = events.try_recv() {
+        if let Event::StoreError {
+            job_id: Some(id), ..
+        } = ev
+        {
+            *reported.entry(id).or_default() += 1;
+        }
+    }
+    reported
+}
+
+fn sorted_ids(due: &[apsched::store::DueJob]) -> Vec<String> {
+    let mut ids: Vec<String> = due.iter().map(|d| d.job.id.clone()).collect();
+    ids.sort();
+    ids
+}
+
+/// Issue 9 item 11: the `next_run_time` column and the document's copy disagree. The column
+/// is the truth (every query selects by it): a due column with a paused or a future document
+/// runs at the column's time (not deleted, not selected again on every pass), a paused
+/// column with a due document stays paused, a document naming another id is a corrupt
+/// record. Each is reported once, nothing is deleted, a claim rewrites the document, and a
+/// loop's passes find nothing due before the next real run time (no spin, no writes).
+async fn copies_disagree(db: Db) {
+    let Some(tdb) = TestDb::new(db, "copies").await else {
+        return;
+    };
+    let (store, mut events) = started_with_events(&tdb).await;
+    let doc = |id: &str, next: Option<DateTime<Utc>>| {
+        suite::interval_job(id, 60, next).to_json().unwrap()
+    };
+    let at = suite::at;
+    for (id, column, document) in [
+        ("paused_doc", Some(at(0)), doc("paused_doc", None)),
+        ("future_doc", Some(at(0)), doc("future_doc", Some(at(3600)))),
+        ("paused_column", None, doc("paused_column", Some(at(0)))),
+        ("other_id", Some(at(0)), doc("someone_else", Some(at(0)))),
+    ] {
+        store.insert_raw_row(id, column, &document).await.unwrap();
+    }
+    store
+        .add_job(suite::interval_job("good", 60, Some(at(0))), false)
+        .await
+        .unwrap();
+
+    // One pass, as the loop makes it: the earliest time, then a claim at that time.
+    assert_eq!(store.next_run_time().await.unwrap(), Some(at(0)));
+    let due = store.acquire_due_jobs(at(0), 100).await.unwrap();
+    assert_eq!(sorted_ids(&due), ["future_doc", "good", "paused_doc"]);
+    for d in &due {
+        assert_eq!(d.run_times, vec![at(0)], "{}", d.job.id);
+        assert!(!d.removed, "{} deleted", d.job.id);
+        assert_eq!(d.job.next_run_time, Some(at(60)), "{}", d.job.id);
+    }
+    store.release_jobs(&due).await.unwrap();
+
+    // Further passes before at(60): nothing due, nothing claimed, nothing written.
+    let before = row_versions(&store).await;
+    for pass in 0..5 {
+        assert_eq!(
+            store.next_run_time().await.unwrap(),
+            Some(at(60)),
+            "pass {pass}"
+        );
+        assert!(store
+            .acquire_due_jobs(at(30), 100)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+    assert_eq!(row_versions(&store).await, before, "a pass wrote a row");
+
+    // Kept, none deleted; the paused column keeps the job paused.
+    let all: Vec<String> = store
+        .get_all_jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(all, ["future_doc", "good", "paused_doc", "paused_column"]);
+    assert_eq!(
+        store
+            .lookup_job("paused_column")
+            .await
+            .unwrap()
+            .unwrap()
+            .next_run_time,
+        None
+    );
+    let err = store.lookup_job("other_id").await.unwrap_err();
+    assert!(matches!(err, Error::CorruptJob { .. }), "{err}");
+
+    // Reported once each, however often they were read.
+    let reported = reports(&mut events);
+    let expected: HashMap<String, usize> =
+        ["paused_doc", "future_doc", "paused_column", "other_id"]
+            .into_iter()
+            .map(|id| (id.to_string(), 1))
+            .collect();
+    assert_eq!(reported, expected);
+
+    // Repaired: another scheduler reading the table finds only the rows never written since.
+    let (other, mut other_events) = {
+        let ctx = suite::context("default", "s2", Duration::from_secs(30));
+        let events = ctx.events.subscribe(EventKind::STORE_ERROR);
+        let other = tdb.store();
+        other.start(ctx).await.unwrap();
+        (other, events)
+    };
+    assert_eq!(other.get_all_jobs().await.unwrap().len(), 4);
+    let mut reported: Vec<String> = reports(&mut other_events).into_keys().collect();
+    reported.sort();
+    assert_eq!(reported, ["other_id", "paused_column"]);
+    tdb.cleanup(&[]).await;
+}
+
+/// The versions of the loadable rows of `copies_disagree`.
+async fn row_versions(store: &SqlStore) -> Vec<u64> {
+    let mut v = Vec::new();
+    for id in ["good", "paused_doc", "future_doc", "paused_column"] {
+        v.push(store.lookup_job(id).await.unwrap().unwrap().version);
+    }
+    v
+}
+
+#[tokio::test]
+async fn sqlite_copies_disagree() {
+    copies_disagree(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_copies_disagree() {
+    copies_disagree(Db::Postgres).await;
+}
+
+#[tokio::test]
+async fn mysql_copies_disagree() {
+    copies_disagree(Db::MySql).await;
+}
+
+/// Issue 9 item 13: SQLite keeps any storage class in any column. Rows whose document is a
+/// BLOB, whose version is text, whose next run time is REAL or text, or whose lease owner is
+/// a BLOB are corrupt records: reported once each, kept, skipped by listing, claiming and
+/// the next run time, removable; the good job runs on.
+#[tokio::test]
+async fn sqlite_unexpected_storage_types() {
+    let Some(tdb) = TestDb::new(Db::Sqlite, "types").await else {
+        return;
+    };
+    let (store, mut events) = started_with_events(&tdb).await;
+    let at = suite::at;
+    store
+        .add_job(suite::interval_job("good", 60, Some(at(0))), false)
+        .await
+        .unwrap();
+    let us = at(0).timestamp_micros();
+    let doc = |id: &str| suite::interval_job(id, 60, Some(at(0))).to_json().unwrap();
+    let bad = [
+        (
+            "blob_doc",
+            format!("{us}, CAST('{}' AS BLOB), 0, NULL, NULL", doc("blob_doc")),
+        ),
+        (
+            "text_version",
+            format!("{us}, '{}', 'abc', NULL, NULL", doc("text_version")),
+        ),
+        (
+            "real_time",
+            format!("{us}.5, '{}', 0, NULL, NULL", doc("real_time")),
+        ),
+        (
+            "text_time",
+            format!("'soon', '{}', 0, NULL, NULL", doc("text_time")),
+        ),
+        (
+            "blob_owner",
+            format!("{us}, '{}', 0, X'00ff', 5", doc("blob_owner")),
+        ),
+    ];
+    for (id, values) in &bad {
+        let n = store
+            .execute_raw_sql(&format!(
+                "INSERT INTO {{table}} (id, next_run_time, doc, version, lease_owner, \
+                 lease_until) VALUES ('{id}', {values})"
+            ))
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    let all = store.get_all_jobs().await.unwrap();
+    assert_eq!(
+        all.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+        ["good"]
+    );
+    assert_eq!(store.next_run_time().await.unwrap(), Some(at(0)));
+    for pass in 0..3 {
+        let due = store.acquire_due_jobs(at(pass * 60), 100).await.unwrap();
+        assert_eq!(sorted_ids(&due), ["good"], "pass {pass}");
+        store.release_jobs(&due).await.unwrap();
+        assert_eq!(
+            store.next_run_time().await.unwrap(),
+            Some(at(pass * 60 + 60))
+        );
+    }
+    for (id, _) in &bad {
+        let err = store.lookup_job(id).await.unwrap_err();
+        assert!(matches!(err, Error::CorruptJob { .. }), "{id}: {err}");
+    }
+    let reported = reports(&mut events);
+    for (id, _) in &bad {
+        assert_eq!(reported.get(*id), Some(&1), "{id}: {reported:?}");
+    }
+    assert_eq!(reported.len(), bad.len(), "{reported:?}");
+    // Removable, the documented way out.
+    for (id, _) in &bad {
+        store.remove_job(id).await.unwrap();
+    }
+    assert_eq!(store.get_all_jobs().await.unwrap().len(), 1);
+    tdb.cleanup(&[]).await;
+}
+
+/// Issue 9 item 13 on the servers: the schema allows NULL in `next_run_time`,
+/// `lease_owner` and `lease_until`. An owner without an expiry is no lease, an expiry
+/// without an owner holds the job until it passes; a document that is JSON `null`, a number or empty is a corrupt
+/// record. Nothing fails the whole store.
+async fn odd_but_allowed_values(db: Db) {
+    let Some(tdb) = TestDb::new(db, "odd").await else {
+        return;
+    };
+    let (store, mut events) = started_with_events(&tdb).await;
+    let at = suite::at;
+    let us = at(0).timestamp_micros();
+    let doc = |id: &str| suite::interval_job(id, 60, Some(at(0))).to_json().unwrap();
+    let rows = [
+        (
+            "owner_only",
+            format!("{us}, '{}', 0, 'ghost', NULL", doc("owner_only")),
+        ),
+        (
+            "until_only",
+            format!(
+                "{us}, '{}', 0, NULL, {}",
+                doc("until_only"),
+                us + 60_000_000
+            ),
+        ),
+        ("null_doc", format!("{us}, 'null', 0, NULL, NULL")),
+        ("number_doc", format!("{us}, '42', 0, NULL, NULL")),
+        ("empty_doc", format!("{us}, '', 0, NULL, NULL")),
+    ];
+    for (id, values) in &rows {
+        store
+            .execute_raw_sql(&format!(
+                "INSERT INTO {{table}} (id, next_run_time, doc, version, lease_owner, \
+                 lease_until) VALUES ('{id}', {values})"
+            ))
+            .await
+            .unwrap();
+    }
+    let ids: Vec<String> = store
+        .get_all_jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(ids, ["owner_only", "until_only"]);
+    // An expiry without an owner holds the job until then, like any lease of another.
+    let due = store.acquire_due_jobs(at(0), 100).await.unwrap();
+    assert_eq!(sorted_ids(&due), ["owner_only"]);
+    store.release_jobs(&due).await.unwrap();
+    assert_eq!(store.next_run_time().await.unwrap(), Some(at(60)));
+    let due = store.acquire_due_jobs(at(60), 100).await.unwrap();
+    assert_eq!(sorted_ids(&due), ["owner_only", "until_only"]);
+    store.release_jobs(&due).await.unwrap();
+    let mut reported: Vec<String> = reports(&mut events).into_keys().collect();
+    reported.sort();
+    assert_eq!(reported, ["empty_doc", "null_doc", "number_doc"]);
+    tdb.cleanup(&[]).await;
+}
+
+#[tokio::test]
+async fn sqlite_odd_but_allowed_values() {
+    odd_but_allowed_values(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_odd_but_allowed_values() {
+    odd_but_allowed_values(Db::Postgres).await;
+}
+
+#[tokio::test]
+async fn mysql_odd_but_allowed_values() {
+    odd_but_allowed_values(Db::MySql).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Connections
+
+/// `url` with `params` added to its query.
+fn with_params(url: &str, params: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{params}")
+}
+
+/// Issue 9 item 17: the pool size is the user's (URL parameter or builder), and the
+/// PostgreSQL listener has a connection of its own: a store with a pool of one connection
+/// serves many concurrent calls, and on PostgreSQL is still woken by other schedulers.
+async fn pool_of_one(db: Db) {
+    let Some(tdb) = TestDb::new(db, "pool").await else {
+        return;
+    };
+    let app = format!("apsched_pool_{}", suite::unique_suffix());
+    let store = match db {
+        // The URL parameter (and a name to find its connections by)...
+        Db::Postgres => SqlStore::lazy(&with_params(
+            &tdb.url,
+            &format!("pool_size=1&application_name={app}"),
+        ))
+        .unwrap(),
+        Db::MySql => SqlStore::lazy(&with_params(&tdb.url, "max_connections=1")).unwrap(),
+        // ...and the builder.
+        Db::Sqlite => SqlStore::lazy(&tdb.url).unwrap().pool_size(1),
+    }
+    .table(&tdb.table);
+    let ctx = suite::context("default", "s1", Duration::from_secs(30));
+    let wakeup = ctx.wakeup.clone();
+    store.start(ctx).await.unwrap();
+    let store = Arc::new(store);
+    let mut calls = tokio::task::JoinSet::<apsched::Result<()>>::new();
+    for i in 0..20 {
+        let store = store.clone();
+        calls.spawn(async move {
+            let id = format!("j{i:02}");
+            store
+                .add_job(suite::interval_job(&id, 60, Some(suite::at(0))), false)
+                .await?;
+            store.lookup_job(&id).await?;
+            store.get_all_jobs().await?;
+            store.next_run_time().await?;
+            let due = store.acquire_due_jobs(suite::at(0), 5).await?;
+            store.release_jobs(&due).await?;
+            Ok(())
+        });
+    }
+    while let Some(r) = calls.join_next().await {
+        r.unwrap().unwrap();
+    }
+    assert_eq!(store.get_all_jobs().await.unwrap().len(), 20);
+
+    if db == Db::Postgres {
+        let other = tdb
+            .started(&tdb.table, "other", Duration::from_secs(30))
+            .await;
+        let count = format!(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = '{app}' AND pid <> \
+             pg_backend_pid()"
+        );
+        // The pool's one connection and the listener's: wait for the listener to be there.
+        let mut n = 0;
+        for _ in 0..200 {
+            n = other.execute_raw_sql(&count).await.unwrap();
+            if n >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(n, 2, "connections of a store with pool_size=1");
+        // Drain the wake-up the listener gives when it (re)connects, then: another
+        // scheduler's change wakes this one.
+        let _ = tokio::time::timeout(Duration::from_millis(200), wakeup.notified()).await;
+        let woken = wakeup.notified();
+        other
+            .add_job(suite::interval_job("from_other", 60, None), false)
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(30), woken)
+            .await
+            .expect("the listener wakes the store's scheduler");
+        assert_eq!(other.execute_raw_sql(&count).await.unwrap(), 2);
+    }
+    // A pool size of 0 or garbage is refused, saying why.
+    for bad in ["pool_size=0", "max_connections=many"] {
+        let err = SqlStore::lazy(&with_params(&tdb.url, bad)).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidStoreUrl { ref reason, .. } if reason.contains("at least 1")),
+            "{bad}: {err}"
+        );
+    }
+    tdb.cleanup(&[]).await;
+}
+
+#[tokio::test]
+async fn sqlite_pool_of_one() {
+    pool_of_one(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_pool_of_one() {
+    pool_of_one(Db::Postgres).await;
+}
+
+#[tokio::test]
+async fn mysql_pool_of_one() {
+    pool_of_one(Db::MySql).await;
+}
+
+/// Issue 9 item 18: a URL without a user connects as libpq and the mysql client would:
+/// `PGUSER`, else the operating-system user (here `root`, a role the test server has).
+/// Before, sqlx's stub answered "anonymous" and PostgreSQL refused the role.
+#[tokio::test]
+async fn urls_without_a_user() {
+    for (db, url) in [
+        (Db::Postgres, "postgres://127.0.0.1/test"),
+        (Db::MySql, "mysql://127.0.0.1/test"),
+    ] {
+        if TestDb::new(db, "nouser").await.is_none() {
+            continue;
+        }
+        let store = SqlStore::connect(url)
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"))
+            .table(format!("t_nouser_{}", suite::unique_suffix()));
+        store
+            .start(suite::context("default", "s", Duration::from_secs(30)))
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        store
+            .add_job(suite::interval_job("a", 60, Some(suite::at(0))), false)
+            .await
+            .unwrap();
+        assert!(store.lookup_job("a").await.unwrap().is_some());
+        store.drop_tables().await.unwrap();
+    }
+}
+
+/// `poll_interval(Duration::MAX)` and a `Duration::MAX` lease: the store's time arithmetic
+/// saturates (the lease ends at the last representable instant), nothing panics, and the
+/// lease still holds off another scheduler until released.
+async fn extreme_durations(db: Db) {
+    let Some(tdb) = TestDb::new(db, "maxdur").await else {
+        return;
+    };
+    let a = tdb.store().poll_interval(Duration::MAX);
+    a.start(suite::context("default", "a", Duration::MAX))
+        .await
+        .unwrap();
+    assert_eq!(JobStore::poll_interval(&a), Some(Duration::MAX));
+    let b = tdb.started(&tdb.table, "b", Duration::from_secs(30)).await;
+    a.add_job(suite::interval_job("j", 60, Some(suite::at(0))), false)
+        .await
+        .unwrap();
+    let due = a.acquire_due_jobs(suite::at(0), 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    let until = due[0].job.lease.as_ref().unwrap().until;
+    assert!(
+        until.timestamp() > suite::at(0).timestamp() + 1_000_000_000,
+        "{until}"
+    );
+    assert_eq!(a.next_run_time().await.unwrap(), Some(suite::at(60)));
+    // Another scheduler's next look is when the lease ends (kept to the µs).
+    assert_eq!(
+        b.next_run_time().await.unwrap().unwrap().timestamp_micros(),
+        until.timestamp_micros()
+    );
+    assert!(b
+        .acquire_due_jobs(suite::at(60), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    a.release_jobs(&due).await.unwrap();
+    assert_eq!(
+        b.acquire_due_jobs(suite::at(60), 10).await.unwrap().len(),
+        1
+    );
+    tdb.cleanup(&[]).await;
+}
+
+#[tokio::test]
+async fn sqlite_extreme_durations() {
+    extreme_durations(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_extreme_durations() {
+    extreme_durations(Db::Postgres).await;
+}
+
+#[tokio::test]
+async fn mysql_extreme_durations() {
+    extreme_durations(Db::MySql).await;
 }

@@ -12,10 +12,10 @@
 //! | column | type | meaning |
 //! | --- | --- | --- |
 //! | `id` | text, primary key | the job id |
-//! | `next_run_time` | 64-bit integer, indexed | µs since the Unix epoch (rounded up); `NULL` = paused |
+//! | `next_run_time` | 64-bit integer, indexed | µs since the Unix epoch (rounded up); `NULL` = paused; the job's next run time (the document's copy is for reading) |
 //! | `paused` | boolean | `next_run_time IS NULL`, for ordering |
 //! | `doc` | text | the job as JSON ([`JobRecord::to_json`]) |
-//! | `version` | 64-bit integer | bumped by every write; writes compare it (fencing) |
+//! | `version` | 64-bit integer | random when the job is added, bumped by every write; writes compare it (fencing) |
 //! | `lease_owner` | text | the scheduler that claimed the job, while it submits its runs |
 //! | `lease_until` | 64-bit integer, indexed | when that claim expires (µs since the epoch) |
 //!
@@ -27,8 +27,8 @@
 //! lease of another scheduler) in `(next_run_time, id)` order with `FOR UPDATE SKIP LOCKED`
 //! (PostgreSQL, MySQL/MariaDB) or inside a `BEGIN IMMEDIATE` transaction (SQLite), advances
 //! each with [`DueJob::claim`], writes it back with a lease and `version + 1` (or deletes it
-//! when its trigger is exhausted), and commits: one transaction, so each scheduled time of a
-//! job is submitted by exactly one scheduler.
+//! when its trigger is exhausted), and commits: one transaction, so no scheduled time of a
+//! job is submitted by two schedulers (or twice by one).
 
 #[cfg(feature = "mysql")]
 mod mysql;
@@ -48,7 +48,7 @@ use sqlx::{
 };
 use tokio::task::JoinHandle;
 
-use super::{micros_ceil, DueJob, JobStore, StoreContext};
+use super::{first_version, micros_ceil, DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::job::{Callable, JobRecord, Lease};
@@ -135,7 +135,11 @@ impl SqlStore {
     /// `mysql://user:password@host:port/db` (also for MariaDB). Each scheme needs its cargo
     /// feature.
     ///
-    /// The connection pool reconnects by itself after an outage.
+    /// The connection pool reconnects by itself after an outage. Its size is 5 (4 on an
+    /// SQLite file) unless the URL says `pool_size=N` (or `max_connections=N`), see
+    /// [`pool_size`](Self::pool_size). Parts the URL leaves out are filled in as the
+    /// database's own client does (PostgreSQL: `PGUSER`, else the operating-system user,
+    /// and so on; MySQL: the operating-system user, `MYSQL_HOST`, `MYSQL_TCP_PORT`).
     ///
     /// # Errors
     /// [`Error::InvalidStoreUrl`] if the URL is not understood or its feature is not
@@ -154,14 +158,30 @@ impl SqlStore {
     /// # Errors
     /// [`Error::InvalidStoreUrl`] if the URL is not understood or its feature is not enabled.
     pub fn lazy(url: &str) -> Result<Self> {
+        let (rest, pool_size) = take_pool_size(url)?;
         let scheme = url.split_once(':').map_or("", |(s, _)| s);
         let backend = match scheme {
             #[cfg(feature = "sqlite")]
-            "sqlite" => Backend::Sqlite(Core::new(sqlite::pool_from_url(url)?)),
+            "sqlite" => {
+                let (pool, in_memory) = sqlite::pool_from_url(&rest)?;
+                Backend::Sqlite(Core::new(pool, !in_memory))
+            }
             #[cfg(feature = "postgres")]
-            "postgres" | "postgresql" => Backend::Postgres(Core::new(postgres::pool(url)?)),
+            "postgres" | "postgresql" => Backend::Postgres(Core::new(
+                <sqlx::Postgres as Dialect>::pool(
+                    postgres::options(&rest)?,
+                    <sqlx::Postgres as Dialect>::DEFAULT_POOL_SIZE,
+                ),
+                true,
+            )),
             #[cfg(feature = "mysql")]
-            "mysql" | "mariadb" => Backend::MySql(Core::new(mysql::pool(url)?)),
+            "mysql" | "mariadb" => Backend::MySql(Core::new(
+                <sqlx::MySql as Dialect>::pool(
+                    mysql::options(&rest)?,
+                    <sqlx::MySql as Dialect>::DEFAULT_POOL_SIZE,
+                ),
+                true,
+            )),
             _ => {
                 return Err(Error::InvalidStoreUrl {
                     url: url.to_string(),
@@ -172,7 +192,11 @@ impl SqlStore {
                 })
             }
         };
-        Ok(SqlStore { backend })
+        let store = SqlStore { backend };
+        Ok(match pool_size {
+            Some(n) => store.pool_size(n),
+            None => store,
+        })
     }
 
     /// A store in the SQLite file at `path` (created if missing), in WAL mode so several
@@ -183,8 +207,9 @@ impl SqlStore {
     /// Never fails today; kept fallible so that later checks need no API change.
     #[cfg(feature = "sqlite")]
     pub fn sqlite(path: impl AsRef<Path>) -> Result<Self> {
+        let (pool, in_memory) = sqlite::pool_from_path(path.as_ref());
         Ok(SqlStore {
-            backend: Backend::Sqlite(Core::new(sqlite::pool_from_path(path.as_ref()))),
+            backend: Backend::Sqlite(Core::new(pool, !in_memory)),
         })
     }
 
@@ -216,6 +241,17 @@ impl SqlStore {
         self
     }
 
+    /// Keeps at most `connections` connections to the database (at least 1; default 5 on
+    /// PostgreSQL and MySQL, 4 on an SQLite file; the URL parameter `pool_size=N`, or its
+    /// alias `max_connections=N`, sets the same). The PostgreSQL listener has a connection
+    /// of its own, outside the pool. A private in-memory SQLite database always has exactly
+    /// one: that connection is the database.
+    #[must_use]
+    pub fn pool_size(mut self, connections: u32) -> Self {
+        with_core_mut!(self, core => core.resize(connections));
+        self
+    }
+
     /// The table this store keeps its jobs in.
     pub fn table_name(&self) -> &str {
         with_core!(self, core => &core.table)
@@ -241,6 +277,57 @@ impl SqlStore {
     ) -> Result<()> {
         with_core!(self, core => core.insert_raw(id, next_run_time, doc).await)
     }
+
+    /// Runs one statement as is, `{table}` standing for the store's table; returns the
+    /// number of rows it changed. For tests that write rows no store would (values of
+    /// another type, copies that disagree). Not for applications.
+    #[doc(hidden)]
+    pub async fn execute_raw_sql(&self, sql: &str) -> Result<u64> {
+        with_core!(self, core => core.execute_raw(sql).await)
+    }
+
+    /// Runs one query as is, `{table}` standing for the store's table, and returns its
+    /// first column, which must be text. For tests that inspect what the database holds.
+    /// Not for applications.
+    #[doc(hidden)]
+    pub async fn query_raw_text(&self, sql: &str) -> Result<Vec<String>> {
+        with_core!(self, core => core.query_raw_text(sql).await)
+    }
+}
+
+/// The URL parameters that set the pool size (apsched's, so they are taken out before the
+/// driver sees the URL).
+const POOL_SIZE_PARAMS: [&str; 2] = ["pool_size", "max_connections"];
+
+/// `url` without its pool-size parameter, and the size it gave.
+fn take_pool_size(url: &str) -> Result<(String, Option<u32>)> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), None));
+    };
+    let mut size = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if !POOL_SIZE_PARAMS.contains(&key) {
+            kept.push(pair);
+            continue;
+        }
+        match value.parse::<u32>() {
+            Ok(n) if n >= 1 => size = Some(n),
+            _ => {
+                return Err(Error::InvalidStoreUrl {
+                    url: url.to_string(),
+                    reason: format!("{key} must be a whole number of connections, at least 1"),
+                })
+            }
+        }
+    }
+    let rest = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((rest, size))
 }
 
 /// A URL the driver could not parse.
@@ -270,12 +357,15 @@ pub(crate) trait Dialect: Database + sqlx::database::HasStatementCache + Sized {
     /// Appended to the due-rows query: `FOR UPDATE SKIP LOCKED`, or nothing where the
     /// transaction itself is exclusive.
     const LOCK_SKIP: &'static str;
-    /// Appended to a read that precedes a write in the same transaction.
-    const LOCK: &'static str;
     /// The statement beginning a write transaction (`None` = the driver's default).
     const BEGIN: Option<&'static str>;
     /// Whether this store should poll by default (no push notifications).
     const POLLS: bool;
+    /// The pool size unless the user sets one.
+    const DEFAULT_POOL_SIZE: u32;
+
+    /// A lazily connecting pool of at most `size` connections.
+    fn pool(opts: <Self::Connection as sqlx::Connection>::Options, size: u32) -> Pool<Self>;
 
     /// The number of rows a statement changed.
     fn rows_affected(r: &Self::QueryResult) -> u64;
@@ -327,25 +417,24 @@ struct Statements {
     select_due: String,
     delete: String,
     insert: String,
-    select_version_lock: String,
     replace: String,
     update_cas: String,
     select_version: String,
     lookup: String,
     all: String,
     delete_all: String,
-    next_free: String,
-    next_leased: String,
+    next: String,
     notify: Option<String>,
 }
 
 impl Statements {
     fn new<DB: Dialect>(t: &str) -> Self {
         let p = DB::placeholders;
-        let cols = "id, doc, version, lease_owner, lease_until";
+        // Every row read has these columns, in this order (see `Core::read_row`).
+        let cols = "id, doc, version, lease_owner, lease_until, next_run_time";
         Statements {
             select_due: p(&format!(
-                "SELECT {cols}, next_run_time FROM {t} WHERE next_run_time <= ? \
+                "SELECT {cols} FROM {t} WHERE next_run_time <= ? \
                  AND (lease_until IS NULL OR lease_until <= ? OR lease_owner = ?) \
                  ORDER BY next_run_time, id LIMIT ?{}",
                 DB::LOCK_SKIP
@@ -355,7 +444,6 @@ impl Statements {
                 "INSERT INTO {t} (id, next_run_time, paused, doc, version) \
                  VALUES (?, ?, ?, ?, ?)"
             )),
-            select_version_lock: p(&format!("SELECT version FROM {t} WHERE id = ?{}", DB::LOCK)),
             replace: p(&format!(
                 "UPDATE {t} SET next_run_time = ?, paused = ?, doc = ?, version = ?, \
                  lease_owner = NULL, lease_until = NULL WHERE id = ?"
@@ -369,17 +457,20 @@ impl Statements {
             all: format!("SELECT {cols} FROM {t} ORDER BY paused, next_run_time, id"),
             delete_all: format!("DELETE FROM {t}"),
             // The earliest time this scheduler could claim something: rows free of other
-            // leases (or whose lease ends before they are due) at their next run time...
-            next_free: p(&format!(
-                "SELECT id, next_run_time FROM {t} WHERE next_run_time IS NOT NULL \
-                 AND (lease_until IS NULL OR lease_owner = ? OR lease_until <= next_run_time) \
-                 ORDER BY next_run_time, id LIMIT ?"
-            )),
-            // ...and rows leased by another scheduler when that lease ends.
-            next_leased: p(&format!(
-                "SELECT id, lease_until FROM {t} WHERE lease_until IS NOT NULL \
-                 AND next_run_time IS NOT NULL AND lease_owner <> ? \
-                 AND lease_until > next_run_time ORDER BY lease_until, id LIMIT ?"
+            // leases (or whose lease ends before they are due) at their next run time, and
+            // rows leased by another scheduler when that lease ends. Each half walks its
+            // own index; one statement, so both halves see the same snapshot (two
+            // statements could miss a row whose lease was released in between, and report
+            // nothing due at all).
+            next: p(&format!(
+                "SELECT id, t FROM (SELECT id, next_run_time AS t FROM {t} \
+                 WHERE next_run_time IS NOT NULL AND (lease_until IS NULL OR lease_owner = ? \
+                 OR lease_until <= next_run_time) ORDER BY next_run_time, id LIMIT ?) AS free \
+                 UNION ALL \
+                 SELECT id, t FROM (SELECT id, lease_until AS t FROM {t} \
+                 WHERE lease_until IS NOT NULL AND next_run_time IS NOT NULL \
+                 AND lease_owner <> ? AND lease_until > next_run_time \
+                 ORDER BY lease_until, id LIMIT ?) AS leased"
             )),
             notify: DB::notify_sql().map(p),
         }
@@ -401,12 +492,18 @@ struct Started {
 #[derive(Debug)]
 pub(crate) struct Core<DB: Database> {
     pool: Pool<DB>,
+    /// Whether [`SqlStore::pool_size`] may change the pool (not for a private in-memory
+    /// SQLite database, whose one connection is the database).
+    resizable: bool,
     table: String,
     poll: Option<Duration>,
     started: RwLock<Option<Arc<Started>>>,
     /// Rows that could not be loaded, by id, with the version that was reported: each is
     /// reported once, kept, and neither claimed nor counted as due while its version stays.
     bad: Mutex<HashMap<String, i64>>,
+    /// Rows whose document and columns disagree, by id, with the version that was
+    /// reported: each is reported once (see `Core::load`).
+    noted: Mutex<HashMap<String, i64>>,
     /// The LISTEN and NOTIFY tasks (PostgreSQL).
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -438,14 +535,26 @@ struct ClaimRow {
     version: i64,
 }
 
-/// A row as read from the table.
+/// A row as read from the table. Any column may hold what this store never writes (a row
+/// edited by hand, an SQLite value of another storage class): such a row is a corrupt
+/// record like any other, reported and kept, never an error of the whole read.
 struct RawRow {
     id: String,
-    doc: String,
+    /// The version, or [`UNREADABLE`] (the key under which a bad row is remembered).
     version: i64,
+    /// The other columns, or why one of them cannot be read.
+    columns: std::result::Result<Columns, String>,
+}
+
+struct Columns {
+    doc: String,
     lease_owner: Option<String>,
     lease_until: Option<i64>,
+    next_run_time: Option<i64>,
 }
+
+/// The version a row whose `version` column cannot be read is remembered under.
+const UNREADABLE: i64 = i64::MIN;
 
 fn store_error(
     store: &str,
@@ -490,19 +599,29 @@ fn version_u64(v: i64) -> u64 {
 }
 
 impl<DB: Dialect> Core<DB> {
-    fn new(pool: Pool<DB>) -> Self {
+    fn new(pool: Pool<DB>, resizable: bool) -> Self {
         Core {
             pool,
+            resizable,
             table: DEFAULT_TABLE.to_string(),
             poll: DB::POLLS.then_some(DEFAULT_POLL_INTERVAL),
             started: RwLock::new(None),
             bad: Mutex::new(HashMap::new()),
+            noted: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
         }
     }
 
     pub(crate) fn pool(&self) -> &Pool<DB> {
         &self.pool
+    }
+
+    /// Replaces the (not yet connected) pool by one of `size` connections.
+    fn resize(&mut self, size: u32) {
+        if self.resizable {
+            let opts = (*self.pool.connect_options()).clone();
+            self.pool = DB::pool(opts, size.max(1));
+        }
     }
 
     fn alias(&self) -> String {
@@ -534,6 +653,10 @@ impl<DB: Dialect> Core<DB> {
 
     fn bad(&self) -> MutexGuard<'_, HashMap<String, i64>> {
         self.bad.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn noted(&self) -> MutexGuard<'_, HashMap<String, i64>> {
+        self.noted.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Wraps a database error as [`Error::Store`], saying what the store was doing.
@@ -636,6 +759,7 @@ where
         });
         *self.started.write().unwrap_or_else(|e| e.into_inner()) = Some(started.clone());
         self.bad().clear();
+        self.noted().clear();
         let tasks = [DB::listen(self, &ctx, channel), self.notifier(&started)];
         let mut slot = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         for old in slot.drain(..) {
@@ -716,6 +840,29 @@ where
         Ok(())
     }
 
+    async fn execute_raw(&self, sql: &str) -> Result<u64> {
+        let sql = sql.replace("{table}", self.table_checked()?);
+        let r = sqlx::query(AssertSqlSafe(sql))
+            .persistent(false)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err("running a raw statement", e))?;
+        Ok(DB::rows_affected(&r))
+    }
+
+    async fn query_raw_text(&self, sql: &str) -> Result<Vec<String>> {
+        let sql = sql.replace("{table}", self.table_checked()?);
+        let err = |e| self.err("running a raw query", e);
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .persistent(false)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>(0).map_err(err))
+            .collect()
+    }
+
     /// Tells the other schedulers that jobs changed (PostgreSQL NOTIFY; a no-op elsewhere).
     /// The notification is sent by a background task, so a burst of changes costs one
     /// NOTIFY, not one per change, and never slows the write down.
@@ -752,71 +899,140 @@ where
         }))
     }
 
-    fn read_row(
-        row: &DB::Row,
-        with_next: bool,
-    ) -> std::result::Result<(RawRow, Option<i64>), sqlx::Error> {
-        let raw = RawRow {
-            id: row.try_get(0)?,
-            doc: row.try_get(1)?,
-            version: row.try_get(2)?,
-            lease_owner: row.try_get(3)?,
-            lease_until: row.try_get(4)?,
+    /// The id in a row's first column. It is text everywhere; only SQLite can hold another
+    /// storage class in it (a BLOB), which is read as text if it is UTF-8.
+    fn read_id(row: &DB::Row) -> String {
+        row.try_get::<String, _>(0)
+            .or_else(|_| row.try_get_unchecked::<String, _>(0))
+            .unwrap_or_else(|e| format!("<unreadable id: {e}>"))
+    }
+
+    /// Reads a row of `Statements::cols`, column by column: a value of an unexpected type
+    /// makes the row corrupt, not the read.
+    fn read_row(row: &DB::Row) -> RawRow {
+        let id = Self::read_id(row);
+        let cannot = |column: &str, e: &sqlx::Error| format!("its `{column}` column: {e}");
+        let version = row.try_get::<i64, _>(2);
+        let columns = match &version {
+            Err(e) => Err(cannot("version", e)),
+            Ok(_) => (|| {
+                Ok(Columns {
+                    doc: row.try_get(1).map_err(|e| cannot("doc", &e))?,
+                    lease_owner: row.try_get(3).map_err(|e| cannot("lease_owner", &e))?,
+                    lease_until: row.try_get(4).map_err(|e| cannot("lease_until", &e))?,
+                    next_run_time: row.try_get(5).map_err(|e| cannot("next_run_time", &e))?,
+                })
+            })(),
         };
-        let next = if with_next { row.try_get(5)? } else { None };
-        Ok((raw, next))
+        RawRow {
+            id,
+            version: version.unwrap_or(UNREADABLE),
+            columns,
+        }
     }
 
     /// Parses a row into a job, checking that its task is registered. On failure the row is
-    /// reported once (event + error log) and remembered as bad; `None` is returned.
+    /// reported once (event + error log) and remembered as bad, and the reason returned.
+    ///
+    /// The `next_run_time` column is the job's next run time: it is what every query
+    /// selects and orders by. A document whose copy disagrees (written by hand, or by
+    /// something other than apsched) is reported once and otherwise ignored; the job's next
+    /// write rewrites it. So a due column with a paused document neither deletes the job nor
+    /// leaves it due for ever, and a due column with a future document runs at the column's
+    /// time rather than being selected again on every pass.
     fn load(&self, st: &Started, raw: &RawRow) -> std::result::Result<JobRecord, String> {
-        let lease = match (&raw.lease_owner, raw.lease_until.and_then(from_micros)) {
+        match Self::parse(st, raw) {
+            Ok((job, mismatch)) => {
+                let mut bad = self.bad();
+                if !bad.is_empty() {
+                    bad.remove(&raw.id);
+                }
+                drop(bad);
+                if let Some(m) = mismatch {
+                    let first =
+                        self.noted().insert(raw.id.clone(), raw.version) != Some(raw.version);
+                    if first {
+                        tracing::warn!(store = %st.ctx.alias, job_id = %raw.id, "{m}");
+                        st.ctx.events.emit(Event::StoreError {
+                            store: st.ctx.alias.clone(),
+                            job_id: Some(raw.id.clone()),
+                            message: m,
+                        });
+                    }
+                }
+                Ok(job)
+            }
+            Err(reason) => {
+                self.report_bad(st, &raw.id, raw.version, &reason);
+                Err(reason)
+            }
+        }
+    }
+
+    /// A row as a job, and what its document and columns disagree on (if anything).
+    fn parse(
+        st: &Started,
+        raw: &RawRow,
+    ) -> std::result::Result<(JobRecord, Option<String>), String> {
+        let c = raw.columns.as_ref().map_err(Clone::clone)?;
+        let column_time = match c.next_run_time {
+            None => None,
+            Some(us) => Some(from_micros(us).ok_or_else(|| {
+                format!("its next_run_time column ({us} µs) is outside the dates apsched handles")
+            })?),
+        };
+        let lease = match (&c.lease_owner, c.lease_until.and_then(from_micros)) {
             (Some(owner), Some(until)) => Some(Lease {
                 owner: owner.clone(),
                 until,
             }),
             _ => None,
         };
-        let parsed = JobRecord::from_json(&raw.doc, version_u64(raw.version), lease)
-            .map_err(|e| format!("its JSON does not parse: {e}"))
-            .and_then(|job| {
-                if job.id != raw.id {
-                    return Err(format!("its JSON names another id ('{}')", job.id));
-                }
-                if let Callable::Task { name, .. } = &job.callable {
-                    if !st.ctx.tasks.contains(name) {
-                        return Err(format!(
-                            "its task '{name}' is not registered with this scheduler \
-                             (SchedulerBuilder::task)"
-                        ));
-                    }
-                }
-                Ok(job)
+        let mut job = JobRecord::from_json(&c.doc, version_u64(raw.version), lease)
+            .map_err(|e| format!("its JSON does not parse: {e}"))?;
+        if job.id != raw.id {
+            return Err(format!("its JSON names another id ('{}')", job.id));
+        }
+        if let Callable::Task { name, .. } = &job.callable {
+            if !st.ctx.tasks.contains(name) {
+                return Err(format!(
+                    "its task '{name}' is not registered with this scheduler \
+                     (SchedulerBuilder::task)"
+                ));
+            }
+        }
+        let mut mismatch = None;
+        if job.next_run_time.map(micros_ceil) != c.next_run_time {
+            let show = |t: Option<DateTime<Utc>>| {
+                t.map_or_else(|| "paused".to_string(), |t| t.to_rfc3339())
+            };
+            mismatch = Some(format!(
+                "job '{}': its next_run_time column says {} but its document says {}; the \
+                 column is used (the job's next write rewrites the document)",
+                raw.id,
+                show(column_time),
+                show(job.next_run_time)
+            ));
+            job.next_run_time = column_time;
+        }
+        Ok((job, mismatch))
+    }
+
+    /// Reports a row that cannot be loaded, once per row and version (event + error log),
+    /// and remembers it so that it is neither claimed nor counted as due.
+    fn report_bad(&self, st: &Started, id: &str, version: i64, reason: &str) {
+        let first = self.bad().insert(id.to_string(), version) != Some(version);
+        if first {
+            let err = Error::CorruptJob {
+                id: id.to_string(),
+                reason: reason.to_string(),
+            };
+            tracing::error!(store = %st.ctx.alias, job_id = %id, "{err}");
+            st.ctx.events.emit(Event::StoreError {
+                store: st.ctx.alias.clone(),
+                job_id: Some(id.to_string()),
+                message: err.to_string(),
             });
-        match parsed {
-            Ok(job) => {
-                let mut bad = self.bad();
-                if !bad.is_empty() {
-                    bad.remove(&raw.id);
-                }
-                Ok(job)
-            }
-            Err(reason) => {
-                let first = self.bad().insert(raw.id.clone(), raw.version) != Some(raw.version);
-                if first {
-                    let err = Error::CorruptJob {
-                        id: raw.id.clone(),
-                        reason: reason.clone(),
-                    };
-                    tracing::error!(store = %st.ctx.alias, job_id = %raw.id, "{err}");
-                    st.ctx.events.emit(Event::StoreError {
-                        store: st.ctx.alias.clone(),
-                        job_id: Some(raw.id.clone()),
-                        message: err.to_string(),
-                    });
-                }
-                Err(reason)
-            }
         }
     }
 
@@ -835,6 +1051,8 @@ where
         let doc = job.to_json()?;
         let next = job.next_run_time.map(micros_ceil);
         let paused = job.next_run_time.is_none();
+        // A new incarnation: see `first_version`.
+        let version = version_i64(first_version());
         let err = |e| self.err(&format!("adding job '{}'", job.id), e);
         if !replace {
             // One statement: the primary key refuses a duplicate id.
@@ -843,7 +1061,7 @@ where
                 .bind(next)
                 .bind(paused)
                 .bind(doc)
-                .bind(version_i64(job.version))
+                .bind(version)
                 .execute(&self.pool)
                 .await;
             return match r {
@@ -858,42 +1076,28 @@ where
                 Err(e) => Err(err(e)),
             };
         }
+        // A replacement is a new job with a new version (whatever the old row held, even
+        // something unreadable), so a writer still holding the old one is fenced off.
         let mut tx = self.begin_write().await.map_err(err)?;
-        let old: Option<i64> = match sqlx::query(AssertSqlSafe(st.sql.select_version_lock.clone()))
+        let replaced = sqlx::query(AssertSqlSafe(st.sql.replace.clone()))
+            .bind(next)
+            .bind(paused)
+            .bind(doc.as_str())
+            .bind(version)
             .bind(job.id.as_str())
-            .fetch_optional(&mut *tx)
+            .execute(&mut *tx)
             .await
-            .map_err(err)?
-        {
-            Some(row) => Some(row.try_get(0).map_err(err)?),
-            None => None,
-        };
-        match old {
-            Some(old) => {
-                // A replacement gets a newer version than the row it replaces, so a writer
-                // still holding the old one is fenced off.
-                let version = version_i64(job.version).max(old.saturating_add(1));
-                sqlx::query(AssertSqlSafe(st.sql.replace.clone()))
-                    .bind(next)
-                    .bind(paused)
-                    .bind(doc)
-                    .bind(version)
-                    .bind(job.id.as_str())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(err)?;
-            }
-            None => {
-                sqlx::query(AssertSqlSafe(st.sql.insert.clone()))
-                    .bind(job.id.as_str())
-                    .bind(next)
-                    .bind(paused)
-                    .bind(doc)
-                    .bind(version_i64(job.version))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(err)?;
-            }
+            .map_err(err)?;
+        if DB::rows_affected(&replaced) == 0 {
+            sqlx::query(AssertSqlSafe(st.sql.insert.clone()))
+                .bind(job.id.as_str())
+                .bind(next)
+                .bind(paused)
+                .bind(doc.as_str())
+                .bind(version)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
         }
         tx.commit().await.map_err(err)?;
         self.bad().remove(&job.id);
@@ -972,7 +1176,7 @@ where
         else {
             return Ok(None);
         };
-        let (raw, _) = Self::read_row(&row, false).map_err(err)?;
+        let raw = Self::read_row(&row);
         self.load(&st, &raw)
             .map(Some)
             .map_err(|reason| Error::CorruptJob {
@@ -990,8 +1194,7 @@ where
             .map_err(err)?;
         let mut jobs = Vec::with_capacity(rows.len());
         for row in &rows {
-            let (raw, _) = Self::read_row(row, false).map_err(err)?;
-            if let Ok(job) = self.load(&st, &raw) {
+            if let Ok(job) = self.load(&st, &Self::read_row(row)) {
                 jobs.push(job);
             }
         }
@@ -1002,28 +1205,40 @@ where
         let st = self.started()?;
         let err = |e| self.err("reading the next run time", e);
         let me = st.ctx.scheduler_id.as_str();
-        // Known-bad rows are skipped; fetching one more row than there are of them always
-        // reaches a good one if there is any.
-        let limit = self.bad_count() + 1;
-        let mut best: Option<i64> = None;
-        for sql in [&st.sql.next_free, &st.sql.next_leased] {
-            let rows = sqlx::query(AssertSqlSafe(sql.clone()))
+        // Known-bad rows are skipped; fetching one more row per half than there are of
+        // them always reaches a good one if there is any. A row whose time cannot be read
+        // is reported as bad on the way, and the look repeated with it counted (each repeat
+        // is owed to a row reported for the first time, so this ends).
+        loop {
+            let limit = self.bad_count() + 1;
+            let rows = sqlx::query(AssertSqlSafe(st.sql.next.clone()))
+                .bind(me)
+                .bind(limit)
                 .bind(me)
                 .bind(limit)
                 .fetch_all(&self.pool)
                 .await
                 .map_err(err)?;
+            let mut best: Option<i64> = None;
+            let mut newly_bad = false;
             for row in rows {
-                let id: String = row.try_get(0).map_err(err)?;
-                let t: i64 = row.try_get(1).map_err(err)?;
+                let id = Self::read_id(&row);
                 if self.bad().contains_key(&id) {
                     continue;
                 }
-                best = Some(best.map_or(t, |b| b.min(t)));
-                break;
+                match row.try_get::<i64, _>(1) {
+                    Ok(t) => best = Some(best.map_or(t, |b| b.min(t))),
+                    Err(e) => {
+                        let reason = format!("its time column: {e}");
+                        self.report_bad(&st, &id, UNREADABLE, &reason);
+                        newly_bad = true;
+                    }
+                }
+            }
+            if !newly_bad {
+                return Ok(best.and_then(from_micros));
             }
         }
-        Ok(best.and_then(from_micros))
     }
 
     async fn acquire_due_jobs(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueJob>> {
@@ -1074,7 +1289,7 @@ where
             if due.len() >= limit {
                 break;
             }
-            let (raw, _) = Self::read_row(row, true)?;
+            let raw = Self::read_row(row);
             if self.known_bad(&raw.id, raw.version) {
                 continue;
             }
@@ -1147,16 +1362,17 @@ where
         if kept.is_empty() {
             return Ok(());
         }
-        // Fenced by the lease itself: a row is released only while it still carries the
-        // lease this scheduler wrote when claiming it (owner and expiry). A later claim by
-        // anyone, this scheduler included, wrote another lease.
-        let mut by_lease: HashMap<i64, Vec<&str>> = HashMap::new();
+        // Fenced by the lease and the version: a row is released only while it still
+        // carries the lease this scheduler wrote when claiming it (owner and expiry) and
+        // the version that claim wrote. A later claim by anyone, this scheduler included,
+        // wrote another version, as did the removal and re-adding of the job.
+        let mut by_lease: HashMap<i64, Vec<(&str, i64)>> = HashMap::new();
         for d in kept {
             if let Some(l) = &d.job.lease {
                 by_lease
                     .entry(l.until.timestamp_micros())
                     .or_default()
-                    .push(d.job.id.as_str());
+                    .push((d.job.id.as_str(), version_i64(d.job.version)));
             }
         }
         let mut tx = self.begin_write().await.map_err(err)?;
@@ -1164,16 +1380,16 @@ where
             for chunk in ids.chunks(BATCH) {
                 let sql = DB::placeholders(&format!(
                     "UPDATE {} SET lease_owner = NULL, lease_until = NULL \
-                     WHERE lease_owner = ? AND lease_until = ? AND id IN ({})",
+                     WHERE lease_owner = ? AND lease_until = ? AND (id, version) IN ({})",
                     st.table,
-                    list(chunk.len(), "?")
+                    list(chunk.len(), "(?, ?)")
                 ));
                 let mut q = sqlx::query(AssertSqlSafe(sql))
                     .persistent(false)
                     .bind(me)
                     .bind(*until);
-                for id in chunk {
-                    q = q.bind(*id);
+                for (id, version) in chunk {
+                    q = q.bind(*id).bind(*version);
                 }
                 q.execute(&mut *tx).await.map_err(err)?;
             }

@@ -13,9 +13,23 @@ use crate::error::Result;
 impl Dialect for MySql {
     const LABEL: &'static str = "MySQL";
     const LOCK_SKIP: &'static str = " FOR UPDATE SKIP LOCKED";
-    const LOCK: &'static str = " FOR UPDATE";
     const BEGIN: Option<&'static str> = None;
     const POLLS: bool = true;
+    const DEFAULT_POOL_SIZE: u32 = 5;
+
+    fn pool(opts: MySqlConnectOptions, size: u32) -> Pool<MySql> {
+        MySqlPoolOptions::new()
+            .max_connections(size)
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect_lazy_with(opts)
+    }
 
     fn rows_affected(r: &sqlx::mysql::MySqlQueryResult) -> u64 {
         r.rows_affected()
@@ -51,19 +65,142 @@ impl Dialect for MySql {
     }
 }
 
-/// A lazily connecting pool from a `mysql://` URL.
-pub(super) fn pool(url: &str) -> Result<Pool<MySql>> {
+/// The connect options of a `mysql://` URL. What the URL leaves out is taken as the `mysql`
+/// client takes it (sqlx would use `root` and `localhost:3306` instead): the user is the
+/// operating-system user, the host `MYSQL_HOST`, the port `MYSQL_TCP_PORT` and the
+/// password `MYSQL_PWD` when those are set.
+pub(super) fn options(url: &str) -> Result<MySqlConnectOptions> {
     let url = url.replacen("mariadb://", "mysql://", 1);
     let opts = MySqlConnectOptions::from_str(&url).map_err(|e| bad_url(&url, &e))?;
-    Ok(MySqlPoolOptions::new()
-        .max_connections(5)
-        .acquire_timeout(Duration::from_secs(5))
-        .after_connect(|conn, _| {
-            Box::pin(async move {
-                conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                    .await?;
-                Ok(())
-            })
-        })
-        .connect_lazy_with(opts))
+    Ok(client_defaults(opts, &Given::of(&url), |k| {
+        std::env::var(k).ok()
+    }))
+}
+
+/// Which parts of the authority a URL spells out.
+#[derive(Debug, Default, PartialEq)]
+struct Given {
+    user: bool,
+    password: bool,
+    host: bool,
+    port: bool,
+}
+
+impl Given {
+    fn of(url: &str) -> Given {
+        let rest = url.split_once("://").map_or(url, |(_, r)| r);
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        let (userinfo, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        // `[::1]:3306`: the port follows the bracket.
+        let port_part = hostport.rsplit_once(']').map_or(hostport, |(_, p)| p);
+        Given {
+            user: userinfo.is_some_and(|u| !u.split(':').next().unwrap_or("").is_empty()),
+            password: userinfo.is_some_and(|u| u.contains(':')),
+            host: !hostport.is_empty() && !hostport.starts_with(':'),
+            port: port_part.contains(':'),
+        }
+    }
+}
+
+/// Fills in what the URL left out, the way the `mysql` client does (`env` reads a variable).
+fn client_defaults(
+    mut opts: MySqlConnectOptions,
+    given: &Given,
+    env: impl Fn(&str) -> Option<String>,
+) -> MySqlConnectOptions {
+    if !given.user {
+        if let Ok(user) = whoami::username() {
+            opts = opts.username(&user);
+        }
+    }
+    if !given.password {
+        if let Some(pwd) = env("MYSQL_PWD") {
+            opts = opts.password(&pwd);
+        }
+    }
+    if !given.host {
+        if let Some(host) = env("MYSQL_HOST") {
+            opts = opts.host(&host);
+        }
+    }
+    if !given.port {
+        if let Some(port) = env("MYSQL_TCP_PORT").and_then(|p| p.parse().ok()) {
+            opts = opts.port(port);
+        }
+    }
+    opts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_parts_are_given() {
+        let all = Given {
+            user: true,
+            password: true,
+            host: true,
+            port: true,
+        };
+        assert_eq!(Given::of("mysql://u:p@h:1/db"), all);
+        assert_eq!(
+            Given::of("mysql://h/db"),
+            Given {
+                host: true,
+                ..Given::default()
+            }
+        );
+        assert_eq!(Given::of("mysql:///db"), Given::default());
+        assert_eq!(
+            Given::of("mysql://u@[::1]:3306/db?x=y"),
+            Given {
+                user: true,
+                host: true,
+                port: true,
+                ..Given::default()
+            }
+        );
+        assert_eq!(
+            Given::of("mysql://:pw@h"),
+            Given {
+                password: true,
+                host: true,
+                ..Given::default()
+            }
+        );
+    }
+
+    #[test]
+    fn left_out_parts_come_from_the_client_environment() {
+        let env = |k: &str| match k {
+            "MYSQL_HOST" => Some("db.example".to_string()),
+            "MYSQL_TCP_PORT" => Some("3307".to_string()),
+            "MYSQL_PWD" => Some("secret".to_string()),
+            _ => None,
+        };
+        let url = "mysql:///test";
+        let opts = client_defaults(
+            MySqlConnectOptions::from_str(url).unwrap(),
+            &Given::of(url),
+            env,
+        );
+        assert_eq!(opts.get_host(), "db.example");
+        assert_eq!(opts.get_port(), 3307);
+        assert_eq!(opts.get_username(), whoami::username().unwrap());
+        // What the URL says wins.
+        let url = "mysql://app@h:3306/test";
+        let opts = client_defaults(
+            MySqlConnectOptions::from_str(url).unwrap(),
+            &Given::of(url),
+            env,
+        );
+        assert_eq!(
+            (opts.get_host(), opts.get_port(), opts.get_username()),
+            ("h", 3306, "app")
+        );
+    }
 }

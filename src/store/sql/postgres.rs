@@ -15,9 +15,16 @@ use crate::store::StoreContext;
 impl Dialect for Postgres {
     const LABEL: &'static str = "PostgreSQL";
     const LOCK_SKIP: &'static str = " FOR UPDATE SKIP LOCKED";
-    const LOCK: &'static str = " FOR UPDATE";
     const BEGIN: Option<&'static str> = None;
     const POLLS: bool = false;
+    const DEFAULT_POOL_SIZE: u32 = 5;
+
+    fn pool(opts: PgConnectOptions, size: u32) -> Pool<Postgres> {
+        PgPoolOptions::new()
+            .max_connections(size)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(opts)
+    }
 
     fn placeholders(sql: &str) -> String {
         let mut out = String::with_capacity(sql.len() + 16);
@@ -56,7 +63,14 @@ impl Dialect for Postgres {
     }
 
     fn listen(core: &Core<Self>, ctx: &StoreContext, channel: String) -> Option<JoinHandle<()>> {
-        let pool = core.pool().clone();
+        // The listener holds its connection for good, so it gets one of its own rather than
+        // one of the pool's (a pool of one would otherwise be left with none). A pool of
+        // one, with no timeouts, reconnects it after an outage.
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_lazy_with((*core.pool().connect_options()).clone());
         let wakeup = ctx.wakeup.clone();
         let me = ctx.scheduler_id.clone();
         let alias = ctx.alias.clone();
@@ -103,11 +117,10 @@ impl Dialect for Postgres {
     }
 }
 
-/// A lazily connecting pool from a `postgres://` URL.
-pub(super) fn pool(url: &str) -> Result<Pool<Postgres>> {
-    let opts = PgConnectOptions::from_str(url).map_err(|e| bad_url(url, &e))?;
-    Ok(PgPoolOptions::new()
-        .max_connections(5)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(opts))
+/// The connect options of a `postgres://` URL. What the URL leaves out comes from where
+/// libpq takes it: `PGHOST`, `PGPORT`, `PGUSER` (else the operating-system user),
+/// `PGPASSWORD` or `~/.pgpass`, `PGDATABASE` (else the user name). sqlx reads all of these;
+/// the operating-system user needs `whoami`'s `std` feature, which this crate turns on.
+pub(super) fn options(url: &str) -> Result<PgConnectOptions> {
+    PgConnectOptions::from_str(url).map_err(|e| bad_url(url, &e))
 }

@@ -14,9 +14,16 @@ use crate::error::Result;
 impl Dialect for Sqlite {
     const LABEL: &'static str = "SQLite";
     const LOCK_SKIP: &'static str = "";
-    const LOCK: &'static str = "";
     const BEGIN: Option<&'static str> = Some("BEGIN IMMEDIATE");
     const POLLS: bool = true;
+    const DEFAULT_POOL_SIZE: u32 = 4;
+
+    fn pool(opts: SqliteConnectOptions, size: u32) -> Pool<Sqlite> {
+        SqlitePoolOptions::new()
+            .max_connections(size)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(opts)
+    }
 
     fn rows_affected(r: &sqlx::sqlite::SqliteQueryResult) -> u64 {
         r.rows_affected()
@@ -42,29 +49,32 @@ impl Dialect for Sqlite {
     }
 }
 
-fn options(opts: SqliteConnectOptions, in_memory: bool) -> Pool<Sqlite> {
+/// A lazily connecting pool, and whether it is a private in-memory database.
+fn options(opts: SqliteConnectOptions, in_memory: bool) -> (Pool<Sqlite>, bool) {
     let opts = opts
         .create_if_missing(true)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(10));
     if in_memory {
         // Each connection to `:memory:` is its own database: keep exactly one, for ever.
-        return SqlitePoolOptions::new()
+        let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
             .acquire_timeout(Duration::from_secs(10))
             .connect_lazy_with(opts);
+        return (pool, true);
     }
-    SqlitePoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_lazy_with(opts.journal_mode(SqliteJournalMode::Wal))
+    let opts = opts.journal_mode(SqliteJournalMode::Wal);
+    (
+        <Sqlite as Dialect>::pool(opts, <Sqlite as Dialect>::DEFAULT_POOL_SIZE),
+        false,
+    )
 }
 
-/// A lazily connecting pool on the file at `path`.
-pub(super) fn pool_from_path(path: &Path) -> Pool<Sqlite> {
+/// A lazily connecting pool on the file at `path`, and whether it is in memory.
+pub(super) fn pool_from_path(path: &Path) -> (Pool<Sqlite>, bool) {
     let in_memory = path.as_os_str() == ":memory:";
     let opts = if in_memory {
         SqliteConnectOptions::new().in_memory(true)
@@ -74,8 +84,8 @@ pub(super) fn pool_from_path(path: &Path) -> Pool<Sqlite> {
     options(opts, in_memory)
 }
 
-/// A lazily connecting pool from a `sqlite://` URL.
-pub(super) fn pool_from_url(url: &str) -> Result<Pool<Sqlite>> {
+/// A lazily connecting pool from a `sqlite://` URL, and whether it is in memory.
+pub(super) fn pool_from_url(url: &str) -> Result<(Pool<Sqlite>, bool)> {
     let opts = SqliteConnectOptions::from_str(url).map_err(|e| bad_url(url, &e))?;
     Ok(options(
         opts,
