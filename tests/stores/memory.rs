@@ -6,18 +6,21 @@ use crate::suite;
 
 #[tokio::test]
 async fn memory_store_contract() {
-    suite::contract(|| async {
-        let store = MemoryStore::new();
-        store
-            .start(suite::context(
-                "default",
-                "s1",
-                std::time::Duration::from_secs(30),
-            ))
-            .await
-            .unwrap();
-        store
-    })
+    suite::contract(
+        || async {
+            let store = MemoryStore::new();
+            store
+                .start(suite::context(
+                    "default",
+                    "s1",
+                    std::time::Duration::from_secs(30),
+                ))
+                .await
+                .unwrap();
+            store
+        },
+        None,
+    )
     .await;
 }
 

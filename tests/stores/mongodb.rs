@@ -59,14 +59,17 @@ async fn mongodb_contract() {
     }
     let db = db_name();
     let n = std::sync::atomic::AtomicUsize::new(0);
-    suite::contract(|| {
-        let coll = format!(
-            "jobs{}",
-            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-        );
-        let db = db.clone();
-        async move { started(&db, &coll, "s1").await }
-    })
+    suite::contract(
+        || {
+            let coll = format!(
+                "jobs{}",
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            );
+            let db = db.clone();
+            async move { started(&db, &coll, "s1").await }
+        },
+        None,
+    )
     .await;
     drop_db(&db).await;
 }

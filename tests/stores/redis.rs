@@ -64,13 +64,16 @@ async fn redis_contract() {
     }
     let base = format!("apsched-test:{}", suite::unique_suffix());
     let n = std::sync::atomic::AtomicUsize::new(0);
-    suite::contract(|| {
-        let prefix = format!(
-            "{base}:{}",
-            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-        );
-        async move { started(&prefix, "s1").await }
-    })
+    suite::contract(
+        || {
+            let prefix = format!(
+                "{base}:{}",
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            );
+            async move { started(&prefix, "s1").await }
+        },
+        None,
+    )
     .await;
     for i in 0..n.load(std::sync::atomic::Ordering::SeqCst) {
         cleanup(&format!("{base}:{i}")).await;

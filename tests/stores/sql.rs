@@ -19,6 +19,7 @@ use apsched::store::JobStore;
 use apsched::trigger::Interval;
 use apsched::{Error, Event, EventKind, Scheduler};
 use chrono::{DateTime, TimeDelta, Utc};
+use futures::future::BoxFuture;
 
 use crate::suite;
 
@@ -131,6 +132,16 @@ impl TestDb {
 // ---------------------------------------------------------------------------------------
 // The contract
 
+/// The suite's corrupt-record hook: a row whose document is not JSON.
+fn write_corrupt<'a>(store: &'a SqlStore, id: &'a str) -> BoxFuture<'a, ()> {
+    Box::pin(async move {
+        store
+            .insert_raw_row(id, Some(suite::t0()), "{this is not json")
+            .await
+            .unwrap();
+    })
+}
+
 async fn contract(db: Db) {
     let Some(tdb) = TestDb::new(db, "contract").await else {
         return;
@@ -140,19 +151,22 @@ async fn contract(db: Db) {
     {
         let tdb = &tdb;
         let tables = tables.clone();
-        suite::contract(move || {
-            let tables = tables.clone();
-            let n = n.clone();
-            async move {
-                let t = {
-                    let mut n = n.lock().unwrap();
-                    *n += 1;
-                    format!("{}_{}", tdb.table, *n)
-                };
-                tables.lock().unwrap().push(t.clone());
-                tdb.started(&t, "s1", Duration::from_secs(30)).await
-            }
-        })
+        suite::contract(
+            move || {
+                let tables = tables.clone();
+                let n = n.clone();
+                async move {
+                    let t = {
+                        let mut n = n.lock().unwrap();
+                        *n += 1;
+                        format!("{}_{}", tdb.table, *n)
+                    };
+                    tables.lock().unwrap().push(t.clone());
+                    tdb.started(&t, "s1", Duration::from_secs(30)).await
+                }
+            },
+            Some(write_corrupt),
+        )
         .await;
     }
     let shared = format!("{}_shared", tdb.table);
@@ -173,14 +187,17 @@ async fn sqlite_contract() {
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn sqlite_in_memory_contract() {
-    suite::contract(|| async {
-        let store = SqlStore::lazy("sqlite::memory:").unwrap();
-        store
-            .start(suite::context("default", "s1", Duration::from_secs(30)))
-            .await
-            .unwrap();
-        store
-    })
+    suite::contract(
+        || async {
+            let store = SqlStore::lazy("sqlite::memory:").unwrap();
+            store
+                .start(suite::context("default", "s1", Duration::from_secs(30)))
+                .await
+                .unwrap();
+            store
+        },
+        Some(write_corrupt),
+    )
     .await;
 }
 

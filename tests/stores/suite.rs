@@ -1,6 +1,7 @@
 //! The store contract: what every [`JobStore`] must do, written once and run against each
-//! store. A store module calls [`contract`] with a factory of fresh, empty, started stores,
-//! and [`shared_claims`] with two stores on the same backend (persistent stores only).
+//! store. A store module calls [`contract`] with a factory of fresh, empty, started stores
+//! (and, if the store can hold a record it cannot load, a [`WriteCorrupt`] hook), and
+//! [`shared_claims`] with two stores on the same backend (persistent stores only).
 
 #![allow(dead_code)] // each store module uses the part of the suite that applies to it
 
@@ -16,6 +17,7 @@ use apsched::task::{TaskFn, TaskRegistry};
 use apsched::trigger::{Date, Interval, TriggerSpec};
 use apsched::Error;
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use futures::future::BoxFuture;
 use tokio::sync::Notify;
 
 /// A fixed instant the contract tests use as "now".
@@ -91,13 +93,24 @@ fn ids(jobs: &[JobRecord]) -> Vec<&str> {
     jobs.iter().map(|j| j.id.as_str()).collect()
 }
 
-/// Runs every contract test, each on a fresh store from `make`.
-pub async fn contract<F, Fut, S>(make: F)
+/// Writes, bypassing every check, a record under the given id that the store cannot load
+/// (a document that is not JSON), due at [`t0`]. Each store that keeps documents supplies
+/// one: the SQL stores (`sql.rs`) and Redis, MongoDB and ZooKeeper (their own modules). The
+/// memory store passes `None`: it keeps records, not documents, so nothing in it is corrupt.
+pub type WriteCorrupt<S> = for<'a> fn(&'a S, &'a str) -> BoxFuture<'a, ()>;
+
+/// Runs every contract test, each on a fresh store from `make`; the corrupt-record tests
+/// only if the store supplies `corrupt` (see [`WriteCorrupt`]).
+pub async fn contract<F, Fut, S>(make: F, corrupt: Option<WriteCorrupt<S>>)
 where
     F: Fn() -> Fut,
     Fut: Future<Output = S>,
     S: JobStore,
 {
+    stale_reads_fenced_across_incarnations(make().await).await;
+    if let Some(write) = corrupt {
+        remove_corrupt_record(make().await, write).await;
+    }
     add_lookup_roundtrip(make().await).await;
     ordering(make().await).await;
     conflicting_ids(make().await).await;
@@ -222,6 +235,118 @@ async fn update_and_fencing(store: impl JobStore) {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::JobLookup(_)), "{err}");
+}
+
+/// ABA: a job removed and added again (or replaced) under the same id is a new job. A
+/// write based on a read of the old one, or on a claim of it, is fenced, however many writes
+/// the new one has gone through; a release of an old claim leaves the new job alone.
+async fn stale_reads_fenced_across_incarnations(store: impl JobStore) {
+    let fenced = |r: apsched::Result<JobRecord>, what: &str| match r {
+        Err(Error::Fenced(id)) => assert_eq!(id, "a"),
+        Ok(j) => panic!(
+            "{what}: a stale write overwrote the new job (version {})",
+            j.version
+        ),
+        Err(e) => panic!("{what}: expected Fenced, got {e}"),
+    };
+    let stale = |j: &JobRecord| {
+        let mut j = j.clone();
+        j.name = Some("stale".into());
+        j.next_run_time = Some(at(5));
+        j
+    };
+    store
+        .add_job(interval_job("a", 60, Some(at(0))), false)
+        .await
+        .unwrap();
+    let read = store.lookup_job("a").await.unwrap().unwrap();
+    let old_claim = store.acquire_due_jobs(at(0), 10).await.unwrap();
+    assert_eq!(old_claim.len(), 1);
+    let claimed = old_claim[0].job.clone();
+    store.release_jobs(&old_claim).await.unwrap();
+
+    store.remove_job("a").await.unwrap();
+    store
+        .add_job(interval_job("a", 60, Some(at(0))), false)
+        .await
+        .unwrap();
+    fenced(
+        store.update_job(stale(&read)).await,
+        "read, remove, re-add, update",
+    );
+    // The new job goes through a claim too: its write count now equals the old claim's.
+    let new_claim = store.acquire_due_jobs(at(0), 10).await.unwrap();
+    assert_eq!(new_claim.len(), 1);
+    fenced(
+        store.update_job(stale(&claimed)).await,
+        "claim, remove, re-add, claim, update with the first claim",
+    );
+    let before = store.lookup_job("a").await.unwrap().unwrap();
+    store.release_jobs(&old_claim).await.unwrap();
+    let after = store.lookup_job("a").await.unwrap().unwrap();
+    assert_eq!(
+        after.version, before.version,
+        "an old release wrote the new job"
+    );
+    assert_eq!(after.next_run_time, Some(at(60)));
+    store.release_jobs(&new_claim).await.unwrap();
+
+    // Replacing is a new job as well.
+    let read = store.lookup_job("a").await.unwrap().unwrap();
+    store
+        .add_job(interval_job("a", 60, Some(at(0))), true)
+        .await
+        .unwrap();
+    fenced(
+        store.update_job(stale(&read)).await,
+        "read, replace, update",
+    );
+    let now = store.lookup_job("a").await.unwrap().unwrap();
+    assert_eq!(now.name.as_deref(), Some("job a"));
+    assert_eq!(now.next_run_time, Some(at(0)));
+}
+
+/// A record the store cannot load is removed by `remove_job`, the way docs/stores.md gives
+/// to recover from one; the id is then free for a new job, which runs normally.
+async fn remove_corrupt_record<S: JobStore>(store: S, write: WriteCorrupt<S>) {
+    store
+        .add_job(interval_job("good", 60, Some(at(0))), false)
+        .await
+        .unwrap();
+    write(&store, "bad").await;
+    // The store has met the record (and reported it) before it is removed.
+    assert_eq!(ids(&store.get_all_jobs().await.unwrap()), ["good"]);
+    let err = store.lookup_job("bad").await.unwrap_err();
+    assert!(
+        matches!(err, Error::CorruptJob { ref id, .. } if id == "bad"),
+        "{err}"
+    );
+    let due = store.acquire_due_jobs(at(0), 10).await.unwrap();
+    assert_eq!(
+        due.iter().map(|d| d.job.id.as_str()).collect::<Vec<_>>(),
+        ["good"]
+    );
+    store.release_jobs(&due).await.unwrap();
+
+    store
+        .remove_job("bad")
+        .await
+        .unwrap_or_else(|e| panic!("remove_job on a corrupt record: {e}"));
+    assert!(store.lookup_job("bad").await.unwrap().is_none());
+    let err = store.remove_job("bad").await.unwrap_err();
+    assert!(matches!(err, Error::JobLookup(_)), "{err}");
+    assert_eq!(ids(&store.get_all_jobs().await.unwrap()), ["good"]);
+
+    store
+        .add_job(interval_job("bad", 60, Some(at(0))), false)
+        .await
+        .unwrap();
+    let due = store.acquire_due_jobs(at(0), 10).await.unwrap();
+    assert_eq!(
+        due.iter().map(|d| d.job.id.as_str()).collect::<Vec<_>>(),
+        ["bad"]
+    );
+    store.release_jobs(&due).await.unwrap();
 }
 
 /// Removal of one job and of all jobs.

@@ -70,13 +70,16 @@ async fn zookeeper_contract() {
     }
     let base = root();
     let n = std::sync::atomic::AtomicUsize::new(0);
-    suite::contract(|| {
-        let r = format!(
-            "{base}/{}",
-            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-        );
-        async move { started(&r, "s1").await }
-    })
+    suite::contract(
+        || {
+            let r = format!(
+                "{base}/{}",
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            );
+            async move { started(&r, "s1").await }
+        },
+        None,
+    )
     .await;
     cleanup(&base).await;
 }
