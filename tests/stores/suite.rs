@@ -288,6 +288,10 @@ async fn stale_reads_fenced_across_incarnations(store: impl JobStore) {
         after.version, before.version,
         "an old release wrote the new job"
     );
+    assert_eq!(
+        after.lease, before.lease,
+        "an old release freed the new claim"
+    );
     assert_eq!(after.next_run_time, Some(at(60)));
     store.release_jobs(&new_claim).await.unwrap();
 
