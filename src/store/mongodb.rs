@@ -196,6 +196,12 @@ impl MongoStore {
         &self.collection
     }
 
+    /// The database set with [`with_database`](Self::with_database), if any (otherwise
+    /// the URL's, or `apscheduler`).
+    pub fn database(&self) -> Option<&str> {
+        self.database.as_deref()
+    }
+
     async fn coll(&self) -> Result<&Collection<Document>> {
         Ok(&self.colls().await?.jobs)
     }
@@ -626,32 +632,26 @@ impl JobStore for MongoStore {
     }
 
     async fn release_jobs(&self, jobs: &[DueJob]) -> Result<()> {
-        // One lease per claim pass: (owner, until) identifies exactly the leases this pass
-        // took, and any later write to a job (a management update, or another scheduler's
-        // claim after expiry) replaces or clears them; so matching on the lease fences the
-        // release like matching on the version would, in one round trip.
-        let mut by_lease: std::collections::HashMap<i64, Vec<&str>> = Default::default();
-        for d in jobs.iter().filter(|d| !d.removed) {
-            if let Some(l) = &d.job.lease {
-                by_lease
-                    .entry(to_us(l.until))
-                    .or_default()
-                    .push(d.job.id.as_str());
-            }
-        }
-        if by_lease.is_empty() {
+        // A claim is released only if the job is still at the version the claim wrote and
+        // leased by this scheduler: any later write (a management update, another claim, a
+        // removal and re-add: versions never repeat) leaves it alone. One round trip.
+        let me = self.state.owner();
+        let claims: Vec<Document> = jobs
+            .iter()
+            .filter(|d| !d.removed && d.job.lease.as_ref().is_some_and(|l| l.owner == me))
+            .map(|d| doc! { "_id": &d.job.id, "version": d.job.version as i64 })
+            .collect();
+        if claims.is_empty() {
             return Ok(());
         }
-        let me = self.state.owner();
-        let coll = self.coll().await?;
-        for (until, ids) in by_lease {
-            coll.update_many(
-                doc! { "_id": { "$in": ids }, "lease_owner": &me, "lease_until": until },
+        self.coll()
+            .await?
+            .update_many(
+                doc! { "$or": claims, "lease_owner": &me },
                 doc! { "$set": { "lease_owner": Bson::Null, "lease_until": Bson::Null } },
             )
             .await
             .map_err(|e| self.state.err("releasing jobs", e))?;
-        }
         Ok(())
     }
 

@@ -52,6 +52,26 @@ async fn started(db: &str, collection: &str, id: &str) -> MongoStore {
     s
 }
 
+/// The suite's corrupt-record hook: a document whose `job` is not JSON, due at
+/// `suite::t0()`.
+fn write_corrupt<'a>(store: &'a MongoStore, id: &'a str) -> futures::future::BoxFuture<'a, ()> {
+    Box::pin(async move {
+        let db = store.database().expect("the tests name the database");
+        client(&url())
+            .await
+            .database(db)
+            .collection::<Document>(store.collection())
+            .insert_one(doc! {
+                "_id": id,
+                "job": "{not json",
+                "next_run_time": suite::t0().timestamp_micros(),
+                "version": 0_i64,
+            })
+            .await
+            .unwrap();
+    })
+}
+
 #[tokio::test]
 async fn mongodb_contract() {
     if !available().await {
@@ -68,7 +88,7 @@ async fn mongodb_contract() {
             let db = db.clone();
             async move { started(&db, &coll, "s1").await }
         },
-        None,
+        Some(write_corrupt),
     )
     .await;
     drop_db(&db).await;

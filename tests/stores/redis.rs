@@ -57,6 +57,21 @@ async fn started(prefix: &str, id: &str) -> RedisStore {
     store
 }
 
+/// The suite's corrupt-record hook: a document that is not JSON, due at `suite::t0()`.
+fn write_corrupt<'a>(store: &'a RedisStore, id: &'a str) -> futures::future::BoxFuture<'a, ()> {
+    Box::pin(async move {
+        let client = ::redis::Client::open(url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let p = store.prefix();
+        ::redis::pipe()
+            .hset(format!("{p}:jobs"), id, "{not json")
+            .zadd(format!("{p}:run_times"), id, suite::t0().timestamp_micros())
+            .query_async::<()>(&mut c)
+            .await
+            .unwrap();
+    })
+}
+
 #[tokio::test]
 async fn redis_contract() {
     if !available().await {
@@ -72,7 +87,7 @@ async fn redis_contract() {
             );
             async move { started(&prefix, "s1").await }
         },
-        None,
+        Some(write_corrupt),
     )
     .await;
     for i in 0..n.load(std::sync::atomic::Ordering::SeqCst) {
