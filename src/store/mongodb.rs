@@ -8,10 +8,13 @@
 //! { _id: "<job id>",
 //!   job: "<JSON document (StoredJob)>",
 //!   next_run_time: <µs since epoch, Int64> | null (paused),
-//!   version: <Int64, incremented by every write>,
+//!   version: <Int64: incarnation << 32, incremented by every write>,
 //!   lease_owner: "<scheduler id>" | null,
 //!   lease_until: <µs since epoch, Int64> | null }
 //! ```
+//!
+//! `<collection>_counter` holds `{ _id: "incarnation", n }`: each added job takes a new
+//! incarnation, so versions never repeat across remove and re-add.
 //!
 //! # Claiming
 //! [`JobStore::acquire_due_jobs`] finds due documents whose lease is free, expired or its

@@ -7,9 +7,10 @@
 //! | key | type | content |
 //! |---|---|---|
 //! | `P:jobs` | hash | job id → JSON document ([`StoredJob`](crate::job::StoredJob)) |
-//! | `P:versions` | hash | job id → version (incremented by every write) |
+//! | `P:versions` | hash | job id → version (a new value of `P:version_seq` at every write) |
+//! | `P:version_seq` | string | counter: versions never repeat, even across remove and re-add |
 //! | `P:leases` | hash | job id → `"<until, µs since epoch> <scheduler id>"` |
-//! | `P:run_times` | sorted set | job id, scored by next run time (µs since epoch); paused jobs are absent |
+//! | `P:run_times` | sorted set | job id, scored by next run time (µs since epoch rounded up to a double; the document has the exact time); paused jobs are absent |
 //! | `P:wakeup` | pub/sub channel | the id of a scheduler that changed a job |
 //!
 //! # Claiming
@@ -18,7 +19,9 @@
 //! script that, per job, checks that the version is unchanged and that no other scheduler
 //! holds an unexpired lease, and only then writes document, score, version and lease
 //! (compare-and-swap). A scheduler that loses the race for a job skips it, so each
-//! scheduled time of a job is submitted by exactly one scheduler.
+//! scheduled time of a job is submitted by exactly one scheduler. A due index entry whose
+//! document is not due (or that has no job) is repaired to what the document says and
+//! reported, so the loop never spins on it.
 
 use std::sync::Mutex;
 use std::time::Duration;

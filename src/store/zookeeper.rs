@@ -9,13 +9,17 @@
 //! | `R/index/<µs, 20 digits>~j-<id>` | empty: one per unpaused job, named by its next run time |
 //!
 //! Ids are percent-encoded into node names (`/`, `%`, `~` and any byte outside
-//! `[A-Za-z0-9_.-]`). The job's version is the znode's own data version.
+//! `[A-Za-z0-9_.-]`). The job's version is the zxid of the znode's last write (`mzxid`),
+//! which never repeats, even for a znode removed and created again; writes compare-and-swap
+//! on the znode's data version. The time in the job's JSON document is the truth; the
+//! index entry and the envelope's `next_run_time` are copies, repaired when they disagree.
 //!
 //! # Claiming
 //! [`JobStore::acquire_due_jobs`] lists `R/index` (names only), reads the due jobs in one
 //! multi-read, applies the due-run rule ([`DueJob::claim`]) in Rust and writes each result
 //! back in one ZooKeeper `multi` transaction: `set_data` on the job with the znode version it
-//! read (compare-and-swap), plus moving its index entry. If another scheduler wrote the job
+//! read (compare-and-swap), plus moving its index entry ([`ZooKeeperStore`]'s every job
+//! write changes job and index in one `multi`). If another scheduler wrote the job
 //! in between, the version check fails and the whole transaction is refused, so two
 //! schedulers never claim the same slot.
 //!
