@@ -39,7 +39,7 @@
 //! still polls every 30 s as a safety net ([`ZooKeeperStore::with_poll_interval`]); while it
 //! is not (connecting, outage, a server without persistent watches) it polls every 1 s.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,15 +91,46 @@ impl Plan {
     }
 }
 
+/// A listing of `R/index`: (µs, job node name), sorted.
+type Listing = Arc<Vec<(i64, String)>>;
+
 /// What the store and its watcher task share.
 #[derive(Debug)]
 struct WatchState {
     plan: std::sync::Mutex<Plan>,
     /// Whether the watch is armed (so the long fallback poll is enough).
     armed: AtomicBool,
+    /// Counts what may have changed `R/index`: every watch event, arming and disarming,
+    /// and this store's own writes.
+    changes: AtomicU64,
+    /// The last listing of `R/index` and the value of `changes` read before it was taken.
+    /// While the watch is armed and `changes` has not moved, the index is as listed (as
+    /// far as the watch has told), so a pass reuses it instead of listing every entry
+    /// again: `next_run_time` and the claim of one pass share one listing, and idle
+    /// passes (the fallback poll) list nothing.
+    listing: std::sync::Mutex<Option<(u64, Listing)>>,
 }
 
 impl WatchState {
+    fn new() -> WatchState {
+        WatchState {
+            plan: std::sync::Mutex::new(Plan::new()),
+            armed: AtomicBool::new(false),
+            changes: AtomicU64::new(0),
+            listing: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Something may have changed the index: the saved listing is stale.
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn set_armed(&self, armed: bool) {
+        self.armed.store(armed, Ordering::SeqCst);
+        self.changed();
+    }
+
     fn plan(&self) -> std::sync::MutexGuard<'_, Plan> {
         self.plan.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -291,10 +322,7 @@ impl ZooKeeperStore {
             session_timeout: Duration::from_secs(10),
             client: Mutex::new(None),
             state,
-            watch: Arc::new(WatchState {
-                plan: std::sync::Mutex::new(Plan::new()),
-                armed: AtomicBool::new(false),
-            }),
+            watch: Arc::new(WatchState::new()),
             watcher: std::sync::Mutex::new(None),
         })
     }
@@ -458,7 +486,19 @@ impl ZooKeeperStore {
         Ok(out)
     }
 
-    async fn index(&self, c: &zk::Client) -> Result<Vec<(i64, String)>> {
+    /// The index entries, sorted: the saved listing while the watch says nothing changed
+    /// (see [`WatchState::listing`]), else a fresh one.
+    async fn index(&self, c: &zk::Client) -> Result<Listing> {
+        let armed = self.watch.armed.load(Ordering::SeqCst);
+        let seen = self.watch.changes.load(Ordering::SeqCst);
+        if armed {
+            let saved = self.watch.listing.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, listing)) = saved.as_ref() {
+                if *at == seen {
+                    return Ok(listing.clone());
+                }
+            }
+        }
         let mut entries: Vec<(i64, String)> = self
             .call("listing the index", c.list_children(&self.index_path()))
             .await?
@@ -466,6 +506,11 @@ impl ZooKeeperStore {
             .filter_map(|e| parse_index(e).map(|(t, n)| (t, n.to_string())))
             .collect();
         entries.sort();
+        let entries = Arc::new(entries);
+        if armed {
+            *self.watch.listing.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((seen, entries.clone()));
+        }
         Ok(entries)
     }
 
@@ -515,7 +560,10 @@ impl ZooKeeperStore {
                 w.add_create(&self.idx_path(e), &[], &persistent())
                     .map_err(bad)?;
             }
-            match tokio::time::timeout(self.session_timeout, w.commit()).await {
+            let committed = tokio::time::timeout(self.session_timeout, w.commit()).await;
+            // Whatever the outcome (a timed-out commit may have been applied).
+            self.watch.changed();
+            match committed {
                 Ok(Ok(results)) => {
                     index_changed |= !stale.is_empty() || entry.is_some();
                     let zxid = match results.first() {
@@ -616,7 +664,9 @@ impl ZooKeeperStore {
         w.add_create(&path, &[], &persistent()).map_err(bad)?;
         w.add_delete(&path, Some(0)).map_err(bad)?;
         w.add_delete(&self.idx_path(entry), None).map_err(bad)?;
-        match tokio::time::timeout(self.session_timeout, w.commit()).await {
+        let committed = tokio::time::timeout(self.session_timeout, w.commit()).await;
+        self.watch.changed();
+        match committed {
             Ok(Ok(_)) => Ok(true),
             // The job exists after all, or the entry is gone already.
             Ok(Err(zk::MultiWriteError::OperationFailed {
@@ -688,7 +738,7 @@ impl ZooKeeperStore {
         {
             stop.cancel();
         }
-        self.watch.armed.store(false, Ordering::SeqCst);
+        self.watch.set_armed(false);
         *self.watch.plan() = Plan::new();
     }
 
@@ -815,7 +865,7 @@ impl Watcher {
                     return;
                 }
                 Ended::Lost(why) => {
-                    self.shared.armed.store(false, Ordering::SeqCst);
+                    self.shared.set_armed(false);
                     if healthy {
                         tracing::warn!(index = %self.index, error = %why, "ZooKeeper watch lost; re-arming");
                     } else {
@@ -878,12 +928,14 @@ impl Watcher {
                 _ = self.stop.cancelled() => return Ended::Stopped,
                 e = watcher.changed() => e,
             };
+            // Any event may mean a change the saved listing lacks.
+            self.shared.changed();
             match event.event_type {
                 zk::EventType::Session => match event.session_state {
                     // Terminal: the watcher must not be polled again.
                     s if s.is_terminated() => return Ended::Lost(format!("session {s}")),
                     zk::SessionState::Disconnected => {
-                        self.shared.armed.store(false, Ordering::SeqCst);
+                        self.shared.set_armed(false);
                         tracing::debug!(index = %self.index, "ZooKeeper watch disconnected");
                     }
                     zk::SessionState::SyncConnected => {
@@ -910,7 +962,7 @@ impl Watcher {
     }
 
     fn armed(&self) {
-        self.shared.armed.store(true, Ordering::SeqCst);
+        self.shared.set_armed(true);
     }
 }
 
@@ -973,7 +1025,9 @@ impl JobStore for ZooKeeperStore {
                         w.add_create(&self.idx_path(e), &[], &persistent())
                             .map_err(bad)?;
                     }
-                    match tokio::time::timeout(self.session_timeout, w.commit()).await {
+                    let committed = tokio::time::timeout(self.session_timeout, w.commit()).await;
+                    self.watch.changed();
+                    match committed {
                         Ok(Ok(_)) => break,
                         Ok(Err(zk::MultiWriteError::OperationFailed {
                             index: 0,
@@ -988,10 +1042,13 @@ impl JobStore for ZooKeeperStore {
                             let mut w = c.new_multi_writer();
                             w.add_create(&self.job_path(&node), &data, &persistent())
                                 .map_err(bad)?;
-                            self.call("adding a job", async {
-                                w.commit().await.map_err(zk::Error::from)
-                            })
-                            .await?;
+                            let committed = self
+                                .call("adding a job", async {
+                                    w.commit().await.map_err(zk::Error::from)
+                                })
+                                .await;
+                            self.watch.changed();
+                            committed?;
                             break;
                         }
                         Ok(Err(e)) => {
@@ -1109,6 +1166,7 @@ impl JobStore for ZooKeeperStore {
                 }
             }
         }
+        self.watch.changed();
         self.state.forget_all_corrupt();
         Ok(())
     }
@@ -1325,10 +1383,7 @@ mod tests {
 
     #[test]
     fn plan_wakes_for_entries_before_the_planned_time() {
-        let w = WatchState {
-            plan: std::sync::Mutex::new(Plan::new()),
-            armed: AtomicBool::new(false),
-        };
+        let w = WatchState::new();
         assert!(w.entry_created(500), "nothing reported yet: always wake");
         assert!(
             !w.reported(Some(100)),

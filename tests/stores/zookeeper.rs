@@ -615,3 +615,73 @@ async fn zookeeper_url_defaults() {
     s.shutdown().await.unwrap();
     cleanup(&r).await;
 }
+
+/// While the watch is armed and reports no change, passes reuse the last listing of
+/// `R/index` instead of listing every entry again; any change makes the next pass list
+/// afresh. Shown by making `R/index` unlistable (no READ; ACL changes fire no watch event):
+/// idle passes still work from the saved listing, and the first pass after another store
+/// adds a job lists (and meets the refusal).
+#[tokio::test]
+async fn zookeeper_idle_passes_reuse_the_index_listing() {
+    if !available().await {
+        return;
+    }
+    let r = root();
+    let ctx = suite::context("zookeeper", "a", Duration::from_secs(30));
+    let wakeup = ctx.wakeup.clone();
+    let a = ZooKeeperStore::new(&hosts()).unwrap().with_root(&r);
+    a.start(ctx).await.unwrap();
+    a.add_job(
+        suite::interval_job("later", 60, Some(suite::at(600))),
+        false,
+    )
+    .await
+    .unwrap();
+    // B starts now: its start (healing, arming its watch) needs to read the index.
+    let b = started(&r, "b").await;
+    assert_eq!(a.next_run_time().await.unwrap(), Some(suite::at(600)));
+    let c = connect(&hosts()).await.unwrap();
+    let index = format!("{r}/index");
+    let unlistable = [zk::Acl::new(
+        zk::Permission::WRITE
+            | zk::Permission::CREATE
+            | zk::Permission::DELETE
+            | zk::Permission::ADMIN,
+        zk::AuthId::anyone(),
+    )];
+    c.set_acl(&index, &unlistable, None).await.unwrap();
+    assert!(
+        c.list_children(&index).await.is_err(),
+        "the index is unlistable"
+    );
+    let _ = wakeup.notified().now_or_never();
+    for _ in 0..3 {
+        assert_eq!(a.next_run_time().await.unwrap(), Some(suite::at(600)));
+        assert!(a
+            .acquire_due_jobs(suite::at(0), 10)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    b.add_job(
+        suite::interval_job("sooner", 60, Some(suite::at(100))),
+        false,
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), wakeup.notified())
+        .await
+        .expect("A is woken by the watch");
+    assert!(
+        a.next_run_time().await.is_err(),
+        "after a change the index is listed again"
+    );
+    c.set_acl(&index, &zk::Acls::anyone_all(), None)
+        .await
+        .unwrap();
+    assert_eq!(a.next_run_time().await.unwrap(), Some(suite::at(100)));
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    cleanup(&r).await;
+}
