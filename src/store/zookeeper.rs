@@ -15,10 +15,11 @@
 //! index entry and the envelope's `next_run_time` are copies, repaired when they disagree.
 //!
 //! # Claiming
-//! [`JobStore::acquire_due_jobs`] lists `R/index` (names only), reads the due jobs in one
-//! multi-read, applies the due-run rule ([`DueJob::claim`]) in Rust and writes each result
-//! back in one ZooKeeper `multi` transaction: `set_data` on the job with the znode version it
-//! read (compare-and-swap), plus moving its index entry ([`ZooKeeperStore`]'s every job
+//! [`JobStore::acquire_due_jobs`] lists `R/index` (names only; while the watch is armed and
+//! reports no change, the last listing is reused, see `WatchState::listing`), reads the
+//! due jobs in one multi-read, applies the due-run rule ([`DueJob::claim`]) in Rust and
+//! writes each result back in one ZooKeeper `multi` transaction: `set_data` on the job with
+//! the znode version it read (compare-and-swap), plus moving its index entry (every job
 //! write changes job and index in one `multi`). If another scheduler wrote the job
 //! in between, the version check fails and the whole transaction is refused, so two
 //! schedulers never claim the same slot.

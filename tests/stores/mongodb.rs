@@ -370,6 +370,23 @@ async fn mongodb_partial_batch_failure_keeps_won_claims() {
     let due = s.acquire_due_jobs(suite::at(0), 100).await.unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].job.id, "victim");
+
+    // End to end: the won claims run.
+    let s = store(&db).with_collection("run");
+    s.start(suite::context("mongodb", "setup", Duration::from_secs(30)))
+        .await
+        .unwrap();
+    s.add_job(nosql::task_job("victim", "tick", chrono::Utc::now()), false)
+        .await
+        .unwrap();
+    database
+        .run_command(doc! {
+            "collMod": "run",
+            "validator": { "$or": [ { "_id": { "$ne": "victim" } }, { "lease_owner": null } ] },
+        })
+        .await
+        .unwrap();
+    nosql::won_claims_run(store(&db).with_collection("run")).await;
     drop_db(&db).await;
 }
 

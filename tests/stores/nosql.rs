@@ -406,3 +406,35 @@ pub async fn index_mismatch_settles(
     let ids: Vec<&str> = errors.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(ids, reported, "reported once each: {errors:?}");
 }
+
+/// A scheduler on `store`, whose job `victim` (task `tick`, due now, added and made
+/// unclaimable by the caller) fails every claim: a job beside it, every 300 ms, keeps
+/// running, and the failures are reported with the victim's id.
+pub async fn won_claims_run<S: JobStore>(store: S) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let s = scheduler_with(store, "runner", count.clone());
+    let mut errors = s.subscribe(EventKind::STORE_ERROR);
+    s.start().await.unwrap();
+    s.add_task_job("tick", ())
+        .id("steady")
+        .trigger(Interval::new(Duration::from_millis(300)).unwrap())
+        .await
+        .unwrap();
+    wait_count(&count, 3, 20, "a job beside one whose claims fail").await;
+    let victim_reported = async {
+        loop {
+            if let Ok(Event::StoreError {
+                job_id: Some(id), ..
+            }) = errors.recv().await
+            {
+                if id == "victim" {
+                    return;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), victim_reported)
+        .await
+        .expect("the victim's failed claims are reported");
+    s.shutdown(true).await.unwrap();
+}

@@ -525,6 +525,20 @@ async fn zookeeper_partial_batch_failure_keeps_won_claims() {
     let due = s.acquire_due_jobs(suite::at(0), 100).await.unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].job.id, "victim");
+    s.shutdown().await.unwrap();
+    cleanup(&r).await;
+
+    // End to end: the won claims run.
+    let r = root();
+    let s = started(&r, "setup").await;
+    s.add_job(nosql::task_job("victim", "tick", Utc::now()), false)
+        .await
+        .unwrap();
+    c.set_acl(&format!("{r}/jobs/j-victim"), &read_only, None)
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    nosql::won_claims_run(ZooKeeperStore::new(&hosts()).unwrap().with_root(&r)).await;
     cleanup(&r).await;
 }
 
