@@ -8,10 +8,13 @@
 //! { _id: "<job id>",
 //!   job: "<JSON document (StoredJob)>",
 //!   next_run_time: <µs since epoch, Int64> | null (paused),
-//!   version: <Int64, incremented by every write>,
+//!   version: <Int64: incarnation << 32, incremented by every write>,
 //!   lease_owner: "<scheduler id>" | null,
 //!   lease_until: <µs since epoch, Int64> | null }
 //! ```
+//!
+//! `<collection>_counter` holds `{ _id: "incarnation", n }`: each added job takes a new
+//! incarnation, so versions never repeat across remove and re-add.
 //!
 //! # Claiming
 //! [`JobStore::acquire_due_jobs`] finds due documents whose lease is free, expired or its
@@ -30,11 +33,11 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::ClientOptions;
+use mongodb::options::{ClientOptions, ReturnDocument};
 use mongodb::{Client, Collection, IndexModel};
 use tokio::sync::OnceCell;
 
-use super::nosql_common::{claimable_at, from_us, sort_jobs, to_us, StoreState};
+use super::nosql_common::{claimable_at, from_us, lease_until, sort_jobs, to_us, StoreState};
 use super::{DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
 use crate::job::{JobRecord, Lease};
@@ -59,8 +62,15 @@ pub struct MongoStore {
     collection: String,
     poll_interval: Option<Duration>,
     timeout: Duration,
-    coll: OnceCell<Collection<Document>>,
+    coll: OnceCell<Colls>,
     state: StoreState,
+}
+
+/// The jobs collection and its counter collection (`<collection>_counter`, one document
+/// `{_id: "incarnation", n}`: how many jobs were ever added).
+struct Colls {
+    jobs: Collection<Document>,
+    counter: Collection<Document>,
 }
 
 impl std::fmt::Debug for MongoStore {
@@ -77,6 +87,7 @@ impl std::fmt::Debug for MongoStore {
 struct Fields {
     id: String,
     job: Option<String>,
+    /// 0 for a document without a version (see [`version_is`]).
     version: u64,
     lease: Option<Lease>,
     next: Option<i64>,
@@ -112,6 +123,22 @@ fn fields(d: &Document) -> Fields {
         next: int(d, "next_run_time"),
     }
 }
+
+/// The filter on `version` matching a document read as version `v`. A document written
+/// without a version (by hand, or by another tool) reads as version 0 and matches it, so it
+/// can be claimed and updated (which gives it a version) instead of never matching.
+fn version_is(v: u64) -> Bson {
+    if v == 0 {
+        doc! { "$in": [0_i64, Bson::Null] }.into()
+    } else {
+        Bson::Int64(v as i64)
+    }
+}
+
+/// Versions of a new job start at `incarnation << INCARNATION_SHIFT` and count writes in
+/// the low bits, so a job removed and added again under the same id never repeats a
+/// version (no ABA: a write based on a read of the old job is fenced).
+const INCARNATION_SHIFT: u32 = 32;
 
 fn next_bson(t: Option<DateTime<Utc>>) -> Bson {
     t.map_or(Bson::Null, |t| Bson::Int64(to_us(t)))
@@ -172,7 +199,17 @@ impl MongoStore {
         &self.collection
     }
 
+    /// The database set with [`with_database`](Self::with_database), if any (otherwise
+    /// the URL's, or `apscheduler`).
+    pub fn database(&self) -> Option<&str> {
+        self.database.as_deref()
+    }
+
     async fn coll(&self) -> Result<&Collection<Document>> {
+        Ok(&self.colls().await?.jobs)
+    }
+
+    async fn colls(&self) -> Result<&Colls> {
         self.coll
             .get_or_try_init(|| async {
                 let mut opts = ClientOptions::parse(&self.url)
@@ -189,9 +226,28 @@ impl MongoStore {
                         .default_database()
                         .unwrap_or_else(|| client.database("apscheduler")),
                 };
-                Ok(db.collection::<Document>(&self.collection))
+                Ok(Colls {
+                    jobs: db.collection::<Document>(&self.collection),
+                    counter: db.collection::<Document>(&format!("{}_counter", self.collection)),
+                })
             })
             .await
+    }
+
+    /// The first version of a newly added job: a new incarnation from the counter.
+    async fn first_version(&self) -> Result<u64> {
+        let counter = &self.colls().await?.counter;
+        let d = counter
+            .find_one_and_update(
+                doc! { "_id": "incarnation" },
+                doc! { "$inc": { "n": 1_i64 } },
+            )
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(|e| self.state.err("numbering a new job", e))?;
+        let n = d.as_ref().and_then(|d| int(d, "n")).unwrap_or(1).max(1) as u64;
+        Ok(n << INCARNATION_SHIFT)
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -227,6 +283,40 @@ impl MongoStore {
         ] }
     }
 
+    /// Sets the top-level `next_run_time` of the document `d` to `next`, what its job
+    /// document says (if nobody wrote it since it was read), and reports the repair. A
+    /// failure is reported, not returned: the claims of the pass stand, the next pass retries.
+    async fn repair_index(
+        &self,
+        coll: &Collection<Document>,
+        d: &Document,
+        next: Option<DateTime<Utc>>,
+    ) {
+        let f = fields(d);
+        let r = coll
+            .update_one(
+                doc! { "_id": &f.id, "version": version_is(f.version) },
+                doc! { "$set": { "next_run_time": next_bson(next) } },
+            )
+            .await;
+        let was = f.next.map(from_us);
+        match r {
+            Ok(r) if r.modified_count == 1 => self.state.report(
+                &f.id,
+                format!(
+                    "next_run_time said due {}, the job's document says {}: repaired",
+                    was.map_or_else(|| "never".to_string(), |t| t.to_rfc3339()),
+                    next.map_or_else(|| "paused".to_string(), |t| t.to_rfc3339())
+                ),
+            ),
+            // Written meanwhile by another writer, which set both copies.
+            Ok(_) => {}
+            Err(e) => self
+                .state
+                .report(&f.id, format!("repairing next_run_time: {e}")),
+        }
+    }
+
     async fn claim_one(
         &self,
         coll: &Collection<Document>,
@@ -238,7 +328,7 @@ impl MongoStore {
         // The version alone fences the write: every claim and every other write bumps it,
         // and the candidate was read with a free lease, so an unchanged version means the
         // lease is still free too.
-        let filter = doc! { "_id": &due.job.id, "version": version as i64 };
+        let filter = doc! { "_id": &due.job.id, "version": version_is(version) };
         let won = if due.removed {
             coll.delete_one(filter)
                 .await
@@ -286,40 +376,56 @@ impl JobStore for MongoStore {
     async fn add_job(&self, job: JobRecord, replace_existing: bool) -> Result<()> {
         let json = job.to_json()?;
         let coll = self.coll().await?;
-        if replace_existing {
-            coll.update_one(
-                doc! { "_id": &job.id },
-                doc! {
-                    "$set": {
-                        "job": json,
-                        "next_run_time": next_bson(job.next_run_time),
-                        "lease_owner": Bson::Null,
-                        "lease_until": Bson::Null,
-                    },
-                    "$inc": { "version": 1_i64 },
-                },
-            )
-            .upsert(true)
-            .await
-            .map_err(|e| self.state.err("adding a job", e))?;
-        } else {
+        // Replacing keeps the job's incarnation (its version goes on counting); a new job
+        // gets a new one. A few rounds at most: each lost race means another writer added
+        // or removed the job in between.
+        for _ in 0..8 {
+            if replace_existing {
+                let r = coll
+                    .update_one(
+                        doc! { "_id": &job.id },
+                        doc! {
+                            "$set": {
+                                "job": &json,
+                                "next_run_time": next_bson(job.next_run_time),
+                                "lease_owner": Bson::Null,
+                                "lease_until": Bson::Null,
+                            },
+                            "$inc": { "version": 1_i64 },
+                        },
+                    )
+                    .await
+                    .map_err(|e| self.state.err("adding a job", e))?;
+                if r.matched_count == 1 {
+                    self.state.forget_corrupt(&job.id);
+                    return Ok(());
+                }
+            }
             let d = doc! {
                 "_id": &job.id,
-                "job": json,
+                "job": &json,
                 "next_run_time": next_bson(job.next_run_time),
-                "version": job.version as i64,
+                "version": self.first_version().await? as i64,
                 "lease_owner": Bson::Null,
                 "lease_until": Bson::Null,
             };
-            if let Err(e) = coll.insert_one(d).await {
-                if is_duplicate_key(&e) {
-                    return Err(Error::ConflictingId(job.id));
+            match coll.insert_one(d).await {
+                Ok(_) => {
+                    self.state.forget_corrupt(&job.id);
+                    return Ok(());
                 }
-                return Err(self.state.err("adding a job", e));
+                Err(e) if is_duplicate_key(&e) => {
+                    if !replace_existing {
+                        return Err(Error::ConflictingId(job.id));
+                    }
+                }
+                Err(e) => return Err(self.state.err("adding a job", e)),
             }
         }
-        self.state.forget_corrupt(&job.id);
-        Ok(())
+        Err(self.state.msg(format!(
+            "adding job '{}': other writers kept adding and removing it",
+            job.id
+        )))
     }
 
     async fn update_job(&self, mut job: JobRecord) -> Result<JobRecord> {
@@ -327,7 +433,7 @@ impl JobStore for MongoStore {
         let coll = self.coll().await?;
         let found = coll
             .find_one_and_update(
-                doc! { "_id": &job.id, "version": job.version as i64 },
+                doc! { "_id": &job.id, "version": version_is(job.version) },
                 doc! { "$set": {
                     "job": json,
                     "next_run_time": next_bson(job.next_run_time),
@@ -399,7 +505,7 @@ impl JobStore for MongoStore {
                     .job
                     .map_or_else(
                         || Err("the document has no 'job' string".to_string()),
-                        |j| self.state.check(&j).map(|_| ()),
+                        |j| self.state.check(id, &j).map(|_| ()),
                     )
                     .err()
                     .unwrap_or_else(|| "unreadable".into()),
@@ -464,8 +570,7 @@ impl JobStore for MongoStore {
         let now_us = now.timestamp_micros();
         let lease = Lease {
             owner: me.clone(),
-            until: now
-                + chrono::Duration::from_std(self.state.lease()).unwrap_or(chrono::Duration::MAX),
+            until: lease_until(now, self.state.lease()),
         };
         let coll = self.coll().await?;
         let mut filter = doc! {
@@ -487,54 +592,69 @@ impl JobStore for MongoStore {
             let Some(job) = self.decode(d) else { continue };
             let version = job.version;
             let due = DueJob::claim(job, now);
-            if !due.run_times.is_empty() {
+            if due.run_times.is_empty() {
+                // The top-level `next_run_time` says due, the document says paused or later.
+                // The document is the truth; left alone, every pass would retry the job.
+                self.repair_index(coll, d, due.job.next_run_time).await;
+            } else {
                 claims.push((due, version));
             }
         }
-        let mut futs: Vec<BoxFut<'_, Result<Option<DueJob>>>> = Vec::new();
+        let mut futs: Vec<BoxFut<'_, (String, Result<Option<DueJob>>)>> = Vec::new();
+        let (me, lease) = (&me, &lease);
         for (due, version) in claims {
-            futs.push(Box::pin(self.claim_one(coll, due, version, &me, &lease)));
+            futs.push(Box::pin(async move {
+                let id = due.job.id.clone();
+                (id, self.claim_one(coll, due, version, me, lease).await)
+            }));
         }
-        let results: Vec<Result<Option<DueJob>>> = futures::stream::iter(futs)
+        let results: Vec<(String, Result<Option<DueJob>>)> = futures::stream::iter(futs)
             .buffered(CONCURRENCY)
             .collect()
             .await;
+        // Claims are written one by one: one that fails must not take the others with it
+        // (they are written, so they run now or never). The failed ones are reported; their
+        // jobs stay due and are claimed again by a later pass.
         let mut won = Vec::new();
-        for r in results {
-            if let Some(d) = r? {
-                won.push(d);
+        let mut failed = Vec::new();
+        for (id, r) in results {
+            match r {
+                Ok(Some(d)) => won.push(d),
+                Ok(None) => {}
+                Err(e) => failed.push((id, e)),
             }
+        }
+        if won.is_empty() && !failed.is_empty() {
+            // Nothing was written: the loop retries with its backoff.
+            return Err(failed.swap_remove(0).1);
+        }
+        for (id, e) in failed {
+            self.state.report(&id, e.to_string());
         }
         Ok(won)
     }
 
     async fn release_jobs(&self, jobs: &[DueJob]) -> Result<()> {
-        // One lease per claim pass: (owner, until) identifies exactly the leases this pass
-        // took, and any later write to a job (a management update, or another scheduler's
-        // claim after expiry) replaces or clears them; so matching on the lease fences the
-        // release like matching on the version would, in one round trip.
-        let mut by_lease: std::collections::HashMap<i64, Vec<&str>> = Default::default();
-        for d in jobs.iter().filter(|d| !d.removed) {
-            if let Some(l) = &d.job.lease {
-                by_lease
-                    .entry(to_us(l.until))
-                    .or_default()
-                    .push(d.job.id.as_str());
-            }
-        }
-        if by_lease.is_empty() {
+        // A claim is released only if the job is still at the version the claim wrote and
+        // leased by this scheduler: any later write (a management update, another claim, a
+        // removal and re-add: versions never repeat) leaves it alone. One round trip.
+        let me = self.state.owner();
+        let claims: Vec<Document> = jobs
+            .iter()
+            .filter(|d| !d.removed && d.job.lease.as_ref().is_some_and(|l| l.owner == me))
+            .map(|d| doc! { "_id": &d.job.id, "version": d.job.version as i64 })
+            .collect();
+        if claims.is_empty() {
             return Ok(());
         }
-        let me = self.state.owner();
-        let coll = self.coll().await?;
-        for (until, ids) in by_lease {
-            coll.update_many(
-                doc! { "_id": { "$in": ids }, "lease_owner": &me, "lease_until": until },
+        self.coll()
+            .await?
+            .update_many(
+                doc! { "$or": claims, "lease_owner": &me },
                 doc! { "$set": { "lease_owner": Bson::Null, "lease_until": Bson::Null } },
             )
             .await
             .map_err(|e| self.state.err("releasing jobs", e))?;
-        }
         Ok(())
     }
 

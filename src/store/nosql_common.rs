@@ -86,8 +86,9 @@ impl StoreState {
         }
     }
 
-    /// Parses a stored document and checks that its task is registered. A record that
-    /// fails is reported (once per distinct content) and `None` returned.
+    /// Parses a stored document and checks that it names `id` and that its task is
+    /// registered. A record that fails is reported (once per distinct content) and `None`
+    /// returned.
     pub(crate) fn decode(
         &self,
         id: &str,
@@ -95,7 +96,7 @@ impl StoreState {
         version: u64,
         lease: Option<Lease>,
     ) -> Option<JobRecord> {
-        match self.check(doc) {
+        match self.check(id, doc) {
             Ok(stored) => {
                 self.forget_corrupt(id);
                 Some(JobRecord::from_stored(stored, version, lease))
@@ -108,8 +109,13 @@ impl StoreState {
     }
 
     /// Like [`decode`](Self::decode) but returns the reason instead of reporting it.
-    pub(crate) fn check(&self, doc: &str) -> Result<StoredJob, String> {
+    pub(crate) fn check(&self, id: &str, doc: &str) -> Result<StoredJob, String> {
         let stored: StoredJob = serde_json::from_str(doc).map_err(|e| e.to_string())?;
+        if stored.id != id {
+            // Claims and writes address the record by its key: one whose JSON names another
+            // id could never be claimed, only retried on every pass.
+            return Err(format!("its JSON names another id ('{}')", stored.id));
+        }
         if let StoredCallable::Task { name, .. } = &stored.callable {
             if let Some(ctx) = self.ctx() {
                 if !ctx.tasks.contains(name) {
@@ -168,6 +174,21 @@ impl StoreState {
             .clear();
     }
 
+    /// Reports a record the store repaired or could not handle (a `STORE_ERROR` event with
+    /// the job id, and a `tracing` warning): an index entry that disagreed with its document,
+    /// or a claim whose write failed.
+    pub(crate) fn report(&self, id: &str, message: String) {
+        let store = self.alias();
+        tracing::warn!(%store, job_id = %id, "{message}");
+        if let Some(ctx) = self.ctx() {
+            ctx.events.emit(Event::StoreError {
+                store,
+                job_id: Some(id.to_string()),
+                message,
+            });
+        }
+    }
+
     fn report_corrupt(&self, id: &str, fp: u64, reason: &str) {
         let first = self
             .corrupt
@@ -207,6 +228,15 @@ pub(crate) use super::micros_ceil as to_us;
 /// The inverse of [`to_us`] (the scheduler's [`micros_ceil`](super::micros_ceil)).
 pub(crate) fn from_us(us: i64) -> DateTime<Utc> {
     DateTime::<Utc>::from_timestamp_micros(us).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// When a lease taken at `now` for `lease` ends, saturating at the latest representable
+/// time (a `Duration::MAX` lease never expires rather than overflowing).
+pub(crate) fn lease_until(now: DateTime<Utc>, lease: std::time::Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(lease)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// Whether a lease stops `owner` from claiming the job at `now`.

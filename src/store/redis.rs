@@ -7,9 +7,10 @@
 //! | key | type | content |
 //! |---|---|---|
 //! | `P:jobs` | hash | job id → JSON document ([`StoredJob`](crate::job::StoredJob)) |
-//! | `P:versions` | hash | job id → version (incremented by every write) |
+//! | `P:versions` | hash | job id → version (a new value of `P:version_seq` at every write) |
+//! | `P:version_seq` | string | counter: versions never repeat, even across remove and re-add |
 //! | `P:leases` | hash | job id → `"<until, µs since epoch> <scheduler id>"` |
-//! | `P:run_times` | sorted set | job id, scored by next run time (µs since epoch); paused jobs are absent |
+//! | `P:run_times` | sorted set | job id, scored by next run time (µs since epoch rounded up to a double; the document has the exact time); paused jobs are absent |
 //! | `P:wakeup` | pub/sub channel | the id of a scheduler that changed a job |
 //!
 //! # Claiming
@@ -18,7 +19,9 @@
 //! script that, per job, checks that the version is unchanged and that no other scheduler
 //! holds an unexpired lease, and only then writes document, score, version and lease
 //! (compare-and-swap). A scheduler that loses the race for a job skips it, so each
-//! scheduled time of a job is submitted by exactly one scheduler.
+//! scheduled time of a job is submitted by exactly one scheduler. A due index entry whose
+//! document is not due (or that has no job) is repaired to what the document says and
+//! reported, so the loop never spins on it.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -29,46 +32,68 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use tokio_util::sync::CancellationToken;
 
-use super::nosql_common::{claimable_at, from_us, held_by_other, sort_jobs, to_us, StoreState};
+use super::nosql_common::{
+    claimable_at, from_us, held_by_other, lease_until, sort_jobs, to_us, StoreState,
+};
 use super::{DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
-use crate::job::{JobRecord, Lease};
+use crate::job::{JobRecord, Lease, StoredJob};
 
 /// How many sorted-set entries are read per round trip when scanning for due jobs.
 const PAGE: usize = 256;
 
+/// Every write's new version: the next value of the store's counter `P:version_seq`, and
+/// above the job's old version (versions written before the counter existed). A version is
+/// never reused, even by a job removed and added again under the same id, so a write based
+/// on a read from before the removal is fenced (no ABA).
+const NEXT_VERSION: &str = r#"
+local function next_version(seq, old)
+  local nv = redis.call('INCR', seq)
+  local o = tonumber(old)
+  if o and o >= nv then
+    nv = o + 1
+    redis.call('SET', seq, nv)
+  end
+  return nv
+end
+"#;
+
+/// KEYS: jobs, versions, leases, run_times, channel, version_seq.
+/// ARGV: id, document, score ('' = paused), replace ('1'/'0'), publisher.
+/// Returns the new version, or 0 when the id exists and replace is '0'.
 const ADD_SCRIPT: &str = r#"
 local id = ARGV[1]
 local exists = redis.call('HEXISTS', KEYS[1], id) == 1
 if exists and ARGV[4] == '0' then return 0 end
-local version = ARGV[5]
-if exists then
-  local old = redis.call('HGET', KEYS[2], id)
-  version = tostring((tonumber(old) or 0) + 1)
-end
+local version = next_version(KEYS[6], redis.call('HGET', KEYS[2], id))
 redis.call('HSET', KEYS[1], id, ARGV[2])
 redis.call('HSET', KEYS[2], id, version)
 redis.call('HDEL', KEYS[3], id)
 if ARGV[3] == '' then redis.call('ZREM', KEYS[4], id) else redis.call('ZADD', KEYS[4], ARGV[3], id) end
-redis.call('PUBLISH', KEYS[5], ARGV[6])
-return 1
+redis.call('PUBLISH', KEYS[5], ARGV[5])
+return version
 "#;
 
+/// KEYS: as [`ADD_SCRIPT`]. ARGV: id, expected version, document, score, publisher.
+/// Returns the new version, 0 when fenced, -1 when the job is gone.
 const UPDATE_SCRIPT: &str = r#"
 local id = ARGV[1]
 if redis.call('HEXISTS', KEYS[1], id) == 0 then return -1 end
 local v = redis.call('HGET', KEYS[2], id) or '0'
 if v ~= ARGV[2] then return 0 end
+local version = next_version(KEYS[6], v)
 redis.call('HSET', KEYS[1], id, ARGV[3])
-redis.call('HSET', KEYS[2], id, ARGV[5])
+redis.call('HSET', KEYS[2], id, version)
 redis.call('HDEL', KEYS[3], id)
 if ARGV[4] == '' then redis.call('ZREM', KEYS[4], id) else redis.call('ZADD', KEYS[4], ARGV[4], id) end
-redis.call('PUBLISH', KEYS[5], ARGV[6])
-return 1
+redis.call('PUBLISH', KEYS[5], ARGV[5])
+return version
 "#;
 
+/// KEYS: jobs, versions, leases, run_times, version_seq.
 /// ARGV: now, owner, lease value, then per job: id, expected version, mode ('u'/'d'),
-/// document, score ('' = paused).
+/// document, score ('' = paused). Returns per job 0 (lost) or its new version (1 for a
+/// removed job).
 const CLAIM_SCRIPT: &str = r#"
 local now = tonumber(ARGV[1])
 local owner = ARGV[2]
@@ -79,8 +104,9 @@ for i = 0, n - 1 do
   local id = ARGV[b + 1]
   local ok = 1
   if redis.call('HEXISTS', KEYS[1], id) == 0 then ok = 0 end
+  local v = '0'
   if ok == 1 then
-    local v = redis.call('HGET', KEYS[2], id) or '0'
+    v = redis.call('HGET', KEYS[2], id) or '0'
     if v ~= ARGV[b + 2] then ok = 0 end
   end
   if ok == 1 then
@@ -101,8 +127,9 @@ for i = 0, n - 1 do
       redis.call('HDEL', KEYS[3], id)
       redis.call('ZREM', KEYS[4], id)
     else
+      ok = next_version(KEYS[5], v)
       redis.call('HSET', KEYS[1], id, ARGV[b + 4])
-      redis.call('HSET', KEYS[2], id, tostring(tonumber(ARGV[b + 2]) + 1))
+      redis.call('HSET', KEYS[2], id, ok)
       redis.call('HSET', KEYS[3], id, ARGV[3])
       if ARGV[b + 5] == '' then redis.call('ZREM', KEYS[4], id) else redis.call('ZADD', KEYS[4], ARGV[b + 5], id) end
     end
@@ -110,6 +137,23 @@ for i = 0, n - 1 do
   out[i + 1] = ok
 end
 return out
+"#;
+
+/// Puts a job's index entry where its document says (the document is the truth), or drops
+/// an entry whose job is gone. KEYS: jobs, versions, run_times. ARGV: id, expected version,
+/// score ('' = paused). Returns 1 if it changed the index.
+const REPAIR_SCRIPT: &str = r#"
+local id = ARGV[1]
+if redis.call('HEXISTS', KEYS[1], id) == 0 then
+  return redis.call('ZREM', KEYS[3], id)
+end
+local v = redis.call('HGET', KEYS[2], id) or '0'
+if v ~= ARGV[2] then return 0 end
+if ARGV[3] == '' then
+  return redis.call('ZREM', KEYS[3], id)
+end
+redis.call('ZADD', KEYS[3], ARGV[3], id)
+return 1
 "#;
 
 /// ARGV: owner, then per job: id, version.
@@ -159,6 +203,7 @@ struct Scripts {
     update: Script,
     claim: Script,
     release: Script,
+    repair: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -176,6 +221,7 @@ struct Keys {
     leases: String,
     run_times: String,
     channel: String,
+    version_seq: String,
 }
 
 fn parse_lease(v: Option<String>) -> Option<Lease> {
@@ -191,16 +237,59 @@ fn parse_version(v: Option<String>) -> u64 {
     v.and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
+/// Redis keeps sorted-set scores as doubles, exact for whole µs only up to 2^53 µs (about
+/// year 2255). The score of a time is its µs rounded *up* to a double, so a score never says a
+/// job is due before its document does; the document keeps the exact time, the score is
+/// only an index.
+fn score_of(us: i64) -> f64 {
+    let f = us as f64;
+    // `as` rounds to nearest; step up when that went below.
+    if (f as i64) < us {
+        f.next_up()
+    } else {
+        f
+    }
+}
+
+/// Scores at or above this are not exact µs (see [`score_of`]).
+const EXACT_SCORES: f64 = (1u64 << 53) as f64;
+
+/// The score argument for a next run time (`''` = paused). Rust prints a double in full
+/// decimal digits, which Redis parses back to the same double.
 fn score(t: Option<DateTime<Utc>>) -> String {
-    t.map_or_else(String::new, |t| to_us(t).to_string())
+    t.map_or_else(String::new, |t| score_of(to_us(t)).to_string())
+}
+
+/// The time a score stands for (rounded up to whole µs for scores beyond [`EXACT_SCORES`]).
+fn from_score(s: f64) -> DateTime<Utc> {
+    from_us(s as i64)
+}
+
+/// `url` with `localhost` as its host when it names none (`redis://`, `redis:///1`,
+/// `redis://:password@`), as redis-cli and redis-py do; the driver would refuse it.
+fn with_default_host(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme @ ("redis" | "rediss"), rest)) = url.split_once("://") else {
+        // Not a TCP URL (`redis+unix://` has no host).
+        return url.into();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if authority.is_empty() || authority.ends_with('@') {
+        format!("{scheme}://{authority}localhost{tail}").into()
+    } else {
+        url.into()
+    }
 }
 
 impl RedisStore {
     /// A store on the Redis server at `url` (`redis://[user:password@]host[:port][/db]`),
-    /// with the key prefix `apsched`. Connects when the scheduler starts.
+    /// with the key prefix `apsched`. Parts left out get redis-cli's defaults: host
+    /// `localhost` (so `redis://` alone works), port 6379, database 0. Connects when the
+    /// scheduler starts.
     pub fn new(url: &str) -> Result<Self> {
         let state = StoreState::new("redis");
-        let client = redis::Client::open(url).map_err(|e| state.err("invalid Redis URL", e))?;
+        let client = redis::Client::open(with_default_host(url).as_ref())
+            .map_err(|e| state.err("invalid Redis URL", e))?;
         Ok(RedisStore {
             client,
             prefix: "apsched".into(),
@@ -210,10 +299,11 @@ impl RedisStore {
             state,
             stop: Mutex::new(None),
             scripts: Scripts {
-                add: Script::new(ADD_SCRIPT),
-                update: Script::new(UPDATE_SCRIPT),
-                claim: Script::new(CLAIM_SCRIPT),
+                add: Script::new(&format!("{NEXT_VERSION}{ADD_SCRIPT}")),
+                update: Script::new(&format!("{NEXT_VERSION}{UPDATE_SCRIPT}")),
+                claim: Script::new(&format!("{NEXT_VERSION}{CLAIM_SCRIPT}")),
                 release: Script::new(RELEASE_SCRIPT),
+                repair: Script::new(REPAIR_SCRIPT),
             },
         })
     }
@@ -251,6 +341,7 @@ impl RedisStore {
             leases: format!("{p}:leases"),
             run_times: format!("{p}:run_times"),
             channel: format!("{p}:wakeup"),
+            version_seq: format!("{p}:version_seq"),
         }
     }
 
@@ -301,6 +392,60 @@ impl RedisStore {
             .query_async(conn)
             .await
             .map_err(|e| self.state.err("reading jobs", e))
+    }
+}
+
+impl RedisStore {
+    /// Puts `id`'s index entry (found at score `was`) where its document says, or removes
+    /// it when the job is gone (`fix` = `None`), and reports what it did. Failures are
+    /// reported, not returned: the claims of the pass stand, and the next pass tries again.
+    async fn repair(
+        &self,
+        conn: &mut ConnectionManager,
+        id: &str,
+        was: f64,
+        fix: Option<(u64, Option<DateTime<Utc>>)>,
+    ) {
+        let k = self.keys();
+        let (version, next) = match fix {
+            Some((v, next)) => (v.to_string(), score(next)),
+            None => (String::new(), String::new()),
+        };
+        let r: redis::RedisResult<i64> = self
+            .scripts
+            .repair
+            .key(&k.jobs)
+            .key(&k.versions)
+            .key(&k.run_times)
+            .arg(id)
+            .arg(&version)
+            .arg(&next)
+            .invoke_async(conn)
+            .await;
+        let was = from_score(was);
+        match (r, fix) {
+            (Ok(1), None) => self.state.report(
+                id,
+                format!(
+                    "index entry {} (due {was}) has no job: removed",
+                    k.run_times
+                ),
+            ),
+            (Ok(1), Some((_, next))) => self.state.report(
+                id,
+                format!(
+                    "index entry {} said due {was}, the job's document says {}: index repaired",
+                    k.run_times,
+                    next.map_or_else(|| "paused".to_string(), |t| t.to_rfc3339())
+                ),
+            ),
+            // Changed meanwhile by another writer, which also wrote the index.
+            (Ok(_), _) => {}
+            (Err(e), _) => self.state.report(
+                id,
+                format!("repairing the index entry {}: {e}", k.run_times),
+            ),
+        }
     }
 }
 
@@ -404,11 +549,11 @@ impl JobStore for RedisStore {
             .key(&k.leases)
             .key(&k.run_times)
             .key(&k.channel)
+            .key(&k.version_seq)
             .arg(&job.id)
             .arg(&doc)
             .arg(score(job.next_run_time))
             .arg(if replace_existing { "1" } else { "0" })
-            .arg(job.version.to_string())
             .arg(self.state.owner())
             .invoke_async(&mut conn)
             .await
@@ -432,11 +577,11 @@ impl JobStore for RedisStore {
             .key(&k.leases)
             .key(&k.run_times)
             .key(&k.channel)
+            .key(&k.version_seq)
             .arg(&job.id)
             .arg(job.version.to_string())
             .arg(&doc)
             .arg(score(job.next_run_time))
-            .arg((job.version + 1).to_string())
             .arg(self.state.owner())
             .invoke_async(&mut conn)
             .await
@@ -444,9 +589,9 @@ impl JobStore for RedisStore {
         match r {
             -1 => Err(Error::JobLookup(job.id)),
             0 => Err(Error::Fenced(job.id)),
-            _ => {
+            version => {
                 self.state.forget_corrupt(&job.id);
-                job.version += 1;
+                job.version = version.max(0) as u64;
                 job.lease = None;
                 Ok(job)
             }
@@ -511,7 +656,7 @@ impl JobStore for RedisStore {
                 id: id.to_string(),
                 reason: self
                     .state
-                    .check(&doc)
+                    .check(id, &doc)
                     .err()
                     .unwrap_or_else(|| "unreadable".into()),
             }),
@@ -555,26 +700,50 @@ impl JobStore for RedisStore {
         let mut offset = 0isize;
         let mut best: Option<DateTime<Utc>> = None;
         loop {
-            let page: Vec<(String, i64)> = conn
+            let page: Vec<(String, f64)> = conn
                 .zrange_withscores(&k.run_times, offset, offset + PAGE as isize - 1)
                 .await
                 .map_err(|e| self.state.err("reading next run times", e))?;
             if page.is_empty() {
                 return Ok(best);
             }
-            let ids: Vec<String> = page.iter().map(|(id, _)| id.clone()).collect();
-            let leases: Vec<Option<String>> = redis::cmd("HMGET")
-                .arg(&k.leases)
-                .arg(&ids)
+            let ids: Vec<&str> = page.iter().map(|(id, _)| id.as_str()).collect();
+            // Scores beyond 2^53 µs are rounded up; those jobs' documents have the exact time.
+            let inexact: Vec<&str> = page
+                .iter()
+                .filter(|(_, s)| *s >= EXACT_SCORES)
+                .map(|(id, _)| id.as_str())
+                .collect();
+            let mut pipe = redis::pipe();
+            pipe.cmd("HMGET").arg(&k.leases).arg(&ids);
+            if !inexact.is_empty() {
+                pipe.cmd("HMGET").arg(&k.jobs).arg(&inexact);
+            }
+            let mut read: Vec<Vec<Option<String>>> = pipe
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| self.state.err("reading leases", e))?;
-            let last = from_us(page[page.len() - 1].1);
+            let docs = if inexact.is_empty() {
+                Vec::new()
+            } else {
+                read.pop().unwrap_or_default()
+            };
+            let leases = read.pop().unwrap_or_default();
+            let mut exact: std::collections::HashMap<&str, DateTime<Utc>> = inexact
+                .iter()
+                .zip(docs)
+                .filter_map(|(id, doc)| {
+                    let stored: StoredJob = serde_json::from_str(&doc?).ok()?;
+                    Some((*id, stored.next_run_time?))
+                })
+                .collect();
+            let last = from_score(page[page.len() - 1].1);
             for ((id, s), l) in page.iter().zip(leases) {
                 if self.state.is_corrupt(id) {
                     continue;
                 }
-                let at = claimable_at(from_us(*s), parse_lease(l).as_ref(), &me, now);
+                let next = exact.remove(id.as_str()).unwrap_or_else(|| from_score(*s));
+                let at = claimable_at(next, parse_lease(l).as_ref(), &me, now);
                 best = Some(best.map_or(at, |b| b.min(at)));
             }
             // Entries further on are due no earlier than `last`.
@@ -591,35 +760,44 @@ impl JobStore for RedisStore {
         }
         let k = self.keys();
         let me = self.state.owner();
-        let lease_until =
-            now + chrono::Duration::from_std(self.state.lease()).unwrap_or(chrono::Duration::MAX);
+        let lease_until = lease_until(now, self.state.lease());
         let lease_value = format!("{} {me}", to_us(lease_until));
         let mut conn = self.conn().await?;
         let page = limit.clamp(16, 1024);
         let mut offset = 0usize;
         let mut claims: Vec<(DueJob, u64)> = Vec::new();
+        // Index entries that disagree with their job: (id, None) for an entry without a
+        // job, (id, Some((version, next))) for a job whose document is not due.
+        let mut repairs: Vec<(String, f64, Option<(u64, Option<DateTime<Utc>>)>)> = Vec::new();
         let now_us = now.timestamp_micros();
+        // Scores are rounded up (`score_of`), so the bound is too: a job due at `now` is found.
+        let bound = score_of(now_us).to_string();
         while claims.len() < limit {
-            let ids: Vec<String> = redis::cmd("ZRANGE")
+            let entries: Vec<(String, f64)> = redis::cmd("ZRANGE")
                 .arg(&k.run_times)
                 .arg("-inf")
-                .arg(now_us)
+                .arg(&bound)
                 .arg("BYSCORE")
                 .arg("LIMIT")
                 .arg(offset)
                 .arg(page)
+                .arg("WITHSCORES")
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| self.state.err("reading due jobs", e))?;
-            if ids.is_empty() {
+            if entries.is_empty() {
                 break;
             }
+            let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
             let (docs, versions, leases) = self.fetch(&mut conn, &ids).await?;
-            for (((id, doc), v), l) in ids.iter().zip(docs).zip(versions).zip(leases) {
+            for ((((id, s), doc), v), l) in entries.iter().zip(docs).zip(versions).zip(leases) {
                 if claims.len() >= limit {
                     break;
                 }
-                let Some(doc) = doc else { continue };
+                let Some(doc) = doc else {
+                    repairs.push((id.clone(), *s, None));
+                    continue;
+                };
                 let version = parse_version(v);
                 let lease = parse_lease(l);
                 if held_by_other(lease.as_ref(), &me, now)
@@ -632,51 +810,65 @@ impl JobStore for RedisStore {
                 };
                 let mut due = DueJob::claim(job, now);
                 if due.run_times.is_empty() {
+                    // The index says due, the document says paused or later. The document is
+                    // the truth; left alone, the entry would make every pass retry it.
+                    let next = due.job.next_run_time;
+                    if next.map(|t| score_of(to_us(t))) != Some(*s) {
+                        repairs.push((id.clone(), *s, Some((version, next))));
+                    }
                     continue;
                 }
-                due.job.version = version + 1;
                 due.job.lease = Some(Lease {
                     owner: me.clone(),
                     until: lease_until,
                 });
                 claims.push((due, version));
             }
-            if ids.len() < page {
+            if entries.len() < page {
                 break;
             }
             offset += page;
         }
-        if claims.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut inv = self.scripts.claim.prepare_invoke();
-        inv.key(&k.jobs)
-            .key(&k.versions)
-            .key(&k.leases)
-            .key(&k.run_times)
-            .arg(now_us)
-            .arg(&me)
-            .arg(&lease_value);
-        for (due, version) in &claims {
-            inv.arg(&due.job.id).arg(version.to_string());
-            if due.removed {
-                inv.arg("d").arg("").arg("");
-            } else {
-                inv.arg("u")
-                    .arg(due.job.to_json()?)
-                    .arg(score(due.job.next_run_time));
+        let won = if claims.is_empty() {
+            Vec::new()
+        } else {
+            let mut inv = self.scripts.claim.prepare_invoke();
+            inv.key(&k.jobs)
+                .key(&k.versions)
+                .key(&k.leases)
+                .key(&k.run_times)
+                .key(&k.version_seq)
+                .arg(now_us)
+                .arg(&me)
+                .arg(&lease_value);
+            for (due, version) in &claims {
+                inv.arg(&due.job.id).arg(version.to_string());
+                if due.removed {
+                    inv.arg("d").arg("").arg("");
+                } else {
+                    inv.arg("u")
+                        .arg(due.job.to_json()?)
+                        .arg(score(due.job.next_run_time));
+                }
             }
+            let won: Vec<i64> = inv
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| self.state.err("claiming due jobs", e))?;
+            claims
+                .into_iter()
+                .zip(won)
+                .filter(|(_, w)| *w != 0)
+                .map(|((mut d, _), w)| {
+                    d.job.version = w.max(0) as u64;
+                    d
+                })
+                .collect()
+        };
+        for (id, s, fix) in repairs {
+            self.repair(&mut conn, &id, s, fix).await;
         }
-        let won: Vec<i64> = inv
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.state.err("claiming due jobs", e))?;
-        Ok(claims
-            .into_iter()
-            .zip(won)
-            .filter(|(_, w)| *w == 1)
-            .map(|((d, _), _)| d)
-            .collect())
+        Ok(won)
     }
 
     async fn release_jobs(&self, jobs: &[DueJob]) -> Result<()> {

@@ -9,13 +9,18 @@
 //! | `R/index/<µs, 20 digits>~j-<id>` | empty: one per unpaused job, named by its next run time |
 //!
 //! Ids are percent-encoded into node names (`/`, `%`, `~` and any byte outside
-//! `[A-Za-z0-9_.-]`). The job's version is the znode's own data version.
+//! `[A-Za-z0-9_.-]`). The job's version is the zxid of the znode's last write (`mzxid`),
+//! which never repeats, even for a znode removed and created again; writes compare-and-swap
+//! on the znode's data version. The time in the job's JSON document is the truth; the
+//! index entry and the envelope's `next_run_time` are copies, repaired when they disagree.
 //!
 //! # Claiming
-//! [`JobStore::acquire_due_jobs`] lists `R/index` (names only), reads the due jobs in one
-//! multi-read, applies the due-run rule ([`DueJob::claim`]) in Rust and writes each result
-//! back in one ZooKeeper `multi` transaction: `set_data` on the job with the znode version it
-//! read (compare-and-swap), plus moving its index entry. If another scheduler wrote the job
+//! [`JobStore::acquire_due_jobs`] lists `R/index` (names only; while the watch is armed and
+//! reports no change, the last listing is reused, see `WatchState::listing`), reads the
+//! due jobs in one multi-read, applies the due-run rule ([`DueJob::claim`]) in Rust and
+//! writes each result back in one ZooKeeper `multi` transaction: `set_data` on the job with
+//! the znode version it read (compare-and-swap), plus moving its index entry (every job
+//! write changes job and index in one `multi`). If another scheduler wrote the job
 //! in between, the version check fails and the whole transaction is refused, so two
 //! schedulers never claim the same slot.
 //!
@@ -35,7 +40,7 @@
 //! still polls every 30 s as a safety net ([`ZooKeeperStore::with_poll_interval`]); while it
 //! is not (connecting, outage, a server without persistent watches) it polls every 1 s.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,10 +51,12 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use zookeeper_client as zk;
 
-use super::nosql_common::{claimable_at, from_us, held_by_other, sort_jobs, to_us, StoreState};
+use super::nosql_common::{
+    claimable_at, from_us, held_by_other, lease_until, sort_jobs, to_us, StoreState,
+};
 use super::{DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
-use crate::job::{JobRecord, Lease};
+use crate::job::{JobRecord, Lease, StoredJob};
 
 /// How many claims are in flight at once.
 const CONCURRENCY: usize = 32;
@@ -85,15 +92,46 @@ impl Plan {
     }
 }
 
+/// A listing of `R/index`: (µs, job node name), sorted.
+type Listing = Arc<Vec<(i64, String)>>;
+
 /// What the store and its watcher task share.
 #[derive(Debug)]
 struct WatchState {
     plan: std::sync::Mutex<Plan>,
     /// Whether the watch is armed (so the long fallback poll is enough).
     armed: AtomicBool,
+    /// Counts what may have changed `R/index`: every watch event, arming and disarming,
+    /// and this store's own writes.
+    changes: AtomicU64,
+    /// The last listing of `R/index` and the value of `changes` read before it was taken.
+    /// While the watch is armed and `changes` has not moved, the index is as listed (as
+    /// far as the watch has told), so a pass reuses it instead of listing every entry
+    /// again: `next_run_time` and the claim of one pass share one listing, and idle
+    /// passes (the fallback poll) list nothing.
+    listing: std::sync::Mutex<Option<(u64, Listing)>>,
 }
 
 impl WatchState {
+    fn new() -> WatchState {
+        WatchState {
+            plan: std::sync::Mutex::new(Plan::new()),
+            armed: AtomicBool::new(false),
+            changes: AtomicU64::new(0),
+            listing: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Something may have changed the index: the saved listing is stale.
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn set_armed(&self, armed: bool) {
+        self.armed.store(armed, Ordering::SeqCst);
+        self.changed();
+    }
+
     fn plan(&self) -> std::sync::MutexGuard<'_, Plan> {
         self.plan.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -211,23 +249,73 @@ fn persistent() -> zk::CreateOptions<'static> {
     zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())
 }
 
-/// A job znode as read: node name, data, znode version.
+/// A job znode as read: node name, data, znode data version (for compare-and-swap) and
+/// the zxid of its last write (the job's version).
 struct Node {
     name: String,
     data: Vec<u8>,
     version: i32,
+    zxid: i64,
+}
+
+/// What a job transaction does to the job znode itself (the first op of the `multi`).
+#[derive(Clone, Copy)]
+enum JobOp<'a> {
+    /// Write this envelope.
+    Set(&'a [u8]),
+    /// Remove the job.
+    Delete,
+    /// Write nothing; only require the data version to be unchanged (index repairs).
+    Check,
+}
+
+/// The outcome of [`ZooKeeperStore::write_job`].
+struct Written {
+    /// The zxid of the job write (the job's new version); 0 for `Delete`/`Check`.
+    zxid: i64,
+    /// Whether any index entry was created or deleted.
+    index_changed: bool,
+}
+
+/// The index entries a stored job may have: the one its envelope names and the one its
+/// JSON document names (they differ only in a record written by hand).
+fn entries_of(node: &str, data: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(env) = serde_json::from_slice::<Envelope>(data) {
+        if let Some(t) = env.next_run_time {
+            out.push(index_name(t, node));
+        }
+        if let Some(t) = document_next(&env) {
+            let e = index_name(to_us(t), node);
+            if !out.contains(&e) {
+                out.push(e);
+            }
+        }
+    }
+    out
+}
+
+/// The next run time the envelope's JSON document says (the truth; the envelope's own
+/// `next_run_time` and the index entry are copies).
+fn document_next(env: &Envelope) -> Option<DateTime<Utc>> {
+    serde_json::from_str::<StoredJob>(&env.job)
+        .ok()?
+        .next_run_time
 }
 
 impl ZooKeeperStore {
     /// A store on the ZooKeeper ensemble `hosts` (`host:port[,host:port...]`; a `zk://`
-    /// prefix is accepted), under the root path `/apsched`. Connects when the scheduler
-    /// starts.
+    /// prefix is accepted), under the root path `/apsched`. Parts left out get the
+    /// ZooKeeper client's defaults: port 2181 for a host without one, and `localhost:2181`
+    /// when no host is given at all (as `zkCli.sh` does). Connects when the scheduler starts.
     pub fn new(hosts: &str) -> Result<Self> {
         let state = StoreState::new("zookeeper");
         let hosts = hosts.trim_start_matches("zk://").trim_end_matches('/');
-        if hosts.is_empty() {
-            return Err(state.msg("no ZooKeeper hosts given"));
-        }
+        let hosts = if hosts.is_empty() {
+            "localhost:2181"
+        } else {
+            hosts
+        };
         Ok(ZooKeeperStore {
             hosts: hosts.to_string(),
             root: "/apsched".into(),
@@ -235,10 +323,7 @@ impl ZooKeeperStore {
             session_timeout: Duration::from_secs(10),
             client: Mutex::new(None),
             state,
-            watch: Arc::new(WatchState {
-                plan: std::sync::Mutex::new(Plan::new()),
-                armed: AtomicBool::new(false),
-            }),
+            watch: Arc::new(WatchState::new()),
             watcher: std::sync::Mutex::new(None),
         })
     }
@@ -265,9 +350,11 @@ impl ZooKeeperStore {
     }
 
     /// The ZooKeeper session timeout (default 10 s); also bounds how long a call waits
-    /// for a lost server before failing with a store error.
+    /// for a lost server before failing with a store error. Longer values than the
+    /// protocol can carry (2^31 - 1 ms, about 24.8 days) are cut to that; the server caps
+    /// the timeout at its `maxSessionTimeout` anyway.
     pub fn with_session_timeout(mut self, timeout: Duration) -> Self {
-        self.session_timeout = timeout;
+        self.session_timeout = timeout.min(Duration::from_millis(i32::MAX as u64));
         self
     }
 
@@ -360,7 +447,7 @@ impl ZooKeeperStore {
     /// Decodes a job znode; corrupt ones are reported and `None` returned.
     fn decode(&self, node: &Node) -> Option<(JobRecord, Envelope)> {
         let id = decode_name(&node.name).unwrap_or_else(|| node.name.clone());
-        let version = node.version.max(0) as u64;
+        let version = node.zxid.max(0) as u64;
         let text = String::from_utf8_lossy(&node.data);
         match serde_json::from_slice::<Envelope>(&node.data) {
             Ok(env) => {
@@ -392,6 +479,7 @@ impl ZooKeeperStore {
                         name: n.clone(),
                         data,
                         version: stat.version,
+                        zxid: stat.mzxid,
                     });
                 }
             }
@@ -399,7 +487,19 @@ impl ZooKeeperStore {
         Ok(out)
     }
 
-    async fn index(&self, c: &zk::Client) -> Result<Vec<(i64, String)>> {
+    /// The index entries, sorted: the saved listing while the watch says nothing changed
+    /// (see [`WatchState::listing`]), else a fresh one.
+    async fn index(&self, c: &zk::Client) -> Result<Listing> {
+        let armed = self.watch.armed.load(Ordering::SeqCst);
+        let seen = self.watch.changes.load(Ordering::SeqCst);
+        if armed {
+            let saved = self.watch.listing.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, listing)) = saved.as_ref() {
+                if *at == seen {
+                    return Ok(listing.clone());
+                }
+            }
+        }
         let mut entries: Vec<(i64, String)> = self
             .call("listing the index", c.list_children(&self.index_path()))
             .await?
@@ -407,73 +507,225 @@ impl ZooKeeperStore {
             .filter_map(|e| parse_index(e).map(|(t, n)| (t, n.to_string())))
             .collect();
         entries.sort();
+        let entries = Arc::new(entries);
+        if armed {
+            *self.watch.listing.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((seen, entries.clone()));
+        }
         Ok(entries)
     }
 
-    /// Writes `job` over the node read at `version` with index entry `old_next` (its
-    /// previous next run time), as one transaction. `Ok(false)` = the version changed.
-    async fn cas_write(
+    /// Writes a job znode and its index in one `multi`: `op` on the node read at data
+    /// `version`, deleting the index entries `stale` and creating `entry`. An entry already
+    /// gone, or already there, is left out and the transaction retried without it, so the
+    /// job and its index change together or not at all (a job can never be left without
+    /// its entry). `Ok(None)` = the job changed since it was read. A `Check` whose index
+    /// needs no change writes nothing.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_job(
         &self,
         c: &zk::Client,
         node: &str,
         version: i32,
-        old_next: Option<i64>,
-        new: Option<(&[u8], Option<i64>)>,
+        op: JobOp<'_>,
+        mut stale: Vec<String>,
+        mut entry: Option<String>,
         doing: &str,
-    ) -> Result<bool> {
+    ) -> Result<Option<Written>> {
+        if let Some(e) = &entry {
+            // Deleting and re-creating the same entry would change nothing: only create it
+            // (which is dropped below if it exists).
+            stale.retain(|s| s != e);
+        }
+        let path = self.job_path(node);
+        let mut index_changed = false;
+        // Each retry drops one op, so this ends.
+        loop {
+            if matches!(op, JobOp::Check) && stale.is_empty() && entry.is_none() {
+                return Ok(Some(Written {
+                    zxid: 0,
+                    index_changed,
+                }));
+            }
+            let mut w = c.new_multi_writer();
+            let bad = |e| self.state.err(doing, e);
+            match op {
+                JobOp::Set(data) => w.add_set_data(&path, data, Some(version)).map_err(bad)?,
+                JobOp::Delete => w.add_delete(&path, Some(version)).map_err(bad)?,
+                JobOp::Check => w.add_check_version(&path, version).map_err(bad)?,
+            }
+            for e in &stale {
+                w.add_delete(&self.idx_path(e), None).map_err(bad)?;
+            }
+            if let Some(e) = &entry {
+                w.add_create(&self.idx_path(e), &[], &persistent())
+                    .map_err(bad)?;
+            }
+            let committed = tokio::time::timeout(self.session_timeout, w.commit()).await;
+            // Whatever the outcome (a timed-out commit may have been applied).
+            self.watch.changed();
+            match committed {
+                Ok(Ok(results)) => {
+                    index_changed |= !stale.is_empty() || entry.is_some();
+                    let zxid = match results.first() {
+                        Some(zk::MultiWriteResult::SetData { stat }) => stat.mzxid,
+                        _ => 0,
+                    };
+                    return Ok(Some(Written {
+                        zxid,
+                        index_changed,
+                    }));
+                }
+                Ok(Err(zk::MultiWriteError::OperationFailed {
+                    index: 0,
+                    source: zk::Error::BadVersion | zk::Error::NoNode,
+                })) => return Ok(None),
+                Ok(Err(zk::MultiWriteError::OperationFailed {
+                    index,
+                    source: zk::Error::NoNode,
+                })) if (1..=stale.len()).contains(&index) => {
+                    stale.remove(index - 1);
+                }
+                Ok(Err(zk::MultiWriteError::OperationFailed {
+                    index,
+                    source: zk::Error::NodeExists,
+                })) if index == stale.len() + 1 && entry.is_some() => {
+                    entry = None;
+                }
+                Ok(Err(e)) => {
+                    let e: zk::Error = e.into();
+                    if matches!(e, zk::Error::SessionExpired | zk::Error::ClientClosed) {
+                        *self.client.lock().await = None;
+                    }
+                    return Err(self.state.err(doing, e));
+                }
+                Err(_) => return Err(self.state.msg(format!("{doing}: timed out"))),
+            }
+        }
+    }
+
+    /// Gives every unpaused job the index entry its document names, creating the missing
+    /// ones: a job without its entry would never fire (left by an older apsched, whose
+    /// repair path was not atomic, or by hand). Lists the jobs and the index once; run at
+    /// start.
+    async fn heal_index(&self, c: &zk::Client) -> Result<()> {
+        let names = self
+            .call("listing jobs", c.list_children(&self.jobs_path()))
+            .await?;
+        let entries: std::collections::HashSet<String> = self
+            .call("listing the index", c.list_children(&self.index_path()))
+            .await?
+            .into_iter()
+            .collect();
+        for n in self.read_nodes(c, &names).await? {
+            let Some(next) = serde_json::from_slice::<Envelope>(&n.data)
+                .ok()
+                .and_then(|env| document_next(&env))
+            else {
+                continue;
+            };
+            let want = index_name(to_us(next), &n.name);
+            if entries.contains(&want) {
+                continue;
+            }
+            let id = decode_name(&n.name).unwrap_or_else(|| n.name.clone());
+            match self
+                .write_job(
+                    c,
+                    &n.name,
+                    n.version,
+                    JobOp::Check,
+                    Vec::new(),
+                    Some(want),
+                    "repairing the index",
+                )
+                .await
+            {
+                Ok(Some(w)) if w.index_changed => self.state.report(
+                    &id,
+                    format!(
+                        "the job had no index entry for its next run time {}: created",
+                        next.to_rfc3339()
+                    ),
+                ),
+                Ok(_) => {}
+                Err(e) => self.state.report(&id, e.to_string()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the index entry `entry` of a job znode that does not exist, in one `multi`
+    /// that creates and deletes the job znode first, so it fails (and changes nothing) if
+    /// the job was added meanwhile. Whether it removed the entry.
+    async fn drop_orphan(&self, c: &zk::Client, node: &str, entry: &str) -> Result<bool> {
         let mut w = c.new_multi_writer();
         let path = self.job_path(node);
-        let bad = |e| self.state.err(doing, e);
-        match new {
-            Some((data, _)) => w.add_set_data(&path, data, Some(version)).map_err(bad)?,
-            None => w.add_delete(&path, Some(version)).map_err(bad)?,
-        }
-        if let Some(t) = old_next {
-            w.add_delete(&self.idx_path(&index_name(t, node)), None)
-                .map_err(bad)?;
-        }
-        if let Some((_, Some(t))) = new {
-            w.add_create(&self.idx_path(&index_name(t, node)), &[], &persistent())
-                .map_err(bad)?;
-        }
-        match tokio::time::timeout(self.session_timeout, w.commit()).await {
+        let bad = |e| self.state.err("removing an index entry without a job", e);
+        w.add_create(&path, &[], &persistent()).map_err(bad)?;
+        w.add_delete(&path, Some(0)).map_err(bad)?;
+        w.add_delete(&self.idx_path(entry), None).map_err(bad)?;
+        let committed = tokio::time::timeout(self.session_timeout, w.commit()).await;
+        self.watch.changed();
+        match committed {
             Ok(Ok(_)) => Ok(true),
+            // The job exists after all, or the entry is gone already.
             Ok(Err(zk::MultiWriteError::OperationFailed {
-                index: 0,
-                source: zk::Error::BadVersion | zk::Error::NoNode,
-            })) => Ok(false),
-            Ok(Err(zk::MultiWriteError::OperationFailed {
-                source: zk::Error::NoNode | zk::Error::NodeExists,
+                source: zk::Error::NodeExists | zk::Error::NoNode,
                 ..
-            })) => {
-                // The index entry was not where the job said: repair it on its own.
-                let written = match new {
-                    Some((data, _)) => c.set_data(&path, data, Some(version)).await.map(|_| ()),
-                    None => c.delete(&path, Some(version)).await,
-                };
-                match written {
-                    Ok(()) => {}
-                    Err(zk::Error::BadVersion | zk::Error::NoNode) => return Ok(false),
-                    Err(e) => return Err(self.state.err(doing, e)),
+            })) => Ok(false),
+            Ok(Err(e)) => Err(bad(zk::Error::from(e))),
+            Err(_) => Err(self
+                .state
+                .msg("removing an index entry without a job: timed out")),
+        }
+    }
+
+    /// Repairs an index entry `entry` (due at `was`) that disagrees with its job: puts the
+    /// job's index where its document says, or drops the entry if the job is gone. Reports
+    /// what it changed; failures are reported, not returned (the claims of the pass stand).
+    async fn repair(&self, c: &zk::Client, entry: &str, was: i64, node: Option<&Node>) {
+        let node_name = parse_index(entry).map_or("", |(_, n)| n);
+        let id = decode_name(node_name).unwrap_or_else(|| node_name.to_string());
+        let r = match node {
+            None => self
+                .drop_orphan(c, node_name, entry)
+                .await
+                .map(|d| d.then(|| format!("index entry {entry} has no job: removed"))),
+            Some(n) => {
+                let next = serde_json::from_slice::<Envelope>(&n.data)
+                    .ok()
+                    .and_then(|env| document_next(&env));
+                let mut stale = entries_of(&n.name, &n.data);
+                if !stale.iter().any(|e| e == entry) {
+                    stale.push(entry.to_string());
                 }
-                if let Some(t) = old_next {
-                    let _ = c.delete(&self.idx_path(&index_name(t, node)), None).await;
-                }
-                if let Some((_, Some(t))) = new {
-                    let _ = c
-                        .create(&self.idx_path(&index_name(t, node)), &[], &persistent())
-                        .await;
-                }
-                Ok(true)
+                let want = next.map(|t| index_name(to_us(t), &n.name));
+                self.write_job(
+                    c,
+                    &n.name,
+                    n.version,
+                    JobOp::Check,
+                    stale,
+                    want,
+                    "repairing an index entry",
+                )
+                .await
+                .map(|w| {
+                    w.filter(|w| w.index_changed).map(|_| {
+                        format!(
+                            "index entry said due {}, the job's document says {}: index repaired",
+                            from_us(was),
+                            next.map_or_else(|| "paused".to_string(), |t| t.to_rfc3339())
+                        )
+                    })
+                })
             }
-            Ok(Err(e)) => {
-                let e: zk::Error = e.into();
-                if matches!(e, zk::Error::SessionExpired | zk::Error::ClientClosed) {
-                    *self.client.lock().await = None;
-                }
-                Err(self.state.err(doing, e))
-            }
-            Err(_) => Err(self.state.msg(format!("{doing}: timed out"))),
+        };
+        match r {
+            Ok(Some(what)) => self.state.report(&id, what),
+            Ok(None) => {}
+            Err(e) => self.state.report(&id, e.to_string()),
         }
     }
 
@@ -487,14 +739,19 @@ impl ZooKeeperStore {
         {
             stop.cancel();
         }
-        self.watch.armed.store(false, Ordering::SeqCst);
+        self.watch.set_armed(false);
         *self.watch.plan() = Plan::new();
     }
 
-    /// Reads one job node: (data, version), or `None`.
-    async fn read_one(&self, c: &zk::Client, node: &str) -> Result<Option<(Vec<u8>, i32)>> {
+    /// Reads one job node, or `None`.
+    async fn read_one(&self, c: &zk::Client, node: &str) -> Result<Option<Node>> {
         match tokio::time::timeout(self.session_timeout, c.get_data(&self.job_path(node))).await {
-            Ok(Ok((data, stat))) => Ok(Some((data, stat.version))),
+            Ok(Ok((data, stat))) => Ok(Some(Node {
+                name: node.to_string(),
+                data,
+                version: stat.version,
+                zxid: stat.mzxid,
+            })),
             Ok(Err(zk::Error::NoNode)) => Ok(None),
             Ok(Err(e)) => Err(self.state.err("reading a job", e)),
             Err(_) => Err(self.state.msg("reading a job: timed out")),
@@ -522,10 +779,12 @@ impl ZooKeeperStore {
                 let Ok(env) = serde_json::from_slice::<Envelope>(&node.data) else {
                     continue;
                 };
-                let Some(next) = env.next_run_time else {
+                // The document's time, not the entry's or the envelope's copy: a copy that
+                // says due while the document does not would be reported forever.
+                let Some(next) = document_next(&env) else {
                     continue;
                 };
-                let at = claimable_at(from_us(next), env.lease().as_ref(), &me, now);
+                let at = claimable_at(next, env.lease().as_ref(), &me, now);
                 best = Some(best.map_or(at, |b| b.min(at)));
             }
         }
@@ -535,25 +794,37 @@ impl ZooKeeperStore {
     async fn claim_one(
         &self,
         c: &zk::Client,
-        node: String,
-        version: i32,
-        old_next: Option<i64>,
+        node: &Node,
         mut due: DueJob,
         lease: &Lease,
     ) -> Result<Option<DueJob>> {
         due.job.lease = Some(lease.clone());
         let data;
-        let new = if due.removed {
-            None
+        let (op, entry) = if due.removed {
+            (JobOp::Delete, None)
         } else {
             data = Self::envelope(&due.job)?;
-            Some((&data[..], due.job.next_run_time.map(to_us)))
+            (
+                JobOp::Set(&data[..]),
+                due.job
+                    .next_run_time
+                    .map(|t| index_name(to_us(t), &node.name)),
+            )
         };
-        let won = self
-            .cas_write(c, &node, version, old_next, new, "claiming a due job")
+        let stale = entries_of(&node.name, &node.data);
+        let written = self
+            .write_job(
+                c,
+                &node.name,
+                node.version,
+                op,
+                stale,
+                entry,
+                "claiming a due job",
+            )
             .await?;
-        Ok(won.then(|| {
-            due.job.version = version as u64 + 1;
+        Ok(written.map(|w| {
+            due.job.version = w.zxid.max(0) as u64;
             due
         }))
     }
@@ -595,7 +866,7 @@ impl Watcher {
                     return;
                 }
                 Ended::Lost(why) => {
-                    self.shared.armed.store(false, Ordering::SeqCst);
+                    self.shared.set_armed(false);
                     if healthy {
                         tracing::warn!(index = %self.index, error = %why, "ZooKeeper watch lost; re-arming");
                     } else {
@@ -658,12 +929,14 @@ impl Watcher {
                 _ = self.stop.cancelled() => return Ended::Stopped,
                 e = watcher.changed() => e,
             };
+            // Any event may mean a change the saved listing lacks.
+            self.shared.changed();
             match event.event_type {
                 zk::EventType::Session => match event.session_state {
                     // Terminal: the watcher must not be polled again.
                     s if s.is_terminated() => return Ended::Lost(format!("session {s}")),
                     zk::SessionState::Disconnected => {
-                        self.shared.armed.store(false, Ordering::SeqCst);
+                        self.shared.set_armed(false);
                         tracing::debug!(index = %self.index, "ZooKeeper watch disconnected");
                     }
                     zk::SessionState::SyncConnected => {
@@ -690,7 +963,7 @@ impl Watcher {
     }
 
     fn armed(&self) {
-        self.shared.armed.store(true, Ordering::SeqCst);
+        self.shared.set_armed(true);
     }
 }
 
@@ -700,7 +973,10 @@ impl JobStore for ZooKeeperStore {
         let wakeup = ctx.wakeup.clone();
         self.state.set_ctx(Some(ctx));
         self.state.forget_all_corrupt();
-        self.client().await?;
+        let c = self.client().await?;
+        if let Err(e) = self.heal_index(&c).await {
+            tracing::warn!(root = %self.root, error = %e, "could not check the index at start");
+        }
         self.stop_watcher();
         let stop = CancellationToken::new();
         *self.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(stop.clone());
@@ -738,48 +1014,67 @@ impl JobStore for ZooKeeperStore {
         let data = Self::envelope(&job)?;
         let c = self.client().await?;
         let node = encode(&job.id);
-        let next = job.next_run_time.map(to_us);
+        let entry = job.next_run_time.map(|t| index_name(to_us(t), &node));
         loop {
-            let existing = self.read_one(&c, &node).await?;
-            match existing {
+            match self.read_one(&c, &node).await? {
                 None => {
                     let mut w = c.new_multi_writer();
                     let bad = |e| self.state.err("adding a job", e);
                     w.add_create(&self.job_path(&node), &data, &persistent())
                         .map_err(bad)?;
-                    if let Some(t) = next {
-                        w.add_create(&self.idx_path(&index_name(t, &node)), &[], &persistent())
+                    if let Some(e) = &entry {
+                        w.add_create(&self.idx_path(e), &[], &persistent())
                             .map_err(bad)?;
                     }
-                    match tokio::time::timeout(self.session_timeout, w.commit()).await {
+                    let committed = tokio::time::timeout(self.session_timeout, w.commit()).await;
+                    self.watch.changed();
+                    match committed {
                         Ok(Ok(_)) => break,
                         Ok(Err(zk::MultiWriteError::OperationFailed {
                             index: 0,
                             source: zk::Error::NodeExists,
                         })) => continue,
+                        Ok(Err(zk::MultiWriteError::OperationFailed {
+                            index: 1,
+                            source: zk::Error::NodeExists,
+                        })) => {
+                            // A stale entry of a removed job with the same id and time: the
+                            // job is added without it and owns it again.
+                            let mut w = c.new_multi_writer();
+                            w.add_create(&self.job_path(&node), &data, &persistent())
+                                .map_err(bad)?;
+                            let committed = self
+                                .call("adding a job", async {
+                                    w.commit().await.map_err(zk::Error::from)
+                                })
+                                .await;
+                            self.watch.changed();
+                            committed?;
+                            break;
+                        }
                         Ok(Err(e)) => {
                             return Err(self.state.err("adding a job", zk::Error::from(e)))
                         }
                         Err(_) => return Err(self.state.msg("adding a job: timed out")),
                     }
                 }
-                Some((old, version)) => {
+                Some(old) => {
                     if !replace_existing {
                         return Err(Error::ConflictingId(job.id));
                     }
-                    let old_next = serde_json::from_slice::<Envelope>(&old)
-                        .ok()
-                        .and_then(|e| e.next_run_time);
+                    let stale = entries_of(&node, &old.data);
                     if self
-                        .cas_write(
+                        .write_job(
                             &c,
                             &node,
-                            version,
-                            old_next,
-                            Some((&data, next)),
+                            old.version,
+                            JobOp::Set(&data),
+                            stale,
+                            entry.clone(),
                             "adding a job",
                         )
                         .await?
+                        .is_some()
                     {
                         break;
                     }
@@ -795,31 +1090,32 @@ impl JobStore for ZooKeeperStore {
         let data = Self::envelope(&job)?;
         let c = self.client().await?;
         let node = encode(&job.id);
-        let Some((old, version)) = self.read_one(&c, &node).await? else {
+        let Some(old) = self.read_one(&c, &node).await? else {
             return Err(Error::JobLookup(job.id));
         };
-        if version.max(0) as u64 != job.version {
+        // The job's version is the zxid of its last write: unique across removals and
+        // re-adds (a re-created znode's data version restarts at 0, its zxid does not).
+        if old.zxid.max(0) as u64 != job.version {
             return Err(Error::Fenced(job.id));
         }
-        let old_next = serde_json::from_slice::<Envelope>(&old)
-            .ok()
-            .and_then(|e| e.next_run_time);
-        let next = job.next_run_time.map(to_us);
-        if !self
-            .cas_write(
+        let entry = job.next_run_time.map(|t| index_name(to_us(t), &node));
+        let stale = entries_of(&node, &old.data);
+        let Some(w) = self
+            .write_job(
                 &c,
                 &node,
-                version,
-                old_next,
-                Some((&data, next)),
+                old.version,
+                JobOp::Set(&data),
+                stale,
+                entry,
                 "updating a job",
             )
             .await?
-        {
+        else {
             return Err(Error::Fenced(job.id));
-        }
+        };
         self.state.forget_corrupt(&job.id);
-        job.version += 1;
+        job.version = w.zxid.max(0) as u64;
         Ok(job)
     }
 
@@ -827,15 +1123,22 @@ impl JobStore for ZooKeeperStore {
         let c = self.client().await?;
         let node = encode(id);
         loop {
-            let Some((old, version)) = self.read_one(&c, &node).await? else {
+            let Some(old) = self.read_one(&c, &node).await? else {
                 return Err(Error::JobLookup(id.to_string()));
             };
-            let old_next = serde_json::from_slice::<Envelope>(&old)
-                .ok()
-                .and_then(|e| e.next_run_time);
+            let stale = entries_of(&node, &old.data);
             if self
-                .cas_write(&c, &node, version, old_next, None, "removing a job")
+                .write_job(
+                    &c,
+                    &node,
+                    old.version,
+                    JobOp::Delete,
+                    stale,
+                    None,
+                    "removing a job",
+                )
                 .await?
+                .is_some()
             {
                 self.state.forget_corrupt(id);
                 return Ok(());
@@ -864,6 +1167,7 @@ impl JobStore for ZooKeeperStore {
                 }
             }
         }
+        self.watch.changed();
         self.state.forget_all_corrupt();
         Ok(())
     }
@@ -871,20 +1175,15 @@ impl JobStore for ZooKeeperStore {
     async fn lookup_job(&self, id: &str) -> Result<Option<JobRecord>> {
         let c = self.client().await?;
         let node = encode(id);
-        let Some((data, version)) = self.read_one(&c, &node).await? else {
+        let Some(n) = self.read_one(&c, &node).await? else {
             return Ok(None);
-        };
-        let n = Node {
-            name: node,
-            data,
-            version,
         };
         match self.decode(&n) {
             Some((job, _)) => Ok(Some(job)),
             None => Err(Error::CorruptJob {
                 id: id.to_string(),
                 reason: match serde_json::from_slice::<Envelope>(&n.data) {
-                    Ok(env) => self.state.check(&env.job).err().unwrap_or_default(),
+                    Ok(env) => self.state.check(id, &env.job).err().unwrap_or_default(),
                     Err(e) => e.to_string(),
                 },
             }),
@@ -930,13 +1229,14 @@ impl JobStore for ZooKeeperStore {
         let me = self.state.owner();
         let lease = Lease {
             owner: me.clone(),
-            until: now
-                + chrono::Duration::from_std(self.state.lease()).unwrap_or(chrono::Duration::MAX),
+            until: lease_until(now, self.state.lease()),
         };
         let now_us = now.timestamp_micros();
         let c = self.client().await?;
         let entries = self.index(&c).await?;
-        let mut claims = Vec::new();
+        let mut claims: Vec<(Node, DueJob)> = Vec::new();
+        // Index entries that disagree with their job: (entry, due at, the job's node if any).
+        let mut repairs: Vec<(String, i64, Option<Node>)> = Vec::new();
         for chunk in entries
             .iter()
             .take_while(|(t, _)| *t <= now_us)
@@ -947,19 +1247,29 @@ impl JobStore for ZooKeeperStore {
                 break;
             }
             let names: Vec<String> = chunk.iter().map(|(_, n)| n.clone()).collect();
-            for node in self.read_nodes(&c, &names).await? {
+            let mut nodes: std::collections::HashMap<String, Node> = self
+                .read_nodes(&c, &names)
+                .await?
+                .into_iter()
+                .map(|n| (n.name.clone(), n))
+                .collect();
+            for (t, name) in chunk {
                 if claims.len() >= limit {
                     break;
                 }
+                let Some(node) = nodes.remove(name) else {
+                    repairs.push((index_name(*t, name), *t, None));
+                    continue;
+                };
                 let id = decode_name(&node.name).unwrap_or_default();
                 if self.state.is_known_corrupt(
                     &id,
                     &String::from_utf8_lossy(&node.data),
-                    node.version.max(0) as u64,
+                    node.zxid.max(0) as u64,
                 ) {
                     continue;
                 }
-                let Some((job, env)) = self.decode(&node) else {
+                let Some((job, _)) = self.decode(&node) else {
                     continue;
                 };
                 if held_by_other(job.lease.as_ref(), &me, now) {
@@ -967,49 +1277,86 @@ impl JobStore for ZooKeeperStore {
                 }
                 let due = DueJob::claim(job, now);
                 if due.run_times.is_empty() {
+                    // The entry says due, the document says paused or later: the document
+                    // is the truth; left alone, the entry would be retried on every pass.
+                    repairs.push((index_name(*t, name), *t, Some(node)));
                     continue;
                 }
-                claims.push((node.name, node.version, env.next_run_time, due));
+                claims.push((node, due));
             }
         }
-        let results: Vec<Result<Option<DueJob>>> = futures::stream::iter(
+        let results: Vec<(String, Result<Option<DueJob>>)> = futures::stream::iter(
             claims
-                .into_iter()
-                .map(|(name, version, old_next, due)| {
-                    self.claim_one(&c, name, version, old_next, due, &lease)
+                .iter()
+                .map(|(node, due)| async {
+                    let id = due.job.id.clone();
+                    (id, self.claim_one(&c, node, due.clone(), &lease).await)
                 })
                 .collect::<Vec<_>>(),
         )
         .buffered(CONCURRENCY)
         .collect()
         .await;
+        // Each claim is its own transaction: one that fails must not take the others with
+        // it (they are written, so they run now or never). The failed ones are reported;
+        // their jobs stay due and are claimed again by a later pass.
         let mut won = Vec::new();
-        for r in results {
-            if let Some(d) = r? {
-                won.push(d);
+        let mut failed = Vec::new();
+        for (id, r) in results {
+            match r {
+                Ok(Some(d)) => won.push(d),
+                Ok(None) => {}
+                Err(e) => failed.push((id, e)),
             }
+        }
+        if won.is_empty() && !failed.is_empty() {
+            // Nothing was written: the loop retries with its backoff.
+            return Err(failed.swap_remove(0).1);
+        }
+        for (id, e) in failed {
+            self.state.report(&id, e.to_string());
+        }
+        for (entry, t, node) in repairs {
+            self.repair(&c, &entry, t, node.as_ref()).await;
         }
         Ok(won)
     }
 
     async fn release_jobs(&self, jobs: &[DueJob]) -> Result<()> {
         let me = self.state.owner();
+        let mine: Vec<&DueJob> = jobs
+            .iter()
+            .filter(|d| !d.removed && d.job.lease.as_ref().is_some_and(|l| l.owner == me))
+            .collect();
+        if mine.is_empty() {
+            return Ok(());
+        }
         let c = self.client().await?;
-        for d in jobs.iter().filter(|d| !d.removed) {
-            if d.job.lease.as_ref().is_none_or(|l| l.owner != me) {
+        let names: Vec<String> = mine.iter().map(|d| encode(&d.job.id)).collect();
+        let nodes: std::collections::HashMap<String, Node> = self
+            .read_nodes(&c, &names)
+            .await?
+            .into_iter()
+            .map(|n| (n.name.clone(), n))
+            .collect();
+        for (d, name) in mine.into_iter().zip(names) {
+            // Released only if nothing was written since the claim (its zxid is the job's
+            // version), and then with the data version read: a newer write wins.
+            let Some(node) = nodes
+                .get(&name)
+                .filter(|n| n.zxid.max(0) as u64 == d.job.version)
+            else {
                 continue;
-            }
+            };
             let mut job = d.job.clone();
             job.lease = None;
             let data = Self::envelope(&job)?;
-            let expected = d.job.version as i32;
             match tokio::time::timeout(
                 self.session_timeout,
-                c.set_data(&self.job_path(&encode(&job.id)), &data, Some(expected)),
+                c.set_data(&self.job_path(&name), &data, Some(node.version)),
             )
             .await
             {
-                // A newer write (or a removal) wins: the release is fenced.
                 Ok(Ok(_)) | Ok(Err(zk::Error::BadVersion | zk::Error::NoNode)) => {}
                 Ok(Err(e)) => return Err(self.state.err("releasing jobs", e)),
                 Err(_) => return Err(self.state.msg("releasing jobs: timed out")),
@@ -1037,10 +1384,7 @@ mod tests {
 
     #[test]
     fn plan_wakes_for_entries_before_the_planned_time() {
-        let w = WatchState {
-            plan: std::sync::Mutex::new(Plan::new()),
-            armed: AtomicBool::new(false),
-        };
+        let w = WatchState::new();
         assert!(w.entry_created(500), "nothing reported yet: always wake");
         assert!(
             !w.reported(Some(100)),

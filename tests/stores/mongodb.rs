@@ -52,6 +52,26 @@ async fn started(db: &str, collection: &str, id: &str) -> MongoStore {
     s
 }
 
+/// The suite's corrupt-record hook: a document whose `job` is not JSON, due at
+/// `suite::t0()`.
+fn write_corrupt<'a>(store: &'a MongoStore, id: &'a str) -> futures::future::BoxFuture<'a, ()> {
+    Box::pin(async move {
+        let db = store.database().expect("the tests name the database");
+        client(&url())
+            .await
+            .database(db)
+            .collection::<Document>(store.collection())
+            .insert_one(doc! {
+                "_id": id,
+                "job": "{not json",
+                "next_run_time": suite::t0().timestamp_micros(),
+                "version": 0_i64,
+            })
+            .await
+            .unwrap();
+    })
+}
+
 #[tokio::test]
 async fn mongodb_contract() {
     if !available().await {
@@ -68,7 +88,7 @@ async fn mongodb_contract() {
             let db = db.clone();
             async move { started(&db, &coll, "s1").await }
         },
-        None,
+        Some(write_corrupt),
     )
     .await;
     drop_db(&db).await;
@@ -218,4 +238,189 @@ pub async fn multiprocess_target() -> Option<crate::multiprocess::Target> {
         },
         cleanup: Box::pin(async move { drop_db(&db).await }),
     })
+}
+
+#[tokio::test]
+async fn mongodb_far_future_dates() {
+    if !available().await {
+        return;
+    }
+    let db = db_name();
+    nosql::far_future_dates(started(&db, "jobs", "s1").await).await;
+    drop_db(&db).await;
+}
+
+#[tokio::test]
+async fn mongodb_max_durations() {
+    if !available().await {
+        return;
+    }
+    let db = db_name();
+    let s = store(&db);
+    s.start(suite::context("mongodb", "s1", Duration::MAX))
+        .await
+        .unwrap();
+    nosql::max_lease(&s).await;
+    let s = store(&db)
+        .with_collection("run")
+        .with_timeout(Duration::MAX)
+        .with_poll_interval(Some(Duration::MAX));
+    s.start(suite::context("mongodb", "s1", Duration::MAX))
+        .await
+        .unwrap();
+    nosql::max_options(s, Some(Duration::MAX)).await;
+    drop_db(&db).await;
+}
+
+/// Documents whose top-level `next_run_time` (the indexed copy) disagrees with the job
+/// document, written raw: due but the document is paused, due but the document says later,
+/// a document without `version`, and one whose JSON names another id. None is deleted and
+/// none makes the loop spin.
+#[tokio::test]
+async fn mongodb_index_disagreeing_with_document_settles() {
+    if !available().await {
+        return;
+    }
+    let db = db_name();
+    let ctx = suite::context("mongodb", "s1", Duration::from_secs(30));
+    let rx = ctx.events.subscribe(apsched::event::EventKind::STORE_ERROR);
+    let s = store(&db);
+    s.start(ctx).await.unwrap();
+    let coll = client(&url())
+        .await
+        .database(&db)
+        .collection::<Document>("jobs");
+    let due = suite::at(0).timestamp_micros();
+    let json = |id: &str, next| suite::interval_job(id, 60, next).to_json().unwrap();
+    coll.insert_many([
+        doc! { "_id": "paused", "job": json("paused", None), "next_run_time": due, "version": 5_i64 },
+        doc! { "_id": "later", "job": json("later", Some(suite::at(600))), "next_run_time": due, "version": 5_i64 },
+        doc! { "_id": "noversion", "job": json("noversion", Some(suite::at(0))), "next_run_time": due },
+        doc! { "_id": "alias", "job": json("other", Some(suite::at(0))), "next_run_time": due, "version": 5_i64 },
+    ])
+    .await
+    .unwrap();
+    nosql::index_mismatch_settles(
+        s,
+        rx,
+        suite::at(100),
+        &["noversion"],
+        Some(suite::at(120)),
+        &[
+            ("paused", None),
+            ("later", Some(suite::at(600))),
+            ("noversion", Some(suite::at(120))),
+        ],
+        &["alias", "later", "paused"],
+    )
+    .await;
+    drop_db(&db).await;
+}
+
+/// One claim of a batch fails on the server (a validator refuses the write for job
+/// `victim`): the other claims of the batch are still returned and advanced, the failure is
+/// reported, and the victim stays due (claimed once the fault is gone).
+#[tokio::test]
+async fn mongodb_partial_batch_failure_keeps_won_claims() {
+    if !available().await {
+        return;
+    }
+    let db = db_name();
+    let ctx = suite::context("mongodb", "s1", Duration::from_secs(30));
+    let mut rx = ctx.events.subscribe(apsched::event::EventKind::STORE_ERROR);
+    let s = store(&db);
+    s.start(ctx).await.unwrap();
+    for id in ["a", "b", "victim", "z"] {
+        s.add_job(suite::interval_job(id, 60, Some(suite::at(0))), false)
+            .await
+            .unwrap();
+    }
+    let database = client(&url()).await.database(&db);
+    database
+        .run_command(doc! {
+            "collMod": "jobs",
+            "validator": { "$or": [ { "_id": { "$ne": "victim" } }, { "lease_owner": null } ] },
+        })
+        .await
+        .unwrap();
+    let due = s.acquire_due_jobs(suite::at(0), 100).await.unwrap();
+    let mut ids: Vec<&str> = due.iter().map(|d| d.job.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["a", "b", "z"],
+        "the claims that were written are returned"
+    );
+    s.release_jobs(&due).await.unwrap();
+    let errors = nosql::store_errors(&mut rx);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].0, "victim");
+    for id in ["a", "b", "z"] {
+        let j = s.lookup_job(id).await.unwrap().unwrap();
+        assert_eq!(j.next_run_time, Some(suite::at(60)), "{id} advanced");
+    }
+    let victim = s.lookup_job("victim").await.unwrap().unwrap();
+    assert_eq!(victim.next_run_time, Some(suite::at(0)), "victim still due");
+    // Alone, the failing claim is an error of the pass (the loop backs off).
+    assert!(s.acquire_due_jobs(suite::at(0), 100).await.is_err());
+    database
+        .run_command(doc! { "collMod": "jobs", "validator": {} })
+        .await
+        .unwrap();
+    let due = s.acquire_due_jobs(suite::at(0), 100).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].job.id, "victim");
+
+    // End to end: the won claims run.
+    let s = store(&db).with_collection("run");
+    s.start(suite::context("mongodb", "setup", Duration::from_secs(30)))
+        .await
+        .unwrap();
+    s.add_job(nosql::task_job("victim", "tick", chrono::Utc::now()), false)
+        .await
+        .unwrap();
+    database
+        .run_command(doc! {
+            "collMod": "run",
+            "validator": { "$or": [ { "_id": { "$ne": "victim" } }, { "lease_owner": null } ] },
+        })
+        .await
+        .unwrap();
+    nosql::won_claims_run(store(&db).with_collection("run")).await;
+    drop_db(&db).await;
+}
+
+/// A URL without a database uses the documented default database `apscheduler` (the
+/// port, when left out, is the driver's 27017).
+#[tokio::test]
+async fn mongodb_url_defaults() {
+    if !available().await {
+        return;
+    }
+    let base = url();
+    let no_db = base.trim_end_matches('/');
+    let coll = format!("jobs_{}", suite::unique_suffix());
+    for u in [no_db.to_string(), format!("{no_db}/")] {
+        let s = MongoStore::new(&u).unwrap().with_collection(&coll);
+        s.start(suite::context("mongodb", "s1", Duration::from_secs(30)))
+            .await
+            .unwrap();
+        s.add_job(suite::interval_job("a", 60, None), false)
+            .await
+            .unwrap();
+        let raw = client(&base)
+            .await
+            .database("apscheduler")
+            .collection::<Document>(&coll);
+        assert_eq!(raw.count_documents(doc! {}).await.unwrap(), 1, "{u}");
+        raw.drop().await.unwrap();
+        client(&base)
+            .await
+            .database("apscheduler")
+            .collection::<Document>(&format!("{coll}_counter"))
+            .drop()
+            .await
+            .unwrap();
+    }
+    assert!(apsched::store::from_url("mongodb://127.0.0.1").is_ok());
 }

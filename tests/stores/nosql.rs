@@ -267,3 +267,174 @@ pub async fn server_restart<S: JobStore>(store: S, server: &PrivateServer) {
     s.remove_all_jobs(None).await.unwrap();
     s.shutdown(true).await.unwrap();
 }
+
+/// The `STORE_ERROR` events waiting in `rx`, as (job id, message), sorted.
+pub fn store_errors(rx: &mut apsched::event::EventReceiver) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    while let Some(Ok(ev)) = rx.try_recv() {
+        if let Event::StoreError {
+            job_id, message, ..
+        } = ev
+        {
+            out.push((job_id.unwrap_or_default(), message));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Year 9999 (the last µs of it, which a double cannot hold exactly) next to a job every
+/// 10 s: the near job keeps being claimed, the far one keeps its exact time, and it is
+/// claimed exactly when it comes due.
+pub async fn far_future_dates(store: impl JobStore) {
+    use chrono::{TimeDelta, TimeZone, Utc};
+    let far =
+        Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap() + TimeDelta::microseconds(999_999);
+    store
+        .add_job(suite::date_job("far", far), false)
+        .await
+        .unwrap();
+    store
+        .add_job(suite::interval_job("near", 10, Some(suite::at(0))), false)
+        .await
+        .unwrap();
+    assert_eq!(store.next_run_time().await.unwrap(), Some(suite::at(0)));
+    for pass in 0..3 {
+        let due = store
+            .acquire_due_jobs(suite::at(pass * 10), 100)
+            .await
+            .unwrap();
+        let ids: Vec<&str> = due.iter().map(|d| d.job.id.as_str()).collect();
+        assert_eq!(ids, ["near"], "pass {pass}");
+        store.release_jobs(&due).await.unwrap();
+    }
+    assert_eq!(store.next_run_time().await.unwrap(), Some(suite::at(30)));
+    let all = store.get_all_jobs().await.unwrap();
+    let ids: Vec<(&str, _)> = all
+        .iter()
+        .map(|j| (j.id.as_str(), j.next_run_time))
+        .collect();
+    assert_eq!(ids, [("near", Some(suite::at(30))), ("far", Some(far))]);
+
+    store.remove_job("near").await.unwrap();
+    assert_eq!(
+        store.next_run_time().await.unwrap(),
+        Some(far),
+        "exact, not rounded"
+    );
+    let just_before = far - TimeDelta::microseconds(1);
+    assert!(store
+        .acquire_due_jobs(just_before, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    let due = store.acquire_due_jobs(far, 100).await.unwrap();
+    assert_eq!(due.len(), 1, "the far job is claimed when it comes due");
+    assert_eq!(due[0].run_times, vec![far]);
+    assert!(due[0].removed);
+    store.release_jobs(&due).await.unwrap();
+    assert_eq!(store.next_run_time().await.unwrap(), None);
+}
+
+/// `Duration::MAX` as the lease: claims, releases and the next run time work (the lease
+/// saturates at the latest representable time instead of overflowing).
+pub async fn max_lease<S: JobStore>(store: &S) {
+    store
+        .add_job(suite::interval_job("a", 10, Some(suite::at(0))), false)
+        .await
+        .unwrap();
+    let due = store.acquire_due_jobs(suite::at(0), 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    store.release_jobs(&due).await.unwrap();
+    assert_eq!(store.next_run_time().await.unwrap(), Some(suite::at(10)));
+    let due = store.acquire_due_jobs(suite::at(10), 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    // Not released: the claim holds "forever" for other schedulers, and for this one the
+    // job is still claimable at its time.
+    assert_eq!(store.next_run_time().await.unwrap(), Some(suite::at(20)));
+}
+
+/// A store with every duration option at `Duration::MAX` (started by the caller) works:
+/// claims, releases, next run times, and its poll interval is what was asked for. (The
+/// scheduler loop's own arithmetic with such a poll interval is the loop's business.)
+pub async fn max_options(store: impl JobStore, poll: Option<Duration>) {
+    max_lease(&store).await;
+    assert_eq!(store.poll_interval(), poll);
+}
+
+/// After one claim pass over index entries that disagree with their jobs: the pass claims
+/// exactly `claimed`, a second pass at the same time claims nothing, `next_run_time` is
+/// `next` (not a past time the loop would spin on), every job in `kept` is still stored with
+/// that next run time, and each of `reported` got a `STORE_ERROR` event.
+pub async fn index_mismatch_settles(
+    store: impl JobStore,
+    mut rx: apsched::event::EventReceiver,
+    now: chrono::DateTime<chrono::Utc>,
+    claimed: &[&str],
+    next: Option<chrono::DateTime<chrono::Utc>>,
+    kept: &[(&str, Option<chrono::DateTime<chrono::Utc>>)],
+    reported: &[&str],
+) {
+    let due = store.acquire_due_jobs(now, 100).await.unwrap();
+    let mut ids: Vec<&str> = due.iter().map(|d| d.job.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, claimed, "claimed by the first pass");
+    store.release_jobs(&due).await.unwrap();
+    assert_eq!(
+        store.next_run_time().await.unwrap(),
+        next,
+        "repaired next run time"
+    );
+    for pass in 0..3 {
+        let due = store.acquire_due_jobs(now, 100).await.unwrap();
+        assert!(
+            due.is_empty(),
+            "pass {pass} claims nothing more: {:?}",
+            due.iter().map(|d| &d.job.id).collect::<Vec<_>>()
+        );
+        assert_eq!(store.next_run_time().await.unwrap(), next, "pass {pass}");
+    }
+    for (id, at) in kept {
+        let job = store.lookup_job(id).await.unwrap();
+        assert_eq!(
+            job.map(|j| j.next_run_time),
+            Some(*at),
+            "job {id} is kept with its document's next run time"
+        );
+    }
+    let errors = store_errors(&mut rx);
+    let ids: Vec<&str> = errors.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, reported, "reported once each: {errors:?}");
+}
+
+/// A scheduler on `store`, whose job `victim` (task `tick`, due now, added and made
+/// unclaimable by the caller) fails every claim: a job beside it, every 300 ms, keeps
+/// running, and the failures are reported with the victim's id.
+pub async fn won_claims_run<S: JobStore>(store: S) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let s = scheduler_with(store, "runner", count.clone());
+    let mut errors = s.subscribe(EventKind::STORE_ERROR);
+    s.start().await.unwrap();
+    s.add_task_job("tick", ())
+        .id("steady")
+        .trigger(Interval::new(Duration::from_millis(300)).unwrap())
+        .await
+        .unwrap();
+    wait_count(&count, 3, 20, "a job beside one whose claims fail").await;
+    let victim_reported = async {
+        loop {
+            if let Ok(Event::StoreError {
+                job_id: Some(id), ..
+            }) = errors.recv().await
+            {
+                if id == "victim" {
+                    return;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), victim_reported)
+        .await
+        .expect("the victim's failed claims are reported");
+    s.shutdown(true).await.unwrap();
+}

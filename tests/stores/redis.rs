@@ -57,6 +57,21 @@ async fn started(prefix: &str, id: &str) -> RedisStore {
     store
 }
 
+/// The suite's corrupt-record hook: a document that is not JSON, due at `suite::t0()`.
+fn write_corrupt<'a>(store: &'a RedisStore, id: &'a str) -> futures::future::BoxFuture<'a, ()> {
+    Box::pin(async move {
+        let client = ::redis::Client::open(url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let p = store.prefix();
+        ::redis::pipe()
+            .hset(format!("{p}:jobs"), id, "{not json")
+            .zadd(format!("{p}:run_times"), id, suite::t0().timestamp_micros())
+            .query_async::<()>(&mut c)
+            .await
+            .unwrap();
+    })
+}
+
 #[tokio::test]
 async fn redis_contract() {
     if !available().await {
@@ -72,7 +87,7 @@ async fn redis_contract() {
             );
             async move { started(&prefix, "s1").await }
         },
-        None,
+        Some(write_corrupt),
     )
     .await;
     for i in 0..n.load(std::sync::atomic::Ordering::SeqCst) {
@@ -215,4 +230,177 @@ pub async fn multiprocess_target() -> Option<crate::multiprocess::Target> {
         },
         cleanup: Box::pin(async move { cleanup(&prefix).await }),
     })
+}
+
+#[tokio::test]
+async fn redis_far_future_dates() {
+    if !available().await {
+        return;
+    }
+    let prefix = format!("apsched-test:{}", suite::unique_suffix());
+    nosql::far_future_dates(started(&prefix, "s1").await).await;
+    cleanup(&prefix).await;
+}
+
+#[tokio::test]
+async fn redis_max_durations() {
+    if !available().await {
+        return;
+    }
+    let prefix = format!("apsched-test:{}", suite::unique_suffix());
+    let store = RedisStore::new(&url()).unwrap().with_prefix(&prefix);
+    store
+        .start(suite::context("redis", "s1", Duration::MAX))
+        .await
+        .unwrap();
+    nosql::max_lease(&store).await;
+    cleanup(&prefix).await;
+    let prefix = format!("apsched-test:{}", suite::unique_suffix());
+    let store = RedisStore::new(&url())
+        .unwrap()
+        .with_prefix(&prefix)
+        .with_poll_interval(Some(Duration::MAX))
+        .with_response_timeout(Duration::MAX);
+    store
+        .start(suite::context("redis", "s1", Duration::MAX))
+        .await
+        .unwrap();
+    nosql::max_options(store, Some(Duration::MAX)).await;
+    cleanup(&prefix).await;
+}
+
+/// Index entries (sorted-set members) that disagree with their jobs, written raw: a due
+/// entry whose document is paused, one whose document is due later, one with no job at
+/// all, and a document whose JSON names another id. None is deleted, none makes the loop
+/// spin: the index is repaired to what the document says (and reported), the orphan entry
+/// is dropped (and reported), the misnamed record is a corrupt record (reported, kept).
+#[tokio::test]
+async fn redis_index_disagreeing_with_document_settles() {
+    if !available().await {
+        return;
+    }
+    let prefix = format!("apsched-test:{}", suite::unique_suffix());
+    let ctx = suite::context("redis", "s1", Duration::from_secs(30));
+    let rx = ctx.events.subscribe(apsched::event::EventKind::STORE_ERROR);
+    let store = RedisStore::new(&url()).unwrap().with_prefix(&prefix);
+    store.start(ctx).await.unwrap();
+    for (id, next) in [("paused", None), ("later", Some(suite::at(600)))] {
+        store
+            .add_job(suite::interval_job(id, 60, next), false)
+            .await
+            .unwrap();
+    }
+    let client = ::redis::Client::open(url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let due = suite::at(0).timestamp_micros();
+    let alias = suite::interval_job("other", 60, Some(suite::at(0)))
+        .to_json()
+        .unwrap();
+    let z = format!("{prefix}:run_times");
+    ::redis::pipe()
+        .zadd(&z, "paused", due)
+        .zadd(&z, "later", due)
+        .zadd(&z, "ghost", due)
+        .hset(format!("{prefix}:jobs"), "alias", alias)
+        .zadd(&z, "alias", due)
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    nosql::index_mismatch_settles(
+        store,
+        rx,
+        suite::at(100),
+        &[],
+        Some(suite::at(600)),
+        &[("paused", None), ("later", Some(suite::at(600)))],
+        &["alias", "ghost", "later", "paused"],
+    )
+    .await;
+    let (ghost, paused): (Option<f64>, Option<f64>) = ::redis::pipe()
+        .zscore(&z, "ghost")
+        .zscore(&z, "paused")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!((ghost, paused), (None, None), "stale entries gone");
+    cleanup(&prefix).await;
+}
+
+/// A job due in year 9999 on Redis 7.0, whose score Redis prints as `2.534...e+17`, written
+/// the way the old store wrote it (exact µs score): the store still reads its index.
+#[tokio::test]
+async fn redis_exponent_scores_are_read() {
+    if !available().await {
+        return;
+    }
+    let prefix = format!("apsched-test:{}", suite::unique_suffix());
+    let store = started(&prefix, "s1").await;
+    let far = chrono::DateTime::parse_from_rfc3339("9999-06-01T00:00:00Z")
+        .unwrap()
+        .to_utc();
+    store
+        .add_job(suite::date_job("far", far), false)
+        .await
+        .unwrap();
+    let client = ::redis::Client::open(url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let raw: Vec<String> = ::redis::cmd("ZRANGE")
+        .arg(format!("{prefix}:run_times"))
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(raw[0], "far");
+    assert_eq!(
+        store.next_run_time().await.unwrap(),
+        Some(far),
+        "score {}",
+        raw[1]
+    );
+    cleanup(&prefix).await;
+}
+
+/// Omitted URL parts get redis-cli's / redis-py's defaults: host localhost, port 6379,
+/// database 0.
+#[tokio::test]
+async fn redis_url_defaults() {
+    if !available().await || url() != "redis://127.0.0.1:6379/" {
+        return;
+    }
+    for u in [
+        "redis://",
+        "redis://localhost",
+        "redis://127.0.0.1",
+        "redis:///0",
+    ] {
+        let prefix = format!("apsched-test:{}", suite::unique_suffix());
+        let store = apsched::store::from_url(u).unwrap_or_else(|e| panic!("{u}: {e}"));
+        store
+            .start(suite::context("redis", "s1", Duration::from_secs(30)))
+            .await
+            .unwrap_or_else(|e| panic!("{u}: {e}"));
+        // from_url gives the default prefix; use a store of our own for the write.
+        drop(store);
+        let store = RedisStore::new(u).unwrap().with_prefix(&prefix);
+        store
+            .start(suite::context("redis", "s1", Duration::from_secs(30)))
+            .await
+            .unwrap_or_else(|e| panic!("{u}: {e}"));
+        store
+            .add_job(suite::interval_job("a", 60, Some(suite::at(0))), false)
+            .await
+            .unwrap();
+        let client = ::redis::Client::open(url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let n: usize = ::redis::cmd("HLEN")
+            .arg(format!("{prefix}:jobs"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(n, 1, "{u} reaches 127.0.0.1:6379 database 0");
+        store.shutdown().await.unwrap();
+        cleanup(&prefix).await;
+    }
 }

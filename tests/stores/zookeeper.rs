@@ -63,6 +63,23 @@ async fn started(root: &str, id: &str) -> ZooKeeperStore {
     s
 }
 
+/// The suite's corrupt-record hook: a job znode that is not JSON, with an index entry due
+/// at `suite::t0()`.
+fn write_corrupt<'a>(store: &'a ZooKeeperStore, id: &'a str) -> futures::future::BoxFuture<'a, ()> {
+    Box::pin(async move {
+        let c = connect(&hosts()).await.unwrap();
+        let r = store.root();
+        let t = suite::t0().timestamp_micros();
+        let opts = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+        c.create(&format!("{r}/jobs/j-{id}"), b"{not json", &opts)
+            .await
+            .unwrap();
+        c.create(&format!("{r}/index/{t:020}~j-{id}"), &[], &opts)
+            .await
+            .unwrap();
+    })
+}
+
 #[tokio::test]
 async fn zookeeper_contract() {
     if !available().await {
@@ -78,7 +95,7 @@ async fn zookeeper_contract() {
             );
             async move { started(&r, "s1").await }
         },
-        None,
+        Some(write_corrupt),
     )
     .await;
     cleanup(&base).await;
@@ -343,4 +360,342 @@ async fn wait_serving(port: u16) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("ZooKeeper on 127.0.0.1:{port} does not accept sessions");
+}
+
+#[tokio::test]
+async fn zookeeper_far_future_dates() {
+    if !available().await {
+        return;
+    }
+    let r = root();
+    nosql::far_future_dates(started(&r, "s1").await).await;
+    cleanup(&r).await;
+}
+
+#[tokio::test]
+async fn zookeeper_max_durations() {
+    if !available().await {
+        return;
+    }
+    let r = root();
+    let s = ZooKeeperStore::new(&hosts()).unwrap().with_root(&r);
+    s.start(suite::context("zookeeper", "s1", Duration::MAX))
+        .await
+        .unwrap();
+    nosql::max_lease(&s).await;
+    cleanup(&r).await;
+    let r = root();
+    let s = ZooKeeperStore::new(&hosts())
+        .unwrap()
+        .with_root(&r)
+        .with_poll_interval(Some(Duration::MAX))
+        .with_session_timeout(Duration::MAX);
+    s.start(suite::context("zookeeper", "s1", Duration::MAX))
+        .await
+        .unwrap();
+    // The watch is armed: the configured (long) poll interval applies.
+    nosql::max_options(s, Some(Duration::MAX)).await;
+    cleanup(&r).await;
+}
+
+fn open() -> zk::CreateOptions<'static> {
+    zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())
+}
+
+/// Index entries (`R/index`) that disagree with their jobs, written raw: a due entry whose
+/// job is paused, one whose job is due later, one with no job, a job whose envelope copy of
+/// the time says due while its document says later, and a job whose JSON names another id.
+/// None is deleted and none makes the loop spin.
+#[tokio::test]
+async fn zookeeper_index_disagreeing_with_document_settles() {
+    if !available().await {
+        return;
+    }
+    let r = root();
+    let ctx = suite::context("zookeeper", "s1", Duration::from_secs(30));
+    let rx = ctx.events.subscribe(apsched::event::EventKind::STORE_ERROR);
+    let s = ZooKeeperStore::new(&hosts()).unwrap().with_root(&r);
+    s.start(ctx).await.unwrap();
+    for (id, next) in [("paused", None), ("later", Some(suite::at(600)))] {
+        s.add_job(suite::interval_job(id, 60, next), false)
+            .await
+            .unwrap();
+    }
+    let c = connect(&hosts()).await.unwrap();
+    let t = suite::at(0).timestamp_micros();
+    let envelope = |json_id: &str, env_next: i64| {
+        serde_json::json!({
+            "job": suite::interval_job(json_id, 60, Some(suite::at(600))).to_json().unwrap(),
+            "next_run_time": env_next,
+        })
+        .to_string()
+    };
+    for (node, data) in [
+        ("j-envcopy", envelope("envcopy", t)),
+        ("j-alias", envelope("other", t)),
+    ] {
+        c.create(&format!("{r}/jobs/{node}"), data.as_bytes(), &open())
+            .await
+            .unwrap();
+    }
+    for node in ["j-paused", "j-later", "j-ghost", "j-envcopy", "j-alias"] {
+        c.create(&format!("{r}/index/{t:020}~{node}"), &[], &open())
+            .await
+            .unwrap();
+    }
+    nosql::index_mismatch_settles(
+        s,
+        rx,
+        suite::at(100),
+        &[],
+        Some(suite::at(600)),
+        &[
+            ("paused", None),
+            ("later", Some(suite::at(600))),
+            ("envcopy", Some(suite::at(600))),
+        ],
+        &["alias", "envcopy", "ghost", "later", "paused"],
+    )
+    .await;
+    let mut left = c.list_children(&format!("{r}/index")).await.unwrap();
+    left.sort();
+    let at600 = suite::at(600).timestamp_micros();
+    assert_eq!(
+        left,
+        [
+            format!("{t:020}~j-alias"),
+            format!("{at600:020}~j-envcopy"),
+            format!("{at600:020}~j-later"),
+        ],
+        "stale entries gone, the corrupt record's left alone"
+    );
+    cleanup(&r).await;
+}
+
+/// One claim of a batch fails on the server (job `victim`'s znode is made read-only): the
+/// other claims are still returned and advanced, the failure is reported, and the victim
+/// stays due (claimed once the fault is gone).
+#[tokio::test]
+async fn zookeeper_partial_batch_failure_keeps_won_claims() {
+    if !available().await {
+        return;
+    }
+    let r = root();
+    let ctx = suite::context("zookeeper", "s1", Duration::from_secs(30));
+    let mut rx = ctx.events.subscribe(apsched::event::EventKind::STORE_ERROR);
+    let s = ZooKeeperStore::new(&hosts()).unwrap().with_root(&r);
+    s.start(ctx).await.unwrap();
+    for id in ["a", "b", "victim", "z"] {
+        s.add_job(suite::interval_job(id, 60, Some(suite::at(0))), false)
+            .await
+            .unwrap();
+    }
+    let c = connect(&hosts()).await.unwrap();
+    let victim = format!("{r}/jobs/j-victim");
+    let read_only = [zk::Acl::new(
+        zk::Permission::READ | zk::Permission::ADMIN,
+        zk::AuthId::anyone(),
+    )];
+    c.set_acl(&victim, &read_only, None).await.unwrap();
+    let due = s.acquire_due_jobs(suite::at(0), 100).await.unwrap();
+    let mut ids: Vec<&str> = due.iter().map(|d| d.job.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["a", "b", "z"],
+        "the claims that were written are returned"
+    );
+    s.release_jobs(&due).await.unwrap();
+    let errors = nosql::store_errors(&mut rx);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].0, "victim");
+    for id in ["a", "b", "z"] {
+        let j = s.lookup_job(id).await.unwrap().unwrap();
+        assert_eq!(j.next_run_time, Some(suite::at(60)), "{id} advanced");
+    }
+    assert_eq!(
+        s.next_run_time().await.unwrap(),
+        Some(suite::at(0)),
+        "victim still due"
+    );
+    assert!(s.acquire_due_jobs(suite::at(0), 100).await.is_err());
+    c.set_acl(&victim, &zk::Acls::anyone_all(), None)
+        .await
+        .unwrap();
+    let due = s.acquire_due_jobs(suite::at(0), 100).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].job.id, "victim");
+    s.shutdown().await.unwrap();
+    cleanup(&r).await;
+
+    // End to end: the won claims run.
+    let r = root();
+    let s = started(&r, "setup").await;
+    s.add_job(nosql::task_job("victim", "tick", Utc::now()), false)
+        .await
+        .unwrap();
+    c.set_acl(&format!("{r}/jobs/j-victim"), &read_only, None)
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    nosql::won_claims_run(ZooKeeperStore::new(&hosts()).unwrap().with_root(&r)).await;
+    cleanup(&r).await;
+}
+
+/// A write that cannot create its new index entry (`R/index` refuses creates) fails as a
+/// whole instead of leaving the job rescheduled without an entry; and a job left without
+/// its entry (by hand here; by the old non-atomic repair path before) gets it back when a
+/// store starts, and fires.
+#[tokio::test]
+async fn zookeeper_index_writes_are_atomic_and_heal() {
+    if !available().await {
+        return;
+    }
+    let r = root();
+    let s = started(&r, "s1").await;
+    s.add_job(suite::interval_job("a", 60, Some(suite::at(0))), false)
+        .await
+        .unwrap();
+    let c = connect(&hosts()).await.unwrap();
+    let t0 = suite::at(0).timestamp_micros();
+    c.delete(&format!("{r}/index/{t0:020}~j-a"), None)
+        .await
+        .unwrap();
+    let no_create = [zk::Acl::new(
+        zk::Permission::READ
+            | zk::Permission::WRITE
+            | zk::Permission::DELETE
+            | zk::Permission::ADMIN,
+        zk::AuthId::anyone(),
+    )];
+    let index = format!("{r}/index");
+    c.set_acl(&index, &no_create, None).await.unwrap();
+    let read = s.lookup_job("a").await.unwrap().unwrap();
+    let mut moved = read.clone();
+    moved.next_run_time = Some(suite::at(60));
+    let r1 = s.update_job(moved).await;
+    c.set_acl(&index, &zk::Acls::anyone_all(), None)
+        .await
+        .unwrap();
+    let after = s.lookup_job("a").await.unwrap().unwrap();
+    match r1 {
+        Ok(_) => panic!("the update reported success without writing its index entry"),
+        Err(e) => {
+            assert!(matches!(e, apsched::Error::Store { .. }), "{e}");
+            assert_eq!(after.version, read.version, "nothing written");
+            assert_eq!(after.next_run_time, Some(suite::at(0)));
+        }
+    }
+    s.shutdown().await.unwrap();
+
+    let ctx = suite::context("zookeeper", "s2", Duration::from_secs(30));
+    let mut rx = ctx.events.subscribe(apsched::event::EventKind::STORE_ERROR);
+    let s2 = ZooKeeperStore::new(&hosts()).unwrap().with_root(&r);
+    s2.start(ctx).await.unwrap();
+    assert_eq!(s2.next_run_time().await.unwrap(), Some(suite::at(0)));
+    let due = s2.acquire_due_jobs(suite::at(0), 10).await.unwrap();
+    assert_eq!(due.len(), 1, "the healed job fires");
+    let errors = nosql::store_errors(&mut rx);
+    assert_eq!(errors.len(), 1, "the repair is reported: {errors:?}");
+    s2.shutdown().await.unwrap();
+    cleanup(&r).await;
+}
+
+/// Omitted URL parts get the ZooKeeper client's defaults: port 2181, host `localhost`
+/// (`zk://` alone), root `/apsched` (`zk://host/`).
+#[tokio::test]
+async fn zookeeper_url_defaults() {
+    if !available().await || hosts() != "127.0.0.1:2181" {
+        return;
+    }
+    for u in ["zk://", "zk://127.0.0.1", "zk://localhost/"] {
+        let s = apsched::store::from_url(u).unwrap_or_else(|e| panic!("{u}: {e}"));
+        s.start(suite::context("zookeeper", "s1", Duration::from_secs(30)))
+            .await
+            .unwrap_or_else(|e| panic!("{u}: {e}"));
+        s.shutdown().await.unwrap();
+    }
+    let r = root();
+    let s = ZooKeeperStore::new("127.0.0.1").unwrap().with_root(&r);
+    assert_eq!(ZooKeeperStore::new("").unwrap().root(), "/apsched");
+    s.start(suite::context("zookeeper", "s1", Duration::from_secs(30)))
+        .await
+        .unwrap();
+    s.add_job(suite::interval_job("a", 60, None), false)
+        .await
+        .unwrap();
+    let c = connect(&hosts()).await.unwrap();
+    assert!(c.get_data(&format!("{r}/jobs/j-a")).await.is_ok());
+    s.shutdown().await.unwrap();
+    cleanup(&r).await;
+}
+
+/// While the watch is armed and reports no change, passes reuse the last listing of
+/// `R/index` instead of listing every entry again; any change makes the next pass list
+/// afresh. Shown by making `R/index` unlistable (no READ; ACL changes fire no watch event):
+/// idle passes still work from the saved listing, and the first pass after another store
+/// adds a job lists (and meets the refusal).
+#[tokio::test]
+async fn zookeeper_idle_passes_reuse_the_index_listing() {
+    if !available().await {
+        return;
+    }
+    let r = root();
+    let ctx = suite::context("zookeeper", "a", Duration::from_secs(30));
+    let wakeup = ctx.wakeup.clone();
+    let a = ZooKeeperStore::new(&hosts()).unwrap().with_root(&r);
+    a.start(ctx).await.unwrap();
+    a.add_job(
+        suite::interval_job("later", 60, Some(suite::at(600))),
+        false,
+    )
+    .await
+    .unwrap();
+    // B starts now: its start (healing, arming its watch) needs to read the index.
+    let b = started(&r, "b").await;
+    assert_eq!(a.next_run_time().await.unwrap(), Some(suite::at(600)));
+    let c = connect(&hosts()).await.unwrap();
+    let index = format!("{r}/index");
+    let unlistable = [zk::Acl::new(
+        zk::Permission::WRITE
+            | zk::Permission::CREATE
+            | zk::Permission::DELETE
+            | zk::Permission::ADMIN,
+        zk::AuthId::anyone(),
+    )];
+    c.set_acl(&index, &unlistable, None).await.unwrap();
+    assert!(
+        c.list_children(&index).await.is_err(),
+        "the index is unlistable"
+    );
+    let _ = wakeup.notified().now_or_never();
+    for _ in 0..3 {
+        assert_eq!(a.next_run_time().await.unwrap(), Some(suite::at(600)));
+        assert!(a
+            .acquire_due_jobs(suite::at(0), 10)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    b.add_job(
+        suite::interval_job("sooner", 60, Some(suite::at(100))),
+        false,
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), wakeup.notified())
+        .await
+        .expect("A is woken by the watch");
+    assert!(
+        a.next_run_time().await.is_err(),
+        "after a change the index is listed again"
+    );
+    c.set_acl(&index, &zk::Acls::anyone_all(), None)
+        .await
+        .unwrap();
+    assert_eq!(a.next_run_time().await.unwrap(), Some(suite::at(100)));
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    cleanup(&r).await;
 }
