@@ -187,14 +187,7 @@ pub(crate) fn micros_ceil(t: DateTime<Utc>) -> i64 {
 /// versions, so a writer still holding a version of the removed job is fenced (a stale
 /// version matches only by a chance of about one in 2^62 per write of the new job). The
 /// memory store, which needs no such chance, counts instead.
-#[cfg(any(
-    feature = "sqlite",
-    feature = "postgres",
-    feature = "mysql",
-    feature = "redis",
-    feature = "mongodb",
-    feature = "zookeeper"
-))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 pub(crate) fn first_version() -> u64 {
     (rand::random::<u64>() >> 2) | (1 << 32)
 }

@@ -18,8 +18,8 @@
 //! due-run rule ([`DueJob::claim`]) in Rust, then writes the results back with one Lua
 //! script that, per job, checks that the version is unchanged and that no other scheduler
 //! holds an unexpired lease, and only then writes document, score, version and lease
-//! (compare-and-swap). A scheduler that loses the race for a job skips it, so each
-//! scheduled time of a job is submitted by exactly one scheduler. A due index entry whose
+//! (compare-and-swap). A scheduler that loses the race for a job skips it, so no
+//! scheduled time of a job is submitted by two schedulers. A due index entry whose
 //! document is not due (or that has no job) is repaired to what the document says and
 //! reported, so the loop never spins on it.
 
