@@ -189,6 +189,34 @@ impl StoreState {
         }
     }
 
+    /// Settles a batch of claims written one by one (MongoDB, ZooKeeper): the won ones are
+    /// returned, and each failed one is reported and stays due for a later pass. One claim
+    /// that fails must not take the others with it: they are written, so they run now or
+    /// never. Only when nothing was won is the first error returned, so that the loop
+    /// retries with its backoff.
+    #[cfg(any(feature = "mongodb", feature = "zookeeper"))]
+    pub(crate) fn settle_claims(
+        &self,
+        results: Vec<(String, crate::error::Result<Option<super::DueJob>>)>,
+    ) -> crate::error::Result<Vec<super::DueJob>> {
+        let mut won = Vec::new();
+        let mut failed = Vec::new();
+        for (id, r) in results {
+            match r {
+                Ok(Some(d)) => won.push(d),
+                Ok(None) => {}
+                Err(e) => failed.push((id, e)),
+            }
+        }
+        if won.is_empty() && !failed.is_empty() {
+            return Err(failed.swap_remove(0).1);
+        }
+        for (id, e) in failed {
+            self.report(&id, e.to_string());
+        }
+        Ok(won)
+    }
+
     fn report_corrupt(&self, id: &str, fp: u64, reason: &str) {
         let first = self
             .corrupt

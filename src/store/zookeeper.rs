@@ -1297,25 +1297,8 @@ impl JobStore for ZooKeeperStore {
         .buffered(CONCURRENCY)
         .collect()
         .await;
-        // Each claim is its own transaction: one that fails must not take the others with
-        // it (they are written, so they run now or never). The failed ones are reported;
-        // their jobs stay due and are claimed again by a later pass.
-        let mut won = Vec::new();
-        let mut failed = Vec::new();
-        for (id, r) in results {
-            match r {
-                Ok(Some(d)) => won.push(d),
-                Ok(None) => {}
-                Err(e) => failed.push((id, e)),
-            }
-        }
-        if won.is_empty() && !failed.is_empty() {
-            // Nothing was written: the loop retries with its backoff.
-            return Err(failed.swap_remove(0).1);
-        }
-        for (id, e) in failed {
-            self.state.report(&id, e.to_string());
-        }
+        // Each claim is its own transaction (see `StoreState::settle_claims`).
+        let won = self.state.settle_claims(results)?;
         for (entry, t, node) in repairs {
             self.repair(&c, &entry, t, node.as_ref()).await;
         }
