@@ -1,30 +1,23 @@
-//! # apsched
-//!
-//! An async-native job scheduler for Tokio, in the spirit of Python's APScheduler: schedule
-//! async closures, blocking closures, commands and named tasks on cron, interval, date and
-//! calendar triggers; keep them in memory or in a database shared by several processes; get
-//! told what happened through events.
-//!
-//! ```
-//! use apsched::{Scheduler, trigger::Cron};
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> apsched::Result<()> {
-//! let scheduler = Scheduler::builder().build();
-//! scheduler.start().await?;
-//! scheduler
-//!     .add_job(|| async { println!("every weekday at 9:30") })
-//!     .trigger(Cron::builder().day_of_week("mon-fri").hour("9").minute("30").build()?)
-//!     .id("standup")
-//!     .await?;
-//! scheduler.shutdown(true).await?;
-//! # Ok(())
-//! # }
-//! ```
+// The crate root is the guide: the README (its quickstart compiles as a doctest), then a
+// table of contents. The README links to the pages of docs/ with reference-style links; the
+// definitions here come first, so on docs.rs they win over the README's relative ones (which
+// serve GitHub) and point at the `docs` modules that render the same pages.
+#![doc = "[stores-sharing]: crate::docs::stores#what-sharing-guarantees"]
+#![doc = "[scheduling]: crate::docs::scheduling"]
+#![doc = "[triggers]: crate::docs::triggers"]
+#![doc = "[executors]: crate::docs::executors"]
+#![doc = "[events]: crate::docs::events"]
+#![doc = "[stores]: crate::docs::stores"]
+#![doc = "[embedding]: crate::docs::embedding"]
+#![doc = "[conformance]: crate::docs::conformance"]
+#![doc = ""]
+#![doc = include_str!("../README.md")]
 //!
 //! ## Contents
-//! - [`scheduler`](crate::Scheduler): the handle, its builder and flavours
-//!   ([`Scheduler`], [`BackgroundScheduler`], [`BlockingScheduler`], [`LocalScheduler`]).
+//!
+//! The guide, page by page, is in [`docs`]. The API:
+//! - [`Scheduler`]: the handle, its builder ([`SchedulerBuilder`]) and flavours
+//!   ([`BackgroundScheduler`], [`BlockingScheduler`], [`LocalScheduler`]).
 //! - [`trigger`]: when a job fires (cron, crontab, interval, date, calendar interval, and/or).
 //! - [`job`]: jobs, their options and results.
 //! - [`store`]: where jobs live (memory; SQL, Redis, MongoDB, ZooKeeper behind features).
@@ -34,9 +27,16 @@
 //! - [`task`]: named tasks for persistent jobs; [`worker`]: running them in child processes.
 //! - [`error`]: what can go wrong, and what to do about it.
 
+// docs.rs builds with `--cfg docsrs` (Cargo.toml) on nightly, where `doc_cfg` marks each
+// feature-gated item with the feature it needs. (`doc_auto_cfg`, the older name, is removed
+// from current nightlies and would fail the build.) Off on stable.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 pub mod clock;
+// The guide's pages; their code blocks are fragments, not doctests (see the module).
+#[cfg(not(doctest))]
+pub mod docs;
 pub mod error;
 pub mod event;
 pub mod executor;

@@ -15,6 +15,46 @@ use crate::job::{Callable, JobResult};
 ///
 /// The closure itself is `Send + Sync` (the store keeps it); only the future it returns may
 /// be `!Send`. Add such jobs with [`Scheduler::add_local_job`](crate::Scheduler::add_local_job).
+///
+/// # Starting again
+///
+/// Shutting the executor down (as the scheduler's shutdown does) ends its thread for good.
+/// A scheduler started again keeps the executor, but every run handed to it then ends at once
+/// as a [`JobError::NotRunnable`](crate::JobError::NotRunnable) (the run was dropped), with a
+/// warning in the log. To run local jobs after a restart, replace it:
+///
+/// ```
+/// use apsched::executor::LocalExecutor;
+/// use apsched::{Event, EventKind, JobError, Scheduler};
+///
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let scheduler = Scheduler::builder()
+///     .executor("local", LocalExecutor::new()?)
+///     .build();
+/// let mut outcomes = scheduler.subscribe(EventKind::JOB_EXECUTED | EventKind::JOB_ERROR);
+/// scheduler.start().await?;
+/// scheduler.shutdown(true).await?;
+/// scheduler.start().await?;
+///
+/// // The shut-down local executor reports the run as dropped...
+/// scheduler.add_local_job(|| async {}).id("before").await?;
+/// let event = outcomes.recv().await?;
+/// assert!(matches!(
+///     event,
+///     Event::JobError { error: JobError::NotRunnable { .. }, .. }
+/// ));
+///
+/// // ...and a new one runs it.
+/// scheduler.remove_executor("local").await?;
+/// scheduler.add_executor("local", LocalExecutor::new()?)?;
+/// scheduler.add_local_job(|| async {}).id("after").await?;
+/// let event = outcomes.recv().await?;
+/// assert!(matches!(event, Event::JobExecuted { .. }));
+/// scheduler.shutdown(true).await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct LocalExecutor {
     tx: Mutex<Option<mpsc::UnboundedSender<JobRun>>>,

@@ -289,16 +289,30 @@ impl BlockingScheduler {
     }
 }
 
-/// A scheduler for `!Send` jobs: a [`BlockingScheduler`] whose `"local"` and `"default"`
-/// executors are one [`LocalExecutor`], so jobs added with
-/// [`Scheduler::add_local_job`] run on a current-thread runtime with a `LocalSet`.
+/// A scheduler for `!Send` jobs: a [`BlockingScheduler`] with a [`LocalExecutor`] added as
+/// `"local"`, so jobs added with [`Scheduler::add_local_job`] run on that executor's
+/// current-thread runtime with a `LocalSet`, on its own thread.
+///
+/// The `"default"` executor is untouched: the builder's, or else a
+/// [`TokioExecutor`](crate::executor::TokioExecutor) on the scheduler's own runtime, where
+/// jobs added with [`Scheduler::add_job`] run (unless they name `"local"`). If the builder
+/// already has a `"local"` executor, this one replaces it.
+///
+/// It is for one [`run`](Self::run): a local executor does not start again after the
+/// scheduler's shutdown (see [`LocalExecutor`]'s "Starting again"), so a second `run` would
+/// report every local run as a [`JobError::NotRunnable`](crate::JobError::NotRunnable).
+/// Build a new `LocalScheduler` instead.
 #[derive(Debug)]
 pub struct LocalScheduler {
     blocking: BlockingScheduler,
 }
 
 impl LocalScheduler {
-    /// Builds the scheduler with a local executor as `"local"`.
+    /// Builds the scheduler with a new [`LocalExecutor`] as `"local"`.
+    ///
+    /// # Errors
+    /// If the local executor's thread or runtime, or the scheduler's runtime, cannot be
+    /// created.
     pub fn new(builder: SchedulerBuilder) -> Result<Self> {
         let builder = builder.executor("local", LocalExecutor::new()?);
         Ok(LocalScheduler {

@@ -1,8 +1,8 @@
 //! The cron trigger: APScheduler 3's field form, and crontab strings.
 //!
 //! * [`field`]: field names, ranges, and [`CronField`] (the value a field is given);
-//! * [`expr`]: parsing field expressions;
-//! * [`schedule`]: the compiled wall-clock schedule and its bounded search;
+//! * `expr` (private): parsing field expressions;
+//! * `schedule` (private): the compiled wall-clock schedule and its bounded search;
 //! * this file: [`Cron`], its builder, the DST rules, serde and `Display`.
 
 pub(crate) mod expr;

@@ -1,0 +1,55 @@
+//! The guide: the pages of the repository's `docs/` folder, one module each, so that
+//! rustdoc (and docs.rs) renders them next to the API they describe.
+//!
+//! - [`scheduling`]: the scheduler, jobs, options and the loop's rules
+//! - [`triggers`]: every trigger, DST rules, differences from APScheduler
+//! - [`executors`]: where runs happen
+//! - [`events`]: what the scheduler tells you
+//! - [`stores`]: choosing a store, sharing and failover, outages
+//! - [`embedding`]: axum, actix-web, `#[tokio::main]` and plain `fn main` programs
+//! - [`conformance`]: the trigger conformance probe against APScheduler
+//!
+//! The pages link to each other with reference-style links (`[text][label]`) whose labels
+//! each page defines at its end as relative `.md` paths, for GitHub. Each module below defines
+//! the same labels first, as intra-doc links to the sibling modules; in Markdown the first
+//! definition of a label wins, so the links work in both places.
+//!
+//! Their code blocks are fragments (they assume a `scheduler` in scope), so they are not
+//! compiled as doctests (the module is left out under `cfg(doctest)`); the examples, the
+//! README quickstart on the crate root and the tests are what compile.
+
+// Labels for docs/scheduling.md's links to its sibling pages (once it uses `[text][label]`).
+#[doc = "[triggers]: crate::docs::triggers"]
+#[doc = "[executors]: crate::docs::executors"]
+#[doc = "[executors-shutdown]: crate::docs::executors#shutdown"]
+#[doc = "[events]: crate::docs::events"]
+#[doc = "[stores]: crate::docs::stores"]
+#[doc = "[embedding]: crate::docs::embedding"]
+#[doc = ""]
+#[doc = include_str!("../docs/scheduling.md")]
+pub mod scheduling {}
+
+#[doc = "[conformance]: crate::docs::conformance"]
+#[doc = ""]
+#[doc = include_str!("../docs/triggers.md")]
+pub mod triggers {}
+
+#[doc = include_str!("../docs/executors.md")]
+pub mod executors {}
+
+#[doc = "[scheduling-loop]: crate::docs::scheduling#the-loop"]
+#[doc = "[embedding]: crate::docs::embedding"]
+#[doc = ""]
+#[doc = include_str!("../docs/events.md")]
+pub mod events {}
+
+#[doc = include_str!("../docs/stores.md")]
+pub mod stores {}
+
+#[doc = "[triggers]: crate::docs::triggers"]
+#[doc = ""]
+#[doc = include_str!("../docs/embedding.md")]
+pub mod embedding {}
+
+#[doc = include_str!("../docs/conformance.md")]
+pub mod conformance {}
