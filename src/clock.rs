@@ -43,7 +43,17 @@ impl Clock for SystemClock {
 ///
 /// `now()` is `start + (tokio::time::Instant::now() - instant at creation)`. Under
 /// `tokio::time::pause()` the clock stands still until the runtime auto-advances (when every
-/// task is idle) or the test calls [`TestClock::advance`] / [`TestClock::set`].
+/// task is idle) or the test calls
+// `advance` and `set` exist with the `test-util` feature only: link them only then, so that
+// rustdoc without the feature has no broken link.
+#[cfg_attr(
+    feature = "test-util",
+    doc = "[`TestClock::advance`] / [`TestClock::set`] (feature `test-util`)."
+)]
+#[cfg_attr(
+    not(feature = "test-util"),
+    doc = "`TestClock::advance` / `TestClock::set` (feature `test-util`)."
+)]
 ///
 /// ```
 /// # #[cfg(feature = "test-util")] {
