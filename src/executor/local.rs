@@ -19,25 +19,42 @@ use crate::job::{Callable, JobResult};
 /// # Starting again
 ///
 /// Shutting the executor down (as the scheduler's shutdown does) ends its thread for good.
-/// A scheduler started again keeps the executor, but every run handed to it then ends at once
-/// as a [`JobError::NotRunnable`](crate::JobError::NotRunnable) (the run was dropped), with a
+/// A scheduler started again keeps its executors: the Tokio, blocking and process executors
+/// run jobs again, but every run handed to a shut-down local executor ends at once as a
+/// [`JobError::NotRunnable`](crate::JobError::NotRunnable) (the run was dropped), with a
 /// warning in the log. To run local jobs after a restart, replace it:
 ///
 /// ```
-/// use apsched::executor::LocalExecutor;
+/// use apsched::executor::{BlockingExecutor, CommandSpec, LocalExecutor, ProcessExecutor};
 /// use apsched::{Event, EventKind, JobError, Scheduler};
 ///
 /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let scheduler = Scheduler::builder()
 ///     .executor("local", LocalExecutor::new()?)
+///     .executor("threads", BlockingExecutor::new(1))
+///     .executor("processes", ProcessExecutor::new(1))
 ///     .build();
 /// let mut outcomes = scheduler.subscribe(EventKind::JOB_EXECUTED | EventKind::JOB_ERROR);
 /// scheduler.start().await?;
 /// scheduler.shutdown(true).await?;
 /// scheduler.start().await?;
 ///
-/// // The shut-down local executor reports the run as dropped...
+/// // The other executors run jobs again...
+/// scheduler.add_job(|| async {}).id("tokio").await?;
+/// assert!(matches!(outcomes.recv().await?, Event::JobExecuted { .. }));
+/// scheduler.add_blocking_job(|| ()).executor("threads").id("blocking").await?;
+/// assert!(matches!(outcomes.recv().await?, Event::JobExecuted { .. }));
+/// # #[cfg(unix)] {
+/// scheduler
+///     .add_command_job(CommandSpec::new("true"))
+///     .executor("processes")
+///     .id("process")
+///     .await?;
+/// assert!(matches!(outcomes.recv().await?, Event::JobExecuted { .. }));
+/// # }
+///
+/// // ...the shut-down local executor reports the run as dropped...
 /// scheduler.add_local_job(|| async {}).id("before").await?;
 /// let event = outcomes.recv().await?;
 /// assert!(matches!(
@@ -49,8 +66,7 @@ use crate::job::{Callable, JobResult};
 /// scheduler.remove_executor("local").await?;
 /// scheduler.add_executor("local", LocalExecutor::new()?)?;
 /// scheduler.add_local_job(|| async {}).id("after").await?;
-/// let event = outcomes.recv().await?;
-/// assert!(matches!(event, Event::JobExecuted { .. }));
+/// assert!(matches!(outcomes.recv().await?, Event::JobExecuted { .. }));
 /// scheduler.shutdown(true).await?;
 /// # Ok(())
 /// # }
