@@ -309,7 +309,7 @@ impl Scheduler {
     /// Every job is checked before anything is written: a bad option, an unknown executor
     /// or store, or a duplicate id (inside the batch, or among jobs added before start,
     /// unless `replace_existing`) fails the call and adds nothing. Once written, the store
-    /// decides how much of a failed batch remains: nothing on the memory and SQL stores
+    /// decides how much of a failed batch remains: nothing on the memory, SQL and Redis stores
     /// (docs/stores.md lists each store).
     ///
     /// ```

@@ -120,9 +120,9 @@ pub trait JobStore: Send + Sync + 'static {
     /// [`Error::ConflictingId`](crate::Error::ConflictingId); with it the last one wins.
     ///
     /// Atomicity depends on the store (docs/stores.md lists it per store):
-    /// - the memory store and the SQL stores (one transaction, rows inserted in multi-row
-    ///   statements) are all-or-nothing: on any error, a duplicate id included, nothing is
-    ///   added and nothing is replaced;
+    /// - the memory store, the SQL stores (one transaction, rows inserted in multi-row
+    ///   statements) and Redis (one script) are all-or-nothing: on any error, a duplicate
+    ///   id included, nothing is added and nothing is replaced;
     /// - this default implementation, which stores without an override get, calls
     ///   [`add_job`](Self::add_job) once per job in order after checking the batch for
     ///   duplicate ids (so a duplicate inside the batch adds nothing) but stops at the first
