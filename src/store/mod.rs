@@ -123,10 +123,11 @@ pub trait JobStore: Send + Sync + 'static {
     /// - the memory store, the SQL stores (one transaction, rows inserted in multi-row
     ///   statements) and Redis (one script) are all-or-nothing: on any error, a duplicate
     ///   id included, nothing is added and nothing is replaced;
-    /// - this default implementation, which stores without an override get, calls
-    ///   [`add_job`](Self::add_job) once per job in order after checking the batch for
-    ///   duplicate ids (so a duplicate inside the batch adds nothing) but stops at the first
-    ///   job the store refuses: the jobs before it stay added.
+    /// - this default implementation, which stores without an override get (ZooKeeper),
+    ///   calls [`add_job`](Self::add_job) once per job in order after checking the batch
+    ///   for duplicate ids (so a duplicate inside the batch adds nothing) but stops at the
+    ///   first job the store refuses: the jobs before it stay added. MongoDB (one ordered
+    ///   `insert_many` without `replace_existing`) behaves the same way.
     async fn add_jobs(&self, jobs: Vec<JobRecord>, replace_existing: bool) -> Result<()> {
         let jobs = dedupe_batch(jobs, replace_existing)?;
         for job in jobs {
