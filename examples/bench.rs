@@ -1,12 +1,14 @@
 //! The standard benchmark scenarios of `benches/SCENARIOS.md`.
 //!
 //! ```text
-//! cargo run --release --example bench -- SCENARIO N [--store URL]
+//! cargo run --release --example bench -- SCENARIO N [--store URL] [--bulk]
 //! ```
 //!
 //! SCENARIO is `s1` (add), `s2` (storm), `s3` (steady), `s4` (idle) or `s7` (the bare-Tokio
 //! floor S2 is compared with). With `--store URL` (S5) jobs are named tasks in that store
 //! (`sqlite://bench.db`, `postgres://127.0.0.1/test`, ...; needs the store's feature).
+//! With `--bulk`, S1 adds all N jobs with one `Scheduler::add_jobs` call instead of one
+//! `add_job` each.
 //! Prints exactly one JSON line on stdout.
 
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -22,7 +24,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: bench s1|s2|s3|s4|s7 N [--store URL]";
+    let usage = "usage: bench s1|s2|s3|s4|s7 N [--store URL] [--bulk]";
     let scenario = args.first().ok_or(usage)?.to_lowercase();
     let n: usize = args.get(1).ok_or(usage)?.replace('_', "").parse()?;
     let store = args
@@ -30,13 +32,14 @@ fn main() -> Result<(), BoxError> {
         .position(|a| a == "--store")
         .and_then(|i| args.get(i + 1))
         .cloned();
+    let bulk = args.iter().any(|a| a == "--bulk");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
         .enable_all()
         .build()?;
     let out = runtime.block_on(async {
         match scenario.as_str() {
-            "s1" => s1(n, store.as_deref()).await,
+            "s1" => s1(n, store.as_deref(), bulk).await,
             "s2" => s2(n, store.as_deref()).await,
             "s3" => s3(n, store.as_deref()).await,
             "s4" => s4(n, store.as_deref()).await,
@@ -48,6 +51,9 @@ fn main() -> Result<(), BoxError> {
     line.insert("scenario".into(), json!(scenario));
     line.insert("n".into(), json!(n));
     line.insert("store".into(), json!(store.as_deref().unwrap_or("memory")));
+    if bulk {
+        line.insert("bulk".into(), json!(true));
+    }
     line.extend(out);
     println!("{}", Value::Object(line));
     Ok(())
@@ -183,15 +189,20 @@ fn lateness_figures(out: &mut Map<String, Value>, mut lateness_ms: Vec<f64>) {
     );
 }
 
-async fn s1(n: usize, store: Option<&str>) -> Result<Map<String, Value>, BoxError> {
+async fn s1(n: usize, store: Option<&str>, bulk: bool) -> Result<Map<String, Value>, BoxError> {
     let probe = Probe::new(0);
     let s = builder(store, &probe).build();
     s.start().await?;
     let rss_before = status_bytes("VmRSS:");
     let every = Interval::new(Duration::from_secs(3600))?;
     let t = Instant::now();
-    for i in 0..n {
-        add(&s, store, &probe, i).trigger(every.clone()).await?;
+    if bulk {
+        s.add_jobs((0..n).map(|i| add(&s, store, &probe, i).trigger(every.clone())))
+            .await?;
+    } else {
+        for i in 0..n {
+            add(&s, store, &probe, i).trigger(every.clone()).await?;
+        }
     }
     let total = t.elapsed().as_secs_f64();
     let rss_after = status_bytes("VmRSS:");

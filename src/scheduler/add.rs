@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::{Pending, Scheduler};
 use crate::error::{Error, Result};
+use crate::event::Event;
 use crate::executor::CommandSpec;
 use crate::job::{Callable, IntoJobResult, Job, JobRecord};
 use crate::trigger::{Date, Trigger, TriggerSpec};
@@ -198,7 +199,10 @@ impl<'a> AddJob<'a> {
         scheduler.block_on(self.into_future())?
     }
 
-    async fn run(self) -> Result<Job> {
+    /// Builds the record from the options and the scheduler's job defaults and checks it
+    /// (executor, store, options): everything of adding but the write, whose input is the
+    /// [`Pending`] entry a job added before start is kept as.
+    fn prepare(self) -> Result<Pending> {
         let inner = &self.scheduler.inner;
         let callable = self.callable?;
         let id = self
@@ -235,7 +239,7 @@ impl<'a> AddJob<'a> {
             .trigger
             .unwrap_or_else(|| Date::new(now).into())
             .with_default_timezone(inner.timezone);
-        let mut job = JobRecord {
+        let job = JobRecord {
             id,
             name: self.name,
             callable,
@@ -248,34 +252,156 @@ impl<'a> AddJob<'a> {
             version: 0,
             lease: None,
         };
+        Ok(Pending {
+            job,
+            store: store_alias,
+            replace_existing: self.replace_existing,
+            next_run_time: self.next_run_time,
+        })
+    }
+
+    async fn run(self) -> Result<Job> {
+        let scheduler = self.scheduler;
+        let inner = &scheduler.inner;
+        let mut p = self.prepare()?;
         if !inner.check_started() {
             // Like APScheduler: kept aside, enters its store (and gets its next run time)
             // when the scheduler starts.
             let mut life = inner.life();
-            if let Some(i) = life.pending_index(&job.id, &store_alias) {
-                if !self.replace_existing {
-                    return Err(Error::ConflictingId(job.id));
+            if let Some(i) = life.pending_index(&p.job.id, &p.store) {
+                if !p.replace_existing {
+                    return Err(Error::ConflictingId(p.job.id));
                 }
                 life.pending.remove(i);
             }
-            let view = Job::from_record(&job, &store_alias, true);
-            life.pending.push(Pending {
-                job,
-                store: store_alias,
-                replace_existing: self.replace_existing,
-                next_run_time: self.next_run_time,
-            });
+            let view = Job::from_record(&p.job, &p.store, true);
+            life.pending.push(p);
             return Ok(view);
         }
-        job.next_run_time = match self.next_run_time {
-            Some(explicit) => explicit,
-            None => job.trigger.try_next_fire_time(None, now)?,
-        };
-        let view = Job::from_record(&job, &store_alias, false);
-        self.scheduler
-            .store_new_job(job, &store_alias, self.replace_existing)
+        p.first_run_time(inner.clock.now())?;
+        let view = Job::from_record(&p.job, &p.store, false);
+        scheduler
+            .store_new_job(p.job, &p.store, p.replace_existing)
             .await?;
         Ok(view)
+    }
+}
+
+impl Pending {
+    /// Gives the job its first next run time: the explicit one, or the trigger's first.
+    fn first_run_time(&mut self, now: DateTime<Utc>) -> Result<()> {
+        self.job.next_run_time = match self.next_run_time {
+            Some(explicit) => explicit,
+            None => self.job.trigger.try_next_fire_time(None, now)?,
+        };
+        Ok(())
+    }
+}
+
+impl Scheduler {
+    /// Adds many jobs to one store at once: each built from its [`AddJob`] options and the
+    /// scheduler's job defaults as [`AddJob`] builds one, all written with one
+    /// [`JobStore::add_jobs`](crate::store::JobStore::add_jobs) call (one transaction on
+    /// the SQL stores instead of one durable commit per job). Emits
+    /// [`Event::JobAdded`](crate::event::Event::JobAdded) for each job and wakes the loop
+    /// once. Before the scheduler starts, the jobs are kept aside like [`AddJob`]'s.
+    ///
+    /// Every job is checked before anything is written: a bad option, an unknown executor
+    /// or store, or a duplicate id (inside the batch, or among jobs added before start,
+    /// unless `replace_existing`) fails the call and adds nothing. Once written, the store
+    /// decides how much of a failed batch remains: nothing on the memory, SQL and Redis stores
+    /// (docs/stores.md lists each store).
+    ///
+    /// ```
+    /// # use apsched::{Scheduler, trigger::Interval};
+    /// # async fn demo(scheduler: Scheduler) -> apsched::Result<()> {
+    /// let hourly = Interval::new(std::time::Duration::from_secs(3600))?;
+    /// let jobs = (0..1000).map(|i| {
+    ///     scheduler
+    ///         .add_task_job("report", i)
+    ///         .trigger(hourly.clone())
+    ///         .id(format!("report-{i}"))
+    ///         .replace_existing(true)
+    /// });
+    /// let added = scheduler.add_jobs(jobs).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidJob`] if the jobs name different stores or mix `replace_existing`
+    /// settings (one call writes to one store, under one rule); otherwise the errors of
+    /// [`AddJob`].
+    pub async fn add_jobs<'a>(
+        &'a self,
+        jobs: impl IntoIterator<Item = AddJob<'a>>,
+    ) -> Result<Vec<Job>> {
+        let pending = jobs
+            .into_iter()
+            .map(AddJob::prepare)
+            .collect::<Result<Vec<_>>>()?;
+        self.inner.at_home(self.add_prepared(pending)).await
+    }
+
+    /// Writes checked jobs (or keeps them aside before start): see [`add_jobs`](Self::add_jobs).
+    async fn add_prepared(&self, pending: Vec<Pending>) -> Result<Vec<Job>> {
+        let inner = &self.inner;
+        let Some(first) = pending.first() else {
+            return Ok(Vec::new());
+        };
+        let (store_alias, replace) = (first.store.clone(), first.replace_existing);
+        if let Some(odd) = pending
+            .iter()
+            .find(|p| p.store != store_alias || p.replace_existing != replace)
+        {
+            return Err(Error::InvalidJob {
+                id: odd.job.id.clone(),
+                reason: format!(
+                    "add_jobs writes to one store with one replace_existing setting; this                      job has store '{}' and replace_existing {}, the first one '{store_alias}'                      and {replace}",
+                    odd.store, odd.replace_existing
+                ),
+            });
+        }
+        if !inner.check_started() {
+            let mut life = inner.life();
+            let mut seen = std::collections::HashSet::new();
+            for p in &pending {
+                let twice = !seen.insert(p.job.id.as_str());
+                if !replace && (twice || life.pending_index(&p.job.id, &store_alias).is_some()) {
+                    return Err(Error::ConflictingId(p.job.id.clone()));
+                }
+            }
+            let mut views = Vec::with_capacity(pending.len());
+            for p in pending {
+                if let Some(i) = life.pending_index(&p.job.id, &store_alias) {
+                    life.pending.remove(i);
+                }
+                views.push(Job::from_record(&p.job, &store_alias, true));
+                life.pending.push(p);
+            }
+            return Ok(views);
+        }
+        let now = inner.clock.now();
+        let mut records = Vec::with_capacity(pending.len());
+        let mut views = Vec::with_capacity(pending.len());
+        for mut p in pending {
+            p.first_run_time(now)?;
+            views.push(Job::from_record(&p.job, &store_alias, false));
+            records.push(p.job);
+        }
+        let earliest = records.iter().filter_map(|j| j.next_run_time).min();
+        let ids: Vec<String> = records.iter().map(|j| j.id.clone()).collect();
+        inner
+            .store(&store_alias)?
+            .add_jobs(records, replace)
+            .await?;
+        for id in ids {
+            inner.events.emit_with(|| Event::JobAdded {
+                job_id: id,
+                store: store_alias.clone(),
+            });
+        }
+        inner.wakeup_for(earliest);
+        Ok(views)
     }
 }
 

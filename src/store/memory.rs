@@ -90,6 +90,23 @@ impl JobStore for MemoryStore {
         Ok(())
     }
 
+    /// All or nothing under one lock: every id is checked before the first job goes in.
+    async fn add_jobs(&self, jobs: Vec<JobRecord>, replace_existing: bool) -> Result<()> {
+        let jobs = super::dedupe_batch(jobs, replace_existing)?;
+        let mut inner = self.lock();
+        if !replace_existing {
+            if let Some(dup) = jobs.iter().find(|j| inner.jobs.contains_key(j.id.as_str())) {
+                return Err(Error::ConflictingId(dup.id.clone()));
+            }
+        }
+        for mut job in jobs {
+            inner.remove(&job.id);
+            job.version = inner.next_version();
+            inner.insert(job);
+        }
+        Ok(())
+    }
+
     async fn update_job(&self, mut job: JobRecord) -> Result<JobRecord> {
         let mut inner = self.lock();
         let Some(old) = inner.jobs.get(job.id.as_str()) else {

@@ -114,6 +114,28 @@ pub trait JobStore: Send + Sync + 'static {
     /// (a closure in a persistent store).
     async fn add_job(&self, job: JobRecord, replace_existing: bool) -> Result<()>;
 
+    /// Adds many jobs at once, with the rules of [`add_job`](Self::add_job) for each (a new
+    /// version per job, a replacement is a new incarnation). Several jobs with one id in
+    /// `jobs` count as a duplicate: without `replace_existing` that is
+    /// [`Error::ConflictingId`](crate::Error::ConflictingId); with it the last one wins.
+    ///
+    /// Atomicity depends on the store (docs/stores.md lists it per store):
+    /// - the memory store, the SQL stores (one transaction, rows inserted in multi-row
+    ///   statements) and Redis (one script) are all-or-nothing: on any error, a duplicate
+    ///   id included, nothing is added and nothing is replaced;
+    /// - this default implementation, which stores without an override get (ZooKeeper),
+    ///   calls [`add_job`](Self::add_job) once per job in order after checking the batch
+    ///   for duplicate ids (so a duplicate inside the batch adds nothing) but stops at the
+    ///   first job the store refuses: the jobs before it stay added. MongoDB (one ordered
+    ///   `insert_many` without `replace_existing`) behaves the same way.
+    async fn add_jobs(&self, jobs: Vec<JobRecord>, replace_existing: bool) -> Result<()> {
+        let jobs = dedupe_batch(jobs, replace_existing)?;
+        for job in jobs {
+            self.add_job(job, replace_existing).await?;
+        }
+        Ok(())
+    }
+
     /// Replaces a stored job if its stored version is still `job.version`; returns the job
     /// as stored (with its new version). Fails with
     /// [`Error::JobLookup`](crate::Error::JobLookup) if it is gone and with
@@ -160,6 +182,29 @@ pub trait JobStore: Send + Sync + 'static {
     fn is_persistent(&self) -> bool {
         false
     }
+}
+
+/// The batch [`JobStore::add_jobs`] writes: `jobs` with, when `replace` is set, only the
+/// last of several jobs with one id (as adding them one by one would leave); without it,
+/// such an id is [`Error::ConflictingId`](crate::Error::ConflictingId).
+pub(crate) fn dedupe_batch(jobs: Vec<JobRecord>, replace: bool) -> Result<Vec<JobRecord>> {
+    let mut last: std::collections::HashMap<&str, usize> =
+        std::collections::HashMap::with_capacity(jobs.len());
+    for (i, job) in jobs.iter().enumerate() {
+        if last.insert(job.id.as_str(), i).is_some() && !replace {
+            return Err(crate::Error::ConflictingId(job.id.clone()));
+        }
+    }
+    if last.len() == jobs.len() {
+        return Ok(jobs);
+    }
+    let keep: std::collections::HashSet<usize> = last.into_values().collect();
+    Ok(jobs
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| keep.contains(i))
+        .map(|(_, j)| j)
+        .collect())
 }
 
 /// Microseconds since the epoch, rounded up: the form persistent stores index next run
@@ -281,6 +326,9 @@ impl JobStore for Box<dyn JobStore> {
     }
     async fn add_job(&self, job: JobRecord, replace_existing: bool) -> Result<()> {
         (**self).add_job(job, replace_existing).await
+    }
+    async fn add_jobs(&self, jobs: Vec<JobRecord>, replace_existing: bool) -> Result<()> {
+        (**self).add_jobs(jobs, replace_existing).await
     }
     async fn update_job(&self, job: JobRecord) -> Result<JobRecord> {
         (**self).update_job(job).await

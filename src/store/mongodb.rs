@@ -236,18 +236,25 @@ impl MongoStore {
 
     /// The first version of a newly added job: a new incarnation from the counter.
     async fn first_version(&self) -> Result<u64> {
+        self.first_versions(1).await
+    }
+
+    /// The first of `n` consecutive new incarnations (one counter update for a batch):
+    /// the batch's `i`-th job gets `first + (i << INCARNATION_SHIFT)`.
+    async fn first_versions(&self, n: u64) -> Result<u64> {
         let counter = &self.colls().await?.counter;
         let d = counter
             .find_one_and_update(
                 doc! { "_id": "incarnation" },
-                doc! { "$inc": { "n": 1_i64 } },
+                doc! { "$inc": { "n": n.max(1) as i64 } },
             )
             .upsert(true)
             .return_document(ReturnDocument::After)
             .await
             .map_err(|e| self.state.err("numbering a new job", e))?;
-        let n = d.as_ref().and_then(|d| int(d, "n")).unwrap_or(1).max(1) as u64;
-        Ok(n << INCARNATION_SHIFT)
+        let last = d.as_ref().and_then(|d| int(d, "n")).unwrap_or(1).max(1) as u64;
+        let first = last.saturating_sub(n.max(1) - 1).max(1);
+        Ok(first << INCARNATION_SHIFT)
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -426,6 +433,60 @@ impl JobStore for MongoStore {
             "adding job '{}': other writers kept adding and removing it",
             job.id
         )))
+    }
+
+    /// Without `replace_existing`: one ordered `insert_many` (new incarnations from one
+    /// counter update). Not all or nothing: on an id already stored, the jobs before it stay
+    /// added, as with one `add_job` each. With `replace_existing`: one `add_job` each.
+    async fn add_jobs(&self, jobs: Vec<JobRecord>, replace_existing: bool) -> Result<()> {
+        let jobs = super::dedupe_batch(jobs, replace_existing)?;
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        if replace_existing {
+            for job in jobs {
+                self.add_job(job, true).await?;
+            }
+            return Ok(());
+        }
+        let mut docs = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            docs.push((job.to_json()?, job));
+        }
+        let coll = self.coll().await?;
+        let first = self.first_versions(jobs.len() as u64).await?;
+        let docs = docs.into_iter().enumerate().map(|(i, (json, job))| {
+            doc! {
+                "_id": &job.id,
+                "job": json,
+                "next_run_time": next_bson(job.next_run_time),
+                "version": first.saturating_add((i as u64) << INCARNATION_SHIFT) as i64,
+                "lease_owner": Bson::Null,
+                "lease_until": Bson::Null,
+            }
+        });
+        match coll.insert_many(docs).ordered(true).await {
+            Ok(_) => {}
+            Err(e) => {
+                let dup = match &*e.kind {
+                    ErrorKind::InsertMany(m) => m
+                        .write_errors
+                        .iter()
+                        .flatten()
+                        .find(|w| w.code == 11000)
+                        .and_then(|w| jobs.get(w.index)),
+                    _ => None,
+                };
+                return Err(match dup {
+                    Some(job) => Error::ConflictingId(job.id.clone()),
+                    None => self.state.err("adding jobs", e),
+                });
+            }
+        }
+        for job in &jobs {
+            self.state.forget_corrupt(&job.id);
+        }
+        Ok(())
     }
 
     async fn update_job(&self, mut job: JobRecord) -> Result<JobRecord> {

@@ -74,6 +74,30 @@ redis.call('PUBLISH', KEYS[5], ARGV[5])
 return version
 "#;
 
+/// KEYS: as [`ADD_SCRIPT`]. ARGV: replace ('1'/'0'), publisher, then per job: id,
+/// document, score ('' = paused). Without replace, every id is checked before the first
+/// write, so the batch is all or nothing (a script runs atomically). Returns the number of
+/// jobs added, or `-i` when the `i`-th (1-based) id exists and replace is '0'.
+const ADD_MANY_SCRIPT: &str = r#"
+local n = (#ARGV - 2) / 3
+if ARGV[1] == '0' then
+  for i = 1, n do
+    if redis.call('HEXISTS', KEYS[1], ARGV[3 * i]) == 1 then return -i end
+  end
+end
+for i = 1, n do
+  local b = 3 * i
+  local id = ARGV[b]
+  local version = next_version(KEYS[6], redis.call('HGET', KEYS[2], id))
+  redis.call('HSET', KEYS[1], id, ARGV[b + 1])
+  redis.call('HSET', KEYS[2], id, version)
+  redis.call('HDEL', KEYS[3], id)
+  if ARGV[b + 2] == '' then redis.call('ZREM', KEYS[4], id) else redis.call('ZADD', KEYS[4], ARGV[b + 2], id) end
+end
+if n > 0 then redis.call('PUBLISH', KEYS[5], ARGV[2]) end
+return n
+"#;
+
 /// KEYS: as [`ADD_SCRIPT`]. ARGV: id, expected version, document, score, publisher.
 /// Returns the new version, 0 when fenced, -1 when the job is gone.
 const UPDATE_SCRIPT: &str = r#"
@@ -200,6 +224,7 @@ pub struct RedisStore {
 
 struct Scripts {
     add: Script,
+    add_many: Script,
     update: Script,
     claim: Script,
     release: Script,
@@ -300,6 +325,7 @@ impl RedisStore {
             stop: Mutex::new(None),
             scripts: Scripts {
                 add: Script::new(&format!("{NEXT_VERSION}{ADD_SCRIPT}")),
+                add_many: Script::new(&format!("{NEXT_VERSION}{ADD_MANY_SCRIPT}")),
                 update: Script::new(&format!("{NEXT_VERSION}{UPDATE_SCRIPT}")),
                 claim: Script::new(&format!("{NEXT_VERSION}{CLAIM_SCRIPT}")),
                 release: Script::new(RELEASE_SCRIPT),
@@ -562,6 +588,47 @@ impl JobStore for RedisStore {
             return Err(Error::ConflictingId(job.id));
         }
         self.state.forget_corrupt(&job.id);
+        Ok(())
+    }
+
+    /// One script call ([`ADD_MANY_SCRIPT`]): all or nothing, one PUBLISH.
+    async fn add_jobs(&self, jobs: Vec<JobRecord>, replace_existing: bool) -> Result<()> {
+        let jobs = super::dedupe_batch(jobs, replace_existing)?;
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let k = self.keys();
+        let mut invocation = self.scripts.add_many.prepare_invoke();
+        invocation
+            .key(&k.jobs)
+            .key(&k.versions)
+            .key(&k.leases)
+            .key(&k.run_times)
+            .key(&k.channel)
+            .key(&k.version_seq)
+            .arg(if replace_existing { "1" } else { "0" })
+            .arg(self.state.owner());
+        for job in &jobs {
+            invocation
+                .arg(&job.id)
+                .arg(job.to_json()?)
+                .arg(score(job.next_run_time));
+        }
+        let mut conn = self.conn().await?;
+        let r: i64 = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.state.err("adding jobs", e))?;
+        if r < 0 {
+            let taken = usize::try_from(-r - 1)
+                .ok()
+                .and_then(|i| jobs.get(i))
+                .map_or_else(String::new, |j| j.id.clone());
+            return Err(Error::ConflictingId(taken));
+        }
+        for job in &jobs {
+            self.state.forget_corrupt(&job.id);
+        }
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 //! runtimes.
 
 mod behaviour;
+mod bulk;
 mod executors;
 mod flavours;
 mod runtimes;

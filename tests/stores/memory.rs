@@ -22,6 +22,7 @@ async fn memory_store_contract() {
         None,
     )
     .await;
+    suite::bulk_add_all_or_nothing(MemoryStore::new()).await;
 }
 
 /// A million jobs: adding and claiming stay cheap (the ordered index, not a scan).

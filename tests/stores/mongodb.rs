@@ -424,3 +424,39 @@ async fn mongodb_url_defaults() {
     }
     assert!(apsched::store::from_url("mongodb://127.0.0.1").is_ok());
 }
+
+/// `add_jobs` without `replace_existing` is one ordered `insert_many`: on an id already
+/// stored it fails with that id, the jobs before it stay added (as documented), those
+/// after it are not, and the stored job is untouched.
+#[tokio::test]
+async fn mongodb_bulk_add_stops_at_a_stored_id() {
+    if !available().await {
+        return;
+    }
+    let db = db_name();
+    let store = started(&db, "jobs", "s1").await;
+    store
+        .add_job(suite::interval_job("x0700", 60, Some(suite::at(60))), false)
+        .await
+        .unwrap();
+    let batch: Vec<_> = (0..1200)
+        .map(|i| suite::interval_job(&format!("x{i:04}"), 60, Some(suite::at(i))))
+        .collect();
+    let err = store.add_jobs(batch, false).await.unwrap_err();
+    assert!(
+        matches!(err, apsched::Error::ConflictingId(ref id) if id == "x0700"),
+        "{err}"
+    );
+    let all = store.get_all_jobs().await.unwrap();
+    assert_eq!(all.len(), 701);
+    assert!(store.lookup_job("x0699").await.unwrap().is_some());
+    assert!(store.lookup_job("x0701").await.unwrap().is_none());
+    let kept = store.lookup_job("x0700").await.unwrap().unwrap();
+    assert_eq!(kept.next_run_time, Some(suite::at(60)));
+    // Every added job is its own incarnation.
+    let mut versions: Vec<u64> = all.iter().map(|j| j.version).collect();
+    versions.sort_unstable();
+    versions.dedup();
+    assert_eq!(versions.len(), 701);
+    drop_db(&db).await;
+}

@@ -90,6 +90,11 @@ async fn redis_contract() {
         Some(write_corrupt),
     )
     .await;
+    let prefix = format!(
+        "{base}:{}",
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    suite::bulk_add_all_or_nothing(started(&prefix, "s1").await).await;
     for i in 0..n.load(std::sync::atomic::Ordering::SeqCst) {
         cleanup(&format!("{base}:{i}")).await;
     }

@@ -151,23 +151,21 @@ async fn contract(db: Db) {
     {
         let tdb = &tdb;
         let tables = tables.clone();
-        suite::contract(
-            move || {
-                let tables = tables.clone();
-                let n = n.clone();
-                async move {
-                    let t = {
-                        let mut n = n.lock().unwrap();
-                        *n += 1;
-                        format!("{}_{}", tdb.table, *n)
-                    };
-                    tables.lock().unwrap().push(t.clone());
-                    tdb.started(&t, "s1", Duration::from_secs(30)).await
-                }
-            },
-            Some(write_corrupt),
-        )
-        .await;
+        let make = move || {
+            let tables = tables.clone();
+            let n = n.clone();
+            async move {
+                let t = {
+                    let mut n = n.lock().unwrap();
+                    *n += 1;
+                    format!("{}_{}", tdb.table, *n)
+                };
+                tables.lock().unwrap().push(t.clone());
+                tdb.started(&t, "s1", Duration::from_secs(30)).await
+            }
+        };
+        suite::contract(make.clone(), Some(write_corrupt)).await;
+        suite::bulk_add_all_or_nothing(make().await).await;
     }
     let shared = format!("{}_shared", tdb.table);
     tables.lock().unwrap().push(shared.clone());
@@ -199,6 +197,12 @@ async fn sqlite_in_memory_contract() {
         Some(write_corrupt),
     )
     .await;
+    let store = SqlStore::lazy("sqlite::memory:").unwrap();
+    store
+        .start(suite::context("default", "s1", Duration::from_secs(30)))
+        .await
+        .unwrap();
+    suite::bulk_add_all_or_nothing(store).await;
 }
 
 #[tokio::test]

@@ -121,6 +121,91 @@ where
     acquire_limit_and_order(make().await).await;
     acquire_removes_exhausted(make().await).await;
     acquire_backlog(make().await).await;
+    bulk_add(make().await).await;
+}
+
+/// `add_jobs`, as every store gives it (the default implementation included): a thousand
+/// jobs in one call are all stored with their next run times; a duplicate id inside the
+/// batch adds nothing without `replace_existing`, and the last one wins with it; an id
+/// already stored is replaced with `replace_existing`.
+async fn bulk_add(store: impl JobStore) {
+    let batch: Vec<JobRecord> = (0..1000)
+        .map(|i| interval_job(&format!("b{i:04}"), 60, Some(at(i % 100))))
+        .collect();
+    store.add_jobs(batch, false).await.unwrap();
+    let all = store.get_all_jobs().await.unwrap();
+    assert_eq!(all.len(), 1000);
+    for job in &all {
+        let i: i64 = job.id[1..].parse().unwrap();
+        assert_eq!(job.next_run_time, Some(at(i % 100)), "{}", job.id);
+    }
+    assert_eq!(store.next_run_time().await.unwrap(), Some(at(0)));
+
+    // A duplicate inside the batch: refused, nothing of the batch added.
+    let err = store
+        .add_jobs(
+            vec![
+                interval_job("n1", 60, Some(at(1))),
+                interval_job("n2", 60, Some(at(2))),
+                interval_job("n1", 60, Some(at(3))),
+            ],
+            false,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::ConflictingId(ref id) if id == "n1"),
+        "{err}"
+    );
+    assert!(store.lookup_job("n1").await.unwrap().is_none());
+    assert!(store.lookup_job("n2").await.unwrap().is_none());
+
+    // With replace_existing: stored jobs are replaced, the last of a duplicate wins.
+    let before = store.lookup_job("b0005").await.unwrap().unwrap();
+    store
+        .add_jobs(
+            vec![
+                interval_job("b0005", 5, Some(at(500))),
+                interval_job("n1", 60, Some(at(1))),
+                interval_job("n1", 60, Some(at(7))),
+            ],
+            true,
+        )
+        .await
+        .unwrap();
+    let after = store.lookup_job("b0005").await.unwrap().unwrap();
+    assert_eq!(after.next_run_time, Some(at(500)));
+    assert_ne!(after.version, before.version);
+    assert_eq!(
+        store.lookup_job("n1").await.unwrap().unwrap().next_run_time,
+        Some(at(7))
+    );
+    assert_eq!(store.get_all_jobs().await.unwrap().len(), 1001);
+    // The replaced job is a new incarnation: a writer holding the old version is fenced.
+    let err = store.update_job(before).await.unwrap_err();
+    assert!(matches!(err, Error::Fenced(_)), "{err}");
+    store.add_jobs(Vec::new(), false).await.unwrap();
+}
+
+/// `add_jobs` on a store that promises all or nothing (memory, SQL): a batch with one id
+/// already stored fails with that id and adds nothing, even when it spans several
+/// statements; nothing stored is changed.
+pub async fn bulk_add_all_or_nothing(store: impl JobStore) {
+    store
+        .add_job(interval_job("x0700", 60, Some(at(60))), false)
+        .await
+        .unwrap();
+    let batch: Vec<JobRecord> = (0..1200)
+        .map(|i| interval_job(&format!("x{i:04}"), 60, Some(at(i))))
+        .collect();
+    let err = store.add_jobs(batch, false).await.unwrap_err();
+    assert!(
+        matches!(err, Error::ConflictingId(ref id) if id == "x0700"),
+        "{err}"
+    );
+    let all = store.get_all_jobs().await.unwrap();
+    assert_eq!(ids(&all), ["x0700"]);
+    assert_eq!(all[0].next_run_time, Some(at(60)));
 }
 
 /// A job comes back from the store as it went in.

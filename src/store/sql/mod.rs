@@ -527,7 +527,7 @@ fn list(n: usize, item: &str) -> String {
     vec![item; n].join(", ")
 }
 
-/// A claimed row to write back.
+/// A row to write: a claimed row written back, or a new one ([`Core::add_jobs`]).
 struct ClaimRow {
     id: String,
     next: Option<i64>,
@@ -1105,6 +1105,108 @@ where
         Ok(())
     }
 
+    /// [`JobStore::add_jobs`]: one transaction, rows inserted [`BATCH`] at a time (5
+    /// parameters a row: 2 500 a statement, below SQLite's 32 766, PostgreSQL's and MySQL's
+    /// 65 535), replaced rows deleted first; one notification at the end.
+    async fn add_jobs(&self, jobs: Vec<JobRecord>, replace: bool) -> Result<()> {
+        let st = self.started()?;
+        let jobs = super::dedupe_batch(jobs, replace)?;
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        // Everything that can fail without the database fails before the first write.
+        let mut rows = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            rows.push(ClaimRow {
+                id: job.id.clone(),
+                next: job.next_run_time.map(micros_ceil),
+                doc: job.to_json()?,
+                // A new incarnation per job: see `first_version`.
+                version: version_i64(first_version()),
+            });
+        }
+        let err = |e| self.err(&format!("adding {} jobs", rows.len()), e);
+        let mut tx = self.begin_write().await.map_err(err)?;
+        if replace {
+            // A replacement is a new job with a new version (whatever the old row held,
+            // even something unreadable), so a writer still holding the old one is fenced.
+            for chunk in rows.chunks(BATCH) {
+                let sql = DB::placeholders(&format!(
+                    "DELETE FROM {} WHERE id IN ({})",
+                    st.table,
+                    list(chunk.len(), "?")
+                ));
+                let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+                for r in chunk {
+                    q = q.bind(r.id.as_str());
+                }
+                q.execute(&mut *tx).await.map_err(err)?;
+            }
+        }
+        for chunk in rows.chunks(BATCH) {
+            let sql = DB::placeholders(&format!(
+                "INSERT INTO {} (id, next_run_time, paused, doc, version) VALUES {}",
+                st.table,
+                list(chunk.len(), "(?, ?, ?, ?, ?)")
+            ));
+            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+            for r in chunk {
+                q = q
+                    .bind(r.id.as_str())
+                    .bind(r.next)
+                    .bind(r.next.is_none())
+                    .bind(r.doc.as_str())
+                    .bind(r.version);
+            }
+            match q.execute(&mut *tx).await {
+                Ok(_) => {}
+                Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                    // Rolled back: nothing of the batch is added. Name an id that exists.
+                    tx.rollback().await.map_err(err)?;
+                    let ids: Vec<&str> = chunk.iter().map(|r| r.id.as_str()).collect();
+                    let taken = self.first_existing(&st, &ids).await?;
+                    // `chunks` never yields an empty chunk, so there is a first id.
+                    let id = taken.or_else(|| ids.first().map(|id| id.to_string()));
+                    return Err(Error::ConflictingId(id.unwrap_or_default()));
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
+        tx.commit().await.map_err(err)?;
+        {
+            let mut bad = self.bad();
+            for r in &rows {
+                bad.remove(&r.id);
+            }
+        }
+        self.notify(&st);
+        Ok(())
+    }
+
+    /// The first of `ids` that has a row (to name the id a batch insert tripped over).
+    async fn first_existing(&self, st: &Started, ids: &[&str]) -> Result<Option<String>> {
+        let sql = DB::placeholders(&format!(
+            "SELECT id FROM {} WHERE id IN ({})",
+            st.table,
+            list(ids.len(), "?")
+        ));
+        let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        let found: Vec<String> = q
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err("looking up conflicting ids", e))?
+            .iter()
+            .map(Self::read_id)
+            .collect();
+        Ok(ids
+            .iter()
+            .find(|id| found.iter().any(|f| f == *id))
+            .map(|id| id.to_string()))
+    }
+
     async fn update_job(&self, mut job: JobRecord) -> Result<JobRecord> {
         let st = self.started()?;
         let doc = job.to_json()?;
@@ -1422,6 +1524,9 @@ impl JobStore for SqlStore {
 
     async fn add_job(&self, job: JobRecord, replace_existing: bool) -> Result<()> {
         with_core!(self, core => core.add_job(job, replace_existing).await)
+    }
+    async fn add_jobs(&self, jobs: Vec<JobRecord>, replace_existing: bool) -> Result<()> {
+        with_core!(self, core => core.add_jobs(jobs, replace_existing).await)
     }
 
     async fn update_job(&self, job: JobRecord) -> Result<JobRecord> {
