@@ -18,12 +18,13 @@
 //! compiled as doctests (the module is left out under `cfg(doctest)`); the examples, the
 //! README quickstart on the crate root and the tests are what compile.
 
-// Labels for docs/scheduling.md's links to its sibling pages (once it uses `[text][label]`).
+// Labels for docs/scheduling.md's links to its sibling pages.
 #[doc = "[triggers]: crate::docs::triggers"]
 #[doc = "[executors]: crate::docs::executors"]
 #[doc = "[executors-shutdown]: crate::docs::executors#shutdown"]
 #[doc = "[events]: crate::docs::events"]
 #[doc = "[stores]: crate::docs::stores"]
+#[doc = "[stores-adding-many]: crate::docs::stores#adding-many-jobs-at-once"]
 #[doc = "[embedding]: crate::docs::embedding"]
 #[doc = ""]
 #[doc = include_str!("../docs/scheduling.md")]

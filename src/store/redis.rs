@@ -591,7 +591,7 @@ impl JobStore for RedisStore {
         Ok(())
     }
 
-    /// One script call ([`ADD_MANY_SCRIPT`]): all or nothing, one PUBLISH.
+    /// One script call (`ADD_MANY_SCRIPT`): all or nothing, one PUBLISH.
     async fn add_jobs(&self, jobs: Vec<JobRecord>, replace_existing: bool) -> Result<()> {
         let jobs = super::dedupe_batch(jobs, replace_existing)?;
         if jobs.is_empty() {
