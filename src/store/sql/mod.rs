@@ -702,6 +702,27 @@ where
         }
     }
 
+    /// Deletes the rows of `ids` inside `tx`, a batch per statement (a round trip per
+    /// [`BATCH`] ids, not per id).
+    async fn delete_ids(
+        tx: &mut sqlx::Transaction<'static, DB>,
+        table: &str,
+        ids: &[&str],
+    ) -> std::result::Result<(), sqlx::Error> {
+        for chunk in ids.chunks(BATCH) {
+            let sql = DB::placeholders(&format!(
+                "DELETE FROM {table} WHERE id IN ({})",
+                list(chunk.len(), "?")
+            ));
+            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
     fn table_checked(&self) -> Result<&str> {
         validate_table(&self.table).map_err(|m| store_error(&self.alias(), m, None))?;
         Ok(&self.table)
@@ -1130,18 +1151,10 @@ where
         if replace {
             // A replacement is a new job with a new version (whatever the old row held,
             // even something unreadable), so a writer still holding the old one is fenced.
-            for chunk in rows.chunks(BATCH) {
-                let sql = DB::placeholders(&format!(
-                    "DELETE FROM {} WHERE id IN ({})",
-                    st.table,
-                    list(chunk.len(), "?")
-                ));
-                let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
-                for r in chunk {
-                    q = q.bind(r.id.as_str());
-                }
-                q.execute(&mut *tx).await.map_err(err)?;
-            }
+            let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+            Self::delete_ids(&mut tx, &st.table, &ids)
+                .await
+                .map_err(err)?;
         }
         for chunk in rows.chunks(BATCH) {
             let sql = DB::placeholders(&format!(
@@ -1425,18 +1438,8 @@ where
             due.push(claimed);
         }
         // The writes go out in batches: a round trip per batch, not per job.
-        for chunk in deletes.chunks(BATCH) {
-            let sql = DB::placeholders(&format!(
-                "DELETE FROM {} WHERE id IN ({})",
-                st.table,
-                list(chunk.len(), "?")
-            ));
-            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
-            for id in chunk {
-                q = q.bind(id.as_str());
-            }
-            q.execute(&mut *tx).await?;
-        }
+        let deletes: Vec<&str> = deletes.iter().map(String::as_str).collect();
+        Self::delete_ids(&mut tx, &st.table, &deletes).await?;
         for chunk in updates.chunks(BATCH) {
             let sql = DB::placeholders(&DB::claim_many(&st.table, chunk.len()));
             let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
