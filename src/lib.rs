@@ -43,6 +43,7 @@ pub mod executor;
 pub mod job;
 mod scheduler;
 pub mod store;
+mod sync;
 pub mod task;
 pub mod trigger;
 pub mod worker;

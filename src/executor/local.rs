@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 
 use super::{invoke, panic_message, Executor, JobRun};
 use crate::job::{Callable, JobResult};
+use crate::sync::MutexExt;
 
 /// Runs jobs whose futures are `!Send` (they hold an `Rc`, a `RefCell` across an await, a
 /// `!Send` client) on a current-thread runtime with a `LocalSet`, on its own thread.
@@ -140,7 +141,7 @@ impl Executor for LocalExecutor {
     }
 
     fn submit(&self, run: JobRun) {
-        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = self.tx.lock_unpoisoned();
         match tx.as_ref() {
             Some(tx) => {
                 let _ = tx.send(run);
@@ -150,8 +151,8 @@ impl Executor for LocalExecutor {
     }
 
     async fn shutdown(&self, wait: bool) {
-        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.tx.lock_unpoisoned().take();
+        let thread = self.thread.lock_unpoisoned().take();
         if let (true, Some(thread)) = (wait, thread) {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }

@@ -37,6 +37,7 @@ pub use self::tokio::TokioExecutor;
 use crate::clock::Clock;
 use crate::event::{Event, EventBus};
 use crate::job::{Callable, JobError, JobResult};
+use crate::sync::MutexExt;
 use crate::task::{TaskFn, TaskRegistry};
 
 /// Runs submitted jobs.
@@ -397,7 +398,7 @@ impl Instances {
     /// Takes a slot for `job_id` unless `max` are already taken. A refused job leaves no
     /// entry behind.
     pub fn try_acquire(self: &Arc<Self>, job_id: &Arc<str>, max: u32) -> Option<InstanceSlot> {
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut running = self.running.lock_unpoisoned();
         let n = running.get(job_id).copied().unwrap_or(0);
         if n >= max {
             return None;
@@ -413,7 +414,7 @@ impl Instances {
     /// How many jobs have a run in flight (one entry per job).
     #[cfg(test)]
     pub fn jobs_in_flight(&self) -> usize {
-        self.running.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.running.lock_unpoisoned().len()
     }
 
     /// Waits until at most `n` runs are in flight.
@@ -439,11 +440,7 @@ pub(crate) struct InstanceSlot {
 
 impl Drop for InstanceSlot {
     fn drop(&mut self) {
-        let mut running = self
-            .instances
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut running = self.instances.running.lock_unpoisoned();
         if let Some(n) = running.get_mut(&self.job_id) {
             *n -= 1;
             if *n == 0 {

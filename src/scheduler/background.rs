@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::event::{Event, EventKind, EventReceiver};
 use crate::executor::{CommandSpec, LocalExecutor};
 use crate::job::{IntoJobResult, Job};
+use crate::sync::MutexExt;
 use crate::trigger::TriggerSpec;
 
 impl Scheduler {
@@ -24,8 +25,7 @@ impl Scheduler {
         let handle = self
             .inner
             .runtime
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .lock_unpoisoned()
             .clone()
             .ok_or(Error::State {
                 needed: "a BackgroundScheduler or BlockingScheduler",
@@ -75,11 +75,7 @@ impl BackgroundScheduler {
             let _guard = runtime.enter();
             builder.build()
         };
-        *scheduler
-            .inner
-            .runtime
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(runtime.handle().clone());
+        *scheduler.inner.runtime.lock_unpoisoned() = Some(runtime.handle().clone());
         BackgroundScheduler {
             scheduler,
             runtime: Some(runtime),

@@ -16,10 +16,11 @@ use futures::future::BoxFuture;
 use tokio::runtime::Handle;
 
 use super::Inner;
+use crate::sync::MutexExt;
 
 impl Inner {
     fn home_slot(&self) -> MutexGuard<'_, Option<Handle>> {
-        self.home.lock().unwrap_or_else(|e| e.into_inner())
+        self.home.lock_unpoisoned()
     }
 
     /// The scheduler's runtime, while it runs.

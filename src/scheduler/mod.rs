@@ -35,6 +35,7 @@ use crate::event::{Event, EventBus, EventKind, EventReceiver};
 use crate::executor::{self, Executor, Instances, RunContext};
 use crate::job::{Job, JobDefaults, JobRecord};
 use crate::store::{JobStore, StoreContext};
+use crate::sync::{MutexExt, RwLockExt};
 use crate::task::TaskRegistry;
 use crate::trigger::{Trigger, TriggerSpec};
 
@@ -299,7 +300,7 @@ impl Inner {
     }
 
     fn life(&self) -> MutexGuard<'_, Life> {
-        self.life.lock().unwrap_or_else(|e| e.into_inner())
+        self.life.lock_unpoisoned()
     }
 
     fn state(&self) -> SchedulerState {
@@ -307,16 +308,12 @@ impl Inner {
     }
 
     fn stores(&self) -> Vec<(String, Arc<dyn JobStore>)> {
-        self.stores
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.stores.read_unpoisoned().clone()
     }
 
     fn store(&self, alias: &str) -> Result<Arc<dyn JobStore>> {
         self.stores
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .read_unpoisoned()
             .iter()
             .find(|(a, _)| a == alias)
             .map(|(_, s)| s.clone())
@@ -325,8 +322,7 @@ impl Inner {
 
     fn executor(&self, alias: &str) -> Option<Arc<dyn Executor>> {
         self.executors
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .read_unpoisoned()
             .iter()
             .find(|(a, _)| a == alias)
             .map(|(_, e)| e.clone())
@@ -427,11 +423,7 @@ impl Scheduler {
                 actual: "called outside any runtime",
             });
         }
-        let executors = inner
-            .executors
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let executors = inner.executors.read_unpoisoned().clone();
         for (alias, _) in &executors {
             inner.events.emit(Event::ExecutorAdded {
                 alias: alias.clone(),
@@ -500,11 +492,7 @@ impl Scheduler {
             }
         }
         let inside_job = executor::inside_run_of(&inner.instances);
-        let executors = inner
-            .executors
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let executors = inner.executors.read_unpoisoned().clone();
         for (_, ex) in executors {
             ex.shutdown(wait && !inside_job).await;
         }
@@ -626,11 +614,7 @@ impl Scheduler {
     pub fn add_executor(&self, alias: impl Into<String>, executor: impl Executor) -> Result<()> {
         let alias = alias.into();
         {
-            let mut executors = self
-                .inner
-                .executors
-                .write()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut executors = self.inner.executors.write_unpoisoned();
             if executors.iter().any(|(a, _)| *a == alias) {
                 return Err(Error::AliasInUse(alias));
             }
@@ -653,11 +637,7 @@ impl Scheduler {
 
     async fn remove_executor_at_home(&self, alias: &str) -> Result<()> {
         let removed = {
-            let mut executors = self
-                .inner
-                .executors
-                .write()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut executors = self.inner.executors.write_unpoisoned();
             let i = executors
                 .iter()
                 .position(|(a, _)| a == alias)
@@ -692,7 +672,7 @@ impl Scheduler {
             store.start(self.inner.store_context(&alias)).await?;
         }
         {
-            let mut stores = self.inner.stores.write().unwrap_or_else(|e| e.into_inner());
+            let mut stores = self.inner.stores.write_unpoisoned();
             if stores.iter().any(|(a, _)| *a == alias) {
                 return Err(Error::AliasInUse(alias));
             }
@@ -710,7 +690,7 @@ impl Scheduler {
 
     async fn remove_store_at_home(&self, alias: &str) -> Result<()> {
         let removed = {
-            let mut stores = self.inner.stores.write().unwrap_or_else(|e| e.into_inner());
+            let mut stores = self.inner.stores.write_unpoisoned();
             let i = stores
                 .iter()
                 .position(|(a, _)| a == alias)

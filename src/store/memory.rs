@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use super::{DueJob, JobStore};
 use crate::error::{Error, Result};
 use crate::job::JobRecord;
+use crate::sync::MutexExt;
 
 /// Keeps jobs in memory, ordered by next run time. Holds any callable, closures included.
 ///
@@ -61,7 +62,7 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock_unpoisoned()
     }
 
     /// The number of jobs held.

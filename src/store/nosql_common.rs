@@ -10,6 +10,7 @@ use super::StoreContext;
 use crate::error::Error;
 use crate::event::Event;
 use crate::job::{JobRecord, Lease, StoredCallable, StoredJob};
+use crate::sync::{MutexExt, RwLockExt};
 
 /// The scheduler context of a started store, and the corrupt records it has reported.
 #[derive(Debug)]
@@ -30,18 +31,17 @@ impl StoreState {
     }
 
     pub(crate) fn set_ctx(&self, ctx: Option<StoreContext>) {
-        *self.ctx.write().unwrap_or_else(|e| e.into_inner()) = ctx;
+        *self.ctx.write_unpoisoned() = ctx;
     }
 
     pub(crate) fn ctx(&self) -> Option<StoreContext> {
-        self.ctx.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.ctx.read_unpoisoned().clone()
     }
 
     /// The store's alias (its kind before it is started).
     pub(crate) fn alias(&self) -> String {
         self.ctx
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .read_unpoisoned()
             .as_ref()
             .map_or_else(|| self.default_alias.to_string(), |c| c.alias.clone())
     }
@@ -49,8 +49,7 @@ impl StoreState {
     /// This scheduler's identity (empty before start).
     pub(crate) fn owner(&self) -> String {
         self.ctx
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .read_unpoisoned()
             .as_ref()
             .map_or_else(String::new, |c| c.scheduler_id.clone())
     }
@@ -58,8 +57,7 @@ impl StoreState {
     /// The lease length (30 s before start).
     pub(crate) fn lease(&self) -> std::time::Duration {
         self.ctx
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .read_unpoisoned()
             .as_ref()
             .map_or(std::time::Duration::from_secs(30), |c| c.lease)
     }
@@ -131,36 +129,27 @@ impl StoreState {
     /// Whether `id` is a known corrupt record (skipped by `next_run_time`).
     #[cfg(any(feature = "redis", feature = "zookeeper"))]
     pub(crate) fn is_corrupt(&self, id: &str) -> bool {
-        self.corrupt
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(id)
+        self.corrupt.lock_unpoisoned().contains_key(id)
     }
 
     /// The ids of the known corrupt records.
     #[cfg(feature = "mongodb")]
     pub(crate) fn corrupt_ids(&self) -> Vec<String> {
-        self.corrupt
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect()
+        self.corrupt.lock_unpoisoned().keys().cloned().collect()
     }
 
     /// Whether `id` was reported with exactly this content already.
     #[cfg(any(feature = "redis", feature = "zookeeper"))]
     pub(crate) fn is_known_corrupt(&self, id: &str, doc: &str, version: u64) -> bool {
         self.corrupt
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .lock_unpoisoned()
             .get(id)
             .is_some_and(|f| *f == fingerprint(doc, version))
     }
 
     /// Forgets a corrupt record (it was rewritten or removed).
     pub(crate) fn forget_corrupt(&self, id: &str) {
-        let mut c = self.corrupt.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.corrupt.lock_unpoisoned();
         if !c.is_empty() {
             c.remove(id);
         }
@@ -168,10 +157,7 @@ impl StoreState {
 
     /// Forgets every corrupt record.
     pub(crate) fn forget_all_corrupt(&self) {
-        self.corrupt
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.corrupt.lock_unpoisoned().clear();
     }
 
     /// Reports a record the store repaired or could not handle (a `STORE_ERROR` event with
@@ -218,12 +204,7 @@ impl StoreState {
     }
 
     fn report_corrupt(&self, id: &str, fp: u64, reason: &str) {
-        let first = self
-            .corrupt
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.to_string(), fp)
-            != Some(fp);
+        let first = self.corrupt.lock_unpoisoned().insert(id.to_string(), fp) != Some(fp);
         if !first {
             return;
         }

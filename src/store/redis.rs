@@ -38,6 +38,7 @@ use super::nosql_common::{
 use super::{DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
 use crate::job::{JobRecord, Lease, StoredJob};
+use crate::sync::MutexExt;
 
 /// How many sorted-set entries are read per round trip when scanning for due jobs.
 const PAGE: usize = 256;
@@ -372,7 +373,7 @@ impl RedisStore {
     }
 
     async fn conn(&self) -> Result<ConnectionManager> {
-        if let Some(c) = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        if let Some(c) = self.conn.lock_unpoisoned().clone() {
             return Ok(c);
         }
         let config = ConnectionManagerConfig::new()
@@ -385,7 +386,7 @@ impl RedisStore {
             .get_connection_manager_with_config(config)
             .await
             .map_err(|e| self.state.err("connecting", e))?;
-        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
+        *self.conn.lock_unpoisoned() = Some(c.clone());
         Ok(c)
     }
 
@@ -538,12 +539,7 @@ impl JobStore for RedisStore {
             .await
             .map_err(|e| self.state.err("connecting", e))?;
         let stop = CancellationToken::new();
-        if let Some(old) = self
-            .stop
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(stop.clone())
-        {
+        if let Some(old) = self.stop.lock_unpoisoned().replace(stop.clone()) {
             old.cancel();
         }
         tokio::spawn(listen(
@@ -557,7 +553,7 @@ impl JobStore for RedisStore {
     }
 
     async fn shutdown(&self) -> Result<()> {
-        if let Some(stop) = self.stop.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(stop) = self.stop.lock_unpoisoned().take() {
             stop.cancel();
         }
         Ok(())

@@ -57,6 +57,7 @@ use super::nosql_common::{
 use super::{DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
 use crate::job::{JobRecord, Lease, StoredJob};
+use crate::sync::MutexExt;
 
 /// How many claims are in flight at once.
 const CONCURRENCY: usize = 32;
@@ -133,7 +134,7 @@ impl WatchState {
     }
 
     fn plan(&self) -> std::sync::MutexGuard<'_, Plan> {
-        self.plan.lock().unwrap_or_else(|e| e.into_inner())
+        self.plan.lock_unpoisoned()
     }
 
     /// The watcher saw an index entry for `at` (µs) appear: whether to wake the loop.
@@ -493,7 +494,7 @@ impl ZooKeeperStore {
         let armed = self.watch.armed.load(Ordering::SeqCst);
         let seen = self.watch.changes.load(Ordering::SeqCst);
         if armed {
-            let saved = self.watch.listing.lock().unwrap_or_else(|e| e.into_inner());
+            let saved = self.watch.listing.lock_unpoisoned();
             if let Some((at, listing)) = saved.as_ref() {
                 if *at == seen {
                     return Ok(listing.clone());
@@ -509,8 +510,7 @@ impl ZooKeeperStore {
         entries.sort();
         let entries = Arc::new(entries);
         if armed {
-            *self.watch.listing.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some((seen, entries.clone()));
+            *self.watch.listing.lock_unpoisoned() = Some((seen, entries.clone()));
         }
         Ok(entries)
     }
@@ -731,12 +731,7 @@ impl ZooKeeperStore {
 
     /// Stops the watcher task, if one runs.
     fn stop_watcher(&self) {
-        if let Some(stop) = self
-            .watcher
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(stop) = self.watcher.lock_unpoisoned().take() {
             stop.cancel();
         }
         self.watch.set_armed(false);
@@ -979,7 +974,7 @@ impl JobStore for ZooKeeperStore {
         }
         self.stop_watcher();
         let stop = CancellationToken::new();
-        *self.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(stop.clone());
+        *self.watcher.lock_unpoisoned() = Some(stop.clone());
         let (armed_tx, armed_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(
             Watcher {

@@ -52,6 +52,7 @@ use super::{first_version, micros_ceil, DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::job::{Callable, JobRecord, Lease};
+use crate::sync::{MutexExt, RwLockExt};
 
 /// The table name used when none is given.
 pub const DEFAULT_TABLE: &str = "apsched_jobs";
@@ -626,37 +627,32 @@ impl<DB: Dialect> Core<DB> {
 
     fn alias(&self) -> String {
         self.started
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .read_unpoisoned()
             .as_ref()
             .map_or_else(|| "sql".to_string(), |s| s.ctx.alias.clone())
     }
 
     fn started(&self) -> Result<Arc<Started>> {
-        self.started
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(|| {
-                store_error(
-                    "sql",
-                    format!(
-                        "the {} store on table '{}' is not started (add it to a scheduler, \
+        self.started.read_unpoisoned().clone().ok_or_else(|| {
+            store_error(
+                "sql",
+                format!(
+                    "the {} store on table '{}' is not started (add it to a scheduler, \
                          or call JobStore::start)",
-                        DB::LABEL,
-                        self.table
-                    ),
-                    None,
-                )
-            })
+                    DB::LABEL,
+                    self.table
+                ),
+                None,
+            )
+        })
     }
 
     fn bad(&self) -> MutexGuard<'_, HashMap<String, i64>> {
-        self.bad.lock().unwrap_or_else(|e| e.into_inner())
+        self.bad.lock_unpoisoned()
     }
 
     fn noted(&self) -> MutexGuard<'_, HashMap<String, i64>> {
-        self.noted.lock().unwrap_or_else(|e| e.into_inner())
+        self.noted.lock_unpoisoned()
     }
 
     /// Wraps a database error as [`Error::Store`], saying what the store was doing.
@@ -778,11 +774,11 @@ where
             ctx: ctx.clone(),
             channel: channel.clone(),
         });
-        *self.started.write().unwrap_or_else(|e| e.into_inner()) = Some(started.clone());
+        *self.started.write_unpoisoned() = Some(started.clone());
         self.bad().clear();
         self.noted().clear();
         let tasks = [DB::listen(self, &ctx, channel), self.notifier(&started)];
-        let mut slot = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.tasks.lock_unpoisoned();
         for old in slot.drain(..) {
             old.abort();
         }
@@ -825,12 +821,7 @@ where
     }
 
     async fn shutdown(&self) -> Result<()> {
-        for t in self
-            .tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
+        for t in self.tasks.lock_unpoisoned().drain(..) {
             t.abort();
         }
         Ok(())
