@@ -116,7 +116,7 @@ impl ResponseError for ApiError {
 type ApiResult<T> = Result<T, ApiError>;
 
 async fn list(s: web::Data<Scheduler>) -> ApiResult<web::Json<Vec<Job>>> {
-    Ok(web::Json(s.get_jobs(None).await?))
+    Ok(web::Json(s.get_jobs().await?))
 }
 
 async fn add(s: web::Data<Scheduler>, new: web::Json<NewJob>) -> ApiResult<HttpResponse> {
@@ -135,7 +135,7 @@ async fn add(s: web::Data<Scheduler>, new: web::Json<NewJob>) -> ApiResult<HttpR
 }
 
 async fn pause(s: web::Data<Scheduler>, id: web::Path<String>) -> ApiResult<web::Json<Job>> {
-    Ok(web::Json(s.pause_job(&id, None).await?))
+    Ok(web::Json(s.job(id.into_inner()).pause().await?))
 }
 
 /// `null` when the job's trigger had no fire time left (the job is then removed).
@@ -143,7 +143,7 @@ async fn resume(
     s: web::Data<Scheduler>,
     id: web::Path<String>,
 ) -> ApiResult<web::Json<Option<Job>>> {
-    Ok(web::Json(s.resume_job(&id, None).await?))
+    Ok(web::Json(s.job(id.into_inner()).resume().await?))
 }
 
 /// Runs the job now: its next run time becomes now (a paused job runs and then follows
@@ -151,11 +151,11 @@ async fn resume(
 async fn run(s: web::Data<Scheduler>, id: web::Path<String>) -> ApiResult<web::Json<Job>> {
     let now = s.clock().now();
     let changes = JobChanges::new().next_run_time(Some(now));
-    Ok(web::Json(s.modify_job(&id, changes, None).await?))
+    Ok(web::Json(s.job(id.into_inner()).modify(changes).await?))
 }
 
 async fn remove(s: web::Data<Scheduler>, id: web::Path<String>) -> ApiResult<HttpResponse> {
-    s.remove_job(&id, None).await?;
+    s.job(id.into_inner()).remove().await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -214,7 +214,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // flight finish, and then `await` returns.
     server(listener, web::Data::new(scheduler.clone()), greetings)?.await?;
     println!("HTTP server stopped; waiting for running jobs");
-    scheduler.shutdown(true).await?;
+    scheduler.shutdown().await?;
     println!("scheduler stopped; the jobs stay in {}", db.display());
     Ok(())
 }

@@ -48,7 +48,7 @@ fn api_error(e: apsched::Error) -> (StatusCode, String) {
 }
 
 async fn list(State(s): State<Scheduler>) -> ApiResult<Json<Vec<Job>>> {
-    s.get_jobs(None).await.map(Json).map_err(api_error)
+    s.get_jobs().await.map(Json).map_err(api_error)
 }
 
 async fn add(State(s): State<Scheduler>, Json(new): Json<NewJob>) -> ApiResult<Json<Job>> {
@@ -66,28 +66,30 @@ async fn add(State(s): State<Scheduler>, Json(new): Json<NewJob>) -> ApiResult<J
 }
 
 async fn pause(State(s): State<Scheduler>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
-    s.pause_job(&id, None).await.map(Json).map_err(api_error)
+    s.job(&id).pause().await.map(Json).map_err(api_error)
 }
 
 async fn resume(
     State(s): State<Scheduler>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Option<Job>>> {
-    s.resume_job(&id, None).await.map(Json).map_err(api_error)
+    s.job(&id).resume().await.map(Json).map_err(api_error)
 }
 
 /// Runs the job now: its next run time becomes now (a paused job runs and then follows
 /// its trigger again, as with APScheduler's `job.modify(next_run_time=now)`).
 async fn run(State(s): State<Scheduler>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
     let changes = JobChanges::new().next_run_time(Some(s.clock().now()));
-    s.modify_job(&id, changes, None)
+    s.job(&id)
+        .modify(changes)
         .await
         .map(Json)
         .map_err(api_error)
 }
 
 async fn remove(State(s): State<Scheduler>, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    s.remove_job(&id, None)
+    s.job(&id)
+        .remove()
         .await
         .map(|()| StatusCode::NO_CONTENT)
         .map_err(api_error)
@@ -122,6 +124,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
     // The server has drained; now let running jobs finish.
-    scheduler.shutdown(true).await?;
+    scheduler.shutdown().await?;
     Ok(())
 }

@@ -126,12 +126,7 @@ fn connect(url: &str) -> Box<dyn apsched::store::JobStore> {
 }
 
 /// The job body: a closure in memory, the registered task in a persistent store.
-fn add<'a>(
-    s: &'a Scheduler,
-    store: Option<&str>,
-    probe: &Arc<Probe>,
-    i: usize,
-) -> apsched::AddJob<'a> {
+fn add(s: &Scheduler, store: Option<&str>, probe: &Arc<Probe>, i: usize) -> apsched::AddJob {
     match store {
         Some(_) => s.add_task_job("bench", i),
         None => {
@@ -215,9 +210,9 @@ async fn s1(n: usize, store: Option<&str>, bulk: bool) -> Result<Map<String, Val
         json!((rss_after.saturating_sub(rss_before)) as f64 / n as f64),
     );
     if store.is_some() {
-        s.remove_all_jobs(None).await?;
+        s.remove_all_jobs().await?;
     }
-    s.shutdown(false).await?;
+    s.shutdown_now().await?;
     Ok(out)
 }
 
@@ -295,7 +290,8 @@ async fn s2(n: usize, store: Option<&str>) -> Result<Map<String, Value>, BoxErro
             .await?;
     }
     for i in 0..sample {
-        s.reschedule_job(&format!("job{i}"), Date::new(due_utc), None)
+        s.job(format!("job{i}"))
+            .reschedule(Date::new(due_utc))
             .await?;
     }
     let add_total = start.elapsed().as_secs_f64();
@@ -308,9 +304,9 @@ async fn s2(n: usize, store: Option<&str>) -> Result<Map<String, Value>, BoxErro
     out.insert("add_us_per_job".into(), json!(add_total * 1e6 / n as f64));
     storm_figures(&mut out, &probe, n, due, ran);
     if store.is_some() {
-        s.remove_all_jobs(None).await?;
+        s.remove_all_jobs().await?;
     }
-    s.shutdown(false).await?;
+    s.shutdown_now().await?;
     Ok(out)
 }
 
@@ -348,9 +344,9 @@ async fn s3(n: usize, store: Option<&str>) -> Result<Map<String, Value>, BoxErro
     out.insert("cpu_s".into(), json!(cpu));
     lateness_figures(&mut out, in_window);
     if store.is_some() {
-        s.remove_all_jobs(None).await?;
+        s.remove_all_jobs().await?;
     }
-    s.shutdown(false).await?;
+    s.shutdown_now().await?;
     Ok(out)
 }
 
@@ -367,9 +363,9 @@ async fn s4(n: usize, store: Option<&str>) -> Result<Map<String, Value>, BoxErro
     let mut out = Map::new();
     out.insert("cpu_s".into(), json!(cpu_seconds() - cpu0));
     if store.is_some() {
-        s.remove_all_jobs(None).await?;
+        s.remove_all_jobs().await?;
     }
-    s.shutdown(false).await?;
+    s.shutdown_now().await?;
     Ok(out)
 }
 

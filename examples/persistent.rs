@@ -39,12 +39,12 @@ async fn main() -> apsched::Result<()> {
     scheduler.start().await?;
 
     if reset {
-        scheduler.remove_all_jobs(None).await?;
+        scheduler.remove_all_jobs().await?;
         println!("removed every job from apsched.db");
-        return scheduler.shutdown(false).await;
+        return scheduler.shutdown_now().await;
     }
 
-    match scheduler.get_job("heartbeat", None).await? {
+    match scheduler.job("heartbeat").get().await? {
         Some(job) => println!("found the job from an earlier run: {job}"),
         None => {
             let job = scheduler
@@ -62,10 +62,10 @@ async fn main() -> apsched::Result<()> {
     }
     println!("running for 3.5 s; run me again and the job continues");
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    while let Some(Ok(Event::StoreError { message, .. })) = events.try_recv() {
+    while let Ok(Event::StoreError { message, .. }) = events.try_recv() {
         eprintln!("store error: {message}");
     }
-    scheduler.shutdown(true).await?;
+    scheduler.shutdown().await?;
     println!("stopped; the job stays in apsched.db (--reset removes it)");
     Ok(())
 }

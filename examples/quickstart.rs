@@ -69,7 +69,8 @@ fn main() -> apsched::Result<()> {
         .executor("processpool")
         .add()?;
 
-    scheduler.add_listener(EventKind::JOB_SUBMITTED, |event| {
+    // Listeners run as tasks on the scheduler's runtime, as with the async Scheduler.
+    scheduler.add_listener(EventKind::JOB_SUBMITTED, |event| async move {
         if let Event::JobSubmitted {
             job_id,
             scheduled_run_times,
@@ -78,15 +79,15 @@ fn main() -> apsched::Result<()> {
         {
             println!("submitted {job_id} for {scheduled_run_times:?}");
         }
-    })?;
+    });
     scheduler.add_listener(
         EventKind::JOB_EXECUTED | EventKind::JOB_ERROR | EventKind::JOB_MISSED,
-        |event| println!("event: {event:?}"),
-    )?;
+        |event| async move { println!("event: {event:?}") },
+    );
 
     scheduler.start()?;
-    scheduler.resume_job("my_job_id", None)?;
-    scheduler.print_jobs(None)?;
+    scheduler.job("my_job_id").resume()?;
+    print!("{}", scheduler.jobs_table()?);
 
     if std::env::args().any(|a| a == "--run-on") {
         println!("running until Ctrl-C");
@@ -96,7 +97,7 @@ fn main() -> apsched::Result<()> {
     } else {
         std::thread::sleep(Duration::from_secs(7));
     }
-    scheduler.shutdown(true)?;
+    scheduler.shutdown()?;
     println!("shut down");
     Ok(())
 }

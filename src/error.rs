@@ -4,8 +4,6 @@
 //! everything else a scheduler call can return. Both say what went wrong and, where there is
 //! one, what to do about it.
 
-use std::time::Duration;
-
 /// A trigger could not be built, parsed or evaluated.
 ///
 /// Field errors name the field, the expression and the reason, e.g.
@@ -54,7 +52,7 @@ pub enum Error {
     #[error("a job with id '{0}' already exists (set replace_existing to overwrite it)")]
     ConflictingId(String),
     /// No job with this id (in the named store, if one was given).
-    #[error("no job with id '{0}'")]
+    #[error("no job with id '{0}' (get_jobs lists the jobs; a job whose trigger has no fire time left is removed)")]
     JobLookup(String),
     /// No store with this alias is configured.
     #[error("no job store named '{0}' (add it with add_store or the builder)")]
@@ -63,7 +61,9 @@ pub enum Error {
     #[error("no executor named '{0}' (add it with add_executor or the builder)")]
     UnknownExecutor(String),
     /// A store or executor alias is already taken.
-    #[error("the alias '{0}' is already in use")]
+    #[error(
+        "the alias '{0}' is already in use (pick another alias, or remove the existing one first)"
+    )]
     AliasInUse(String),
     /// The operation does not fit the scheduler's current state.
     #[error("scheduler is {actual}, but this needs it to be {needed}")]
@@ -73,9 +73,6 @@ pub enum Error {
         /// The state the scheduler is in.
         actual: &'static str,
     },
-    /// The scheduler has shut down; the handle can no longer be used.
-    #[error("the scheduler has shut down")]
-    Shutdown,
     /// A job cannot go where it was asked to (e.g. a closure job in a persistent store).
     #[error("job '{id}': {reason}")]
     InvalidJob {
@@ -107,7 +104,7 @@ pub enum Error {
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// A stored job record could not be read (corrupt or from an unknown task); it was kept.
-    #[error("stored job '{id}' could not be loaded and was left untouched: {reason}")]
+    #[error("stored job '{id}' could not be loaded and was left untouched: {reason} (fix or remove the record in the store)")]
     CorruptJob {
         /// The job id.
         id: String,
@@ -115,14 +112,11 @@ pub enum Error {
         reason: String,
     },
     /// A write was refused because another scheduler changed the job since it was read.
-    #[error("job '{0}' was changed by another scheduler; the write was refused")]
+    #[error("job '{0}' was changed by another scheduler since it was read; the write was refused (read the job again and retry)")]
     Fenced(String),
     /// (De)serialising a job's arguments, result or trigger failed.
-    #[error("serialisation failed: {0}")]
+    #[error("serialisation failed: {0} (task arguments and results must be JSON-serialisable)")]
     Serde(#[from] serde_json::Error),
-    /// An operation timed out.
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
     /// An I/O error (e.g. spawning a child process).
     #[error(transparent)]
     Io(#[from] std::io::Error),

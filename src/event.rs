@@ -374,6 +374,21 @@ pub enum RecvError {
     Closed,
 }
 
+/// Why [`EventReceiver::try_recv`] returned no event (tokio's
+/// [`TryRecvError`](tokio::sync::broadcast::error::TryRecvError), for a filtered channel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TryRecvError {
+    /// No matching event is buffered now; try again later (or `recv().await`).
+    #[error("no event is buffered now")]
+    Empty,
+    /// The receiver fell behind and `n` events were dropped; the next call resumes.
+    #[error("event receiver lagged behind and lost {0} events")]
+    Lagged(u64),
+    /// The scheduler is gone; no more events will come.
+    #[error("the scheduler is gone")]
+    Closed,
+}
+
 /// A receiver of scheduler events matching a mask.
 #[derive(Debug)]
 pub struct EventReceiver {
@@ -401,17 +416,21 @@ impl EventReceiver {
         }
     }
 
-    /// The next matching event if one is already buffered.
-    pub fn try_recv(&mut self) -> Option<Result<Event, RecvError>> {
+    /// The next matching event if one is already buffered, without waiting.
+    ///
+    /// # Errors
+    /// [`TryRecvError::Empty`] if none is; [`TryRecvError::Lagged`] and
+    /// [`TryRecvError::Closed`] as for [`recv`](Self::recv).
+    pub fn try_recv(&mut self) -> Result<Event, TryRecvError> {
         loop {
             match self.rx.try_recv() {
-                Ok(ev) if self.mask.intersects(ev.kind()) => return Some(Ok(ev)),
+                Ok(ev) if self.mask.intersects(ev.kind()) => return Ok(ev),
                 Ok(_) => continue,
-                Err(broadcast::error::TryRecvError::Empty) => return None,
+                Err(broadcast::error::TryRecvError::Empty) => return Err(TryRecvError::Empty),
                 Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                    return Some(Err(RecvError::Lagged(n)))
+                    return Err(TryRecvError::Lagged(n))
                 }
-                Err(broadcast::error::TryRecvError::Closed) => return Some(Err(RecvError::Closed)),
+                Err(broadcast::error::TryRecvError::Closed) => return Err(TryRecvError::Closed),
             }
         }
     }

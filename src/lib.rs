@@ -55,8 +55,9 @@ pub use crate::error::{Error, Result, TriggerError};
 pub use crate::event::{Event, EventKind, EventReceiver};
 pub use crate::job::{IntoJobResult, Job, JobDefaults, JobError};
 pub use crate::scheduler::{
-    AddJob, BackgroundScheduler, BlockingScheduler, JobChanges, ListenerId, LocalScheduler,
-    Scheduler, SchedulerBuilder, SchedulerState,
+    AddJob, BackgroundScheduler, BlockingAddJob, BlockingJobHandle, BlockingScheduler,
+    BlockingStoreHandle, JobChanges, JobHandle, ListenerId, LocalScheduler, Scheduler,
+    SchedulerBuilder, SchedulerState, StoreHandle,
 };
 pub use crate::trigger::{Trigger, TriggerSpec};
 pub use crate::worker::worker_main;

@@ -136,7 +136,7 @@ fn main() {
             &refused,
             &mut results,
         );
-        s.shutdown(true).await.expect("shutdown");
+        s.shutdown().await.expect("shutdown");
         results
     });
     let failed = results.iter().filter(|(_, ok)| !ok).count();

@@ -38,7 +38,7 @@ use crate::sync::MutexExt;
 ///     .build();
 /// let mut outcomes = scheduler.subscribe(EventKind::JOB_EXECUTED | EventKind::JOB_ERROR);
 /// scheduler.start().await?;
-/// scheduler.shutdown(true).await?;
+/// scheduler.shutdown().await?;
 /// scheduler.start().await?;
 ///
 /// // The other executors run jobs again...
@@ -68,7 +68,7 @@ use crate::sync::MutexExt;
 /// scheduler.add_executor("local", LocalExecutor::new()?)?;
 /// scheduler.add_local_job(|| async {}).id("after").await?;
 /// assert!(matches!(outcomes.recv().await?, Event::JobExecuted { .. }));
-/// scheduler.shutdown(true).await?;
+/// scheduler.shutdown().await?;
 /// # Ok(())
 /// # }
 /// ```

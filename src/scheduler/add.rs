@@ -14,14 +14,26 @@ use crate::executor::CommandSpec;
 use crate::job::{Callable, IntoJobResult, Job, JobRecord};
 use crate::trigger::{Date, Trigger, TriggerSpec};
 
-/// A job being added: set its options, then `.await` it (or call [`add`](Self::add) on a
-/// [`BackgroundScheduler`](crate::BackgroundScheduler)).
+/// A job being added: set its options, then `.await` it. It holds a clone of the
+/// scheduler handle, not a borrow, so the future is `'static`: it can be spawned or stored.
+/// (A [`BackgroundScheduler`](crate::BackgroundScheduler)'s `add_*` methods return a
+/// [`BlockingAddJob`](crate::BlockingAddJob) instead, finished with a blocking `add()`.)
 ///
 /// Every option left unset takes the scheduler's [`JobDefaults`](crate::JobDefaults); no
 /// trigger means "run once, now".
+///
+/// ```
+/// # use std::future::IntoFuture;
+/// # use apsched::Scheduler;
+/// # async fn demo(scheduler: Scheduler) -> apsched::Result<()> {
+/// let adding = scheduler.add_job(|| async {}).id("later");
+/// let job = tokio::spawn(adding.into_future()).await.expect("no panic")?;
+/// assert_eq!(job.id, "later");
+/// # Ok(()) }
+/// ```
 #[must_use = "a job is only added when this is awaited"]
-pub struct AddJob<'a> {
-    scheduler: &'a Scheduler,
+pub struct AddJob {
+    scheduler: Scheduler,
     callable: Result<Callable>,
     trigger: Option<TriggerSpec>,
     id: Option<String>,
@@ -52,44 +64,44 @@ impl Scheduler {
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub fn add_job<F, Fut, R>(&self, f: F) -> AddJob<'_>
+    pub fn add_job<F, Fut, R>(&self, f: F) -> AddJob
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = R> + Send + 'static,
         R: IntoJobResult,
     {
-        AddJob::new(self, Ok(Callable::from_async(f)))
+        AddJob::new(self.clone(), Ok(Callable::from_async(f)))
     }
 
     /// Adds a job running a blocking closure (give it a
     /// [`BlockingExecutor`](crate::executor::BlockingExecutor) to bound the threads).
-    pub fn add_blocking_job<F, R>(&self, f: F) -> AddJob<'_>
+    pub fn add_blocking_job<F, R>(&self, f: F) -> AddJob
     where
         F: Fn() -> R + Send + Sync + 'static,
         R: IntoJobResult,
     {
-        AddJob::new(self, Ok(Callable::from_blocking(f)))
+        AddJob::new(self.clone(), Ok(Callable::from_blocking(f)))
     }
 
     /// Adds a job whose future is `!Send`; it runs on the executor aliased `"local"` unless
     /// another is named (see [`LocalExecutor`](crate::executor::LocalExecutor)).
-    pub fn add_local_job<F, Fut, R>(&self, f: F) -> AddJob<'_>
+    pub fn add_local_job<F, Fut, R>(&self, f: F) -> AddJob
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = R> + 'static,
         R: IntoJobResult,
     {
-        AddJob::new(self, Ok(Callable::from_local(f))).executor("local")
+        AddJob::new(self.clone(), Ok(Callable::from_local(f))).executor("local")
     }
 
     /// Adds a job running an external command in a child process.
-    pub fn add_command_job(&self, command: CommandSpec) -> AddJob<'_> {
-        AddJob::new(self, Ok(Callable::Command(Box::new(command))))
+    pub fn add_command_job(&self, command: CommandSpec) -> AddJob {
+        AddJob::new(self.clone(), Ok(Callable::Command(Box::new(command))))
     }
 
     /// Adds a job running the registered task `name` with `args` (serialised to JSON). This
     /// is the kind of job persistent stores keep.
-    pub fn add_task_job(&self, name: impl Into<String>, args: impl Serialize) -> AddJob<'_> {
+    pub fn add_task_job(&self, name: impl Into<String>, args: impl Serialize) -> AddJob {
         let name = name.into();
         let callable = if !self.inner.tasks.contains(&name) {
             Err(Error::UnknownTask(name))
@@ -98,12 +110,12 @@ impl Scheduler {
                 .map(|args| Callable::Task { name, args })
                 .map_err(Error::from)
         };
-        AddJob::new(self, callable)
+        AddJob::new(self.clone(), callable)
     }
 }
 
-impl<'a> AddJob<'a> {
-    fn new(scheduler: &'a Scheduler, callable: Result<Callable>) -> Self {
+impl AddJob {
+    fn new(scheduler: Scheduler, callable: Result<Callable>) -> Self {
         AddJob {
             scheduler,
             callable,
@@ -187,18 +199,6 @@ impl<'a> AddJob<'a> {
         self
     }
 
-    /// Adds the job, blocking the current thread. For schedulers that own their runtime
-    /// ([`BackgroundScheduler`](crate::BackgroundScheduler),
-    /// [`BlockingScheduler`](crate::BlockingScheduler)); with an async [`Scheduler`],
-    /// `.await` instead.
-    ///
-    /// # Errors
-    /// [`Error::State`] when called on an async scheduler's job or from async code.
-    pub fn add(self) -> Result<Job> {
-        let scheduler = self.scheduler.clone();
-        scheduler.block_on(self.into_future())?
-    }
-
     /// Builds the record from the options and the scheduler's job defaults and checks it
     /// (executor, store, options): everything of adding but the write, whose input is the
     /// [`Pending`] entry a job added before start is kept as.
@@ -261,7 +261,7 @@ impl<'a> AddJob<'a> {
     }
 
     async fn run(self) -> Result<Job> {
-        let scheduler = self.scheduler;
+        let scheduler = self.scheduler.clone();
         let inner = &scheduler.inner;
         let mut p = self.prepare()?;
         if !inner.check_started() {
@@ -299,6 +299,23 @@ impl Pending {
 }
 
 impl Scheduler {
+    /// Writes a new job to its store, emits JOB_ADDED and wakes the loop.
+    pub(super) async fn store_new_job(
+        &self,
+        job: JobRecord,
+        store: &str,
+        replace: bool,
+    ) -> Result<()> {
+        let (id, next) = (job.id.clone(), job.next_run_time);
+        self.inner.store(store)?.add_job(job, replace).await?;
+        self.inner.events.emit_with(|| Event::JobAdded {
+            job_id: id,
+            store: store.to_string(),
+        });
+        self.inner.wakeup_for(next);
+        Ok(())
+    }
+
     /// Adds many jobs to one store at once: each built from its [`AddJob`] options and the
     /// scheduler's job defaults as [`AddJob`] builds one, all written with one
     /// [`JobStore::add_jobs`](crate::store::JobStore::add_jobs) call (one transaction on
@@ -331,10 +348,7 @@ impl Scheduler {
     /// [`Error::InvalidJob`] if the jobs name different stores or mix `replace_existing`
     /// settings (one call writes to one store, under one rule); otherwise the errors of
     /// [`AddJob`].
-    pub async fn add_jobs<'a>(
-        &'a self,
-        jobs: impl IntoIterator<Item = AddJob<'a>>,
-    ) -> Result<Vec<Job>> {
+    pub async fn add_jobs(&self, jobs: impl IntoIterator<Item = AddJob>) -> Result<Vec<Job>> {
         let pending = jobs
             .into_iter()
             .map(AddJob::prepare)
@@ -356,7 +370,9 @@ impl Scheduler {
             return Err(Error::InvalidJob {
                 id: odd.job.id.clone(),
                 reason: format!(
-                    "add_jobs writes to one store with one replace_existing setting; this                      job has store '{}' and replace_existing {}, the first one '{store_alias}'                      and {replace}",
+                    "add_jobs writes to one store with one replace_existing setting; this \
+                     job has store '{}' and replace_existing {}, the first one \
+                     '{store_alias}' and {replace}: add them in separate calls",
                     odd.store, odd.replace_existing
                 ),
             });
@@ -405,13 +421,13 @@ impl Scheduler {
     }
 }
 
-impl<'a> IntoFuture for AddJob<'a> {
+impl IntoFuture for AddJob {
     type Output = Result<Job>;
-    type IntoFuture = BoxFuture<'a, Result<Job>>;
+    type IntoFuture = BoxFuture<'static, Result<Job>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        let scheduler = self.scheduler;
-        Box::pin(scheduler.inner.at_home(self.run()))
+        let scheduler = self.scheduler.clone();
+        Box::pin(async move { scheduler.inner.at_home(self.run()).await })
     }
 }
 

@@ -1,42 +1,28 @@
-//! Scheduler flavours that own their Tokio runtime, for programs without async.
+//! [`BackgroundScheduler`]: a scheduler on a runtime of its own, with a blocking API for
+//! programs without async.
 
 use std::future::Future;
 use std::time::Duration;
 
 use tokio::runtime::{Handle, Runtime};
 
-use super::{AddJob, JobChanges, Scheduler, SchedulerBuilder, SchedulerState};
-use crate::error::{Error, Result};
+use super::blocking_handles::{block_on, BlockingAddJob, BlockingJobHandle, BlockingStoreHandle};
+use super::{AddJob, ListenerId, Scheduler, SchedulerBuilder, SchedulerState};
+use crate::error::Result;
 use crate::event::{Event, EventKind, EventReceiver};
-use crate::executor::{CommandSpec, LocalExecutor};
+use crate::executor::CommandSpec;
 use crate::job::{IntoJobResult, Job};
-use crate::sync::MutexExt;
-use crate::trigger::TriggerSpec;
 
-impl Scheduler {
-    /// Runs `fut` to completion on the runtime owned by a background/blocking flavour.
-    pub(crate) fn block_on<F: Future>(&self, fut: F) -> Result<F::Output> {
-        if Handle::try_current().is_ok() {
-            return Err(Error::State {
-                needed: "called from plain (non-async) code",
-                actual: "called inside a Tokio runtime; use .await instead",
-            });
-        }
-        let handle = self
-            .inner
-            .runtime
-            .lock_unpoisoned()
-            .clone()
-            .ok_or(Error::State {
-                needed: "a BackgroundScheduler or BlockingScheduler",
-                actual: "an async Scheduler; use .await instead",
-            })?;
-        Ok(handle.block_on(fut))
-    }
-}
+/// How long dropping a running [`BackgroundScheduler`] waits for it to stop, and then for
+/// its runtime's tasks.
+const DROP_GRACE: Duration = Duration::from_secs(1);
 
 /// A scheduler running on its own runtime threads, with a plain blocking API — for
 /// programs with a synchronous `main` (APScheduler's `BackgroundScheduler`).
+///
+/// Every method blocks until done and may be called from any thread, including from inside
+/// another Tokio runtime (the work runs on the scheduler's own threads). Async code can use
+/// the same scheduler through [`scheduler`](Self::scheduler).
 ///
 /// ```
 /// use std::time::Duration;
@@ -47,18 +33,26 @@ impl Scheduler {
 /// scheduler
 ///     .add_blocking_job(|| println!("tick"))
 ///     .trigger(Interval::new(Duration::from_secs(5))?)
+///     .id("tick")
 ///     .add()?;
-/// scheduler.shutdown(true)?;
+/// scheduler.job("tick").pause()?;
+/// scheduler.shutdown()?;
 /// # Ok::<(), apsched::Error>(())
 /// ```
+///
+/// Dropping it stops a running scheduler as [`shutdown_now`](Self::shutdown_now) does and
+/// then its runtime, waiting about a second for each; dropped inside async code, it does
+/// that on a thread of its own instead of blocking (or panicking).
 #[derive(Debug)]
 pub struct BackgroundScheduler {
     scheduler: Scheduler,
     runtime: Option<Runtime>,
+    handle: Handle,
 }
 
 impl BackgroundScheduler {
-    /// Builds the scheduler on a new multi-threaded runtime (one worker per core).
+    /// Builds the scheduler on a new multi-threaded runtime (one worker per core). Works
+    /// from plain threads and from inside a Tokio runtime.
     ///
     /// # Errors
     /// If the runtime cannot be created.
@@ -67,81 +61,154 @@ impl BackgroundScheduler {
             .enable_all()
             .thread_name("apsched")
             .build()?;
-        Ok(Self::with_runtime(builder, runtime))
-    }
-
-    fn with_runtime(builder: SchedulerBuilder, runtime: Runtime) -> Self {
         let scheduler = {
             let _guard = runtime.enter();
             builder.build()
         };
-        *scheduler.inner.runtime.lock_unpoisoned() = Some(runtime.handle().clone());
-        BackgroundScheduler {
+        Ok(BackgroundScheduler {
             scheduler,
+            handle: runtime.handle().clone(),
             runtime: Some(runtime),
-        }
+        })
     }
 
-    /// The async handle (for `add_job(..).add()`, or to pass to async code).
+    /// The async handle to the same scheduler (to pass to async code).
     pub fn scheduler(&self) -> &Scheduler {
         &self.scheduler
     }
 
-    /// Runs `fut` on the scheduler's runtime and waits for it.
-    pub fn block_on<F: Future>(&self, fut: F) -> Result<F::Output> {
-        self.scheduler.block_on(fut)
+    /// Runs `fut` on the scheduler's runtime and blocks until it ends.
+    ///
+    /// # Errors
+    /// [`Error::State`] if the runtime is shutting down. A panic in `fut` is resumed here.
+    pub fn block_on<F>(&self, fut: F) -> Result<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        block_on(&self.handle, fut)
     }
 
-    /// See [`Scheduler::add_job`]; finish with [`AddJob::add`].
-    pub fn add_job<F, Fut, R>(&self, f: F) -> AddJob<'_>
+    /// Runs `f(scheduler)`'s future on the runtime: the blocking form of an async call.
+    fn call<F, Fut, T>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(Scheduler) -> Fut,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.block_on(f(self.scheduler.clone()))?
+    }
+
+    fn blocking(&self, add: AddJob) -> BlockingAddJob {
+        BlockingAddJob::new(add, self.handle.clone())
+    }
+
+    /// See [`Scheduler::add_job`]; finish with [`BlockingAddJob::add`].
+    pub fn add_job<F, Fut, R>(&self, f: F) -> BlockingAddJob
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = R> + Send + 'static,
         R: IntoJobResult,
     {
-        self.scheduler.add_job(f)
+        self.blocking(self.scheduler.add_job(f))
     }
 
-    /// See [`Scheduler::add_blocking_job`]; finish with [`AddJob::add`].
-    pub fn add_blocking_job<F, R>(&self, f: F) -> AddJob<'_>
+    /// See [`Scheduler::add_blocking_job`]; finish with [`BlockingAddJob::add`].
+    pub fn add_blocking_job<F, R>(&self, f: F) -> BlockingAddJob
     where
         F: Fn() -> R + Send + Sync + 'static,
         R: IntoJobResult,
     {
-        self.scheduler.add_blocking_job(f)
+        self.blocking(self.scheduler.add_blocking_job(f))
     }
 
-    /// See [`Scheduler::add_command_job`]; finish with [`AddJob::add`].
-    pub fn add_command_job(&self, command: CommandSpec) -> AddJob<'_> {
-        self.scheduler.add_command_job(command)
+    /// See [`Scheduler::add_local_job`] (it needs a `"local"`
+    /// [`LocalExecutor`](crate::executor::LocalExecutor), as a [`LocalScheduler`](crate::LocalScheduler)
+    /// has); finish with [`BlockingAddJob::add`].
+    pub fn add_local_job<F, Fut, R>(&self, f: F) -> BlockingAddJob
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + 'static,
+        R: IntoJobResult,
+    {
+        self.blocking(self.scheduler.add_local_job(f))
     }
 
-    /// See [`Scheduler::add_task_job`]; finish with [`AddJob::add`].
-    pub fn add_task_job(&self, name: impl Into<String>, args: impl serde::Serialize) -> AddJob<'_> {
-        self.scheduler.add_task_job(name, args)
+    /// See [`Scheduler::add_command_job`]; finish with [`BlockingAddJob::add`].
+    pub fn add_command_job(&self, command: CommandSpec) -> BlockingAddJob {
+        self.blocking(self.scheduler.add_command_job(command))
     }
 
-    /// Starts the scheduler (its loop runs on the runtime's threads).
+    /// See [`Scheduler::add_task_job`]; finish with [`BlockingAddJob::add`].
+    pub fn add_task_job(
+        &self,
+        name: impl Into<String>,
+        args: impl serde::Serialize,
+    ) -> BlockingAddJob {
+        self.blocking(self.scheduler.add_task_job(name, args))
+    }
+
+    /// See [`Scheduler::add_jobs`].
+    ///
+    /// # Errors
+    /// As [`Scheduler::add_jobs`].
+    pub fn add_jobs(&self, jobs: impl IntoIterator<Item = BlockingAddJob>) -> Result<Vec<Job>> {
+        let jobs: Vec<AddJob> = jobs.into_iter().map(BlockingAddJob::into_async).collect();
+        self.call(|s| async move { s.add_jobs(jobs).await })
+    }
+
+    /// See [`Scheduler::start`].
+    ///
+    /// # Errors
+    /// As [`Scheduler::start`].
     pub fn start(&self) -> Result<()> {
-        self.block_on(self.scheduler.start())?
+        self.call(|s| async move { s.start().await })
     }
 
-    /// Starts with job processing paused.
+    /// See [`Scheduler::start_paused`].
+    ///
+    /// # Errors
+    /// As [`Scheduler::start`].
     pub fn start_paused(&self) -> Result<()> {
-        self.block_on(self.scheduler.start_paused())?
+        self.call(|s| async move { s.start_paused().await })
     }
 
-    /// Shuts down; with `wait`, after the runs in flight finish.
-    pub fn shutdown(&self, wait: bool) -> Result<()> {
-        self.block_on(self.scheduler.shutdown(wait))?
+    /// See [`Scheduler::shutdown`]: waits for the runs in flight.
+    ///
+    /// # Errors
+    /// [`Error::State`] if the scheduler is not running.
+    pub fn shutdown(&self) -> Result<()> {
+        self.call(|s| async move { s.shutdown().await })
     }
 
-    /// Pauses job processing.
+    /// See [`Scheduler::shutdown_now`]: does not wait for the runs in flight.
+    ///
+    /// # Errors
+    /// [`Error::State`] if the scheduler is not running.
+    pub fn shutdown_now(&self) -> Result<()> {
+        self.call(|s| async move { s.shutdown_now().await })
+    }
+
+    /// See [`Scheduler::shutdown_timeout`].
+    ///
+    /// # Errors
+    /// [`Error::State`] if the scheduler is not running.
+    pub fn shutdown_timeout(&self, timeout: Duration) -> Result<()> {
+        self.call(move |s| async move { s.shutdown_timeout(timeout).await })
+    }
+
+    /// See [`Scheduler::pause`].
+    ///
+    /// # Errors
+    /// [`Error::State`] unless the scheduler is running.
     pub fn pause(&self) -> Result<()> {
         self.scheduler.pause()
     }
 
-    /// Resumes job processing.
+    /// See [`Scheduler::resume`].
+    ///
+    /// # Errors
+    /// [`Error::State`] unless the scheduler is paused.
     pub fn resume(&self) -> Result<()> {
         self.scheduler.resume()
     }
@@ -151,54 +218,38 @@ impl BackgroundScheduler {
         self.scheduler.state()
     }
 
-    /// See [`Scheduler::get_job`].
-    pub fn get_job(&self, id: &str, store: Option<&str>) -> Result<Option<Job>> {
-        self.block_on(self.scheduler.get_job(id, store))?
+    /// The job `id`, looked up in every store (see [`Scheduler::job`]).
+    pub fn job(&self, id: impl Into<String>) -> BlockingJobHandle {
+        BlockingJobHandle::new(self.scheduler.job(id), self.handle.clone())
+    }
+
+    /// The job store `alias` (see [`Scheduler::store`]).
+    pub fn store(&self, alias: impl Into<String>) -> BlockingStoreHandle {
+        BlockingStoreHandle::new(self.scheduler.store(alias), self.handle.clone())
     }
 
     /// See [`Scheduler::get_jobs`].
-    pub fn get_jobs(&self, store: Option<&str>) -> Result<Vec<Job>> {
-        self.block_on(self.scheduler.get_jobs(store))?
-    }
-
-    /// See [`Scheduler::modify_job`].
-    pub fn modify_job(&self, id: &str, changes: JobChanges, store: Option<&str>) -> Result<Job> {
-        self.block_on(self.scheduler.modify_job(id, changes, store))?
-    }
-
-    /// See [`Scheduler::reschedule_job`].
-    pub fn reschedule_job(
-        &self,
-        id: &str,
-        trigger: impl Into<TriggerSpec>,
-        store: Option<&str>,
-    ) -> Result<Job> {
-        self.block_on(self.scheduler.reschedule_job(id, trigger, store))?
-    }
-
-    /// See [`Scheduler::pause_job`].
-    pub fn pause_job(&self, id: &str, store: Option<&str>) -> Result<Job> {
-        self.block_on(self.scheduler.pause_job(id, store))?
-    }
-
-    /// See [`Scheduler::resume_job`].
-    pub fn resume_job(&self, id: &str, store: Option<&str>) -> Result<Option<Job>> {
-        self.block_on(self.scheduler.resume_job(id, store))?
-    }
-
-    /// See [`Scheduler::remove_job`].
-    pub fn remove_job(&self, id: &str, store: Option<&str>) -> Result<()> {
-        self.block_on(self.scheduler.remove_job(id, store))?
+    ///
+    /// # Errors
+    /// A store's error if it cannot be read.
+    pub fn get_jobs(&self) -> Result<Vec<Job>> {
+        self.call(|s| async move { s.get_jobs().await })
     }
 
     /// See [`Scheduler::remove_all_jobs`].
-    pub fn remove_all_jobs(&self, store: Option<&str>) -> Result<()> {
-        self.block_on(self.scheduler.remove_all_jobs(store))?
+    ///
+    /// # Errors
+    /// A store's error.
+    pub fn remove_all_jobs(&self) -> Result<()> {
+        self.call(|s| async move { s.remove_all_jobs().await })
     }
 
-    /// See [`Scheduler::print_jobs`].
-    pub fn print_jobs(&self, store: Option<&str>) -> Result<()> {
-        self.block_on(self.scheduler.print_jobs(store))?
+    /// See [`Scheduler::jobs_table`].
+    ///
+    /// # Errors
+    /// A store's error if it cannot be read.
+    pub fn jobs_table(&self) -> Result<String> {
+        self.call(|s| async move { s.jobs_table().await })
     }
 
     /// Events matching `mask`; use [`EventReceiver::blocking_recv`] from plain threads.
@@ -206,123 +257,57 @@ impl BackgroundScheduler {
         self.scheduler.subscribe(mask)
     }
 
-    /// Calls `f` for each event matching `mask`, on a thread of its own (a slow listener
-    /// delays no job).
-    pub fn add_listener<F>(&self, mask: EventKind, f: F) -> Result<()>
+    /// See [`Scheduler::add_listener`]: `f` runs for each event matching `mask`, on a task
+    /// of the scheduler's runtime.
+    pub fn add_listener<F, Fut>(&self, mask: EventKind, f: F) -> ListenerId
     where
-        F: Fn(&Event) + Send + 'static,
+        F: Fn(Event) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
     {
-        let mut rx = self.subscribe(mask);
-        std::thread::Builder::new()
-            .name("apsched-listener".into())
-            .spawn(move || loop {
-                match rx.blocking_recv() {
-                    Ok(ev) => f(&ev),
-                    Err(crate::event::RecvError::Lagged(_)) => continue,
-                    Err(crate::event::RecvError::Closed) => break,
-                }
-            })?;
-        Ok(())
+        self.scheduler.add_listener(mask, f)
+    }
+
+    /// See [`Scheduler::remove_listener`].
+    pub fn remove_listener(&self, id: ListenerId) -> bool {
+        self.scheduler.remove_listener(id)
     }
 }
 
 impl Drop for BackgroundScheduler {
     fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            // Dropping a runtime inside async code panics; hand it to a thread instead.
-            rt.shutdown_timeout(Duration::from_secs(1));
-        }
-    }
-}
-
-/// A scheduler that takes over the calling thread: [`run`](Self::run) blocks until the
-/// scheduler is shut down (from a job, another thread, or Ctrl-C). APScheduler's
-/// `BlockingScheduler`.
-///
-/// ```no_run
-/// use apsched::{BlockingScheduler, Scheduler, trigger::Cron};
-///
-/// let scheduler = BlockingScheduler::new(Scheduler::builder())?;
-/// scheduler.scheduler()
-///     .add_blocking_job(|| println!("nightly"))
-///     .trigger(Cron::builder().hour("3").build()?)
-///     .add()?;
-/// scheduler.run()?; // until Ctrl-C
-/// # Ok::<(), apsched::Error>(())
-/// ```
-#[derive(Debug)]
-pub struct BlockingScheduler {
-    background: BackgroundScheduler,
-}
-
-impl BlockingScheduler {
-    /// Builds the scheduler on a runtime it owns.
-    pub fn new(builder: SchedulerBuilder) -> Result<Self> {
-        Ok(BlockingScheduler {
-            background: BackgroundScheduler::new(builder)?,
-        })
-    }
-
-    /// The async handle (to add jobs, or to shut down from a job).
-    pub fn scheduler(&self) -> &Scheduler {
-        self.background.scheduler()
-    }
-
-    /// Starts the scheduler and blocks until it shuts down or the process gets Ctrl-C (then
-    /// it shuts down, waiting for running jobs).
-    pub fn run(&self) -> Result<()> {
-        let scheduler = self.scheduler().clone();
-        self.background.block_on(async move {
-            scheduler.start().await?;
-            tokio::select! {
-                _ = scheduler.wait_for_shutdown() => Ok(()),
-                _ = tokio::signal::ctrl_c() => {
-                    tracing::info!("Ctrl-C: shutting down");
-                    scheduler.shutdown(true).await
-                }
+        let Some(runtime) = self.runtime.take() else {
+            return;
+        };
+        let scheduler = self.scheduler.clone();
+        let stop = move |runtime: Runtime| {
+            if scheduler.state() != SchedulerState::Stopped {
+                // The timer is created inside the runtime, which is what drives it.
+                let _ = runtime.block_on(async {
+                    tokio::time::timeout(DROP_GRACE, scheduler.shutdown_now()).await
+                });
             }
-        })?
-    }
-}
-
-/// A scheduler for `!Send` jobs: a [`BlockingScheduler`] with a [`LocalExecutor`] added as
-/// `"local"`, so jobs added with [`Scheduler::add_local_job`] run on that executor's
-/// current-thread runtime with a `LocalSet`, on its own thread.
-///
-/// The `"default"` executor is untouched: the builder's, or else a
-/// [`TokioExecutor`](crate::executor::TokioExecutor) on the scheduler's own runtime, where
-/// jobs added with [`Scheduler::add_job`] run (unless they name `"local"`). If the builder
-/// already has a `"local"` executor, this one replaces it.
-///
-/// It is for one [`run`](Self::run): a local executor does not start again after the
-/// scheduler's shutdown (see [`LocalExecutor`]'s "Starting again"), so a second `run` would
-/// report every local run as a [`JobError::NotRunnable`](crate::JobError::NotRunnable).
-/// Build a new `LocalScheduler` instead.
-#[derive(Debug)]
-pub struct LocalScheduler {
-    blocking: BlockingScheduler,
-}
-
-impl LocalScheduler {
-    /// Builds the scheduler with a new [`LocalExecutor`] as `"local"`.
-    ///
-    /// # Errors
-    /// If the local executor's thread or runtime, or the scheduler's runtime, cannot be
-    /// created.
-    pub fn new(builder: SchedulerBuilder) -> Result<Self> {
-        let builder = builder.executor("local", LocalExecutor::new()?);
-        Ok(LocalScheduler {
-            blocking: BlockingScheduler::new(builder)?,
-        })
-    }
-
-    /// The async handle.
-    pub fn scheduler(&self) -> &Scheduler {
-        self.blocking.scheduler()
-    }
-
-    /// Starts and blocks until shutdown or Ctrl-C.
-    pub fn run(&self) -> Result<()> {
-        self.blocking.run()
+            runtime.shutdown_timeout(DROP_GRACE);
+        };
+        if Handle::try_current().is_err() {
+            stop(runtime);
+            return;
+        }
+        // Inside async code blocking panics, and so does dropping a runtime: stop on a
+        // thread. The runtime is handed over only once the thread exists, so that if it
+        // cannot be created the runtime is still here to shut down without blocking.
+        let (tx, rx) = std::sync::mpsc::channel::<Runtime>();
+        let thread = std::thread::Builder::new()
+            .name("apsched-drop".into())
+            .spawn(move || {
+                if let Ok(runtime) = rx.recv() {
+                    stop(runtime);
+                }
+            });
+        match thread {
+            Ok(_) => {
+                let _ = tx.send(runtime);
+            }
+            Err(_) => runtime.shutdown_background(),
+        }
     }
 }

@@ -1,15 +1,18 @@
 //! Configuring a scheduler.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono_tz::Tz;
 use serde::de::DeserializeOwned;
+use tokio::sync::{watch, Notify};
 
-use super::{Inner, Scheduler};
+use super::{Inner, Life, Scheduler, SchedulerState, AWAKE};
 use crate::clock::{Clock, SystemClock};
-use crate::executor::{Executor, TokioExecutor};
+use crate::event::EventBus;
+use crate::executor::{Executor, Instances, RunContext, TokioExecutor};
 use crate::job::{IntoJobResult, JobDefaults};
 use crate::store::{JobStore, MemoryStore};
 use crate::task::{TaskFn, TaskRegistry};
@@ -173,19 +176,36 @@ impl SchedulerBuilder {
                 .push(("default".into(), Arc::new(MemoryStore::new())));
         }
         let timezone = self.timezone.unwrap_or_else(local_timezone);
-        Scheduler::from_inner(Inner::new(
-            self.id.unwrap_or_else(default_scheduler_id),
-            self.clock,
+        let events = EventBus::new(self.event_capacity);
+        let tasks = Arc::new(self.tasks);
+        let run_context = Arc::new(RunContext {
+            clock: self.clock.clone(),
+            events: events.clone(),
+            tasks: tasks.clone(),
+        });
+        let inner = Inner {
+            id: self.id.unwrap_or_else(default_scheduler_id),
+            clock: self.clock,
             timezone,
-            self.defaults,
-            self.event_capacity,
-            Arc::new(self.tasks),
-            self.lease,
-            self.batch_size,
-            self.manual,
-            self.stores,
-            self.executors,
-        ))
+            defaults: self.defaults,
+            events,
+            run_context,
+            tasks,
+            lease: self.lease,
+            batch_size: self.batch_size,
+            manual: self.manual,
+            wakeup: Arc::new(Notify::new()),
+            planned_wakeup: AtomicI64::new(AWAKE),
+            instances: Arc::new(Instances::default()),
+            state: watch::Sender::new(SchedulerState::Stopped),
+            stores: RwLock::new(self.stores),
+            executors: RwLock::new(self.executors),
+            life: Mutex::new(Life::default()),
+            home: Mutex::new(None),
+        };
+        Scheduler {
+            inner: Arc::new(inner),
+        }
     }
 }
 

@@ -57,7 +57,7 @@ async fn item3_shutdown_wait_from_inside_an_async_job_returns_after_the_other_ru
         let (h, seen, send) = (h.clone(), seen.clone(), send.clone());
         async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let result = h.shutdown(true).await;
+            let result = h.shutdown().await;
             // shutdown(true) waited for the other run, not for this one.
             send((result.is_ok(), seen.load(Ordering::SeqCst)));
         }
@@ -85,7 +85,7 @@ async fn item3_shutdown_wait_from_inside_a_blocking_job_returns() {
     s.add_blocking_job(move || {
         send(
             tokio::runtime::Handle::current()
-                .block_on(h.shutdown(true))
+                .block_on(h.shutdown())
                 .is_ok(),
         )
     })
@@ -108,7 +108,7 @@ async fn item3_shutdown_wait_from_inside_a_local_job_returns() {
     let (send, rx) = report();
     s.add_local_job(move || {
         let (h, send) = (h.clone(), send.clone());
-        async move { send(h.shutdown(true).await.is_ok()) }
+        async move { send(h.shutdown().await.is_ok()) }
     })
     .await
     .unwrap();
@@ -140,7 +140,7 @@ async fn item3_remove_executor_from_inside_its_own_job_returns() {
     assert!(
         matches!(rx_events.recv().await, Ok(Event::ExecutorRemoved { alias }) if alias == "mine")
     );
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
 }
 
 #[test]
@@ -148,10 +148,9 @@ fn item3_blocking_scheduler_run_returns_when_a_job_shuts_it_down_with_wait() {
     let scheduler = BlockingScheduler::new(Scheduler::builder()).unwrap();
     let handle = scheduler.scheduler().clone();
     scheduler
-        .scheduler()
         .add_job(move || {
             let handle = handle.clone();
-            async move { handle.shutdown(true).await.map(|_| ()) }
+            async move { handle.shutdown().await.map(|_| ()) }
         })
         .add()
         .unwrap();
@@ -184,7 +183,7 @@ async fn item4_pause_before_start_is_kept() {
         .trigger(every(10))
         .await
         .unwrap();
-    s.pause_job("p", None).await.unwrap();
+    s.job("p").pause().await.unwrap();
     s.start().await.unwrap();
     tokio::time::sleep(Duration::from_secs(60)).await;
     let events = drain(&mut rx);
@@ -193,15 +192,15 @@ async fn item4_pause_before_start_is_kept() {
         "a job paused before start must not run: {events:?}"
     );
     assert!(events.iter().any(|e| e.kind() == EventKind::JOB_MODIFIED));
-    let job = s.get_job("p", None).await.unwrap().unwrap();
+    let job = s.job("p").get().await.unwrap().unwrap();
     assert!(job.is_paused());
     // Resuming it after start runs it.
-    s.resume_job("p", None).await.unwrap();
+    s.job("p").resume().await.unwrap();
     tokio::time::sleep(Duration::from_secs(11)).await;
     assert!(drain(&mut rx)
         .iter()
         .any(|e| e.kind() == EventKind::JOB_EXECUTED));
-    s.shutdown(false).await.unwrap();
+    s.shutdown_now().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -217,23 +216,20 @@ async fn item4_every_management_call_before_start_works_and_emits_its_event() {
             .unwrap();
     }
     let modified = s
-        .modify_job(
-            "a",
-            JobChanges::new().name("renamed").max_instances(2),
-            None,
-        )
+        .job("a")
+        .modify(JobChanges::new().name("renamed").max_instances(2))
         .await
         .unwrap();
     assert_eq!(
         (modified.name.as_str(), modified.max_instances),
         ("renamed", 2)
     );
-    s.pause_job("b", None).await.unwrap();
-    s.resume_job("b", None).await.unwrap();
-    s.reschedule_job("c", every(30), None).await.unwrap();
-    s.remove_job("d", None).await.unwrap();
+    s.job("b").pause().await.unwrap();
+    s.job("b").resume().await.unwrap();
+    s.job("c").reschedule(every(30)).await.unwrap();
+    s.job("d").remove().await.unwrap();
     assert!(matches!(
-        s.remove_job("d", None).await,
+        s.job("d").remove().await,
         Err(Error::JobLookup(_))
     ));
     let codes: Vec<(String, &str)> = drain(&mut rx)
@@ -251,19 +247,19 @@ async fn item4_every_management_call_before_start_works_and_emits_its_event() {
         ]
     );
     let ids: Vec<String> = s
-        .get_jobs(None)
+        .get_jobs()
         .await
         .unwrap()
         .into_iter()
         .map(|j| j.id)
         .collect();
     assert_eq!(ids, ["a", "b", "c"]);
-    assert_eq!(s.get_job("a", None).await.unwrap().unwrap().name, "renamed");
-    assert!(s.get_job("d", None).await.unwrap().is_none());
+    assert_eq!(s.job("a").get().await.unwrap().unwrap().name, "renamed");
+    assert!(s.job("d").get().await.unwrap().is_none());
     s.start().await.unwrap();
     let job = |id: &'static str| {
         let s = s.clone();
-        async move { s.get_job(id, None).await.unwrap().unwrap() }
+        async move { s.job(id).get().await.unwrap().unwrap() }
     };
     assert_eq!(job("a").await.max_instances, 2);
     // b: paused then resumed before start, so it runs; c: rescheduled to every 30 s.
@@ -275,7 +271,7 @@ async fn item4_every_management_call_before_start_works_and_emits_its_event() {
         job("c").await.next_run_time,
         Some(start_time() + TimeDelta::seconds(30))
     );
-    s.shutdown(false).await.unwrap();
+    s.shutdown_now().await.unwrap();
 }
 
 #[tokio::test]
@@ -317,13 +313,15 @@ async fn item9_add_and_modify_validate_options_and_the_executor() {
         .await
         .unwrap();
     let err = s
-        .modify_job("closure", JobChanges::new().max_instances(0), None)
+        .job("closure")
+        .modify(JobChanges::new().max_instances(0))
         .await
         .unwrap_err();
     assert!(matches!(err, Error::InvalidJob { .. }), "{err}");
     // A closure cannot move to the process executor: the same check as add_job.
     let err = s
-        .modify_job("closure", JobChanges::new().executor("procs"), None)
+        .job("closure")
+        .modify(JobChanges::new().executor("procs"))
         .await
         .unwrap_err();
     match err {
@@ -336,10 +334,10 @@ async fn item9_add_and_modify_validate_options_and_the_executor() {
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        s.get_job("closure", None).await.unwrap().unwrap().executor,
+        s.job("closure").get().await.unwrap().unwrap().executor,
         "default"
     );
-    s.shutdown(false).await.unwrap();
+    s.shutdown_now().await.unwrap();
 }
 
 /// End to end on a real store: a row whose options the scheduler refuses is reported with
@@ -423,7 +421,7 @@ async fn item9_a_stored_row_with_zero_max_instances_is_reported_and_kept() {
     );
     // Kept, untouched: the store still holds it (and says why it cannot be loaded).
     let ids: Vec<String> = s
-        .get_jobs(None)
+        .get_jobs()
         .await
         .unwrap()
         .into_iter()
@@ -431,9 +429,9 @@ async fn item9_a_stored_row_with_zero_max_instances_is_reported_and_kept() {
         .collect();
     assert_eq!(ids, ["fine"]);
     assert!(matches!(
-        s.get_job("zero", None).await,
+        s.job("zero").get().await,
         Err(Error::CorruptJob { .. })
     ));
-    s.shutdown(false).await.unwrap();
+    s.shutdown_now().await.unwrap();
     let _ = std::fs::remove_file(&path);
 }

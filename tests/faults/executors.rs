@@ -43,5 +43,5 @@ async fn item19_a_child_flooding_stderr_keeps_only_a_bounded_tail() {
         }
         other => panic!("{other:?}"),
     }
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
 }

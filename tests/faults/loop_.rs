@@ -110,7 +110,7 @@ async fn item1_a_dead_store_delays_no_other_stores_job() {
     twelve_runs_on_time(&s, &clock).await;
     // The dead store was retried all along (with backoff), not given up.
     assert!(dead.calls.load(Ordering::SeqCst) >= 3);
-    s.shutdown(false).await.unwrap();
+    s.shutdown_now().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -138,7 +138,7 @@ async fn item2_a_panicking_store_pass_is_reported_and_the_loop_goes_on() {
         errors.len()
     );
     assert_eq!(s.state(), apsched::SchedulerState::Running);
-    s.shutdown(false).await.unwrap();
+    s.shutdown_now().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -152,7 +152,7 @@ async fn item2_poll_interval_of_duration_max_does_not_kill_the_loop() {
     };
     s.add_store("polled", polled).await.unwrap();
     twelve_runs_on_time(&s, &clock).await;
-    s.shutdown(false).await.unwrap();
+    s.shutdown_now().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -161,7 +161,7 @@ async fn item2_lease_of_duration_max_does_not_kill_the_loop() {
     let s = builder(&clock).lease(Duration::MAX).build();
     s.start().await.unwrap();
     twelve_runs_on_time(&s, &clock).await;
-    s.shutdown(false).await.unwrap();
+    s.shutdown_now().await.unwrap();
 }
 
 /// The SQL store with `lease(Duration::MAX)`: whatever the store does with it, a failure
@@ -203,7 +203,7 @@ async fn item2_lease_of_duration_max_with_a_sql_store_keeps_other_jobs_running()
         }
     }
     assert_eq!(s.state(), apsched::SchedulerState::Running);
-    s.shutdown(false).await.unwrap();
+    s.shutdown_now().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -239,13 +239,11 @@ async fn item2_year_9999_dates_and_huge_intervals_do_not_stop_other_jobs() {
         .await
         .unwrap();
     twelve_runs_on_time(&s, &clock).await;
-    let far = s.get_job("far", None).await.unwrap().unwrap();
+    let far = s.job("far").get().await.unwrap().unwrap();
     assert_eq!(far.next_run_time, Some(end_of_9999));
     // `huge` ran once and, with no fire time left that chrono can hold, was removed.
-    assert!(
-        matches!(removed.try_recv(), Some(Ok(Event::JobRemoved { job_id, .. })) if job_id == "huge")
-    );
-    s.shutdown(false).await.unwrap();
+    assert!(matches!(removed.try_recv(), Ok(Event::JobRemoved { job_id, .. }) if job_id == "huge"));
+    s.shutdown_now().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -274,7 +272,7 @@ async fn item5_a_wall_clock_jump_is_noticed_within_one_slice() {
         } => assert_eq!(scheduled_run_time, due),
         other => panic!("{other:?}"),
     }
-    s.shutdown(false).await.unwrap();
+    s.shutdown_now().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -380,7 +378,7 @@ async fn item6_skipped_backlog_is_reported_as_missed() {
         }
         other => panic!("{other:?}"),
     }
-    let job = s.get_job("backlog", None).await.unwrap().unwrap();
+    let job = s.job("backlog").get().await.unwrap().unwrap();
     assert_eq!(
         job.next_run_time,
         Some(start_time() + TimeDelta::seconds(1))
@@ -429,7 +427,7 @@ async fn item7_every_submitted_run_gets_exactly_one_outcome_even_when_dropped() 
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(25)).await;
-    s.shutdown(false).await.unwrap();
+    s.shutdown_now().await.unwrap();
     let events = drain(&mut rx);
     let submitted: usize = events
         .iter()
@@ -477,7 +475,7 @@ async fn item7_a_shut_down_local_executor_still_reports_an_outcome() {
         .expect("an outcome for the submitted run")
         .unwrap();
     assert_eq!(outcome.kind(), EventKind::JOB_ERROR, "{outcome:?}");
-    s.shutdown(false).await.unwrap();
+    s.shutdown_now().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -549,11 +547,7 @@ async fn item8_a_one_shot_job_whose_executor_is_missing_is_kept() {
         }] => assert!(message.contains("kept"), "{message}"),
         other => panic!("{other:?}"),
     }
-    let kept = s
-        .get_job("once", None)
-        .await
-        .unwrap()
-        .expect("the job is kept");
+    let kept = s.job("once").get().await.unwrap().expect("the job is kept");
     assert!(
         kept.is_paused(),
         "kept paused, so it does not come due again at once"
@@ -651,7 +645,7 @@ async fn item2_a_panic_in_the_loop_itself_is_reported_and_the_loop_restarts() {
     clock.panic_next.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(3600)).await;
     match errors.try_recv() {
-        Some(Ok(Event::SchedulerError { message })) => {
+        Ok(Event::SchedulerError { message }) => {
             assert!(message.contains("the clock broke"), "{message}")
         }
         other => panic!("expected a SCHEDULER_ERROR, got {other:?}"),
@@ -661,5 +655,5 @@ async fn item2_a_panic_in_the_loop_itself_is_reported_and_the_loop_restarts() {
         [start_time() + TimeDelta::hours(1)],
         "the restarted loop runs the job on time"
     );
-    s.shutdown(false).await.unwrap();
+    s.shutdown_now().await.unwrap();
 }

@@ -63,7 +63,7 @@ async fn interval_job_runs_exactly_on_time_for_a_day() {
         }
         assert_eq!(starts[k], expected, "run {k} started late");
     }
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -98,7 +98,7 @@ async fn slow_listener_delays_no_job() {
     }
     // The listener is far behind, but it is running.
     assert!(seen.load(Ordering::SeqCst) > 0);
-    s.shutdown(false).await.unwrap();
+    s.shutdown_now().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -141,7 +141,7 @@ async fn panicking_job_is_an_error_event_and_the_loop_lives_on() {
     }
     assert!(events.iter().any(|e| matches!(e,
         Event::JobExecuted { job_id, retval, .. } if job_id == "good" && *retval == 7)));
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -171,7 +171,7 @@ async fn max_instances_drops_runs_but_keeps_the_schedule() {
             K::JOB_MAX_INSTANCES,
         ]
     );
-    s.shutdown(false).await.unwrap();
+    s.shutdown_now().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -203,12 +203,12 @@ async fn removed_executor_keeps_job_and_reports_each_time() {
             other => panic!("{other:?}"),
         }
     }
-    let job = s.get_job("orphan", None).await.unwrap().expect("job kept");
+    let job = s.job("orphan").get().await.unwrap().expect("job kept");
     assert_eq!(
         job.next_run_time,
         Some(start_time() + TimeDelta::minutes(4))
     );
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -232,8 +232,8 @@ async fn adding_a_job_wakes_an_idle_loop() {
         other => panic!("{other:?}"),
     }
     // A one-shot job is gone after its run.
-    assert!(s.get_jobs(None).await.unwrap().is_empty());
-    s.shutdown(true).await.unwrap();
+    assert!(s.get_jobs().await.unwrap().is_empty());
+    s.shutdown().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -255,7 +255,7 @@ async fn shutdown_with_wait_lets_running_jobs_finish() {
     .unwrap();
     rx.recv().await.unwrap();
     tokio::task::yield_now().await;
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
     assert_eq!(done.load(Ordering::SeqCst), 1);
     assert_eq!(s.state(), SchedulerState::Stopped);
 }
@@ -266,7 +266,7 @@ async fn states_and_lifecycle_errors() {
     let s = scheduler(&clock);
     let mut rx = s.subscribe(EventKind::ALL);
     assert_eq!(s.state(), SchedulerState::Stopped);
-    assert!(matches!(s.shutdown(true).await, Err(Error::State { .. })));
+    assert!(matches!(s.shutdown().await, Err(Error::State { .. })));
     assert!(matches!(s.pause(), Err(Error::State { .. })));
     s.start_paused().await.unwrap();
     assert_eq!(s.state(), SchedulerState::Paused);
@@ -274,9 +274,9 @@ async fn states_and_lifecycle_errors() {
     s.resume().unwrap();
     s.pause().unwrap();
     s.resume().unwrap();
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
     let mut kinds = Vec::new();
-    while let Some(Ok(ev)) = rx.try_recv() {
+    while let Ok(ev) = rx.try_recv() {
         kinds.push(ev.kind());
     }
     use EventKind as K;
@@ -294,7 +294,7 @@ async fn states_and_lifecycle_errors() {
     );
     // A stopped scheduler can start again.
     s.start().await.unwrap();
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -307,28 +307,28 @@ async fn pending_jobs_show_in_listings_until_start() {
         .name("nightly report")
         .await
         .unwrap();
-    let job = s.get_job("p", None).await.unwrap().unwrap();
+    let job = s.job("p").get().await.unwrap().unwrap();
     assert!(job.pending);
     assert_eq!(job.name, "nightly report");
-    let table = s.jobs_table(None).await.unwrap();
+    let table = s.jobs_table().await.unwrap();
     assert!(
         table.contains("nightly report") && table.contains("pending"),
         "{table}"
     );
     s.start().await.unwrap();
-    let job = s.get_job("p", None).await.unwrap().unwrap();
+    let job = s.job("p").get().await.unwrap().unwrap();
     assert!(!job.pending);
     assert_eq!(
         job.next_run_time,
         Some(start_time() + TimeDelta::seconds(90))
     );
-    let table = s.jobs_table(None).await.unwrap();
+    let table = s.jobs_table().await.unwrap();
     assert!(
         table.contains("Jobstore default:")
             && table.contains("next run at: 2024-01-15 10:01:30 UTC"),
         "{table}"
     );
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -365,7 +365,7 @@ async fn task_jobs_run_registered_tasks_with_their_arguments() {
         matches!(err, Error::UnknownTask(ref n) if n == "nope"),
         "{err}"
     );
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -390,7 +390,7 @@ async fn a_lagging_subscriber_is_told_how_many_events_it_lost() {
     ));
     // It then resumes with the newest events.
     assert!(rx.recv().await.is_ok());
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -413,18 +413,18 @@ async fn stores_and_executors_can_be_added_and_removed() {
         .store("archive")
         .await
         .unwrap();
-    assert_eq!(s.get_jobs(Some("archive")).await.unwrap().len(), 1);
-    assert!(s.get_jobs(Some("default")).await.unwrap().is_empty());
+    assert_eq!(s.store("archive").get_jobs().await.unwrap().len(), 1);
+    assert!(s.store("default").get_jobs().await.unwrap().is_empty());
     assert!(matches!(
         s.add_job(|| async {}).store("nope").await,
         Err(Error::UnknownStore(_))
     ));
-    s.remove_all_jobs(Some("archive")).await.unwrap();
+    s.store("archive").remove_all_jobs().await.unwrap();
     s.remove_store("archive").await.unwrap();
     s.add_executor("more", TokioExecutor::new()).unwrap();
     s.remove_executor("more").await.unwrap();
     let mut kinds = Vec::new();
-    while let Some(Ok(ev)) = rx.try_recv() {
+    while let Ok(ev) = rx.try_recv() {
         kinds.push(ev.kind());
     }
     use EventKind as K;
@@ -439,7 +439,7 @@ async fn stores_and_executors_can_be_added_and_removed() {
             K::EXECUTOR_REMOVED
         ]
     );
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -453,14 +453,13 @@ async fn modify_changes_options_and_validates_them() {
         .await
         .unwrap();
     let job = s
-        .modify_job(
-            "j",
+        .job("j")
+        .modify(
             apsched::JobChanges::new()
                 .name("renamed")
                 .coalesce(false)
                 .max_instances(4)
                 .misfire_grace_time(None),
-            None,
         )
         .await
         .unwrap();
@@ -474,27 +473,29 @@ async fn modify_changes_options_and_validates_them() {
         ("renamed", false, 4, None)
     );
     assert!(matches!(
-        s.modify_job("j", apsched::JobChanges::new().max_instances(0), None)
+        s.job("j")
+            .modify(apsched::JobChanges::new().max_instances(0))
             .await,
         Err(Error::InvalidJob { .. })
     ));
     assert!(matches!(
-        s.modify_job("j", apsched::JobChanges::new().executor("nope"), None)
+        s.job("j")
+            .modify(apsched::JobChanges::new().executor("nope"))
             .await,
         Err(Error::UnknownExecutor(_))
     ));
     assert!(matches!(
-        s.modify_job("zzz", apsched::JobChanges::new(), None).await,
+        s.job("zzz").modify(apsched::JobChanges::new()).await,
         Err(Error::JobLookup(_))
     ));
-    let paused = s.pause_job("j", None).await.unwrap();
+    let paused = s.job("j").pause().await.unwrap();
     assert!(paused.is_paused());
-    let resumed = s.resume_job("j", None).await.unwrap().unwrap();
+    let resumed = s.job("j").resume().await.unwrap().unwrap();
     assert_eq!(
         resumed.next_run_time,
         Some(clock.now() + TimeDelta::seconds(60))
     );
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
 }
 
 /// Scheduled times of the next `n` JOB_EXECUTED events.
@@ -539,8 +540,8 @@ async fn a_month_of_hourly_cron_runs_in_virtual_time() {
     }
     // The trigger is exhausted after 2024-01-31 23:00: the job is removed.
     tokio::time::sleep(Duration::from_secs(3600)).await;
-    assert!(s.get_jobs(None).await.unwrap().is_empty());
-    s.shutdown(true).await.unwrap();
+    assert!(s.get_jobs().await.unwrap().is_empty());
+    s.shutdown().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -569,7 +570,7 @@ async fn dst_spring_forward_shifts_the_missing_time_forward() {
             utc("2024-03-11T06:30:00Z"), // 02:30 EDT
         ]
     );
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -627,7 +628,7 @@ async fn dst_fall_back_fires_once_unless_the_hour_is_a_wildcard() {
         ]
     );
     // The daily job's next run is the next day's 01:30 EST.
-    let job = s.get_job("daily-0130", None).await.unwrap().unwrap();
+    let job = s.job("daily-0130").get().await.unwrap().unwrap();
     assert_eq!(job.next_run_time, Some(utc("2024-11-04T06:30:00Z")));
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
 }

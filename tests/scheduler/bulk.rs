@@ -40,7 +40,7 @@ async fn add_jobs_stores_every_job_and_emits_job_added_for_each() {
     });
     let views = s.add_jobs(jobs).await.unwrap();
     assert_eq!(views.len(), 100);
-    let stored = s.get_jobs(Some("default")).await.unwrap();
+    let stored = s.store("default").get_jobs().await.unwrap();
     assert_eq!(stored.len(), 100);
     for job in &stored {
         assert_eq!(job.next_run_time, Some(start_time() + TimeDelta::hours(1)));
@@ -65,7 +65,7 @@ async fn add_jobs_stores_every_job_and_emits_job_added_for_each() {
     for _ in 0..100 {
         executed.recv().await.unwrap();
     }
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
 }
 
 /// A duplicate id in the batch or a mix of stores fails before anything is written.
@@ -105,7 +105,7 @@ async fn add_jobs_checks_the_whole_batch_first() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::UnknownTask(_)), "{err}");
-    assert!(s.get_jobs(None).await.unwrap().is_empty());
+    assert!(s.get_jobs().await.unwrap().is_empty());
 
     // With replace_existing the stored job is replaced.
     s.add_task_job("echo", 1)
@@ -121,10 +121,10 @@ async fn add_jobs_checks_the_whole_batch_first() {
         .replace_existing(true)])
         .await
         .unwrap();
-    let a = s.get_job("a", None).await.unwrap().unwrap();
+    let a = s.job("a").get().await.unwrap().unwrap();
     assert_eq!(a.next_run_time, Some(start_time() + TimeDelta::minutes(5)));
     assert!(s.add_jobs([]).await.unwrap().is_empty());
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
 }
 
 /// Before start the jobs are kept aside (pending) and enter their store on start.
@@ -153,12 +153,12 @@ async fn add_jobs_before_start_are_pending() {
         .await
         .unwrap();
     assert!(views.iter().all(|j| j.pending));
-    assert_eq!(s.get_jobs(None).await.unwrap().len(), 4);
+    assert_eq!(s.get_jobs().await.unwrap().len(), 4);
     s.start().await.unwrap();
-    let jobs = s.get_jobs(None).await.unwrap();
+    let jobs = s.get_jobs().await.unwrap();
     assert_eq!(jobs.len(), 4);
     assert!(jobs.iter().all(|j| !j.pending));
-    let p2 = s.get_job("p2", None).await.unwrap().unwrap();
+    let p2 = s.job("p2").get().await.unwrap().unwrap();
     assert_eq!(p2.next_run_time, Some(start_time() + TimeDelta::hours(1)));
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
 }

@@ -43,7 +43,7 @@ async fn blocking_pool_runs_at_most_max_workers_at_once() {
         next_outcome(&mut rx).await;
     }
     assert_eq!(peak.load(Ordering::SeqCst), 2);
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +66,7 @@ async fn blocking_job_panic_is_a_job_error() {
         ),
         other => panic!("{other:?}"),
     }
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
 }
 
 fn sh(script: &str) -> CommandSpec {
@@ -143,7 +143,7 @@ async fn process_executor_reports_exit_status_stderr_and_stdout() {
         } => assert!(message.contains("could not start"), "{message}"),
         other => panic!("{other:?}"),
     }
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -165,7 +165,7 @@ async fn process_executor_kills_a_child_past_its_timeout() {
     // The child was killed: it never gets to touch the marker.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(!marker.exists(), "the timed-out child kept running");
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -192,7 +192,7 @@ async fn process_executor_runs_at_most_n_children_at_once() {
         let ev = next_outcome(&mut rx).await;
         assert_eq!(ev.kind(), EventKind::JOB_EXECUTED, "{ev:?}");
     }
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -241,5 +241,5 @@ async fn local_executor_runs_non_send_futures() {
         plain.add_local_job(|| async {}).executor("default").await,
         Err(Error::InvalidJob { .. })
     ));
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
 }

@@ -6,5 +6,6 @@ mod behaviour;
 mod bulk;
 mod executors;
 mod flavours;
+mod handles;
 mod runtimes;
 mod scenarios;

@@ -72,9 +72,9 @@ async fn handle_methods_work_from_other_runtimes() {
     s.start().await.unwrap();
     let home = Handle::current().id();
     // Every handle future can be awaited in a handler that must be Send (axum, tokio::spawn).
-    assert_send(&s.get_jobs(None));
-    assert_send(&s.pause_job("x", None));
-    assert_send(&s.shutdown(true));
+    assert_send(&s.get_jobs());
+    assert_send(&s.job("x").pause());
+    assert_send(&s.shutdown());
     assert_send(&s.add_job(|| async {}).into_future());
 
     // Worker 1 adds a listener and a job, then its runtime is gone.
@@ -109,7 +109,7 @@ async fn handle_methods_work_from_other_runtimes() {
     // Worker 2 subscribes and pauses; the receiver it made works here.
     let mut modified = on_worker(&s, |s| async move {
         let rx = s.subscribe(EventKind::JOB_MODIFIED | EventKind::JOB_REMOVED);
-        assert!(s.pause_job("tick", None).await.unwrap().is_paused());
+        assert!(s.job("tick").pause().await.unwrap().is_paused());
         rx
     })
     .await;
@@ -121,10 +121,11 @@ async fn handle_methods_work_from_other_runtimes() {
     // Worker 3 reads, resumes and modifies; the job fires again after the resume.
     let runs_before = ran_on.lock().unwrap().len();
     on_worker(&s, |s| async move {
-        assert!(s.get_job("tick", None).await.unwrap().unwrap().is_paused());
-        assert!(s.resume_job("tick", None).await.unwrap().is_some());
+        assert!(s.job("tick").get().await.unwrap().unwrap().is_paused());
+        assert!(s.job("tick").resume().await.unwrap().is_some());
         let job = s
-            .modify_job("tick", JobChanges::new().name("ticker"), None)
+            .job("tick")
+            .modify(JobChanges::new().name("ticker"))
             .await
             .unwrap();
         assert_eq!(job.name, "ticker");
@@ -139,17 +140,13 @@ async fn handle_methods_work_from_other_runtimes() {
     .expect("the resumed job did not fire");
 
     // Worker 4 removes it.
-    on_worker(
-        &s,
-        |s| async move { s.remove_job("tick", None).await.unwrap() },
-    )
-    .await;
+    on_worker(&s, |s| async move { s.job("tick").remove().await.unwrap() }).await;
     loop {
         if let Event::JobRemoved { .. } = next_for(&mut modified, "tick").await {
             break;
         }
     }
-    assert!(s.get_jobs(None).await.unwrap().is_empty());
+    assert!(s.get_jobs().await.unwrap().is_empty());
 
     // Worker 5 shuts down while a job it did not add is running: shutdown(true) waits for it.
     let (started_tx, mut started) = mpsc::unbounded_channel();
@@ -168,7 +165,7 @@ async fn handle_methods_work_from_other_runtimes() {
     .unwrap();
     tokio::time::timeout(HANG, started.recv()).await.unwrap();
     let finished_first = on_worker(&s, move |s| async move {
-        s.shutdown(true).await.unwrap();
+        s.shutdown().await.unwrap();
         let finished = *done.lock().unwrap();
         finished
     })
@@ -272,9 +269,9 @@ async fn store_calls_from_other_runtimes_run_in_the_schedulers_runtime() {
             .trigger(every(20))
             .await
             .unwrap();
-        s.pause_job("in-spy", None).await.unwrap();
-        s.resume_job("in-spy", None).await.unwrap();
-        assert_eq!(s.get_jobs(Some("spy")).await.unwrap().len(), 1);
+        s.job("in-spy").pause().await.unwrap();
+        s.job("in-spy").resume().await.unwrap();
+        assert_eq!(s.store("spy").get_jobs().await.unwrap().len(), 1);
     })
     .await;
     // What the store's start spawned outlives the worker that added the store.
@@ -286,7 +283,7 @@ async fn store_calls_from_other_runtimes_run_in_the_schedulers_runtime() {
     next_for(&mut executed, "in-spy").await;
     on_worker(&s, |s| async move {
         s.remove_store("spy").await.unwrap();
-        s.shutdown(true).await.unwrap();
+        s.shutdown().await.unwrap();
     })
     .await;
     let calls = calls.lock().unwrap();
@@ -325,7 +322,7 @@ async fn runs_submitted_from_another_runtime_live_on_the_schedulers_runtime() {
     release.notify_one();
     next_for(&mut executed, "waits").await;
     assert_eq!(ran_on.recv().await, Some(home));
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
 }
 
 #[test]
@@ -362,7 +359,7 @@ fn listeners_can_be_added_from_a_thread_without_a_runtime() {
         .unwrap();
     assert_eq!(heard.recv_timeout(HANG), Ok(Some("once".to_string())));
     assert!(s.remove_listener(id));
-    rt.block_on(s.shutdown(true)).unwrap();
+    rt.block_on(s.shutdown()).unwrap();
 }
 
 #[test]
@@ -384,7 +381,7 @@ fn a_blocked_scheduler_runtime_holds_runs_until_it_runs_again() {
             .unwrap();
         worker.block_on(async {
             s2.add_job(|| async {}).id("later").await.unwrap();
-            assert_eq!(s2.get_jobs(None).await.unwrap().len(), 1);
+            assert_eq!(s2.get_jobs().await.unwrap().len(), 1);
         });
     })
     .join()
@@ -392,7 +389,7 @@ fn a_blocked_scheduler_runtime_holds_runs_until_it_runs_again() {
     // Driven again, it runs the job.
     rt.block_on(async {
         next_for(&mut executed, "later").await;
-        s.shutdown(true).await.unwrap();
+        s.shutdown().await.unwrap();
     });
 }
 
@@ -406,7 +403,7 @@ fn start_outside_a_runtime_is_an_error_except_for_a_manual_scheduler() {
     assert_eq!(s.state(), SchedulerState::Stopped);
     let manual = Scheduler::builder().manual().build();
     futures::executor::block_on(manual.start()).unwrap();
-    futures::executor::block_on(manual.shutdown(true)).unwrap();
+    futures::executor::block_on(manual.shutdown()).unwrap();
 }
 
 /// The actix-web example's own app (`examples/actix.rs`), driven through its routes.
@@ -530,7 +527,7 @@ mod actix {
         assert_eq!(resp.status(), StatusCode::NO_CONTENT);
         let resp = test::call_service(&app, call("POST", "/jobs/hello/pause", None)).await;
         assert_eq!(resp.status(), StatusCode::NOT_FOUND);
-        s.shutdown(true).await.unwrap();
+        s.shutdown().await.unwrap();
     }
 
     /// One HTTP/1.1 request on a fresh connection; the status and the body.
@@ -607,7 +604,7 @@ mod actix {
         }
         handle.stop(true).await;
         serving.await.unwrap().unwrap();
-        s.shutdown(true).await.unwrap();
+        s.shutdown().await.unwrap();
         assert_eq!(greetings.counts().get("slow"), Some(&1));
     }
 }

@@ -509,5 +509,5 @@ async fn worker(url: String) {
             }
         }
     }
-    s.shutdown(false).await.unwrap();
+    s.shutdown_now().await.unwrap();
 }

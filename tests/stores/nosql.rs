@@ -75,7 +75,7 @@ where
     ));
 
     let mut reported = Vec::new();
-    while let Some(Ok(ev)) = rx.try_recv() {
+    while let Ok(ev) = rx.try_recv() {
         if let Event::StoreError {
             job_id: Some(id),
             message,
@@ -149,21 +149,22 @@ where
         .await
         .unwrap();
     wait_count(&count, 1, 10, "first scheduler").await;
-    s1.shutdown(true).await.unwrap();
+    s1.shutdown().await.unwrap();
     drop(s1);
 
     let count2 = Arc::new(AtomicUsize::new(0));
     let s2 = scheduler_with(make().await, "second", count2.clone());
     s2.start().await.unwrap();
     let job = s2
-        .get_job("persisted", None)
+        .job("persisted")
+        .get()
         .await
         .unwrap()
         .expect("job survived the restart");
     assert_eq!(job.callable, "task tick");
     wait_count(&count2, 2, 10, "second scheduler").await;
-    s2.remove_all_jobs(None).await.unwrap();
-    s2.shutdown(true).await.unwrap();
+    s2.remove_all_jobs().await.unwrap();
+    s2.shutdown().await.unwrap();
 }
 
 /// Builds the command that starts a private server in its directory on its port.
@@ -261,17 +262,17 @@ pub async fn server_restart<S: JobStore>(store: S, server: &PrivateServer) {
     let after = count.load(Ordering::SeqCst);
     wait_count(&count, after + 3, 60, "after the server came back").await;
     assert!(
-        s.get_job("steady", None).await.unwrap().is_some(),
+        s.job("steady").get().await.unwrap().is_some(),
         "job still stored"
     );
-    s.remove_all_jobs(None).await.unwrap();
-    s.shutdown(true).await.unwrap();
+    s.remove_all_jobs().await.unwrap();
+    s.shutdown().await.unwrap();
 }
 
 /// The `STORE_ERROR` events waiting in `rx`, as (job id, message), sorted.
 pub fn store_errors(rx: &mut apsched::event::EventReceiver) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    while let Some(Ok(ev)) = rx.try_recv() {
+    while let Ok(ev) = rx.try_recv() {
         if let Event::StoreError {
             job_id, message, ..
         } = ev
@@ -436,5 +437,5 @@ pub async fn won_claims_run<S: JobStore>(store: S) {
     tokio::time::timeout(Duration::from_secs(10), victim_reported)
         .await
         .expect("the victim's failed claims are reported");
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
 }

@@ -371,22 +371,18 @@ async fn restart_persistence(db: Db) {
         .await
         .unwrap();
     recv_n(&mut rx, 2).await;
-    s1.shutdown(true).await.unwrap();
+    s1.shutdown().await.unwrap();
     drop(s1);
     while rx.try_recv().is_ok() {}
 
     let (tx2, mut rx2) = tokio::sync::mpsc::unbounded_channel();
     let s2 = scheduler(tdb.store(), "second", tx2);
     s2.start().await.unwrap();
-    let job = s2
-        .get_job("tick", None)
-        .await
-        .unwrap()
-        .expect("job survived");
+    let job = s2.job("tick").get().await.unwrap().expect("job survived");
     assert_eq!(job.callable, "task record");
     // The job's arguments came back from the database too.
     assert_eq!(recv_n(&mut rx2, 2).await, ["first", "first"]);
-    s2.shutdown(true).await.unwrap();
+    s2.shutdown().await.unwrap();
     tdb.cleanup(&[]).await;
 }
 
@@ -441,7 +437,7 @@ async fn corrupt_rows(db: Db) {
     recv_n(&mut rx, 5).await;
 
     let mut reported: HashMap<String, usize> = HashMap::new();
-    while let Some(Ok(ev)) = errors.try_recv() {
+    while let Ok(ev) = errors.try_recv() {
         if let Event::StoreError {
             job_id: Some(id),
             message,
@@ -458,7 +454,7 @@ async fn corrupt_rows(db: Db) {
 
     // Kept: listing skips them, looking them up says why they cannot be loaded.
     let ids: Vec<String> = s
-        .get_jobs(None)
+        .get_jobs()
         .await
         .unwrap()
         .into_iter()
@@ -475,7 +471,7 @@ async fn corrupt_rows(db: Db) {
     // Not due forever: the next run time is the good job's, in the future.
     let next = store.next_run_time().await.unwrap().expect("good job");
     assert!(next > past + TimeDelta::seconds(4), "{next}");
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
     tdb.cleanup(&[]).await;
 }
 
@@ -520,16 +516,16 @@ async fn two_schedulers(db: Db) {
             .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(2600)).await;
-    a.shutdown(true).await.unwrap();
-    b.shutdown(true).await.unwrap();
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
     let mut slots: Vec<(String, DateTime<Utc>)> = Vec::new();
     let mut per = [0usize; 2];
     for (k, rx) in [&mut ev_a, &mut ev_b].into_iter().enumerate() {
-        while let Some(Ok(Event::JobSubmitted {
+        while let Ok(Event::JobSubmitted {
             job_id,
             scheduled_run_times,
             ..
-        })) = rx.try_recv()
+        }) = rx.try_recv()
         {
             per[k] += scheduled_run_times.len();
             slots.extend(scheduled_run_times.into_iter().map(|t| (job_id.clone(), t)));
@@ -713,7 +709,7 @@ async fn outage(db: Db) {
         .unwrap();
     assert!(matches!(err, Event::StoreError { .. }), "{err:?}");
     // Management calls fail with a store error too, rather than hanging or panicking.
-    let e = s.get_jobs(None).await.unwrap_err();
+    let e = s.get_jobs().await.unwrap_err();
     assert!(matches!(e, Error::Store { .. }), "{e}");
     proxy.set_up(true);
 
@@ -722,8 +718,8 @@ async fn outage(db: Db) {
     tokio::time::timeout(Duration::from_secs(40), rx.recv())
         .await
         .expect("the job runs again after the outage");
-    assert!(s.get_job("tick", None).await.unwrap().is_some());
-    s.shutdown(true).await.unwrap();
+    assert!(s.job("tick").get().await.unwrap().is_some());
+    s.shutdown().await.unwrap();
     drop(proxy);
     tdb.cleanup(&[]).await;
 }
@@ -782,7 +778,7 @@ async fn started_with_events(tdb: &TestDb) -> (SqlStore, apsched::event::EventRe
 /// How many STORE_ERROR events each job id got.
 fn reports(events: &mut apsched::event::EventReceiver) -> HashMap<String, usize> {
     let mut reported = HashMap::new();
-    while let Some(Ok(ev)) = events.try_recv() {
+    while let Ok(ev) = events.try_recv() {
         if let Event::StoreError {
             job_id: Some(id), ..
         } = ev

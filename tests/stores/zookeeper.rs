@@ -243,7 +243,7 @@ async fn zookeeper_watch_wakes_idle_scheduler() {
         .await
         .unwrap();
     nosql::wait_count(&count, 1, 5, "idle scheduler woken by the watch").await;
-    s.shutdown(true).await.unwrap();
+    s.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
     cleanup(&r).await;
 }

@@ -1,0 +1,231 @@
+//! Start, pause, resume, and the three ways to shut down.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{core, Scheduler, SchedulerState};
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::executor;
+use crate::sync::RwLockExt;
+use crate::trigger::Trigger;
+
+/// How long a shutdown waits for the runs in flight.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// Until they finish.
+    Finish,
+    /// Not at all.
+    No,
+    /// Until they finish or this much time has passed.
+    AtMost(Duration),
+}
+
+impl Scheduler {
+    /// Starts the scheduler: starts stores, adds the jobs added so far, then runs the loop
+    /// on the current Tokio runtime, which becomes the scheduler's runtime (see
+    /// [Runtimes](Self#runtimes)).
+    ///
+    /// # Errors
+    /// [`Error::State`] if it is already running, or if it is called outside a Tokio runtime
+    /// (only a [`manual`](crate::SchedulerBuilder::manual) scheduler, which has no loop, may be); a
+    /// store error if a store cannot start.
+    pub async fn start(&self) -> Result<()> {
+        self.start_with(SchedulerState::Running).await
+    }
+
+    /// Starts the scheduler with job processing paused (resume with [`resume`](Self::resume)).
+    pub async fn start_paused(&self) -> Result<()> {
+        self.start_with(SchedulerState::Paused).await
+    }
+
+    async fn start_with(&self, state: SchedulerState) -> Result<()> {
+        let inner = &self.inner;
+        if inner.check_started() {
+            return Err(Error::State {
+                needed: "stopped",
+                actual: inner.state().name(),
+            });
+        }
+        let home = tokio::runtime::Handle::try_current().ok();
+        if home.is_none() && !inner.manual {
+            return Err(Error::State {
+                needed: "started inside a Tokio runtime (it runs the loop)",
+                actual: "called outside any runtime",
+            });
+        }
+        let executors = inner.executors.read_unpoisoned().clone();
+        for (alias, _) in &executors {
+            inner.events.emit(Event::ExecutorAdded {
+                alias: alias.clone(),
+            });
+        }
+        for (alias, store) in inner.stores() {
+            store.start(inner.store_context(&alias)).await?;
+            inner.events.emit(Event::JobStoreAdded { alias });
+        }
+        inner.set_home(home.clone());
+        inner.state.send_replace(state);
+        let pending = std::mem::take(&mut inner.life().pending);
+        let now = inner.clock.now();
+        for p in pending {
+            let mut job = p.job;
+            job.next_run_time = match p.next_run_time {
+                Some(explicit) => explicit,
+                None => job.trigger.next_fire_time(None, now),
+            };
+            let id = job.id.clone();
+            match self.store_new_job(job, &p.store, p.replace_existing).await {
+                Ok(()) => {}
+                Err(e) => tracing::error!(job_id = %id, error = %e, "could not add pending job"),
+            }
+        }
+        inner.events.emit(Event::SchedulerStarted);
+        if let (Some(home), false) = (&home, inner.manual) {
+            let token = CancellationToken::new();
+            let handle = home.spawn(core::run_loop(self.inner.clone(), token.clone()));
+            inner.life().loop_task = Some((handle, token));
+        }
+        inner.wakeup();
+        Ok(())
+    }
+
+    /// Shuts down after the runs in flight finish: stops the loop (no new run starts), waits
+    /// for every run in flight, then stops the executors and the stores. Jobs stay in their
+    /// stores. APScheduler's `shutdown()` (`wait=True`).
+    ///
+    /// Called from inside one of this scheduler's jobs, it waits for every other run in
+    /// flight but not for the calling one (which cannot end while it waits); the caller's
+    /// run finishes after `shutdown` returns.
+    ///
+    /// # Errors
+    /// [`Error::State`] if the scheduler is not running.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.inner.at_home(self.shutdown_with(Wait::Finish)).await
+    }
+
+    /// Shuts down without waiting for the runs in flight: they go on to their end (and
+    /// report their outcome events) on their own, but no new run starts. APScheduler's
+    /// `shutdown(wait=False)`.
+    ///
+    /// # Errors
+    /// [`Error::State`] if the scheduler is not running.
+    pub async fn shutdown_now(&self) -> Result<()> {
+        self.inner.at_home(self.shutdown_with(Wait::No)).await
+    }
+
+    /// Shuts down, waiting at most `timeout` for the runs in flight (like
+    /// [`shutdown`](Self::shutdown)), then stops as [`shutdown_now`](Self::shutdown_now)
+    /// does, leaving the runs still going to finish on their own. The wait is measured on
+    /// Tokio's clock (paused time in tests).
+    ///
+    /// # Errors
+    /// [`Error::State`] if the scheduler is not running.
+    pub async fn shutdown_timeout(&self, timeout: Duration) -> Result<()> {
+        self.inner
+            .at_home(self.shutdown_with(Wait::AtMost(timeout)))
+            .await
+    }
+
+    async fn shutdown_with(&self, wait: Wait) -> Result<()> {
+        let inner = &self.inner;
+        if !inner.check_started() {
+            return Err(Error::State {
+                needed: "running",
+                actual: "stopped",
+            });
+        }
+        let task = inner.life().loop_task.take();
+        if let Some((handle, token)) = task {
+            token.cancel();
+            if let Err(e) = handle.await {
+                // The loop is supervised, so this is a bug; never swallow it silently.
+                tracing::error!(error = %e, "the scheduler loop ended abnormally");
+                inner.events.emit(Event::SchedulerError {
+                    message: format!("the scheduler loop ended abnormally: {e}"),
+                });
+            }
+        }
+        let executors = inner.executors.read_unpoisoned().clone();
+        // Called from a run, waiting for every run would wait for the caller itself.
+        let inside_job = executor::inside_run_of(&inner.instances);
+        let drain = async {
+            if inside_job {
+                for (_, ex) in &executors {
+                    ex.shutdown(false).await;
+                }
+                // Every run but the caller's own.
+                inner.instances.wait_until_at_most(1).await;
+            } else {
+                for (_, ex) in &executors {
+                    ex.shutdown(true).await;
+                }
+            }
+        };
+        match wait {
+            Wait::Finish => drain.await,
+            Wait::No => {}
+            Wait::AtMost(timeout) => {
+                if tokio::time::timeout(timeout, drain).await.is_err() {
+                    tracing::warn!(
+                        ?timeout,
+                        "shutdown: runs still in flight after the timeout go on on their own"
+                    );
+                }
+            }
+        }
+        // Closes every executor (again, after a wait: closing twice is a no-op), so that no
+        // run starts once shutdown returns.
+        for (_, ex) in &executors {
+            ex.shutdown(false).await;
+        }
+        for (alias, store) in inner.stores() {
+            if let Err(e) = store.shutdown().await {
+                tracing::warn!(store = %alias, error = %e, "store shutdown failed");
+            }
+        }
+        inner.set_home(None);
+        inner.state.send_replace(SchedulerState::Stopped);
+        inner.events.emit(Event::SchedulerShutdown);
+        Ok(())
+    }
+
+    /// Waits until the scheduler is shut down (from any handle).
+    pub async fn wait_for_shutdown(&self) {
+        let mut rx = self.inner.state.subscribe();
+        let _ = rx.wait_for(|s| *s == SchedulerState::Stopped).await;
+    }
+
+    /// Pauses job processing: no job is submitted until [`resume`](Self::resume). Due times
+    /// that pass meanwhile are handled by the misfire and coalesce rules on resume.
+    pub fn pause(&self) -> Result<()> {
+        match self.state() {
+            SchedulerState::Running => {
+                self.inner.state.send_replace(SchedulerState::Paused);
+                self.inner.events.emit(Event::SchedulerPaused);
+                Ok(())
+            }
+            other => Err(Error::State {
+                needed: "running",
+                actual: other.name(),
+            }),
+        }
+    }
+
+    /// Resumes job processing after [`pause`](Self::pause).
+    pub fn resume(&self) -> Result<()> {
+        match self.state() {
+            SchedulerState::Paused => {
+                self.inner.state.send_replace(SchedulerState::Running);
+                self.inner.events.emit(Event::SchedulerResumed);
+                self.inner.wakeup();
+                Ok(())
+            }
+            other => Err(Error::State {
+                needed: "paused",
+                actual: other.name(),
+            }),
+        }
+    }
+}
