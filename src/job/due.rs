@@ -34,6 +34,14 @@ pub(crate) const MAX_BACKLOG: usize = 10_000;
 
 /// A backlog longer than this many due times is not walked time by time when the trigger
 /// can skip ahead (interval, cron): only the times that can still matter are computed.
+///
+/// So claiming a due job ([`DueJob::claim`](crate::store::DueJob::claim)) is bounded work,
+/// whatever the backlog (an every-second job resumed after a month is 2.6 M due times):
+/// after this many times, a coalescing job needs only its latest due time, and a job that
+/// does not coalesce only the times within its grace time (the older ones are missed, and
+/// summarised in [`DueJob::skipped_from`](crate::store::DueJob::skipped_from)). A trigger
+/// that cannot skip ahead is walked at most 10 000 times per claim; the job then stays due
+/// until it is caught up (a coalescing job still runs once).
 pub const WALK_BEFORE_SKIP: usize = 1_000;
 
 /// The due-run rule (APScheduler 3's `_get_run_times` + next-time computation).
