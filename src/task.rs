@@ -61,7 +61,7 @@ impl TaskFn {
     }
 
     /// Wraps a blocking task taking deserialisable arguments.
-    pub fn from_blocking<A, F, R>(f: F) -> Self
+    pub(crate) fn from_blocking<A, F, R>(f: F) -> Self
     where
         A: DeserializeOwned + 'static,
         F: Fn(A) -> R + Send + Sync + 'static,

@@ -5,8 +5,12 @@
 //!
 //! - [`TokioExecutor`]: async jobs as Tokio tasks (the default executor).
 //! - [`BlockingExecutor`]: blocking closures on a bounded thread pool.
-//! - [`ProcessExecutor`]: external commands in child processes, at most N at once.
-//! - [`LocalExecutor`]: `!Send` futures on a `LocalSet` of its own thread.
+//! - [`ProcessExecutor`]: external commands ([`CommandSpec`]) in child processes, at most N
+//!   at once; with [`tasks_in_worker_mode`](ProcessExecutor::tasks_in_worker_mode), also
+//!   registered tasks, each in a child re-executing this binary (see
+//!   [`worker_main`](crate::worker_main)).
+//! - [`LocalExecutor`]: `!Send` futures on a `LocalSet` of its own thread; it does not start
+//!   again after its shutdown (see its "Starting again").
 //!
 //! Whatever the executor, [`JobRun`] applies the same rules: a run that starts later than
 //! `misfire_grace_time` after its scheduled time is [`Event::JobMissed`]; a panic becomes
