@@ -24,7 +24,8 @@
 //! - [`executor`]: where runs happen (Tokio tasks, thread pool, child processes, `LocalSet`).
 //! - [`event`]: what happened, as a broadcast channel with masks.
 //! - [`clock`]: real and virtual time.
-//! - [`task`]: named tasks for persistent jobs; [`worker`]: running them in child processes.
+//! - [`task`]: named tasks for persistent jobs; [`worker_main`]: running them in child
+//!   processes.
 //! - [`error`]: what can go wrong, and what to do about it.
 
 // docs.rs builds with `--cfg docsrs` (Cargo.toml) on nightly, where `doc_cfg` marks each
@@ -46,13 +47,13 @@ pub mod store;
 mod sync;
 pub mod task;
 pub mod trigger;
-pub mod worker;
 
 #[doc(hidden)]
 pub mod conformance;
 
 pub use crate::error::{Error, Result, TriggerError};
 pub use crate::event::{Event, EventKind, EventReceiver};
+pub use crate::executor::process::worker::worker_main;
 pub use crate::job::{IntoJobResult, Job, JobDefaults, JobError};
 pub use crate::scheduler::{
     AddJob, BackgroundScheduler, BlockingAddJob, BlockingJobHandle, BlockingScheduler,
@@ -60,4 +61,3 @@ pub use crate::scheduler::{
     SchedulerBuilder, SchedulerState, StoreHandle,
 };
 pub use crate::trigger::{Trigger, TriggerSpec};
-pub use crate::worker::worker_main;

@@ -1,8 +1,12 @@
 //! Named tasks: job bodies registered by name, so that persistent jobs can refer to them.
 //!
 //! A closure cannot be written to a database, so a persistent job names a task registered
-//! on the scheduler ([`SchedulerBuilder::task`](crate::SchedulerBuilder::task)) and carries
-//! its arguments as JSON. Every scheduler process sharing a store registers the same tasks.
+//! on the scheduler ([`SchedulerBuilder::task`](crate::SchedulerBuilder::task) or
+//! [`blocking_task`](crate::SchedulerBuilder::blocking_task)) and carries its arguments as
+//! JSON. Every scheduler process sharing a store registers the same tasks.
+//!
+//! The registry is the scheduler's own: a store sees it only in
+//! [`StoreContext`](crate::store::StoreContext), to ask whether a stored job's task exists.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -12,9 +16,13 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 
-use crate::job::{IntoJobResult, JobError, JobResult};
+use crate::job::outcome::{IntoJobResult, JobError, JobResult};
 
 /// A registered task body: takes JSON arguments.
+///
+/// Public only so that a [`StoreContext`](crate::store::StoreContext) can be built by hand in
+/// tests; register tasks with [`SchedulerBuilder::task`](crate::SchedulerBuilder::task).
+#[doc(hidden)]
 #[derive(Clone)]
 pub enum TaskFn {
     /// Runs as a Tokio task.
@@ -53,7 +61,7 @@ impl TaskFn {
     }
 
     /// Wraps a blocking task taking deserialisable arguments.
-    pub fn from_blocking<A, F, R>(f: F) -> Self
+    pub(crate) fn from_blocking<A, F, R>(f: F) -> Self
     where
         A: DeserializeOwned + 'static,
         F: Fn(A) -> R + Send + Sync + 'static,
@@ -73,34 +81,36 @@ fn bad_args(e: serde_json::Error) -> JobError {
 }
 
 /// The tasks registered on a scheduler, by name.
+///
+/// Register tasks with [`SchedulerBuilder::task`](crate::SchedulerBuilder::task) and
+/// [`blocking_task`](crate::SchedulerBuilder::blocking_task); a store reaches this through
+/// [`StoreContext`](crate::store::StoreContext) to ask whether a task exists.
 #[derive(Debug, Clone, Default)]
 pub struct TaskRegistry {
     tasks: HashMap<String, TaskFn>,
 }
 
 impl TaskRegistry {
-    /// An empty registry.
+    /// An empty registry. Public only for building a `StoreContext` by hand in tests.
+    #[doc(hidden)]
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Registers (or replaces) `name`.
+    /// Registers (or replaces) `name`. Public only for building a `StoreContext` by hand in
+    /// tests.
+    #[doc(hidden)]
     pub fn insert(&mut self, name: impl Into<String>, f: TaskFn) {
         self.tasks.insert(name.into(), f);
     }
 
     /// The task registered as `name`.
-    pub fn get(&self, name: &str) -> Option<&TaskFn> {
+    pub(crate) fn get(&self, name: &str) -> Option<&TaskFn> {
         self.tasks.get(name)
     }
 
     /// Whether `name` is registered.
-    pub fn contains(&self, name: &str) -> bool {
+    pub(crate) fn contains(&self, name: &str) -> bool {
         self.tasks.contains_key(name)
-    }
-
-    /// The registered names.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.tasks.keys().map(String::as_str)
     }
 }

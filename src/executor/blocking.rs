@@ -6,7 +6,8 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-use super::{Executor, JobRun};
+use super::run::JobRun;
+use super::Executor;
 
 /// Runs each submission on a blocking thread, at most `max_workers` at once.
 ///

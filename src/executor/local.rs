@@ -1,14 +1,15 @@
 //! `!Send` jobs on a `LocalSet`, on a thread of their own.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 
-use futures::FutureExt;
 use tokio::sync::mpsc;
 
-use super::{invoke, panic_message, Executor, JobRun};
-use crate::job::{Callable, JobResult};
+use super::invoke::{caught, invoke};
+use super::run::JobRun;
+use super::Executor;
+use crate::job::outcome::JobResult;
+use crate::job::Callable;
 use crate::sync::MutexExt;
 
 /// Runs jobs whose futures are `!Send` (they hold an `Rc`, a `RefCell` across an await, a
@@ -115,13 +116,7 @@ async fn run_local_times(run: &JobRun) {
     for &t in &run.run_times {
         if run.start(t) {
             let result: JobResult = match &run.callable {
-                Callable::Local(f) => match std::panic::catch_unwind(AssertUnwindSafe(|| f())) {
-                    Ok(fut) => AssertUnwindSafe(fut)
-                        .catch_unwind()
-                        .await
-                        .unwrap_or_else(|p| Err(panic_message(p))),
-                    Err(p) => Err(panic_message(p)),
-                },
+                Callable::Local(f) => caught(|| f()).await,
                 other => invoke(other, &run.ctx.tasks).await,
             };
             run.finish(t, result);

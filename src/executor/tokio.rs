@@ -2,7 +2,8 @@
 
 use tokio_util::task::TaskTracker;
 
-use super::{Executor, JobRun};
+use super::run::JobRun;
+use super::Executor;
 
 /// Runs each submission as a Tokio task (blocking closures go to `spawn_blocking`).
 ///

@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use super::{Backoff, Inner, SchedulerState, AWAKE};
 use crate::clock::saturating_add;
 use crate::event::Event;
-use crate::executor::{panic_text, Executor, JobRun};
-use crate::job::JobError;
+use crate::executor::{Executor, JobRun};
+use crate::job::outcome::{panic_text, JobError};
 use crate::store::{DueJob, JobStore};
 
 /// First retry delay after a store failure; doubles up to [`MAX_BACKOFF`].

@@ -69,13 +69,14 @@ pub struct DueJob {
     /// The trigger gave up; the store kept the job paused.
     pub trigger_error: Option<TriggerError>,
     /// The oldest due time of a long backlog that was skipped unlisted (see
-    /// [`crate::job::advance`]); the loop reports it as missed.
+    /// [`WALK_BEFORE_SKIP`](crate::job::WALK_BEFORE_SKIP)); the loop reports it as missed.
     pub skipped_from: Option<DateTime<Utc>>,
 }
 
 impl DueJob {
-    /// Applies [`crate::job::advance`] to `job` and describes the outcome: the helper every
-    /// store uses inside its claim step, so all stores agree on the due-run rule.
+    /// Applies the due-run rule to `job` and describes the outcome: the helper every store
+    /// uses inside its claim step, so all stores agree on the rule (for long backlogs, see
+    /// [`WALK_BEFORE_SKIP`](crate::job::WALK_BEFORE_SKIP)).
     pub fn claim(mut job: JobRecord, now: DateTime<Utc>) -> DueJob {
         let adv = crate::job::advance(&mut job, now);
         let removed = adv.next_run_time.is_none() && adv.trigger_error.is_none();

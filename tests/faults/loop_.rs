@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use apsched::clock::{Clock, TestClock};
 use apsched::executor::TokioExecutor;
-use apsched::job::{advance, Callable, JobRecord};
+use apsched::job::{Callable, JobRecord};
 use apsched::store::{DueJob, JobStore, MemoryStore};
 use apsched::trigger::{Date, Interval};
 use apsched::{Error, Event, EventKind, JobError, Scheduler};
@@ -304,16 +304,16 @@ fn record(trigger: Interval, first: DateTime<Utc>, coalesce: bool) -> JobRecord 
 #[test]
 fn item6_a_month_of_every_second_backlog_coalesces_in_bounded_work() {
     let now = start_time() + TimeDelta::milliseconds(500);
-    let mut job = record(every(1), start_time() - TimeDelta::days(30), true);
-    let adv = advance(&mut job, now);
-    assert_eq!(adv.run_times.last(), Some(&start_time()));
-    assert!(adv.run_times.len() <= apsched::job::WALK_BEFORE_SKIP + 2);
+    let job = record(every(1), start_time() - TimeDelta::days(30), true);
+    let due = DueJob::claim(job, now);
+    assert_eq!(due.run_times.last(), Some(&start_time()));
+    assert!(due.run_times.len() <= apsched::job::WALK_BEFORE_SKIP + 2);
     assert_eq!(
-        adv.next_run_time,
+        due.job.next_run_time,
         Some(start_time() + TimeDelta::seconds(1))
     );
     assert_eq!(
-        adv.skipped_from, None,
+        due.skipped_from, None,
         "a coalescing job misses nothing it would run"
     );
 }
@@ -324,20 +324,23 @@ fn item6_a_month_of_every_second_backlog_coalesces_in_bounded_work() {
 fn item6_a_thousand_years_of_every_millisecond_backlog_is_bounded() {
     let now = start_time();
     let ms = Interval::new(Duration::from_millis(1)).unwrap();
-    let mut job = record(ms, now - TimeDelta::days(365_000), false);
+    let job = record(ms, now - TimeDelta::days(365_000), false);
     let first = job.next_run_time.unwrap();
-    let adv = advance(&mut job, now);
+    let due = DueJob::claim(job, now);
     let walked = apsched::job::WALK_BEFORE_SKIP;
     // The first times are walked as APScheduler would; then only the last second (the grace
     // time) of 1 ms runs: 1001 times from now - 1 s to now.
-    assert_eq!(adv.run_times.len(), walked + 1001);
-    assert_eq!(adv.run_times[walked], now - TimeDelta::seconds(1));
-    assert_eq!(adv.run_times.last(), Some(&now));
+    assert_eq!(due.run_times.len(), walked + 1001);
+    assert_eq!(due.run_times[walked], now - TimeDelta::seconds(1));
+    assert_eq!(due.run_times.last(), Some(&now));
     assert_eq!(
-        adv.skipped_from,
+        due.skipped_from,
         Some(first + TimeDelta::milliseconds(walked as i64))
     );
-    assert_eq!(adv.next_run_time, Some(now + TimeDelta::milliseconds(1)));
+    assert_eq!(
+        due.job.next_run_time,
+        Some(now + TimeDelta::milliseconds(1))
+    );
 }
 
 /// Through the scheduler: the skipped times are one JOB_MISSED, the runs within grace are

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::job::{JobError, JobResult};
+use crate::job::outcome::{JobError, JobResult};
 
 /// How much of a child's stdout (as the return value) and stderr (in errors) is kept.
 pub(crate) const TAIL_BYTES: usize = 4096;
@@ -247,7 +247,7 @@ mod tests {
     use std::time::Duration;
 
     use super::{run_child, TAIL_BYTES};
-    use crate::job::JobError;
+    use crate::job::outcome::JobError;
 
     /// Issue 9, item 19: a child that never reads its (large) input is still killed at its
     /// timeout; before, the input was written before the timeout started and the write

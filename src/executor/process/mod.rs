@@ -1,5 +1,8 @@
-//! Child processes: each run an external command, or a registered task of this same binary
-//! in worker mode, at most N at once.
+//! Child processes: each run an external command ([`command`]), or a registered task of this
+//! same binary in worker mode ([`worker`]), at most N at once.
+
+pub(crate) mod command;
+pub(crate) mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,14 +10,15 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-use super::command::{exit_error, run_child};
-use super::{Executor, JobRun};
-use crate::job::{Callable, JobError, JobResult};
-use crate::worker::{parse_result, WORKER_TASK_ENV};
+use self::worker::run_worker;
+use super::run::JobRun;
+use super::Executor;
+use crate::job::outcome::JobError;
+use crate::job::Callable;
 
 /// Runs jobs in child processes, at most `max_processes` at once.
 ///
-/// - [`CommandSpec`](super::CommandSpec) jobs run their command.
+/// - [`CommandSpec`](command::CommandSpec) jobs run their command.
 /// - With [`tasks_in_worker_mode`](Self::tasks_in_worker_mode), task jobs
 ///   ([`Scheduler::add_task_job`](crate::Scheduler::add_task_job)) run by re-executing this
 ///   binary in worker mode (see [`worker_main`](crate::worker_main)).
@@ -54,38 +58,6 @@ impl ProcessExecutor {
     }
 }
 
-/// How much of a worker's stdout is kept: its result is the last line, so this bounds the
-/// size of a worker task's result.
-const WORKER_STDOUT_BYTES: usize = 1 << 20;
-
-/// Runs a task in a worker child of this binary.
-async fn run_worker(name: &str, args: &serde_json::Value, mode: &WorkerMode) -> JobResult {
-    let exe = std::env::current_exe()
-        .map_err(|e| JobError::not_runnable(format!("finding this binary: {e}")))?;
-    let mut cmd = tokio::process::Command::new(&exe);
-    cmd.env(WORKER_TASK_ENV, name);
-    let input = serde_json::to_vec(args).map_err(JobError::failed)?;
-    let program = exe.display().to_string();
-    let output = run_child(
-        cmd,
-        &program,
-        Some(input),
-        mode.timeout,
-        WORKER_STDOUT_BYTES,
-    )
-    .await?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    match parse_result(&stdout) {
-        // The task ran: its own result, success or error.
-        Some(result) if output.status.success() || result.is_err() => result,
-        // No result line: it crashed (panic, abort, signal) or never ran worker_main.
-        _ if !output.status.success() => Err(exit_error(&output)),
-        _ => Err(JobError::not_runnable(
-            "the worker printed no result: does main start with apsched::worker_main?",
-        )),
-    }
-}
-
 #[async_trait::async_trait]
 impl Executor for ProcessExecutor {
     fn kind(&self) -> &'static str {
@@ -120,7 +92,7 @@ impl Executor for ProcessExecutor {
                 let result = match (&run.callable, &worker) {
                     (Callable::Command(cmd), _) => cmd.run().await,
                     (Callable::Task { name, args }, Some(mode)) => {
-                        run_worker(name, args, mode).await
+                        run_worker(name, args, mode.timeout).await
                     }
                     _ => Err(JobError::not_runnable(
                         "the process executor cannot run this job",

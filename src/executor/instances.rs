@@ -1,0 +1,99 @@
+//! How many runs of each job are in flight, for `max_instances` (shared by all executors).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::sync::MutexExt;
+
+/// Counts the runs of each job in flight, for `max_instances` (shared by all executors).
+#[derive(Debug, Default)]
+pub(crate) struct Instances {
+    running: Mutex<HashMap<Arc<str>, u32>>,
+    /// Runs in flight, all jobs together.
+    total: AtomicUsize,
+    /// Notified whenever a run ends.
+    ended: ::tokio::sync::Notify,
+}
+
+impl Instances {
+    /// Takes a slot for `job_id` unless `max` are already taken. A refused job leaves no
+    /// entry behind.
+    pub fn try_acquire(self: &Arc<Self>, job_id: &Arc<str>, max: u32) -> Option<InstanceSlot> {
+        let mut running = self.running.lock_unpoisoned();
+        let n = running.get(job_id).copied().unwrap_or(0);
+        if n >= max {
+            return None;
+        }
+        running.insert(job_id.clone(), n + 1);
+        self.total.fetch_add(1, Ordering::SeqCst);
+        Some(InstanceSlot {
+            instances: self.clone(),
+            job_id: job_id.clone(),
+        })
+    }
+
+    /// How many jobs have a run in flight (one entry per job).
+    #[cfg(test)]
+    pub fn jobs_in_flight(&self) -> usize {
+        self.running.lock_unpoisoned().len()
+    }
+
+    /// Waits until at most `n` runs are in flight.
+    pub async fn wait_until_at_most(&self, n: usize) {
+        loop {
+            let ended = self.ended.notified();
+            ::tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.total.load(Ordering::SeqCst) <= n {
+                return;
+            }
+            ended.await;
+        }
+    }
+}
+
+/// One of a job's `max_instances` slots; released when dropped.
+#[derive(Debug)]
+pub(crate) struct InstanceSlot {
+    instances: Arc<Instances>,
+    job_id: Arc<str>,
+}
+
+impl InstanceSlot {
+    /// The counts this slot belongs to: one per scheduler.
+    pub fn instances(&self) -> &Arc<Instances> {
+        &self.instances
+    }
+}
+
+impl Drop for InstanceSlot {
+    fn drop(&mut self) {
+        let mut running = self.instances.running.lock_unpoisoned();
+        if let Some(n) = running.get_mut(&self.job_id) {
+            *n -= 1;
+            if *n == 0 {
+                running.remove(&self.job_id);
+            }
+        }
+        drop(running);
+        self.instances.total.fetch_sub(1, Ordering::SeqCst);
+        self.instances.ended.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod instance_tests {
+    use std::sync::Arc;
+
+    /// A job refused for `max_instances` (0, from a bad record) leaves no entry behind.
+    #[test]
+    fn a_refused_slot_leaves_no_entry() {
+        let instances = Arc::new(super::Instances::default());
+        for i in 0..100 {
+            let id: Arc<str> = Arc::from(format!("job{i}"));
+            assert!(instances.try_acquire(&id, 0).is_none());
+        }
+        assert_eq!(instances.jobs_in_flight(), 0);
+    }
+}

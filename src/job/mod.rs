@@ -1,0 +1,21 @@
+//! Jobs: what to run, when, and with which options.
+//!
+//! [`Job`] is the read-only view the scheduler hands out (`get_job`, `get_jobs`), with the
+//! options every job has ([`JobDefaults`]); [`JobRecord`] is what a store keeps, and
+//! [`Callable`] what a run invokes; a run's outcome is a [`JobResult`]. The due-run rule
+//! every store applies when it claims a due job is
+//! [`DueJob::claim`](crate::store::DueJob::claim).
+
+mod callable;
+mod due;
+pub(crate) mod opt_secs;
+pub(crate) mod outcome;
+mod record;
+mod view;
+
+pub use self::callable::{AsyncFn, BlockingFn, Callable, LocalFn, StoredCallable};
+pub(crate) use self::due::advance;
+pub use self::due::WALK_BEFORE_SKIP;
+pub use self::outcome::{IntoJobResult, JobError, JobResult};
+pub use self::record::{JobRecord, Lease, StoredJob};
+pub use self::view::{Job, JobDefaults};

@@ -1,0 +1,161 @@
+//! A job as a store keeps it: [`JobRecord`] in memory, [`StoredJob`] as the JSON document
+//! persistent stores write, and the [`Lease`] a scheduler holds while it processes a job.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::job::callable::{Callable, StoredCallable};
+use crate::job::opt_secs;
+use crate::trigger::TriggerSpec;
+
+/// A lease on a job held by one scheduler while it processes the job's due runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The identity of the scheduler holding it.
+    pub owner: String,
+    /// When it expires; after that any scheduler may claim the job.
+    pub until: DateTime<Utc>,
+}
+
+/// A job as a store keeps it.
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    /// Unique id within its store.
+    pub id: String,
+    /// Human-readable name (defaults to the id when shown).
+    pub name: Option<String>,
+    /// What a run invokes.
+    pub callable: Callable,
+    /// When it fires.
+    pub trigger: TriggerSpec,
+    /// The executor alias that runs it.
+    pub executor: String,
+    /// How late a run may start; `None` = any lateness.
+    pub misfire_grace_time: Option<Duration>,
+    /// Whether a backlog of due times runs once.
+    pub coalesce: bool,
+    /// Maximum concurrent runs.
+    pub max_instances: u32,
+    /// The next time it is due; `None` = paused.
+    pub next_run_time: Option<DateTime<Utc>>,
+    /// Incremented by every write; writes check it (compare-and-swap).
+    pub version: u64,
+    /// The lease of the scheduler processing it, if any (shared stores).
+    pub lease: Option<Lease>,
+}
+
+/// The JSON document persistent stores keep for a job (schema version 1).
+///
+/// `next_run_time`, `version` and the lease live in their own columns/fields as well, so
+/// stores can index and compare them; the document carries them too, for readability.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredJob {
+    /// Job id.
+    pub id: String,
+    /// Name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Task or command.
+    pub callable: StoredCallable,
+    /// Trigger in its tagged serde form.
+    pub trigger: TriggerSpec,
+    /// Executor alias.
+    pub executor: String,
+    /// Grace time in seconds (`null` = any lateness). Zero is refused when loading, as in
+    /// `add_job`: the record is then a corrupt record.
+    #[serde(
+        serialize_with = "opt_secs::serialize",
+        deserialize_with = "valid::grace"
+    )]
+    pub misfire_grace_time: Option<Duration>,
+    /// Coalesce flag.
+    pub coalesce: bool,
+    /// Max concurrent runs (at least 1; zero is refused when loading).
+    #[serde(deserialize_with = "valid::max_instances")]
+    pub max_instances: u32,
+    /// Next run time (`null` = paused).
+    pub next_run_time: Option<DateTime<Utc>>,
+}
+
+/// Loading a stored job checks the options `add_job` checks, so that a record written by
+/// hand or by another program cannot smuggle in values the scheduler refuses.
+mod valid {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn grace<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let grace = super::opt_secs::deserialize(d)?;
+        if grace.is_some_and(|g| g.is_zero()) {
+            return Err(serde::de::Error::custom(
+                "misfire_grace_time must be null (any lateness) or longer than zero",
+            ));
+        }
+        Ok(grace)
+    }
+
+    pub fn max_instances<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        match u32::deserialize(d)? {
+            0 => Err(serde::de::Error::custom("max_instances must be at least 1")),
+            n => Ok(n),
+        }
+    }
+}
+
+impl JobRecord {
+    /// Whether the job is paused (has no next run time).
+    pub fn is_paused(&self) -> bool {
+        self.next_run_time.is_none()
+    }
+
+    /// The stored JSON form, or why this job cannot be persisted.
+    pub fn to_stored(&self) -> Result<StoredJob, crate::error::Error> {
+        let callable = StoredCallable::try_from(&self.callable).map_err(|reason| {
+            crate::error::Error::InvalidJob {
+                id: self.id.clone(),
+                reason,
+            }
+        })?;
+        Ok(StoredJob {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            callable,
+            trigger: self.trigger.clone(),
+            executor: self.executor.clone(),
+            misfire_grace_time: self.misfire_grace_time,
+            coalesce: self.coalesce,
+            max_instances: self.max_instances,
+            next_run_time: self.next_run_time,
+        })
+    }
+
+    /// Serialises the stored form to a JSON string.
+    pub fn to_json(&self) -> Result<String, crate::error::Error> {
+        Ok(serde_json::to_string(&self.to_stored()?)?)
+    }
+
+    /// Rebuilds a record from its stored JSON, with the version and lease the store kept.
+    pub fn from_json(json: &str, version: u64, lease: Option<Lease>) -> Result<Self, String> {
+        let s: StoredJob = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        Ok(JobRecord::from_stored(s, version, lease))
+    }
+
+    /// Rebuilds a record from its stored form.
+    pub fn from_stored(s: StoredJob, version: u64, lease: Option<Lease>) -> Self {
+        JobRecord {
+            id: s.id,
+            name: s.name,
+            callable: s.callable.into(),
+            trigger: s.trigger,
+            executor: s.executor,
+            misfire_grace_time: s.misfire_grace_time,
+            coalesce: s.coalesce,
+            max_instances: s.max_instances,
+            next_run_time: s.next_run_time,
+            version,
+            lease,
+        }
+    }
+}

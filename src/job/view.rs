@@ -1,0 +1,97 @@
+//! What users see of jobs: the read-only [`Job`] view and the options every job has,
+//! [`JobDefaults`].
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::job::opt_secs;
+use crate::job::record::JobRecord;
+use crate::trigger::TriggerSpec;
+
+/// Options every job has, with scheduler-wide defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobDefaults {
+    /// How late a run may start and still run; `None` = any lateness. Default 1 s.
+    #[serde(with = "opt_secs")]
+    pub misfire_grace_time: Option<Duration>,
+    /// Run a backlog of due times once instead of once per time. Default `true`.
+    pub coalesce: bool,
+    /// How many runs of one job may be in flight at once. Default 1.
+    pub max_instances: u32,
+}
+
+impl Default for JobDefaults {
+    fn default() -> Self {
+        JobDefaults {
+            misfire_grace_time: Some(Duration::from_secs(1)),
+            coalesce: true,
+            max_instances: 1,
+        }
+    }
+}
+
+/// A read-only view of a job, as `get_job` and `get_jobs` return it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    /// Job id.
+    pub id: String,
+    /// Name (the id when none was given).
+    pub name: String,
+    /// What it runs, described.
+    pub callable: String,
+    /// When it fires.
+    pub trigger: TriggerSpec,
+    /// Executor alias.
+    pub executor: String,
+    /// Store alias.
+    pub store: String,
+    /// Grace time (`None` = any lateness).
+    #[serde(with = "opt_secs")]
+    pub misfire_grace_time: Option<Duration>,
+    /// Coalesce flag.
+    pub coalesce: bool,
+    /// Max concurrent runs.
+    pub max_instances: u32,
+    /// Next run time (`None` = paused, or not yet computed while pending).
+    pub next_run_time: Option<DateTime<Utc>>,
+    /// Added before the scheduler started: not in a store yet, next run time computed at
+    /// start.
+    pub pending: bool,
+}
+
+impl Job {
+    pub(crate) fn from_record(r: &JobRecord, store: &str, pending: bool) -> Self {
+        Job {
+            id: r.id.clone(),
+            name: r.name.clone().unwrap_or_else(|| r.id.clone()),
+            callable: r.callable.describe(),
+            trigger: r.trigger.clone(),
+            executor: r.executor.clone(),
+            store: store.to_string(),
+            misfire_grace_time: r.misfire_grace_time,
+            coalesce: r.coalesce,
+            max_instances: r.max_instances,
+            next_run_time: if pending { None } else { r.next_run_time },
+            pending,
+        }
+    }
+
+    /// Whether the job is paused.
+    pub fn is_paused(&self) -> bool {
+        !self.pending && self.next_run_time.is_none()
+    }
+}
+
+impl fmt::Display for Job {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let when = match (self.pending, self.next_run_time) {
+            (true, _) => "pending".to_string(),
+            (false, None) => "paused".to_string(),
+            (false, Some(t)) => format!("next run at: {}", t.format("%Y-%m-%d %H:%M:%S UTC")),
+        };
+        write!(f, "{} (trigger: {}, {})", self.name, self.trigger, when)
+    }
+}
