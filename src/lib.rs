@@ -48,9 +48,6 @@ pub mod task;
 pub mod trigger;
 pub mod worker;
 
-#[doc(hidden)]
-pub mod conformance;
-
 pub use crate::error::{Error, Result, TriggerError};
 pub use crate::event::{Event, EventKind, EventReceiver};
 pub use crate::job::{IntoJobResult, Job, JobDefaults, JobError};

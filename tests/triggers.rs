@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use apsched::conformance;
 use apsched::trigger::{
     tzdb_version, utc_offset, And, CalendarInterval, Cron, Date, Interval, Or, Trigger,
     TriggerDate, TriggerSpec,
@@ -13,6 +12,8 @@ use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 use proptest::prelude::*;
 use serde_json::Value;
+
+mod conformance;
 
 fn utc(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s)
