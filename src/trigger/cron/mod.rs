@@ -10,7 +10,6 @@ pub mod field;
 pub(crate) mod schedule;
 
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
@@ -43,14 +42,15 @@ use crate::error::TriggerError;
 /// # Ok::<(), apsched::TriggerError>(())
 /// ```
 ///
-/// Crontab strings follow crontab (0 and 7 = Sunday; day-of-month OR day-of-week when both
-/// are restricted), with 6 fields (seconds first), `@daily` etc., `L`, `W`, `#`, `?`:
+/// Crontab strings ([`CronBuilder::crontab`], the same builder, so a zone, dates and jitter
+/// are set the same way) follow crontab (0 and 7 = Sunday; day-of-month OR day-of-week when
+/// both are restricted), with 6 fields (seconds first), `@daily` etc., `L`, `W`, `#`, `?`:
 ///
 /// ```
 /// use apsched::trigger::{Cron, Trigger};
 /// use chrono::{TimeZone, Utc};
 ///
-/// let cron: Cron = "0 0 13 * 5".parse()?; // every 13th and every Friday
+/// let cron = Cron::builder().crontab("0 0 13 * 5").build()?; // every 13th and every Friday
 /// let now = Utc.with_ymd_and_hms(2024, 9, 1, 0, 0, 0).unwrap();
 /// let times: Vec<_> = cron.fire_times(now).take(2).collect();
 /// assert_eq!(times[0], Utc.with_ymd_and_hms(2024, 9, 6, 0, 0, 0).unwrap()); // Friday
@@ -119,7 +119,21 @@ impl CronBuilder {
         self
     }
 
-    /// Uses a crontab string instead of fields (cannot be combined with field setters).
+    /// Uses a crontab string (`"0 9 * * 1-5"`, `"*/10 * * * * *"`, `"@daily"`) instead of
+    /// fields, with crontab meaning (see `docs/triggers.md`). It cannot be combined with the
+    /// field setters; the other setters (zone, dates, jitter) apply as in the field form.
+    ///
+    /// ```
+    /// use apsched::trigger::Cron;
+    ///
+    /// let weekdays = Cron::builder()
+    ///     .crontab("0 9 * * 1-5")
+    ///     .timezone(chrono_tz::Europe::London)
+    ///     .end_date("2030-01-01")
+    ///     .build()?;
+    /// assert_eq!(weekdays.crontab(), Some("0 9 * * 1-5"));
+    /// # Ok::<(), apsched::TriggerError>(())
+    /// ```
     pub fn crontab(mut self, expr: impl Into<String>) -> Self {
         self.crontab = Some(expr.into());
         self
@@ -240,21 +254,9 @@ const WINDOW_SECS: i64 = 25 * 3600;
 const UNIQUE_MARGIN_SECS: i64 = 2 * 86_400;
 
 impl Cron {
-    /// A builder for the field form.
+    /// A builder: for the field form, or a crontab string ([`CronBuilder::crontab`]).
     pub fn builder() -> CronBuilder {
         CronBuilder::default()
-    }
-
-    /// A cron from a crontab string (`"0 9 * * 1-5"`, `"*/10 * * * * *"`, `"@daily"`), with
-    /// crontab meaning. The zone is left unset (the scheduler's zone, else UTC); see
-    /// [`Cron::with_timezone`].
-    pub fn from_crontab(expr: &str) -> Result<Cron, TriggerError> {
-        CronBuilder::default().crontab(expr).build()
-    }
-
-    /// Same as [`Cron::from_crontab`].
-    pub fn parse(expr: &str) -> Result<Cron, TriggerError> {
-        Cron::from_crontab(expr)
     }
 
     /// The trigger with its zone set to `tz`.
@@ -467,15 +469,6 @@ impl fmt::Display for Cron {
             }
         }
         f.write_str("]")
-    }
-}
-
-impl FromStr for Cron {
-    type Err = TriggerError;
-
-    /// Parses a crontab string (see [`Cron::from_crontab`]).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Cron::from_crontab(s)
     }
 }
 
