@@ -23,8 +23,7 @@
 
 mod calendar_interval;
 mod combine;
-pub mod cron;
-mod crontab;
+mod cron;
 mod date;
 mod interval;
 mod tz;

@@ -12,9 +12,9 @@
 
 use croner::parser::{CronParser, Seconds, Year};
 
-use super::cron::expr::{step_beyond_range, MONTHS, WEEKDAYS};
-use super::cron::field::FieldKind;
-use super::cron::schedule::{CrontabDays, DayRule, Schedule};
+use super::expr::{step_beyond_range, MONTHS, WEEKDAYS};
+use super::field::FieldKind;
+use super::schedule::{CrontabDays, DayRule, Schedule};
 use crate::error::TriggerError;
 
 // Bit flags of croner's components (stable in croner 4).
