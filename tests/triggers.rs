@@ -38,6 +38,14 @@ fn crontab(expr: &str) -> Result<Cron, TriggerError> {
     Cron::builder().crontab(expr).build()
 }
 
+/// The message of a trigger that fails to deserialise.
+fn spec_err(json: &str) -> String {
+    serde_json::from_str::<TriggerSpec>(json)
+        .map(|t| panic!("{json} accepted as {t}"))
+        .unwrap_err()
+        .to_string()
+}
+
 fn spec(json: &str) -> TriggerSpec {
     serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"))
 }
@@ -1658,7 +1666,7 @@ fn errors_name_field_expression_and_reason() {
     );
     assert_eq!(
         msg(Cron::builder().month("13")),
-        "month: '13' is out of range: 13 is above the maximum 12"
+        "month: '13' is out of range: 13 is above the maximum 12 (allowed: 1-12)"
     );
     assert_eq!(
         msg(Cron::builder().minute("*/0")),
@@ -1666,7 +1674,13 @@ fn errors_name_field_expression_and_reason() {
     );
     assert_eq!(
         msg(Cron::builder().hour("5-3")),
-        "hour: '5-3' is an inverted range: 5 is higher than 3"
+        "hour: '5-3' is an inverted range: 5 is higher than 3 (write the lower value first, \
+         or split a range that wraps around in two: 5-23,0-3)"
+    );
+    assert_eq!(
+        msg(Cron::builder().hour("x")),
+        "hour: 'x' is not a valid hour expression (expected *, */n, a, a-b, a-b/n or a/n with \
+         numbers 0-23)"
     );
     assert!(msg(Cron::builder().day("6th fri"))
         .starts_with("day: '6th fri' is not a valid day expression"));
@@ -1681,9 +1695,38 @@ fn errors_name_field_expression_and_reason() {
         TriggerError::InvalidField {
             field: "second".into(),
             expr: "60".into(),
-            reason: "is out of range: 60 is above the maximum 59".into()
+            reason: "is out of range: 60 is above the maximum 59 (allowed: 0-59)".into()
         }
     );
+    // Parameters other than fields: the parameter, the value, and what is allowed.
+    let err = |r: Result<CalendarInterval, TriggerError>| r.unwrap_err().to_string();
+    assert_eq!(
+        err(CalendarInterval::builder().days(1).hour(24).build()),
+        "hour/minute/second: 24:00:00 is not a valid time of day (hour 0-23, minute 0-59, \
+         second 0-59)"
+    );
+    assert_eq!(
+        err(CalendarInterval::builder().months(120_001).build()),
+        "months: 120001 is too long a step (at most 120000)"
+    );
+    assert_eq!(
+        Interval::builder()
+            .weeks(1e9)
+            .build()
+            .unwrap_err()
+            .to_string(),
+        "interval: 604800000000000 seconds is too long (at most 100000000000 seconds, about \
+         3,170 years)"
+    );
+    assert_eq!(
+        spec_err(r#"{"kind":"cron","hour":1,"timezone":"Mars/Olympus"}"#),
+        "timezone: 'Mars/Olympus' is not a known IANA time zone (e.g. 'Europe/London', 'UTC')"
+    );
+    assert!(crontab("0 0 1 1 *")
+        .and_then(|_| Cron::builder().crontab("* * * * *").hour(1).build())
+        .unwrap_err()
+        .to_string()
+        .contains("give either the crontab or the field setters"),);
     assert!(Date::at("next tuesday", None)
         .unwrap_err()
         .to_string()

@@ -124,7 +124,10 @@ impl IntervalBuilder {
         if !micros.is_finite() || micros.abs() > 1e17 {
             return Err(TriggerError::InvalidParam {
                 param: "interval".into(),
-                reason: "is too long".into(),
+                reason: format!(
+                    "{} seconds is too long (at most 100000000000 seconds, about 3,170 years)",
+                    total / 1e6
+                ),
             });
         }
         Interval::from_parts(
@@ -142,7 +145,10 @@ impl Interval {
     pub fn new(every: Duration) -> Result<Self, TriggerError> {
         let micros = i64::try_from(every.as_micros()).map_err(|_| TriggerError::InvalidParam {
             param: "interval".into(),
-            reason: "is too long".into(),
+            reason: format!(
+                "{every:?} is too long (at most {} seconds, about 292,000 years)",
+                i64::MAX / 1_000_000
+            ),
         })?;
         Interval::from_parts(micros, None, None, None, None)
     }
@@ -182,7 +188,7 @@ impl Interval {
                 return Err(TriggerError::InvalidParam {
                     param: "end_date".into(),
                     reason: format!(
-                        "'{}' is before start_date '{}'",
+                        "'{}' is before start_date '{}' (give an end_date at or after the start_date)",
                         show(t.end_date),
                         show(t.start_date)
                     ),

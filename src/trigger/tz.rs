@@ -24,7 +24,7 @@ use crate::error::TriggerError;
 pub(crate) fn parse_tz(param: &str, name: &str) -> Result<Tz, TriggerError> {
     Tz::from_str(name.trim()).map_err(|_| TriggerError::InvalidParam {
         param: param.into(),
-        reason: format!("'{name}' is not a known IANA time zone"),
+        reason: format!("'{name}' is not a known IANA time zone (e.g. 'Europe/London', 'UTC')"),
     })
 }
 
@@ -70,7 +70,7 @@ impl TriggerDate {
     pub(crate) fn resolve_param(&self, tz: Tz, param: &str) -> Result<DateTime<Utc>, TriggerError> {
         self.resolve(tz).ok_or_else(|| TriggerError::InvalidParam {
             param: param.into(),
-            reason: format!("'{self}' is out of the supported range"),
+            reason: format!("'{self}' is out of the supported range (years -9999 to 9999)"),
         })
     }
 

@@ -112,7 +112,10 @@ impl CronBuilder {
                 if self.fields.iter().any(Option::is_some) {
                     return Err(TriggerError::InvalidCrontab {
                         expr: expr.clone(),
-                        reason: "a crontab string cannot be combined with cron fields".into(),
+                        reason:
+                            "a crontab string cannot be combined with cron fields (give either the \
+                                 crontab or the field setters)"
+                                .into(),
                     });
                 }
                 super::crontab::compile(expr)?
@@ -137,7 +140,7 @@ impl CronBuilder {
                 return Err(TriggerError::InvalidParam {
                     param: "end_date".into(),
                     reason: format!(
-                        "'{}' is before start_date '{}'",
+                        "'{}' is before start_date '{}' (give an end_date at or after the start_date)",
                         fmt_opt(&cron.end_date),
                         fmt_opt(&cron.start_date)
                     ),
