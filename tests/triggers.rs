@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use apsched::trigger::{
-    tzdb_version, utc_offset, And, CalendarInterval, Cron, Date, Interval, Or, Trigger,
-    TriggerDate, TriggerSpec,
+    tzdb_version, utc_offset, And, CalendarInterval, Cron, CronBuilder, Date, FieldKind, Interval,
+    Or, Trigger, TriggerDate, TriggerSpec,
 };
 use apsched::TriggerError;
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
@@ -1545,32 +1545,6 @@ fn serde_rejects_invalid_stored_triggers() {
 }
 
 #[test]
-fn default_timezone_fills_unset_zones_recursively() {
-    let ny = chrono_tz::America::New_York;
-    let s = spec(
-        r#"{"kind":"or","triggers":[{"kind":"cron","hour":9},{"kind":"date","run_date":"2024-01-15 09:00:00","timezone":"UTC"}]}"#,
-    );
-    let s = s.with_default_timezone(ny);
-    // the cron now reads 09:00 in New York; the date keeps its own zone
-    let TriggerSpec::Or(o) = &s else {
-        panic!("not an or")
-    };
-    assert_eq!(o.triggers()[0].timezone(), Some(ny));
-    assert_eq!(o.triggers()[1].timezone(), Some(Tz::UTC));
-    assert_eq!(
-        o.triggers()[0].next_fire_time(None, utc("2024-01-16T00:00:00Z")),
-        Some(utc("2024-01-16T09:00:00-05:00"))
-    );
-    // a naive start date is re-read in the filled-in zone
-    let i = spec(r#"{"kind":"interval","minutes":10,"start_date":"2024-01-15 10:10:00"}"#)
-        .with_default_timezone(ny);
-    assert_eq!(
-        i.next_fire_time(None, utc("2024-01-15T00:00:00Z")),
-        Some(utc("2024-01-15T10:10:00-05:00"))
-    );
-}
-
-#[test]
 fn display_forms() {
     assert_eq!(
         Cron::builder()
@@ -1770,6 +1744,20 @@ fn field_text() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Sets a field by kind through its named setter.
+fn set_field(b: CronBuilder, kind: FieldKind, value: String) -> CronBuilder {
+    match kind {
+        FieldKind::Year => b.year(value),
+        FieldKind::Month => b.month(value),
+        FieldKind::Day => b.day(value),
+        FieldKind::Week => b.week(value),
+        FieldKind::DayOfWeek => b.day_of_week(value),
+        FieldKind::Hour => b.hour(value),
+        FieldKind::Minute => b.minute(value),
+        FieldKind::Second => b.second(value),
+    }
+}
+
 fn exercise(t: &impl Trigger, now: DateTime<Utc>) {
     let first = t.try_next_fire_time(None, now);
     if let Ok(Some(f)) = first {
@@ -1789,9 +1777,9 @@ proptest! {
         now in any_instant(),
     ) {
         let mut b = Cron::builder().timezone(tz);
-        for (kind, f) in apsched::trigger::FieldKind::ALL.into_iter().zip(fields) {
+        for (kind, f) in FieldKind::ALL.into_iter().zip(fields) {
             if let Some(f) = f {
-                b = b.field(kind, f);
+                b = set_field(b, kind, f);
             }
         }
         if let Ok(c) = b.build() {
@@ -1878,7 +1866,15 @@ proptest! {
         }
         if let Ok(t) = serde_json::from_value::<TriggerSpec>(Value::Object(obj)) {
             exercise(&t, now);
-            let _ = t.with_default_timezone(chrono_tz::America::New_York);
+            // Re-reading date strings in another zone never panics either.
+            let ny = chrono_tz::America::New_York;
+            match t {
+                TriggerSpec::Cron(c) => exercise(&c.with_timezone(ny), now),
+                TriggerSpec::Interval(i) => exercise(&i.with_timezone(ny), now),
+                TriggerSpec::Date(d) => exercise(&d.with_timezone(ny), now),
+                TriggerSpec::CalendarInterval(c) => exercise(&c.with_timezone(ny), now),
+                _ => {}
+            }
         }
     }
 }

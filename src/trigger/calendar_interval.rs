@@ -216,15 +216,6 @@ impl CalendarInterval {
         self
     }
 
-    /// Fill in the zone if none was given.
-    pub fn with_default_timezone(self, tz: Tz) -> Self {
-        if self.timezone.is_some() {
-            self
-        } else {
-            self.with_timezone(tz)
-        }
-    }
-
     fn tz(&self) -> Tz {
         self.timezone.unwrap_or(Tz::UTC)
     }

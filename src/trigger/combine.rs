@@ -86,8 +86,8 @@ impl And {
         &self.triggers
     }
 
-    /// Fills every unset zone of the children with `tz`.
-    pub fn with_default_timezone(mut self, tz: Tz) -> Self {
+    /// Fills every unset zone of the children with `tz` (the scheduler's zone).
+    pub(crate) fn with_default_timezone(mut self, tz: Tz) -> Self {
         self.triggers = self
             .triggers
             .into_iter()
@@ -117,8 +117,8 @@ impl Or {
         &self.triggers
     }
 
-    /// Fills every unset zone of the children with `tz`.
-    pub fn with_default_timezone(mut self, tz: Tz) -> Self {
+    /// Fills every unset zone of the children with `tz` (the scheduler's zone).
+    pub(crate) fn with_default_timezone(mut self, tz: Tz) -> Self {
         self.triggers = self
             .triggers
             .into_iter()

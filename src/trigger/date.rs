@@ -81,15 +81,6 @@ impl Date {
         }
         self
     }
-
-    /// Fill in the zone if none was given.
-    pub fn with_default_timezone(self, tz: Tz) -> Self {
-        if self.timezone.is_some() {
-            self
-        } else {
-            self.with_timezone(tz)
-        }
-    }
 }
 
 impl Trigger for Date {

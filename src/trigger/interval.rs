@@ -228,15 +228,6 @@ impl Interval {
         self
     }
 
-    /// Fill in the zone if none was given.
-    pub fn with_default_timezone(self, tz: Tz) -> Self {
-        if self.timezone.is_some() {
-            self
-        } else {
-            self.with_timezone(tz)
-        }
-    }
-
     /// The first time of the grid through `origin` that is `>= t` (for `and`).
     pub(crate) fn grid_at_or_after(
         &self,

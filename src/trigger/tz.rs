@@ -121,11 +121,31 @@ impl FromStr for TriggerDate {
     }
 }
 
-/// Anything a builder accepts as a date: chrono types, [`TriggerDate`], or a string in the
-/// accepted forms (checked when the trigger is built).
-pub trait IntoTriggerDate {
+/// Anything a builder (or [`Date::at`](super::Date::at)) accepts as a date: chrono's
+/// `DateTime` (any zone: an instant), `NaiveDateTime` and `NaiveDate` (wall time in the
+/// trigger's zone), [`TriggerDate`], or a string in the accepted forms (checked when the
+/// trigger is built).
+///
+/// Sealed: the list above is the whole list, so the conversions can change without breaking
+/// anyone's implementation.
+pub trait IntoTriggerDate: sealed::Sealed {
     /// Converts, naming `param` in the error.
     fn into_trigger_date(self, param: &str) -> Result<TriggerDate, TriggerError>;
+}
+
+mod sealed {
+    use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone};
+
+    use super::TriggerDate;
+
+    pub trait Sealed {}
+    impl Sealed for TriggerDate {}
+    impl Sealed for &str {}
+    impl Sealed for String {}
+    impl Sealed for &String {}
+    impl Sealed for NaiveDateTime {}
+    impl Sealed for NaiveDate {}
+    impl<Z: TimeZone> Sealed for DateTime<Z> {}
 }
 
 impl IntoTriggerDate for TriggerDate {

@@ -52,8 +52,8 @@ impl CronBuilder {
         second => FieldKind::Second;
     }
 
-    /// Sets any field by kind.
-    pub fn field(mut self, kind: FieldKind, value: impl Into<CronField>) -> Self {
+    /// Sets any field by kind (for the serde form; users call the named setters).
+    pub(crate) fn field(mut self, kind: FieldKind, value: impl Into<CronField>) -> Self {
         self.fields[kind.index()] = Some(value.into());
         self
     }

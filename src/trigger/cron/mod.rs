@@ -93,15 +93,6 @@ impl Cron {
         self
     }
 
-    /// The trigger with its zone set to `tz` if none was given.
-    pub fn with_default_timezone(self, tz: Tz) -> Self {
-        if self.timezone.is_some() {
-            self
-        } else {
-            self.with_timezone(tz)
-        }
-    }
-
     /// The zone given, if any.
     pub fn timezone(&self) -> Option<Tz> {
         self.timezone
