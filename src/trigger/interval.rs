@@ -38,7 +38,8 @@ pub struct Interval {
     end: Option<DateTime<Utc>>,
 }
 
-/// Builds an [`Interval`]; lengths add up (`hours(1).minutes(30)` = 90 minutes).
+/// Builds an [`Interval`]; the lengths of different units add up (`hours(1).minutes(30)` =
+/// 90 minutes), setting one unit twice keeps the last value.
 #[derive(Debug, Clone, Default)]
 pub struct IntervalBuilder {
     weeks: f64,
@@ -53,27 +54,27 @@ pub struct IntervalBuilder {
 }
 
 impl IntervalBuilder {
-    /// Adds weeks.
+    /// Weeks (added to the other lengths).
     pub fn weeks(mut self, n: impl Into<f64>) -> Self {
         self.weeks = n.into();
         self
     }
-    /// Adds days.
+    /// Days (added to the other lengths).
     pub fn days(mut self, n: impl Into<f64>) -> Self {
         self.days = n.into();
         self
     }
-    /// Adds hours.
+    /// Hours (added to the other lengths).
     pub fn hours(mut self, n: impl Into<f64>) -> Self {
         self.hours = n.into();
         self
     }
-    /// Adds minutes.
+    /// Minutes (added to the other lengths).
     pub fn minutes(mut self, n: impl Into<f64>) -> Self {
         self.minutes = n.into();
         self
     }
-    /// Adds seconds (fractions allowed, down to a microsecond).
+    /// Seconds (added to the other lengths; fractions allowed, down to a microsecond).
     pub fn seconds(mut self, n: impl Into<f64>) -> Self {
         self.seconds = n.into();
         self
