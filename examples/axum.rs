@@ -52,7 +52,10 @@ async fn list(State(s): State<Scheduler>) -> ApiResult<Json<Vec<Job>>> {
 }
 
 async fn add(State(s): State<Scheduler>, Json(new): Json<NewJob>) -> ApiResult<Json<Job>> {
-    let trigger = Cron::from_crontab(&new.cron).map_err(|e| api_error(e.into()))?;
+    let trigger = Cron::builder()
+        .crontab(&new.cron)
+        .build()
+        .map_err(|e| api_error(e.into()))?;
     let message = new.message;
     s.add_job(move || {
         let message = message.clone();
@@ -112,7 +115,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     scheduler
         .add_job(|| async { println!("heartbeat") })
         .id("heartbeat")
-        .trigger(Cron::from_crontab("*/10 * * * * *")?)
+        .trigger(Cron::builder().crontab("*/10 * * * * *").build()?)
         .await?;
 
     let addr = std::env::var("APSCHED_EXAMPLE_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());

@@ -286,12 +286,12 @@ async fn s2(n: usize, store: Option<&str>) -> Result<Map<String, Value>, BoxErro
     let due_utc = Utc::now() + TimeDelta::from_std(head)?;
     for i in sample..n {
         add(&s, store, &probe, i)
-            .trigger(Date::new(due_utc))
+            .trigger(Date::at(due_utc, None)?)
             .await?;
     }
     for i in 0..sample {
         s.job(format!("job{i}"))
-            .reschedule(Date::new(due_utc))
+            .reschedule(Date::at(due_utc, None)?)
             .await?;
     }
     let add_total = start.elapsed().as_secs_f64();
@@ -354,7 +354,7 @@ async fn s4(n: usize, store: Option<&str>) -> Result<Map<String, Value>, BoxErro
     let probe = Probe::new(0);
     let s = builder(store, &probe).build();
     s.start().await?;
-    let tomorrow = Date::new(Utc::now() + TimeDelta::days(1));
+    let tomorrow = Date::at(Utc::now() + TimeDelta::days(1), None)?;
     for i in 0..n {
         add(&s, store, &probe, i).trigger(tomorrow.clone()).await?;
     }

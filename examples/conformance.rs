@@ -5,11 +5,14 @@
 //! ```
 //!
 //! Prints one JSON object on stdout and exits 0; never panics on any input. The replay logic
-//! is `apsched::conformance`, shared with `tests/triggers.rs`.
+//! is `tests/conformance/mod.rs`, shared with `tests/triggers.rs`.
 
 use std::io::Write;
 
 use serde_json::{json, Value};
+
+#[path = "../tests/conformance/mod.rs"]
+mod conformance;
 
 fn main() {
     let output = match std::env::args().nth(1) {
@@ -22,7 +25,7 @@ fn main() {
                 Err(e) => {
                     json!({"cases": [], "invalid": [], "error": format!("{path} is not JSON: {e}")})
                 }
-                Ok(input) => apsched::conformance::run_input(&input),
+                Ok(input) => conformance::run_input(&input),
             },
         },
     };

@@ -6,9 +6,11 @@
 
 /// A trigger could not be built, parsed or evaluated.
 ///
-/// Field errors name the field, the expression and the reason, e.g.
-/// `day_of_week: 'foo' is not a weekday`.
+/// Every message names the field or parameter, the value given, why it is wrong and what is
+/// allowed, e.g. `day_of_week: 'foo' is not a weekday (mon, tue, wed, thu, fri, sat, sun)` or
+/// `month: '13' is out of range: 13 is above the maximum 12 (allowed: 1-12)`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TriggerError {
     /// A cron field expression is invalid.
     #[error("{field}: '{expr}' {reason}")]

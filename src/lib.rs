@@ -48,9 +48,6 @@ mod sync;
 pub mod task;
 pub mod trigger;
 
-#[doc(hidden)]
-pub mod conformance;
-
 pub use crate::error::{Error, Result, TriggerError};
 pub use crate::event::{Event, EventKind, EventReceiver};
 pub use crate::executor::process::worker::worker_main;

@@ -3,16 +3,17 @@
 
 use std::time::{Duration, Instant};
 
-use apsched::conformance;
 use apsched::trigger::{
-    tzdb_version, utc_offset, And, CalendarInterval, Cron, Date, Interval, Or, Trigger,
-    TriggerDate, TriggerSpec,
+    tzdb_version, utc_offset, And, CalendarInterval, Cron, CronBuilder, Date, FieldKind, Interval,
+    Or, Trigger, TriggerDate, TriggerSpec,
 };
 use apsched::TriggerError;
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 use proptest::prelude::*;
 use serde_json::Value;
+
+mod conformance;
 
 fn utc(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s)
@@ -30,6 +31,19 @@ fn times(t: &impl Trigger, from: &str, n: usize, tz: Tz) -> Vec<String> {
         .take(n)
         .map(|d| conformance::render(d, tz))
         .collect()
+}
+
+/// A cron from a crontab string (the builder is the one way in).
+fn crontab(expr: &str) -> Result<Cron, TriggerError> {
+    Cron::builder().crontab(expr).build()
+}
+
+/// The message of a trigger that fails to deserialise.
+fn spec_err(json: &str) -> String {
+    serde_json::from_str::<TriggerSpec>(json)
+        .map(|t| panic!("{json} accepted as {t}"))
+        .unwrap_err()
+        .to_string()
 }
 
 fn spec(json: &str) -> TriggerSpec {
@@ -334,7 +348,7 @@ fn cron_near_year_9999_terminates() {
 fn crontab_meaning() {
     // 0 and 7 are Sunday
     for expr in ["0 12 * * 0", "0 12 * * 7", "0 12 * * sun"] {
-        let c = Cron::from_crontab(expr).unwrap();
+        let c = crontab(expr).unwrap();
         assert_eq!(
             times(&c, "2024-01-15T00:00:00Z", 1, Tz::UTC),
             ["2024-01-21T12:00:00+00:00"],
@@ -342,7 +356,7 @@ fn crontab_meaning() {
         );
     }
     // day-of-month OR day-of-week when both are restricted
-    let c: Cron = "0 0 13 * 5".parse().unwrap();
+    let c = crontab("0 0 13 * 5").unwrap();
     assert_eq!(
         times(&c, "2024-09-01T00:00:00Z", 3, Tz::UTC),
         [
@@ -352,45 +366,45 @@ fn crontab_meaning() {
         ]
     );
     // 1-5 = Monday to Friday
-    let c = Cron::parse("0 9 * * 1-5").unwrap();
+    let c = crontab("0 9 * * 1-5").unwrap();
     assert_eq!(
         times(&c, "2024-01-13T00:00:00Z", 1, Tz::UTC),
         ["2024-01-15T09:00:00+00:00"]
     );
     // six fields: seconds first
-    let c = Cron::from_crontab("*/10 * * * * *").unwrap();
+    let c = crontab("*/10 * * * * *").unwrap();
     assert_eq!(
         times(&c, "2024-01-15T00:00:01Z", 2, Tz::UTC),
         ["2024-01-15T00:00:10+00:00", "2024-01-15T00:00:20+00:00"]
     );
     // nicknames
-    let c = Cron::from_crontab("@daily").unwrap();
+    let c = crontab("@daily").unwrap();
     assert_eq!(
         times(&c, "2024-01-15T10:00:00Z", 1, Tz::UTC),
         ["2024-01-16T00:00:00+00:00"]
     );
-    let c = Cron::from_crontab("@weekly").unwrap();
+    let c = crontab("@weekly").unwrap();
     assert_eq!(
         times(&c, "2024-01-15T10:00:00Z", 1, Tz::UTC),
         ["2024-01-21T00:00:00+00:00"]
     );
     // L: last day of month; W: nearest weekday; #: nth weekday; dL: last weekday of month
-    let c = Cron::from_crontab("0 0 L * ?").unwrap();
+    let c = crontab("0 0 L * ?").unwrap();
     assert_eq!(
         times(&c, "2024-02-01T00:00:00Z", 1, Tz::UTC),
         ["2024-02-29T00:00:00+00:00"]
     );
-    let c = Cron::from_crontab("0 0 15W * ?").unwrap(); // 2024-06-15 is a Saturday
+    let c = crontab("0 0 15W * ?").unwrap(); // 2024-06-15 is a Saturday
     assert_eq!(
         times(&c, "2024-06-01T00:00:00Z", 1, Tz::UTC),
         ["2024-06-14T00:00:00+00:00"]
     );
-    let c = Cron::from_crontab("0 0 ? * MON#2").unwrap();
+    let c = crontab("0 0 ? * MON#2").unwrap();
     assert_eq!(
         times(&c, "2024-01-01T00:00:00Z", 1, Tz::UTC),
         ["2024-01-08T00:00:00+00:00"]
     );
-    let c = Cron::from_crontab("0 0 ? * 5L").unwrap(); // last Friday
+    let c = crontab("0 0 ? * 5L").unwrap(); // last Friday
     assert_eq!(
         times(&c, "2024-01-01T00:00:00Z", 1, Tz::UTC),
         ["2024-01-26T00:00:00+00:00"]
@@ -408,7 +422,7 @@ fn crontab_errors() {
         "0 0 32 * *",
         "x y z w v",
     ] {
-        let e = Cron::from_crontab(bad).unwrap_err();
+        let e = crontab(bad).unwrap_err();
         assert!(
             matches!(e, TriggerError::InvalidCrontab { .. }),
             "{bad}: {e}"
@@ -474,7 +488,7 @@ fn crontab_steps_and_lists_are_strict() {
         ("0 0 * * 1,,5", empty("day_of_week", "1,,5", dow)),
     ];
     for (expr, want) in cases {
-        let err = Cron::from_crontab(expr).unwrap_err();
+        let err = crontab(expr).unwrap_err();
         assert!(
             matches!(err, TriggerError::InvalidCrontab { .. }),
             "{expr}: {err}"
@@ -496,7 +510,7 @@ fn crontab_steps_and_lists_are_strict() {
         ("0 */23 * * *", ["00:00:00", "23:00:00", "00:00:00"]),
         ("*/30 * * * * *", ["00:00:00", "00:00:30", "00:01:00"]),
     ] {
-        let c = Cron::from_crontab(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
+        let c = crontab(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
         let got: Vec<String> = times(&c, from, 3, Tz::UTC)
             .iter()
             .map(|t| t[11..19].to_string())
@@ -515,10 +529,10 @@ fn crontab_steps_and_lists_are_strict() {
         "@hourly",
         "@yearly",
     ] {
-        assert!(Cron::from_crontab(ok).is_ok(), "{ok}");
+        assert!(crontab(ok).is_ok(), "{ok}");
     }
     // `*/6` on weekdays is Sunday and Saturday.
-    let c = Cron::from_crontab("0 0 * * */6").unwrap();
+    let c = crontab("0 0 * * */6").unwrap();
     assert_eq!(
         times(&c, from, 2, Tz::UTC),
         ["2024-01-20T00:00:00+00:00", "2024-01-21T00:00:00+00:00"]
@@ -548,12 +562,12 @@ fn dst_spring_gap_shifts_forward() {
         ]
     );
     // Same rule for a crontab string and for a date string.
-    let c = Cron::from_crontab("30 2 * * *").unwrap().with_timezone(ny);
+    let c = crontab("30 2 * * *").unwrap().with_timezone(ny);
     assert_eq!(
         times(&c, "2024-03-09T12:00:00-05:00", 1, ny),
         ["2024-03-10T03:30:00-04:00"]
     );
-    let d = Date::parse("2024-03-10 02:30:00", Some(ny)).unwrap();
+    let d = Date::at("2024-03-10 02:30:00", Some(ny)).unwrap();
     assert_eq!(d.run_date(), utc("2024-03-10T03:30:00-04:00"));
 }
 
@@ -576,7 +590,7 @@ fn dst_autumn_overlap_first_occurrence() {
         c.next_fire_time(None, utc("2024-11-03T01:10:00-05:00")),
         Some(utc("2024-11-04T01:30:00-05:00"))
     );
-    let d = Date::parse("2024-11-03 01:30:00", Some(ny)).unwrap();
+    let d = Date::at("2024-11-03 01:30:00", Some(ny)).unwrap();
     assert_eq!(d.run_date(), utc("2024-11-03T01:30:00-04:00"));
 }
 
@@ -593,9 +607,7 @@ fn dst_hour_star_follows_real_time() {
             "2024-11-03T02:30:00-05:00"
         ]
     );
-    let c = Cron::from_crontab("*/30 * * * *")
-        .unwrap()
-        .with_timezone(ny);
+    let c = crontab("*/30 * * * *").unwrap().with_timezone(ny);
     assert_eq!(
         times(&c, "2024-11-03T01:15:00-04:00", 4, ny),
         [
@@ -856,10 +868,10 @@ fn after_2099_dst_rules_hold_in_2100_2500_and_9999() {
                 .build()
                 .unwrap();
             assert_eq!(times(&gap, &y(from), 2, tz), ys(&want), "{what} gap");
-            let crontab = Cron::from_crontab(&format!("{m} {h} * * *"))
+            let tab = crontab(&format!("{m} {h} * * *"))
                 .unwrap()
                 .with_timezone(tz);
-            assert_eq!(times(&crontab, &y(from), 1, tz), ys(&want[..1]), "{what}");
+            assert_eq!(times(&tab, &y(from), 1, tz), ys(&want[..1]), "{what}");
 
             let (h, m, from, want) = case.overlap;
             let overlap = Cron::builder()
@@ -881,9 +893,9 @@ fn after_2099_dst_rules_hold_in_2100_2500_and_9999() {
     }
     // The date-string and calendar-interval rules too.
     let ny = chrono_tz::America::New_York;
-    let d = Date::parse("9999-03-14 02:30:00", Some(ny)).unwrap();
+    let d = Date::at("9999-03-14 02:30:00", Some(ny)).unwrap();
     assert_eq!(d.run_date(), utc("9999-03-14T03:30:00-04:00"));
-    let d = Date::parse("2500-11-07 01:30:00", Some(ny)).unwrap();
+    let d = Date::at("2500-11-07 01:30:00", Some(ny)).unwrap();
     assert_eq!(d.run_date(), utc("2500-11-07T01:30:00-04:00"));
     let cal = CalendarInterval::builder()
         .days(1)
@@ -902,7 +914,7 @@ fn after_2099_dst_rules_hold_in_2100_2500_and_9999() {
         ]
     );
     // Display names the abbreviation in force then.
-    let d = Date::parse("2100-07-04 12:00:00", Some(ny)).unwrap();
+    let d = Date::at("2100-07-04 12:00:00", Some(ny)).unwrap();
     assert_eq!(d.to_string(), "date[2100-07-04 12:00:00 EDT]");
 }
 
@@ -1216,7 +1228,7 @@ fn interval_grid_and_bounds() {
 #[test]
 fn date_fires_once_even_in_the_past() {
     let at = ymd_hms(2020, 1, 1, 0, 0, 0);
-    let d = Date::new(at);
+    let d = Date::at(at, None).unwrap();
     assert_eq!(
         d.next_fire_time(None, utc("2024-01-01T00:00:00Z")),
         Some(at)
@@ -1227,7 +1239,7 @@ fn date_fires_once_even_in_the_past() {
     );
     assert_eq!(d.to_string(), "date[2020-01-01 00:00:00 UTC]");
     // fraction: .5 is half a second
-    let d = Date::parse("2024-02-01 09:30:00.5", None).unwrap();
+    let d = Date::at("2024-02-01 09:30:00.5", None).unwrap();
     assert_eq!(d.run_date(), utc("2024-02-01T09:30:00.5Z"));
 }
 
@@ -1425,10 +1437,7 @@ fn serde_round_trips_every_kind() {
             .build()
             .unwrap()
             .into(),
-        Cron::from_crontab("0 0 13 * 5")
-            .unwrap()
-            .with_timezone(ny)
-            .into(),
+        crontab("0 0 13 * 5").unwrap().with_timezone(ny).into(),
         Interval::builder()
             .hours(1)
             .minutes(30)
@@ -1440,8 +1449,10 @@ fn serde_round_trips_every_kind() {
         Interval::new(Duration::from_secs(86_400 * 9))
             .unwrap()
             .into(),
-        Date::new(ymd_hms(2024, 1, 15, 9, 0, 0)).into(),
-        Date::parse("2024-01-15 09:00:00", Some(ny)).unwrap().into(),
+        Date::at(ymd_hms(2024, 1, 15, 9, 0, 0), None)
+            .unwrap()
+            .into(),
+        Date::at("2024-01-15 09:00:00", Some(ny)).unwrap().into(),
         CalendarInterval::builder()
             .years(1)
             .months(2)
@@ -1458,7 +1469,9 @@ fn serde_round_trips_every_kind() {
             .into(),
         And::new(vec![
             Cron::builder().hour(1).build().unwrap().into(),
-            Date::new(ymd_hms(2024, 1, 15, 1, 0, 0)).into(),
+            Date::at(ymd_hms(2024, 1, 15, 1, 0, 0), None)
+                .unwrap()
+                .into(),
         ])
         .unwrap()
         .with_jitter(Duration::from_secs(2))
@@ -1532,32 +1545,6 @@ fn serde_rejects_invalid_stored_triggers() {
 }
 
 #[test]
-fn default_timezone_fills_unset_zones_recursively() {
-    let ny = chrono_tz::America::New_York;
-    let s = spec(
-        r#"{"kind":"or","triggers":[{"kind":"cron","hour":9},{"kind":"date","run_date":"2024-01-15 09:00:00","timezone":"UTC"}]}"#,
-    );
-    let s = s.with_default_timezone(ny);
-    // the cron now reads 09:00 in New York; the date keeps its own zone
-    let TriggerSpec::Or(o) = &s else {
-        panic!("not an or")
-    };
-    assert_eq!(o.triggers()[0].timezone(), Some(ny));
-    assert_eq!(o.triggers()[1].timezone(), Some(Tz::UTC));
-    assert_eq!(
-        o.triggers()[0].next_fire_time(None, utc("2024-01-16T00:00:00Z")),
-        Some(utc("2024-01-16T09:00:00-05:00"))
-    );
-    // a naive start date is re-read in the filled-in zone
-    let i = spec(r#"{"kind":"interval","minutes":10,"start_date":"2024-01-15 10:10:00"}"#)
-        .with_default_timezone(ny);
-    assert_eq!(
-        i.next_fire_time(None, utc("2024-01-15T00:00:00Z")),
-        Some(utc("2024-01-15T10:10:00-05:00"))
-    );
-}
-
-#[test]
 fn display_forms() {
     assert_eq!(
         Cron::builder()
@@ -1569,7 +1556,7 @@ fn display_forms() {
         "cron[hour='2', minute='30']"
     );
     assert_eq!(
-        Cron::from_crontab("0 9 * * 1-5").unwrap().to_string(),
+        crontab("0 9 * * 1-5").unwrap().to_string(),
         "cron[crontab='0 9 * * 1-5']"
     );
     assert_eq!(
@@ -1586,7 +1573,9 @@ fn display_forms() {
         "interval[2 days, 1:00:00]"
     );
     assert_eq!(
-        Date::new(ymd_hms(2024, 1, 15, 9, 0, 0)).to_string(),
+        Date::at(ymd_hms(2024, 1, 15, 9, 0, 0), None)
+            .unwrap()
+            .to_string(),
         "date[2024-01-15 09:00:00 UTC]"
     );
     assert_eq!(
@@ -1651,7 +1640,7 @@ fn errors_name_field_expression_and_reason() {
     );
     assert_eq!(
         msg(Cron::builder().month("13")),
-        "month: '13' is out of range: 13 is above the maximum 12"
+        "month: '13' is out of range: 13 is above the maximum 12 (allowed: 1-12)"
     );
     assert_eq!(
         msg(Cron::builder().minute("*/0")),
@@ -1659,7 +1648,13 @@ fn errors_name_field_expression_and_reason() {
     );
     assert_eq!(
         msg(Cron::builder().hour("5-3")),
-        "hour: '5-3' is an inverted range: 5 is higher than 3"
+        "hour: '5-3' is an inverted range: 5 is higher than 3 (write the lower value first, \
+         or split a range that wraps around in two: 5-23,0-3)"
+    );
+    assert_eq!(
+        msg(Cron::builder().hour("x")),
+        "hour: 'x' is not a valid hour expression (expected *, */n, a, a-b, a-b/n or a/n with \
+         numbers 0-23)"
     );
     assert!(msg(Cron::builder().day("6th fri"))
         .starts_with("day: '6th fri' is not a valid day expression"));
@@ -1674,10 +1669,39 @@ fn errors_name_field_expression_and_reason() {
         TriggerError::InvalidField {
             field: "second".into(),
             expr: "60".into(),
-            reason: "is out of range: 60 is above the maximum 59".into()
+            reason: "is out of range: 60 is above the maximum 59 (allowed: 0-59)".into()
         }
     );
-    assert!(Date::parse("next tuesday", None)
+    // Parameters other than fields: the parameter, the value, and what is allowed.
+    let err = |r: Result<CalendarInterval, TriggerError>| r.unwrap_err().to_string();
+    assert_eq!(
+        err(CalendarInterval::builder().days(1).hour(24).build()),
+        "hour/minute/second: 24:00:00 is not a valid time of day (hour 0-23, minute 0-59, \
+         second 0-59)"
+    );
+    assert_eq!(
+        err(CalendarInterval::builder().months(120_001).build()),
+        "months: 120001 is too long a step (at most 120000)"
+    );
+    assert_eq!(
+        Interval::builder()
+            .weeks(1e9)
+            .build()
+            .unwrap_err()
+            .to_string(),
+        "interval: 604800000000000 seconds is too long (at most 100000000000 seconds, about \
+         3,170 years)"
+    );
+    assert_eq!(
+        spec_err(r#"{"kind":"cron","hour":1,"timezone":"Mars/Olympus"}"#),
+        "timezone: 'Mars/Olympus' is not a known IANA time zone (e.g. 'Europe/London', 'UTC')"
+    );
+    assert!(crontab("0 0 1 1 *")
+        .and_then(|_| Cron::builder().crontab("* * * * *").hour(1).build())
+        .unwrap_err()
+        .to_string()
+        .contains("give either the crontab or the field setters"),);
+    assert!(Date::at("next tuesday", None)
         .unwrap_err()
         .to_string()
         .starts_with("run_date: 'next tuesday'"));
@@ -1720,6 +1744,20 @@ fn field_text() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Sets a field by kind through its named setter.
+fn set_field(b: CronBuilder, kind: FieldKind, value: String) -> CronBuilder {
+    match kind {
+        FieldKind::Year => b.year(value),
+        FieldKind::Month => b.month(value),
+        FieldKind::Day => b.day(value),
+        FieldKind::Week => b.week(value),
+        FieldKind::DayOfWeek => b.day_of_week(value),
+        FieldKind::Hour => b.hour(value),
+        FieldKind::Minute => b.minute(value),
+        FieldKind::Second => b.second(value),
+    }
+}
+
 fn exercise(t: &impl Trigger, now: DateTime<Utc>) {
     let first = t.try_next_fire_time(None, now);
     if let Ok(Some(f)) = first {
@@ -1739,9 +1777,9 @@ proptest! {
         now in any_instant(),
     ) {
         let mut b = Cron::builder().timezone(tz);
-        for (kind, f) in apsched::trigger::FieldKind::ALL.into_iter().zip(fields) {
+        for (kind, f) in FieldKind::ALL.into_iter().zip(fields) {
             if let Some(f) = f {
-                b = b.field(kind, f);
+                b = set_field(b, kind, f);
             }
         }
         if let Ok(c) = b.build() {
@@ -1758,7 +1796,7 @@ proptest! {
         tz in any_tz(),
         now in any_instant(),
     ) {
-        if let Ok(c) = Cron::from_crontab(&s) {
+        if let Ok(c) = crontab(&s) {
             exercise(&c.with_timezone(tz), now);
         }
     }
@@ -1771,7 +1809,7 @@ proptest! {
         now in any_instant(),
     ) {
         let _ = s.parse::<TriggerDate>();
-        if let Ok(d) = Date::parse(&s, Some(tz)) {
+        if let Ok(d) = Date::at(&s, Some(tz)) {
             exercise(&d, now);
         }
         let b = Interval::builder()
@@ -1828,14 +1866,21 @@ proptest! {
         }
         if let Ok(t) = serde_json::from_value::<TriggerSpec>(Value::Object(obj)) {
             exercise(&t, now);
-            let _ = t.with_default_timezone(chrono_tz::America::New_York);
+            // Re-reading date strings in another zone never panics either.
+            let ny = chrono_tz::America::New_York;
+            match t {
+                TriggerSpec::Cron(c) => exercise(&c.with_timezone(ny), now),
+                TriggerSpec::Interval(i) => exercise(&i.with_timezone(ny), now),
+                TriggerSpec::Date(d) => exercise(&d.with_timezone(ny), now),
+                TriggerSpec::CalendarInterval(c) => exercise(&c.with_timezone(ny), now),
+                _ => {}
+            }
         }
     }
 }
 
 #[test]
 fn crontab_errors_name_the_field() {
-    use apsched::trigger::Cron;
     let cases = [
         ("99 * * * *", "minute: '99'"),
         ("0 25 * * *", "hour: '25'"),
@@ -1847,7 +1892,7 @@ fn crontab_errors_name_the_field() {
         ("@sometimes", "'@sometimes' is not one of"),
     ];
     for (expr, want) in cases {
-        let err = Cron::from_crontab(expr).unwrap_err().to_string();
+        let err = crontab(expr).unwrap_err().to_string();
         assert!(err.contains(want), "{expr}: {err}");
         assert!(
             err.contains(expr),

@@ -235,10 +235,11 @@ impl AddJob {
             });
         }
         let now = inner.clock.now();
-        let trigger = self
-            .trigger
-            .unwrap_or_else(|| Date::new(now).into())
-            .with_default_timezone(inner.timezone);
+        let trigger = match self.trigger {
+            Some(t) => t,
+            None => Date::at(now, None)?.into(),
+        }
+        .with_default_timezone(inner.timezone);
         let job = JobRecord {
             id,
             name: self.name,

@@ -130,22 +130,26 @@ impl CalendarIntervalBuilder {
                 reason: "must be longer than zero (give years, months, weeks or days)".into(),
             });
         }
-        if self.years > 10_000
-            || self.months > 120_000
-            || self.weeks > 600_000
-            || self.days > 4_000_000
-        {
-            return Err(TriggerError::InvalidParam {
-                param: "interval".into(),
-                reason: "is too long".into(),
-            });
+        for (param, n, max) in [
+            ("years", self.years, 10_000),
+            ("months", self.months, 120_000),
+            ("weeks", self.weeks, 600_000),
+            ("days", self.days, 4_000_000),
+        ] {
+            if n > max {
+                return Err(TriggerError::InvalidParam {
+                    param: param.into(),
+                    reason: format!("{n} is too long a step (at most {max})"),
+                });
+            }
         }
         let time =
             NaiveTime::from_hms_opt(self.hour, self.minute, self.second).ok_or_else(|| {
                 TriggerError::InvalidParam {
                     param: "hour/minute/second".into(),
                     reason: format!(
-                        "{:02}:{:02}:{:02} is not a valid time of day",
+                        "{:02}:{:02}:{:02} is not a valid time of day (hour 0-23, minute 0-59, \
+                         second 0-59)",
                         self.hour, self.minute, self.second
                     ),
                 }
@@ -164,7 +168,10 @@ impl CalendarIntervalBuilder {
             if e < s {
                 return Err(TriggerError::InvalidParam {
                     param: "end_date".into(),
-                    reason: format!("'{e}' is before start_date '{s}'"),
+                    reason: format!(
+                        "'{e}' is before start_date '{s}' (give an end_date at or after the \
+                         start_date)"
+                    ),
                 });
             }
         }
@@ -209,15 +216,6 @@ impl CalendarInterval {
         self
     }
 
-    /// Fill in the zone if none was given.
-    pub fn with_default_timezone(self, tz: Tz) -> Self {
-        if self.timezone.is_some() {
-            self
-        } else {
-            self.with_timezone(tz)
-        }
-    }
-
     fn tz(&self) -> Tz {
         self.timezone.unwrap_or(Tz::UTC)
     }
@@ -258,7 +256,8 @@ impl CalendarInterval {
 
     fn gave_up() -> TriggerError {
         TriggerError::GaveUp(format!(
-            "calendarinterval: more than {MAX_STEPS} steps from start_date"
+            "calendarinterval: more than {MAX_STEPS} steps from start_date (give a start_date \
+             closer to now, or a longer step)"
         ))
     }
 

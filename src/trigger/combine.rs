@@ -66,7 +66,7 @@ impl And {
         if triggers.is_empty() {
             return Err(TriggerError::InvalidParam {
                 param: "triggers".into(),
-                reason: "an 'and' needs at least one trigger".into(),
+                reason: "an 'and' needs at least one trigger (got an empty list)".into(),
             });
         }
         Ok(And {
@@ -86,8 +86,8 @@ impl And {
         &self.triggers
     }
 
-    /// Fills every unset zone of the children with `tz`.
-    pub fn with_default_timezone(mut self, tz: Tz) -> Self {
+    /// Fills every unset zone of the children with `tz` (the scheduler's zone).
+    pub(crate) fn with_default_timezone(mut self, tz: Tz) -> Self {
         self.triggers = self
             .triggers
             .into_iter()
@@ -117,8 +117,8 @@ impl Or {
         &self.triggers
     }
 
-    /// Fills every unset zone of the children with `tz`.
-    pub fn with_default_timezone(mut self, tz: Tz) -> Self {
+    /// Fills every unset zone of the children with `tz` (the scheduler's zone).
+    pub(crate) fn with_default_timezone(mut self, tz: Tz) -> Self {
         self.triggers = self
             .triggers
             .into_iter()
@@ -156,7 +156,8 @@ fn seq_at_or_after(
                 }
             }
             Err(TriggerError::GaveUp(format!(
-                "and: child {child} did not reach {t} within {MAX_ROUNDS} fire times"
+                "and: child {child} did not reach {t} within {MAX_ROUNDS} fire times (check \
+                 that the triggers can fire at the same instant)"
             )))
         }
     }
@@ -192,7 +193,8 @@ impl Trigger for And {
             }
         }
         Err(TriggerError::GaveUp(format!(
-            "{self}: the triggers did not agree on a fire time within {MAX_ROUNDS} candidates"
+            "{self}: the triggers did not agree on a fire time within {MAX_ROUNDS} candidates \
+             (check that they can fire at the same instant)"
         )))
     }
 }

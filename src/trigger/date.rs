@@ -22,7 +22,7 @@ use crate::error::TriggerError;
 /// use apsched::trigger::{Date, Trigger};
 /// use chrono::{TimeZone, Utc};
 ///
-/// let once = Date::parse("2024-01-15 09:00:00", Some(chrono_tz::America::New_York))?;
+/// let once = Date::at("2024-01-15 09:00:00", Some(chrono_tz::America::New_York))?;
 /// let at = Utc.with_ymd_and_hms(2024, 1, 15, 14, 0, 0).unwrap();
 /// assert_eq!(once.next_fire_time(None, Utc::now()), Some(at));
 /// assert_eq!(once.next_fire_time(Some(at), at), None);
@@ -38,28 +38,29 @@ pub struct Date {
 }
 
 impl Date {
-    /// A trigger firing once at `run_date`.
-    pub fn new(run_date: DateTime<Utc>) -> Self {
-        let run = TriggerDate::from(run_date);
-        let at = run.resolve(Tz::UTC).unwrap_or(run_date);
-        Date {
-            run,
-            timezone: None,
-            at,
-        }
-    }
-
-    /// A trigger firing once at `run_date` (a chrono date-time, [`TriggerDate`] or a date
-    /// string), read in `timezone` (unset = the scheduler's zone, else UTC).
+    /// A trigger firing once at `run_date`: an instant (`DateTime<Utc>` or any chrono
+    /// `DateTime`), a wall-clock time (`NaiveDateTime`, `NaiveDate`) read in `timezone`, a
+    /// [`TriggerDate`], or a date string (see [`TriggerDate`] for the forms; one without
+    /// offset is read in `timezone`). `timezone` unset means the scheduler's zone, else UTC.
+    ///
+    /// Fails when the string is not a date-time or the wall time is outside the supported
+    /// range; an instant never fails.
+    ///
+    /// ```
+    /// use apsched::trigger::Date;
+    /// use chrono::{NaiveDate, TimeDelta, Utc};
+    ///
+    /// let in_an_hour = Date::at(Utc::now() + TimeDelta::hours(1), None)?;
+    /// let ny = chrono_tz::America::New_York;
+    /// let wall = NaiveDate::from_ymd_opt(2024, 1, 15).unwrap().and_hms_opt(9, 0, 0).unwrap();
+    /// assert_eq!(Date::at(wall, Some(ny))?, Date::at("2024-01-15 09:00:00", Some(ny))?);
+    /// assert!(Date::at("next tuesday", None).is_err());
+    /// # Ok::<(), apsched::TriggerError>(())
+    /// ```
     pub fn at(run_date: impl IntoTriggerDate, timezone: Option<Tz>) -> Result<Self, TriggerError> {
         let run = run_date.into_trigger_date("run_date")?;
         let at = run.resolve_param(timezone.unwrap_or(Tz::UTC), "run_date")?;
         Ok(Date { run, timezone, at })
-    }
-
-    /// A trigger firing once at the date string `run_date` (see [`TriggerDate`] for the forms).
-    pub fn parse(run_date: &str, timezone: Option<Tz>) -> Result<Self, TriggerError> {
-        Date::at(run_date, timezone)
     }
 
     /// The instant it fires at.
@@ -79,15 +80,6 @@ impl Date {
             self.at = at;
         }
         self
-    }
-
-    /// Fill in the zone if none was given.
-    pub fn with_default_timezone(self, tz: Tz) -> Self {
-        if self.timezone.is_some() {
-            self
-        } else {
-            self.with_timezone(tz)
-        }
     }
 }
 

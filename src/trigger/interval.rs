@@ -38,7 +38,8 @@ pub struct Interval {
     end: Option<DateTime<Utc>>,
 }
 
-/// Builds an [`Interval`]; lengths add up (`hours(1).minutes(30)` = 90 minutes).
+/// Builds an [`Interval`]; the lengths of different units add up (`hours(1).minutes(30)` =
+/// 90 minutes), setting one unit twice keeps the last value.
 #[derive(Debug, Clone, Default)]
 pub struct IntervalBuilder {
     weeks: f64,
@@ -53,27 +54,27 @@ pub struct IntervalBuilder {
 }
 
 impl IntervalBuilder {
-    /// Adds weeks.
+    /// Weeks (added to the other lengths).
     pub fn weeks(mut self, n: impl Into<f64>) -> Self {
         self.weeks = n.into();
         self
     }
-    /// Adds days.
+    /// Days (added to the other lengths).
     pub fn days(mut self, n: impl Into<f64>) -> Self {
         self.days = n.into();
         self
     }
-    /// Adds hours.
+    /// Hours (added to the other lengths).
     pub fn hours(mut self, n: impl Into<f64>) -> Self {
         self.hours = n.into();
         self
     }
-    /// Adds minutes.
+    /// Minutes (added to the other lengths).
     pub fn minutes(mut self, n: impl Into<f64>) -> Self {
         self.minutes = n.into();
         self
     }
-    /// Adds seconds (fractions allowed, down to a microsecond).
+    /// Seconds (added to the other lengths; fractions allowed, down to a microsecond).
     pub fn seconds(mut self, n: impl Into<f64>) -> Self {
         self.seconds = n.into();
         self
@@ -124,7 +125,10 @@ impl IntervalBuilder {
         if !micros.is_finite() || micros.abs() > 1e17 {
             return Err(TriggerError::InvalidParam {
                 param: "interval".into(),
-                reason: "is too long".into(),
+                reason: format!(
+                    "{} seconds is too long (at most 100000000000 seconds, about 3,170 years)",
+                    total / 1e6
+                ),
             });
         }
         Interval::from_parts(
@@ -142,7 +146,10 @@ impl Interval {
     pub fn new(every: Duration) -> Result<Self, TriggerError> {
         let micros = i64::try_from(every.as_micros()).map_err(|_| TriggerError::InvalidParam {
             param: "interval".into(),
-            reason: "is too long".into(),
+            reason: format!(
+                "{every:?} is too long (at most {} seconds, about 292,000 years)",
+                i64::MAX / 1_000_000
+            ),
         })?;
         Interval::from_parts(micros, None, None, None, None)
     }
@@ -182,7 +189,7 @@ impl Interval {
                 return Err(TriggerError::InvalidParam {
                     param: "end_date".into(),
                     reason: format!(
-                        "'{}' is before start_date '{}'",
+                        "'{}' is before start_date '{}' (give an end_date at or after the start_date)",
                         show(t.end_date),
                         show(t.start_date)
                     ),
@@ -220,15 +227,6 @@ impl Interval {
         self.timezone = Some(tz);
         let _ = self.resolve_dates();
         self
-    }
-
-    /// Fill in the zone if none was given.
-    pub fn with_default_timezone(self, tz: Tz) -> Self {
-        if self.timezone.is_some() {
-            self
-        } else {
-            self.with_timezone(tz)
-        }
     }
 
     /// The first time of the grid through `origin` that is `>= t` (for `and`).

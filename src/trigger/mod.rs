@@ -23,10 +23,11 @@
 
 mod calendar_interval;
 mod combine;
-pub mod cron;
-mod crontab;
+mod cron;
 mod date;
 mod interval;
+#[cfg(test)]
+mod tests;
 mod tz;
 mod tzdb;
 
@@ -148,16 +149,18 @@ pub enum TriggerSpec {
 }
 
 impl TriggerSpec {
-    /// The trigger with every zone left unset filled in with `tz` (the scheduler's zone),
-    /// recursively. A zone still unset when evaluated means UTC.
-    pub fn with_default_timezone(self, tz: Tz) -> Self {
+    /// The trigger with every zone left unset filled in with `tz` (the scheduler's zone, when
+    /// a job is added or its trigger replaced), recursively. A zone still unset when evaluated
+    /// means UTC.
+    pub(crate) fn with_default_timezone(self, tz: Tz) -> Self {
+        if self.timezone().is_some() {
+            return self;
+        }
         match self {
-            TriggerSpec::Cron(t) => TriggerSpec::Cron(Box::new(t.with_default_timezone(tz))),
-            TriggerSpec::Interval(t) => TriggerSpec::Interval(t.with_default_timezone(tz)),
-            TriggerSpec::Date(t) => TriggerSpec::Date(t.with_default_timezone(tz)),
-            TriggerSpec::CalendarInterval(t) => {
-                TriggerSpec::CalendarInterval(t.with_default_timezone(tz))
-            }
+            TriggerSpec::Cron(t) => TriggerSpec::Cron(Box::new(t.with_timezone(tz))),
+            TriggerSpec::Interval(t) => TriggerSpec::Interval(t.with_timezone(tz)),
+            TriggerSpec::Date(t) => TriggerSpec::Date(t.with_timezone(tz)),
+            TriggerSpec::CalendarInterval(t) => TriggerSpec::CalendarInterval(t.with_timezone(tz)),
             TriggerSpec::And(t) => TriggerSpec::And(t.with_default_timezone(tz)),
             TriggerSpec::Or(t) => TriggerSpec::Or(t.with_default_timezone(tz)),
         }

@@ -24,7 +24,7 @@ use crate::error::TriggerError;
 pub(crate) fn parse_tz(param: &str, name: &str) -> Result<Tz, TriggerError> {
     Tz::from_str(name.trim()).map_err(|_| TriggerError::InvalidParam {
         param: param.into(),
-        reason: format!("'{name}' is not a known IANA time zone"),
+        reason: format!("'{name}' is not a known IANA time zone (e.g. 'Europe/London', 'UTC')"),
     })
 }
 
@@ -70,7 +70,7 @@ impl TriggerDate {
     pub(crate) fn resolve_param(&self, tz: Tz, param: &str) -> Result<DateTime<Utc>, TriggerError> {
         self.resolve(tz).ok_or_else(|| TriggerError::InvalidParam {
             param: param.into(),
-            reason: format!("'{self}' is out of the supported range"),
+            reason: format!("'{self}' is out of the supported range (years -9999 to 9999)"),
         })
     }
 
@@ -121,11 +121,31 @@ impl FromStr for TriggerDate {
     }
 }
 
-/// Anything a builder accepts as a date: chrono types, [`TriggerDate`], or a string in the
-/// accepted forms (checked when the trigger is built).
-pub trait IntoTriggerDate {
+/// Anything a builder (or [`Date::at`](super::Date::at)) accepts as a date: chrono's
+/// `DateTime` (any zone: an instant), `NaiveDateTime` and `NaiveDate` (wall time in the
+/// trigger's zone), [`TriggerDate`], or a string in the accepted forms (checked when the
+/// trigger is built).
+///
+/// Sealed: the list above is the whole list, so the conversions can change without breaking
+/// anyone's implementation.
+pub trait IntoTriggerDate: sealed::Sealed {
     /// Converts, naming `param` in the error.
     fn into_trigger_date(self, param: &str) -> Result<TriggerDate, TriggerError>;
+}
+
+mod sealed {
+    use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone};
+
+    use super::TriggerDate;
+
+    pub trait Sealed {}
+    impl Sealed for TriggerDate {}
+    impl Sealed for &str {}
+    impl Sealed for String {}
+    impl Sealed for &String {}
+    impl Sealed for NaiveDateTime {}
+    impl Sealed for NaiveDate {}
+    impl<Z: TimeZone> Sealed for DateTime<Z> {}
 }
 
 impl IntoTriggerDate for TriggerDate {

@@ -215,7 +215,7 @@ async fn item2_year_9999_dates_and_huge_intervals_do_not_stop_other_jobs() {
     let end_of_9999 = Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap();
     s.add_job(|| async {})
         .id("far")
-        .trigger(Date::new(end_of_9999))
+        .trigger(Date::at(end_of_9999, None).unwrap())
         .await
         .unwrap();
     // The last instant chrono can represent, as an explicit next run time.
@@ -498,7 +498,7 @@ async fn item7_events_of_jobs_due_together_come_in_apschedulers_order() {
         .unwrap();
     s.add_job(|| async {})
         .id("b")
-        .trigger(Date::new(due))
+        .trigger(Date::at(due, None).unwrap())
         .await
         .unwrap();
     let mut rx = s.subscribe(EventKind::ALL);
@@ -531,7 +531,7 @@ async fn item8_a_one_shot_job_whose_executor_is_missing_is_kept() {
     s.add_job(|| async {})
         .id("once")
         .executor("gone")
-        .trigger(Date::new(due))
+        .trigger(Date::at(due, None).unwrap())
         .await
         .unwrap();
     s.remove_executor("gone").await.unwrap();

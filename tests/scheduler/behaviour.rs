@@ -379,7 +379,7 @@ async fn a_lagging_subscriber_is_told_how_many_events_it_lost() {
     s.start().await.unwrap();
     for i in 0..10 {
         s.add_job(|| async {})
-            .trigger(Date::new(start_time() + TimeDelta::days(1)))
+            .trigger(Date::at(start_time() + TimeDelta::days(1), None).unwrap())
             .id(format!("j{i}"))
             .await
             .unwrap();

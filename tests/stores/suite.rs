@@ -67,7 +67,7 @@ pub fn interval_job(id: &str, every_secs: u64, next: Option<DateTime<Utc>>) -> J
 
 /// A persistable one-shot job at `when`.
 pub fn date_job(id: &str, when: DateTime<Utc>) -> JobRecord {
-    job(id, Date::new(when).into(), Some(when))
+    job(id, Date::at(when, None).unwrap().into(), Some(when))
 }
 
 fn job(id: &str, trigger: TriggerSpec, next: Option<DateTime<Utc>>) -> JobRecord {

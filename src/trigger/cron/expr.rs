@@ -135,7 +135,22 @@ fn expected(field: FieldKind) -> &'static str {
             "is not a valid weekday expression (expected *, */n, a, a-b, a-b/n or a/n with \
              numbers 0-6 or mon-sun)"
         }
-        _ => "is not a valid expression (expected *, */n, a, a-b, a-b/n or a/n)",
+        FieldKind::Year => {
+            "is not a valid year expression (expected *, */n, a, a-b, a-b/n or a/n with \
+             numbers 1970-9999)"
+        }
+        FieldKind::Week => {
+            "is not a valid week expression (expected *, */n, a, a-b, a-b/n or a/n with \
+             numbers 1-53)"
+        }
+        FieldKind::Hour => {
+            "is not a valid hour expression (expected *, */n, a, a-b, a-b/n or a/n with \
+             numbers 0-23)"
+        }
+        FieldKind::Minute | FieldKind::Second => {
+            "is not a valid expression (expected *, */n, a, a-b, a-b/n or a/n with numbers \
+             0-59)"
+        }
     }
 }
 
@@ -211,7 +226,7 @@ fn parse_part(field: FieldKind, part: &str) -> Result<Expr, TriggerError> {
         Some(b) => {
             let v = parse_value(field, b, part)?;
             if v.1 != first.1 {
-                return Err(err(field, part, "mixes a number and a name in one range"));
+                return Err(err(field, part, "mixes a number and a name in one range (write both ends as numbers or both as names)"));
             }
             Some(v.0)
         }
@@ -222,7 +237,7 @@ fn parse_part(field: FieldKind, part: &str) -> Result<Expr, TriggerError> {
         return Err(err(
             field,
             part,
-            format!("is out of range: {first} is below the minimum {min}"),
+            format!("is out of range: {first} is below the minimum {min} (allowed: {min}-{max})"),
         ));
     }
     if let Some(l) = last {
@@ -230,14 +245,17 @@ fn parse_part(field: FieldKind, part: &str) -> Result<Expr, TriggerError> {
             return Err(err(
                 field,
                 part,
-                format!("is out of range: {l} is above the maximum {max}"),
+                format!("is out of range: {l} is above the maximum {max} (allowed: {min}-{max})"),
             ));
         }
         if first > l {
             return Err(err(
                 field,
                 part,
-                format!("is an inverted range: {first} is higher than {l}"),
+                format!(
+                    "is an inverted range: {first} is higher than {l} (write the lower value \
+                     first, or split a range that wraps around in two: {first}-{max},{min}-{l})"
+                ),
             ));
         }
     }
@@ -245,7 +263,7 @@ fn parse_part(field: FieldKind, part: &str) -> Result<Expr, TriggerError> {
         return Err(err(
             field,
             part,
-            format!("is out of range: {first} is above the maximum {max}"),
+            format!("is out of range: {first} is above the maximum {max} (allowed: {min}-{max})"),
         ));
     }
     let last_v = match (last, step) {
@@ -272,7 +290,12 @@ fn parse_value(field: FieldKind, s: &str, part: &str) -> Result<(u32, bool), Tri
         return Err(err(
             field,
             part,
-            format!("is out of range: {s} is above the maximum {}", field.max()),
+            format!(
+                "is out of range: {s} is above the maximum {} (allowed: {}-{})",
+                field.max(),
+                field.min(),
+                field.max()
+            ),
         ));
     }
     match field {

@@ -1,6 +1,8 @@
 //! Replaying trigger conformance cases (`docs/conformance.md`): shared by the
-//! probe (`examples/conformance.rs`) and the integration test, so the replay rules live in
-//! one place. Not part of the public API.
+//! probe (`examples/conformance.rs`, which includes this file with `#[path]`) and the
+//! integration test (`tests/triggers.rs`), so the replay rules live in one place. It uses
+//! only the public trigger API (serde's [`TriggerSpec`] form and `utc_offset`), so it is not
+//! part of the library.
 //!
 //! Reads only `id`, `kind`, `construct`, `crontab`, `params`, `timezone`, `now`, `policy`
 //! and `step_count`; never `expected`, `note` or `contract_rule`. Never panics.
@@ -11,7 +13,7 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use chrono_tz::Tz;
 use serde_json::{json, Map, Value};
 
-use crate::trigger::{Trigger, TriggerSpec};
+use apsched::trigger::{utc_offset, Trigger, TriggerSpec};
 
 /// How `prev`/`now` evolve between calls.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -217,7 +219,7 @@ pub fn run_invalid(case: &Value) -> (bool, String) {
 /// Renders an instant as wall time in `tz` with its offset.
 pub fn render(t: DateTime<Utc>, tz: Tz) -> String {
     // The triggers' zone database, not chrono-tz's tables (which stop at 2099).
-    let offset = crate::trigger::utc_offset(tz, t);
+    let offset = utc_offset(tz, t);
     match t.naive_utc().checked_add_offset(offset) {
         Some(_) => t
             .with_timezone(&offset)

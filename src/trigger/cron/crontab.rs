@@ -12,9 +12,9 @@
 
 use croner::parser::{CronParser, Seconds, Year};
 
-use super::cron::expr::{step_beyond_range, MONTHS, WEEKDAYS};
-use super::cron::field::FieldKind;
-use super::cron::schedule::{CrontabDays, DayRule, Schedule};
+use super::expr::{step_beyond_range, MONTHS, WEEKDAYS};
+use super::field::FieldKind;
+use super::schedule::{CrontabDays, DayRule, Schedule};
 use crate::error::TriggerError;
 
 // Bit flags of croner's components (stable in croner 4).
@@ -206,9 +206,17 @@ pub(crate) fn compile(expr: &str) -> Result<(Schedule, bool), TriggerError> {
         seconds: bits(&p.seconds, 0, 59, ALL_BIT),
         never: false,
     };
-    if schedule.hours == 0 || schedule.minutes == 0 || schedule.seconds == 0 || schedule.months == 0
-    {
-        return Err(bad(expr, "a field matches no value"));
+    let empty = [
+        ("hour", schedule.hours == 0),
+        ("minute", schedule.minutes == 0),
+        ("second", schedule.seconds == 0),
+        ("month", schedule.months == 0),
+    ];
+    if let Some((field, _)) = empty.iter().find(|(_, empty)| *empty) {
+        return Err(bad(
+            expr,
+            format!("{field}: matches no value (give at least one value in its range)"),
+        ));
     }
     Ok((schedule, p.hours.from_wildcard))
 }
