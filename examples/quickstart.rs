@@ -33,11 +33,7 @@ fn main() -> apsched::Result<()> {
             .store("default", MemoryStore::new())
             .executor("default", BlockingExecutor::new(10))
             .executor("processpool", ProcessExecutor::new(10))
-            .job_defaults(JobDefaults {
-                coalesce: false,
-                max_instances: 3,
-                ..JobDefaults::default()
-            }),
+            .job_defaults(JobDefaults::default().coalesce(false).max_instances(3)),
     )?;
 
     // `next_run_time=None` in the Python call: the job is added paused.

@@ -11,8 +11,23 @@ use crate::job::opt_secs;
 use crate::job::record::JobRecord;
 use crate::trigger::TriggerSpec;
 
-/// Options every job has, with scheduler-wide defaults.
+/// Options every job has, with scheduler-wide defaults
+/// ([`SchedulerBuilder::job_defaults`](crate::SchedulerBuilder::job_defaults)).
+///
+/// Built from [`Default`] with the setters (it is `#[non_exhaustive]`, so later releases can
+/// add options without breaking code):
+///
+/// ```
+/// use std::time::Duration;
+/// use apsched::JobDefaults;
+/// let defaults = JobDefaults::default()
+///     .coalesce(false)
+///     .max_instances(3)
+///     .misfire_grace_time(Some(Duration::from_secs(30)));
+/// assert_eq!(defaults.max_instances, 3);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct JobDefaults {
     /// How late a run may start and still run; `None` = any lateness. Default 1 s.
     #[serde(with = "opt_secs")]
@@ -21,6 +36,29 @@ pub struct JobDefaults {
     pub coalesce: bool,
     /// How many runs of one job may be in flight at once. Default 1.
     pub max_instances: u32,
+}
+
+impl JobDefaults {
+    /// Sets how late a run may start and still run (`None` = any lateness).
+    #[must_use]
+    pub fn misfire_grace_time(mut self, grace: Option<Duration>) -> Self {
+        self.misfire_grace_time = grace;
+        self
+    }
+
+    /// Sets whether a backlog of due times runs once.
+    #[must_use]
+    pub fn coalesce(mut self, coalesce: bool) -> Self {
+        self.coalesce = coalesce;
+        self
+    }
+
+    /// Sets how many runs of one job may be in flight at once.
+    #[must_use]
+    pub fn max_instances(mut self, n: u32) -> Self {
+        self.max_instances = n;
+        self
+    }
 }
 
 impl Default for JobDefaults {
@@ -33,8 +71,11 @@ impl Default for JobDefaults {
     }
 }
 
-/// A read-only view of a job, as `get_job` and `get_jobs` return it.
+/// A read-only view of a job, as [`JobHandle::get`](crate::JobHandle::get) and
+/// [`Scheduler::get_jobs`](crate::Scheduler::get_jobs) return it. `#[non_exhaustive]`: later
+/// releases may add fields.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct Job {
     /// Job id.
     pub id: String,

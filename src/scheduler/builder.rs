@@ -33,7 +33,7 @@ use crate::task::{TaskFn, TaskRegistry};
 ///     .store("default", MemoryStore::new())
 ///     .executor("default", BlockingExecutor::new(10))
 ///     .executor("processpool", ProcessExecutor::new(10))
-///     .job_defaults(JobDefaults { coalesce: false, max_instances: 3, ..Default::default() })
+///     .job_defaults(JobDefaults::default().coalesce(false).max_instances(3))
 ///     .build();
 /// ```
 #[must_use]
