@@ -16,6 +16,8 @@ mod nosql_common;
 pub mod redis;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 pub mod sql;
+#[cfg(feature = "test-util")]
+pub mod testing;
 #[cfg(feature = "zookeeper")]
 pub mod zookeeper;
 
@@ -34,27 +36,113 @@ pub use self::redis::RedisStore;
 pub use self::zookeeper::ZooKeeperStore;
 use crate::clock::Clock;
 use crate::error::{Result, TriggerError};
-use crate::event::EventBus;
+use crate::event::{Event, EventBus};
 use crate::job::JobRecord;
 use crate::task::TaskRegistry;
 
-/// What a store gets from the scheduler when it starts.
+/// What a store gets from the scheduler when it starts: who it is, what time it is, and the
+/// few ways it may talk back (wake the loop, report a record it cannot load). A store never
+/// sees the scheduler's event bus or task registry itself; it asks through these methods.
+///
+/// The scheduler builds it; tests build one with
+/// [`testing::TestContext`](crate::store::testing::TestContext) (feature `test-util`).
+/// Cloning is cheap, so background tasks (a listener waking the loop) keep a clone.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct StoreContext {
-    /// The store's alias in this scheduler.
-    pub alias: String,
-    /// This scheduler's identity (lease owner), `host-pid-random` by default.
-    pub scheduler_id: String,
+    alias: String,
+    scheduler_id: String,
+    lease: Duration,
+    tasks: Arc<TaskRegistry>,
+    wakeup: Arc<Notify>,
+    events: EventBus,
+    clock: Arc<dyn Clock>,
+}
+
+impl StoreContext {
+    /// The context the scheduler (or a test harness) gives a store it starts.
+    pub(crate) fn new(
+        alias: impl Into<String>,
+        scheduler_id: impl Into<String>,
+        lease: Duration,
+        tasks: Arc<TaskRegistry>,
+        wakeup: Arc<Notify>,
+        events: EventBus,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        StoreContext {
+            alias: alias.into(),
+            scheduler_id: scheduler_id.into(),
+            lease,
+            tasks,
+            wakeup,
+            events,
+            clock,
+        }
+    }
+
+    /// The store's alias in this scheduler (for messages and events).
+    pub fn alias(&self) -> &str {
+        &self.alias
+    }
+
+    /// This scheduler's identity, `host-pid-random` by default: the owner a store writes
+    /// into the leases it takes.
+    pub fn scheduler_id(&self) -> &str {
+        &self.scheduler_id
+    }
+
     /// How long a claim on a job lasts before other schedulers may take it over.
-    pub lease: Duration,
-    /// The registered tasks, to check stored jobs against.
-    pub tasks: Arc<TaskRegistry>,
-    /// Notify this to wake the scheduler loop (e.g. another process changed a job).
-    pub wakeup: Arc<Notify>,
-    /// The scheduler's events, for reporting corrupt records and outages.
-    pub events: EventBus,
-    /// The scheduler's clock.
-    pub clock: Arc<dyn Clock>,
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// The scheduler's clock, read now (virtual in tests with a test clock).
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Wakes the scheduler loop so that it looks at the store again (another process
+    /// changed a job, a watch was re-armed and may have missed changes).
+    pub fn wake_scheduler(&self) {
+        self.wakeup.notify_one();
+    }
+
+    /// Whether a task of this name is registered with the scheduler: a stored job naming
+    /// any other task cannot be loaded.
+    pub fn has_task(&self, name: &str) -> bool {
+        self.tasks.contains(name)
+    }
+
+    /// Reports a stored record that cannot be loaded (a `STORE_ERROR` event carrying
+    /// [`Error::CorruptJob`](crate::Error::CorruptJob)'s message, and an error log). The
+    /// store keeps the record untouched and skips it; it should report each distinct
+    /// content once (see the store guide, docs/custom_store.md).
+    pub fn report_corrupt(&self, job_id: &str, reason: &str) {
+        let message = crate::Error::CorruptJob {
+            id: job_id.to_string(),
+            reason: reason.to_string(),
+        }
+        .to_string();
+        tracing::error!(store = %self.alias, job_id = %job_id, "{message}; it is kept untouched and skipped");
+        self.emit(Some(job_id), message);
+    }
+
+    /// Reports a problem with one job that the store handled or could not handle (a
+    /// `STORE_ERROR` event and a warning): a record whose copies disagree, a claim whose
+    /// write failed.
+    pub fn report_problem(&self, job_id: &str, message: &str) {
+        tracing::warn!(store = %self.alias, job_id = %job_id, "{message}");
+        self.emit(Some(job_id), message.to_string());
+    }
+
+    fn emit(&self, job_id: Option<&str>, message: String) {
+        self.events.emit(Event::StoreError {
+            store: self.alias.clone(),
+            job_id: job_id.map(str::to_string),
+            message,
+        });
+    }
 }
 
 /// A due job claimed by [`JobStore::acquire_due_jobs`].
@@ -173,7 +261,7 @@ pub trait JobStore: Send + Sync + 'static {
     /// How often the scheduler should look at this store even when it has no reason to
     /// (other processes may add jobs to it without waking this one). `None` for stores
     /// only this scheduler writes to, or that push notifications through
-    /// [`StoreContext::wakeup`].
+    /// [`StoreContext::wake_scheduler`].
     fn poll_interval(&self) -> Option<Duration> {
         None
     }

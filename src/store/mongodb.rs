@@ -258,7 +258,7 @@ impl MongoStore {
     }
 
     fn now(&self) -> DateTime<Utc> {
-        self.state.ctx().map_or_else(Utc::now, |c| c.clock.now())
+        self.state.ctx().map_or_else(Utc::now, |c| c.now())
     }
 
     fn decode(&self, d: &Document) -> Option<JobRecord> {

@@ -8,7 +8,6 @@ use chrono::{DateTime, Utc};
 
 use super::StoreContext;
 use crate::error::Error;
-use crate::event::Event;
 use crate::job::{JobRecord, Lease, StoredCallable, StoredJob};
 use crate::sync::{MutexExt, RwLockExt};
 
@@ -43,7 +42,7 @@ impl StoreState {
         self.ctx
             .read_unpoisoned()
             .as_ref()
-            .map_or_else(|| self.default_alias.to_string(), |c| c.alias.clone())
+            .map_or_else(|| self.default_alias.to_string(), |c| c.alias().to_string())
     }
 
     /// This scheduler's identity (empty before start).
@@ -51,7 +50,7 @@ impl StoreState {
         self.ctx
             .read_unpoisoned()
             .as_ref()
-            .map_or_else(String::new, |c| c.scheduler_id.clone())
+            .map_or_else(String::new, |c| c.scheduler_id().to_string())
     }
 
     /// The lease length (30 s before start).
@@ -59,7 +58,7 @@ impl StoreState {
         self.ctx
             .read_unpoisoned()
             .as_ref()
-            .map_or(std::time::Duration::from_secs(30), |c| c.lease)
+            .map_or(std::time::Duration::from_secs(30), |c| c.lease())
     }
 
     /// An [`Error::Store`] for a failed driver call.
@@ -116,7 +115,7 @@ impl StoreState {
         }
         if let StoredCallable::Task { name, .. } = &stored.callable {
             if let Some(ctx) = self.ctx() {
-                if !ctx.tasks.contains(name) {
+                if !ctx.has_task(name) {
                     return Err(format!(
                         "no task named '{name}' is registered with this scheduler"
                     ));
@@ -164,14 +163,9 @@ impl StoreState {
     /// the job id, and a `tracing` warning): an index entry that disagreed with its document,
     /// or a claim whose write failed.
     pub(crate) fn report(&self, id: &str, message: String) {
-        let store = self.alias();
-        tracing::warn!(%store, job_id = %id, "{message}");
-        if let Some(ctx) = self.ctx() {
-            ctx.events.emit(Event::StoreError {
-                store,
-                job_id: Some(id.to_string()),
-                message,
-            });
+        match self.ctx() {
+            Some(ctx) => ctx.report_problem(id, &message),
+            None => tracing::warn!(store = %self.alias(), job_id = %id, "{message}"),
         }
     }
 
@@ -208,18 +202,11 @@ impl StoreState {
         if !first {
             return;
         }
-        let store = self.alias();
-        tracing::error!(%store, job_id = %id, %reason, "stored job could not be loaded; it is kept untouched and skipped");
-        if let Some(ctx) = self.ctx() {
-            ctx.events.emit(Event::StoreError {
-                store,
-                job_id: Some(id.to_string()),
-                message: Error::CorruptJob {
-                    id: id.to_string(),
-                    reason: reason.to_string(),
-                }
-                .to_string(),
-            });
+        match self.ctx() {
+            Some(ctx) => ctx.report_corrupt(id, reason),
+            None => {
+                tracing::error!(store = %self.alias(), job_id = %id, %reason, "stored job could not be loaded; it is kept untouched and skipped")
+            }
         }
     }
 }

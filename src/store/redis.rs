@@ -391,7 +391,7 @@ impl RedisStore {
     }
 
     fn now(&self) -> DateTime<Utc> {
-        self.state.ctx().map_or_else(Utc::now, |c| c.clock.now())
+        self.state.ctx().map_or_else(Utc::now, |c| c.now())
     }
 
     /// Reads documents, versions and leases of `ids` in one round trip.
@@ -479,8 +479,7 @@ impl RedisStore {
 async fn listen(
     client: redis::Client,
     channel: String,
-    me: String,
-    wakeup: std::sync::Arc<tokio::sync::Notify>,
+    ctx: StoreContext,
     stop: CancellationToken,
 ) {
     let mut first = true;
@@ -498,7 +497,7 @@ async fn listen(
             Ok(mut ps) => {
                 if !first {
                     // Messages may have been lost while disconnected: look again.
-                    wakeup.notify_one();
+                    ctx.wake_scheduler();
                 }
                 first = false;
                 let mut stream = ps.on_message();
@@ -509,8 +508,8 @@ async fn listen(
                     };
                     let Some(msg) = msg else { break };
                     let from: String = msg.get_payload().unwrap_or_default();
-                    if from != me {
-                        wakeup.notify_one();
+                    if from != ctx.scheduler_id() {
+                        ctx.wake_scheduler();
                     }
                 }
                 tracing::warn!(%channel, "Redis pub/sub connection lost; reconnecting");
@@ -529,9 +528,7 @@ async fn listen(
 #[async_trait::async_trait]
 impl JobStore for RedisStore {
     async fn start(&self, ctx: StoreContext) -> Result<()> {
-        let wakeup = ctx.wakeup.clone();
-        let me = ctx.scheduler_id.clone();
-        self.state.set_ctx(Some(ctx));
+        self.state.set_ctx(Some(ctx.clone()));
         self.state.forget_all_corrupt();
         let mut conn = self.conn().await?;
         let _: String = redis::cmd("PING")
@@ -542,13 +539,7 @@ impl JobStore for RedisStore {
         if let Some(old) = self.stop.lock_unpoisoned().replace(stop.clone()) {
             old.cancel();
         }
-        tokio::spawn(listen(
-            self.client.clone(),
-            self.keys().channel,
-            me,
-            wakeup,
-            stop,
-        ));
+        tokio::spawn(listen(self.client.clone(), self.keys().channel, ctx, stop));
         Ok(())
     }
 

@@ -29,7 +29,7 @@
 //! recursive watch (`addWatch`, ZooKeeper 3.6+) on `R/index`. Every add, reschedule, resume
 //! or claim creates an index entry named by its next run time; when an entry is created that
 //! is earlier than what this store last reported from [`JobStore::next_run_time`] (or when
-//! nothing is known), the watcher wakes the scheduler loop (`StoreContext::wakeup`). Entries
+//! nothing is known), the watcher wakes the scheduler loop (`StoreContext::wake_scheduler`). Entries
 //! at or after the reported time need no wake-up: the loop looks again by then anyway, so
 //! other schedulers' claims and one's own bulk adds do not make the loop spin. Entries seen
 //! since the last report are checked again against the next one (they may be missing from
@@ -432,7 +432,7 @@ impl ZooKeeperStore {
     }
 
     fn now(&self) -> DateTime<Utc> {
-        self.state.ctx().map_or_else(Utc::now, |c| c.clock.now())
+        self.state.ctx().map_or_else(Utc::now, |c| c.now())
     }
 
     fn envelope(job: &JobRecord) -> Result<Vec<u8>> {
@@ -832,7 +832,7 @@ struct Watcher {
     index: String,
     session_timeout: Duration,
     shared: Arc<WatchState>,
-    wakeup: Arc<tokio::sync::Notify>,
+    ctx: StoreContext,
     stop: CancellationToken,
 }
 
@@ -914,7 +914,7 @@ impl Watcher {
         } else {
             tracing::info!(index = %self.index, "ZooKeeper watch re-armed");
             // Changes made while the watch was down were not seen.
-            self.wakeup.notify_one();
+            self.ctx.wake_scheduler();
         }
         *delay = WATCH_MIN_BACKOFF;
         *healthy = true;
@@ -937,7 +937,7 @@ impl Watcher {
                     zk::SessionState::SyncConnected => {
                         // Same session, watch restored by the client; events may be lost.
                         self.armed();
-                        self.wakeup.notify_one();
+                        self.ctx.wake_scheduler();
                     }
                     _ => {}
                 },
@@ -948,7 +948,7 @@ impl Watcher {
                         .and_then(parse_index)
                         .map_or(i64::MIN, |(t, _)| t);
                     if self.shared.entry_created(at) {
-                        self.wakeup.notify_one();
+                        self.ctx.wake_scheduler();
                     }
                 }
                 // A removed entry or a later one never makes a job due sooner.
@@ -965,8 +965,7 @@ impl Watcher {
 #[async_trait::async_trait]
 impl JobStore for ZooKeeperStore {
     async fn start(&self, ctx: StoreContext) -> Result<()> {
-        let wakeup = ctx.wakeup.clone();
-        self.state.set_ctx(Some(ctx));
+        self.state.set_ctx(Some(ctx.clone()));
         self.state.forget_all_corrupt();
         let c = self.client().await?;
         if let Err(e) = self.heal_index(&c).await {
@@ -982,7 +981,7 @@ impl JobStore for ZooKeeperStore {
                 index: self.index_path(),
                 session_timeout: self.session_timeout,
                 shared: self.watch.clone(),
-                wakeup,
+                ctx,
                 stop,
             }
             .run(armed_tx),
@@ -1211,7 +1210,7 @@ impl JobStore for ZooKeeperStore {
         if self.watch.reported(next.map(to_us)) {
             // An entry appeared meanwhile that may be missing from this listing.
             if let Some(ctx) = self.state.ctx() {
-                ctx.wakeup.notify_one();
+                ctx.wake_scheduler();
             }
         }
         Ok(next)

@@ -347,11 +347,8 @@ async fn item9_add_and_modify_validate_options_and_the_executor() {
 #[cfg(feature = "sqlite")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn item9_a_stored_row_with_zero_max_instances_is_reported_and_kept() {
-    use apsched::clock::SystemClock;
-    use apsched::event::EventBus;
     use apsched::store::sql::SqlStore;
-    use apsched::store::{JobStore, StoreContext};
-    use apsched::task::{TaskFn, TaskRegistry};
+    use apsched::store::JobStore;
 
     let path = std::env::temp_dir().join(format!("apsched-item9-{}.db", std::process::id()));
     let _ = std::fs::remove_file(&path);
@@ -366,19 +363,14 @@ async fn item9_a_stored_row_with_zero_max_instances_is_reported_and_kept() {
         )
     };
     {
-        let mut tasks = TaskRegistry::new();
-        tasks.insert("noop", TaskFn::from_async(|_: serde_json::Value| async {}));
+        // The contract suite's context registers `noop` among its tasks.
         let writer = SqlStore::sqlite(&path).unwrap();
         writer
-            .start(StoreContext {
-                alias: "default".into(),
-                scheduler_id: "writer".into(),
-                lease: Duration::from_secs(3),
-                tasks: Arc::new(tasks),
-                wakeup: Arc::new(tokio::sync::Notify::new()),
-                events: EventBus::new(16),
-                clock: Arc::new(SystemClock),
-            })
+            .start(apsched::store::testing::context(
+                "default",
+                "writer",
+                Duration::from_secs(3),
+            ))
             .await
             .unwrap();
         writer

@@ -124,10 +124,10 @@ async fn mongodb_corrupt_records_are_reported_once_and_kept() {
         return;
     }
     let db = db_name();
-    let ctx = suite::context("mongodb", "s1", Duration::from_secs(30));
-    let rx = ctx.events.subscribe(apsched::event::EventKind::STORE_ERROR);
+    let ctx = suite::TestContext::new("mongodb", "s1", Duration::from_secs(30));
+    let rx = ctx.subscribe(apsched::event::EventKind::STORE_ERROR);
     let s = store(&db);
-    s.start(ctx).await.unwrap();
+    s.start(ctx.context()).await.unwrap();
     s.add_job(nosql::task_job("good", "echo", suite::at(0)), false)
         .await
         .unwrap();
@@ -282,10 +282,10 @@ async fn mongodb_index_disagreeing_with_document_settles() {
         return;
     }
     let db = db_name();
-    let ctx = suite::context("mongodb", "s1", Duration::from_secs(30));
-    let rx = ctx.events.subscribe(apsched::event::EventKind::STORE_ERROR);
+    let ctx = suite::TestContext::new("mongodb", "s1", Duration::from_secs(30));
+    let rx = ctx.subscribe(apsched::event::EventKind::STORE_ERROR);
     let s = store(&db);
-    s.start(ctx).await.unwrap();
+    s.start(ctx.context()).await.unwrap();
     let coll = client(&url())
         .await
         .database(&db)
@@ -326,10 +326,10 @@ async fn mongodb_partial_batch_failure_keeps_won_claims() {
         return;
     }
     let db = db_name();
-    let ctx = suite::context("mongodb", "s1", Duration::from_secs(30));
-    let mut rx = ctx.events.subscribe(apsched::event::EventKind::STORE_ERROR);
+    let ctx = suite::TestContext::new("mongodb", "s1", Duration::from_secs(30));
+    let mut rx = ctx.subscribe(apsched::event::EventKind::STORE_ERROR);
     let s = store(&db);
-    s.start(ctx).await.unwrap();
+    s.start(ctx.context()).await.unwrap();
     for id in ["a", "b", "victim", "z"] {
         s.add_job(suite::interval_job(id, 60, Some(suite::at(0))), false)
             .await

@@ -126,10 +126,10 @@ async fn redis_corrupt_records_are_reported_once_and_kept() {
         return;
     }
     let prefix = format!("apsched-test:{}", suite::unique_suffix());
-    let ctx = suite::context("redis", "s1", Duration::from_secs(30));
-    let rx = ctx.events.subscribe(apsched::event::EventKind::STORE_ERROR);
+    let ctx = suite::TestContext::new("redis", "s1", Duration::from_secs(30));
+    let rx = ctx.subscribe(apsched::event::EventKind::STORE_ERROR);
     let store = RedisStore::new(&url()).unwrap().with_prefix(&prefix);
-    store.start(ctx).await.unwrap();
+    store.start(ctx.context()).await.unwrap();
     store
         .add_job(nosql::task_job("good", "echo", suite::at(0)), false)
         .await
@@ -285,10 +285,10 @@ async fn redis_index_disagreeing_with_document_settles() {
         return;
     }
     let prefix = format!("apsched-test:{}", suite::unique_suffix());
-    let ctx = suite::context("redis", "s1", Duration::from_secs(30));
-    let rx = ctx.events.subscribe(apsched::event::EventKind::STORE_ERROR);
+    let ctx = suite::TestContext::new("redis", "s1", Duration::from_secs(30));
+    let rx = ctx.subscribe(apsched::event::EventKind::STORE_ERROR);
     let store = RedisStore::new(&url()).unwrap().with_prefix(&prefix);
-    store.start(ctx).await.unwrap();
+    store.start(ctx.context()).await.unwrap();
     for (id, next) in [("paused", None), ("later", Some(suite::at(600)))] {
         store
             .add_job(suite::interval_job(id, 60, next), false)

@@ -772,10 +772,10 @@ async fn unreachable_server_is_a_store_error() {
 
 /// A started store (identity `s1`) and a receiver of its STORE_ERROR events.
 async fn started_with_events(tdb: &TestDb) -> (SqlStore, apsched::event::EventReceiver) {
-    let ctx = suite::context("default", "s1", Duration::from_secs(30));
-    let events = ctx.events.subscribe(EventKind::STORE_ERROR);
+    let ctx = suite::TestContext::new("default", "s1", Duration::from_secs(30));
+    let events = ctx.subscribe(EventKind::STORE_ERROR);
     let store = tdb.store();
-    store.start(ctx).await.unwrap();
+    store.start(ctx.context()).await.unwrap();
     (store, events)
 }
 
@@ -886,10 +886,10 @@ async fn copies_disagree(db: Db) {
 
     // Repaired: another scheduler reading the table finds only the rows never written since.
     let (other, mut other_events) = {
-        let ctx = suite::context("default", "s2", Duration::from_secs(30));
-        let events = ctx.events.subscribe(EventKind::STORE_ERROR);
+        let ctx = suite::TestContext::new("default", "s2", Duration::from_secs(30));
+        let events = ctx.subscribe(EventKind::STORE_ERROR);
         let other = tdb.store();
-        other.start(ctx).await.unwrap();
+        other.start(ctx.context()).await.unwrap();
         (other, events)
     };
     assert_eq!(other.get_all_jobs().await.unwrap().len(), 4);
@@ -1109,9 +1109,9 @@ async fn pool_of_one(db: Db) {
         Db::Sqlite => SqlStore::lazy(&tdb.url).unwrap().pool_size(1),
     }
     .table(&tdb.table);
-    let ctx = suite::context("default", "s1", Duration::from_secs(30));
-    let wakeup = ctx.wakeup.clone();
-    store.start(ctx).await.unwrap();
+    let ctx = suite::TestContext::new("default", "s1", Duration::from_secs(30));
+    let wakeup = ctx.wakeup();
+    store.start(ctx.context()).await.unwrap();
     let store = Arc::new(store);
     let mut calls = tokio::task::JoinSet::<apsched::Result<()>>::new();
     for i in 0..20 {

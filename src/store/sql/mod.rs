@@ -50,7 +50,6 @@ use tokio::task::JoinHandle;
 
 use super::{first_version, micros_ceil, DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
-use crate::event::Event;
 use crate::job::{Callable, JobRecord, Lease};
 use crate::sync::{MutexExt, RwLockExt};
 
@@ -629,7 +628,7 @@ impl<DB: Dialect> Core<DB> {
         self.started
             .read_unpoisoned()
             .as_ref()
-            .map_or_else(|| "sql".to_string(), |s| s.ctx.alias.clone())
+            .map_or_else(|| "sql".to_string(), |s| s.ctx.alias().to_string())
     }
 
     fn started(&self) -> Result<Arc<Started>> {
@@ -725,7 +724,7 @@ where
     }
 
     async fn start(&self, ctx: StoreContext) -> Result<()> {
-        let alias = ctx.alias.clone();
+        let alias = ctx.alias().to_string();
         let table = validate_table(&self.table)
             .map(|()| self.table.clone())
             .map_err(|m| store_error(&alias, m, None))?;
@@ -895,7 +894,7 @@ where
                 changed.notified().await;
                 let r = sqlx::query(AssertSqlSafe(sql.clone()))
                     .bind(st.channel.as_str())
-                    .bind(st.ctx.scheduler_id.as_str())
+                    .bind(st.ctx.scheduler_id())
                     .execute(&pool)
                     .await;
                 match r {
@@ -903,7 +902,7 @@ where
                     Err(sqlx::Error::PoolClosed) => return,
                     Err(e) => {
                         // The other schedulers still see the change at their next pass.
-                        tracing::warn!(store = %st.ctx.alias, error = %e, "could not notify other schedulers");
+                        tracing::warn!(store = %st.ctx.alias(), error = %e, "could not notify other schedulers");
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                 }
@@ -964,12 +963,7 @@ where
                     let first =
                         self.noted().insert(raw.id.clone(), raw.version) != Some(raw.version);
                     if first {
-                        tracing::warn!(store = %st.ctx.alias, job_id = %raw.id, "{m}");
-                        st.ctx.events.emit(Event::StoreError {
-                            store: st.ctx.alias.clone(),
-                            job_id: Some(raw.id.clone()),
-                            message: m,
-                        });
+                        st.ctx.report_problem(&raw.id, &m);
                     }
                 }
                 Ok(job)
@@ -1006,7 +1000,7 @@ where
             return Err(format!("its JSON names another id ('{}')", job.id));
         }
         if let Callable::Task { name, .. } = &job.callable {
-            if !st.ctx.tasks.contains(name) {
+            if !st.ctx.has_task(name) {
                 return Err(format!(
                     "its task '{name}' is not registered with this scheduler \
                      (SchedulerBuilder::task)"
@@ -1035,16 +1029,7 @@ where
     fn report_bad(&self, st: &Started, id: &str, version: i64, reason: &str) {
         let first = self.bad().insert(id.to_string(), version) != Some(version);
         if first {
-            let err = Error::CorruptJob {
-                id: id.to_string(),
-                reason: reason.to_string(),
-            };
-            tracing::error!(store = %st.ctx.alias, job_id = %id, "{err}");
-            st.ctx.events.emit(Event::StoreError {
-                store: st.ctx.alias.clone(),
-                job_id: Some(id.to_string()),
-                message: err.to_string(),
-            });
+            st.ctx.report_corrupt(id, reason);
         }
     }
 
@@ -1310,7 +1295,7 @@ where
     async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>> {
         let st = self.started()?;
         let err = |e| self.err("reading the next run time", e);
-        let me = st.ctx.scheduler_id.as_str();
+        let me = st.ctx.scheduler_id();
         // Known-bad rows are skipped; fetching one more row per half than there are of
         // them always reaches a good one if there is any. A row whose time cannot be read
         // is reported as bad on the way, and the look repeated with it counted (each repeat
@@ -1357,7 +1342,7 @@ where
                 Ok(due) => return Ok(due),
                 Err(sqlx::Error::Database(d)) if attempt < 2 && DB::lock_conflict(&*d) => {
                     attempt += 1;
-                    tracing::debug!(store = %st.ctx.alias, error = %d, "claim conflict; retrying");
+                    tracing::debug!(store = %st.ctx.alias(), error = %d, "claim conflict; retrying");
                 }
                 Err(e) => return Err(self.err("claiming due jobs", e)),
             }
@@ -1373,9 +1358,9 @@ where
         // Rounded up like the column: a job due at `now` exactly is selected (and a row only
         // sub-microsecond early is left alone by the check below).
         let now_us = micros_ceil(now);
-        let me = st.ctx.scheduler_id.as_str();
+        let me = st.ctx.scheduler_id();
         let lease_until = now
-            .checked_add_signed(TimeDelta::from_std(st.ctx.lease).unwrap_or(TimeDelta::MAX))
+            .checked_add_signed(TimeDelta::from_std(st.ctx.lease()).unwrap_or(TimeDelta::MAX))
             .unwrap_or(DateTime::<Utc>::MAX_UTC);
         let lease_us = lease_until.timestamp_micros();
         let fetch = (limit as i64).saturating_add(self.bad_count());
@@ -1452,7 +1437,7 @@ where
 
     async fn release_jobs(&self, jobs: &[DueJob]) -> Result<()> {
         let st = self.started()?;
-        let me = st.ctx.scheduler_id.as_str();
+        let me = st.ctx.scheduler_id();
         let err = |e| self.err("releasing claimed jobs", e);
         let kept: Vec<&DueJob> = jobs.iter().filter(|d| !d.removed).collect();
         if kept.is_empty() {
