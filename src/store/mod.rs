@@ -7,19 +7,28 @@
 //! ([`JobStore::acquire_due_jobs`]), so no scheduled time of a job is submitted twice (a
 //! time claimed by a scheduler that dies before starting it is lost: see docs/stores.md).
 
+#[cfg(any(
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "mysql",
+    feature = "redis",
+    feature = "mongodb",
+    feature = "zookeeper"
+))]
+mod common;
+#[cfg(any(feature = "redis", feature = "mongodb", feature = "zookeeper"))]
+mod documents;
 mod memory;
 #[cfg(feature = "mongodb")]
-pub mod mongodb;
-#[cfg(any(feature = "redis", feature = "mongodb", feature = "zookeeper"))]
-mod nosql_common;
+mod mongodb;
 #[cfg(feature = "redis")]
-pub mod redis;
+mod redis;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-pub mod sql;
+mod sql;
 #[cfg(feature = "test-util")]
 pub mod testing;
 #[cfg(feature = "zookeeper")]
-pub mod zookeeper;
+mod zookeeper;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +41,8 @@ pub use self::memory::MemoryStore;
 pub use self::mongodb::MongoStore;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+pub use self::sql::SqlStore;
 #[cfg(feature = "zookeeper")]
 pub use self::zookeeper::ZooKeeperStore;
 use crate::clock::Clock;
@@ -45,7 +56,7 @@ use crate::task::TaskRegistry;
 /// sees the scheduler's event bus or task registry itself; it asks through these methods.
 ///
 /// The scheduler builds it; tests build one with
-/// [`testing::TestContext`](crate::store::testing::TestContext) (feature `test-util`).
+/// `apsched::store::testing::TestContext` (feature `test-util`).
 /// Cloning is cheap, so background tasks (a listener waking the loop) keep a clone.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -295,36 +306,6 @@ pub(crate) fn dedupe_batch(jobs: Vec<JobRecord>, replace: bool) -> Result<Vec<Jo
         .collect())
 }
 
-/// Microseconds since the epoch, rounded up: the form persistent stores index next run
-/// times in, so that a stored time never says a job is due before it is.
-#[cfg(any(
-    feature = "sqlite",
-    feature = "postgres",
-    feature = "mysql",
-    feature = "redis",
-    feature = "mongodb",
-    feature = "zookeeper"
-))]
-pub(crate) fn micros_ceil(t: DateTime<Utc>) -> i64 {
-    let us = t.timestamp_micros();
-    if t.timestamp_subsec_nanos().is_multiple_of(1000) {
-        us
-    } else {
-        us.saturating_add(1)
-    }
-}
-
-/// The version a persistent store gives a job it adds (or a replacement of one): random in
-/// `[2^32, 2^62)`, then bumped by one per write. The random start is the job's incarnation:
-/// a job removed and added again under the same id starts elsewhere in a range of 2^62
-/// versions, so a writer still holding a version of the removed job is fenced (a stale
-/// version matches only by a chance of about one in 2^62 per write of the new job). The
-/// memory store, which needs no such chance, counts instead.
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-pub(crate) fn first_version() -> u64 {
-    (rand::random::<u64>() >> 2) | (1 << 32)
-}
-
 /// Opens the store a URL names. Connecting happens when the scheduler starts the store, so
 /// this never blocks.
 ///
@@ -362,15 +343,15 @@ pub fn from_url(url: &str) -> Result<Box<dyn JobStore>> {
     match scheme {
         "memory" => Ok(Box::new(MemoryStore::new())),
         #[cfg(feature = "sqlite")]
-        "sqlite" => Ok(Box::new(sql::SqlStore::lazy(url)?)),
+        "sqlite" => Ok(Box::new(SqlStore::lazy(url)?)),
         #[cfg(not(feature = "sqlite"))]
         "sqlite" => missing("sqlite"),
         #[cfg(feature = "postgres")]
-        "postgres" | "postgresql" => Ok(Box::new(sql::SqlStore::lazy(url)?)),
+        "postgres" | "postgresql" => Ok(Box::new(SqlStore::lazy(url)?)),
         #[cfg(not(feature = "postgres"))]
         "postgres" | "postgresql" => missing("postgres"),
         #[cfg(feature = "mysql")]
-        "mysql" | "mariadb" => Ok(Box::new(sql::SqlStore::lazy(url)?)),
+        "mysql" | "mariadb" => Ok(Box::new(SqlStore::lazy(url)?)),
         #[cfg(not(feature = "mysql"))]
         "mysql" | "mariadb" => missing("mysql"),
         #[cfg(feature = "redis")]

@@ -1,31 +1,4 @@
 //! The MongoDB job store (cargo feature `mongodb`).
-//!
-//! # Data layout
-//! One document per job in one collection (default database `apscheduler` unless the URL
-//! names one, collection `jobs`), indexed on `next_run_time`:
-//!
-//! ```text
-//! { _id: "<job id>",
-//!   job: "<JSON document (StoredJob)>",
-//!   next_run_time: <µs since epoch, Int64> | null (paused),
-//!   version: <Int64: incarnation << 32, incremented by every write>,
-//!   lease_owner: "<scheduler id>" | null,
-//!   lease_until: <µs since epoch, Int64> | null }
-//! ```
-//!
-//! `<collection>_counter` holds `{ _id: "incarnation", n }`: each added job takes a new
-//! incarnation, so versions never repeat across remove and re-add.
-//!
-//! # Claiming
-//! [`JobStore::acquire_due_jobs`] finds due documents whose lease is free, expired or its
-//! own, applies the due-run rule ([`DueJob::claim`]) in Rust, and writes each result back
-//! with a single-document conditional update (`updateOne`, or `deleteOne` for an exhausted
-//! trigger) filtered on `_id` and the `version` it read: the same atomic compare-and-swap
-//! as `findOneAndUpdate`, without shipping the document back. A document modified in
-//! between (by a claim, which always bumps the version, or any other write) no longer
-//! matches, so two schedulers never claim the same slot. Only standard MongoDB operations
-//! are used (no transactions, no change streams): other schedulers' changes are picked up
-//! by polling ([`MongoStore::with_poll_interval`], default 1 s).
 
 use std::time::Duration;
 
@@ -37,7 +10,8 @@ use mongodb::options::{ClientOptions, ReturnDocument};
 use mongodb::{Client, Collection, IndexModel};
 use tokio::sync::OnceCell;
 
-use super::nosql_common::{claimable_at, from_us, lease_until, sort_jobs, to_us, StoreState};
+use super::common::{claimable_at, from_micros_saturating, lease_until, micros_ceil, sort_jobs};
+use super::documents::StoreState;
 use super::{DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
 use crate::job::{JobRecord, Lease};
@@ -48,7 +22,7 @@ type BoxFut<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Sen
 const CONCURRENCY: usize = 16;
 
 /// Keeps jobs in a MongoDB collection; several schedulers (processes) may share it. See the
-/// [module docs](self) for the document layout and the claim protocol.
+/// sections below for the document layout and the claim protocol.
 ///
 /// ```no_run
 /// # fn f() -> apsched::Result<()> {
@@ -56,6 +30,33 @@ const CONCURRENCY: usize = 16;
 /// let store = MongoStore::new("mongodb://127.0.0.1:27017/myapp")?.with_collection("jobs");
 /// # Ok(()) }
 /// ```
+///
+/// # Data layout
+/// One document per job in one collection (default database `apscheduler` unless the URL
+/// names one, collection `jobs`), indexed on `next_run_time`:
+///
+/// ```text
+/// { _id: "<job id>",
+///   job: "<JSON document (StoredJob)>",
+///   next_run_time: <µs since epoch, Int64> | null (paused),
+///   version: <Int64: incarnation << 32, incremented by every write>,
+///   lease_owner: "<scheduler id>" | null,
+///   lease_until: <µs since epoch, Int64> | null }
+/// ```
+///
+/// `<collection>_counter` holds `{ _id: "incarnation", n }`: each added job takes a new
+/// incarnation, so versions never repeat across remove and re-add.
+///
+/// # Claiming
+/// [`JobStore::acquire_due_jobs`] finds due documents whose lease is free, expired or its
+/// own, applies the due-run rule ([`DueJob::claim`]) in Rust, and writes each result back
+/// with a single-document conditional update (`updateOne`, or `deleteOne` for an exhausted
+/// trigger) filtered on `_id` and the `version` it read: the same atomic compare-and-swap
+/// as `findOneAndUpdate`, without shipping the document back. A document modified in
+/// between (by a claim, which always bumps the version, or any other write) no longer
+/// matches, so two schedulers never claim the same slot. Only standard MongoDB operations
+/// are used (no transactions, no change streams): other schedulers' changes are picked up
+/// by polling ([`MongoStore::with_poll_interval`], default 1 s).
 pub struct MongoStore {
     url: String,
     database: Option<String>,
@@ -111,7 +112,7 @@ fn fields(d: &Document) -> Fields {
     let lease = match (d.get_str("lease_owner").ok(), int(d, "lease_until")) {
         (Some(owner), Some(until)) => Some(Lease {
             owner: owner.to_string(),
-            until: from_us(until),
+            until: from_micros_saturating(until),
         }),
         _ => None,
     };
@@ -141,7 +142,7 @@ fn version_is(v: u64) -> Bson {
 const INCARNATION_SHIFT: u32 = 32;
 
 fn next_bson(t: Option<DateTime<Utc>>) -> Bson {
-    t.map_or(Bson::Null, |t| Bson::Int64(to_us(t)))
+    t.map_or(Bson::Null, |t| Bson::Int64(micros_ceil(t)))
 }
 
 fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
@@ -257,10 +258,6 @@ impl MongoStore {
         Ok(first << INCARNATION_SHIFT)
     }
 
-    fn now(&self) -> DateTime<Utc> {
-        self.state.ctx().map_or_else(Utc::now, |c| c.now())
-    }
-
     fn decode(&self, d: &Document) -> Option<JobRecord> {
         let f = fields(d);
         match &f.job {
@@ -306,7 +303,7 @@ impl MongoStore {
                 doc! { "$set": { "next_run_time": next_bson(next) } },
             )
             .await;
-        let was = f.next.map(from_us);
+        let was = f.next.map(from_micros_saturating);
         match r {
             Ok(r) if r.modified_count == 1 => self.state.report(
                 &f.id,
@@ -348,7 +345,7 @@ impl MongoStore {
                 "next_run_time": next_bson(due.job.next_run_time),
                 "version": (version + 1) as i64,
                 "lease_owner": me,
-                "lease_until": to_us(lease.until),
+                "lease_until": micros_ceil(lease.until),
             } };
             coll.update_one(filter, update)
                 .await
@@ -591,7 +588,7 @@ impl JobStore for MongoStore {
 
     async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>> {
         let me = self.state.owner();
-        let now = self.now();
+        let now = self.state.now();
         let mut cursor = self
             .coll()
             .await?
@@ -611,7 +608,7 @@ impl JobStore for MongoStore {
             .map_err(|e| self.state.err("reading next run times", e))?
         {
             let f = fields(&d);
-            let Some(next) = f.next.map(from_us) else {
+            let Some(next) = f.next.map(from_micros_saturating) else {
                 continue;
             };
             if best.is_some_and(|b| b <= next) {

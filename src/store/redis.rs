@@ -1,27 +1,4 @@
 //! The Redis job store (cargo feature `redis`).
-//!
-//! # Data layout
-//! Under a configurable key prefix `P` (default `apsched`), so several applications can
-//! share one Redis:
-//!
-//! | key | type | content |
-//! |---|---|---|
-//! | `P:jobs` | hash | job id → JSON document ([`StoredJob`]) |
-//! | `P:versions` | hash | job id → version (a new value of `P:version_seq` at every write) |
-//! | `P:version_seq` | string | counter: versions never repeat, even across remove and re-add |
-//! | `P:leases` | hash | job id → `"<until, µs since epoch> <scheduler id>"` |
-//! | `P:run_times` | sorted set | job id, scored by next run time (µs since epoch rounded up to a double; the document has the exact time); paused jobs are absent |
-//! | `P:wakeup` | pub/sub channel | the id of a scheduler that changed a job |
-//!
-//! # Claiming
-//! [`JobStore::acquire_due_jobs`] reads the due candidates from the sorted set, applies the
-//! due-run rule ([`DueJob::claim`]) in Rust, then writes the results back with one Lua
-//! script that, per job, checks that the version is unchanged and that no other scheduler
-//! holds an unexpired lease, and only then writes document, score, version and lease
-//! (compare-and-swap). A scheduler that loses the race for a job skips it, so no
-//! scheduled time of a job is submitted by two schedulers. A due index entry whose
-//! document is not due (or that has no job) is repaired to what the document says and
-//! reported, so the loop never spins on it.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -32,9 +9,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use tokio_util::sync::CancellationToken;
 
-use super::nosql_common::{
-    claimable_at, from_us, held_by_other, lease_until, sort_jobs, to_us, StoreState,
+use super::common::{
+    claimable_at, from_micros_saturating, held_by_other, lease_until, micros_ceil, sort_jobs,
 };
+use super::documents::StoreState;
 use super::{DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
 use crate::job::{JobRecord, Lease, StoredJob};
@@ -204,7 +182,7 @@ return released
 "#;
 
 /// Keeps jobs in Redis; several schedulers (processes) may share one prefix. See the
-/// [module docs](self) for the data layout and the claim protocol.
+/// sections below for the data layout and the claim protocol.
 ///
 /// ```no_run
 /// # async fn f() -> apsched::Result<()> {
@@ -212,6 +190,29 @@ return released
 /// let store = RedisStore::new("redis://127.0.0.1/")?.with_prefix("myapp:jobs");
 /// # Ok(()) }
 /// ```
+///
+/// # Data layout
+/// Under a configurable key prefix `P` (default `apsched`), so several applications can
+/// share one Redis:
+///
+/// | key | type | content |
+/// |---|---|---|
+/// | `P:jobs` | hash | job id → JSON document ([`StoredJob`]) |
+/// | `P:versions` | hash | job id → version (a new value of `P:version_seq` at every write) |
+/// | `P:version_seq` | string | counter: versions never repeat, even across remove and re-add |
+/// | `P:leases` | hash | job id → `"<until, µs since epoch> <scheduler id>"` |
+/// | `P:run_times` | sorted set | job id, scored by next run time (µs since epoch rounded up to a double; the document has the exact time); paused jobs are absent |
+/// | `P:wakeup` | pub/sub channel | the id of a scheduler that changed a job |
+///
+/// # Claiming
+/// [`JobStore::acquire_due_jobs`] reads the due candidates from the sorted set, applies the
+/// due-run rule ([`DueJob::claim`]) in Rust, then writes the results back with one Lua
+/// script that, per job, checks that the version is unchanged and that no other scheduler
+/// holds an unexpired lease, and only then writes document, score, version and lease
+/// (compare-and-swap). A scheduler that loses the race for a job skips it, so no
+/// scheduled time of a job is submitted by two schedulers. A due index entry whose
+/// document is not due (or that has no job) is repaired to what the document says and
+/// reported, so the loop never spins on it.
 pub struct RedisStore {
     client: redis::Client,
     prefix: String,
@@ -255,7 +256,7 @@ fn parse_lease(v: Option<String>) -> Option<Lease> {
     let (until, owner) = v.split_once(' ')?;
     Some(Lease {
         owner: owner.to_string(),
-        until: from_us(until.parse().ok()?),
+        until: from_micros_saturating(until.parse().ok()?),
     })
 }
 
@@ -283,12 +284,12 @@ const EXACT_SCORES: f64 = (1u64 << 53) as f64;
 /// The score argument for a next run time (`''` = paused). Rust prints a double in full
 /// decimal digits, which Redis parses back to the same double.
 fn score(t: Option<DateTime<Utc>>) -> String {
-    t.map_or_else(String::new, |t| score_of(to_us(t)).to_string())
+    t.map_or_else(String::new, |t| score_of(micros_ceil(t)).to_string())
 }
 
 /// The time a score stands for (rounded up to whole µs for scores beyond [`EXACT_SCORES`]).
 fn from_score(s: f64) -> DateTime<Utc> {
-    from_us(s as i64)
+    from_micros_saturating(s as i64)
 }
 
 /// `url` with `localhost` as its host when it names none (`redis://`, `redis:///1`,
@@ -388,10 +389,6 @@ impl RedisStore {
             .map_err(|e| self.state.err("connecting", e))?;
         *self.conn.lock_unpoisoned() = Some(c.clone());
         Ok(c)
-    }
-
-    fn now(&self) -> DateTime<Utc> {
-        self.state.ctx().map_or_else(Utc::now, |c| c.now())
     }
 
     /// Reads documents, versions and leases of `ids` in one round trip.
@@ -749,7 +746,7 @@ impl JobStore for RedisStore {
     async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>> {
         let k = self.keys();
         let me = self.state.owner();
-        let now = self.now();
+        let now = self.state.now();
         let mut conn = self.conn().await?;
         let mut offset = 0isize;
         let mut best: Option<DateTime<Utc>> = None;
@@ -815,7 +812,7 @@ impl JobStore for RedisStore {
         let k = self.keys();
         let me = self.state.owner();
         let lease_until = lease_until(now, self.state.lease());
-        let lease_value = format!("{} {me}", to_us(lease_until));
+        let lease_value = format!("{} {me}", micros_ceil(lease_until));
         let mut conn = self.conn().await?;
         let page = limit.clamp(16, 1024);
         let mut offset = 0usize;
@@ -867,7 +864,7 @@ impl JobStore for RedisStore {
                     // The index says due, the document says paused or later. The document is
                     // the truth; left alone, the entry would make every pass retry it.
                     let next = due.job.next_run_time;
-                    if next.map(|t| score_of(to_us(t))) != Some(*s) {
+                    if next.map(|t| score_of(micros_ceil(t))) != Some(*s) {
                         repairs.push((id.clone(), *s, Some((version, next))));
                     }
                     continue;

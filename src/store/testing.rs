@@ -194,8 +194,9 @@ fn ids(jobs: &[JobRecord]) -> Vec<&str> {
 /// (a document that is not JSON), due at [`t0`]. Each store that keeps documents supplies
 /// one, writing through its database's own client (apsched's stores do in their tests). A
 /// store that keeps records, not documents (the memory store) passes `None`: nothing in it
-/// is corrupt.
-pub type WriteCorrupt<S> = for<'a> fn(&'a S, &'a str) -> BoxFuture<'a, ()>;
+/// is corrupt. The hook gets the store to read where it keeps its records (a table, a key
+/// prefix) and the id.
+pub type WriteCorrupt<S> = Box<dyn Fn(&S, &str) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// Runs every contract test, each on a fresh store from `make`; the corrupt-record tests
 /// only if the store supplies `corrupt` (see [`WriteCorrupt`]).
@@ -207,7 +208,7 @@ where
 {
     stale_reads_fenced_across_incarnations(make().await).await;
     if let Some(write) = corrupt {
-        remove_corrupt_record(make().await, write).await;
+        remove_corrupt_record(make().await, &write).await;
     }
     add_lookup_roundtrip(make().await).await;
     ordering(make().await).await;
@@ -495,7 +496,7 @@ async fn stale_reads_fenced_across_incarnations(store: impl JobStore) {
 
 /// A record the store cannot load is removed by `remove_job`, the way docs/stores.md gives
 /// to recover from one; the id is then free for a new job, which runs normally.
-async fn remove_corrupt_record<S: JobStore>(store: S, write: WriteCorrupt<S>) {
+async fn remove_corrupt_record<S: JobStore>(store: S, write: &WriteCorrupt<S>) {
     store
         .add_job(interval_job("good", 60, Some(at(0))), false)
         .await

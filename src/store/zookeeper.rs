@@ -1,44 +1,4 @@
 //! The ZooKeeper job store (cargo feature `zookeeper`).
-//!
-//! # Data layout
-//! Under a configurable root path `R` (default `/apsched`):
-//!
-//! | znode | data |
-//! |---|---|
-//! | `R/jobs/j-<id>` | `{"job": "<JSON document (StoredJob)>", "next_run_time": <µs>\|null, "lease_owner": .., "lease_until": <µs>\|null}` |
-//! | `R/index/<µs, 20 digits>~j-<id>` | empty: one per unpaused job, named by its next run time |
-//!
-//! Ids are percent-encoded into node names (`/`, `%`, `~` and any byte outside
-//! `[A-Za-z0-9_.-]`). The job's version is the zxid of the znode's last write (`mzxid`),
-//! which never repeats, even for a znode removed and created again; writes compare-and-swap
-//! on the znode's data version. The time in the job's JSON document is the truth; the
-//! index entry and the envelope's `next_run_time` are copies, repaired when they disagree.
-//!
-//! # Claiming
-//! [`JobStore::acquire_due_jobs`] lists `R/index` (names only; while the watch is armed and
-//! reports no change, the last listing is reused, see `WatchState::listing`), reads the
-//! due jobs in one multi-read, applies the due-run rule ([`DueJob::claim`]) in Rust and
-//! writes each result back in one ZooKeeper `multi` transaction: `set_data` on the job with
-//! the znode version it read (compare-and-swap), plus moving its index entry (every job
-//! write changes job and index in one `multi`). If another scheduler wrote the job
-//! in between, the version check fails and the whole transaction is refused, so two
-//! schedulers never claim the same slot.
-//!
-//! # Wake-ups
-//! [`JobStore::start`] spawns a watcher task with its own session and a persistent
-//! recursive watch (`addWatch`, ZooKeeper 3.6+) on `R/index`. Every add, reschedule, resume
-//! or claim creates an index entry named by its next run time; when an entry is created that
-//! is earlier than what this store last reported from [`JobStore::next_run_time`] (or when
-//! nothing is known), the watcher wakes the scheduler loop (`StoreContext::wake_scheduler`). Entries
-//! at or after the reported time need no wake-up: the loop looks again by then anyway, so
-//! other schedulers' claims and one's own bulk adds do not make the loop spin. Entries seen
-//! since the last report are checked again against the next one (they may be missing from
-//! the listing behind it), so no order of events and listings loses a wake-up. After a
-//! disconnection, session loss or outage the watcher re-arms the watch (new session if
-//! needed, backing off 0.5 s doubling to 30 s between failed attempts) and wakes the loop
-//! once, since events may have been missed meanwhile. While the watch is armed the store
-//! still polls every 30 s as a safety net ([`ZooKeeperStore::with_poll_interval`]); while it
-//! is not (connecting, outage, a server without persistent watches) it polls every 1 s.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -51,9 +11,10 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use zookeeper_client as zk;
 
-use super::nosql_common::{
-    claimable_at, from_us, held_by_other, lease_until, sort_jobs, to_us, StoreState,
+use super::common::{
+    claimable_at, from_micros_saturating, held_by_other, lease_until, micros_ceil, sort_jobs,
 };
+use super::documents::StoreState;
 use super::{DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
 use crate::job::{JobRecord, Lease, StoredJob};
@@ -170,7 +131,7 @@ impl Envelope {
         match (&self.lease_owner, self.lease_until) {
             (Some(owner), Some(until)) => Some(Lease {
                 owner: owner.clone(),
-                until: from_us(until),
+                until: from_micros_saturating(until),
             }),
             _ => None,
         }
@@ -178,7 +139,7 @@ impl Envelope {
 }
 
 /// Keeps jobs in ZooKeeper; several schedulers (processes) may share one root path. See the
-/// [module docs](self) for the znode layout and the claim protocol.
+/// sections below for the znode layout and the claim protocol.
 ///
 /// ```no_run
 /// # fn f() -> apsched::Result<()> {
@@ -186,6 +147,46 @@ impl Envelope {
 /// let store = ZooKeeperStore::new("127.0.0.1:2181")?.with_root("/myapp/jobs");
 /// # Ok(()) }
 /// ```
+///
+/// # Data layout
+/// Under a configurable root path `R` (default `/apsched`):
+///
+/// | znode | data |
+/// |---|---|
+/// | `R/jobs/j-<id>` | `{"job": "<JSON document (StoredJob)>", "next_run_time": <µs>\|null, "lease_owner": .., "lease_until": <µs>\|null}` |
+/// | `R/index/<µs, 20 digits>~j-<id>` | empty: one per unpaused job, named by its next run time |
+///
+/// Ids are percent-encoded into node names (`/`, `%`, `~` and any byte outside
+/// `[A-Za-z0-9_.-]`). The job's version is the zxid of the znode's last write (`mzxid`),
+/// which never repeats, even for a znode removed and created again; writes compare-and-swap
+/// on the znode's data version. The time in the job's JSON document is the truth; the
+/// index entry and the envelope's `next_run_time` are copies, repaired when they disagree.
+///
+/// # Claiming
+/// [`JobStore::acquire_due_jobs`] lists `R/index` (names only; while the watch is armed and
+/// reports no change, the last listing is reused, see `WatchState::listing`), reads the
+/// due jobs in one multi-read, applies the due-run rule ([`DueJob::claim`]) in Rust and
+/// writes each result back in one ZooKeeper `multi` transaction: `set_data` on the job with
+/// the znode version it read (compare-and-swap), plus moving its index entry (every job
+/// write changes job and index in one `multi`). If another scheduler wrote the job
+/// in between, the version check fails and the whole transaction is refused, so two
+/// schedulers never claim the same slot.
+///
+/// # Wake-ups
+/// [`JobStore::start`] spawns a watcher task with its own session and a persistent
+/// recursive watch (`addWatch`, ZooKeeper 3.6+) on `R/index`. Every add, reschedule, resume
+/// or claim creates an index entry named by its next run time; when an entry is created that
+/// is earlier than what this store last reported from [`JobStore::next_run_time`] (or when
+/// nothing is known), the watcher wakes the scheduler loop (`StoreContext::wake_scheduler`). Entries
+/// at or after the reported time need no wake-up: the loop looks again by then anyway, so
+/// other schedulers' claims and one's own bulk adds do not make the loop spin. Entries seen
+/// since the last report are checked again against the next one (they may be missing from
+/// the listing behind it), so no order of events and listings loses a wake-up. After a
+/// disconnection, session loss or outage the watcher re-arms the watch (new session if
+/// needed, backing off 0.5 s doubling to 30 s between failed attempts) and wakes the loop
+/// once, since events may have been missed meanwhile. While the watch is armed the store
+/// still polls every 30 s as a safety net ([`ZooKeeperStore::with_poll_interval`]); while it
+/// is not (connecting, outage, a server without persistent watches) it polls every 1 s.
 pub struct ZooKeeperStore {
     hosts: String,
     root: String,
@@ -287,7 +288,7 @@ fn entries_of(node: &str, data: &[u8]) -> Vec<String> {
             out.push(index_name(t, node));
         }
         if let Some(t) = document_next(&env) {
-            let e = index_name(to_us(t), node);
+            let e = index_name(micros_ceil(t), node);
             if !out.contains(&e) {
                 out.push(e);
             }
@@ -431,16 +432,12 @@ impl ZooKeeperStore {
         }
     }
 
-    fn now(&self) -> DateTime<Utc> {
-        self.state.ctx().map_or_else(Utc::now, |c| c.now())
-    }
-
     fn envelope(job: &JobRecord) -> Result<Vec<u8>> {
         let env = Envelope {
             job: job.to_json()?,
-            next_run_time: job.next_run_time.map(to_us),
+            next_run_time: job.next_run_time.map(micros_ceil),
             lease_owner: job.lease.as_ref().map(|l| l.owner.clone()),
-            lease_until: job.lease.as_ref().map(|l| to_us(l.until)),
+            lease_until: job.lease.as_ref().map(|l| micros_ceil(l.until)),
         };
         Ok(serde_json::to_vec(&env)?)
     }
@@ -624,7 +621,7 @@ impl ZooKeeperStore {
             else {
                 continue;
             };
-            let want = index_name(to_us(next), &n.name);
+            let want = index_name(micros_ceil(next), &n.name);
             if entries.contains(&want) {
                 continue;
             }
@@ -700,7 +697,7 @@ impl ZooKeeperStore {
                 if !stale.iter().any(|e| e == entry) {
                     stale.push(entry.to_string());
                 }
-                let want = next.map(|t| index_name(to_us(t), &n.name));
+                let want = next.map(|t| index_name(micros_ceil(t), &n.name));
                 self.write_job(
                     c,
                     &n.name,
@@ -715,7 +712,7 @@ impl ZooKeeperStore {
                     w.filter(|w| w.index_changed).map(|_| {
                         format!(
                             "index entry said due {}, the job's document says {}: index repaired",
-                            from_us(was),
+                            from_micros_saturating(was),
                             next.map_or_else(|| "paused".to_string(), |t| t.to_rfc3339())
                         )
                     })
@@ -756,12 +753,12 @@ impl ZooKeeperStore {
     /// The earliest time this scheduler could claim a job (see [`JobStore::next_run_time`]).
     async fn earliest_claimable(&self) -> Result<Option<DateTime<Utc>>> {
         let me = self.state.owner();
-        let now = self.now();
+        let now = self.state.now();
         let c = self.client().await?;
         let entries = self.index(&c).await?;
         let mut best: Option<DateTime<Utc>> = None;
         for chunk in entries.chunks(64) {
-            let first = from_us(chunk[0].0);
+            let first = from_micros_saturating(chunk[0].0);
             if best.is_some_and(|b| b <= first) {
                 break;
             }
@@ -803,7 +800,7 @@ impl ZooKeeperStore {
                 JobOp::Set(&data[..]),
                 due.job
                     .next_run_time
-                    .map(|t| index_name(to_us(t), &node.name)),
+                    .map(|t| index_name(micros_ceil(t), &node.name)),
             )
         };
         let stale = entries_of(&node.name, &node.data);
@@ -826,7 +823,7 @@ impl ZooKeeperStore {
 }
 
 /// The task that keeps a persistent recursive watch on `R/index` and wakes the loop (see
-/// the [module docs](self#wake-ups)).
+/// the [`ZooKeeperStore`]'s section on wake-ups).
 struct Watcher {
     hosts: String,
     index: String,
@@ -1008,7 +1005,7 @@ impl JobStore for ZooKeeperStore {
         let data = Self::envelope(&job)?;
         let c = self.client().await?;
         let node = encode(&job.id);
-        let entry = job.next_run_time.map(|t| index_name(to_us(t), &node));
+        let entry = job.next_run_time.map(|t| index_name(micros_ceil(t), &node));
         loop {
             match self.read_one(&c, &node).await? {
                 None => {
@@ -1092,7 +1089,7 @@ impl JobStore for ZooKeeperStore {
         if old.zxid.max(0) as u64 != job.version {
             return Err(Error::Fenced(job.id));
         }
-        let entry = job.next_run_time.map(|t| index_name(to_us(t), &node));
+        let entry = job.next_run_time.map(|t| index_name(micros_ceil(t), &node));
         let stale = entries_of(&node, &old.data);
         let Some(w) = self
             .write_job(
@@ -1207,7 +1204,7 @@ impl JobStore for ZooKeeperStore {
                 return Err(e);
             }
         };
-        if self.watch.reported(next.map(to_us)) {
+        if self.watch.reported(next.map(micros_ceil)) {
             // An entry appeared meanwhile that may be missing from this listing.
             if let Some(ctx) = self.state.ctx() {
                 ctx.wake_scheduler();

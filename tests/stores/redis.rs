@@ -58,17 +58,24 @@ async fn started(prefix: &str, id: &str) -> RedisStore {
 }
 
 /// The suite's corrupt-record hook: a document that is not JSON, due at `suite::t0()`.
-fn write_corrupt<'a>(store: &'a RedisStore, id: &'a str) -> futures::future::BoxFuture<'a, ()> {
-    Box::pin(async move {
-        let client = ::redis::Client::open(url()).unwrap();
-        let mut c = client.get_multiplexed_async_connection().await.unwrap();
-        let p = store.prefix();
-        ::redis::pipe()
-            .hset(format!("{p}:jobs"), id, "{not json")
-            .zadd(format!("{p}:run_times"), id, suite::t0().timestamp_micros())
-            .query_async::<()>(&mut c)
-            .await
-            .unwrap();
+fn write_corrupt() -> suite::WriteCorrupt<RedisStore> {
+    Box::new(|store: &RedisStore, id: &str| {
+        let p = store.prefix().to_string();
+        let id = id.to_string();
+        Box::pin(async move {
+            let client = ::redis::Client::open(url()).unwrap();
+            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+            ::redis::pipe()
+                .hset(format!("{p}:jobs"), &id, "{not json")
+                .zadd(
+                    format!("{p}:run_times"),
+                    &id,
+                    suite::t0().timestamp_micros(),
+                )
+                .query_async::<()>(&mut c)
+                .await
+                .unwrap();
+        })
     })
 }
 
@@ -87,7 +94,7 @@ async fn redis_contract() {
             );
             async move { started(&prefix, "s1").await }
         },
-        Some(write_corrupt),
+        Some(write_corrupt()),
     )
     .await;
     let prefix = format!(

@@ -65,18 +65,21 @@ async fn started(root: &str, id: &str) -> ZooKeeperStore {
 
 /// The suite's corrupt-record hook: a job znode that is not JSON, with an index entry due
 /// at `suite::t0()`.
-fn write_corrupt<'a>(store: &'a ZooKeeperStore, id: &'a str) -> futures::future::BoxFuture<'a, ()> {
-    Box::pin(async move {
-        let c = connect(&hosts()).await.unwrap();
-        let r = store.root();
-        let t = suite::t0().timestamp_micros();
-        let opts = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-        c.create(&format!("{r}/jobs/j-{id}"), b"{not json", &opts)
-            .await
-            .unwrap();
-        c.create(&format!("{r}/index/{t:020}~j-{id}"), &[], &opts)
-            .await
-            .unwrap();
+fn write_corrupt() -> suite::WriteCorrupt<ZooKeeperStore> {
+    Box::new(|store: &ZooKeeperStore, id: &str| {
+        let r = store.root().to_string();
+        let id = id.to_string();
+        Box::pin(async move {
+            let c = connect(&hosts()).await.unwrap();
+            let t = suite::t0().timestamp_micros();
+            let opts = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+            c.create(&format!("{r}/jobs/j-{id}"), b"{not json", &opts)
+                .await
+                .unwrap();
+            c.create(&format!("{r}/index/{t:020}~j-{id}"), &[], &opts)
+                .await
+                .unwrap();
+        })
     })
 }
 
@@ -95,7 +98,7 @@ async fn zookeeper_contract() {
             );
             async move { started(&r, "s1").await }
         },
-        Some(write_corrupt),
+        Some(write_corrupt()),
     )
     .await;
     cleanup(&base).await;

@@ -5,30 +5,6 @@
 //! fencing live once in this module, the `sqlite`, `postgres` and `mysql` submodules only
 //! hold what differs between the databases (column types, locking clauses, how a write
 //! transaction begins, wake-ups).
-//!
-//! # Table layout
-//! One table per store (name configurable, `apsched_jobs` by default):
-//!
-//! | column | type | meaning |
-//! | --- | --- | --- |
-//! | `id` | text, primary key | the job id |
-//! | `next_run_time` | 64-bit integer, indexed | µs since the Unix epoch (rounded up); `NULL` = paused; the job's next run time (the document's copy is for reading) |
-//! | `paused` | boolean | `next_run_time IS NULL`, for ordering |
-//! | `doc` | text | the job as JSON ([`JobRecord::to_json`]) |
-//! | `version` | 64-bit integer | random when the job is added, bumped by every write; writes compare it (fencing) |
-//! | `lease_owner` | text | the scheduler that claimed the job, while it submits its runs |
-//! | `lease_until` | 64-bit integer, indexed | when that claim expires (µs since the epoch) |
-//!
-//! plus `<table>_schema (version)`, the schema versions applied; [`JobStore::start`] applies
-//! missing migrations and refuses a table written by a newer schema.
-//!
-//! # Sharing
-//! [`JobStore::acquire_due_jobs`] selects the due rows (`next_run_time <= now` and no live
-//! lease of another scheduler) in `(next_run_time, id)` order with `FOR UPDATE SKIP LOCKED`
-//! (PostgreSQL, MySQL/MariaDB) or inside a `BEGIN IMMEDIATE` transaction (SQLite), advances
-//! each with [`DueJob::claim`], writes it back with a lease and `version + 1` (or deletes it
-//! when its trigger is exhausted), and commits: one transaction, so no scheduled time of a
-//! job is submitted by two schedulers (or twice by one).
 
 #[cfg(feature = "mysql")]
 mod mysql;
@@ -39,29 +15,20 @@ mod sqlite;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use sqlx::{
     AssertSqlSafe, ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type,
 };
 use tokio::task::JoinHandle;
 
-use super::{first_version, micros_ceil, DueJob, JobStore, StoreContext};
+use super::common::{first_version, from_micros, lease_until, micros_ceil, Reported};
+use super::{DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
 use crate::job::{Callable, JobRecord, Lease};
 use crate::sync::{MutexExt, RwLockExt};
-
-/// The table name used when none is given.
-pub const DEFAULT_TABLE: &str = "apsched_jobs";
-
-/// The SQLite file [`SqlStore::sqlite_default`] uses.
-pub const DEFAULT_SQLITE_FILE: &str = "apsched.db";
-
-/// How often SQLite and MySQL stores are polled for changes made by other processes, unless
-/// set with [`SqlStore::poll_interval`].
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The schema version this build writes (see [`Dialect::migrations`]).
 const SCHEMA_VERSION: i64 = 1;
@@ -75,10 +42,10 @@ const MAX_TABLE_LEN: usize = 48;
 /// ```no_run
 /// # #[cfg(feature = "sqlite")]
 /// # async fn f() -> apsched::Result<()> {
-/// use apsched::store::sql::SqlStore;
+/// use apsched::store::SqlStore;
 /// use apsched::Scheduler;
 ///
-/// let store = SqlStore::sqlite("jobs.db")?.table("my_jobs");
+/// let store = SqlStore::sqlite("jobs.db")?.with_table("my_jobs");
 /// let scheduler = Scheduler::builder().store("default", store).build();
 /// scheduler.start().await?;
 /// # Ok(())
@@ -86,7 +53,31 @@ const MAX_TABLE_LEN: usize = 48;
 /// ```
 ///
 /// Only jobs naming a registered task or a command can be stored; see the
-/// [module docs](self) for the table layout and the sharing guarantees.
+/// sections below for the table layout and the sharing guarantees.
+///
+/// # Table layout
+/// One table per store (name configurable, `apsched_jobs` by default):
+///
+/// | column | type | meaning |
+/// | --- | --- | --- |
+/// | `id` | text, primary key | the job id |
+/// | `next_run_time` | 64-bit integer, indexed | µs since the Unix epoch (rounded up); `NULL` = paused; the job's next run time (the document's copy is for reading) |
+/// | `paused` | boolean | `next_run_time IS NULL`, for ordering |
+/// | `doc` | text | the job as JSON ([`JobRecord::to_json`]) |
+/// | `version` | 64-bit integer | random when the job is added, bumped by every write; writes compare it (fencing) |
+/// | `lease_owner` | text | the scheduler that claimed the job, while it submits its runs |
+/// | `lease_until` | 64-bit integer, indexed | when that claim expires (µs since the epoch) |
+///
+/// plus `<table>_schema (version)`, the schema versions applied; [`JobStore::start`] applies
+/// missing migrations and refuses a table written by a newer schema.
+///
+/// # Sharing
+/// [`JobStore::acquire_due_jobs`] selects the due rows (`next_run_time <= now` and no live
+/// lease of another scheduler) in `(next_run_time, id)` order with `FOR UPDATE SKIP LOCKED`
+/// (PostgreSQL, MySQL/MariaDB) or inside a `BEGIN IMMEDIATE` transaction (SQLite), advances
+/// each with [`DueJob::claim`], writes it back with a lease and `version + 1` (or deletes it
+/// when its trigger is exhausted), and commits: one transaction, so no scheduled time of a
+/// job is submitted by two schedulers (or twice by one).
 #[derive(Debug)]
 pub struct SqlStore {
     backend: Backend,
@@ -130,6 +121,16 @@ macro_rules! with_core_mut {
 }
 
 impl SqlStore {
+    /// The table name used when none is given.
+    pub const DEFAULT_TABLE: &'static str = "apsched_jobs";
+
+    /// The SQLite file [`SqlStore::sqlite_default`] uses.
+    pub const DEFAULT_SQLITE_FILE: &'static str = "apsched.db";
+
+    /// How often SQLite and MySQL stores are polled for changes made by other processes,
+    /// unless set with [`SqlStore::with_poll_interval`].
+    pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
     /// Connects to the database named by `url` and checks that it answers:
     /// `sqlite://path/to/file.db` (created if missing), `postgres://user@host:port/db`,
     /// `mysql://user:password@host:port/db` (also for MariaDB). Each scheme needs its cargo
@@ -137,7 +138,7 @@ impl SqlStore {
     ///
     /// The connection pool reconnects by itself after an outage. Its size is 5 (4 on an
     /// SQLite file) unless the URL says `pool_size=N` (or `max_connections=N`), see
-    /// [`pool_size`](Self::pool_size). Parts the URL leaves out are filled in as the
+    /// [`with_pool_size`](Self::with_pool_size). Parts the URL leaves out are filled in as the
     /// database's own client does (PostgreSQL: `PGUSER`, else the operating-system user,
     /// and so on; MySQL: the operating-system user, `MYSQL_HOST`, `MYSQL_TCP_PORT`).
     ///
@@ -194,7 +195,7 @@ impl SqlStore {
         };
         let store = SqlStore { backend };
         Ok(match pool_size {
-            Some(n) => store.pool_size(n),
+            Some(n) => store.with_pool_size(n),
             None => store,
         })
     }
@@ -213,31 +214,31 @@ impl SqlStore {
         })
     }
 
-    /// A store in [`DEFAULT_SQLITE_FILE`] in the current directory.
+    /// A store in [`SqlStore::DEFAULT_SQLITE_FILE`] in the current directory.
     ///
     /// # Errors
     /// See [`sqlite`](Self::sqlite).
     #[cfg(feature = "sqlite")]
     pub fn sqlite_default() -> Result<Self> {
-        Self::sqlite(DEFAULT_SQLITE_FILE)
+        Self::sqlite(Self::DEFAULT_SQLITE_FILE)
     }
 
-    /// Keeps jobs in `table` (default [`DEFAULT_TABLE`]). The name must be an identifier:
-    /// an ASCII letter or `_`, then letters, digits or `_`, at most 48 characters. An
-    /// invalid name is reported by [`JobStore::start`] (it never reaches SQL).
+    /// Keeps jobs in `table` (default [`SqlStore::DEFAULT_TABLE`]). The name must be an
+    /// identifier: an ASCII letter or `_`, then letters, digits or `_`, at most 48
+    /// characters. An invalid name is reported by [`JobStore::start`] (it never reaches SQL).
     #[must_use]
-    pub fn table(mut self, table: impl Into<String>) -> Self {
+    pub fn with_table(mut self, table: impl Into<String>) -> Self {
         let table = table.into();
         with_core_mut!(self, core => core.table = table);
         self
     }
 
-    /// Looks for changes made by other processes this often (default
-    /// [`DEFAULT_POLL_INTERVAL`] on SQLite and MySQL; PostgreSQL is woken by LISTEN/NOTIFY
-    /// and polls only if this is set).
+    /// Looks for changes made by other processes this often; `None` never polls (default
+    /// [`SqlStore::DEFAULT_POLL_INTERVAL`] on SQLite and MySQL; PostgreSQL is woken by
+    /// LISTEN/NOTIFY and polls only if this is set).
     #[must_use]
-    pub fn poll_interval(mut self, every: Duration) -> Self {
-        with_core_mut!(self, core => core.poll = Some(every));
+    pub fn with_poll_interval(mut self, every: Option<Duration>) -> Self {
+        with_core_mut!(self, core => core.poll = every);
         self
     }
 
@@ -247,13 +248,13 @@ impl SqlStore {
     /// of its own, outside the pool. A private in-memory SQLite database always has exactly
     /// one: that connection is the database.
     #[must_use]
-    pub fn pool_size(mut self, connections: u32) -> Self {
+    pub fn with_pool_size(mut self, connections: u32) -> Self {
         with_core_mut!(self, core => core.resize(connections));
         self
     }
 
     /// The table this store keeps its jobs in.
-    pub fn table_name(&self) -> &str {
+    pub fn table(&self) -> &str {
         with_core!(self, core => &core.table)
     }
 
@@ -264,34 +265,6 @@ impl SqlStore {
     /// [`Error::Store`] if the table name is invalid or the database fails.
     pub async fn drop_tables(&self) -> Result<()> {
         with_core!(self, core => core.drop_tables().await)
-    }
-
-    /// Writes a row as is, bypassing every check: for testing how the store deals with rows
-    /// it cannot load (garbage JSON, an unregistered task). Not for applications.
-    #[doc(hidden)]
-    pub async fn insert_raw_row(
-        &self,
-        id: &str,
-        next_run_time: Option<DateTime<Utc>>,
-        doc: &str,
-    ) -> Result<()> {
-        with_core!(self, core => core.insert_raw(id, next_run_time, doc).await)
-    }
-
-    /// Runs one statement as is, `{table}` standing for the store's table; returns the
-    /// number of rows it changed. For tests that write rows no store would (values of
-    /// another type, copies that disagree). Not for applications.
-    #[doc(hidden)]
-    pub async fn execute_raw_sql(&self, sql: &str) -> Result<u64> {
-        with_core!(self, core => core.execute_raw(sql).await)
-    }
-
-    /// Runs one query as is, `{table}` standing for the store's table, and returns its
-    /// first column, which must be text. For tests that inspect what the database holds.
-    /// Not for applications.
-    #[doc(hidden)]
-    pub async fn query_raw_text(&self, sql: &str) -> Result<Vec<String>> {
-        with_core!(self, core => core.query_raw_text(sql).await)
     }
 }
 
@@ -492,18 +465,18 @@ struct Started {
 #[derive(Debug)]
 pub(crate) struct Core<DB: Database> {
     pool: Pool<DB>,
-    /// Whether [`SqlStore::pool_size`] may change the pool (not for a private in-memory
+    /// Whether [`SqlStore::with_pool_size`] may change the pool (not for a private in-memory
     /// SQLite database, whose one connection is the database).
     resizable: bool,
     table: String,
     poll: Option<Duration>,
     started: RwLock<Option<Arc<Started>>>,
-    /// Rows that could not be loaded, by id, with the version that was reported: each is
+    /// Rows that could not be loaded, with the version that was reported: each is
     /// reported once, kept, and neither claimed nor counted as due while its version stays.
-    bad: Mutex<HashMap<String, i64>>,
-    /// Rows whose document and columns disagree, by id, with the version that was
-    /// reported: each is reported once (see `Core::load`).
-    noted: Mutex<HashMap<String, i64>>,
+    bad: Reported,
+    /// Rows whose document and columns disagree, with the version that was reported: each
+    /// is reported once (see `Core::load`).
+    noted: Reported,
     /// The LISTEN and NOTIFY tasks (PostgreSQL).
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -586,12 +559,13 @@ pub(crate) fn validate_table(table: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn from_micros(m: i64) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp_micros(m)
-}
-
 fn version_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// What a row is remembered under in [`Reported`]: its version, bit for bit.
+fn fp(version: i64) -> u64 {
+    version as u64
 }
 
 fn version_u64(v: i64) -> u64 {
@@ -603,15 +577,16 @@ impl<DB: Dialect> Core<DB> {
         Core {
             pool,
             resizable,
-            table: DEFAULT_TABLE.to_string(),
-            poll: DB::POLLS.then_some(DEFAULT_POLL_INTERVAL),
+            table: SqlStore::DEFAULT_TABLE.to_string(),
+            poll: DB::POLLS.then_some(SqlStore::DEFAULT_POLL_INTERVAL),
             started: RwLock::new(None),
-            bad: Mutex::new(HashMap::new()),
-            noted: Mutex::new(HashMap::new()),
+            bad: Reported::default(),
+            noted: Reported::default(),
             tasks: Mutex::new(Vec::new()),
         }
     }
 
+    #[cfg(feature = "postgres")]
     pub(crate) fn pool(&self) -> &Pool<DB> {
         &self.pool
     }
@@ -644,14 +619,6 @@ impl<DB: Dialect> Core<DB> {
                 None,
             )
         })
-    }
-
-    fn bad(&self) -> MutexGuard<'_, HashMap<String, i64>> {
-        self.bad.lock_unpoisoned()
-    }
-
-    fn noted(&self) -> MutexGuard<'_, HashMap<String, i64>> {
-        self.noted.lock_unpoisoned()
     }
 
     /// Wraps a database error as [`Error::Store`], saying what the store was doing.
@@ -774,8 +741,8 @@ where
             channel: channel.clone(),
         });
         *self.started.write_unpoisoned() = Some(started.clone());
-        self.bad().clear();
-        self.noted().clear();
+        self.bad.clear();
+        self.noted.clear();
         let tasks = [DB::listen(self, &ctx, channel), self.notifier(&started)];
         let mut slot = self.tasks.lock_unpoisoned();
         for old in slot.drain(..) {
@@ -835,43 +802,6 @@ where
                 .map_err(|e| self.err("dropping the tables", e))?;
         }
         Ok(())
-    }
-
-    async fn insert_raw(&self, id: &str, next: Option<DateTime<Utc>>, doc: &str) -> Result<()> {
-        let st = self.started()?;
-        sqlx::query(AssertSqlSafe(st.sql.insert.clone()))
-            .bind(id)
-            .bind(next.map(micros_ceil))
-            .bind(next.is_none())
-            .bind(doc)
-            .bind(0_i64)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err("inserting a raw row", e))?;
-        Ok(())
-    }
-
-    async fn execute_raw(&self, sql: &str) -> Result<u64> {
-        let sql = sql.replace("{table}", self.table_checked()?);
-        let r = sqlx::query(AssertSqlSafe(sql))
-            .persistent(false)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err("running a raw statement", e))?;
-        Ok(DB::rows_affected(&r))
-    }
-
-    async fn query_raw_text(&self, sql: &str) -> Result<Vec<String>> {
-        let sql = sql.replace("{table}", self.table_checked()?);
-        let err = |e| self.err("running a raw query", e);
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .persistent(false)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(err)?;
-        rows.iter()
-            .map(|r| r.try_get::<String, _>(0).map_err(err))
-            .collect()
     }
 
     /// Tells the other schedulers that jobs changed (PostgreSQL NOTIFY; a no-op elsewhere).
@@ -954,15 +884,9 @@ where
     fn load(&self, st: &Started, raw: &RawRow) -> std::result::Result<JobRecord, String> {
         match Self::parse(st, raw) {
             Ok((job, mismatch)) => {
-                let mut bad = self.bad();
-                if !bad.is_empty() {
-                    bad.remove(&raw.id);
-                }
-                drop(bad);
+                self.bad.forget(&raw.id);
                 if let Some(m) = mismatch {
-                    let first =
-                        self.noted().insert(raw.id.clone(), raw.version) != Some(raw.version);
-                    if first {
+                    if self.noted.note(&raw.id, fp(raw.version)) {
                         st.ctx.report_problem(&raw.id, &m);
                     }
                 }
@@ -1027,20 +951,18 @@ where
     /// Reports a row that cannot be loaded, once per row and version (event + error log),
     /// and remembers it so that it is neither claimed nor counted as due.
     fn report_bad(&self, st: &Started, id: &str, version: i64, reason: &str) {
-        let first = self.bad().insert(id.to_string(), version) != Some(version);
-        if first {
+        if self.bad.note(id, fp(version)) {
             st.ctx.report_corrupt(id, reason);
         }
     }
 
     /// Whether a row is known bad at this version (skip it without parsing or reporting).
     fn known_bad(&self, id: &str, version: i64) -> bool {
-        let bad = self.bad();
-        !bad.is_empty() && bad.get(id) == Some(&version)
+        self.bad.is_known(id, fp(version))
     }
 
     fn bad_count(&self) -> i64 {
-        self.bad().len() as i64
+        self.bad.len() as i64
     }
 
     async fn add_job(&self, job: JobRecord, replace: bool) -> Result<()> {
@@ -1063,7 +985,7 @@ where
                 .await;
             return match r {
                 Ok(_) => {
-                    self.bad().remove(&job.id);
+                    self.bad.forget(&job.id);
                     self.notify(&st);
                     Ok(())
                 }
@@ -1097,7 +1019,7 @@ where
                 .map_err(err)?;
         }
         tx.commit().await.map_err(err)?;
-        self.bad().remove(&job.id);
+        self.bad.forget(&job.id);
         self.notify(&st);
         Ok(())
     }
@@ -1162,11 +1084,8 @@ where
             }
         }
         tx.commit().await.map_err(err)?;
-        {
-            let mut bad = self.bad();
-            for r in &rows {
-                bad.remove(&r.id);
-            }
+        for r in &rows {
+            self.bad.forget(&r.id);
         }
         self.notify(&st);
         Ok(())
@@ -1224,7 +1143,7 @@ where
                 Error::JobLookup(job.id)
             });
         }
-        self.bad().remove(&job.id);
+        self.bad.forget(&job.id);
         self.notify(&st);
         job.version = new_version;
         Ok(job)
@@ -1240,7 +1159,7 @@ where
         if DB::rows_affected(&r) == 0 {
             return Err(Error::JobLookup(id.to_string()));
         }
-        self.bad().remove(id);
+        self.bad.forget(id);
         self.notify(&st);
         Ok(())
     }
@@ -1251,7 +1170,7 @@ where
             .execute(&self.pool)
             .await
             .map_err(|e| self.err("removing all jobs", e))?;
-        self.bad().clear();
+        self.bad.clear();
         self.notify(&st);
         Ok(())
     }
@@ -1314,7 +1233,7 @@ where
             let mut newly_bad = false;
             for row in rows {
                 let id = Self::read_id(&row);
-                if self.bad().contains_key(&id) {
+                if self.bad.contains(&id) {
                     continue;
                 }
                 match row.try_get::<i64, _>(1) {
@@ -1359,9 +1278,7 @@ where
         // sub-microsecond early is left alone by the check below).
         let now_us = micros_ceil(now);
         let me = st.ctx.scheduler_id();
-        let lease_until = now
-            .checked_add_signed(TimeDelta::from_std(st.ctx.lease()).unwrap_or(TimeDelta::MAX))
-            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let lease_until = lease_until(now, st.ctx.lease());
         let lease_us = lease_until.timestamp_micros();
         let fetch = (limit as i64).saturating_add(self.bad_count());
 
@@ -1569,13 +1486,5 @@ mod tests {
         ] {
             assert!(validate_table(bad).is_err(), "{bad:?} accepted");
         }
-    }
-
-    #[test]
-    fn micros_round_up() {
-        let t = DateTime::from_timestamp(10, 500).unwrap();
-        assert_eq!(micros_ceil(t), 10_000_001);
-        let t = DateTime::from_timestamp(10, 2000).unwrap();
-        assert_eq!(micros_ceil(t), 10_000_002);
     }
 }
