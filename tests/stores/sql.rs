@@ -969,16 +969,10 @@ async fn sqlite_unexpected_storage_types() {
         ),
     ];
     for (id, values) in &bad {
-        let n = sql_raw::execute(
-            &tdb.url,
-            &format!(
-                "INSERT INTO {} (id, next_run_time, doc, version, lease_owner, \
-                 lease_until) VALUES ('{id}', {values})",
-                store.table()
-            ),
-        )
-        .await;
-        assert_eq!(n, 1);
+        assert_eq!(
+            sql_raw::insert_values(&tdb.url, store.table(), id, values).await,
+            1
+        );
     }
 
     let all = store.get_all_jobs().await.unwrap();
@@ -1043,15 +1037,7 @@ async fn odd_but_allowed_values(db: Db) {
         ("empty_doc", format!("{us}, '', 0, NULL, NULL")),
     ];
     for (id, values) in &rows {
-        sql_raw::execute(
-            &tdb.url,
-            &format!(
-                "INSERT INTO {} (id, next_run_time, doc, version, lease_owner, \
-                 lease_until) VALUES ('{id}', {values})",
-                store.table()
-            ),
-        )
-        .await;
+        sql_raw::insert_values(&tdb.url, store.table(), id, values).await;
     }
     let ids: Vec<String> = store
         .get_all_jobs()

@@ -10,42 +10,25 @@ use sqlx::AssertSqlSafe;
 /// Runs `$body` with `$pool` bound to a one-connection pool on the database at `$url`
 /// (whatever its kind), and closes the pool after.
 macro_rules! on_pool {
+    (@on $db:ty, $url:expr, $pool:ident => $body:expr) => {{
+        let $pool = sqlx::pool::PoolOptions::<$db>::new()
+            .max_connections(1)
+            .connect($url)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", $url));
+        let r = $body;
+        $pool.close().await;
+        r
+    }};
     ($url:expr, $pool:ident => $body:expr) => {{
         let url: &str = $url;
         match url.split_once(':').map_or("", |(s, _)| s) {
             #[cfg(feature = "sqlite")]
-            "sqlite" => {
-                let $pool = sqlx::sqlite::SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .connect(url)
-                    .await
-                    .unwrap_or_else(|e| panic!("{url}: {e}"));
-                let r = $body;
-                $pool.close().await;
-                r
-            }
+            "sqlite" => on_pool!(@on sqlx::Sqlite, url, $pool => $body),
             #[cfg(feature = "postgres")]
-            "postgres" | "postgresql" => {
-                let $pool = sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(1)
-                    .connect(url)
-                    .await
-                    .unwrap_or_else(|e| panic!("{url}: {e}"));
-                let r = $body;
-                $pool.close().await;
-                r
-            }
+            "postgres" | "postgresql" => on_pool!(@on sqlx::Postgres, url, $pool => $body),
             #[cfg(feature = "mysql")]
-            "mysql" | "mariadb" => {
-                let $pool = sqlx::mysql::MySqlPoolOptions::new()
-                    .max_connections(1)
-                    .connect(url)
-                    .await
-                    .unwrap_or_else(|e| panic!("{url}: {e}"));
-                let r = $body;
-                $pool.close().await;
-                r
-            }
+            "mysql" | "mariadb" => on_pool!(@on sqlx::MySql, url, $pool => $body),
             other => panic!("not an SQL URL this build has a driver for: {other}"),
         }
     }};
@@ -96,4 +79,14 @@ pub async fn insert_row(url: &str, table: &str, id: &str, next: Option<DateTime<
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
         .rows_affected());
+}
+
+/// Inserts a row into `table` with the SQL literals `values` for its columns after the id
+/// (`next_run_time, doc, version, lease_owner, lease_until`), as is: values of any type.
+pub async fn insert_values(url: &str, table: &str, id: &str, values: &str) -> u64 {
+    let sql = format!(
+        "INSERT INTO {table} (id, next_run_time, doc, version, lease_owner, lease_until) \
+         VALUES ('{id}', {values})"
+    );
+    execute(url, &sql).await
 }
