@@ -376,8 +376,8 @@ async fn item9_a_stored_row_with_zero_max_instances_is_reported_and_kept() {
         writer.shutdown().await.unwrap();
         // Rows no store would write, straight through the driver: the column holds the
         // time in µs rounded up, as the store writes it.
-        let past_us =
-            past.timestamp_micros() + i64::from(past.timestamp_subsec_nanos() % 1000 != 0);
+        let past_us = past.timestamp_micros()
+            + i64::from(!past.timestamp_subsec_nanos().is_multiple_of(1000));
         let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
             .await
             .unwrap();

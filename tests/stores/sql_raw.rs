@@ -64,7 +64,7 @@ pub async fn insert_row(url: &str, table: &str, id: &str, next: Option<DateTime<
         format!("INSERT INTO {table} (id, next_run_time, paused, doc, version) VALUES {values}");
     let next_us = next.map(|t| {
         let us = t.timestamp_micros();
-        if t.timestamp_subsec_nanos() % 1000 == 0 {
+        if t.timestamp_subsec_nanos().is_multiple_of(1000) {
             us
         } else {
             us + 1

@@ -153,18 +153,16 @@ impl<DB: Dialect> Core<DB> {
     }
 }
 
+// Only the bounds starting and stopping need (the job operations in `jobs.rs` need more).
 impl<DB> Core<DB>
 where
     DB: Dialect,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
-    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> bool: Encode<'q, DB> + Type<DB>,
     for<'q> &'q str: Encode<'q, DB>,
     str: Type<DB>,
-    for<'q> Option<i64>: Encode<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     usize: ColumnIndex<DB::Row>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
 {
     pub(super) async fn ping(&self) -> Result<()> {
         let mut conn = self
