@@ -1,6 +1,6 @@
 //! The Redis job store (cargo feature `redis`): the store and its [`JobStore`]
-//! implementation here; the Lua scripts in `scripts`, keys and stored values in `layout`, reading records and repairing the index in `records`,
-//! the pub/sub listener in `listen`.
+//! implementation here; the Lua scripts in `scripts`, keys and stored values in `layout`,
+//! reading records and repairing the index in `records`, the pub/sub listener in `listen`.
 
 mod layout;
 mod listen;

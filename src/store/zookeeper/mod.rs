@@ -1,6 +1,7 @@
 //! The ZooKeeper job store (cargo feature `zookeeper`): the store and its [`JobStore`]
 //! implementation here; znode names in `names`, job znodes in `nodes`, the index in
-//! `index`, connecting in `session`, claims in `claim`, the watch that wakes the loop in `watch`.
+//! `index`, connecting in `session`, claims in `claim`, the watch that wakes the loop in
+//! `watch`.
 
 mod claim;
 mod index;
