@@ -195,10 +195,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let db = std::env::var_os("APSCHED_EXAMPLE_DB")
         .map_or_else(|| std::env::temp_dir().join("apsched-actix.db"), Into::into);
     let greetings = web::Data::new(Greetings::default());
-    let scheduler = scheduler(
-        apsched::store::sql::SqlStore::sqlite(&db)?,
-        greetings.clone(),
-    );
+    let scheduler = scheduler(apsched::store::SqlStore::sqlite(&db)?, greetings.clone());
     scheduler.start().await?;
     scheduler
         .add_task_job("greet", serde_json::json!({ "name": "heartbeat" }))

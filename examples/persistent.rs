@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use apsched::store::sql::SqlStore;
+use apsched::store::SqlStore;
 use apsched::trigger::Interval;
 use apsched::{Event, EventKind, Scheduler};
 use serde::{Deserialize, Serialize};

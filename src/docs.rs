@@ -6,6 +6,7 @@
 //! - [`executors`]: where runs happen
 //! - [`events`]: what the scheduler tells you
 //! - [`stores`]: choosing a store, sharing and failover, outages
+//! - [`custom_store`]: writing your own store, the store contract and its test suite
 //! - [`embedding`]: axum, actix-web, `#[tokio::main]` and plain `fn main` programs
 //! - [`conformance`]: the trigger conformance probe against APScheduler
 //!
@@ -44,8 +45,15 @@ pub mod executors {}
 #[doc = include_str!("../docs/events.md")]
 pub mod events {}
 
+#[doc = "[custom-store]: crate::docs::custom_store"]
+#[doc = ""]
 #[doc = include_str!("../docs/stores.md")]
 pub mod stores {}
+
+#[doc = "[stores]: crate::docs::stores"]
+#[doc = ""]
+#[doc = include_str!("../docs/custom_store.md")]
+pub mod custom_store {}
 
 #[doc = "[triggers]: crate::docs::triggers"]
 #[doc = ""]

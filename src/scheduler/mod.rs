@@ -223,15 +223,15 @@ impl Inner {
     }
 
     fn store_context(&self, alias: &str) -> StoreContext {
-        StoreContext {
-            alias: alias.to_string(),
-            scheduler_id: self.id.clone(),
-            lease: self.lease,
-            tasks: self.tasks.clone(),
-            wakeup: self.wakeup.clone(),
-            events: self.events.clone(),
-            clock: self.clock.clone(),
-        }
+        StoreContext::new(
+            alias,
+            self.id.clone(),
+            self.lease,
+            self.tasks.clone(),
+            self.wakeup.clone(),
+            self.events.clone(),
+            self.clock.clone(),
+        )
     }
 
     fn wakeup(&self) {

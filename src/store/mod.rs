@@ -7,17 +7,28 @@
 //! ([`JobStore::acquire_due_jobs`]), so no scheduled time of a job is submitted twice (a
 //! time claimed by a scheduler that dies before starting it is lost: see docs/stores.md).
 
+#[cfg(any(
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "mysql",
+    feature = "redis",
+    feature = "mongodb",
+    feature = "zookeeper"
+))]
+mod common;
+#[cfg(any(feature = "redis", feature = "mongodb", feature = "zookeeper"))]
+mod documents;
 mod memory;
 #[cfg(feature = "mongodb")]
-pub mod mongodb;
-#[cfg(any(feature = "redis", feature = "mongodb", feature = "zookeeper"))]
-mod nosql_common;
+mod mongodb;
 #[cfg(feature = "redis")]
-pub mod redis;
+mod redis;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-pub mod sql;
+mod sql;
+#[cfg(feature = "test-util")]
+pub mod testing;
 #[cfg(feature = "zookeeper")]
-pub mod zookeeper;
+mod zookeeper;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,31 +41,119 @@ pub use self::memory::MemoryStore;
 pub use self::mongodb::MongoStore;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+pub use self::sql::SqlStore;
 #[cfg(feature = "zookeeper")]
 pub use self::zookeeper::ZooKeeperStore;
 use crate::clock::Clock;
 use crate::error::{Result, TriggerError};
-use crate::event::EventBus;
+use crate::event::{Event, EventBus};
 use crate::job::JobRecord;
 use crate::task::TaskRegistry;
 
-/// What a store gets from the scheduler when it starts.
+/// What a store gets from the scheduler when it starts: who it is, what time it is, and the
+/// few ways it may talk back (wake the loop, report a record it cannot load). A store never
+/// sees the scheduler's event bus or task registry itself; it asks through these methods.
+///
+/// The scheduler builds it; tests build one with
+/// `apsched::store::testing::TestContext` (feature `test-util`).
+/// Cloning is cheap, so background tasks (a listener waking the loop) keep a clone.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct StoreContext {
-    /// The store's alias in this scheduler.
-    pub alias: String,
-    /// This scheduler's identity (lease owner), `host-pid-random` by default.
-    pub scheduler_id: String,
+    alias: String,
+    scheduler_id: String,
+    lease: Duration,
+    tasks: Arc<TaskRegistry>,
+    wakeup: Arc<Notify>,
+    events: EventBus,
+    clock: Arc<dyn Clock>,
+}
+
+impl StoreContext {
+    /// The context the scheduler (or a test harness) gives a store it starts.
+    pub(crate) fn new(
+        alias: impl Into<String>,
+        scheduler_id: impl Into<String>,
+        lease: Duration,
+        tasks: Arc<TaskRegistry>,
+        wakeup: Arc<Notify>,
+        events: EventBus,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        StoreContext {
+            alias: alias.into(),
+            scheduler_id: scheduler_id.into(),
+            lease,
+            tasks,
+            wakeup,
+            events,
+            clock,
+        }
+    }
+
+    /// The store's alias in this scheduler (for messages and events).
+    pub fn alias(&self) -> &str {
+        &self.alias
+    }
+
+    /// This scheduler's identity, `host-pid-random` by default: the owner a store writes
+    /// into the leases it takes.
+    pub fn scheduler_id(&self) -> &str {
+        &self.scheduler_id
+    }
+
     /// How long a claim on a job lasts before other schedulers may take it over.
-    pub lease: Duration,
-    /// The registered tasks, to check stored jobs against.
-    pub tasks: Arc<TaskRegistry>,
-    /// Notify this to wake the scheduler loop (e.g. another process changed a job).
-    pub wakeup: Arc<Notify>,
-    /// The scheduler's events, for reporting corrupt records and outages.
-    pub events: EventBus,
-    /// The scheduler's clock.
-    pub clock: Arc<dyn Clock>,
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// The scheduler's clock, read now (virtual in tests with a test clock).
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Wakes the scheduler loop so that it looks at the store again (another process
+    /// changed a job, a watch was re-armed and may have missed changes).
+    pub fn wake_scheduler(&self) {
+        self.wakeup.notify_one();
+    }
+
+    /// Whether a task of this name is registered with the scheduler: a stored job naming
+    /// any other task cannot be loaded.
+    pub fn has_task(&self, name: &str) -> bool {
+        self.tasks.contains(name)
+    }
+
+    /// Reports a stored record that cannot be loaded (a `STORE_ERROR` event carrying
+    /// [`Error::CorruptJob`](crate::Error::CorruptJob)'s message, and an error log). The
+    /// store keeps the record untouched and skips it; it should report each distinct
+    /// content once (see the store guide, docs/custom_store.md).
+    pub fn report_corrupt(&self, job_id: &str, reason: &str) {
+        let message = crate::Error::CorruptJob {
+            id: job_id.to_string(),
+            reason: reason.to_string(),
+        }
+        .to_string();
+        tracing::error!(store = %self.alias, job_id = %job_id, "{message}; it is kept untouched and skipped");
+        self.emit(Some(job_id), message);
+    }
+
+    /// Reports a problem with one job that the store handled or could not handle (a
+    /// `STORE_ERROR` event and a warning): a record whose copies disagree, a claim whose
+    /// write failed.
+    pub fn report_problem(&self, job_id: &str, message: &str) {
+        tracing::warn!(store = %self.alias, job_id = %job_id, "{message}");
+        self.emit(Some(job_id), message.to_string());
+    }
+
+    fn emit(&self, job_id: Option<&str>, message: String) {
+        self.events.emit(Event::StoreError {
+            store: self.alias.clone(),
+            job_id: job_id.map(str::to_string),
+            message,
+        });
+    }
 }
 
 /// A due job claimed by [`JobStore::acquire_due_jobs`].
@@ -174,7 +273,7 @@ pub trait JobStore: Send + Sync + 'static {
     /// How often the scheduler should look at this store even when it has no reason to
     /// (other processes may add jobs to it without waking this one). `None` for stores
     /// only this scheduler writes to, or that push notifications through
-    /// [`StoreContext::wakeup`].
+    /// [`StoreContext::wake_scheduler`].
     fn poll_interval(&self) -> Option<Duration> {
         None
     }
@@ -206,36 +305,6 @@ pub(crate) fn dedupe_batch(jobs: Vec<JobRecord>, replace: bool) -> Result<Vec<Jo
         .filter(|(i, _)| keep.contains(i))
         .map(|(_, j)| j)
         .collect())
-}
-
-/// Microseconds since the epoch, rounded up: the form persistent stores index next run
-/// times in, so that a stored time never says a job is due before it is.
-#[cfg(any(
-    feature = "sqlite",
-    feature = "postgres",
-    feature = "mysql",
-    feature = "redis",
-    feature = "mongodb",
-    feature = "zookeeper"
-))]
-pub(crate) fn micros_ceil(t: DateTime<Utc>) -> i64 {
-    let us = t.timestamp_micros();
-    if t.timestamp_subsec_nanos().is_multiple_of(1000) {
-        us
-    } else {
-        us.saturating_add(1)
-    }
-}
-
-/// The version a persistent store gives a job it adds (or a replacement of one): random in
-/// `[2^32, 2^62)`, then bumped by one per write. The random start is the job's incarnation:
-/// a job removed and added again under the same id starts elsewhere in a range of 2^62
-/// versions, so a writer still holding a version of the removed job is fenced (a stale
-/// version matches only by a chance of about one in 2^62 per write of the new job). The
-/// memory store, which needs no such chance, counts instead.
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-pub(crate) fn first_version() -> u64 {
-    (rand::random::<u64>() >> 2) | (1 << 32)
 }
 
 /// Opens the store a URL names. Connecting happens when the scheduler starts the store, so
@@ -275,15 +344,15 @@ pub fn from_url(url: &str) -> Result<Box<dyn JobStore>> {
     match scheme {
         "memory" => Ok(Box::new(MemoryStore::new())),
         #[cfg(feature = "sqlite")]
-        "sqlite" => Ok(Box::new(sql::SqlStore::lazy(url)?)),
+        "sqlite" => Ok(Box::new(SqlStore::lazy(url)?)),
         #[cfg(not(feature = "sqlite"))]
         "sqlite" => missing("sqlite"),
         #[cfg(feature = "postgres")]
-        "postgres" | "postgresql" => Ok(Box::new(sql::SqlStore::lazy(url)?)),
+        "postgres" | "postgresql" => Ok(Box::new(SqlStore::lazy(url)?)),
         #[cfg(not(feature = "postgres"))]
         "postgres" | "postgresql" => missing("postgres"),
         #[cfg(feature = "mysql")]
-        "mysql" | "mariadb" => Ok(Box::new(sql::SqlStore::lazy(url)?)),
+        "mysql" | "mariadb" => Ok(Box::new(SqlStore::lazy(url)?)),
         #[cfg(not(feature = "mysql"))]
         "mysql" | "mariadb" => missing("mysql"),
         #[cfg(feature = "redis")]

@@ -345,11 +345,8 @@ async fn item9_add_and_modify_validate_options_and_the_executor() {
 #[cfg(feature = "sqlite")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn item9_a_stored_row_with_zero_max_instances_is_reported_and_kept() {
-    use apsched::clock::SystemClock;
-    use apsched::event::EventBus;
-    use apsched::store::sql::SqlStore;
-    use apsched::store::{JobStore, StoreContext};
-    use apsched::task::{TaskFn, TaskRegistry};
+    use apsched::store::JobStore;
+    use apsched::store::SqlStore;
 
     let path = std::env::temp_dir().join(format!("apsched-item9-{}.db", std::process::id()));
     let _ = std::fs::remove_file(&path);
@@ -364,30 +361,37 @@ async fn item9_a_stored_row_with_zero_max_instances_is_reported_and_kept() {
         )
     };
     {
-        let mut tasks = TaskRegistry::new();
-        tasks.insert("noop", TaskFn::from_async(|_: serde_json::Value| async {}));
+        // The contract suite's context registers `noop` among its tasks.
         let writer = SqlStore::sqlite(&path).unwrap();
         writer
-            .start(StoreContext {
-                alias: "default".into(),
-                scheduler_id: "writer".into(),
-                lease: Duration::from_secs(3),
-                tasks: Arc::new(tasks),
-                wakeup: Arc::new(tokio::sync::Notify::new()),
-                events: EventBus::new(16),
-                clock: Arc::new(SystemClock),
-            })
-            .await
-            .unwrap();
-        writer
-            .insert_raw_row("zero", Some(past), &doc("zero", 0))
-            .await
-            .unwrap();
-        writer
-            .insert_raw_row("fine", Some(past), &doc("fine", 1))
+            .start(apsched::store::testing::context(
+                "default",
+                "writer",
+                Duration::from_secs(3),
+            ))
             .await
             .unwrap();
         writer.shutdown().await.unwrap();
+        // Rows no store would write, straight through the driver: the column holds the
+        // time in µs rounded up, as the store writes it.
+        let past_us = past.timestamp_micros()
+            + i64::from(!past.timestamp_subsec_nanos().is_multiple_of(1000));
+        let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        for (id, max_instances) in [("zero", 0), ("fine", 1)] {
+            sqlx::query(
+                "INSERT INTO apsched_jobs (id, next_run_time, paused, doc, version) \
+                 VALUES (?, ?, FALSE, ?, 0)",
+            )
+            .bind(id)
+            .bind(past_us)
+            .bind(doc(id, max_instances))
+            .execute(&db)
+            .await
+            .unwrap();
+        }
+        db.close().await;
     }
     let s = Scheduler::builder()
         .store("default", SqlStore::sqlite(&path).unwrap())

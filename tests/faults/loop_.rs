@@ -176,7 +176,7 @@ async fn item2_lease_of_duration_max_with_a_sql_store_keeps_other_jobs_running()
         .build();
     let mut rx = s.subscribe(EventKind::JOB_EXECUTED | EventKind::STORE_ERROR);
     s.start().await.unwrap();
-    let sql = apsched::store::sql::SqlStore::sqlite(":memory:").unwrap();
+    let sql = apsched::store::SqlStore::sqlite(":memory:").unwrap();
     s.add_store("sql", sql).await.unwrap();
     s.add_task_job("noop", ())
         .id("stored")

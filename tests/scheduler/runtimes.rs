@@ -421,7 +421,7 @@ mod actix {
 
     use super::actix_example as example;
     use super::*;
-    use apsched::store::sql::SqlStore;
+    use apsched::store::SqlStore;
 
     /// A fresh SQLite file, removed on drop.
     struct TempDb(std::path::PathBuf);

@@ -24,8 +24,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
-use apsched::store::sql::SqlStore;
 use apsched::store::JobStore;
+use apsched::store::SqlStore;
 use chrono::{DateTime, TimeDelta, Utc};
 use rand::Rng;
 
@@ -33,7 +33,7 @@ use crate::multiprocess::{
     add_jobs, failed_claims, finish, kill_busiest, read_logs, spawn_worker, Plan,
 };
 use crate::sql::{via_proxy, Proxy};
-use crate::suite;
+use crate::{sql_raw, suite};
 
 /// One committed change of a job's next run time, from the audit table.
 struct Change {
@@ -98,25 +98,22 @@ async fn run(plan: &Plan, dir: &Path) -> Result<String, String> {
     let t = plan.namespace.as_str();
     let lease = Duration::from_secs(plan.lease_secs);
     // The parent's own store: straight to the server, never cut.
-    let store = SqlStore::lazy(&plan.url).unwrap().table(t);
+    let store = SqlStore::lazy(&plan.url).unwrap().with_table(t);
     store
         .start(suite::context("default", "parent", lease))
         .await
         .map_err(|e| format!("start: {e}"))?;
     for sql in audit_sql(t) {
-        store
-            .execute_raw_sql(&sql)
-            .await
-            .map_err(|e| e.to_string())?;
+        sql_raw::execute(&plan.url, &sql).await;
     }
     let result = run_with_audit(plan, dir, &store).await;
-    let _ = store
-        .execute_raw_sql(&format!("DROP TABLE IF EXISTS {t}_audit"))
-        .await;
+    sql_raw::execute(&plan.url, &format!("DROP TABLE IF EXISTS {t}_audit")).await;
     let _ = store.drop_tables().await;
-    let _ = store
-        .execute_raw_sql(&format!("DROP FUNCTION IF EXISTS {t}_audit_fn()"))
-        .await;
+    sql_raw::execute(
+        &plan.url,
+        &format!("DROP FUNCTION IF EXISTS {t}_audit_fn()"),
+    )
+    .await;
     result
 }
 
@@ -186,13 +183,14 @@ async fn run_with_audit(plan: &Plan, dir: &Path, store: &SqlStore) -> Result<Str
     drop(proxies);
 
     // What the database committed.
-    let rows = store
-        .query_raw_text(&format!(
+    let rows = sql_raw::query_text(
+        &plan.url,
+        &format!(
             "SELECT concat_ws(' ', tx, app, id, old_nrt, COALESCE(new_nrt, -1)) \
              FROM {t}_audit ORDER BY seq"
-        ))
-        .await
-        .map_err(|e| format!("reading the audit: {e}"))?;
+        ),
+    )
+    .await;
     let changes: Vec<Change> = rows
         .iter()
         .filter_map(|r| {

@@ -12,9 +12,12 @@ mod chaos;
 
 mod memory;
 
+mod custom;
+
 #[cfg(any(feature = "redis", feature = "mongodb", feature = "zookeeper"))]
 mod nosql;
 mod sql;
+mod sql_raw;
 
 #[cfg(feature = "redis")]
 mod redis;

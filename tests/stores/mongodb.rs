@@ -54,21 +54,28 @@ async fn started(db: &str, collection: &str, id: &str) -> MongoStore {
 
 /// The suite's corrupt-record hook: a document whose `job` is not JSON, due at
 /// `suite::t0()`.
-fn write_corrupt<'a>(store: &'a MongoStore, id: &'a str) -> futures::future::BoxFuture<'a, ()> {
-    Box::pin(async move {
-        let db = store.database().expect("the tests name the database");
-        client(&url())
-            .await
-            .database(db)
-            .collection::<Document>(store.collection())
-            .insert_one(doc! {
-                "_id": id,
-                "job": "{not json",
-                "next_run_time": suite::t0().timestamp_micros(),
-                "version": 0_i64,
-            })
-            .await
-            .unwrap();
+fn write_corrupt() -> suite::WriteCorrupt<MongoStore> {
+    Box::new(|store: &MongoStore, id: &str| {
+        let db = store
+            .database()
+            .expect("the tests name the database")
+            .to_string();
+        let coll = store.collection().to_string();
+        let id = id.to_string();
+        Box::pin(async move {
+            client(&url())
+                .await
+                .database(&db)
+                .collection::<Document>(&coll)
+                .insert_one(doc! {
+                    "_id": id,
+                    "job": "{not json",
+                    "next_run_time": suite::t0().timestamp_micros(),
+                    "version": 0_i64,
+                })
+                .await
+                .unwrap();
+        })
     })
 }
 
@@ -88,7 +95,7 @@ async fn mongodb_contract() {
             let db = db.clone();
             async move { started(&db, &coll, "s1").await }
         },
-        Some(write_corrupt),
+        Some(write_corrupt()),
     )
     .await;
     drop_db(&db).await;
@@ -124,10 +131,10 @@ async fn mongodb_corrupt_records_are_reported_once_and_kept() {
         return;
     }
     let db = db_name();
-    let ctx = suite::context("mongodb", "s1", Duration::from_secs(30));
-    let rx = ctx.events.subscribe(apsched::event::EventKind::STORE_ERROR);
+    let ctx = suite::TestContext::new("mongodb", "s1", Duration::from_secs(30));
+    let rx = ctx.subscribe(apsched::event::EventKind::STORE_ERROR);
     let s = store(&db);
-    s.start(ctx).await.unwrap();
+    s.start(ctx.context()).await.unwrap();
     s.add_job(nosql::task_job("good", "echo", suite::at(0)), false)
         .await
         .unwrap();
@@ -282,10 +289,10 @@ async fn mongodb_index_disagreeing_with_document_settles() {
         return;
     }
     let db = db_name();
-    let ctx = suite::context("mongodb", "s1", Duration::from_secs(30));
-    let rx = ctx.events.subscribe(apsched::event::EventKind::STORE_ERROR);
+    let ctx = suite::TestContext::new("mongodb", "s1", Duration::from_secs(30));
+    let rx = ctx.subscribe(apsched::event::EventKind::STORE_ERROR);
     let s = store(&db);
-    s.start(ctx).await.unwrap();
+    s.start(ctx.context()).await.unwrap();
     let coll = client(&url())
         .await
         .database(&db)
@@ -326,10 +333,10 @@ async fn mongodb_partial_batch_failure_keeps_won_claims() {
         return;
     }
     let db = db_name();
-    let ctx = suite::context("mongodb", "s1", Duration::from_secs(30));
-    let mut rx = ctx.events.subscribe(apsched::event::EventKind::STORE_ERROR);
+    let ctx = suite::TestContext::new("mongodb", "s1", Duration::from_secs(30));
+    let mut rx = ctx.subscribe(apsched::event::EventKind::STORE_ERROR);
     let s = store(&db);
-    s.start(ctx).await.unwrap();
+    s.start(ctx.context()).await.unwrap();
     for id in ["a", "b", "victim", "z"] {
         s.add_job(suite::interval_job(id, 60, Some(suite::at(0))), false)
             .await

@@ -58,17 +58,24 @@ async fn started(prefix: &str, id: &str) -> RedisStore {
 }
 
 /// The suite's corrupt-record hook: a document that is not JSON, due at `suite::t0()`.
-fn write_corrupt<'a>(store: &'a RedisStore, id: &'a str) -> futures::future::BoxFuture<'a, ()> {
-    Box::pin(async move {
-        let client = ::redis::Client::open(url()).unwrap();
-        let mut c = client.get_multiplexed_async_connection().await.unwrap();
-        let p = store.prefix();
-        ::redis::pipe()
-            .hset(format!("{p}:jobs"), id, "{not json")
-            .zadd(format!("{p}:run_times"), id, suite::t0().timestamp_micros())
-            .query_async::<()>(&mut c)
-            .await
-            .unwrap();
+fn write_corrupt() -> suite::WriteCorrupt<RedisStore> {
+    Box::new(|store: &RedisStore, id: &str| {
+        let p = store.prefix().to_string();
+        let id = id.to_string();
+        Box::pin(async move {
+            let client = ::redis::Client::open(url()).unwrap();
+            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+            ::redis::pipe()
+                .hset(format!("{p}:jobs"), &id, "{not json")
+                .zadd(
+                    format!("{p}:run_times"),
+                    &id,
+                    suite::t0().timestamp_micros(),
+                )
+                .query_async::<()>(&mut c)
+                .await
+                .unwrap();
+        })
     })
 }
 
@@ -87,7 +94,7 @@ async fn redis_contract() {
             );
             async move { started(&prefix, "s1").await }
         },
-        Some(write_corrupt),
+        Some(write_corrupt()),
     )
     .await;
     let prefix = format!(
@@ -126,10 +133,10 @@ async fn redis_corrupt_records_are_reported_once_and_kept() {
         return;
     }
     let prefix = format!("apsched-test:{}", suite::unique_suffix());
-    let ctx = suite::context("redis", "s1", Duration::from_secs(30));
-    let rx = ctx.events.subscribe(apsched::event::EventKind::STORE_ERROR);
+    let ctx = suite::TestContext::new("redis", "s1", Duration::from_secs(30));
+    let rx = ctx.subscribe(apsched::event::EventKind::STORE_ERROR);
     let store = RedisStore::new(&url()).unwrap().with_prefix(&prefix);
-    store.start(ctx).await.unwrap();
+    store.start(ctx.context()).await.unwrap();
     store
         .add_job(nosql::task_job("good", "echo", suite::at(0)), false)
         .await
@@ -285,10 +292,10 @@ async fn redis_index_disagreeing_with_document_settles() {
         return;
     }
     let prefix = format!("apsched-test:{}", suite::unique_suffix());
-    let ctx = suite::context("redis", "s1", Duration::from_secs(30));
-    let rx = ctx.events.subscribe(apsched::event::EventKind::STORE_ERROR);
+    let ctx = suite::TestContext::new("redis", "s1", Duration::from_secs(30));
+    let rx = ctx.subscribe(apsched::event::EventKind::STORE_ERROR);
     let store = RedisStore::new(&url()).unwrap().with_prefix(&prefix);
-    store.start(ctx).await.unwrap();
+    store.start(ctx.context()).await.unwrap();
     for (id, next) in [("paused", None), ("later", Some(suite::at(600)))] {
         store
             .add_job(suite::interval_job(id, 60, next), false)

@@ -14,14 +14,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use apsched::job::Callable;
-use apsched::store::sql::SqlStore;
 use apsched::store::JobStore;
+use apsched::store::SqlStore;
 use apsched::trigger::Interval;
 use apsched::{Error, Event, EventKind, Scheduler};
 use chrono::{DateTime, TimeDelta, Utc};
-use futures::future::BoxFuture;
 
-use crate::suite;
+use crate::{sql_raw, suite};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Db {
@@ -96,8 +95,8 @@ impl TestDb {
     fn store_on(&self, table: &str) -> SqlStore {
         SqlStore::lazy(&self.url)
             .expect("valid URL")
-            .table(table)
-            .poll_interval(Duration::from_millis(200))
+            .with_table(table)
+            .with_poll_interval(Some(Duration::from_millis(200)))
     }
 
     fn store(&self) -> SqlStore {
@@ -133,12 +132,13 @@ impl TestDb {
 // The contract
 
 /// The suite's corrupt-record hook: a row whose document is not JSON.
-fn write_corrupt<'a>(store: &'a SqlStore, id: &'a str) -> BoxFuture<'a, ()> {
-    Box::pin(async move {
-        store
-            .insert_raw_row(id, Some(suite::t0()), "{this is not json")
-            .await
-            .unwrap();
+fn write_corrupt(url: &str) -> suite::WriteCorrupt<SqlStore> {
+    let url = url.to_string();
+    Box::new(move |store: &SqlStore, id: &str| {
+        let (url, table, id) = (url.clone(), store.table().to_string(), id.to_string());
+        Box::pin(async move {
+            sql_raw::insert_row(&url, &table, &id, Some(suite::t0()), "{this is not json").await;
+        })
     })
 }
 
@@ -164,7 +164,7 @@ async fn contract(db: Db) {
                 tdb.started(&t, "s1", Duration::from_secs(30)).await
             }
         };
-        suite::contract(make.clone(), Some(write_corrupt)).await;
+        suite::contract(make.clone(), Some(write_corrupt(&tdb.url))).await;
         suite::bulk_add_all_or_nothing(make().await).await;
     }
     let shared = format!("{}_shared", tdb.table);
@@ -194,7 +194,9 @@ async fn sqlite_in_memory_contract() {
                 .unwrap();
             store
         },
-        Some(write_corrupt),
+        // A private in-memory database has no other way in than the store itself; the
+        // file-backed `sqlite_contract` covers corrupt rows on SQLite.
+        None,
     )
     .await;
     let store = SqlStore::lazy("sqlite::memory:").unwrap();
@@ -413,17 +415,21 @@ async fn corrupt_rows(db: Db) {
         let raw = tdb
             .started(&tdb.table, "writer", Duration::from_secs(3))
             .await;
-        raw.insert_raw_row("garbage", Some(past), "{this is not json")
-            .await
-            .unwrap();
+        sql_raw::insert_row(
+            &tdb.url,
+            raw.table(),
+            "garbage",
+            Some(past),
+            "{this is not json",
+        )
+        .await;
         let mut ghost = suite::interval_job("ghost", 1, Some(past));
         ghost.callable = Callable::Task {
             name: "not_registered".into(),
             args: serde_json::Value::Null,
         };
-        raw.insert_raw_row("ghost", Some(past), &ghost.to_json().unwrap())
-            .await
-            .unwrap();
+        let ghost = ghost.to_json().unwrap();
+        sql_raw::insert_row(&tdb.url, raw.table(), "ghost", Some(past), &ghost).await;
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let s = scheduler(tdb.store(), "reader", tx);
@@ -689,8 +695,8 @@ async fn outage(db: Db) {
     let (url, _) = via_proxy(&tdb.url, proxy.port);
     let store = SqlStore::lazy(&url)
         .unwrap()
-        .table(&tdb.table)
-        .poll_interval(Duration::from_millis(200));
+        .with_table(&tdb.table)
+        .with_poll_interval(Some(Duration::from_millis(200)));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let s = scheduler(store, "outage", tx);
     let mut errors = s.subscribe(EventKind::STORE_ERROR);
@@ -768,10 +774,10 @@ async fn unreachable_server_is_a_store_error() {
 
 /// A started store (identity `s1`) and a receiver of its STORE_ERROR events.
 async fn started_with_events(tdb: &TestDb) -> (SqlStore, apsched::event::EventReceiver) {
-    let ctx = suite::context("default", "s1", Duration::from_secs(30));
-    let events = ctx.events.subscribe(EventKind::STORE_ERROR);
+    let ctx = suite::TestContext::new("default", "s1", Duration::from_secs(30));
+    let events = ctx.subscribe(EventKind::STORE_ERROR);
     let store = tdb.store();
-    store.start(ctx).await.unwrap();
+    store.start(ctx.context()).await.unwrap();
     (store, events)
 }
 
@@ -816,7 +822,7 @@ async fn copies_disagree(db: Db) {
         ("paused_column", None, doc("paused_column", Some(at(0)))),
         ("other_id", Some(at(0)), doc("someone_else", Some(at(0)))),
     ] {
-        store.insert_raw_row(id, column, &document).await.unwrap();
+        sql_raw::insert_row(&tdb.url, store.table(), id, column, &document).await;
     }
     store
         .add_job(suite::interval_job("good", 60, Some(at(0))), false)
@@ -882,10 +888,10 @@ async fn copies_disagree(db: Db) {
 
     // Repaired: another scheduler reading the table finds only the rows never written since.
     let (other, mut other_events) = {
-        let ctx = suite::context("default", "s2", Duration::from_secs(30));
-        let events = ctx.events.subscribe(EventKind::STORE_ERROR);
+        let ctx = suite::TestContext::new("default", "s2", Duration::from_secs(30));
+        let events = ctx.subscribe(EventKind::STORE_ERROR);
         let other = tdb.store();
-        other.start(ctx).await.unwrap();
+        other.start(ctx.context()).await.unwrap();
         (other, events)
     };
     assert_eq!(other.get_all_jobs().await.unwrap().len(), 4);
@@ -959,14 +965,10 @@ async fn sqlite_unexpected_storage_types() {
         ),
     ];
     for (id, values) in &bad {
-        let n = store
-            .execute_raw_sql(&format!(
-                "INSERT INTO {{table}} (id, next_run_time, doc, version, lease_owner, \
-                 lease_until) VALUES ('{id}', {values})"
-            ))
-            .await
-            .unwrap();
-        assert_eq!(n, 1);
+        assert_eq!(
+            sql_raw::insert_values(&tdb.url, store.table(), id, values).await,
+            1
+        );
     }
 
     let all = store.get_all_jobs().await.unwrap();
@@ -1031,13 +1033,7 @@ async fn odd_but_allowed_values(db: Db) {
         ("empty_doc", format!("{us}, '', 0, NULL, NULL")),
     ];
     for (id, values) in &rows {
-        store
-            .execute_raw_sql(&format!(
-                "INSERT INTO {{table}} (id, next_run_time, doc, version, lease_owner, \
-                 lease_until) VALUES ('{id}', {values})"
-            ))
-            .await
-            .unwrap();
+        sql_raw::insert_values(&tdb.url, store.table(), id, values).await;
     }
     let ids: Vec<String> = store
         .get_all_jobs()
@@ -1102,12 +1098,12 @@ async fn pool_of_one(db: Db) {
         .unwrap(),
         Db::MySql => SqlStore::lazy(&with_params(&tdb.url, "max_connections=1")).unwrap(),
         // ...and the builder.
-        Db::Sqlite => SqlStore::lazy(&tdb.url).unwrap().pool_size(1),
+        Db::Sqlite => SqlStore::lazy(&tdb.url).unwrap().with_pool_size(1),
     }
-    .table(&tdb.table);
-    let ctx = suite::context("default", "s1", Duration::from_secs(30));
-    let wakeup = ctx.wakeup.clone();
-    store.start(ctx).await.unwrap();
+    .with_table(&tdb.table);
+    let ctx = suite::TestContext::new("default", "s1", Duration::from_secs(30));
+    let wakeup = ctx.wakeup();
+    store.start(ctx.context()).await.unwrap();
     let store = Arc::new(store);
     let mut calls = tokio::task::JoinSet::<apsched::Result<()>>::new();
     for i in 0..20 {
@@ -1141,7 +1137,7 @@ async fn pool_of_one(db: Db) {
         // The pool's one connection and the listener's: wait for the listener to be there.
         let mut n = 0;
         for _ in 0..200 {
-            n = other.execute_raw_sql(&count).await.unwrap();
+            n = sql_raw::execute(&tdb.url, &count).await;
             if n >= 2 {
                 break;
             }
@@ -1159,7 +1155,7 @@ async fn pool_of_one(db: Db) {
         tokio::time::timeout(Duration::from_secs(30), woken)
             .await
             .expect("the listener wakes the store's scheduler");
-        assert_eq!(other.execute_raw_sql(&count).await.unwrap(), 2);
+        assert_eq!(sql_raw::execute(&tdb.url, &count).await, 2);
     }
     // A pool size of 0 or garbage is refused, saying why.
     for bad in ["pool_size=0", "max_connections=many"] {
@@ -1202,7 +1198,7 @@ async fn urls_without_a_user() {
         let store = SqlStore::connect(url)
             .await
             .unwrap_or_else(|e| panic!("{url}: {e}"))
-            .table(format!("t_nouser_{}", suite::unique_suffix()));
+            .with_table(format!("t_nouser_{}", suite::unique_suffix()));
         store
             .start(suite::context("default", "s", Duration::from_secs(30)))
             .await
@@ -1223,7 +1219,7 @@ async fn extreme_durations(db: Db) {
     let Some(tdb) = TestDb::new(db, "maxdur").await else {
         return;
     };
-    let a = tdb.store().poll_interval(Duration::MAX);
+    let a = tdb.store().with_poll_interval(Some(Duration::MAX));
     a.start(suite::context("default", "a", Duration::MAX))
         .await
         .unwrap();

@@ -65,18 +65,21 @@ async fn started(root: &str, id: &str) -> ZooKeeperStore {
 
 /// The suite's corrupt-record hook: a job znode that is not JSON, with an index entry due
 /// at `suite::t0()`.
-fn write_corrupt<'a>(store: &'a ZooKeeperStore, id: &'a str) -> futures::future::BoxFuture<'a, ()> {
-    Box::pin(async move {
-        let c = connect(&hosts()).await.unwrap();
-        let r = store.root();
-        let t = suite::t0().timestamp_micros();
-        let opts = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-        c.create(&format!("{r}/jobs/j-{id}"), b"{not json", &opts)
-            .await
-            .unwrap();
-        c.create(&format!("{r}/index/{t:020}~j-{id}"), &[], &opts)
-            .await
-            .unwrap();
+fn write_corrupt() -> suite::WriteCorrupt<ZooKeeperStore> {
+    Box::new(|store: &ZooKeeperStore, id: &str| {
+        let r = store.root().to_string();
+        let id = id.to_string();
+        Box::pin(async move {
+            let c = connect(&hosts()).await.unwrap();
+            let t = suite::t0().timestamp_micros();
+            let opts = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+            c.create(&format!("{r}/jobs/j-{id}"), b"{not json", &opts)
+                .await
+                .unwrap();
+            c.create(&format!("{r}/index/{t:020}~j-{id}"), &[], &opts)
+                .await
+                .unwrap();
+        })
     })
 }
 
@@ -95,7 +98,7 @@ async fn zookeeper_contract() {
             );
             async move { started(&r, "s1").await }
         },
-        Some(write_corrupt),
+        Some(write_corrupt()),
     )
     .await;
     cleanup(&base).await;
@@ -127,10 +130,10 @@ async fn zookeeper_corrupt_records_are_reported_once_and_kept() {
         return;
     }
     let r = root();
-    let ctx = suite::context("zookeeper", "s1", Duration::from_secs(30));
-    let rx = ctx.events.subscribe(apsched::event::EventKind::STORE_ERROR);
+    let ctx = suite::TestContext::new("zookeeper", "s1", Duration::from_secs(30));
+    let rx = ctx.subscribe(apsched::event::EventKind::STORE_ERROR);
     let s = ZooKeeperStore::new(&hosts()).unwrap().with_root(&r);
-    s.start(ctx).await.unwrap();
+    s.start(ctx.context()).await.unwrap();
     s.add_job(nosql::task_job("good", "echo", suite::at(0)), false)
         .await
         .unwrap();
@@ -190,10 +193,10 @@ async fn zookeeper_watch_wakes_idle_scheduler() {
         return;
     }
     let r = root();
-    let ctx = suite::context("zookeeper", "a", Duration::from_secs(30));
-    let wakeup = ctx.wakeup.clone();
+    let ctx = suite::TestContext::new("zookeeper", "a", Duration::from_secs(30));
+    let wakeup = ctx.wakeup();
     let a = ZooKeeperStore::new(&hosts()).unwrap().with_root(&r);
-    a.start(ctx).await.unwrap();
+    a.start(ctx.context()).await.unwrap();
     assert_eq!(
         a.poll_interval(),
         Some(Duration::from_secs(30)),
@@ -304,13 +307,13 @@ async fn zookeeper_watch_rearmed_after_outage() {
         return;
     }
     let zk = private_zk().await;
-    let ctx = suite::context("zookeeper", "a", Duration::from_secs(30));
-    let wakeup = ctx.wakeup.clone();
+    let ctx = suite::TestContext::new("zookeeper", "a", Duration::from_secs(30));
+    let wakeup = ctx.wakeup();
     let a = ZooKeeperStore::new(&private_hosts(&zk))
         .unwrap()
         .with_root("/watch")
         .with_session_timeout(Duration::from_secs(2));
-    a.start(ctx).await.unwrap();
+    a.start(ctx.context()).await.unwrap();
     let long_poll = Some(Duration::from_secs(30));
     assert_eq!(a.poll_interval(), long_poll, "watch armed");
 
@@ -412,10 +415,10 @@ async fn zookeeper_index_disagreeing_with_document_settles() {
         return;
     }
     let r = root();
-    let ctx = suite::context("zookeeper", "s1", Duration::from_secs(30));
-    let rx = ctx.events.subscribe(apsched::event::EventKind::STORE_ERROR);
+    let ctx = suite::TestContext::new("zookeeper", "s1", Duration::from_secs(30));
+    let rx = ctx.subscribe(apsched::event::EventKind::STORE_ERROR);
     let s = ZooKeeperStore::new(&hosts()).unwrap().with_root(&r);
-    s.start(ctx).await.unwrap();
+    s.start(ctx.context()).await.unwrap();
     for (id, next) in [("paused", None), ("later", Some(suite::at(600)))] {
         s.add_job(suite::interval_job(id, 60, next), false)
             .await
@@ -481,10 +484,10 @@ async fn zookeeper_partial_batch_failure_keeps_won_claims() {
         return;
     }
     let r = root();
-    let ctx = suite::context("zookeeper", "s1", Duration::from_secs(30));
-    let mut rx = ctx.events.subscribe(apsched::event::EventKind::STORE_ERROR);
+    let ctx = suite::TestContext::new("zookeeper", "s1", Duration::from_secs(30));
+    let mut rx = ctx.subscribe(apsched::event::EventKind::STORE_ERROR);
     let s = ZooKeeperStore::new(&hosts()).unwrap().with_root(&r);
-    s.start(ctx).await.unwrap();
+    s.start(ctx.context()).await.unwrap();
     for id in ["a", "b", "victim", "z"] {
         s.add_job(suite::interval_job(id, 60, Some(suite::at(0))), false)
             .await
@@ -588,10 +591,10 @@ async fn zookeeper_index_writes_are_atomic_and_heal() {
     }
     s.shutdown().await.unwrap();
 
-    let ctx = suite::context("zookeeper", "s2", Duration::from_secs(30));
-    let mut rx = ctx.events.subscribe(apsched::event::EventKind::STORE_ERROR);
+    let ctx = suite::TestContext::new("zookeeper", "s2", Duration::from_secs(30));
+    let mut rx = ctx.subscribe(apsched::event::EventKind::STORE_ERROR);
     let s2 = ZooKeeperStore::new(&hosts()).unwrap().with_root(&r);
-    s2.start(ctx).await.unwrap();
+    s2.start(ctx.context()).await.unwrap();
     assert_eq!(s2.next_run_time().await.unwrap(), Some(suite::at(0)));
     let due = s2.acquire_due_jobs(suite::at(0), 10).await.unwrap();
     assert_eq!(due.len(), 1, "the healed job fires");
@@ -641,10 +644,10 @@ async fn zookeeper_idle_passes_reuse_the_index_listing() {
         return;
     }
     let r = root();
-    let ctx = suite::context("zookeeper", "a", Duration::from_secs(30));
-    let wakeup = ctx.wakeup.clone();
+    let ctx = suite::TestContext::new("zookeeper", "a", Duration::from_secs(30));
+    let wakeup = ctx.wakeup();
     let a = ZooKeeperStore::new(&hosts()).unwrap().with_root(&r);
-    a.start(ctx).await.unwrap();
+    a.start(ctx.context()).await.unwrap();
     a.add_job(
         suite::interval_job("later", 60, Some(suite::at(600))),
         false,

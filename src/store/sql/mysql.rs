@@ -55,7 +55,7 @@ impl Dialect for MySql {
              VALUES {} ON DUPLICATE KEY UPDATE next_run_time = VALUES(next_run_time), \
              paused = VALUES(paused), doc = VALUES(doc), version = VALUES(version), \
              lease_owner = VALUES(lease_owner), lease_until = VALUES(lease_until)",
-            super::list(rows, "(?, ?, ?, ?, ?, ?, ?)")
+            super::statements::list(rows, "(?, ?, ?, ?, ?, ?, ?)")
         )
     }
 

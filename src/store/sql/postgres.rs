@@ -71,42 +71,40 @@ impl Dialect for Postgres {
             .max_lifetime(None)
             .idle_timeout(None)
             .connect_lazy_with((*core.pool().connect_options()).clone());
-        let wakeup = ctx.wakeup.clone();
-        let me = ctx.scheduler_id.clone();
-        let alias = ctx.alias.clone();
+        let ctx = ctx.clone();
         Some(tokio::spawn(async move {
             let mut delay = Duration::from_millis(500);
             loop {
                 let mut listener = match PgListener::connect_with(&pool).await {
                     Ok(l) => l,
                     Err(e) => {
-                        tracing::warn!(store = %alias, error = %e, "LISTEN connection failed; retrying in {delay:?}");
+                        tracing::warn!(store = %ctx.alias(), error = %e, "LISTEN connection failed; retrying in {delay:?}");
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(30));
                         continue;
                     }
                 };
                 if let Err(e) = listener.listen(&channel).await {
-                    tracing::warn!(store = %alias, error = %e, "LISTEN failed; retrying in {delay:?}");
+                    tracing::warn!(store = %ctx.alias(), error = %e, "LISTEN failed; retrying in {delay:?}");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(30));
                     continue;
                 }
                 delay = Duration::from_millis(500);
                 // (Re)connected: changes may have been missed meanwhile.
-                wakeup.notify_one();
+                ctx.wake_scheduler();
                 loop {
                     match listener.try_recv().await {
                         Ok(Some(n)) => {
-                            if n.payload() != me {
-                                wakeup.notify_one();
+                            if n.payload() != ctx.scheduler_id() {
+                                ctx.wake_scheduler();
                             }
                         }
                         // The connection dropped; the listener reconnects on the next call.
-                        Ok(None) => wakeup.notify_one(),
+                        Ok(None) => ctx.wake_scheduler(),
                         Err(sqlx::Error::PoolClosed) => return,
                         Err(e) => {
-                            tracing::warn!(store = %alias, error = %e, "LISTEN connection lost; reconnecting in {delay:?}");
+                            tracing::warn!(store = %ctx.alias(), error = %e, "LISTEN connection lost; reconnecting in {delay:?}");
                             tokio::time::sleep(delay).await;
                             break;
                         }

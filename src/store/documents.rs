@@ -1,24 +1,25 @@
-//! Helpers shared by the Redis, MongoDB and ZooKeeper stores: decoding stored documents,
-//! reporting corrupt records once, and turning driver errors into [`Error::Store`].
+//! The state of a store that keeps jobs as JSON documents (Redis, MongoDB, ZooKeeper): its
+//! scheduler context, decoding stored documents, reporting corrupt records once, and
+//! turning driver errors into [`Error::Store`]. What SQL shares with them is in
+//! [`common`](super::common).
 
-use std::collections::HashMap;
-use std::sync::{Mutex, RwLock};
+use std::sync::RwLock;
 
 use chrono::{DateTime, Utc};
 
+use super::common::{fingerprint, Reported};
 use super::StoreContext;
 use crate::error::Error;
-use crate::event::Event;
 use crate::job::{JobRecord, Lease, StoredCallable, StoredJob};
-use crate::sync::{MutexExt, RwLockExt};
+use crate::sync::RwLockExt;
 
 /// The scheduler context of a started store, and the corrupt records it has reported.
 #[derive(Debug)]
 pub(crate) struct StoreState {
     default_alias: &'static str,
     ctx: RwLock<Option<StoreContext>>,
-    /// Corrupt records already reported: id -> fingerprint of what was reported.
-    corrupt: Mutex<HashMap<String, u64>>,
+    /// Corrupt records already reported (a fingerprint of the document and version).
+    corrupt: Reported,
 }
 
 impl StoreState {
@@ -26,7 +27,7 @@ impl StoreState {
         StoreState {
             default_alias,
             ctx: RwLock::new(None),
-            corrupt: Mutex::new(HashMap::new()),
+            corrupt: Reported::default(),
         }
     }
 
@@ -43,7 +44,7 @@ impl StoreState {
         self.ctx
             .read_unpoisoned()
             .as_ref()
-            .map_or_else(|| self.default_alias.to_string(), |c| c.alias.clone())
+            .map_or_else(|| self.default_alias.to_string(), |c| c.alias().to_string())
     }
 
     /// This scheduler's identity (empty before start).
@@ -51,7 +52,7 @@ impl StoreState {
         self.ctx
             .read_unpoisoned()
             .as_ref()
-            .map_or_else(String::new, |c| c.scheduler_id.clone())
+            .map_or_else(String::new, |c| c.scheduler_id().to_string())
     }
 
     /// The lease length (30 s before start).
@@ -59,7 +60,12 @@ impl StoreState {
         self.ctx
             .read_unpoisoned()
             .as_ref()
-            .map_or(std::time::Duration::from_secs(30), |c| c.lease)
+            .map_or(std::time::Duration::from_secs(30), |c| c.lease())
+    }
+
+    /// The scheduler's clock (the system clock before start).
+    pub(crate) fn now(&self) -> DateTime<Utc> {
+        self.ctx().map_or_else(Utc::now, |c| c.now())
     }
 
     /// An [`Error::Store`] for a failed driver call.
@@ -116,7 +122,7 @@ impl StoreState {
         }
         if let StoredCallable::Task { name, .. } = &stored.callable {
             if let Some(ctx) = self.ctx() {
-                if !ctx.tasks.contains(name) {
+                if !ctx.has_task(name) {
                     return Err(format!(
                         "no task named '{name}' is registered with this scheduler"
                     ));
@@ -129,49 +135,38 @@ impl StoreState {
     /// Whether `id` is a known corrupt record (skipped by `next_run_time`).
     #[cfg(any(feature = "redis", feature = "zookeeper"))]
     pub(crate) fn is_corrupt(&self, id: &str) -> bool {
-        self.corrupt.lock_unpoisoned().contains_key(id)
+        self.corrupt.contains(id)
     }
 
     /// The ids of the known corrupt records.
     #[cfg(feature = "mongodb")]
     pub(crate) fn corrupt_ids(&self) -> Vec<String> {
-        self.corrupt.lock_unpoisoned().keys().cloned().collect()
+        self.corrupt.ids()
     }
 
     /// Whether `id` was reported with exactly this content already.
     #[cfg(any(feature = "redis", feature = "zookeeper"))]
     pub(crate) fn is_known_corrupt(&self, id: &str, doc: &str, version: u64) -> bool {
-        self.corrupt
-            .lock_unpoisoned()
-            .get(id)
-            .is_some_and(|f| *f == fingerprint(doc, version))
+        self.corrupt.is_known(id, fingerprint(doc, version))
     }
 
     /// Forgets a corrupt record (it was rewritten or removed).
     pub(crate) fn forget_corrupt(&self, id: &str) {
-        let mut c = self.corrupt.lock_unpoisoned();
-        if !c.is_empty() {
-            c.remove(id);
-        }
+        self.corrupt.forget(id);
     }
 
     /// Forgets every corrupt record.
     pub(crate) fn forget_all_corrupt(&self) {
-        self.corrupt.lock_unpoisoned().clear();
+        self.corrupt.clear();
     }
 
     /// Reports a record the store repaired or could not handle (a `STORE_ERROR` event with
     /// the job id, and a `tracing` warning): an index entry that disagreed with its document,
     /// or a claim whose write failed.
     pub(crate) fn report(&self, id: &str, message: String) {
-        let store = self.alias();
-        tracing::warn!(%store, job_id = %id, "{message}");
-        if let Some(ctx) = self.ctx() {
-            ctx.events.emit(Event::StoreError {
-                store,
-                job_id: Some(id.to_string()),
-                message,
-            });
+        match self.ctx() {
+            Some(ctx) => ctx.report_problem(id, &message),
+            None => tracing::warn!(store = %self.alias(), job_id = %id, "{message}"),
         }
     }
 
@@ -204,75 +199,14 @@ impl StoreState {
     }
 
     fn report_corrupt(&self, id: &str, fp: u64, reason: &str) {
-        let first = self.corrupt.lock_unpoisoned().insert(id.to_string(), fp) != Some(fp);
-        if !first {
+        if !self.corrupt.note(id, fp) {
             return;
         }
-        let store = self.alias();
-        tracing::error!(%store, job_id = %id, %reason, "stored job could not be loaded; it is kept untouched and skipped");
-        if let Some(ctx) = self.ctx() {
-            ctx.events.emit(Event::StoreError {
-                store,
-                job_id: Some(id.to_string()),
-                message: Error::CorruptJob {
-                    id: id.to_string(),
-                    reason: reason.to_string(),
-                }
-                .to_string(),
-            });
+        match self.ctx() {
+            Some(ctx) => ctx.report_corrupt(id, reason),
+            None => {
+                tracing::error!(store = %self.alias(), job_id = %id, %reason, "stored job could not be loaded; it is kept untouched and skipped")
+            }
         }
     }
-}
-
-fn fingerprint(doc: &str, version: u64) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    doc.hash(&mut h);
-    version.hash(&mut h);
-    h.finish()
-}
-
-pub(crate) use super::micros_ceil as to_us;
-
-/// The inverse of [`to_us`] (the scheduler's [`micros_ceil`](super::micros_ceil)).
-pub(crate) fn from_us(us: i64) -> DateTime<Utc> {
-    DateTime::<Utc>::from_timestamp_micros(us).unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
-
-/// When a lease taken at `now` for `lease` ends, saturating at the latest representable
-/// time (a `Duration::MAX` lease never expires rather than overflowing).
-pub(crate) fn lease_until(now: DateTime<Utc>, lease: std::time::Duration) -> DateTime<Utc> {
-    chrono::Duration::from_std(lease)
-        .ok()
-        .and_then(|d| now.checked_add_signed(d))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
-
-/// Whether a lease stops `owner` from claiming the job at `now`.
-pub(crate) fn held_by_other(lease: Option<&Lease>, owner: &str, now: DateTime<Utc>) -> bool {
-    lease.is_some_and(|l| l.until > now && l.owner != owner)
-}
-
-/// When `owner` could claim a job due at `next` with this lease: `max(next, lease.until)`
-/// for a lease held by another scheduler.
-pub(crate) fn claimable_at(
-    next: DateTime<Utc>,
-    lease: Option<&Lease>,
-    owner: &str,
-    now: DateTime<Utc>,
-) -> DateTime<Utc> {
-    match lease {
-        Some(l) if held_by_other(Some(l), owner, now) => next.max(l.until),
-        _ => next,
-    }
-}
-
-/// Sorts by next run time (paused last), ties by id: the order `get_all_jobs` promises.
-pub(crate) fn sort_jobs(jobs: &mut [JobRecord]) {
-    jobs.sort_by(|a, b| match (a.next_run_time, b.next_run_time) {
-        (Some(x), Some(y)) => x.cmp(&y).then_with(|| a.id.cmp(&b.id)),
-        (Some(_), None) => std::cmp::Ordering::Less,
-        (None, Some(_)) => std::cmp::Ordering::Greater,
-        (None, None) => a.id.cmp(&b.id),
-    });
 }

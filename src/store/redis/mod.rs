@@ -1,27 +1,11 @@
-//! The Redis job store (cargo feature `redis`).
-//!
-//! # Data layout
-//! Under a configurable key prefix `P` (default `apsched`), so several applications can
-//! share one Redis:
-//!
-//! | key | type | content |
-//! |---|---|---|
-//! | `P:jobs` | hash | job id → JSON document ([`StoredJob`]) |
-//! | `P:versions` | hash | job id → version (a new value of `P:version_seq` at every write) |
-//! | `P:version_seq` | string | counter: versions never repeat, even across remove and re-add |
-//! | `P:leases` | hash | job id → `"<until, µs since epoch> <scheduler id>"` |
-//! | `P:run_times` | sorted set | job id, scored by next run time (µs since epoch rounded up to a double; the document has the exact time); paused jobs are absent |
-//! | `P:wakeup` | pub/sub channel | the id of a scheduler that changed a job |
-//!
-//! # Claiming
-//! [`JobStore::acquire_due_jobs`] reads the due candidates from the sorted set, applies the
-//! due-run rule ([`DueJob::claim`]) in Rust, then writes the results back with one Lua
-//! script that, per job, checks that the version is unchanged and that no other scheduler
-//! holds an unexpired lease, and only then writes document, score, version and lease
-//! (compare-and-swap). A scheduler that loses the race for a job skips it, so no
-//! scheduled time of a job is submitted by two schedulers. A due index entry whose
-//! document is not due (or that has no job) is repaired to what the document says and
-//! reported, so the loop never spins on it.
+//! The Redis job store (cargo feature `redis`): the store and its [`JobStore`]
+//! implementation here; the Lua scripts in `scripts`, keys and stored values in `layout`,
+//! reading records and repairing the index in `records`, the pub/sub listener in `listen`.
+
+mod layout;
+mod listen;
+mod records;
+mod scripts;
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -29,12 +13,18 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script};
+use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
-use super::nosql_common::{
-    claimable_at, from_us, held_by_other, lease_until, sort_jobs, to_us, StoreState,
+use self::layout::{
+    from_score, parse_lease, parse_version, score, score_of, with_default_host, Keys, EXACT_SCORES,
 };
+use self::listen::listen;
+use self::scripts::Scripts;
+use super::common::{
+    claimable_at, from_micros_saturating, held_by_other, lease_until, micros_ceil, sort_jobs,
+};
+use super::documents::StoreState;
 use super::{DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
 use crate::job::{JobRecord, Lease, StoredJob};
@@ -43,168 +33,8 @@ use crate::sync::MutexExt;
 /// How many sorted-set entries are read per round trip when scanning for due jobs.
 const PAGE: usize = 256;
 
-/// Every write's new version: the next value of the store's counter `P:version_seq`, and
-/// above the job's old version (versions written before the counter existed). A version is
-/// never reused, even by a job removed and added again under the same id, so a write based
-/// on a read from before the removal is fenced (no ABA).
-const NEXT_VERSION: &str = r#"
-local function next_version(seq, old)
-  local nv = redis.call('INCR', seq)
-  local o = tonumber(old)
-  if o and o >= nv then
-    nv = o + 1
-    redis.call('SET', seq, nv)
-  end
-  return nv
-end
-"#;
-
-/// KEYS: jobs, versions, leases, run_times, channel, version_seq.
-/// ARGV: id, document, score ('' = paused), replace ('1'/'0'), publisher.
-/// Returns the new version, or 0 when the id exists and replace is '0'.
-const ADD_SCRIPT: &str = r#"
-local id = ARGV[1]
-local exists = redis.call('HEXISTS', KEYS[1], id) == 1
-if exists and ARGV[4] == '0' then return 0 end
-local version = next_version(KEYS[6], redis.call('HGET', KEYS[2], id))
-redis.call('HSET', KEYS[1], id, ARGV[2])
-redis.call('HSET', KEYS[2], id, version)
-redis.call('HDEL', KEYS[3], id)
-if ARGV[3] == '' then redis.call('ZREM', KEYS[4], id) else redis.call('ZADD', KEYS[4], ARGV[3], id) end
-redis.call('PUBLISH', KEYS[5], ARGV[5])
-return version
-"#;
-
-/// KEYS: as [`ADD_SCRIPT`]. ARGV: replace ('1'/'0'), publisher, then per job: id,
-/// document, score ('' = paused). Without replace, every id is checked before the first
-/// write, so the batch is all or nothing (a script runs atomically). Returns the number of
-/// jobs added, or `-i` when the `i`-th (1-based) id exists and replace is '0'.
-const ADD_MANY_SCRIPT: &str = r#"
-local n = (#ARGV - 2) / 3
-if ARGV[1] == '0' then
-  for i = 1, n do
-    if redis.call('HEXISTS', KEYS[1], ARGV[3 * i]) == 1 then return -i end
-  end
-end
-for i = 1, n do
-  local b = 3 * i
-  local id = ARGV[b]
-  local version = next_version(KEYS[6], redis.call('HGET', KEYS[2], id))
-  redis.call('HSET', KEYS[1], id, ARGV[b + 1])
-  redis.call('HSET', KEYS[2], id, version)
-  redis.call('HDEL', KEYS[3], id)
-  if ARGV[b + 2] == '' then redis.call('ZREM', KEYS[4], id) else redis.call('ZADD', KEYS[4], ARGV[b + 2], id) end
-end
-if n > 0 then redis.call('PUBLISH', KEYS[5], ARGV[2]) end
-return n
-"#;
-
-/// KEYS: as [`ADD_SCRIPT`]. ARGV: id, expected version, document, score, publisher.
-/// Returns the new version, 0 when fenced, -1 when the job is gone.
-const UPDATE_SCRIPT: &str = r#"
-local id = ARGV[1]
-if redis.call('HEXISTS', KEYS[1], id) == 0 then return -1 end
-local v = redis.call('HGET', KEYS[2], id) or '0'
-if v ~= ARGV[2] then return 0 end
-local version = next_version(KEYS[6], v)
-redis.call('HSET', KEYS[1], id, ARGV[3])
-redis.call('HSET', KEYS[2], id, version)
-redis.call('HDEL', KEYS[3], id)
-if ARGV[4] == '' then redis.call('ZREM', KEYS[4], id) else redis.call('ZADD', KEYS[4], ARGV[4], id) end
-redis.call('PUBLISH', KEYS[5], ARGV[5])
-return version
-"#;
-
-/// KEYS: jobs, versions, leases, run_times, version_seq.
-/// ARGV: now, owner, lease value, then per job: id, expected version, mode ('u'/'d'),
-/// document, score ('' = paused). Returns per job 0 (lost) or its new version (1 for a
-/// removed job).
-const CLAIM_SCRIPT: &str = r#"
-local now = tonumber(ARGV[1])
-local owner = ARGV[2]
-local out = {}
-local n = (#ARGV - 3) / 5
-for i = 0, n - 1 do
-  local b = 3 + i * 5
-  local id = ARGV[b + 1]
-  local ok = 1
-  if redis.call('HEXISTS', KEYS[1], id) == 0 then ok = 0 end
-  local v = '0'
-  if ok == 1 then
-    v = redis.call('HGET', KEYS[2], id) or '0'
-    if v ~= ARGV[b + 2] then ok = 0 end
-  end
-  if ok == 1 then
-    local l = redis.call('HGET', KEYS[3], id)
-    if l then
-      local sp = string.find(l, ' ', 1, true)
-      if sp then
-        local u = tonumber(string.sub(l, 1, sp - 1)) or 0
-        local o = string.sub(l, sp + 1)
-        if u > now and o ~= owner then ok = 0 end
-      end
-    end
-  end
-  if ok == 1 then
-    if ARGV[b + 3] == 'd' then
-      redis.call('HDEL', KEYS[1], id)
-      redis.call('HDEL', KEYS[2], id)
-      redis.call('HDEL', KEYS[3], id)
-      redis.call('ZREM', KEYS[4], id)
-    else
-      ok = next_version(KEYS[5], v)
-      redis.call('HSET', KEYS[1], id, ARGV[b + 4])
-      redis.call('HSET', KEYS[2], id, ok)
-      redis.call('HSET', KEYS[3], id, ARGV[3])
-      if ARGV[b + 5] == '' then redis.call('ZREM', KEYS[4], id) else redis.call('ZADD', KEYS[4], ARGV[b + 5], id) end
-    end
-  end
-  out[i + 1] = ok
-end
-return out
-"#;
-
-/// Puts a job's index entry where its document says (the document is the truth), or drops
-/// an entry whose job is gone. KEYS: jobs, versions, run_times. ARGV: id, expected version,
-/// score ('' = paused). Returns 1 if it changed the index.
-const REPAIR_SCRIPT: &str = r#"
-local id = ARGV[1]
-if redis.call('HEXISTS', KEYS[1], id) == 0 then
-  return redis.call('ZREM', KEYS[3], id)
-end
-local v = redis.call('HGET', KEYS[2], id) or '0'
-if v ~= ARGV[2] then return 0 end
-if ARGV[3] == '' then
-  return redis.call('ZREM', KEYS[3], id)
-end
-redis.call('ZADD', KEYS[3], ARGV[3], id)
-return 1
-"#;
-
-/// ARGV: owner, then per job: id, version.
-const RELEASE_SCRIPT: &str = r#"
-local owner = ARGV[1]
-local n = (#ARGV - 1) / 2
-local released = 0
-for i = 0, n - 1 do
-  local id = ARGV[2 + i * 2]
-  local v = redis.call('HGET', KEYS[1], id)
-  if v == ARGV[3 + i * 2] then
-    local l = redis.call('HGET', KEYS[2], id)
-    if l then
-      local sp = string.find(l, ' ', 1, true)
-      if sp and string.sub(l, sp + 1) == owner then
-        redis.call('HDEL', KEYS[2], id)
-        released = released + 1
-      end
-    end
-  end
-end
-return released
-"#;
-
 /// Keeps jobs in Redis; several schedulers (processes) may share one prefix. See the
-/// [module docs](self) for the data layout and the claim protocol.
+/// sections below for the data layout and the claim protocol.
 ///
 /// ```no_run
 /// # async fn f() -> apsched::Result<()> {
@@ -212,6 +42,29 @@ return released
 /// let store = RedisStore::new("redis://127.0.0.1/")?.with_prefix("myapp:jobs");
 /// # Ok(()) }
 /// ```
+///
+/// # Data layout
+/// Under a configurable key prefix `P` (default `apsched`), so several applications can
+/// share one Redis:
+///
+/// | key | type | content |
+/// |---|---|---|
+/// | `P:jobs` | hash | job id → JSON document ([`StoredJob`]) |
+/// | `P:versions` | hash | job id → version (a new value of `P:version_seq` at every write) |
+/// | `P:version_seq` | string | counter: versions never repeat, even across remove and re-add |
+/// | `P:leases` | hash | job id → `"<until, µs since epoch> <scheduler id>"` |
+/// | `P:run_times` | sorted set | job id, scored by next run time (µs since epoch rounded up to a double; the document has the exact time); paused jobs are absent |
+/// | `P:wakeup` | pub/sub channel | the id of a scheduler that changed a job |
+///
+/// # Claiming
+/// [`JobStore::acquire_due_jobs`] reads the due candidates from the sorted set, applies the
+/// due-run rule ([`DueJob::claim`]) in Rust, then writes the results back with one Lua
+/// script that, per job, checks that the version is unchanged and that no other scheduler
+/// holds an unexpired lease, and only then writes document, score, version and lease
+/// (compare-and-swap). A scheduler that loses the race for a job skips it, so no
+/// scheduled time of a job is submitted by two schedulers. A due index entry whose
+/// document is not due (or that has no job) is repaired to what the document says and
+/// reported, so the loop never spins on it.
 pub struct RedisStore {
     client: redis::Client,
     prefix: String,
@@ -223,87 +76,12 @@ pub struct RedisStore {
     scripts: Scripts,
 }
 
-struct Scripts {
-    add: Script,
-    add_many: Script,
-    update: Script,
-    claim: Script,
-    release: Script,
-    repair: Script,
-}
-
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
             .field("prefix", &self.prefix)
             .field("poll_interval", &self.poll_interval)
             .finish_non_exhaustive()
-    }
-}
-
-struct Keys {
-    jobs: String,
-    versions: String,
-    leases: String,
-    run_times: String,
-    channel: String,
-    version_seq: String,
-}
-
-fn parse_lease(v: Option<String>) -> Option<Lease> {
-    let v = v?;
-    let (until, owner) = v.split_once(' ')?;
-    Some(Lease {
-        owner: owner.to_string(),
-        until: from_us(until.parse().ok()?),
-    })
-}
-
-fn parse_version(v: Option<String>) -> u64 {
-    v.and_then(|v| v.parse().ok()).unwrap_or(0)
-}
-
-/// Redis keeps sorted-set scores as doubles, exact for whole µs only up to 2^53 µs (about
-/// year 2255). The score of a time is its µs rounded *up* to a double, so a score never says a
-/// job is due before its document does; the document keeps the exact time, the score is
-/// only an index.
-fn score_of(us: i64) -> f64 {
-    let f = us as f64;
-    // `as` rounds to nearest; step up when that went below.
-    if (f as i64) < us {
-        f.next_up()
-    } else {
-        f
-    }
-}
-
-/// Scores at or above this are not exact µs (see [`score_of`]).
-const EXACT_SCORES: f64 = (1u64 << 53) as f64;
-
-/// The score argument for a next run time (`''` = paused). Rust prints a double in full
-/// decimal digits, which Redis parses back to the same double.
-fn score(t: Option<DateTime<Utc>>) -> String {
-    t.map_or_else(String::new, |t| score_of(to_us(t)).to_string())
-}
-
-/// The time a score stands for (rounded up to whole µs for scores beyond [`EXACT_SCORES`]).
-fn from_score(s: f64) -> DateTime<Utc> {
-    from_us(s as i64)
-}
-
-/// `url` with `localhost` as its host when it names none (`redis://`, `redis:///1`,
-/// `redis://:password@`), as redis-cli and redis-py do; the driver would refuse it.
-fn with_default_host(url: &str) -> std::borrow::Cow<'_, str> {
-    let Some((scheme @ ("redis" | "rediss"), rest)) = url.split_once("://") else {
-        // Not a TCP URL (`redis+unix://` has no host).
-        return url.into();
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    if authority.is_empty() || authority.ends_with('@') {
-        format!("{scheme}://{authority}localhost{tail}").into()
-    } else {
-        url.into()
     }
 }
 
@@ -324,14 +102,7 @@ impl RedisStore {
             conn: Mutex::new(None),
             state,
             stop: Mutex::new(None),
-            scripts: Scripts {
-                add: Script::new(&format!("{NEXT_VERSION}{ADD_SCRIPT}")),
-                add_many: Script::new(&format!("{NEXT_VERSION}{ADD_MANY_SCRIPT}")),
-                update: Script::new(&format!("{NEXT_VERSION}{UPDATE_SCRIPT}")),
-                claim: Script::new(&format!("{NEXT_VERSION}{CLAIM_SCRIPT}")),
-                release: Script::new(RELEASE_SCRIPT),
-                repair: Script::new(REPAIR_SCRIPT),
-            },
+            scripts: Scripts::new(),
         })
     }
 
@@ -389,149 +160,12 @@ impl RedisStore {
         *self.conn.lock_unpoisoned() = Some(c.clone());
         Ok(c)
     }
-
-    fn now(&self) -> DateTime<Utc> {
-        self.state.ctx().map_or_else(Utc::now, |c| c.clock.now())
-    }
-
-    /// Reads documents, versions and leases of `ids` in one round trip.
-    #[allow(clippy::type_complexity)]
-    async fn fetch(
-        &self,
-        conn: &mut ConnectionManager,
-        ids: &[String],
-    ) -> Result<(
-        Vec<Option<String>>,
-        Vec<Option<String>>,
-        Vec<Option<String>>,
-    )> {
-        let k = self.keys();
-        redis::pipe()
-            .cmd("HMGET")
-            .arg(&k.jobs)
-            .arg(ids)
-            .cmd("HMGET")
-            .arg(&k.versions)
-            .arg(ids)
-            .cmd("HMGET")
-            .arg(&k.leases)
-            .arg(ids)
-            .query_async(conn)
-            .await
-            .map_err(|e| self.state.err("reading jobs", e))
-    }
-}
-
-impl RedisStore {
-    /// Puts `id`'s index entry (found at score `was`) where its document says, or removes
-    /// it when the job is gone (`fix` = `None`), and reports what it did. Failures are
-    /// reported, not returned: the claims of the pass stand, and the next pass tries again.
-    async fn repair(
-        &self,
-        conn: &mut ConnectionManager,
-        id: &str,
-        was: f64,
-        fix: Option<(u64, Option<DateTime<Utc>>)>,
-    ) {
-        let k = self.keys();
-        let (version, next) = match fix {
-            Some((v, next)) => (v.to_string(), score(next)),
-            None => (String::new(), String::new()),
-        };
-        let r: redis::RedisResult<i64> = self
-            .scripts
-            .repair
-            .key(&k.jobs)
-            .key(&k.versions)
-            .key(&k.run_times)
-            .arg(id)
-            .arg(&version)
-            .arg(&next)
-            .invoke_async(conn)
-            .await;
-        let was = from_score(was);
-        match (r, fix) {
-            (Ok(1), None) => self.state.report(
-                id,
-                format!(
-                    "index entry {} (due {was}) has no job: removed",
-                    k.run_times
-                ),
-            ),
-            (Ok(1), Some((_, next))) => self.state.report(
-                id,
-                format!(
-                    "index entry {} said due {was}, the job's document says {}: index repaired",
-                    k.run_times,
-                    next.map_or_else(|| "paused".to_string(), |t| t.to_rfc3339())
-                ),
-            ),
-            // Changed meanwhile by another writer, which also wrote the index.
-            (Ok(_), _) => {}
-            (Err(e), _) => self.state.report(
-                id,
-                format!("repairing the index entry {}: {e}", k.run_times),
-            ),
-        }
-    }
-}
-
-async fn listen(
-    client: redis::Client,
-    channel: String,
-    me: String,
-    wakeup: std::sync::Arc<tokio::sync::Notify>,
-    stop: CancellationToken,
-) {
-    let mut first = true;
-    loop {
-        let attempt = async {
-            let mut ps = client.get_async_pubsub().await?;
-            ps.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(ps)
-        };
-        let ps = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = attempt => r,
-        };
-        match ps {
-            Ok(mut ps) => {
-                if !first {
-                    // Messages may have been lost while disconnected: look again.
-                    wakeup.notify_one();
-                }
-                first = false;
-                let mut stream = ps.on_message();
-                loop {
-                    let msg = tokio::select! {
-                        _ = stop.cancelled() => return,
-                        m = stream.next() => m,
-                    };
-                    let Some(msg) = msg else { break };
-                    let from: String = msg.get_payload().unwrap_or_default();
-                    if from != me {
-                        wakeup.notify_one();
-                    }
-                }
-                tracing::warn!(%channel, "Redis pub/sub connection lost; reconnecting");
-            }
-            Err(e) => {
-                tracing::debug!(%channel, error = %e, "Redis pub/sub connect failed; retrying");
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
 }
 
 #[async_trait::async_trait]
 impl JobStore for RedisStore {
     async fn start(&self, ctx: StoreContext) -> Result<()> {
-        let wakeup = ctx.wakeup.clone();
-        let me = ctx.scheduler_id.clone();
-        self.state.set_ctx(Some(ctx));
+        self.state.set_ctx(Some(ctx.clone()));
         self.state.forget_all_corrupt();
         let mut conn = self.conn().await?;
         let _: String = redis::cmd("PING")
@@ -542,13 +176,7 @@ impl JobStore for RedisStore {
         if let Some(old) = self.stop.lock_unpoisoned().replace(stop.clone()) {
             old.cancel();
         }
-        tokio::spawn(listen(
-            self.client.clone(),
-            self.keys().channel,
-            me,
-            wakeup,
-            stop,
-        ));
+        tokio::spawn(listen(self.client.clone(), self.keys().channel, ctx, stop));
         Ok(())
     }
 
@@ -758,7 +386,7 @@ impl JobStore for RedisStore {
     async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>> {
         let k = self.keys();
         let me = self.state.owner();
-        let now = self.now();
+        let now = self.state.now();
         let mut conn = self.conn().await?;
         let mut offset = 0isize;
         let mut best: Option<DateTime<Utc>> = None;
@@ -824,7 +452,7 @@ impl JobStore for RedisStore {
         let k = self.keys();
         let me = self.state.owner();
         let lease_until = lease_until(now, self.state.lease());
-        let lease_value = format!("{} {me}", to_us(lease_until));
+        let lease_value = format!("{} {me}", micros_ceil(lease_until));
         let mut conn = self.conn().await?;
         let page = limit.clamp(16, 1024);
         let mut offset = 0usize;
@@ -876,7 +504,7 @@ impl JobStore for RedisStore {
                     // The index says due, the document says paused or later. The document is
                     // the truth; left alone, the entry would make every pass retry it.
                     let next = due.job.next_run_time;
-                    if next.map(|t| score_of(to_us(t))) != Some(*s) {
+                    if next.map(|t| score_of(micros_ceil(t))) != Some(*s) {
                         repairs.push((id.clone(), *s, Some((version, next))));
                     }
                     continue;

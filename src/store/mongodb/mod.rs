@@ -1,31 +1,9 @@
-//! The MongoDB job store (cargo feature `mongodb`).
-//!
-//! # Data layout
-//! One document per job in one collection (default database `apscheduler` unless the URL
-//! names one, collection `jobs`), indexed on `next_run_time`:
-//!
-//! ```text
-//! { _id: "<job id>",
-//!   job: "<JSON document (StoredJob)>",
-//!   next_run_time: <µs since epoch, Int64> | null (paused),
-//!   version: <Int64: incarnation << 32, incremented by every write>,
-//!   lease_owner: "<scheduler id>" | null,
-//!   lease_until: <µs since epoch, Int64> | null }
-//! ```
-//!
-//! `<collection>_counter` holds `{ _id: "incarnation", n }`: each added job takes a new
-//! incarnation, so versions never repeat across remove and re-add.
-//!
-//! # Claiming
-//! [`JobStore::acquire_due_jobs`] finds due documents whose lease is free, expired or its
-//! own, applies the due-run rule ([`DueJob::claim`]) in Rust, and writes each result back
-//! with a single-document conditional update (`updateOne`, or `deleteOne` for an exhausted
-//! trigger) filtered on `_id` and the `version` it read: the same atomic compare-and-swap
-//! as `findOneAndUpdate`, without shipping the document back. A document modified in
-//! between (by a claim, which always bumps the version, or any other write) no longer
-//! matches, so two schedulers never claim the same slot. Only standard MongoDB operations
-//! are used (no transactions, no change streams): other schedulers' changes are picked up
-//! by polling ([`MongoStore::with_poll_interval`], default 1 s).
+//! The MongoDB job store (cargo feature `mongodb`): the store and its [`JobStore`]
+//! implementation here; documents as stored and versions in `document`, claims and index
+//! repair in `claim`.
+
+mod claim;
+mod document;
 
 use std::time::Duration;
 
@@ -37,18 +15,16 @@ use mongodb::options::{ClientOptions, ReturnDocument};
 use mongodb::{Client, Collection, IndexModel};
 use tokio::sync::OnceCell;
 
-use super::nosql_common::{claimable_at, from_us, lease_until, sort_jobs, to_us, StoreState};
+use self::claim::{BoxFut, CONCURRENCY};
+use self::document::{fields, is_duplicate_key, next_bson, version_is, INCARNATION_SHIFT};
+use super::common::{claimable_at, from_micros_saturating, lease_until, micros_ceil, sort_jobs};
+use super::documents::StoreState;
 use super::{DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
 use crate::job::{JobRecord, Lease};
 
-type BoxFut<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
-
-/// How many claims are in flight at once.
-const CONCURRENCY: usize = 16;
-
 /// Keeps jobs in a MongoDB collection; several schedulers (processes) may share it. See the
-/// [module docs](self) for the document layout and the claim protocol.
+/// sections below for the document layout and the claim protocol.
 ///
 /// ```no_run
 /// # fn f() -> apsched::Result<()> {
@@ -56,6 +32,33 @@ const CONCURRENCY: usize = 16;
 /// let store = MongoStore::new("mongodb://127.0.0.1:27017/myapp")?.with_collection("jobs");
 /// # Ok(()) }
 /// ```
+///
+/// # Data layout
+/// One document per job in one collection (default database `apscheduler` unless the URL
+/// names one, collection `jobs`), indexed on `next_run_time`:
+///
+/// ```text
+/// { _id: "<job id>",
+///   job: "<JSON document (StoredJob)>",
+///   next_run_time: <µs since epoch, Int64> | null (paused),
+///   version: <Int64: incarnation << 32, incremented by every write>,
+///   lease_owner: "<scheduler id>" | null,
+///   lease_until: <µs since epoch, Int64> | null }
+/// ```
+///
+/// `<collection>_counter` holds `{ _id: "incarnation", n }`: each added job takes a new
+/// incarnation, so versions never repeat across remove and re-add.
+///
+/// # Claiming
+/// [`JobStore::acquire_due_jobs`] finds due documents whose lease is free, expired or its
+/// own, applies the due-run rule ([`DueJob::claim`]) in Rust, and writes each result back
+/// with a single-document conditional update (`updateOne`, or `deleteOne` for an exhausted
+/// trigger) filtered on `_id` and the `version` it read: the same atomic compare-and-swap
+/// as `findOneAndUpdate`, without shipping the document back. A document modified in
+/// between (by a claim, which always bumps the version, or any other write) no longer
+/// matches, so two schedulers never claim the same slot. Only standard MongoDB operations
+/// are used (no transactions, no change streams): other schedulers' changes are picked up
+/// by polling ([`MongoStore::with_poll_interval`], default 1 s).
 pub struct MongoStore {
     url: String,
     database: Option<String>,
@@ -81,71 +84,6 @@ impl std::fmt::Debug for MongoStore {
             .field("poll_interval", &self.poll_interval)
             .finish_non_exhaustive()
     }
-}
-
-/// The fields of a stored document, read leniently (a corrupt document still has an id).
-struct Fields {
-    id: String,
-    job: Option<String>,
-    /// 0 for a document without a version (see [`version_is`]).
-    version: u64,
-    lease: Option<Lease>,
-    next: Option<i64>,
-}
-
-fn int(d: &Document, key: &str) -> Option<i64> {
-    match d.get(key)? {
-        Bson::Int64(v) => Some(*v),
-        Bson::Int32(v) => Some(i64::from(*v)),
-        Bson::Double(v) => Some(*v as i64),
-        _ => None,
-    }
-}
-
-fn fields(d: &Document) -> Fields {
-    let id = match d.get("_id") {
-        Some(Bson::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
-        None => String::new(),
-    };
-    let lease = match (d.get_str("lease_owner").ok(), int(d, "lease_until")) {
-        (Some(owner), Some(until)) => Some(Lease {
-            owner: owner.to_string(),
-            until: from_us(until),
-        }),
-        _ => None,
-    };
-    Fields {
-        id,
-        job: d.get_str("job").ok().map(str::to_string),
-        version: int(d, "version").unwrap_or(0).max(0) as u64,
-        lease,
-        next: int(d, "next_run_time"),
-    }
-}
-
-/// The filter on `version` matching a document read as version `v`. A document written
-/// without a version (by hand, or by another tool) reads as version 0 and matches it, so it
-/// can be claimed and updated (which gives it a version) instead of never matching.
-fn version_is(v: u64) -> Bson {
-    if v == 0 {
-        doc! { "$in": [0_i64, Bson::Null] }.into()
-    } else {
-        Bson::Int64(v as i64)
-    }
-}
-
-/// Versions of a new job start at `incarnation << INCARNATION_SHIFT` and count writes in
-/// the low bits, so a job removed and added again under the same id never repeats a
-/// version (no ABA: a write based on a read of the old job is fenced).
-const INCARNATION_SHIFT: u32 = 32;
-
-fn next_bson(t: Option<DateTime<Utc>>) -> Bson {
-    t.map_or(Bson::Null, |t| Bson::Int64(to_us(t)))
-}
-
-fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
-    matches!(&*e.kind, ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == 11000)
 }
 
 impl MongoStore {
@@ -232,135 +170,6 @@ impl MongoStore {
                 })
             })
             .await
-    }
-
-    /// The first version of a newly added job: a new incarnation from the counter.
-    async fn first_version(&self) -> Result<u64> {
-        self.first_versions(1).await
-    }
-
-    /// The first of `n` consecutive new incarnations (one counter update for a batch):
-    /// the batch's `i`-th job gets `first + (i << INCARNATION_SHIFT)`.
-    async fn first_versions(&self, n: u64) -> Result<u64> {
-        let counter = &self.colls().await?.counter;
-        let d = counter
-            .find_one_and_update(
-                doc! { "_id": "incarnation" },
-                doc! { "$inc": { "n": n.max(1) as i64 } },
-            )
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .await
-            .map_err(|e| self.state.err("numbering a new job", e))?;
-        let last = d.as_ref().and_then(|d| int(d, "n")).unwrap_or(1).max(1) as u64;
-        let first = last.saturating_sub(n.max(1) - 1).max(1);
-        Ok(first << INCARNATION_SHIFT)
-    }
-
-    fn now(&self) -> DateTime<Utc> {
-        self.state.ctx().map_or_else(Utc::now, |c| c.clock.now())
-    }
-
-    fn decode(&self, d: &Document) -> Option<JobRecord> {
-        let f = fields(d);
-        match &f.job {
-            Some(job) => self.state.decode(&f.id, job, f.version, f.lease),
-            None => self
-                .state
-                .decode(&f.id, &format!("{d}"), f.version, f.lease),
-        }
-    }
-
-    fn corrupt_filter(&self) -> Bson {
-        Bson::Array(
-            self.state
-                .corrupt_ids()
-                .into_iter()
-                .map(Bson::String)
-                .collect(),
-        )
-    }
-
-    /// `{ $or: [lease free, expired, or own] }` at `now_us`.
-    fn lease_free(me: &str, now_us: i64) -> Document {
-        doc! { "$or": [
-            { "lease_until": Bson::Null },
-            { "lease_until": { "$lte": now_us } },
-            { "lease_owner": me },
-        ] }
-    }
-
-    /// Sets the top-level `next_run_time` of the document `d` to `next`, what its job
-    /// document says (if nobody wrote it since it was read), and reports the repair. A
-    /// failure is reported, not returned: the claims of the pass stand, the next pass retries.
-    async fn repair_index(
-        &self,
-        coll: &Collection<Document>,
-        d: &Document,
-        next: Option<DateTime<Utc>>,
-    ) {
-        let f = fields(d);
-        let r = coll
-            .update_one(
-                doc! { "_id": &f.id, "version": version_is(f.version) },
-                doc! { "$set": { "next_run_time": next_bson(next) } },
-            )
-            .await;
-        let was = f.next.map(from_us);
-        match r {
-            Ok(r) if r.modified_count == 1 => self.state.report(
-                &f.id,
-                format!(
-                    "next_run_time said due {}, the job's document says {}: repaired",
-                    was.map_or_else(|| "never".to_string(), |t| t.to_rfc3339()),
-                    next.map_or_else(|| "paused".to_string(), |t| t.to_rfc3339())
-                ),
-            ),
-            // Written meanwhile by another writer, which set both copies.
-            Ok(_) => {}
-            Err(e) => self
-                .state
-                .report(&f.id, format!("repairing next_run_time: {e}")),
-        }
-    }
-
-    async fn claim_one(
-        &self,
-        coll: &Collection<Document>,
-        mut due: DueJob,
-        version: u64,
-        me: &str,
-        lease: &Lease,
-    ) -> Result<Option<DueJob>> {
-        // The version alone fences the write: every claim and every other write bumps it,
-        // and the candidate was read with a free lease, so an unchanged version means the
-        // lease is still free too.
-        let filter = doc! { "_id": &due.job.id, "version": version_is(version) };
-        let won = if due.removed {
-            coll.delete_one(filter)
-                .await
-                .map_err(|e| self.state.err("claiming a due job", e))?
-                .deleted_count
-                == 1
-        } else {
-            let update = doc! { "$set": {
-                "job": due.job.to_json()?,
-                "next_run_time": next_bson(due.job.next_run_time),
-                "version": (version + 1) as i64,
-                "lease_owner": me,
-                "lease_until": to_us(lease.until),
-            } };
-            coll.update_one(filter, update)
-                .await
-                .map_err(|e| self.state.err("claiming a due job", e))?
-                .modified_count
-                == 1
-        };
-        Ok(won.then(|| {
-            due.job.version = version + 1;
-            due.job.lease = Some(lease.clone());
-            due
-        }))
     }
 }
 
@@ -591,7 +400,7 @@ impl JobStore for MongoStore {
 
     async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>> {
         let me = self.state.owner();
-        let now = self.now();
+        let now = self.state.now();
         let mut cursor = self
             .coll()
             .await?
@@ -611,7 +420,7 @@ impl JobStore for MongoStore {
             .map_err(|e| self.state.err("reading next run times", e))?
         {
             let f = fields(&d);
-            let Some(next) = f.next.map(from_us) else {
+            let Some(next) = f.next.map(from_micros_saturating) else {
                 continue;
             };
             if best.is_some_and(|b| b <= next) {

@@ -1,0 +1,222 @@
+//! Job znodes: their data (the envelope around the JSON document), reading them, and
+//! writing a job together with its index entry in one transaction.
+
+use super::*;
+
+/// The data of a job znode.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Envelope {
+    pub(super) job: String,
+    pub(super) next_run_time: Option<i64>,
+    #[serde(default)]
+    pub(super) lease_owner: Option<String>,
+    #[serde(default)]
+    pub(super) lease_until: Option<i64>,
+}
+
+impl Envelope {
+    pub(super) fn lease(&self) -> Option<Lease> {
+        match (&self.lease_owner, self.lease_until) {
+            (Some(owner), Some(until)) => Some(Lease {
+                owner: owner.clone(),
+                until: from_micros_saturating(until),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A job znode as read: node name, data, znode data version (for compare-and-swap) and
+/// the zxid of its last write (the job's version).
+pub(super) struct Node {
+    pub(super) name: String,
+    pub(super) data: Vec<u8>,
+    pub(super) version: i32,
+    pub(super) zxid: i64,
+}
+
+/// What a job transaction does to the job znode itself (the first op of the `multi`).
+#[derive(Clone, Copy)]
+pub(super) enum JobOp<'a> {
+    /// Write this envelope.
+    Set(&'a [u8]),
+    /// Remove the job.
+    Delete,
+    /// Write nothing; only require the data version to be unchanged (index repairs).
+    Check,
+}
+
+/// The outcome of [`ZooKeeperStore::write_job`].
+pub(super) struct Written {
+    /// The zxid of the job write (the job's new version); 0 for `Delete`/`Check`.
+    pub(super) zxid: i64,
+    /// Whether any index entry was created or deleted.
+    pub(super) index_changed: bool,
+}
+
+/// The next run time the envelope's JSON document says (the truth; the envelope's own
+/// `next_run_time` and the index entry are copies).
+pub(super) fn document_next(env: &Envelope) -> Option<DateTime<Utc>> {
+    serde_json::from_str::<StoredJob>(&env.job)
+        .ok()?
+        .next_run_time
+}
+
+impl ZooKeeperStore {
+    pub(super) fn envelope(job: &JobRecord) -> Result<Vec<u8>> {
+        let env = Envelope {
+            job: job.to_json()?,
+            next_run_time: job.next_run_time.map(micros_ceil),
+            lease_owner: job.lease.as_ref().map(|l| l.owner.clone()),
+            lease_until: job.lease.as_ref().map(|l| micros_ceil(l.until)),
+        };
+        Ok(serde_json::to_vec(&env)?)
+    }
+
+    /// Decodes a job znode; corrupt ones are reported and `None` returned.
+    pub(super) fn decode(&self, node: &Node) -> Option<(JobRecord, Envelope)> {
+        let id = decode_name(&node.name).unwrap_or_else(|| node.name.clone());
+        let version = node.zxid.max(0) as u64;
+        let text = String::from_utf8_lossy(&node.data);
+        match serde_json::from_slice::<Envelope>(&node.data) {
+            Ok(env) => {
+                let job = self.state.decode(&id, &env.job, version, env.lease())?;
+                Some((job, env))
+            }
+            Err(_) => {
+                // Report the whole node text as the unparseable document.
+                let _ = self.state.decode(&id, &text, version, None);
+                None
+            }
+        }
+    }
+
+    /// Reads job znodes by node name in one multi-read; missing ones are left out.
+    pub(super) async fn read_nodes(&self, c: &zk::Client, names: &[String]) -> Result<Vec<Node>> {
+        let mut out = Vec::with_capacity(names.len());
+        for chunk in names.chunks(500) {
+            let mut reader = c.new_multi_reader();
+            for n in chunk {
+                reader
+                    .add_get_data(&self.job_path(n))
+                    .map_err(|e| self.state.err("reading jobs", e))?;
+            }
+            let results = self.call("reading jobs", reader.commit()).await?;
+            for (n, r) in chunk.iter().zip(results) {
+                if let zk::MultiReadResult::Data { data, stat } = r {
+                    out.push(Node {
+                        name: n.clone(),
+                        data,
+                        version: stat.version,
+                        zxid: stat.mzxid,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a job znode and its index in one `multi`: `op` on the node read at data
+    /// `version`, deleting the index entries `stale` and creating `entry`. An entry already
+    /// gone, or already there, is left out and the transaction retried without it, so the
+    /// job and its index change together or not at all (a job can never be left without
+    /// its entry). `Ok(None)` = the job changed since it was read. A `Check` whose index
+    /// needs no change writes nothing.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn write_job(
+        &self,
+        c: &zk::Client,
+        node: &str,
+        version: i32,
+        op: JobOp<'_>,
+        mut stale: Vec<String>,
+        mut entry: Option<String>,
+        doing: &str,
+    ) -> Result<Option<Written>> {
+        if let Some(e) = &entry {
+            // Deleting and re-creating the same entry would change nothing: only create it
+            // (which is dropped below if it exists).
+            stale.retain(|s| s != e);
+        }
+        let path = self.job_path(node);
+        let mut index_changed = false;
+        // Each retry drops one op, so this ends.
+        loop {
+            if matches!(op, JobOp::Check) && stale.is_empty() && entry.is_none() {
+                return Ok(Some(Written {
+                    zxid: 0,
+                    index_changed,
+                }));
+            }
+            let mut w = c.new_multi_writer();
+            let bad = |e| self.state.err(doing, e);
+            match op {
+                JobOp::Set(data) => w.add_set_data(&path, data, Some(version)).map_err(bad)?,
+                JobOp::Delete => w.add_delete(&path, Some(version)).map_err(bad)?,
+                JobOp::Check => w.add_check_version(&path, version).map_err(bad)?,
+            }
+            for e in &stale {
+                w.add_delete(&self.idx_path(e), None).map_err(bad)?;
+            }
+            if let Some(e) = &entry {
+                w.add_create(&self.idx_path(e), &[], &persistent())
+                    .map_err(bad)?;
+            }
+            let committed = tokio::time::timeout(self.session_timeout, w.commit()).await;
+            // Whatever the outcome (a timed-out commit may have been applied).
+            self.watch.changed();
+            match committed {
+                Ok(Ok(results)) => {
+                    index_changed |= !stale.is_empty() || entry.is_some();
+                    let zxid = match results.first() {
+                        Some(zk::MultiWriteResult::SetData { stat }) => stat.mzxid,
+                        _ => 0,
+                    };
+                    return Ok(Some(Written {
+                        zxid,
+                        index_changed,
+                    }));
+                }
+                Ok(Err(zk::MultiWriteError::OperationFailed {
+                    index: 0,
+                    source: zk::Error::BadVersion | zk::Error::NoNode,
+                })) => return Ok(None),
+                Ok(Err(zk::MultiWriteError::OperationFailed {
+                    index,
+                    source: zk::Error::NoNode,
+                })) if (1..=stale.len()).contains(&index) => {
+                    stale.remove(index - 1);
+                }
+                Ok(Err(zk::MultiWriteError::OperationFailed {
+                    index,
+                    source: zk::Error::NodeExists,
+                })) if index == stale.len() + 1 && entry.is_some() => {
+                    entry = None;
+                }
+                Ok(Err(e)) => {
+                    let e: zk::Error = e.into();
+                    if matches!(e, zk::Error::SessionExpired | zk::Error::ClientClosed) {
+                        *self.client.lock().await = None;
+                    }
+                    return Err(self.state.err(doing, e));
+                }
+                Err(_) => return Err(self.state.msg(format!("{doing}: timed out"))),
+            }
+        }
+    }
+
+    /// Reads one job node, or `None`.
+    pub(super) async fn read_one(&self, c: &zk::Client, node: &str) -> Result<Option<Node>> {
+        match tokio::time::timeout(self.session_timeout, c.get_data(&self.job_path(node))).await {
+            Ok(Ok((data, stat))) => Ok(Some(Node {
+                name: node.to_string(),
+                data,
+                version: stat.version,
+                zxid: stat.mzxid,
+            })),
+            Ok(Err(zk::Error::NoNode)) => Ok(None),
+            Ok(Err(e)) => Err(self.state.err("reading a job", e)),
+            Err(_) => Err(self.state.msg("reading a job: timed out")),
+        }
+    }
+}
