@@ -317,7 +317,7 @@ impl Event {
 
 /// The sending side of the event channel, shared by the loop, stores and executors.
 #[derive(Debug, Clone)]
-pub struct EventBus {
+pub(crate) struct EventBus {
     tx: broadcast::Sender<Event>,
     /// Live receivers, kept here because asking the channel takes its lock.
     receivers: Arc<AtomicUsize>,
@@ -325,7 +325,7 @@ pub struct EventBus {
 
 impl EventBus {
     /// A bus whose receivers each buffer up to `capacity` events before they lag.
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(1));
         EventBus {
             tx,
@@ -334,26 +334,26 @@ impl EventBus {
     }
 
     /// Sends an event to every receiver. Never blocks; without receivers it is dropped.
-    pub fn emit(&self, event: Event) {
+    pub(crate) fn emit(&self, event: Event) {
         tracing::trace!(?event, "event");
         let _ = self.tx.send(event);
     }
 
     /// Like [`emit`](Self::emit), but builds the event only if someone is listening: the
     /// hot path (a run per job) pays nothing for events nobody reads.
-    pub fn emit_with(&self, event: impl FnOnce() -> Event) {
+    pub(crate) fn emit_with(&self, event: impl FnOnce() -> Event) {
         if self.has_receivers() {
             self.emit(event());
         }
     }
 
     /// Whether any receiver exists (so that events worth building are built only then).
-    pub fn has_receivers(&self) -> bool {
+    pub(crate) fn has_receivers(&self) -> bool {
         self.receivers.load(Ordering::Relaxed) > 0
     }
 
     /// A receiver of the events matching `mask`.
-    pub fn subscribe(&self, mask: EventKind) -> EventReceiver {
+    pub(crate) fn subscribe(&self, mask: EventKind) -> EventReceiver {
         self.receivers.fetch_add(1, Ordering::Relaxed);
         EventReceiver {
             rx: self.tx.subscribe(),

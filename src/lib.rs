@@ -8,6 +8,7 @@
 #![doc = "[executors]: crate::docs::executors"]
 #![doc = "[events]: crate::docs::events"]
 #![doc = "[stores]: crate::docs::stores"]
+#![doc = "[custom-store]: crate::docs::custom_store"]
 #![doc = "[embedding]: crate::docs::embedding"]
 #![doc = "[conformance]: crate::docs::conformance"]
 #![doc = ""]
@@ -24,8 +25,8 @@
 //! - [`executor`]: where runs happen (Tokio tasks, thread pool, child processes, `LocalSet`).
 //! - [`event`]: what happened, as a broadcast channel with masks.
 //! - [`clock`]: real and virtual time.
-//! - [`task`]: named tasks for persistent jobs; [`worker_main`]: running them in child
-//!   processes.
+//! - named tasks for persistent jobs: [`SchedulerBuilder::task`]; [`worker_main`]: running
+//!   them in child processes.
 //! - [`error`]: what can go wrong, and what to do about it.
 
 // docs.rs builds with `--cfg docsrs` (Cargo.toml) on nightly, where `doc_cfg` marks each
@@ -45,7 +46,7 @@ pub mod job;
 mod scheduler;
 pub mod store;
 mod sync;
-pub mod task;
+mod task;
 pub mod trigger;
 
 pub use crate::error::{Error, Result, TriggerError};

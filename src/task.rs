@@ -19,12 +19,8 @@ use serde::de::DeserializeOwned;
 use crate::job::outcome::{IntoJobResult, JobError, JobResult};
 
 /// A registered task body: takes JSON arguments.
-///
-/// Public only so that a [`StoreContext`](crate::store::StoreContext) can be built by hand in
-/// tests; register tasks with [`SchedulerBuilder::task`](crate::SchedulerBuilder::task).
-#[doc(hidden)]
 #[derive(Clone)]
-pub enum TaskFn {
+pub(crate) enum TaskFn {
     /// Runs as a Tokio task.
     Async(Arc<dyn Fn(serde_json::Value) -> BoxFuture<'static, JobResult> + Send + Sync>),
     /// Runs on a blocking thread.
@@ -42,7 +38,7 @@ impl fmt::Debug for TaskFn {
 
 impl TaskFn {
     /// Wraps an async task taking deserialisable arguments.
-    pub fn from_async<A, F, Fut, R>(f: F) -> Self
+    pub(crate) fn from_async<A, F, Fut, R>(f: F) -> Self
     where
         A: DeserializeOwned + Send + 'static,
         F: Fn(A) -> Fut + Send + Sync + 'static,
@@ -86,21 +82,19 @@ fn bad_args(e: serde_json::Error) -> JobError {
 /// [`blocking_task`](crate::SchedulerBuilder::blocking_task); a store reaches this through
 /// [`StoreContext`](crate::store::StoreContext) to ask whether a task exists.
 #[derive(Debug, Clone, Default)]
-pub struct TaskRegistry {
+pub(crate) struct TaskRegistry {
     tasks: HashMap<String, TaskFn>,
 }
 
 impl TaskRegistry {
     /// An empty registry. Public only for building a `StoreContext` by hand in tests.
-    #[doc(hidden)]
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Registers (or replaces) `name`. Public only for building a `StoreContext` by hand in
     /// tests.
-    #[doc(hidden)]
-    pub fn insert(&mut self, name: impl Into<String>, f: TaskFn) {
+    pub(crate) fn insert(&mut self, name: impl Into<String>, f: TaskFn) {
         self.tasks.insert(name.into(), f);
     }
 

@@ -80,7 +80,7 @@ impl BackgroundScheduler {
     /// Runs `fut` on the scheduler's runtime and blocks until it ends.
     ///
     /// # Errors
-    /// [`Error::State`] if the runtime is shutting down. A panic in `fut` is resumed here.
+    /// [`Error::State`](crate::Error::State) if the runtime is shutting down. A panic in `fut` is resumed here.
     pub fn block_on<F>(&self, fut: F) -> Result<F::Output>
     where
         F: Future + Send + 'static,
@@ -176,7 +176,7 @@ impl BackgroundScheduler {
     /// See [`Scheduler::shutdown`]: waits for the runs in flight.
     ///
     /// # Errors
-    /// [`Error::State`] if the scheduler is not running.
+    /// [`Error::State`](crate::Error::State) if the scheduler is not running.
     pub fn shutdown(&self) -> Result<()> {
         self.call(|s| async move { s.shutdown().await })
     }
@@ -184,7 +184,7 @@ impl BackgroundScheduler {
     /// See [`Scheduler::shutdown_now`]: does not wait for the runs in flight.
     ///
     /// # Errors
-    /// [`Error::State`] if the scheduler is not running.
+    /// [`Error::State`](crate::Error::State) if the scheduler is not running.
     pub fn shutdown_now(&self) -> Result<()> {
         self.call(|s| async move { s.shutdown_now().await })
     }
@@ -192,7 +192,7 @@ impl BackgroundScheduler {
     /// See [`Scheduler::shutdown_timeout`].
     ///
     /// # Errors
-    /// [`Error::State`] if the scheduler is not running.
+    /// [`Error::State`](crate::Error::State) if the scheduler is not running.
     pub fn shutdown_timeout(&self, timeout: Duration) -> Result<()> {
         self.call(move |s| async move { s.shutdown_timeout(timeout).await })
     }
@@ -200,7 +200,7 @@ impl BackgroundScheduler {
     /// See [`Scheduler::pause`].
     ///
     /// # Errors
-    /// [`Error::State`] unless the scheduler is running.
+    /// [`Error::State`](crate::Error::State) unless the scheduler is running.
     pub fn pause(&self) -> Result<()> {
         self.scheduler.pause()
     }
@@ -208,7 +208,7 @@ impl BackgroundScheduler {
     /// See [`Scheduler::resume`].
     ///
     /// # Errors
-    /// [`Error::State`] unless the scheduler is paused.
+    /// [`Error::State`](crate::Error::State) unless the scheduler is paused.
     pub fn resume(&self) -> Result<()> {
         self.scheduler.resume()
     }

@@ -9,7 +9,7 @@
 //! ([`crate::docs::custom_store`]) walks through an example.
 //!
 //! The tests assert with `assert!`/`panic!`, as tests in a test harness do: call them from
-//! `#[tokio::test]` functions. Every job they write names the task `echo` (see [`tasks`]),
+//! `#[tokio::test]` functions. Every job they write names the task `echo` (see [`TASKS`]),
 //! so a store that checks tasks must be started with a context that has it.
 //!
 //! ```
@@ -57,18 +57,20 @@ pub fn at(secs: i64) -> DateTime<Utc> {
     t0() + TimeDelta::seconds(secs)
 }
 
-/// The tasks every suite job refers to.
-pub fn tasks() -> Arc<TaskRegistry> {
+/// The tasks every suite job refers to: `noop` and `echo`.
+pub const TASKS: &[&str] = &["noop", "echo"];
+
+/// A registry with a task that does nothing under each name (a store only asks whether a
+/// name is registered).
+fn registry(names: &[&str]) -> Arc<TaskRegistry> {
     let mut tasks = TaskRegistry::new();
-    tasks.insert("noop", TaskFn::from_async(|_: serde_json::Value| async {}));
-    tasks.insert(
-        "echo",
-        TaskFn::from_async(|v: serde_json::Value| async move { Ok::<_, String>(v) }),
-    );
+    for name in names {
+        tasks.insert(*name, TaskFn::from_async(|_: serde_json::Value| async {}));
+    }
     Arc::new(tasks)
 }
 
-/// A context for starting a store outside a scheduler, with [`tasks`] registered and the
+/// A context for starting a store outside a scheduler, with [`TASKS`] registered and the
 /// system clock. Use [`TestContext`] to also watch what the store reports or wakes.
 pub fn context(alias: &str, scheduler_id: &str, lease: Duration) -> StoreContext {
     TestContext::new(alias, scheduler_id, lease).context()
@@ -102,20 +104,21 @@ pub struct TestContext {
 
 impl TestContext {
     /// A context named `alias` for the scheduler `scheduler_id` with this `lease`, the
-    /// [`tasks`] of the contract suite and the system clock.
+    /// [`TASKS`] of the contract suite and the system clock.
     pub fn new(alias: &str, scheduler_id: &str, lease: Duration) -> Self {
-        Self::with(alias, scheduler_id, lease, tasks(), Arc::new(SystemClock))
+        Self::with(alias, scheduler_id, lease, TASKS, Arc::new(SystemClock))
     }
 
-    /// Like [`new`](Self::new) with the given tasks and clock (a
+    /// Like [`new`](Self::new) with the given registered task names and clock (a
     /// [`TestClock`](crate::clock::TestClock) for virtual time).
     pub fn with(
         alias: &str,
         scheduler_id: &str,
         lease: Duration,
-        tasks: Arc<TaskRegistry>,
+        task_names: &[&str],
         clock: Arc<dyn Clock>,
     ) -> Self {
+        let tasks = registry(task_names);
         let events = EventBus::new(1024);
         let wakeup = Arc::new(Notify::new());
         TestContext {
