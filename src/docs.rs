@@ -8,6 +8,8 @@
 //! - [`stores`]: choosing a store, sharing and failover, outages
 //! - [`embedding`]: axum, actix-web, `#[tokio::main]` and plain `fn main` programs
 //! - [`conformance`]: the trigger conformance probe against APScheduler
+//! - [`config`]: the whole scheduler from a TOML file and environment variables (`config`
+//!   feature)
 //!
 //! The pages link to each other with reference-style links (`[text][label]`) whose labels
 //! each page defines at its end as relative `.md` paths, for GitHub. Each module below defines
@@ -54,3 +56,8 @@ pub mod embedding {}
 
 #[doc = include_str!("../docs/conformance.md")]
 pub mod conformance {}
+
+#[doc = "[triggers]: crate::docs::triggers"]
+#[doc = ""]
+#[doc = include_str!("../docs/config.md")]
+pub mod config {}

@@ -10,6 +10,7 @@
 #![doc = "[stores]: crate::docs::stores"]
 #![doc = "[embedding]: crate::docs::embedding"]
 #![doc = "[conformance]: crate::docs::conformance"]
+#![doc = "[config]: crate::docs::config"]
 #![doc = ""]
 #![doc = include_str!("../README.md")]
 //!

@@ -264,7 +264,7 @@ impl SchedulerConfig {
     /// Reads a config from TOML text.
     ///
     /// # Errors
-    /// [`Error::Config`] for text that is not TOML or does not have the config's shape
+    /// [`Error::Config`](crate::Error::Config) for text that is not TOML or does not have the config's shape
     /// (the message shows the line). Values are checked later, all at once
     /// ([`check`](Self::check)).
     pub fn from_toml_str(text: &str) -> Result<Self> {
@@ -274,7 +274,7 @@ impl SchedulerConfig {
     /// Reads a config from a TOML file.
     ///
     /// # Errors
-    /// [`Error::Config`] naming the file if it cannot be read or parsed.
+    /// [`Error::Config`](crate::Error::Config) naming the file if it cannot be read or parsed.
     pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let where_ = path.display().to_string();
@@ -296,7 +296,7 @@ impl SchedulerConfig {
     /// `APSCHED__JOBS__0__HOUR=4` (an array entry by index). See [`with_vars`](Self::with_vars).
     ///
     /// # Errors
-    /// [`Error::Config`] naming each variable that cannot apply.
+    /// [`Error::Config`](crate::Error::Config) naming each variable that cannot apply.
     pub fn with_env(self, prefix: &str) -> Result<Self> {
         self.with_vars(prefix, std::env::vars())
     }
@@ -309,7 +309,7 @@ impl SchedulerConfig {
     /// as a TOML value if it is one (`3`, `true`, `[1, 2]`, `"quoted"`), else as a string.
     ///
     /// # Errors
-    /// [`Error::Config`] naming each variable that cannot apply, or the shape error of the
+    /// [`Error::Config`](crate::Error::Config) naming each variable that cannot apply, or the shape error of the
     /// result.
     pub fn with_vars<K, V>(
         self,
@@ -330,7 +330,7 @@ impl SchedulerConfig {
     /// [`Scheduler::from_config`]: crate::Scheduler::from_config
     ///
     /// # Errors
-    /// One [`Error::Config`] listing every problem with its path.
+    /// One [`Error::Config`](crate::Error::Config) listing every problem with its path.
     pub fn check(&self) -> Result<()> {
         plan::Plan::new(self).map(|_| ())
     }
