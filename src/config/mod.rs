@@ -214,6 +214,8 @@ impl ExecutorConfig {
 #[non_exhaustive]
 pub struct JobConfig {
     /// The registered task to run (see [`SchedulerBuilder::task`](crate::SchedulerBuilder::task)).
+    /// Required (a job without one is reported with the other problems).
+    #[serde(default)]
     pub task: String,
     /// The job id: what an upsert at the next start matches on. Default: the task name.
     #[serde(default, skip_serializing_if = "Option::is_none")]

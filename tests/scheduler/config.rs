@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use apsched::clock::TestClock;
 use apsched::config::{GraceTime, SchedulerConfig};
-use apsched::trigger::FieldKind;
-use apsched::{Error, Event, EventKind, Scheduler, TriggerSpec};
+use apsched::{Error, Event, EventKind, Scheduler};
 use chrono::{DateTime, TimeZone, Utc};
 
 /// Monday 2024-01-15, 02:00 UTC.
@@ -318,6 +317,10 @@ fn every_problem_is_reported_at_once_with_its_path() {
         task = "t"
         trigger = "date"
         run_date = "tomorrow"
+        [[jobs]]
+        id = "i"
+        trigger = "interval"
+        seconds = 10
         "#,
     )
     .unwrap();
@@ -339,6 +342,7 @@ fn every_problem_is_reported_at_once_with_its_path() {
         "jobs[6].executor: 'procs' is a process executor without worker_mode = true",
         "jobs[6].misfire_grace_time: 0 is not a number of seconds above zero",
         "jobs[7].trigger.run_date:",
+        "jobs[8].task: missing",
     ];
     for e in expected {
         assert!(
@@ -373,6 +377,9 @@ fn shape_errors_name_the_line() {
     let text = err.to_string();
     assert!(text.contains("line 2"), "{text}");
     assert!(text.contains("coalesce"), "{text}");
+    // APScheduler's name for the stores is accepted.
+    let config = SchedulerConfig::from_toml_str("[jobstores.main]\nurl = \"memory://\"").unwrap();
+    assert_eq!(config.stores["main"].url, "memory://");
     let err = SchedulerConfig::from_toml_str("jobstore = 1").unwrap_err();
     assert!(
         err.to_string().contains("unknown field `jobstore`"),
@@ -389,6 +396,8 @@ fn shape_errors_name_the_line() {
 #[cfg(feature = "sqlite")]
 mod persistent {
     use super::*;
+    use apsched::trigger::FieldKind;
+    use apsched::TriggerSpec;
 
     /// A fresh directory for an SQLite file, removed on drop.
     struct TempDir(std::path::PathBuf);
