@@ -15,8 +15,6 @@ where
     K: AsRef<str>,
     V: AsRef<str>,
 {
-    let mut table = toml::Table::try_from(config)
-        .map_err(|e| ConfigError::one("config", format!("cannot be written as TOML: {e}")))?;
     let head = format!("{prefix}__");
     // Sorted, so the problems (and which of two spellings of one key wins) do not depend on
     // the order the environment lists its variables in.
@@ -29,6 +27,12 @@ where
         })
         .collect();
     vars.sort();
+    if vars.is_empty() {
+        // Nothing to lay over: no round trip through TOML (which has no null, for one).
+        return Ok(config.clone());
+    }
+    let mut table = toml::Table::try_from(config)
+        .map_err(|e| ConfigError::one("config", format!("cannot be written as TOML: {e}")))?;
     let mut problems = Problems::default();
     for (name, value) in &vars {
         let keys: Vec<&str> = name[head.len()..].split("__").collect();
