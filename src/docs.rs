@@ -9,6 +9,8 @@
 //! - [`custom_store`]: writing your own store, the store contract and its test suite
 //! - [`embedding`]: axum, actix-web, `#[tokio::main]` and plain `fn main` programs
 //! - [`conformance`]: the trigger conformance probe against APScheduler
+//! - [`config`]: the whole scheduler from a TOML file and environment variables (`config`
+//!   feature)
 //!
 //! The pages link to each other with reference-style links (`[text][label]`) whose labels
 //! each page defines at its end as relative `.md` paths, for GitHub. Each module below defines
@@ -62,3 +64,8 @@ pub mod embedding {}
 
 #[doc = include_str!("../docs/conformance.md")]
 pub mod conformance {}
+
+#[doc = "[triggers]: crate::docs::triggers"]
+#[doc = ""]
+#[doc = include_str!("../docs/config.md")]
+pub mod config {}

@@ -119,6 +119,10 @@ pub enum Error {
     /// (De)serialising a job's arguments, result or trigger failed.
     #[error("serialisation failed: {0} (task arguments and results must be JSON-serialisable)")]
     Serde(#[from] serde_json::Error),
+    /// A scheduler config is invalid: every problem, each with its path (`config` feature).
+    #[cfg(feature = "config")]
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// An I/O error (e.g. spawning a child process).
     #[error(transparent)]
     Io(#[from] std::io::Error),

@@ -11,6 +11,7 @@
 #![doc = "[custom-store]: crate::docs::custom_store"]
 #![doc = "[embedding]: crate::docs::embedding"]
 #![doc = "[conformance]: crate::docs::conformance"]
+#![doc = "[config]: crate::docs::config"]
 #![doc = ""]
 #![doc = include_str!("../README.md")]
 //!
@@ -28,6 +29,8 @@
 //! - named tasks for persistent jobs: [`SchedulerBuilder::task`]; [`worker_main`]: running
 //!   them in child processes.
 //! - [`error`]: what can go wrong, and what to do about it.
+//! - `config` (feature `config`): the whole scheduler from a TOML file and environment
+//!   variables.
 
 // docs.rs builds with `--cfg docsrs` (Cargo.toml) on nightly, where `doc_cfg` marks each
 // feature-gated item with the feature it needs. (`doc_auto_cfg`, the older name, is removed
@@ -36,6 +39,8 @@
 #![warn(missing_docs)]
 
 pub mod clock;
+#[cfg(feature = "config")]
+pub mod config;
 // The guide's pages; their code blocks are fragments, not doctests (see the module).
 #[cfg(not(doctest))]
 pub mod docs;

@@ -4,6 +4,8 @@
 
 mod behaviour;
 mod bulk;
+#[cfg(feature = "config")]
+mod config;
 mod executors;
 mod flavours;
 mod handles;
