@@ -5,7 +5,8 @@
 //! - `builder.rs`: [`SchedulerBuilder`], which builds the shared state ([`Inner`]);
 //! - `lifecycle.rs`: start, pause, resume and the three ways to shut down;
 //! - `add.rs`: [`AddJob`], adding one job or many;
-//! - `jobs.rs`: finding and changing jobs ([`JobHandle`], [`StoreHandle`], [`JobChanges`]);
+//! - `handles.rs` and `jobs.rs`: naming jobs and stores ([`JobHandle`], [`StoreHandle`]) and
+//!   finding and changing jobs ([`JobChanges`]);
 //! - `listeners.rs`: events as a channel or as a listener task;
 //! - `components.rs`: executors and stores added and removed at run time;
 //! - `core.rs`: the loop;
@@ -20,6 +21,7 @@ mod blocking_handles;
 mod builder;
 mod components;
 mod core;
+mod handles;
 mod home;
 mod jobs;
 mod lifecycle;
@@ -42,7 +44,8 @@ pub use self::background::BackgroundScheduler;
 pub use self::blocking::{BlockingScheduler, LocalScheduler};
 pub use self::blocking_handles::{BlockingAddJob, BlockingJobHandle, BlockingStoreHandle};
 pub use self::builder::SchedulerBuilder;
-pub use self::jobs::{JobChanges, JobHandle, StoreHandle};
+pub use self::handles::{JobHandle, StoreHandle};
+pub use self::jobs::JobChanges;
 pub use self::listeners::ListenerId;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
