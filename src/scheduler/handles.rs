@@ -60,7 +60,7 @@ impl JobHandle {
     /// The job, or `None` if there is none with this id.
     ///
     /// # Errors
-    /// [`Error::UnknownStore`] for a named store that does not exist; the store's error if
+    /// [`Error::UnknownStore`](crate::Error::UnknownStore) for a named store that does not exist; the store's error if
     /// it cannot be read.
     pub async fn get(&self) -> Result<Option<Job>> {
         let s = &self.scheduler;
@@ -68,11 +68,11 @@ impl JobHandle {
     }
 
     /// Changes the job's options (see [`JobChanges`]) and emits
-    /// [`Event::JobModified`]; returns the job as changed.
+    /// [`Event::JobModified`](crate::Event::JobModified); returns the job as changed.
     ///
     /// # Errors
-    /// [`Error::JobLookup`] if there is no such job; [`Error::UnknownExecutor`] for an
-    /// unknown executor alias; [`Error::InvalidJob`] for invalid values.
+    /// [`Error::JobLookup`](crate::Error::JobLookup) if there is no such job; [`Error::UnknownExecutor`](crate::Error::UnknownExecutor) for an
+    /// unknown executor alias; [`Error::InvalidJob`](crate::Error::InvalidJob) for invalid values.
     pub async fn modify(&self, changes: JobChanges) -> Result<Job> {
         self.scheduler
             .modify_job(&self.id, changes, self.store())
@@ -82,7 +82,7 @@ impl JobHandle {
     /// Replaces the job's trigger and computes its next run time from now.
     ///
     /// # Errors
-    /// [`Error::JobLookup`] if there is no such job.
+    /// [`Error::JobLookup`](crate::Error::JobLookup) if there is no such job.
     pub async fn reschedule(&self, trigger: impl Into<TriggerSpec>) -> Result<Job> {
         self.scheduler
             .reschedule_job(&self.id, trigger, self.store())
@@ -93,25 +93,25 @@ impl JobHandle {
     /// [`resume`](Self::resume).
     ///
     /// # Errors
-    /// [`Error::JobLookup`] if there is no such job.
+    /// [`Error::JobLookup`](crate::Error::JobLookup) if there is no such job.
     pub async fn pause(&self) -> Result<Job> {
         self.scheduler.pause_job(&self.id, self.store()).await
     }
 
     /// Resumes a paused job from now (due times missed while paused are skipped). A job
-    /// whose trigger has no fire time left is removed instead ([`Event::JobRemoved`]) and
+    /// whose trigger has no fire time left is removed instead ([`Event::JobRemoved`](crate::Event::JobRemoved)) and
     /// `None` returned.
     ///
     /// # Errors
-    /// [`Error::JobLookup`] if there is no such job.
+    /// [`Error::JobLookup`](crate::Error::JobLookup) if there is no such job.
     pub async fn resume(&self) -> Result<Option<Job>> {
         self.scheduler.resume_job(&self.id, self.store()).await
     }
 
-    /// Removes the job and emits [`Event::JobRemoved`].
+    /// Removes the job and emits [`Event::JobRemoved`](crate::Event::JobRemoved).
     ///
     /// # Errors
-    /// [`Error::JobLookup`] if there is no such job.
+    /// [`Error::JobLookup`](crate::Error::JobLookup) if there is no such job.
     pub async fn remove(&self) -> Result<()> {
         let s = &self.scheduler;
         s.inner.at_home(s.remove_job(&self.id, self.store())).await
@@ -120,7 +120,7 @@ impl JobHandle {
 
 /// One job store, named by alias: what [`Scheduler::store`] returns. Like [`JobHandle`] it
 /// holds only the scheduler and the alias; an alias the scheduler does not have is reported
-/// ([`Error::UnknownStore`]) by each call.
+/// ([`Error::UnknownStore`](crate::Error::UnknownStore)) by each call.
 ///
 /// ```
 /// # async fn demo(scheduler: apsched::Scheduler) -> apsched::Result<()> {
@@ -156,16 +156,16 @@ impl StoreHandle {
     /// The store's jobs by next run time (paused last), jobs added before start included.
     ///
     /// # Errors
-    /// [`Error::UnknownStore`]; the store's error if it cannot be read.
+    /// [`Error::UnknownStore`](crate::Error::UnknownStore); the store's error if it cannot be read.
     pub async fn get_jobs(&self) -> Result<Vec<Job>> {
         let s = &self.scheduler;
         s.inner.at_home(s.get_jobs_in(Some(&self.alias))).await
     }
 
-    /// Removes every job of the store and emits [`Event::AllJobsRemoved`].
+    /// Removes every job of the store and emits [`Event::AllJobsRemoved`](crate::Event::AllJobsRemoved).
     ///
     /// # Errors
-    /// [`Error::UnknownStore`]; the store's error.
+    /// [`Error::UnknownStore`](crate::Error::UnknownStore); the store's error.
     pub async fn remove_all_jobs(&self) -> Result<()> {
         let s = &self.scheduler;
         s.inner
@@ -176,7 +176,7 @@ impl StoreHandle {
     /// A readable table of the store's jobs (see [`Scheduler::jobs_table`]).
     ///
     /// # Errors
-    /// [`Error::UnknownStore`]; the store's error.
+    /// [`Error::UnknownStore`](crate::Error::UnknownStore); the store's error.
     pub async fn jobs_table(&self) -> Result<String> {
         let s = &self.scheduler;
         s.inner.at_home(s.jobs_table_in(Some(&self.alias))).await
@@ -211,7 +211,7 @@ impl Scheduler {
         self.inner.at_home(self.get_jobs_in(None)).await
     }
 
-    /// Removes every job of every store and emits [`Event::AllJobsRemoved`].
+    /// Removes every job of every store and emits [`Event::AllJobsRemoved`](crate::Event::AllJobsRemoved).
     ///
     /// # Errors
     /// A store's error.
