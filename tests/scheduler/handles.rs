@@ -216,21 +216,7 @@ async fn shutdown_timeout_returns_when_the_runs_end() {
     let s = scheduler(&clock);
     let mut submitted = s.subscribe(EventKind::JOB_SUBMITTED);
     s.start().await.unwrap();
-    let (done, add) = {
-        let done = Arc::new(AtomicBool::new(false));
-        let d = done.clone();
-        let add = s
-            .add_job(move || {
-                let d = d.clone();
-                async move {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    d.store(true, Ordering::SeqCst);
-                }
-            })
-            .id("short")
-            .into_future();
-        (done, add)
-    };
+    let (done, add) = long_job(&s, 5);
     add.await.unwrap();
     submitted.recv().await.unwrap();
     let before = tokio::time::Instant::now();
