@@ -109,6 +109,10 @@ impl LocalExecutor {
 }
 
 /// Not an `async fn`, which would hold the `JobRun` twice (see `JobRun::into_task`).
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn holds its argument twice"
+)]
 fn run_local(run: JobRun) -> impl std::future::Future<Output = ()> + 'static {
     async move { run.scoped(run_local_times(&run)).await }
 }

@@ -169,6 +169,10 @@ impl JobRun {
     /// [`run`](Self::run) as the future a task holds. An `async fn` keeps its argument
     /// twice (rust-lang/rust#62958: the argument, and the local it is moved to), which
     /// would double the `JobRun` in every run's task; an `async move` block captures it once.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn holds its argument twice"
+    )]
     pub(crate) fn into_task(self) -> impl std::future::Future<Output = ()> + Send + 'static {
         async move { self.scoped(self.run_times_in_order()).await }
     }
