@@ -40,8 +40,9 @@ impl HomeId {
 }
 
 /// A runtime's [`Id`](tokio::runtime::Id) as a non-zero number. The id is `Copy + Eq + Hash`
-/// but offers no integer; its `Hash` writes its `u64`, which this hasher keeps as it is
-/// (any other shape of `Hash` is folded, FNV-style, so distinct ids stay distinct).
+/// but offers no integer; its `Hash` writes its `u64`, which this hasher keeps as it is.
+/// Should a later Tokio hash it differently, the bytes are folded FNV-style (distinct ids
+/// then collide only by a 2⁻⁶⁴ chance), and `runtime_bits_follow_the_runtime_id` checks it.
 fn runtime_bits(handle: &Handle) -> u64 {
     #[derive(Default)]
     struct Bits(u64);
@@ -63,7 +64,9 @@ fn runtime_bits(handle: &Handle) -> u64 {
     bits.finish().max(1)
 }
 
-/// The runtime the caller is polled on, as [`runtime_bits`]; 0 for none.
+/// The runtime the caller is polled on, as [`runtime_bits`]; 0 for none. Tokio lends no
+/// reference to the current handle, so this costs one reference-count increment and
+/// decrement (no lock).
 fn current_runtime_bits() -> u64 {
     Handle::try_current().map_or(0, |current| runtime_bits(&current))
 }
