@@ -1,5 +1,6 @@
 //! How many runs of each job are in flight, for `max_instances` (shared by all executors).
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,8 +13,11 @@ pub(crate) struct Instances {
     running: Mutex<HashMap<Arc<str>, u32>>,
     /// Runs in flight, all jobs together.
     total: AtomicUsize,
-    /// Notified whenever a run ends.
+    /// Notified when a run ends while someone waits (`waiting` > 0).
     ended: ::tokio::sync::Notify,
+    /// Callers of [`wait_until_at_most`](Self::wait_until_at_most) in progress: a run that
+    /// ends while nobody waits skips `ended` (notifying takes its lock, once per run).
+    waiting: AtomicUsize,
 }
 
 impl Instances {
@@ -21,11 +25,14 @@ impl Instances {
     /// entry behind.
     pub fn try_acquire(self: &Arc<Self>, job_id: &Arc<str>, max: u32) -> Option<InstanceSlot> {
         let mut running = self.running.lock_unpoisoned();
-        let n = running.get(job_id).copied().unwrap_or(0);
-        if n >= max {
-            return None;
+        // One lookup (the id hashed once), not a get and an insert.
+        match running.entry(job_id.clone()) {
+            Entry::Occupied(mut n) if *n.get() < max => *n.get_mut() += 1,
+            Entry::Vacant(slot) if max > 0 => {
+                slot.insert(1);
+            }
+            _ => return None,
         }
-        running.insert(job_id.clone(), n + 1);
         self.total.fetch_add(1, Ordering::SeqCst);
         Some(InstanceSlot {
             instances: self.clone(),
@@ -41,6 +48,10 @@ impl Instances {
 
     /// Waits until at most `n` runs are in flight.
     pub async fn wait_until_at_most(&self, n: usize) {
+        // Counted before `total` is read (both sides SeqCst), so a run ending after that
+        // read sees this waiter and notifies.
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
         loop {
             let ended = self.ended.notified();
             ::tokio::pin!(ended);
@@ -50,6 +61,15 @@ impl Instances {
             }
             ended.await;
         }
+    }
+}
+
+/// Uncounts a waiter however its wait ends (returned, or its future dropped).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -70,15 +90,17 @@ impl InstanceSlot {
 impl Drop for InstanceSlot {
     fn drop(&mut self) {
         let mut running = self.instances.running.lock_unpoisoned();
-        if let Some(n) = running.get_mut(&self.job_id) {
-            *n -= 1;
-            if *n == 0 {
-                running.remove(&self.job_id);
+        if let Entry::Occupied(mut n) = running.entry(self.job_id.clone()) {
+            *n.get_mut() -= 1;
+            if *n.get() == 0 {
+                n.remove();
             }
         }
         drop(running);
         self.instances.total.fetch_sub(1, Ordering::SeqCst);
-        self.instances.ended.notify_waiters();
+        if self.instances.waiting.load(Ordering::SeqCst) > 0 {
+            self.instances.ended.notify_waiters();
+        }
     }
 }
 

@@ -108,8 +108,13 @@ impl LocalExecutor {
     }
 }
 
-async fn run_local(run: JobRun) {
-    run.scoped(run_local_times(&run)).await;
+/// Not an `async fn`, which would hold the `JobRun` twice (see `JobRun::into_task`).
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn holds its argument twice"
+)]
+fn run_local(run: JobRun) -> impl std::future::Future<Output = ()> + 'static {
+    async move { run.scoped(run_local_times(&run)).await }
 }
 
 async fn run_local_times(run: &JobRun) {

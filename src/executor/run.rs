@@ -107,8 +107,13 @@ impl JobRun {
     }
 
     /// Runs `fut` marked as this run's (see [`inside_run_of`](current_run::inside_run_of)).
-    pub(crate) async fn scoped<F: std::future::Future>(&self, fut: F) -> F::Output {
-        current_run::CURRENT_RUN.scope(self.owner_key(), fut).await
+    /// Not an `async fn`: that would hold `fut` twice (its argument and the scope's copy),
+    /// and this future is most of every run's task.
+    pub(crate) fn scoped<F: std::future::Future>(
+        &self,
+        fut: F,
+    ) -> ::tokio::task::futures::TaskLocalFuture<usize, F> {
+        current_run::CURRENT_RUN.scope(self.owner_key(), fut)
     }
 
     /// Call as a scheduled time is about to start. Returns `false`, after emitting
@@ -158,15 +163,27 @@ impl JobRun {
 
     /// Runs every scheduled time in order on the current Tokio runtime.
     pub async fn run(self) {
-        self.scoped(async {
-            for &t in &self.run_times {
-                if self.start(t) {
-                    let result = invoke(&self.callable, &self.ctx.tasks).await;
-                    self.finish(t, result);
-                }
+        self.into_task().await;
+    }
+
+    /// [`run`](Self::run) as the future a task holds. An `async fn` keeps its argument
+    /// twice (rust-lang/rust#62958: the argument, and the local it is moved to), which
+    /// would double the `JobRun` in every run's task; an `async move` block captures it once.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn holds its argument twice"
+    )]
+    pub(crate) fn into_task(self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        async move { self.scoped(self.run_times_in_order()).await }
+    }
+
+    async fn run_times_in_order(&self) {
+        for &t in &self.run_times {
+            if self.start(t) {
+                let result = invoke(&self.callable, &self.ctx.tasks).await;
+                self.finish(t, result);
             }
-        })
-        .await;
+        }
     }
 
     /// Runs every scheduled time in order on the current (blocking) thread. Async bodies

@@ -202,6 +202,7 @@ impl SchedulerBuilder {
             executors: RwLock::new(self.executors),
             life: Mutex::new(Life::default()),
             home: Mutex::new(None),
+            home_id: Default::default(),
         };
         Scheduler {
             inner: Arc::new(inner),

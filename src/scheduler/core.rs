@@ -267,7 +267,8 @@ async fn submit_batch(
 ) {
     // Events nobody listens to are not built (the hot path of a storm of due jobs).
     let listening = inner.events.has_receivers();
-    let mut ready: Vec<Prepared> = Vec::new();
+    // Sized once: growing it (its items are large) cost ten reallocations per 1000 jobs.
+    let mut ready: Vec<Prepared> = Vec::with_capacity(batch.len());
     for due in batch {
         if let Some(r) = prepare(inner, store_alias, store, due, listening).await {
             ready.push(r);

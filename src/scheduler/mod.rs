@@ -178,6 +178,8 @@ pub(crate) struct Inner {
     life: Mutex<Life>,
     /// The runtime the scheduler runs on, from `start` to `shutdown` (see `home.rs`).
     home: Mutex<Option<tokio::runtime::Handle>>,
+    /// `home`'s runtime id, read without the lock on every handle call.
+    home_id: home::HomeId,
 }
 
 impl Life {

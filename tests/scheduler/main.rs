@@ -2,6 +2,7 @@
 //! the behaviour of the loop, executors, events and flavours, and the handle used from other
 //! runtimes.
 
+mod allocs;
 mod behaviour;
 mod bulk;
 #[cfg(feature = "config")]
