@@ -108,7 +108,7 @@ impl LocalExecutor {
     }
 }
 
-/// Not an `async fn`, which would hold the `JobRun` twice (see `JobRun::into_task`).
+/// Not an `async fn`, which would hold the `JobRun` twice (see `JobRun::run`).
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn holds its argument twice"

@@ -161,19 +161,18 @@ impl JobRun {
         });
     }
 
-    /// Runs every scheduled time in order on the current Tokio runtime.
-    pub async fn run(self) {
-        self.into_task().await;
-    }
-
-    /// [`run`](Self::run) as the future a task holds. An `async fn` keeps its argument
-    /// twice (rust-lang/rust#62958: the argument, and the local it is moved to), which
-    /// would double the `JobRun` in every run's task; an `async move` block captures it once.
+    /// Runs every scheduled time in order on the current Tokio runtime: the future to spawn
+    /// (or await) for this run.
+    ///
+    /// It is a plain `fn` returning a future rather than an `async fn`: an `async fn` keeps
+    /// its argument twice (rust-lang/rust#62958: the argument, and the local it is moved
+    /// to), which would double the `JobRun` in every run's task; an `async move` block
+    /// captures it once.
     #[allow(
         clippy::manual_async_fn,
         reason = "an async fn holds its argument twice"
     )]
-    pub(crate) fn into_task(self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    pub fn run(self) -> impl std::future::Future<Output = ()> + Send + 'static {
         async move { self.scoped(self.run_times_in_order()).await }
     }
 

@@ -24,7 +24,7 @@ impl TokioExecutor {
     /// The task a run becomes. Its future is what every spawn allocates, so its size is
     /// guarded (`run_task_stays_small`).
     fn task(&self, run: JobRun) -> impl Future<Output = ()> + Send + 'static {
-        self.tracker.track_future(run.into_task())
+        self.tracker.track_future(run.run())
     }
 }
 

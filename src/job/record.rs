@@ -20,7 +20,12 @@ pub struct Lease {
 }
 
 /// A job as a store keeps it.
+///
+/// `#[non_exhaustive]`: later releases add options. A store gets records from the scheduler
+/// or rebuilds them with [`from_json`](Self::from_json)/[`from_stored`](Self::from_stored);
+/// [`new`](Self::new) builds one with the default options (for tests).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct JobRecord {
     /// Unique id within its store.
     pub id: String,
@@ -46,11 +51,13 @@ pub struct JobRecord {
     pub lease: Option<Lease>,
 }
 
-/// The JSON document persistent stores keep for a job (schema version 1).
+/// The JSON document persistent stores keep for a job (schema version 1). `#[non_exhaustive]`:
+/// later versions add fields (with defaults, so older documents still load).
 ///
 /// `next_run_time`, `version` and the lease live in their own columns/fields as well, so
 /// stores can index and compare them; the document carries them too, for readability.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct StoredJob {
     /// Job id.
     pub id: String,
@@ -105,6 +112,25 @@ mod valid {
 }
 
 impl JobRecord {
+    /// A paused record (no next run time) running `callable` on `trigger`, with the
+    /// default options: executor `"default"`, a grace time of 1 s, coalescing, one instance.
+    pub fn new(id: impl Into<String>, callable: Callable, trigger: impl Into<TriggerSpec>) -> Self {
+        let defaults = crate::job::JobDefaults::default();
+        JobRecord {
+            id: id.into(),
+            name: None,
+            callable,
+            trigger: trigger.into(),
+            executor: "default".into(),
+            misfire_grace_time: defaults.misfire_grace_time,
+            coalesce: defaults.coalesce,
+            max_instances: defaults.max_instances,
+            next_run_time: None,
+            version: 0,
+            lease: None,
+        }
+    }
+
     /// Whether the job is paused (has no next run time).
     pub fn is_paused(&self) -> bool {
         self.next_run_time.is_none()

@@ -260,31 +260,38 @@ impl AddJob {
             next_run_time: self.next_run_time,
         })
     }
+}
 
-    async fn run(self) -> Result<Job> {
-        let scheduler = self.scheduler.clone();
-        let inner = &scheduler.inner;
-        let mut p = self.prepare()?;
-        if !inner.check_started() {
-            // Like APScheduler: kept aside, enters its store (and gets its next run time)
-            // when the scheduler starts.
-            let mut life = inner.life();
-            if let Some(i) = life.pending_index(&p.job.id, &p.store) {
-                if !p.replace_existing {
-                    return Err(Error::ConflictingId(p.job.id));
+impl Scheduler {
+    /// Writes one checked job to its store (or, before start, keeps it aside). Not an
+    /// `async fn`, which would hold the job twice.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn holds its argument twice"
+    )]
+    fn add_prepared_one(&self, mut p: Pending) -> impl Future<Output = Result<Job>> + Send + '_ {
+        async move {
+            let inner = &self.inner;
+            if !inner.check_started() {
+                // Like APScheduler: kept aside, enters its store (and gets its next run time)
+                // when the scheduler starts.
+                let mut life = inner.life();
+                if let Some(i) = life.pending_index(&p.job.id, &p.store) {
+                    if !p.replace_existing {
+                        return Err(Error::ConflictingId(p.job.id));
+                    }
+                    life.pending.remove(i);
                 }
-                life.pending.remove(i);
+                let view = Job::from_record(&p.job, &p.store, true);
+                life.pending.push(p);
+                return Ok(view);
             }
-            let view = Job::from_record(&p.job, &p.store, true);
-            life.pending.push(p);
-            return Ok(view);
+            p.first_run_time(inner.clock.now())?;
+            let view = Job::from_record(&p.job, &p.store, false);
+            self.store_new_job(p.job, &p.store, p.replace_existing)
+                .await?;
+            Ok(view)
         }
-        p.first_run_time(inner.clock.now())?;
-        let view = Job::from_record(&p.job, &p.store, false);
-        scheduler
-            .store_new_job(p.job, &p.store, p.replace_existing)
-            .await?;
-        Ok(view)
     }
 }
 
@@ -428,7 +435,13 @@ impl IntoFuture for AddJob {
 
     fn into_future(self) -> Self::IntoFuture {
         let scheduler = self.scheduler.clone();
-        Box::pin(async move { scheduler.inner.at_home(self.run()).await })
+        // Checked now; the future holds the prepared job once (an `async fn` taking it
+        // would hold it twice, rust-lang/rust#62958).
+        let prepared = self.prepare();
+        Box::pin(async move {
+            let p = prepared?;
+            scheduler.inner.at_home(scheduler.add_prepared_one(p)).await
+        })
     }
 }
 

@@ -284,19 +284,10 @@ async fn item5_the_system_clock_is_reread_every_second() {
 }
 
 fn record(trigger: Interval, first: DateTime<Utc>, coalesce: bool) -> JobRecord {
-    JobRecord {
-        id: "backlog".into(),
-        name: None,
-        callable: Callable::from_async(|| async {}),
-        trigger: trigger.into(),
-        executor: "default".into(),
-        misfire_grace_time: Some(Duration::from_secs(1)),
-        coalesce,
-        max_instances: 1,
-        next_run_time: Some(first),
-        version: 0,
-        lease: None,
-    }
+    let mut job = JobRecord::new("backlog", Callable::from_async(|| async {}), trigger);
+    job.coalesce = coalesce;
+    job.next_run_time = Some(first);
+    job
 }
 
 /// The case: every second, resumed after 30 days, coalescing: one claim yields the
