@@ -70,8 +70,12 @@ impl EventKind {
     /// The scheduler's loop itself failed (a panic outside any store's pass) and was
     /// restarted (apsched addition).
     pub const SCHEDULER_ERROR: EventKind = EventKind(1 << 18);
+    /// A run went past its job's timeout: its cancellation token was cancelled and, if it
+    /// did not end within the scheduler's grace period, it was aborted (apsched addition).
+    /// The scheduled time's one outcome event, like [`JOB_EXECUTED`](Self::JOB_EXECUTED).
+    pub const JOB_TIMEOUT: EventKind = EventKind(1 << 19);
     /// Every kind of event.
-    pub const ALL: EventKind = EventKind((1 << 19) - 1);
+    pub const ALL: EventKind = EventKind((1 << 20) - 1);
     /// No event.
     pub const NONE: EventKind = EventKind(0);
 
@@ -92,7 +96,7 @@ impl EventKind {
 
     /// APScheduler's constant name of a single-bit kind, e.g. `EVENT_JOB_ADDED`.
     pub fn name(self) -> &'static str {
-        const NAMES: [&str; 19] = [
+        const NAMES: [&str; 20] = [
             "EVENT_SCHEDULER_STARTED",
             "EVENT_SCHEDULER_SHUTDOWN",
             "EVENT_SCHEDULER_PAUSED",
@@ -112,6 +116,7 @@ impl EventKind {
             "EVENT_JOB_MAX_INSTANCES",
             "EVENT_STORE_ERROR",
             "EVENT_SCHEDULER_ERROR",
+            "EVENT_JOB_TIMEOUT",
         ];
         if self.0.count_ones() == 1 {
             NAMES[self.0.trailing_zeros() as usize]
@@ -255,6 +260,28 @@ pub enum Event {
         /// The time the run was scheduled for.
         scheduled_run_time: DateTime<Utc>,
     },
+    /// A run went past its job's [`timeout`](crate::AddJob::timeout): the scheduled time's
+    /// outcome (no [`Event::JobExecuted`] or [`Event::JobError`] follows for it).
+    ///
+    /// At the timeout the run's [`JobContext`](crate::JobContext) token is cancelled; a run
+    /// still going after the scheduler's
+    /// [`timeout_grace`](crate::SchedulerBuilder::timeout_grace) is aborted (an async body
+    /// is dropped, a child process killed; a blocking thread cannot be stopped and is left
+    /// to finish on its own, its result discarded).
+    JobTimeout {
+        /// The job id.
+        job_id: String,
+        /// The store holding it.
+        store: String,
+        /// The time the run was scheduled for.
+        scheduled_run_time: DateTime<Utc>,
+        /// The job's timeout.
+        timeout: std::time::Duration,
+        /// `true` if the run did not end within the grace period and was aborted (or, on a
+        /// blocking thread, abandoned); `false` if it ended on its own after its token was
+        /// cancelled.
+        aborted: bool,
+    },
     /// A store failed, or one stored job could not be loaded (it is kept, not deleted).
     StoreError {
         /// The store alias.
@@ -293,6 +320,7 @@ impl Event {
             Event::JobExecuted { .. } => EventKind::JOB_EXECUTED,
             Event::JobError { .. } => EventKind::JOB_ERROR,
             Event::JobMissed { .. } => EventKind::JOB_MISSED,
+            Event::JobTimeout { .. } => EventKind::JOB_TIMEOUT,
             Event::StoreError { .. } => EventKind::STORE_ERROR,
             Event::SchedulerError { .. } => EventKind::SCHEDULER_ERROR,
         }
@@ -308,7 +336,8 @@ impl Event {
             | Event::JobMaxInstances { job_id, .. }
             | Event::JobExecuted { job_id, .. }
             | Event::JobError { job_id, .. }
-            | Event::JobMissed { job_id, .. } => Some(job_id),
+            | Event::JobMissed { job_id, .. }
+            | Event::JobTimeout { job_id, .. } => Some(job_id),
             Event::StoreError { job_id, .. } => job_id.as_deref(),
             _ => None,
         }

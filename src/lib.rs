@@ -57,7 +57,7 @@ pub mod trigger;
 pub use crate::error::{Error, Result, TriggerError};
 pub use crate::event::{Event, EventKind, EventReceiver};
 pub use crate::executor::process::worker::worker_main;
-pub use crate::job::{IntoJobResult, Job, JobDefaults, JobError};
+pub use crate::job::{IntoJobResult, Job, JobContext, JobDefaults, JobError, RunId};
 pub use crate::scheduler::{
     AddJob, BackgroundScheduler, BlockingAddJob, BlockingJobHandle, BlockingScheduler,
     BlockingStoreHandle, JobChanges, JobHandle, ListenerId, LocalScheduler, Scheduler,

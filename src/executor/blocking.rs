@@ -57,6 +57,15 @@ impl Executor for BlockingExecutor {
             let Ok(permit) = workers.acquire_owned().await else {
                 return;
             };
+            if run.is_watched() {
+                // A run with a timeout or a context is supervised from here; its blocking
+                // body runs on a thread of its own, which a timeout can abandon (a thread
+                // cannot be stopped): the permit then goes with the run's end, and the
+                // abandoned thread no longer counts against `max_workers`.
+                let _permit = permit;
+                run.run().await;
+                return;
+            }
             let _ = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
                 run.run_blocking();

@@ -8,7 +8,7 @@ use futures::FutureExt;
 
 use super::current_run::{current_run, ThreadRunGuard};
 use crate::job::outcome::{panic_message, JobError, JobResult};
-use crate::job::Callable;
+use crate::job::{Callable, JobContext};
 use crate::task::{TaskFn, TaskRegistry};
 
 fn local_needs_local_executor() -> JobError {
@@ -21,7 +21,14 @@ fn unknown_task(name: &str) -> JobError {
     ))
 }
 
-/// Invokes a callable from async code, catching panics.
+/// The error of a body that takes a [`JobContext`] invoked without one (the scheduler
+/// always gives one; only a run outside it, as in a worker, has none).
+pub(super) fn no_context() -> JobError {
+    JobError::not_runnable("this job takes a JobContext, and none was given to it")
+}
+
+/// Invokes a callable from async code, catching panics. A body taking a [`JobContext`]
+/// needs [`invoke_with`] (this one has no context to give it).
 ///
 /// The future stays small (it is part of every run's task): only the async-closure path is
 /// inline; commands, tasks and blocking bodies are boxed, as their futures are large.
@@ -32,19 +39,43 @@ pub(crate) async fn invoke(callable: &Callable, tasks: &TaskRegistry) -> JobResu
             let f = f.clone();
             Box::pin(spawn_blocking_caught(move || f())).await
         }
-        Callable::Local(_) => Err(local_needs_local_executor()),
+        Callable::Local(_) | Callable::LocalWithContext(_) => Err(local_needs_local_executor()),
+        Callable::AsyncWithContext(_) | Callable::BlockingWithContext(_) => Err(no_context()),
         Callable::Command(cmd) => Box::pin(cmd.run()).await,
-        Callable::Task { name, args } => Box::pin(invoke_task(name, args, tasks)).await,
+        Callable::Task { name, args } => Box::pin(invoke_task(name, args, tasks, None)).await,
+    }
+}
+
+/// [`invoke`] for a run that can observe cancellation: `ctx` is the run's context, given
+/// when the body takes one. (Separate, so the context never weighs on a plain run's task.)
+pub(crate) async fn invoke_with(
+    callable: &Callable,
+    tasks: &TaskRegistry,
+    ctx: Option<JobContext>,
+) -> JobResult {
+    match (callable, ctx) {
+        (Callable::AsyncWithContext(f), Some(ctx)) => caught(|| f(ctx)).await,
+        (Callable::BlockingWithContext(f), Some(ctx)) => {
+            let f = f.clone();
+            spawn_blocking_caught(move || f(ctx)).await
+        }
+        (Callable::Task { name, args }, ctx) => invoke_task(name, args, tasks, ctx).await,
+        (other, _) => invoke(other, tasks).await,
     }
 }
 
 /// Runs a registered task in this process.
-async fn invoke_task(name: &str, args: &serde_json::Value, tasks: &TaskRegistry) -> JobResult {
+pub(super) async fn invoke_task(
+    name: &str,
+    args: &serde_json::Value,
+    tasks: &TaskRegistry,
+    ctx: Option<JobContext>,
+) -> JobResult {
     match tasks.get(name) {
-        Some(TaskFn::Async(f)) => caught(|| f(args.clone())).await,
-        Some(TaskFn::Blocking(f)) => {
+        Some(TaskFn::Async { f, .. }) => caught(|| f(args.clone(), ctx)).await,
+        Some(TaskFn::Blocking { f, .. }) => {
             let (f, args) = (f.clone(), args.clone());
-            spawn_blocking_caught(move || f(args)).await
+            spawn_blocking_caught(move || f(args, ctx)).await
         }
         None => Err(unknown_task(name)),
     }
@@ -78,7 +109,8 @@ async fn spawn_blocking_caught(f: impl FnOnce() -> JobResult + Send + 'static) -
     }
 }
 
-/// Invokes a callable on the current thread, catching panics.
+/// Invokes a callable on the current thread, catching panics (for runs without a context:
+/// see [`JobRun::run_blocking`](super::JobRun::run_blocking)).
 pub(crate) fn invoke_blocking(callable: &Callable, tasks: &TaskRegistry) -> JobResult {
     let direct = |f: &dyn Fn() -> JobResult| {
         std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| Err(panic_message(p)))
@@ -93,12 +125,17 @@ pub(crate) fn invoke_blocking(callable: &Callable, tasks: &TaskRegistry) -> JobR
     match callable {
         Callable::Blocking(f) => direct(&|| f()),
         Callable::Task { name, args } => match tasks.get(name) {
-            Some(TaskFn::Blocking(f)) => direct(&|| f(args.clone())),
-            Some(TaskFn::Async(_)) => drive(callable),
+            Some(TaskFn::Blocking { f, .. }) => direct(&|| f(args.clone(), None)),
+            Some(TaskFn::Async { .. }) => drive(callable),
             None => Err(unknown_task(name)),
         },
-        Callable::Local(_) => Err(local_needs_local_executor()),
-        Callable::Async(_) | Callable::Command(_) => drive(callable),
+        Callable::Local(_) | Callable::LocalWithContext(_) => Err(local_needs_local_executor()),
+        // Bodies taking a context come here only outside the scheduler (a watched run is
+        // supervised from async code; see `JobRun::run_blocking`).
+        Callable::BlockingWithContext(_) => Err(no_context()),
+        Callable::Async(_) | Callable::AsyncWithContext(_) | Callable::Command(_) => {
+            drive(callable)
+        }
     }
 }
 

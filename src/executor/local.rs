@@ -5,7 +5,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::mpsc;
 
-use super::invoke::{caught, invoke};
+use super::invoke::{caught, invoke_with, no_context};
 use super::run::JobRun;
 use super::Executor;
 use crate::job::outcome::JobResult;
@@ -119,13 +119,16 @@ fn run_local(run: JobRun) -> impl std::future::Future<Output = ()> + 'static {
 
 async fn run_local_times(run: &JobRun) {
     for &t in &run.run_times {
-        if run.start(t) {
-            let result: JobResult = match &run.callable {
-                Callable::Local(f) => caught(|| f()).await,
-                other => invoke(other, &run.ctx.tasks).await,
+        run.run_time(t, |ctx| async move {
+            let result: JobResult = match (&run.callable, ctx) {
+                (Callable::Local(f), _) => caught(|| f()).await,
+                (Callable::LocalWithContext(f), Some(ctx)) => caught(|| f(ctx)).await,
+                (Callable::LocalWithContext(_), None) => Err(no_context()),
+                (other, ctx) => invoke_with(other, &run.ctx.tasks, ctx).await,
             };
-            run.finish(t, result);
-        }
+            result
+        })
+        .await;
     }
 }
 

@@ -29,6 +29,7 @@ mod invoke;
 mod local;
 pub(crate) mod process;
 mod run;
+mod runs;
 mod tokio;
 
 pub use self::blocking::BlockingExecutor;
@@ -38,7 +39,8 @@ pub use self::local::LocalExecutor;
 pub use self::process::command::CommandSpec;
 pub use self::process::ProcessExecutor;
 pub use self::run::JobRun;
-pub(crate) use self::run::RunContext;
+pub(crate) use self::run::{RunContext, Watch};
+pub(crate) use self::runs::RunRegistry;
 pub use self::tokio::TokioExecutor;
 use crate::job::Callable;
 
@@ -56,11 +58,10 @@ pub trait Executor: Send + Sync + 'static {
     /// Checked by `add_job`, so an unsuitable job is refused up front. By default everything
     /// but a `!Send` job, which only a [`LocalExecutor`] can run.
     fn check(&self, callable: &Callable) -> Result<(), String> {
-        match callable {
-            Callable::Local(_) => {
-                Err("a !Send job needs a LocalExecutor; add one and pick it".into())
-            }
-            _ => Ok(()),
+        if callable.is_local() {
+            Err("a !Send job needs a LocalExecutor; add one and pick it".into())
+        } else {
+            Ok(())
         }
     }
 

@@ -1,27 +1,57 @@
 //! [`JobRun`]: one submission of a job to an executor, and the rules every executor applies
 //! through it (misfire check at start, one outcome event per scheduled time).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use super::current_run::{self, ThreadRunGuard};
 use super::instances::InstanceSlot;
-use super::invoke::{invoke, invoke_blocking};
+use super::invoke::{invoke, invoke_blocking, invoke_with};
+use super::runs::RunRegistry;
 use crate::clock::Clock;
 use crate::event::{Event, EventBus};
 use crate::job::outcome::{JobError, JobResult};
-use crate::job::Callable;
+use crate::job::{Callable, JobContext};
+use crate::scheduler::{Inner, Scheduler};
 use crate::task::TaskRegistry;
 
-/// What a run needs from the scheduler: the clock, the event bus and the task registry.
-#[derive(Debug, Clone)]
+/// What a run needs from the scheduler: the clock, the event bus, the task registry, the
+/// registry of cancellable runs, the timeout grace and (for contexts) the scheduler itself.
 pub(crate) struct RunContext {
     pub clock: Arc<dyn Clock>,
     pub events: EventBus,
     pub tasks: Arc<TaskRegistry>,
+    /// The runs that can observe cancellation.
+    pub runs: RunRegistry,
+    /// How long a run past its timeout may take to end after its token is cancelled.
+    pub timeout_grace: Duration,
+    /// The scheduler, for [`JobContext::scheduler`]; weak, as the scheduler holds this.
+    pub scheduler: Weak<Inner>,
+}
+
+impl std::fmt::Debug for RunContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunContext")
+            .field("timeout_grace", &self.timeout_grace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a run that can observe cancellation needs beyond a plain one: only runs whose body
+/// takes a [`JobContext`] or whose job has a timeout get one (boxed, so a plain run pays
+/// one null pointer).
+#[derive(Debug)]
+pub(crate) struct Watch {
+    /// The job's name, for [`JobContext::name`].
+    pub name: Option<Arc<str>>,
+    /// The job's timeout.
+    pub timeout: Option<Duration>,
+    /// Whether the body takes a [`JobContext`].
+    pub context: bool,
 }
 
 /// One submission of a job: one or more scheduled times to run in order.
@@ -44,6 +74,8 @@ pub struct JobRun {
     pub misfire_grace_time: Option<Duration>,
     pub(crate) ctx: Arc<RunContext>,
     pub(crate) _slot: Option<InstanceSlot>,
+    /// Set for runs that can observe cancellation (see [`Watch`]).
+    pub(crate) watch: Option<Box<Watch>>,
     /// How many of `run_times` have had their outcome event.
     outcomes: AtomicUsize,
 }
@@ -62,6 +94,10 @@ impl Drop for JobRun {
                      its task was cancelled",
                 ),
             });
+        }
+        // After the events, as when the slot was a field dropped after this body.
+        if let Some(slot) = self._slot.take() {
+            slot.release(&self.job_id);
         }
     }
 }
@@ -86,6 +122,7 @@ impl JobRun {
         misfire_grace_time: Option<Duration>,
         ctx: Arc<RunContext>,
         slot: InstanceSlot,
+        watch: Option<Box<Watch>>,
     ) -> Self {
         JobRun {
             job_id,
@@ -95,8 +132,15 @@ impl JobRun {
             misfire_grace_time,
             ctx,
             _slot: Some(slot),
+            watch,
             outcomes: AtomicUsize::new(0),
         }
+    }
+
+    /// Whether this run can observe cancellation (its body takes a [`JobContext`] or its
+    /// job has a timeout): such runs need an async supervisor, even on a blocking executor.
+    pub(crate) fn is_watched(&self) -> bool {
+        self.watch.is_some()
     }
 
     /// The key [`inside_run_of`](current_run::inside_run_of) compares: the scheduler this run belongs to.
@@ -173,7 +217,14 @@ impl JobRun {
         reason = "an async fn holds its argument twice"
     )]
     pub fn run(self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        async move { self.scoped(self.run_times_in_order()).await }
+        async move {
+            if self.watch.is_some() {
+                // Boxed: the rare path stays out of every run's task.
+                Box::pin(self.scoped(self.watched_times_in_order())).await
+            } else {
+                self.scoped(self.run_times_in_order()).await
+            }
+        }
     }
 
     async fn run_times_in_order(&self) {
@@ -185,11 +236,133 @@ impl JobRun {
         }
     }
 
+    async fn watched_times_in_order(&self) {
+        for &t in &self.run_times {
+            self.run_time(t, |ctx| invoke_with(&self.callable, &self.ctx.tasks, ctx))
+                .await;
+        }
+    }
+
+    /// Runs one scheduled time: the misfire check, `body` (given the run's context when the
+    /// body takes one) under the job's timeout, and the time's one outcome event.
+    pub(crate) async fn run_time<B, Fut>(&self, t: DateTime<Utc>, body: B)
+    where
+        B: FnOnce(Option<JobContext>) -> Fut,
+        Fut: Future<Output = JobResult>,
+    {
+        if !self.start(t) {
+            return;
+        }
+        match &self.watch {
+            None => {
+                let result = body(None).await;
+                self.finish(t, result);
+            }
+            // Boxed: the rare path stays out of every run's task.
+            Some(watch) => Box::pin(self.run_watched(t, watch, body)).await,
+        }
+    }
+
+    /// [`run_time`](Self::run_time) for a watched run: registers it (for `cancel_run` and
+    /// the shutdowns), hands the body its context, and enforces the timeout: at the timeout
+    /// the token is cancelled, and a body still going after the grace period is dropped
+    /// (an async body is aborted, a child process killed, a blocking thread abandoned).
+    async fn run_watched<B, Fut>(&self, t: DateTime<Utc>, watch: &Watch, body: B)
+    where
+        B: FnOnce(Option<JobContext>) -> Fut,
+        Fut: Future<Output = JobResult>,
+    {
+        let registered = self.ctx.runs.register();
+        let context = if watch.context {
+            let Some(scheduler) = Scheduler::upgrade(&self.ctx.scheduler) else {
+                self.finish(
+                    t,
+                    Err(JobError::not_runnable(
+                        "the scheduler was dropped before the run started",
+                    )),
+                );
+                return;
+            };
+            Some(JobContext::new(
+                self.job_id.clone(),
+                watch.name.clone(),
+                t,
+                registered.id,
+                registered.token.clone(),
+                scheduler,
+            ))
+        } else {
+            None
+        };
+        let Some(limit) = watch.timeout else {
+            let result = body(context).await;
+            self.finish(t, result);
+            return;
+        };
+        let aborted = {
+            let mut fut = std::pin::pin!(body(context));
+            match tokio::time::timeout(limit, &mut fut).await {
+                Ok(result) => {
+                    self.finish(t, result);
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(job_id = %self.job_id, scheduled = %t, ?limit, "run timed out; cancelling it");
+                    registered.token.cancel();
+                    // Whatever it returns now, the outcome is the timeout.
+                    tokio::time::timeout(self.ctx.timeout_grace, &mut fut)
+                        .await
+                        .is_err()
+                }
+            }
+            // `fut` is dropped here: an unfinished body is aborted before the event.
+        };
+        if aborted {
+            tracing::warn!(job_id = %self.job_id, scheduled = %t, "run still going after the grace period; aborted");
+        }
+        self.timed_out(t, limit, aborted);
+    }
+
+    /// Reports a scheduled time that went past its timeout ([`Event::JobTimeout`]).
+    fn timed_out(&self, scheduled: DateTime<Utc>, timeout: Duration, aborted: bool) {
+        self.outcomes.fetch_add(1, Ordering::Relaxed);
+        self.ctx.events.emit_with(|| Event::JobTimeout {
+            job_id: self.job_id.to_string(),
+            store: self.store.to_string(),
+            scheduled_run_time: scheduled,
+            timeout,
+            aborted,
+        });
+    }
+
     /// Runs every scheduled time in order on the current (blocking) thread. Async bodies
     /// are driven with the runtime's handle, so call this from `spawn_blocking` or another
     /// thread that has a runtime context.
+    ///
+    /// A run that takes a [`JobContext`] or has a timeout is supervised from async code
+    /// (driven here with the runtime's handle; its blocking body runs on another blocking
+    /// thread, so that the timeout can abandon it).
     pub fn run_blocking(self) {
         let _marked = ThreadRunGuard::enter(self.owner_key());
+        if self.watch.is_some() {
+            match ::tokio::runtime::Handle::try_current() {
+                Ok(handle) => handle.block_on(self.scoped(self.watched_times_in_order())),
+                Err(_) => {
+                    for &t in &self.run_times {
+                        if self.start(t) {
+                            self.finish(
+                                t,
+                                Err(JobError::not_runnable(
+                                    "a job with a timeout or a JobContext runs on a thread \
+                                     with a Tokio runtime",
+                                )),
+                            );
+                        }
+                    }
+                }
+            }
+            return;
+        }
         for &t in &self.run_times {
             if self.start(t) {
                 let result = invoke_blocking(&self.callable, &self.ctx.tasks);

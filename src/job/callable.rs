@@ -9,6 +9,7 @@ use futures::future::{BoxFuture, LocalBoxFuture};
 use serde::{Deserialize, Serialize};
 
 use crate::executor::process::command::CommandSpec;
+use crate::job::context::JobContext;
 use crate::job::outcome::{IntoJobResult, JobResult};
 
 /// An async job body.
@@ -17,6 +18,15 @@ pub type AsyncFn = Arc<dyn Fn() -> BoxFuture<'static, JobResult> + Send + Sync>;
 pub type BlockingFn = Arc<dyn Fn() -> JobResult + Send + Sync>;
 /// A job body whose future is `!Send` (runs on the local executor's `LocalSet`).
 pub type LocalFn = Arc<dyn Fn() -> LocalBoxFuture<'static, JobResult> + Send + Sync>;
+
+/// An async job body taking its run's [`JobContext`].
+pub type AsyncContextFn =
+    Arc<dyn Fn(JobContext) -> BoxFuture<'static, JobResult> + Send + Sync>;
+/// A blocking job body taking its run's [`JobContext`].
+pub type BlockingContextFn = Arc<dyn Fn(JobContext) -> JobResult + Send + Sync>;
+/// A `!Send` job body taking its run's [`JobContext`].
+pub type LocalContextFn =
+    Arc<dyn Fn(JobContext) -> LocalBoxFuture<'static, JobResult> + Send + Sync>;
 
 /// What a run of a job invokes.
 #[derive(Clone)]
@@ -28,6 +38,12 @@ pub enum Callable {
     Blocking(BlockingFn),
     /// A closure producing a `!Send` future (in-process; memory store only).
     Local(LocalFn),
+    /// An async closure taking its run's [`JobContext`].
+    AsyncWithContext(AsyncContextFn),
+    /// A blocking closure taking its run's [`JobContext`].
+    BlockingWithContext(BlockingContextFn),
+    /// A closure taking its run's [`JobContext`] and producing a `!Send` future.
+    LocalWithContext(LocalContextFn),
     /// An external command run in a child process (persistable). Boxed to keep every job's
     /// callable small.
     Command(Box<CommandSpec>),
@@ -76,12 +92,66 @@ impl Callable {
         }))
     }
 
+    /// Wraps an async closure taking its run's [`JobContext`].
+    pub fn from_async_with_context<F, Fut, R>(f: F) -> Self
+    where
+        F: Fn(JobContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: IntoJobResult,
+    {
+        Callable::AsyncWithContext(Arc::new(move |ctx| {
+            let fut = f(ctx);
+            Box::pin(async move { fut.await.into_job_result() })
+        }))
+    }
+
+    /// Wraps a blocking closure taking its run's [`JobContext`].
+    pub fn from_blocking_with_context<F, R>(f: F) -> Self
+    where
+        F: Fn(JobContext) -> R + Send + Sync + 'static,
+        R: IntoJobResult,
+    {
+        Callable::BlockingWithContext(Arc::new(move |ctx| f(ctx).into_job_result()))
+    }
+
+    /// Wraps a closure taking its run's [`JobContext`] whose future is `!Send`.
+    pub fn from_local_with_context<F, Fut, R>(f: F) -> Self
+    where
+        F: Fn(JobContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + 'static,
+        R: IntoJobResult,
+    {
+        Callable::LocalWithContext(Arc::new(move |ctx| {
+            let fut = f(ctx);
+            Box::pin(async move { fut.await.into_job_result() })
+        }))
+    }
+
+    /// Whether the body takes a [`JobContext`] (for a task: whether the registered task
+    /// does, which only the scheduler's registry knows, so `false` here).
+    pub(crate) fn takes_context(&self) -> bool {
+        matches!(
+            self,
+            Callable::AsyncWithContext(_)
+                | Callable::BlockingWithContext(_)
+                | Callable::LocalWithContext(_)
+        )
+    }
+
+    /// Whether the body's future is `!Send` (only a local executor runs it).
+    pub(crate) fn is_local(&self) -> bool {
+        matches!(self, Callable::Local(_) | Callable::LocalWithContext(_))
+    }
+
     /// A short description, for tables and logs.
     pub fn describe(&self) -> String {
         match self {
             Callable::Async(_) => "<async fn>".into(),
             Callable::Blocking(_) => "<blocking fn>".into(),
             Callable::Local(_) => "<local fn>".into(),
+            Callable::AsyncWithContext(_) => "<async fn(JobContext)>".into(),
+            Callable::BlockingWithContext(_) => "<blocking fn(JobContext)>".into(),
+            Callable::LocalWithContext(_) => "<local fn(JobContext)>".into(),
             Callable::Command(c) => c.to_string(),
             Callable::Task { name, .. } => format!("task {name}"),
         }

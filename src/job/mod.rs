@@ -7,13 +7,20 @@
 //! [`DueJob::claim`](crate::store::DueJob::claim).
 
 mod callable;
+mod context;
 mod due;
+mod job_fn;
 pub(crate) mod opt_secs;
 pub(crate) mod outcome;
 mod record;
 mod view;
 
-pub use self::callable::{AsyncFn, BlockingFn, Callable, LocalFn, StoredCallable};
+pub use self::callable::{
+    AsyncContextFn, AsyncFn, BlockingContextFn, BlockingFn, Callable, LocalContextFn, LocalFn,
+    StoredCallable,
+};
+pub use self::context::{JobContext, RunId};
+pub use self::job_fn::{AsyncJobFn, AsyncTaskFn, BlockingJobFn, BlockingTaskFn, LocalJobFn};
 pub(crate) use self::due::advance;
 pub use self::due::WALK_BEFORE_SKIP;
 pub use self::outcome::{IntoJobResult, JobError, JobResult};

@@ -43,6 +43,8 @@ pub struct JobRecord {
     pub coalesce: bool,
     /// Maximum concurrent runs.
     pub max_instances: u32,
+    /// How long a run may take before it is cancelled; `None` = no limit.
+    pub timeout: Option<Duration>,
     /// The next time it is due; `None` = paused.
     pub next_run_time: Option<DateTime<Utc>>,
     /// Incremented by every write; writes check it (compare-and-swap).
@@ -82,6 +84,15 @@ pub struct StoredJob {
     /// Max concurrent runs (at least 1; zero is refused when loading).
     #[serde(deserialize_with = "valid::max_instances")]
     pub max_instances: u32,
+    /// How long a run may take, in seconds (absent or `null` = no limit; zero is refused
+    /// when loading). Absent from documents written before timeouts existed.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_secs::serialize",
+        deserialize_with = "valid::timeout"
+    )]
+    pub timeout: Option<Duration>,
     /// Next run time (`null` = paused).
     pub next_run_time: Option<DateTime<Utc>>,
 }
@@ -101,6 +112,16 @@ mod valid {
             ));
         }
         Ok(grace)
+    }
+
+    pub fn timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let timeout = super::opt_secs::deserialize(d)?;
+        if timeout.is_some_and(|t| t.is_zero()) {
+            return Err(serde::de::Error::custom(
+                "timeout must be null (no limit) or longer than zero",
+            ));
+        }
+        Ok(timeout)
     }
 
     pub fn max_instances<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
@@ -125,6 +146,7 @@ impl JobRecord {
             misfire_grace_time: defaults.misfire_grace_time,
             coalesce: defaults.coalesce,
             max_instances: defaults.max_instances,
+            timeout: defaults.timeout,
             next_run_time: None,
             version: 0,
             lease: None,
@@ -153,6 +175,7 @@ impl JobRecord {
             misfire_grace_time: self.misfire_grace_time,
             coalesce: self.coalesce,
             max_instances: self.max_instances,
+            timeout: self.timeout,
             next_run_time: self.next_run_time,
         })
     }
@@ -179,6 +202,7 @@ impl JobRecord {
             misfire_grace_time: s.misfire_grace_time,
             coalesce: s.coalesce,
             max_instances: s.max_instances,
+            timeout: s.timeout,
             next_run_time: s.next_run_time,
             version,
             lease,

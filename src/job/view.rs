@@ -36,6 +36,10 @@ pub struct JobDefaults {
     pub coalesce: bool,
     /// How many runs of one job may be in flight at once. Default 1.
     pub max_instances: u32,
+    /// How long a run may take before it is cancelled (see
+    /// [`AddJob::timeout`](crate::AddJob::timeout)); `None` = no limit. Default `None`.
+    #[serde(default, with = "opt_secs")]
+    pub timeout: Option<Duration>,
 }
 
 impl JobDefaults {
@@ -59,6 +63,20 @@ impl JobDefaults {
         self.max_instances = n;
         self
     }
+
+    /// Sets how long a run may take before it is cancelled (`None` = no limit).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use apsched::JobDefaults;
+    /// let defaults = JobDefaults::default().timeout(Some(Duration::from_secs(300)));
+    /// assert_eq!(defaults.timeout, Some(Duration::from_secs(300)));
+    /// ```
+    #[must_use]
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
 }
 
 impl Default for JobDefaults {
@@ -67,6 +85,7 @@ impl Default for JobDefaults {
             misfire_grace_time: Some(Duration::from_secs(1)),
             coalesce: true,
             max_instances: 1,
+            timeout: None,
         }
     }
 }
@@ -96,6 +115,9 @@ pub struct Job {
     pub coalesce: bool,
     /// Max concurrent runs.
     pub max_instances: u32,
+    /// How long a run may take before it is cancelled (`None` = no limit).
+    #[serde(with = "opt_secs")]
+    pub timeout: Option<Duration>,
     /// Next run time (`None` = paused, or not yet computed while pending).
     pub next_run_time: Option<DateTime<Utc>>,
     /// Added before the scheduler started: not in a store yet, next run time computed at
@@ -115,6 +137,7 @@ impl Job {
             misfire_grace_time: r.misfire_grace_time,
             coalesce: r.coalesce,
             max_instances: r.max_instances,
+            timeout: r.timeout,
             next_run_time: if pending { None } else { r.next_run_time },
             pending,
         }

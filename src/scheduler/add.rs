@@ -11,7 +11,7 @@ use super::{Pending, Scheduler};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::executor::CommandSpec;
-use crate::job::{Callable, IntoJobResult, Job, JobRecord};
+use crate::job::{AsyncJobFn, BlockingJobFn, Callable, Job, JobRecord, LocalJobFn};
 use crate::trigger::{Date, Trigger, TriggerSpec};
 
 /// A job being added: set its options, then `.await` it. It holds a clone of the
@@ -41,6 +41,7 @@ pub struct AddJob {
     misfire_grace_time: Option<Option<Duration>>,
     coalesce: Option<bool>,
     max_instances: Option<u32>,
+    timeout: Option<Option<Duration>>,
     next_run_time: Option<Option<DateTime<Utc>>>,
     store: Option<String>,
     executor: Option<String>,
@@ -48,7 +49,8 @@ pub struct AddJob {
 }
 
 impl Scheduler {
-    /// Adds a job running an async closure.
+    /// Adds a job running an async closure: `|| async {..}`, or `|ctx: JobContext| async
+    /// move {..}` to get the run's [`JobContext`](crate::JobContext) (see [`AsyncJobFn`]).
     ///
     /// ```
     /// # use apsched::{Scheduler, trigger::Cron};
@@ -64,34 +66,40 @@ impl Scheduler {
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub fn add_job<F, Fut, R>(&self, f: F) -> AddJob
-    where
-        F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = R> + Send + 'static,
-        R: IntoJobResult,
-    {
-        AddJob::new(self.clone(), Ok(Callable::from_async(f)))
+    ///
+    /// With a context, and a timeout:
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use apsched::{JobContext, Scheduler};
+    /// # async fn demo(scheduler: Scheduler) -> apsched::Result<()> {
+    /// scheduler
+    ///     .add_job(|ctx: JobContext| async move {
+    ///         tokio::select! {
+    ///             _ = ctx.cancelled() => Err("stopped"),
+    ///             _ = tokio::time::sleep(Duration::from_secs(30)) => Ok("done"),
+    ///         }
+    ///     })
+    ///     .timeout(Duration::from_secs(60))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn add_job<M>(&self, f: impl AsyncJobFn<M>) -> AddJob {
+        AddJob::new(self.clone(), Ok(f.into_callable()))
     }
 
-    /// Adds a job running a blocking closure (give it a
-    /// [`BlockingExecutor`](crate::executor::BlockingExecutor) to bound the threads).
-    pub fn add_blocking_job<F, R>(&self, f: F) -> AddJob
-    where
-        F: Fn() -> R + Send + Sync + 'static,
-        R: IntoJobResult,
-    {
-        AddJob::new(self.clone(), Ok(Callable::from_blocking(f)))
+    /// Adds a job running a blocking closure, `|| ..` or `|ctx: JobContext| ..` (see
+    /// [`BlockingJobFn`]; give it a [`BlockingExecutor`](crate::executor::BlockingExecutor)
+    /// to bound the threads).
+    pub fn add_blocking_job<M>(&self, f: impl BlockingJobFn<M>) -> AddJob {
+        AddJob::new(self.clone(), Ok(f.into_callable()))
     }
 
-    /// Adds a job whose future is `!Send`; it runs on the executor aliased `"local"` unless
-    /// another is named (see [`LocalExecutor`](crate::executor::LocalExecutor)).
-    pub fn add_local_job<F, Fut, R>(&self, f: F) -> AddJob
-    where
-        F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = R> + 'static,
-        R: IntoJobResult,
-    {
-        AddJob::new(self.clone(), Ok(Callable::from_local(f))).executor("local")
+    /// Adds a job whose future is `!Send`, `|| async {..}` or `|ctx: JobContext| async move
+    /// {..}` (see [`LocalJobFn`]); it runs on the executor aliased `"local"` unless another
+    /// is named (see [`LocalExecutor`](crate::executor::LocalExecutor)).
+    pub fn add_local_job<M>(&self, f: impl LocalJobFn<M>) -> AddJob {
+        AddJob::new(self.clone(), Ok(f.into_callable())).executor("local")
     }
 
     /// Adds a job running an external command in a child process.
@@ -125,6 +133,7 @@ impl AddJob {
             misfire_grace_time: None,
             coalesce: None,
             max_instances: None,
+            timeout: None,
             next_run_time: None,
             store: None,
             executor: None,
@@ -165,6 +174,32 @@ impl AddJob {
     /// How many runs may be in flight at once (at least 1).
     pub fn max_instances(mut self, n: u32) -> Self {
         self.max_instances = Some(n);
+        self
+    }
+
+    /// How long a run may take (`None` = no limit; default: the scheduler's
+    /// [`JobDefaults::timeout`](crate::JobDefaults::timeout)). Must not be zero.
+    ///
+    /// At the timeout the run's [`JobContext`](crate::JobContext) token is cancelled; a run
+    /// still going after the scheduler's
+    /// [`timeout_grace`](crate::SchedulerBuilder::timeout_grace) is aborted: an async body
+    /// is dropped, a child process killed; a blocking body cannot be stopped (no thread can
+    /// be), so its thread is abandoned to finish on its own, its result discarded, and the
+    /// job's instance slot is freed. Either way the scheduled time's outcome is one
+    /// [`Event::JobTimeout`](crate::Event::JobTimeout). The timeout is stored with the job.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use apsched::Scheduler;
+    /// # async fn demo(scheduler: Scheduler) -> apsched::Result<()> {
+    /// scheduler
+    ///     .add_task_job("report", "2024-01-15")
+    ///     .timeout(Duration::from_secs(600))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.timeout = Some(timeout.into());
         self
     }
 
@@ -212,7 +247,9 @@ impl AddJob {
             .misfire_grace_time
             .unwrap_or(inner.defaults.misfire_grace_time);
         let max_instances = self.max_instances.unwrap_or(inner.defaults.max_instances);
+        let timeout = self.timeout.unwrap_or(inner.defaults.timeout);
         validate_options(&id, Some(misfire_grace_time), Some(max_instances))?;
+        validate_timeout(&id, timeout)?;
         let store_alias = self.store.unwrap_or_else(|| "default".into());
         let store = inner.store(&store_alias)?;
         let executor_alias = self.executor.unwrap_or_else(|| "default".into());
@@ -249,6 +286,7 @@ impl AddJob {
             misfire_grace_time,
             coalesce: self.coalesce.unwrap_or(inner.defaults.coalesce),
             max_instances,
+            timeout,
             next_run_time: None,
             version: 0,
             lease: None,
@@ -443,6 +481,17 @@ impl IntoFuture for AddJob {
             scheduler.inner.at_home(scheduler.add_prepared_one(p)).await
         })
     }
+}
+
+/// A timeout of zero is invalid (`None` is no limit).
+pub(crate) fn validate_timeout(id: &str, timeout: Option<Duration>) -> Result<()> {
+    if timeout.is_some_and(|t| t.is_zero()) {
+        return Err(Error::InvalidJob {
+            id: id.to_string(),
+            reason: "timeout must be None (no limit) or longer than zero".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Checks the options APScheduler checks: a grace time of zero and zero instances are

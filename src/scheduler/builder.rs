@@ -1,19 +1,17 @@
 //! Configuring a scheduler.
 
-use std::future::Future;
 use std::sync::atomic::AtomicI64;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use chrono_tz::Tz;
-use serde::de::DeserializeOwned;
 use tokio::sync::{watch, Notify};
 
 use super::{Inner, Life, Scheduler, SchedulerState, AWAKE};
 use crate::clock::{Clock, SystemClock};
 use crate::event::EventBus;
-use crate::executor::{Executor, Instances, RunContext, TokioExecutor};
-use crate::job::{IntoJobResult, JobDefaults};
+use crate::executor::{Executor, Instances, RunContext, RunRegistry, TokioExecutor};
+use crate::job::{AsyncTaskFn, BlockingTaskFn, JobDefaults};
 use crate::store::{JobStore, MemoryStore};
 use crate::task::{TaskFn, TaskRegistry};
 
@@ -49,7 +47,12 @@ pub struct SchedulerBuilder {
     batch_size: usize,
     event_capacity: usize,
     manual: bool,
+    timeout_grace: Duration,
 }
+
+/// How long a run past its timeout may take to end after its token is cancelled, unless
+/// the builder says otherwise.
+const DEFAULT_TIMEOUT_GRACE: Duration = Duration::from_secs(5);
 
 impl Default for SchedulerBuilder {
     fn default() -> Self {
@@ -65,6 +68,7 @@ impl Default for SchedulerBuilder {
             batch_size: 1000,
             event_capacity: 4096,
             manual: false,
+            timeout_grace: DEFAULT_TIMEOUT_GRACE,
         }
     }
 }
@@ -77,7 +81,7 @@ impl SchedulerBuilder {
         self
     }
 
-    /// Defaults for `misfire_grace_time`, `coalesce` and `max_instances`.
+    /// Defaults for `misfire_grace_time`, `coalesce`, `max_instances` and `timeout`.
     pub fn job_defaults(mut self, defaults: JobDefaults) -> Self {
         self.defaults = defaults;
         self
@@ -99,27 +103,45 @@ impl SchedulerBuilder {
         self
     }
 
-    /// Registers an async task under `name`, taking deserialisable arguments. Persistent
-    /// jobs refer to tasks by name (see [`Scheduler::add_task_job`]).
-    pub fn task<A, F, Fut, R>(mut self, name: impl Into<String>, f: F) -> Self
-    where
-        A: DeserializeOwned + Send + 'static,
-        F: Fn(A) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = R> + Send + 'static,
-        R: IntoJobResult,
-    {
+    /// Registers an async task under `name`, taking deserialisable arguments and, if it
+    /// asks for one, its run's [`JobContext`](crate::JobContext) (`|args: A| ..` or
+    /// `|args: A, ctx: JobContext| ..`; see [`AsyncTaskFn`]). Persistent jobs refer to tasks
+    /// by name (see [`Scheduler::add_task_job`]).
+    ///
+    /// ```
+    /// use apsched::{JobContext, Scheduler};
+    /// let builder = Scheduler::builder()
+    ///     .task("double", |n: i64| async move { n * 2 })
+    ///     .task("report", |day: String, ctx: JobContext| async move {
+    ///         if ctx.is_cancelled() {
+    ///             return Err("cancelled".to_string());
+    ///         }
+    ///         Ok(format!("report for {day}, run {}", ctx.run_id()))
+    ///     });
+    /// ```
+    pub fn task<M>(mut self, name: impl Into<String>, f: impl AsyncTaskFn<M>) -> Self {
         self.tasks.insert(name, TaskFn::from_async(f));
         self
     }
 
-    /// Registers a blocking task under `name`.
-    pub fn blocking_task<A, F, R>(mut self, name: impl Into<String>, f: F) -> Self
-    where
-        A: DeserializeOwned + 'static,
-        F: Fn(A) -> R + Send + Sync + 'static,
-        R: IntoJobResult,
-    {
+    /// Registers a blocking task under `name` (`|args: A| ..` or
+    /// `|args: A, ctx: JobContext| ..`; see [`BlockingTaskFn`]).
+    pub fn blocking_task<M>(mut self, name: impl Into<String>, f: impl BlockingTaskFn<M>) -> Self {
         self.tasks.insert(name, TaskFn::from_blocking(f));
+        self
+    }
+
+    /// How long a run past its job's timeout may take to end after its
+    /// [`JobContext`](crate::JobContext) token is cancelled, before it is aborted (an async
+    /// body dropped, a child process killed, a blocking thread abandoned). Default 5 s.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use apsched::Scheduler;
+    /// let scheduler = Scheduler::builder().timeout_grace(Duration::from_secs(1)).build();
+    /// ```
+    pub fn timeout_grace(mut self, grace: Duration) -> Self {
+        self.timeout_grace = grace;
         self
     }
 
@@ -178,18 +200,20 @@ impl SchedulerBuilder {
         let timezone = self.timezone.unwrap_or_else(local_timezone);
         let events = EventBus::new(self.event_capacity);
         let tasks = Arc::new(self.tasks);
-        let run_context = Arc::new(RunContext {
-            clock: self.clock.clone(),
-            events: events.clone(),
-            tasks: tasks.clone(),
-        });
-        let inner = Inner {
+        let inner = Arc::new_cyclic(|weak| Inner {
             id: self.id.unwrap_or_else(default_scheduler_id),
-            clock: self.clock,
+            clock: self.clock.clone(),
             timezone,
             defaults: self.defaults,
+            run_context: Arc::new(RunContext {
+                clock: self.clock.clone(),
+                events: events.clone(),
+                tasks: tasks.clone(),
+                runs: RunRegistry::default(),
+                timeout_grace: self.timeout_grace,
+                scheduler: weak.clone(),
+            }),
             events,
-            run_context,
             tasks,
             lease: self.lease,
             batch_size: self.batch_size,
@@ -203,10 +227,15 @@ impl SchedulerBuilder {
             life: Mutex::new(Life::default()),
             home: Mutex::new(None),
             home_id: Default::default(),
-        };
-        Scheduler {
-            inner: Arc::new(inner),
-        }
+        });
+        Scheduler { inner }
+    }
+}
+
+impl Scheduler {
+    /// The scheduler `inner` is the state of, if it still exists (runs hold it weakly).
+    pub(crate) fn upgrade(inner: &Weak<Inner>) -> Option<Scheduler> {
+        inner.upgrade().map(|inner| Scheduler { inner })
     }
 }
 

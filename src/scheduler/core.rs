@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 use super::{Backoff, Inner, SchedulerState, AWAKE};
 use crate::clock::saturating_add;
 use crate::event::Event;
-use crate::executor::{Executor, JobRun};
+use crate::executor::{Executor, JobRun, Watch};
+use crate::job::Callable;
+use crate::task::TaskFn;
 use crate::job::outcome::{panic_text, JobError};
 use crate::store::{DueJob, JobStore};
 
@@ -387,8 +389,25 @@ async fn prepare(
         job.misfire_grace_time,
         inner.run_context.clone(),
         slot,
+        watch(inner, job),
     );
     Some((event, Some((executor, run))))
+}
+
+/// What a run of `job` needs to observe cancellation, if it can: only a body taking a
+/// [`JobContext`](crate::JobContext) or a job with a timeout gets it (and its allocation).
+fn watch(inner: &Inner, job: &crate::job::JobRecord) -> Option<Box<Watch>> {
+    let context = match &job.callable {
+        Callable::Task { name, .. } => inner.tasks.get(name).is_some_and(TaskFn::takes_context),
+        other => other.takes_context(),
+    };
+    (context || job.timeout.is_some()).then(|| {
+        Box::new(Watch {
+            name: job.name.as_deref().map(Arc::from),
+            timeout: job.timeout,
+            context,
+        })
+    })
 }
 
 fn emit_removed(inner: &Inner, store: &str, job_id: &str) {

@@ -32,6 +32,7 @@ pub struct JobChanges {
     misfire_grace_time: Option<Option<Duration>>,
     coalesce: Option<bool>,
     max_instances: Option<u32>,
+    timeout: Option<Option<Duration>>,
     next_run_time: Option<Option<DateTime<Utc>>>,
 }
 
@@ -69,6 +70,13 @@ impl JobChanges {
     /// Sets the maximum concurrent runs.
     pub fn max_instances(mut self, n: u32) -> Self {
         self.max_instances = Some(n);
+        self
+    }
+    /// Sets how long a run may take (`None` = no limit; see
+    /// [`AddJob::timeout`](crate::AddJob::timeout)). Runs already in flight keep the
+    /// timeout they started with.
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = Some(timeout);
         self
     }
     /// Sets the next run time (`None` pauses the job).
@@ -173,6 +181,7 @@ impl Scheduler {
             None => None,
         };
         add::validate_options(id, changes.misfire_grace_time, changes.max_instances)?;
+        add::validate_timeout(id, changes.timeout.flatten())?;
         let tz = self.inner.timezone;
         let apply = move |job: &mut JobRecord| -> Result<()> {
             let c = changes.clone();
@@ -200,6 +209,9 @@ impl Scheduler {
             }
             if let Some(v) = c.max_instances {
                 job.max_instances = v;
+            }
+            if let Some(v) = c.timeout {
+                job.timeout = v;
             }
             if let Some(t) = c.next_run_time {
                 job.next_run_time = t;

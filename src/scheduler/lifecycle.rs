@@ -107,7 +107,8 @@ impl Scheduler {
 
     /// Shuts down without waiting for the runs in flight: they go on to their end (and
     /// report their outcome events) on their own, but no new run starts. APScheduler's
-    /// `shutdown(wait=False)`.
+    /// `shutdown(wait=False)`. The [`JobContext`](crate::JobContext) token of every run in
+    /// flight is cancelled, so runs that honour it end early.
     ///
     /// # Errors
     /// [`Error::State`] if the scheduler is not running.
@@ -117,8 +118,9 @@ impl Scheduler {
 
     /// Shuts down, waiting at most `timeout` for the runs in flight (like
     /// [`shutdown`](Self::shutdown)), then stops as [`shutdown_now`](Self::shutdown_now)
-    /// does, leaving the runs still going to finish on their own. The wait is measured on
-    /// Tokio's clock (paused time in tests).
+    /// does, leaving the runs still going to finish on their own: their
+    /// [`JobContext`](crate::JobContext) tokens are cancelled when the time is up. The wait
+    /// is measured on Tokio's clock (paused time in tests).
     ///
     /// # Errors
     /// [`Error::State`] if the scheduler is not running.
@@ -165,13 +167,15 @@ impl Scheduler {
         };
         match wait {
             Wait::Finish => drain.await,
-            Wait::No => {}
+            Wait::No => inner.run_context.runs.cancel_all(),
             Wait::AtMost(timeout) => {
                 if tokio::time::timeout(timeout, drain).await.is_err() {
                     tracing::warn!(
                         ?timeout,
-                        "shutdown: runs still in flight after the timeout go on on their own"
+                        "shutdown: runs still in flight after the timeout are cancelled and \
+                         go on on their own"
                     );
+                    inner.run_context.runs.cancel_all();
                 }
             }
         }
@@ -189,6 +193,32 @@ impl Scheduler {
         inner.state.send_replace(SchedulerState::Stopped);
         inner.events.emit(Event::SchedulerShutdown);
         Ok(())
+    }
+
+    /// Cancels the [`JobContext`](crate::JobContext) token of the run `run_id` (see
+    /// [`JobContext::run_id`](crate::JobContext::run_id)). Returns `false` if no such run is
+    /// in flight (it ended, or never existed). The run decides how to honour it; the
+    /// scheduled time's outcome is whatever the run then returns.
+    ///
+    /// ```
+    /// # use apsched::{JobContext, Scheduler};
+    /// # async fn demo(scheduler: Scheduler) -> apsched::Result<()> {
+    /// let (tx, rx) = tokio::sync::oneshot::channel();
+    /// let tx = std::sync::Mutex::new(Some(tx));
+    /// scheduler
+    ///     .add_job(move |ctx: JobContext| {
+    ///         if let Some(tx) = tx.lock().unwrap().take() {
+    ///             let _ = tx.send(ctx.run_id());
+    ///         }
+    ///         async move { ctx.cancelled().await }
+    ///     })
+    ///     .await?;
+    /// let run_id = rx.await.expect("the job ran");
+    /// assert!(scheduler.cancel_run(run_id));
+    /// # Ok(()) }
+    /// ```
+    pub fn cancel_run(&self, run_id: crate::RunId) -> bool {
+        self.inner.run_context.runs.cancel(run_id)
     }
 
     /// Waits until the scheduler is shut down (from any handle).

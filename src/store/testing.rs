@@ -184,6 +184,7 @@ fn job(id: &str, trigger: TriggerSpec, next: Option<DateTime<Utc>>) -> JobRecord
         misfire_grace_time: Some(Duration::from_secs(30)),
         coalesce: false,
         max_instances: 2,
+        timeout: None,
         next_run_time: next,
         version: 0,
         lease: None,

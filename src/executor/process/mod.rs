@@ -86,19 +86,20 @@ impl Executor for ProcessExecutor {
                 return;
             };
             for &t in &run.run_times {
-                if !run.start(t) {
-                    continue;
-                }
-                let result = match (&run.callable, &worker) {
-                    (Callable::Command(cmd), _) => cmd.run().await,
-                    (Callable::Task { name, args }, Some(mode)) => {
-                        run_worker(name, args, mode.timeout).await
+                // Under the job's timeout like every run: past it and its grace period the
+                // body is dropped, which kills the child (`kill_on_drop`).
+                run.run_time(t, |_ctx| async {
+                    match (&run.callable, &worker) {
+                        (Callable::Command(cmd), _) => cmd.run().await,
+                        (Callable::Task { name, args }, Some(mode)) => {
+                            run_worker(name, args, mode.timeout).await
+                        }
+                        _ => Err(JobError::not_runnable(
+                            "the process executor cannot run this job",
+                        )),
                     }
-                    _ => Err(JobError::not_runnable(
-                        "the process executor cannot run this job",
-                    )),
-                };
-                run.finish(t, result);
+                })
+                .await;
             }
         });
     }
