@@ -21,8 +21,9 @@ use crate::job::{AsyncTaskFn, BlockingTaskFn, JobContext};
 
 /// The body of a task: takes JSON arguments and, if the task asks for one, its run's
 /// [`JobContext`] (`None` only where no run exists to describe).
-type AsyncBody =
-    Arc<dyn Fn(serde_json::Value, Option<JobContext>) -> BoxFuture<'static, JobResult> + Send + Sync>;
+type AsyncBody = Arc<
+    dyn Fn(serde_json::Value, Option<JobContext>) -> BoxFuture<'static, JobResult> + Send + Sync,
+>;
 type BlockingBody = Arc<dyn Fn(serde_json::Value, Option<JobContext>) -> JobResult + Send + Sync>;
 
 /// A registered task body: takes JSON arguments (and its run's context if `context`).

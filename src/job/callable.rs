@@ -20,8 +20,7 @@ pub type BlockingFn = Arc<dyn Fn() -> JobResult + Send + Sync>;
 pub type LocalFn = Arc<dyn Fn() -> LocalBoxFuture<'static, JobResult> + Send + Sync>;
 
 /// An async job body taking its run's [`JobContext`].
-pub type AsyncContextFn =
-    Arc<dyn Fn(JobContext) -> BoxFuture<'static, JobResult> + Send + Sync>;
+pub type AsyncContextFn = Arc<dyn Fn(JobContext) -> BoxFuture<'static, JobResult> + Send + Sync>;
 /// A blocking job body taking its run's [`JobContext`].
 pub type BlockingContextFn = Arc<dyn Fn(JobContext) -> JobResult + Send + Sync>;
 /// A `!Send` job body taking its run's [`JobContext`].

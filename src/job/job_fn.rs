@@ -166,7 +166,10 @@ where
     Fut::Output: IntoJobResult,
 {
     fn into_task(self) -> TaskFn {
-        TaskFn::from_async_parts(move |a: A, ctx: Option<JobContext>| ctx.map(|c| self(a, c)), true)
+        TaskFn::from_async_parts(
+            move |a: A, ctx: Option<JobContext>| ctx.map(|c| self(a, c)),
+            true,
+        )
     }
 }
 
@@ -197,6 +200,9 @@ where
     R: IntoJobResult,
 {
     fn into_task(self) -> TaskFn {
-        TaskFn::from_blocking_parts(move |a: A, ctx: Option<JobContext>| ctx.map(|c| self(a, c)), true)
+        TaskFn::from_blocking_parts(
+            move |a: A, ctx: Option<JobContext>| ctx.map(|c| self(a, c)),
+            true,
+        )
     }
 }

@@ -20,9 +20,9 @@ pub use self::callable::{
     StoredCallable,
 };
 pub use self::context::{JobContext, RunId};
-pub use self::job_fn::{AsyncJobFn, AsyncTaskFn, BlockingJobFn, BlockingTaskFn, LocalJobFn};
 pub(crate) use self::due::advance;
 pub use self::due::WALK_BEFORE_SKIP;
+pub use self::job_fn::{AsyncJobFn, AsyncTaskFn, BlockingJobFn, BlockingTaskFn, LocalJobFn};
 pub use self::outcome::{IntoJobResult, JobError, JobResult};
 pub use self::record::{JobRecord, Lease, StoredJob};
 pub use self::view::{Job, JobDefaults};

@@ -21,10 +21,10 @@ use super::{Backoff, Inner, SchedulerState, AWAKE};
 use crate::clock::saturating_add;
 use crate::event::Event;
 use crate::executor::{Executor, JobRun, Watch};
-use crate::job::Callable;
-use crate::task::TaskFn;
 use crate::job::outcome::{panic_text, JobError};
+use crate::job::Callable;
 use crate::store::{DueJob, JobStore};
+use crate::task::TaskFn;
 
 /// First retry delay after a store failure; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(500);

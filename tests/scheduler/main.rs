@@ -7,6 +7,7 @@ mod behaviour;
 mod bulk;
 #[cfg(feature = "config")]
 mod config;
+mod context;
 mod executors;
 mod flavours;
 mod handles;
