@@ -1,6 +1,8 @@
 //! A scheduler inside an axum service: the `Scheduler` handle lives in the app state, routes
 //! list, add, pause, resume, run and remove jobs, and shutdown is graceful (the HTTP server stops
-//! first, then the scheduler lets running jobs finish).
+//! first, then the scheduler gives running jobs a few seconds and cancels the rest). The
+//! `report` job takes a `JobContext`: it has a timeout, and stops when its token is
+//! cancelled (by the timeout, or by the shutdown).
 //!
 //! ```text
 //! cargo run --example axum
@@ -22,7 +24,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use apsched::trigger::Cron;
-use apsched::{Job, JobChanges, Scheduler};
+use apsched::{Job, JobChanges, JobContext, Scheduler};
 
 #[derive(Deserialize)]
 struct NewJob {
@@ -98,6 +100,21 @@ async fn remove(State(s): State<Scheduler>, Path(id): Path<String>) -> ApiResult
         .map_err(api_error)
 }
 
+/// A long job that honours cancellation: ten steps of 3 s each, more than its 20 s timeout,
+/// so every run is cut short at the timeout (`JOB_TIMEOUT`, not aborted: it stops itself).
+async fn report(ctx: JobContext) -> Result<String, String> {
+    for step in 1..=10 {
+        tokio::select! {
+            _ = ctx.cancelled() => {
+                println!("report run {} stopped before step {step}", ctx.run_id());
+                return Err(format!("cancelled before step {step}"));
+            }
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3)) => {}
+        }
+    }
+    Ok(format!("report for {}", ctx.scheduled_run_time()))
+}
+
 fn app(scheduler: Scheduler) -> Router {
     Router::new()
         .route("/jobs", get(list).post(add))
@@ -117,6 +134,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .id("heartbeat")
         .trigger(Cron::builder().crontab("*/10 * * * * *").build()?)
         .await?;
+    // A job that can be stopped: it works in steps, and stops between two steps once its
+    // token is cancelled (past its timeout, or at shutdown).
+    scheduler
+        .add_job(report)
+        .id("report")
+        .trigger(Cron::builder().crontab("*/30 * * * * *").build()?)
+        .timeout(std::time::Duration::from_secs(20))
+        .await?;
 
     let addr = std::env::var("APSCHED_EXAMPLE_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
@@ -126,7 +151,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
-    // The server has drained; now let running jobs finish.
-    scheduler.shutdown().await?;
+    // The server has drained; now give running jobs 5 s, then cancel their tokens.
+    scheduler
+        .shutdown_timeout(std::time::Duration::from_secs(5))
+        .await?;
     Ok(())
 }

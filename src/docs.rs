@@ -25,6 +25,7 @@
 #[doc = "[triggers]: crate::docs::triggers"]
 #[doc = "[executors]: crate::docs::executors"]
 #[doc = "[executors-shutdown]: crate::docs::executors#shutdown"]
+#[doc = "[executors-timeouts]: crate::docs::executors#timeouts"]
 #[doc = "[events]: crate::docs::events"]
 #[doc = "[stores]: crate::docs::stores"]
 #[doc = "[stores-adding-many]: crate::docs::stores#adding-many-jobs-at-once"]
@@ -38,10 +39,13 @@ pub mod scheduling {}
 #[doc = include_str!("../docs/triggers.md")]
 pub mod triggers {}
 
+#[doc = "[scheduling-timeouts]: crate::docs::scheduling#timeouts"]
+#[doc = ""]
 #[doc = include_str!("../docs/executors.md")]
 pub mod executors {}
 
 #[doc = "[scheduling-loop]: crate::docs::scheduling#the-loop"]
+#[doc = "[scheduling-timeouts]: crate::docs::scheduling#timeouts"]
 #[doc = "[embedding]: crate::docs::embedding"]
 #[doc = ""]
 #[doc = include_str!("../docs/events.md")]

@@ -122,7 +122,6 @@ impl JobRun {
         misfire_grace_time: Option<Duration>,
         ctx: Arc<RunContext>,
         slot: InstanceSlot,
-        watch: Option<Box<Watch>>,
     ) -> Self {
         JobRun {
             job_id,
@@ -132,9 +131,15 @@ impl JobRun {
             misfire_grace_time,
             ctx,
             _slot: Some(slot),
-            watch,
+            watch: None,
             outcomes: AtomicUsize::new(0),
         }
+    }
+
+    /// Lets the run observe cancellation (see [`Watch`]); `None` leaves it plain.
+    pub(crate) fn with_watch(mut self, watch: Option<Box<Watch>>) -> Self {
+        self.watch = watch;
+        self
     }
 
     /// Whether this run can observe cancellation (its body takes a [`JobContext`] or its

@@ -85,7 +85,6 @@ mod size_tests {
             None,
             ctx,
             instances.try_acquire(&id, 1).unwrap(),
-            None,
         );
         let task = TokioExecutor::new().task(run);
         let size = std::mem::size_of_val(&task);

@@ -389,8 +389,8 @@ async fn prepare(
         job.misfire_grace_time,
         inner.run_context.clone(),
         slot,
-        watch(inner, job),
-    );
+    )
+    .with_watch(watch(inner, job));
     Some((event, Some((executor, run))))
 }
 
