@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use apsched::executor::ProcessExecutor;
-use apsched::{Event, EventKind, JobError, Scheduler, SchedulerBuilder};
+use apsched::{Event, EventKind, JobContext, JobError, Scheduler, SchedulerBuilder};
 
 fn tasks(builder: SchedulerBuilder) -> SchedulerBuilder {
     builder
@@ -14,6 +14,14 @@ fn tasks(builder: SchedulerBuilder) -> SchedulerBuilder {
         .blocking_task("panic", |_: ()| -> () { panic!("worker panicked") })
         .blocking_task("abort", |_: ()| -> () { std::process::abort() })
         .blocking_task("slow", |_: ()| std::thread::sleep(Duration::from_secs(20)))
+        .blocking_task("whoami", |_: (), ctx: JobContext| {
+            format!(
+                "{} {} {}",
+                ctx.job_id(),
+                ctx.name(),
+                ctx.scheduled_run_time()
+            )
+        })
 }
 
 async fn outcome(s: &Scheduler, task: &str, args: serde_json::Value) -> Event {
@@ -109,6 +117,14 @@ fn main() {
                     ..
                 }
             ),
+            &ev,
+            &mut results,
+        );
+        let ev = outcome(&s, "whoami", serde_json::json!(null)).await;
+        check(
+            "worker_task_gets_its_run_context",
+            matches!(&ev, Event::JobExecuted { job_id, scheduled_run_time, retval, .. }
+                if *retval == format!("{job_id} {job_id} {scheduled_run_time}")),
             &ev,
             &mut results,
         );

@@ -65,7 +65,7 @@ pub(crate) async fn invoke_with(
 }
 
 /// Runs a registered task in this process.
-pub(super) async fn invoke_task(
+async fn invoke_task(
     name: &str,
     args: &serde_json::Value,
     tasks: &TaskRegistry,

@@ -33,6 +33,11 @@ impl RunId {
         RunId(NEXT.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// The id `n` (a worker child gets its run's id from its parent).
+    pub(crate) fn from_raw(n: u64) -> Self {
+        RunId(n)
+    }
+
     /// The id as a number.
     pub fn get(self) -> u64 {
         self.0

@@ -182,11 +182,6 @@ impl SchedulerBuilder {
         self
     }
 
-    /// The registered tasks (for worker mode).
-    pub(crate) fn into_tasks(self) -> TaskRegistry {
-        self.tasks
-    }
-
     /// Builds the scheduler (stopped; call [`Scheduler::start`]).
     pub fn build(mut self) -> Scheduler {
         if !self.executors.iter().any(|(a, _)| a == "default") {
@@ -233,6 +228,11 @@ impl SchedulerBuilder {
 }
 
 impl Scheduler {
+    /// The registered tasks (for worker mode).
+    pub(crate) fn task_registry(&self) -> &TaskRegistry {
+        &self.inner.tasks
+    }
+
     /// The scheduler `inner` is the state of, if it still exists (runs hold it weakly).
     pub(crate) fn upgrade(inner: &Weak<Inner>) -> Option<Scheduler> {
         inner.upgrade().map(|inner| Scheduler { inner })

@@ -85,14 +85,15 @@ impl Executor for ProcessExecutor {
             let Ok(_slot) = slots.acquire_owned().await else {
                 return;
             };
+            let (run, worker) = (&run, &worker);
             for &t in &run.run_times {
                 // Under the job's timeout like every run: past it and its grace period the
                 // body is dropped, which kills the child (`kill_on_drop`).
-                run.run_time(t, |_ctx| async {
-                    match (&run.callable, &worker) {
+                run.run_time(t, |ctx| async move {
+                    match (&run.callable, worker) {
                         (Callable::Command(cmd), _) => cmd.run().await,
                         (Callable::Task { name, args }, Some(mode)) => {
-                            run_worker(name, args, mode.timeout).await
+                            run_worker(name, args, mode.timeout, ctx.as_ref()).await
                         }
                         _ => Err(JobError::not_runnable(
                             "the process executor cannot run this job",

@@ -10,9 +10,9 @@ use std::io::Read;
 use std::time::Duration;
 
 use super::command::{exit_error, run_child};
-use crate::executor::invoke::invoke;
+use crate::executor::invoke::invoke_with;
 use crate::job::outcome::{JobError, JobResult};
-use crate::job::Callable;
+use crate::job::{Callable, JobContext, RunId};
 use crate::scheduler::SchedulerBuilder;
 
 /// The environment variable naming the task a worker runs.
@@ -66,12 +66,20 @@ fn run_task(name: &str, builder: SchedulerBuilder) -> JobResult {
         .map_err(|e| JobError::not_runnable(format!("reading the task's arguments: {e}")))?;
     let args: serde_json::Value = serde_json::from_str(&input)
         .map_err(|e| JobError::not_runnable(format!("the task's arguments are not JSON: {e}")))?;
-    let tasks = builder.into_tasks();
-    if !tasks.contains(name) {
+    // A scheduler (never started) built from the same registrations: the registry, and
+    // the handle a task taking a context gets.
+    let scheduler = builder.manual().build();
+    let tasks = scheduler.task_registry();
+    let Some(task) = tasks.get(name) else {
         return Err(JobError::not_runnable(format!(
             "this binary registers no task named '{name}' in worker_main"
         )));
-    }
+    };
+    let ctx = if task.takes_context() {
+        Some(context_from_env(scheduler.clone())?)
+    } else {
+        None
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -80,7 +88,55 @@ fn run_task(name: &str, builder: SchedulerBuilder) -> JobResult {
         name: name.to_string(),
         args,
     };
-    runtime.block_on(invoke(&callable, &tasks))
+    runtime.block_on(invoke_with(&callable, tasks, ctx))
+}
+
+/// The environment variables carrying a worker's run: job id, name, scheduled time
+/// (RFC 3339) and run id, set only for a task that takes a [`JobContext`].
+const CONTEXT_ENV: [&str; 4] = [
+    "APSCHED_WORKER_JOB_ID",
+    "APSCHED_WORKER_JOB_NAME",
+    "APSCHED_WORKER_SCHEDULED",
+    "APSCHED_WORKER_RUN_ID",
+];
+
+/// Passes the run's context to a worker child.
+fn context_to_env(cmd: &mut tokio::process::Command, ctx: &JobContext) {
+    let values = [
+        ctx.job_id().to_string(),
+        ctx.name().to_string(),
+        ctx.scheduled_run_time().to_rfc3339(),
+        ctx.run_id().to_string(),
+    ];
+    cmd.envs(CONTEXT_ENV.iter().zip(values));
+}
+
+/// The run's context in a worker child. Its token is never cancelled: the parent stops a
+/// worker by killing it.
+fn context_from_env(scheduler: crate::Scheduler) -> Result<JobContext, JobError> {
+    let var = |name: &str| {
+        std::env::var(name).map_err(|_| {
+            JobError::not_runnable(format!(
+                "this task takes a JobContext and the worker's environment lacks {name}"
+            ))
+        })
+    };
+    let [id, name, scheduled, run_id] = CONTEXT_ENV;
+    let bad = |what: &str, e: &dyn std::fmt::Display| {
+        JobError::not_runnable(format!("the worker's {what} does not parse: {e}"))
+    };
+    let scheduled = chrono::DateTime::parse_from_rfc3339(&var(scheduled)?)
+        .map_err(|e| bad("scheduled time", &e))?
+        .with_timezone(&chrono::Utc);
+    let run_id = var(run_id)?.parse::<u64>().map_err(|e| bad("run id", &e))?;
+    Ok(JobContext::new(
+        std::sync::Arc::from(var(id)?.as_str()),
+        Some(std::sync::Arc::from(var(name)?.as_str())),
+        scheduled,
+        RunId::from_raw(run_id),
+        tokio_util::sync::CancellationToken::new(),
+        scheduler,
+    ))
 }
 
 /// Reads a worker's result from its stdout (the last marked line).
@@ -101,11 +157,15 @@ pub(crate) async fn run_worker(
     name: &str,
     args: &serde_json::Value,
     timeout: Option<Duration>,
+    ctx: Option<&JobContext>,
 ) -> JobResult {
     let exe = std::env::current_exe()
         .map_err(|e| JobError::not_runnable(format!("finding this binary: {e}")))?;
     let mut cmd = tokio::process::Command::new(&exe);
     cmd.env(WORKER_TASK_ENV, name);
+    if let Some(ctx) = ctx {
+        context_to_env(&mut cmd, ctx);
+    }
     let input = serde_json::to_vec(args).map_err(JobError::failed)?;
     let program = exe.display().to_string();
     let output = run_child(cmd, &program, Some(input), timeout, WORKER_STDOUT_BYTES).await?;
