@@ -10,5 +10,7 @@ mod config;
 mod executors;
 mod flavours;
 mod handles;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod runtimes;
 mod scenarios;
