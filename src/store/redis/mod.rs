@@ -48,7 +48,7 @@ use crate::sync::MutexExt;
 ///
 /// | key | type | content |
 /// |---|---|---|
-/// | `P:jobs` | hash | job id → JSON document ([`StoredJob`]) |
+/// | `P:jobs` | hash | job id → JSON document ([`StoredJob`](crate::job::StoredJob)) |
 /// | `P:versions` | hash | job id → version (a new value of `P:version_seq` at every write) |
 /// | `P:version_seq` | string | counter: versions never repeat, even across remove and re-add |
 /// | `P:leases` | hash | job id → `"<until, µs since epoch> <scheduler id>"` |

@@ -1,10 +1,10 @@
 //! The store contract as a test suite, for stores written outside apsched as well as its
 //! own (feature `test-util`).
 //!
-//! [`contract`] runs every test of the [`JobStore`] contract, each against a fresh, empty,
+//! [`contract`] runs every test of the [`JobStore`](super::JobStore) contract, each against a fresh, empty,
 //! started store from a factory you give; [`shared_claims`] checks that two stores on one
 //! backend (two schedulers) never claim the same run; [`bulk_add_all_or_nothing`] is for
-//! stores that promise an all-or-nothing [`JobStore::add_jobs`]. [`TestContext`] starts a
+//! stores that promise an all-or-nothing [`JobStore::add_jobs`](super::JobStore::add_jobs). [`TestContext`] starts a
 //! store outside a scheduler. The guide's page "Writing your own store"
 //! ([`crate::docs::custom_store`]) walks through an example.
 //!
