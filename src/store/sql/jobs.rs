@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Type};
 
-use super::common::{first_version, from_micros, lease_until, micros_ceil};
+use super::batch::{list, BATCH};
+use super::core::{Core, Started};
+use super::dialect::Dialect;
 use super::rows::{version_i64, version_u64, ClaimRow, UNREADABLE};
-use super::statements::{list, BATCH};
-use super::{Core, Dialect, Started};
 use crate::error::{Error, Result};
 use crate::job::{JobRecord, Lease};
+use crate::store::common::{first_version, from_micros, lease_until, micros_ceil};
 use crate::store::DueJob;
 
 impl<DB> Core<DB>

@@ -1,30 +1,13 @@
-//! Job znodes: their data (the envelope around the JSON document), reading them, and
-//! writing a job together with its index entry in one transaction.
+//! Job znodes: encoding and decoding their data, reading them, and writing a job together with its index entry in one transaction.
 
-use super::*;
+use zookeeper_client as zk;
 
-/// The data of a job znode.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct Envelope {
-    pub(super) job: String,
-    pub(super) next_run_time: Option<i64>,
-    #[serde(default)]
-    pub(super) lease_owner: Option<String>,
-    #[serde(default)]
-    pub(super) lease_until: Option<i64>,
-}
-
-impl Envelope {
-    pub(super) fn lease(&self) -> Option<Lease> {
-        match (&self.lease_owner, self.lease_until) {
-            (Some(owner), Some(until)) => Some(Lease {
-                owner: owner.clone(),
-                until: from_micros_saturating(until),
-            }),
-            _ => None,
-        }
-    }
-}
+use super::client::Client;
+use super::envelope::Envelope;
+use super::names::{decode_name, persistent};
+use crate::error::Result;
+use crate::job::JobRecord;
+use crate::store::common::micros_ceil;
 
 /// A job znode as read: node name, data, znode data version (for compare-and-swap) and
 /// the zxid of its last write (the job's version).
@@ -46,7 +29,7 @@ pub(super) enum JobOp<'a> {
     Check,
 }
 
-/// The outcome of [`ZooKeeperStore::write_job`].
+/// The outcome of [`Client::write_job`].
 pub(super) struct Written {
     /// The zxid of the job write (the job's new version); 0 for `Delete`/`Check`.
     pub(super) zxid: i64,
@@ -54,15 +37,7 @@ pub(super) struct Written {
     pub(super) index_changed: bool,
 }
 
-/// The next run time the envelope's JSON document says (the truth; the envelope's own
-/// `next_run_time` and the index entry are copies).
-pub(super) fn document_next(env: &Envelope) -> Option<DateTime<Utc>> {
-    serde_json::from_str::<StoredJob>(&env.job)
-        .ok()?
-        .next_run_time
-}
-
-impl ZooKeeperStore {
+impl Client {
     pub(super) fn envelope(job: &JobRecord) -> Result<Vec<u8>> {
         let env = Envelope {
             job: job.to_json()?,
@@ -196,7 +171,7 @@ impl ZooKeeperStore {
                 Ok(Err(e)) => {
                     let e: zk::Error = e.into();
                     if matches!(e, zk::Error::SessionExpired | zk::Error::ClientClosed) {
-                        *self.client.lock().await = None;
+                        *self.session.lock().await = None;
                     }
                     return Err(self.state.err(doing, e));
                 }
