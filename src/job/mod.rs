@@ -7,6 +7,7 @@
 //! [`DueJob::claim`](crate::store::DueJob::claim).
 
 mod callable;
+mod defaults;
 mod due;
 pub(crate) mod opt_secs;
 pub(crate) mod outcome;
@@ -14,8 +15,9 @@ mod record;
 mod view;
 
 pub use self::callable::{AsyncFn, BlockingFn, Callable, LocalFn, StoredCallable};
+pub use self::defaults::JobDefaults;
 pub(crate) use self::due::advance;
 pub use self::due::WALK_BEFORE_SKIP;
 pub use self::outcome::{IntoJobResult, JobError, JobResult};
 pub use self::record::{JobRecord, Lease, StoredJob};
-pub use self::view::{Job, JobDefaults};
+pub use self::view::Job;
