@@ -199,3 +199,64 @@ async fn import_before_start_keeps_the_jobs_aside() {
     );
     target.shutdown().await.unwrap();
 }
+
+/// Redis → PostgreSQL, with a Redis record that does not load: exported as stored and
+/// flagged, skipped by the import, the rest identical.
+#[cfg(all(feature = "redis", feature = "postgres"))]
+#[tokio::test]
+async fn redis_to_postgres_keeps_unloadable_records_flagged() {
+    if !crate::redis::available().await {
+        return;
+    }
+    let pg = std::env::var("APSCHED_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let reachable = SqlStore::connect(&pg)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    if !suite::service_available("postgres", reachable) {
+        return;
+    }
+    let suffix = suite::unique_suffix();
+    let prefix = format!("apsched_transfer_{suffix}");
+    let table = format!("t_transfer_{suffix}");
+    let s = builder()
+        .store(
+            "redis",
+            apsched::store::RedisStore::new(&crate::redis::url())
+                .unwrap()
+                .with_prefix(&prefix),
+        )
+        .store("pg", SqlStore::lazy(&pg).unwrap().with_table(&table))
+        .build();
+    s.start().await.unwrap();
+    add_jobs(&s, "redis").await;
+    let client = ::redis::Client::open(crate::redis::url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    ::redis::cmd("HSET")
+        .arg(format!("{prefix}:jobs"))
+        .arg("broken")
+        .arg("{not json")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+
+    let export = s.store("redis").export_jobs().await.unwrap();
+    let broken = export.jobs.iter().find(|e| e.id() == "broken").unwrap();
+    assert!(
+        matches!(broken, ExportedJob::Unloadable { raw, store, .. }
+            if raw == "{not json" && store == "redis"),
+        "{broken:?}"
+    );
+    let report = s.store("pg").import_jobs(&export, false).await.unwrap();
+    assert_eq!(report.imported.len(), 4, "{report:?}");
+    assert_eq!(report.skipped.len(), 1);
+    assert_eq!(report.skipped[0].0, "broken");
+    let copied = s.store("pg").export_jobs().await.unwrap();
+    assert_eq!(jobs_json(&copied), jobs_json(&export));
+
+    s.shutdown().await.unwrap();
+    crate::redis::cleanup(&prefix).await;
+    let store = SqlStore::lazy(&pg).unwrap().with_table(&table);
+    store.drop_tables().await.unwrap();
+}

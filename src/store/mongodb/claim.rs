@@ -182,7 +182,7 @@ impl Client {
             .map_err(|e| self.state.err("reading due jobs", e))?;
         let mut claims = Vec::new();
         for d in &docs {
-            let Some(job) = self.decode(d) else { continue };
+            let Ok(job) = self.decode(d) else { continue };
             let version = job.version;
             let due = DueJob::claim(job, now);
             if due.run_times.is_empty() {

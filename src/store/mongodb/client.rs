@@ -13,6 +13,7 @@ use super::document::{fields, int, INCARNATION_SHIFT};
 use crate::error::Result;
 use crate::job::JobRecord;
 use crate::store::documents::StoreState;
+use crate::store::export::UnloadableRecord;
 
 /// The connection side of a [`MongoStore`](super::MongoStore); the job operations are
 /// methods of this type (in `claim.rs`) or use it (in the store).
@@ -101,13 +102,17 @@ impl Client {
         Ok(first << INCARNATION_SHIFT)
     }
 
-    pub(super) fn decode(&self, d: &Document) -> Option<JobRecord> {
+    pub(super) fn decode(&self, d: &Document) -> std::result::Result<JobRecord, UnloadableRecord> {
         let f = fields(d);
         match &f.job {
             Some(job) => self.state.decode(&f.id, job, f.version, f.lease),
             None => self
                 .state
-                .decode(&f.id, &format!("{d}"), f.version, f.lease),
+                .decode(&f.id, &format!("{d}"), f.version, f.lease)
+                .map_err(|mut u| {
+                    u.reason = "the document has no 'job' string".into();
+                    u
+                }),
         }
     }
 }

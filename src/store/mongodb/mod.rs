@@ -23,11 +23,11 @@ use mongodb::error::ErrorKind;
 use mongodb::IndexModel;
 
 use self::client::Client;
-use self::document::{fields, is_duplicate_key, next_bson, version_is, INCARNATION_SHIFT};
-use super::common::sort_jobs;
+use self::document::{is_duplicate_key, next_bson, version_is, INCARNATION_SHIFT};
 use super::{DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
 use crate::job::JobRecord;
+use crate::store::export::{export_order, loaded, UnloadableRecord};
 
 /// Keeps jobs in a MongoDB collection; several schedulers (processes) may share it. See the
 /// sections below for the document layout and the claim protocol.
@@ -327,22 +327,21 @@ impl JobStore for MongoStore {
             return Ok(None);
         };
         match self.client.decode(&d) {
-            Some(job) => Ok(Some(job)),
-            None => Err(Error::CorruptJob {
+            Ok(job) => Ok(Some(job)),
+            Err(u) => Err(Error::CorruptJob {
                 id: id.to_string(),
-                reason: fields(&d)
-                    .job
-                    .map_or_else(
-                        || Err("the document has no 'job' string".to_string()),
-                        |j| self.client.state.check(id, &j).map(|_| ()),
-                    )
-                    .err()
-                    .unwrap_or_else(|| "unreadable".into()),
+                reason: u.reason,
             }),
         }
     }
 
     async fn get_all_jobs(&self) -> Result<Vec<JobRecord>> {
+        Ok(loaded(self.export_records().await?))
+    }
+
+    async fn export_records(
+        &self,
+    ) -> Result<Vec<std::result::Result<JobRecord, UnloadableRecord>>> {
         let docs: Vec<Document> = self
             .client
             .coll()
@@ -353,9 +352,9 @@ impl JobStore for MongoStore {
             .try_collect()
             .await
             .map_err(|e| self.client.state.err("reading all jobs", e))?;
-        let mut jobs: Vec<JobRecord> = docs.iter().filter_map(|d| self.client.decode(d)).collect();
-        sort_jobs(&mut jobs);
-        Ok(jobs)
+        Ok(export_order(
+            docs.iter().map(|d| self.client.decode(d)).collect(),
+        ))
     }
 
     async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>> {

@@ -136,7 +136,7 @@ impl Client {
                 {
                     continue;
                 }
-                let Some(job) = self.state.decode(id, &doc, version, lease) else {
+                let Ok(job) = self.state.decode(id, &doc, version, lease) else {
                     continue;
                 };
                 let mut due = DueJob::claim(job, now);

@@ -26,10 +26,10 @@ use tokio_util::sync::CancellationToken;
 use self::client::Client;
 use self::layout::{parse_lease, parse_version, score};
 use self::listen::listen;
-use super::common::sort_jobs;
 use super::{DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
 use crate::job::JobRecord;
+use crate::store::export::{export_order, loaded, UnloadableRecord};
 use crate::sync::MutexExt;
 
 /// Keeps jobs in Redis; several schedulers (processes) may share one prefix. See the
@@ -305,20 +305,21 @@ impl JobStore for RedisStore {
         };
         let version = parse_version(v);
         match self.client.state.decode(id, &doc, version, parse_lease(l)) {
-            Some(job) => Ok(Some(job)),
-            None => Err(Error::CorruptJob {
+            Ok(job) => Ok(Some(job)),
+            Err(u) => Err(Error::CorruptJob {
                 id: id.to_string(),
-                reason: self
-                    .client
-                    .state
-                    .check(id, &doc)
-                    .err()
-                    .unwrap_or_else(|| "unreadable".into()),
+                reason: u.reason,
             }),
         }
     }
 
     async fn get_all_jobs(&self) -> Result<Vec<JobRecord>> {
+        Ok(loaded(self.export_records().await?))
+    }
+
+    async fn export_records(
+        &self,
+    ) -> Result<Vec<std::result::Result<JobRecord, UnloadableRecord>>> {
         let k = self.client.keys();
         let mut conn = self.client.conn().await?;
         let (docs, versions, leases): (
@@ -335,16 +336,15 @@ impl JobStore for RedisStore {
             .map_err(|e| self.client.state.err("reading all jobs", e))?;
         let mut versions = versions;
         let mut leases = leases;
-        let mut jobs: Vec<JobRecord> = docs
-            .into_iter()
-            .filter_map(|(id, doc)| {
-                let version = parse_version(versions.remove(&id));
-                let lease = parse_lease(leases.remove(&id));
-                self.client.state.decode(&id, &doc, version, lease)
-            })
-            .collect();
-        sort_jobs(&mut jobs);
-        Ok(jobs)
+        Ok(export_order(
+            docs.into_iter()
+                .map(|(id, doc)| {
+                    let version = parse_version(versions.remove(&id));
+                    let lease = parse_lease(leases.remove(&id));
+                    self.client.state.decode(&id, &doc, version, lease)
+                })
+                .collect(),
+        ))
     }
 
     async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>> {

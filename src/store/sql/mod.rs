@@ -312,6 +312,12 @@ impl JobStore for SqlStore {
         with_core!(self, core => core.get_all_jobs().await)
     }
 
+    async fn export_records(
+        &self,
+    ) -> Result<Vec<std::result::Result<JobRecord, crate::store::UnloadableRecord>>> {
+        with_core!(self, core => core.export_records().await)
+    }
+
     async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>> {
         with_core!(self, core => core.next_run_time().await)
     }

@@ -334,6 +334,17 @@ async fn remove_corrupt_record<S: JobStore>(store: S, write: &WriteCorrupt<S>) {
         matches!(err, Error::CorruptJob { ref id, .. } if id == "bad"),
         "{err}"
     );
+    // An export keeps it, as stored and flagged, after the jobs that load.
+    let exported = store.export_records().await.unwrap();
+    assert_eq!(exported.len(), 2, "an export drops no record");
+    assert!(matches!(&exported[0], Ok(job) if job.id == "good"));
+    match &exported[1] {
+        Err(bad) => {
+            assert_eq!(bad.id, "bad");
+            assert!(!bad.reason.is_empty());
+        }
+        Ok(job) => panic!("the corrupt record loaded: {job:?}"),
+    }
     let due = store.acquire_due_jobs(at(0), 10).await.unwrap();
     assert_eq!(
         due.iter().map(|d| d.job.id.as_str()).collect::<Vec<_>>(),

@@ -165,7 +165,7 @@ impl Client {
                 ) {
                     continue;
                 }
-                let Some((job, _)) = self.decode(&node) else {
+                let Ok((job, _)) = self.decode(&node) else {
                     continue;
                 };
                 if held_by_other(job.lease.as_ref(), &me, now) {

@@ -30,14 +30,14 @@ use tokio_util::sync::CancellationToken;
 use zookeeper_client as zk;
 
 use self::client::Client;
-use self::envelope::Envelope;
 use self::names::{encode, entries_of, index_name, persistent};
 use self::nodes::JobOp;
 use self::watch::{Plan, Watcher, UNWATCHED_POLL};
-use super::common::{micros_ceil, sort_jobs};
+use super::common::micros_ceil;
 use super::{DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
 use crate::job::JobRecord;
+use crate::store::export::{export_order, loaded, UnloadableRecord};
 use crate::sync::MutexExt;
 
 /// Keeps jobs in ZooKeeper; several schedulers (processes) may share one root path. See the
@@ -381,35 +381,33 @@ impl JobStore for ZooKeeperStore {
             return Ok(None);
         };
         match self.client.decode(&n) {
-            Some((job, _)) => Ok(Some(job)),
-            None => Err(Error::CorruptJob {
+            Ok((job, _)) => Ok(Some(job)),
+            Err(u) => Err(Error::CorruptJob {
                 id: id.to_string(),
-                reason: match serde_json::from_slice::<Envelope>(&n.data) {
-                    Ok(env) => self
-                        .client
-                        .state
-                        .check(id, &env.job)
-                        .err()
-                        .unwrap_or_default(),
-                    Err(e) => e.to_string(),
-                },
+                reason: u.reason,
             }),
         }
     }
 
     async fn get_all_jobs(&self) -> Result<Vec<JobRecord>> {
+        Ok(loaded(self.export_records().await?))
+    }
+
+    async fn export_records(
+        &self,
+    ) -> Result<Vec<std::result::Result<JobRecord, UnloadableRecord>>> {
         let c = self.client.session().await?;
         let names = self
             .client
             .call("listing jobs", c.list_children(&self.client.jobs_path()))
             .await?;
         let nodes = self.client.read_nodes(&c, &names).await?;
-        let mut jobs: Vec<JobRecord> = nodes
-            .iter()
-            .filter_map(|n| self.client.decode(n).map(|(j, _)| j))
-            .collect();
-        sort_jobs(&mut jobs);
-        Ok(jobs)
+        Ok(export_order(
+            nodes
+                .iter()
+                .map(|n| self.client.decode(n).map(|(j, _)| j))
+                .collect(),
+        ))
     }
 
     async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>> {

@@ -8,6 +8,7 @@ use super::names::{decode_name, persistent};
 use crate::error::Result;
 use crate::job::JobRecord;
 use crate::store::common::micros_ceil;
+use crate::store::export::UnloadableRecord;
 
 /// A job znode as read: node name, data, znode data version (for compare-and-swap) and
 /// the zxid of its last write (the job's version).
@@ -49,19 +50,22 @@ impl Client {
     }
 
     /// Decodes a job znode; corrupt ones are reported and `None` returned.
-    pub(super) fn decode(&self, node: &Node) -> Option<(JobRecord, Envelope)> {
+    pub(super) fn decode(
+        &self,
+        node: &Node,
+    ) -> std::result::Result<(JobRecord, Envelope), UnloadableRecord> {
         let id = decode_name(&node.name).unwrap_or_else(|| node.name.clone());
         let version = node.zxid.max(0) as u64;
         let text = String::from_utf8_lossy(&node.data);
         match serde_json::from_slice::<Envelope>(&node.data) {
             Ok(env) => {
                 let job = self.state.decode(&id, &env.job, version, env.lease())?;
-                Some((job, env))
+                Ok((job, env))
             }
-            Err(_) => {
+            Err(e) => {
                 // Report the whole node text as the unparseable document.
                 let _ = self.state.decode(&id, &text, version, None);
-                None
+                Err(UnloadableRecord::new(id, text, e.to_string()))
             }
         }
     }
