@@ -356,15 +356,15 @@ pub fn from_url(url: &str) -> Result<Box<dyn JobStore>> {
     match scheme {
         "memory" => Ok(Box::new(MemoryStore::new())),
         #[cfg(feature = "sqlite")]
-        "sqlite" => Ok(Box::new(SqlStore::lazy(url)?)),
+        "sqlite" => Ok(Box::new(SqlStore::new(url)?)),
         #[cfg(not(feature = "sqlite"))]
         "sqlite" => missing("sqlite"),
         #[cfg(feature = "postgres")]
-        "postgres" | "postgresql" => Ok(Box::new(SqlStore::lazy(url)?)),
+        "postgres" | "postgresql" => Ok(Box::new(SqlStore::new(url)?)),
         #[cfg(not(feature = "postgres"))]
         "postgres" | "postgresql" => missing("postgres"),
         #[cfg(feature = "mysql")]
-        "mysql" | "mariadb" => Ok(Box::new(SqlStore::lazy(url)?)),
+        "mysql" | "mariadb" => Ok(Box::new(SqlStore::new(url)?)),
         #[cfg(not(feature = "mysql"))]
         "mysql" | "mariadb" => missing("mysql"),
         #[cfg(feature = "redis")]

@@ -227,7 +227,7 @@ async fn redis_to_postgres_keeps_unloadable_records_flagged() {
                 .unwrap()
                 .with_prefix(&prefix),
         )
-        .store("pg", SqlStore::lazy(&pg).unwrap().with_table(&table))
+        .store("pg", SqlStore::new(&pg).unwrap().with_table(&table))
         .build();
     s.start().await.unwrap();
     add_jobs(&s, "redis").await;
@@ -257,6 +257,6 @@ async fn redis_to_postgres_keeps_unloadable_records_flagged() {
 
     s.shutdown().await.unwrap();
     crate::redis::cleanup(&prefix).await;
-    let store = SqlStore::lazy(&pg).unwrap().with_table(&table);
+    let store = SqlStore::new(&pg).unwrap().with_table(&table);
     store.drop_tables().await.unwrap();
 }

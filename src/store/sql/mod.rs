@@ -131,7 +131,8 @@ impl SqlStore {
     /// The table name used when none is given.
     pub const DEFAULT_TABLE: &'static str = self::core::DEFAULT_TABLE;
 
-    /// The SQLite file [`SqlStore::sqlite_default`] uses.
+    /// The SQLite file apsched suggests when the choice is yours: `apsched.db` (e.g.
+    /// `SqlStore::sqlite(SqlStore::DEFAULT_SQLITE_FILE)`).
     pub const DEFAULT_SQLITE_FILE: &'static str = "apsched.db";
 
     /// How often SQLite and MySQL stores are polled for changes made by other processes,
@@ -153,19 +154,19 @@ impl SqlStore {
     /// [`Error::InvalidStoreUrl`] if the URL is not understood or its feature is not
     /// enabled; [`Error::Store`] if the database does not answer.
     pub async fn connect(url: &str) -> Result<Self> {
-        let store = Self::lazy(url)?;
+        let store = Self::new(url)?;
         with_core!(store, core => core.ping().await)?;
         Ok(store)
     }
 
-    /// Like [`connect`](Self::connect), without checking that the database answers now:
-    /// the first connection is made when the store is first used.
-    ///
-    /// [`crate::store::from_url`] opens SQL stores with this.
+    /// The store for the database named by `url` (see [`connect`](Self::connect) for the
+    /// URLs), without connecting: the first connection is made when the scheduler starts the
+    /// store, as with the other stores' `new`. [`crate::store::from_url`] opens SQL stores
+    /// with this; [`connect`](Self::connect) also checks that the database answers now.
     ///
     /// # Errors
     /// [`Error::InvalidStoreUrl`] if the URL is not understood or its feature is not enabled.
-    pub fn lazy(url: &str) -> Result<Self> {
+    pub fn new(url: &str) -> Result<Self> {
         let (rest, pool_size) = take_pool_size(url)?;
         let scheme = url.split_once(':').map_or("", |(s, _)| s);
         let backend = match scheme {
@@ -219,15 +220,6 @@ impl SqlStore {
         Ok(SqlStore {
             backend: Backend::Sqlite(Core::new(pool, !in_memory)),
         })
-    }
-
-    /// A store in [`SqlStore::DEFAULT_SQLITE_FILE`] in the current directory.
-    ///
-    /// # Errors
-    /// See [`sqlite`](Self::sqlite).
-    #[cfg(feature = "sqlite")]
-    pub fn sqlite_default() -> Result<Self> {
-        Self::sqlite(Self::DEFAULT_SQLITE_FILE)
     }
 
     /// Keeps jobs in `table` (default [`SqlStore::DEFAULT_TABLE`]). The name must be an
