@@ -132,6 +132,14 @@ impl UnloadableRecord {
     }
 }
 
+#[cfg(any(
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "mysql",
+    feature = "redis",
+    feature = "mongodb",
+    feature = "zookeeper"
+))]
 /// Orders what a store's export read: the jobs as [`JobStore::get_all_jobs`](super::JobStore::get_all_jobs)
 /// orders them, then the unloadable records by id.
 pub(crate) fn export_order(
@@ -152,6 +160,14 @@ pub(crate) fn export_order(
         .collect()
 }
 
+#[cfg(any(
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "mysql",
+    feature = "redis",
+    feature = "mongodb",
+    feature = "zookeeper"
+))]
 /// The jobs of an export's records, in order (what `get_all_jobs` returns).
 pub(crate) fn loaded(
     records: Vec<std::result::Result<JobRecord, UnloadableRecord>>,
