@@ -26,7 +26,7 @@ struct Heartbeat {
 async fn main() -> apsched::Result<()> {
     let reset = std::env::args().any(|a| a == "--reset");
     let scheduler = Scheduler::builder()
-        .store("default", SqlStore::sqlite_default()?)
+        .store("default", SqlStore::sqlite(SqlStore::DEFAULT_SQLITE_FILE)?)
         .task("heartbeat", |hb: Heartbeat| async move {
             println!(
                 "  {} heartbeat: {}",

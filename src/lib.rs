@@ -49,6 +49,7 @@ pub mod event;
 pub mod executor;
 pub mod job;
 mod scheduler;
+mod stats;
 pub mod store;
 mod sync;
 mod task;

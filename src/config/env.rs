@@ -3,7 +3,8 @@
 //! The config is written out as a TOML table, each variable sets one key of it, and the
 //! result is read back like a file: one reading path, so the shape errors read the same.
 
-use super::{ConfigError, Problems, SchedulerConfig};
+use super::error::{ConfigError, Problems};
+use super::SchedulerConfig;
 use crate::error::Result;
 
 pub(super) fn overlay<K, V>(

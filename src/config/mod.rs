@@ -20,14 +20,17 @@
 //! The parts, by concern:
 //! - this module: [`SchedulerConfig`] and its sections, as serde types, and reading them;
 //! - `env.rs`: environment variables laid over a config;
-//! - `plan.rs`: checking a config (every problem at once, [`ConfigError`]) and turning it into
-//!   a builder and jobs;
+//! - `error.rs`: [`ConfigError`] and [`ConfigProblem`], and the collector of problems (a leaf:
+//!   [`Error`](crate::Error) holds a [`ConfigError`], so it imports nothing of the crate);
+//! - `plan.rs`: checking a config (every problem at once) and turning it into a builder and
+//!   jobs;
 //! - `start.rs`: [`ConfiguredBuilder`] and [`ConfiguredScheduler`], which add the jobs at
 //!   start.
 //!
 //! The file format is described in `docs/config.md` ([`crate::docs::config`]).
 
 mod env;
+mod error;
 mod plan;
 mod start;
 
@@ -37,6 +40,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub use self::error::{ConfigError, ConfigProblem};
 pub use self::start::{ConfiguredBuilder, ConfiguredScheduler};
 use crate::error::Result;
 
@@ -335,82 +339,5 @@ impl SchedulerConfig {
     /// One [`Error::Config`](crate::Error::Config) listing every problem with its path.
     pub fn check(&self) -> Result<()> {
         plan::Plan::new(self).map(|_| ())
-    }
-}
-
-/// One problem of a config: where (`jobs[3].trigger.hour`, `stores.main.url`, an
-/// environment variable) and what.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ConfigProblem {
-    /// Where in the config.
-    pub path: String,
-    /// What is wrong, and what is allowed.
-    pub message: String,
-}
-
-impl fmt::Display for ConfigProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
-
-/// Every problem found in a config, each with its path; shown one per line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    problems: Vec<ConfigProblem>,
-}
-
-impl ConfigError {
-    fn one(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            problems: vec![ConfigProblem {
-                path: path.into(),
-                message: message.into(),
-            }],
-        }
-    }
-
-    /// The problems, in the order of the config.
-    pub fn problems(&self) -> &[ConfigProblem] {
-        &self.problems
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.problems.as_slice() {
-            [one] => write!(f, "invalid scheduler config: {one}"),
-            many => {
-                write!(f, "invalid scheduler config ({} problems):", many.len())?;
-                for p in many {
-                    write!(f, "\n  {p}")?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// Collects problems while checking, then becomes the one error (or none).
-#[derive(Default)]
-struct Problems(Vec<ConfigProblem>);
-
-impl Problems {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigProblem {
-            path: path.into(),
-            message: message.into(),
-        });
-    }
-
-    fn into_result(self) -> Result<()> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError { problems: self.0 }.into())
-        }
     }
 }

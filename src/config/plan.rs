@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use chrono_tz::Tz;
 
-use super::{ExecutorConfig, GraceTime, JobConfig, Problems, SchedulerConfig};
+use super::error::Problems;
+use super::{ExecutorConfig, GraceTime, JobConfig, SchedulerConfig};
 use crate::error::Result;
 use crate::executor::{BlockingExecutor, ProcessExecutor, TokioExecutor};
 use crate::job::JobDefaults;

@@ -13,8 +13,9 @@ use std::future::Future;
 
 use serde::de::DeserializeOwned;
 
+use super::error::Problems;
 use super::plan::{Plan, PlannedJob};
-use super::{Problems, SchedulerConfig};
+use super::SchedulerConfig;
 use crate::error::Result;
 use crate::job::IntoJobResult;
 use crate::{AddJob, Scheduler, SchedulerBuilder};

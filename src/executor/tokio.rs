@@ -88,6 +88,13 @@ mod size_tests {
         );
         let task = TokioExecutor::new().task(run);
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 336, "a run's task grew to {size} bytes");
+        // The `mongodb` feature (through bson) turns on serde_json's `preserve_order`, which
+        // makes every `serde_json::Value` (a task's arguments and result in `invoke`'s
+        // state) an `IndexMap`-backed one: 40 bytes more, for every build with that store.
+        let bound = if cfg!(feature = "mongodb") { 376 } else { 336 };
+        assert!(
+            size <= bound,
+            "a run's task grew to {size} bytes (bound {bound})"
+        );
     }
 }

@@ -8,6 +8,7 @@
 
 mod callable;
 mod context;
+mod defaults;
 mod due;
 mod job_fn;
 pub(crate) mod opt_secs;
@@ -20,9 +21,10 @@ pub use self::callable::{
     StoredCallable,
 };
 pub use self::context::{JobContext, RunId};
+pub use self::defaults::JobDefaults;
 pub(crate) use self::due::advance;
 pub use self::due::WALK_BEFORE_SKIP;
 pub use self::job_fn::{AsyncJobFn, AsyncTaskFn, BlockingJobFn, BlockingTaskFn, LocalJobFn};
 pub use self::outcome::{IntoJobResult, JobError, JobResult};
 pub use self::record::{JobRecord, Lease, StoredJob};
-pub use self::view::{Job, JobDefaults};
+pub use self::view::Job;

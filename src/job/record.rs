@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::job::callable::{Callable, StoredCallable};
+use crate::job::defaults::JobDefaults;
 use crate::job::opt_secs;
 use crate::trigger::TriggerSpec;
 
@@ -136,7 +137,7 @@ impl JobRecord {
     /// A paused record (no next run time) running `callable` on `trigger`, with the
     /// default options: executor `"default"`, a grace time of 1 s, coalescing, one instance.
     pub fn new(id: impl Into<String>, callable: Callable, trigger: impl Into<TriggerSpec>) -> Self {
-        let defaults = crate::job::JobDefaults::default();
+        let defaults = JobDefaults::default();
         JobRecord {
             id: id.into(),
             name: None,

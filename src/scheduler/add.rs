@@ -403,7 +403,7 @@ impl Scheduler {
     }
 
     /// Writes checked jobs (or keeps them aside before start): see [`add_jobs`](Self::add_jobs).
-    async fn add_prepared(&self, pending: Vec<Pending>) -> Result<Vec<Job>> {
+    pub(super) async fn add_prepared(&self, pending: Vec<Pending>) -> Result<Vec<Job>> {
         let inner = &self.inner;
         let Some(first) = pending.first() else {
             return Ok(Vec::new());

@@ -23,6 +23,7 @@ use crate::event::Event;
 use crate::executor::{Executor, JobRun, Watch};
 use crate::job::outcome::{panic_text, JobError};
 use crate::job::Callable;
+use crate::stats;
 use crate::store::{DueJob, JobStore};
 use crate::task::TaskFn;
 
@@ -228,7 +229,13 @@ async fn store_pass(
         }
     }
     let now = inner.clock.now();
-    let due = match store.acquire_due_jobs(now, inner.batch_size).await {
+    let due = match timed(
+        alias,
+        "acquire_due_jobs",
+        store.acquire_due_jobs(now, inner.batch_size),
+    )
+    .await
+    {
         Ok(due) => due,
         Err(e) => return Some(store_failed(inner, alias, "claiming due jobs", &e)),
     };
@@ -236,14 +243,19 @@ async fn store_pass(
     let store_alias: Arc<str> = Arc::from(alias);
     submit_batch(inner, &store_alias, store, &due).await;
     if !due.is_empty() {
-        if let Err(e) = store.release_jobs(&due).await {
+        if let Err(e) = timed(alias, "release_jobs", store.release_jobs(&due)).await {
             return Some(store_failed(inner, alias, "releasing claimed jobs", &e));
         }
     }
-    let next = match store.next_run_time().await {
+    let next = match timed(alias, "next_run_time", store.next_run_time()).await {
         Ok(next) => next,
         Err(e) => return Some(store_failed(inner, alias, "reading the next run time", &e)),
     };
+    // How far the oldest job still due is behind (it waits for the next pass).
+    let behind = next
+        .and_then(|t| (inner.clock.now() - t).to_std().ok())
+        .unwrap_or_default();
+    stats::backlog(alias, behind);
     inner.life().backoff.remove(alias);
     if more_due {
         return Some(inner.clock.now());
@@ -255,6 +267,18 @@ async fn store_pass(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// Awaits one of the loop's store calls, timing it for the metrics.
+async fn timed<T>(
+    store: &str,
+    call: &'static str,
+    fut: impl std::future::Future<Output = crate::error::Result<T>>,
+) -> crate::error::Result<T> {
+    let started = std::time::Instant::now();
+    let result = fut.await;
+    stats::store_call(store, call, started.elapsed(), result.is_ok());
+    result
 }
 
 /// Hands a claimed batch to the executors with the events APScheduler sends, in its order:
@@ -310,6 +334,7 @@ async fn prepare(
             store: store_alias.to_string(),
             scheduled_run_time: first,
         });
+        stats::run_outcome(store_alias, "missed");
     }
     let Some(&last) = due.run_times.last() else {
         if due.removed {
@@ -358,6 +383,7 @@ async fn prepare(
             "the job is kept in its store"
         };
         tracing::error!(job_id = %job.id, executor = %job.executor, "no such executor");
+        stats::run_outcome(store_alias, "error");
         inner.events.emit(Event::JobError {
             job_id: job.id.clone(),
             store: store_alias.to_string(),
@@ -369,6 +395,9 @@ async fn prepare(
     let job_id: Arc<str> = Arc::from(job.id.as_str());
     let Some(slot) = inner.instances.try_acquire(&job_id, job.max_instances) else {
         tracing::warn!(job_id = %job.id, "max_instances reached; run dropped");
+        for _ in &run_times {
+            stats::run_outcome(store_alias, "max_instances");
+        }
         let event = listening.then(|| Event::JobMaxInstances {
             job_id: job.id.clone(),
             store: store_alias.to_string(),

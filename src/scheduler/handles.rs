@@ -173,6 +173,37 @@ impl StoreHandle {
             .await
     }
 
+    /// The store's jobs as a [`JobExport`](crate::store::JobExport) (see
+    /// [`Scheduler::export_jobs`]).
+    ///
+    /// # Errors
+    /// [`Error::UnknownStore`](crate::Error::UnknownStore); the store's error.
+    pub async fn export_jobs(&self) -> Result<crate::store::JobExport> {
+        let s = &self.scheduler;
+        s.inner.at_home(s.export_in(Some(&self.alias))).await
+    }
+
+    /// Adds the jobs of an export to this store, each with its exported options and next
+    /// run time (a paused job stays paused), in one bulk write
+    /// ([`Scheduler::add_jobs`]'s rules, events and atomicity). Entries this scheduler cannot
+    /// run are skipped and listed in the report, with why: records the exporting store could
+    /// not load, closures, jobs naming an executor this scheduler lacks or a task it has
+    /// not registered. Before start, the jobs are kept aside like added jobs.
+    ///
+    /// # Errors
+    /// [`Error::UnknownStore`](crate::Error::UnknownStore);
+    /// [`Error::ConflictingId`](crate::Error::ConflictingId) for an id the store has, unless
+    /// `replace_existing`; the store's error.
+    pub async fn import_jobs(
+        &self,
+        export: &crate::store::JobExport,
+        replace_existing: bool,
+    ) -> Result<crate::store::ImportReport> {
+        self.scheduler
+            .import_into(&self.alias, export, replace_existing)
+            .await
+    }
+
     /// A readable table of the store's jobs (see [`Scheduler::jobs_table`]).
     ///
     /// # Errors

@@ -9,6 +9,7 @@
 //!   finding and changing jobs ([`JobChanges`]);
 //! - `listeners.rs`: events as a channel or as a listener task;
 //! - `components.rs`: executors and stores added and removed at run time;
+//! - `transfer.rs`: exporting and importing jobs;
 //! - `core.rs`: the loop;
 //! - `background.rs` and `blocking.rs`: flavours that own their runtime, for programs
 //!   without async ([`BackgroundScheduler`], [`BlockingScheduler`], [`LocalScheduler`]),
@@ -26,6 +27,7 @@ mod home;
 mod jobs;
 mod lifecycle;
 mod listeners;
+mod transfer;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::job::JobRecord;
 #[cfg(any(feature = "redis", feature = "mongodb", feature = "zookeeper"))]
-use crate::job::{JobRecord, Lease};
+use crate::job::Lease;
 use crate::sync::MutexExt;
 
 /// Microseconds since the epoch, rounded up: the form persistent stores index next run
@@ -77,7 +78,6 @@ pub(crate) fn claimable_at(
 }
 
 /// Sorts by next run time (paused last), ties by id: the order `get_all_jobs` promises.
-#[cfg(any(feature = "redis", feature = "mongodb", feature = "zookeeper"))]
 pub(crate) fn sort_jobs(jobs: &mut [JobRecord]) {
     jobs.sort_by(|a, b| match (a.next_run_time, b.next_run_time) {
         (Some(x), Some(y)) => x.cmp(&y).then_with(|| a.id.cmp(&b.id)),
@@ -184,6 +184,13 @@ mod tests {
         );
     }
 
+    #[cfg(any(
+        feature = "sqlite",
+        feature = "postgres",
+        feature = "mysql",
+        feature = "redis",
+        feature = "zookeeper"
+    ))]
     #[test]
     fn reported_once_per_content() {
         let r = Reported::default();

@@ -8,6 +8,7 @@ use std::sync::RwLock;
 use chrono::{DateTime, Utc};
 
 use super::common::{fingerprint, Reported};
+use super::export::UnloadableRecord;
 use super::StoreContext;
 use crate::error::Error;
 use crate::job::{JobRecord, Lease, StoredCallable, StoredJob};
@@ -91,23 +92,23 @@ impl StoreState {
     }
 
     /// Parses a stored document and checks that it names `id` and that its task is
-    /// registered. A record that fails is reported (once per distinct content) and `None`
-    /// returned.
+    /// registered. A record that fails is reported (once per distinct content) and returned
+    /// as stored, with the reason.
     pub(crate) fn decode(
         &self,
         id: &str,
         doc: &str,
         version: u64,
         lease: Option<Lease>,
-    ) -> Option<JobRecord> {
+    ) -> std::result::Result<JobRecord, UnloadableRecord> {
         match self.check(id, doc) {
             Ok(stored) => {
                 self.forget_corrupt(id);
-                Some(JobRecord::from_stored(stored, version, lease))
+                Ok(JobRecord::from_stored(stored, version, lease))
             }
             Err(reason) => {
                 self.report_corrupt(id, fingerprint(doc, version), &reason);
-                None
+                Err(UnloadableRecord::new(id, doc, reason))
             }
         }
     }

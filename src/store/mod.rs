@@ -18,6 +18,7 @@
 mod common;
 #[cfg(any(feature = "redis", feature = "mongodb", feature = "zookeeper"))]
 mod documents;
+mod export;
 mod memory;
 #[cfg(feature = "mongodb")]
 mod mongodb;
@@ -36,6 +37,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
+pub use self::export::{ExportedJob, ImportReport, JobExport, UnloadableRecord, EXPORT_FORMAT};
 pub use self::memory::MemoryStore;
 #[cfg(feature = "mongodb")]
 pub use self::mongodb::MongoStore;
@@ -255,6 +257,16 @@ pub trait JobStore: Send + Sync + 'static {
     /// cannot be loaded are reported (event + log) and left untouched.
     async fn get_all_jobs(&self) -> Result<Vec<JobRecord>>;
 
+    /// Every record, for an export: each job that loads, and each record that does not as it
+    /// is stored ([`UnloadableRecord`]), in [`get_all_jobs`](Self::get_all_jobs)'s order.
+    /// The default exports what `get_all_jobs` loads; stores that can read their records
+    /// raw override it, so that an export drops nothing.
+    async fn export_records(
+        &self,
+    ) -> Result<Vec<std::result::Result<JobRecord, UnloadableRecord>>> {
+        Ok(self.get_all_jobs().await?.into_iter().map(Ok).collect())
+    }
+
     /// The earliest next run time of any unpaused job, if any.
     async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>>;
 
@@ -344,15 +356,15 @@ pub fn from_url(url: &str) -> Result<Box<dyn JobStore>> {
     match scheme {
         "memory" => Ok(Box::new(MemoryStore::new())),
         #[cfg(feature = "sqlite")]
-        "sqlite" => Ok(Box::new(SqlStore::lazy(url)?)),
+        "sqlite" => Ok(Box::new(SqlStore::new(url)?)),
         #[cfg(not(feature = "sqlite"))]
         "sqlite" => missing("sqlite"),
         #[cfg(feature = "postgres")]
-        "postgres" | "postgresql" => Ok(Box::new(SqlStore::lazy(url)?)),
+        "postgres" | "postgresql" => Ok(Box::new(SqlStore::new(url)?)),
         #[cfg(not(feature = "postgres"))]
         "postgres" | "postgresql" => missing("postgres"),
         #[cfg(feature = "mysql")]
-        "mysql" | "mariadb" => Ok(Box::new(SqlStore::lazy(url)?)),
+        "mysql" | "mariadb" => Ok(Box::new(SqlStore::new(url)?)),
         #[cfg(not(feature = "mysql"))]
         "mysql" | "mariadb" => missing("mysql"),
         #[cfg(feature = "redis")]
@@ -414,6 +426,11 @@ impl JobStore for Box<dyn JobStore> {
     }
     async fn get_all_jobs(&self) -> Result<Vec<JobRecord>> {
         (**self).get_all_jobs().await
+    }
+    async fn export_records(
+        &self,
+    ) -> Result<Vec<std::result::Result<JobRecord, UnloadableRecord>>> {
+        (**self).export_records().await
     }
     async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>> {
         (**self).next_run_time().await

@@ -11,5 +11,7 @@ mod context;
 mod executors;
 mod flavours;
 mod handles;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod runtimes;
 mod scenarios;

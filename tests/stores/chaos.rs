@@ -98,7 +98,7 @@ async fn run(plan: &Plan, dir: &Path) -> Result<String, String> {
     let t = plan.namespace.as_str();
     let lease = Duration::from_secs(plan.lease_secs);
     // The parent's own store: straight to the server, never cut.
-    let store = SqlStore::lazy(&plan.url).unwrap().with_table(t);
+    let store = SqlStore::new(&plan.url).unwrap().with_table(t);
     store
         .start(suite::context("default", "parent", lease))
         .await

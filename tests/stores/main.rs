@@ -19,6 +19,9 @@ mod nosql;
 mod sql;
 mod sql_raw;
 
+#[cfg(feature = "sqlite")]
+mod transfer;
+
 #[cfg(feature = "redis")]
 mod redis;
 

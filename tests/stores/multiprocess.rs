@@ -69,7 +69,7 @@ pub fn store_for(url: &str, namespace: &str) -> apsched::Result<Box<dyn JobStore
     Ok(match scheme {
         #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
         "sqlite" | "postgres" | "postgresql" | "mysql" | "mariadb" => {
-            Box::new(apsched::store::SqlStore::lazy(url)?.with_table(namespace))
+            Box::new(apsched::store::SqlStore::new(url)?.with_table(namespace))
         }
         #[cfg(feature = "redis")]
         "redis" | "rediss" => {

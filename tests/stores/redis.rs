@@ -7,11 +7,11 @@ use apsched::store::{JobStore, RedisStore};
 
 use crate::{nosql, suite};
 
-fn url() -> String {
+pub(crate) fn url() -> String {
     std::env::var("APSCHED_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
 }
 
-async fn available() -> bool {
+pub(crate) async fn available() -> bool {
     let check = async {
         let client = ::redis::Client::open(url()).map_err(|e| e.to_string())?;
         let mut c = tokio::time::timeout(
@@ -31,7 +31,7 @@ async fn available() -> bool {
 }
 
 /// Deletes every key under `prefix:`.
-async fn cleanup(prefix: &str) {
+pub(crate) async fn cleanup(prefix: &str) {
     let client = ::redis::Client::open(url()).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = ::redis::cmd("KEYS")

@@ -93,7 +93,7 @@ impl TestDb {
 
     /// A store on this table (not started). `n` distinguishes several tables of one test.
     fn store_on(&self, table: &str) -> SqlStore {
-        SqlStore::lazy(&self.url)
+        SqlStore::new(&self.url)
             .expect("valid URL")
             .with_table(table)
             .with_poll_interval(Some(Duration::from_millis(200)))
@@ -187,7 +187,7 @@ async fn sqlite_contract() {
 async fn sqlite_in_memory_contract() {
     suite::contract(
         || async {
-            let store = SqlStore::lazy("sqlite::memory:").unwrap();
+            let store = SqlStore::new("sqlite::memory:").unwrap();
             store
                 .start(suite::context("default", "s1", Duration::from_secs(30)))
                 .await
@@ -199,7 +199,7 @@ async fn sqlite_in_memory_contract() {
         None,
     )
     .await;
-    let store = SqlStore::lazy("sqlite::memory:").unwrap();
+    let store = SqlStore::new("sqlite::memory:").unwrap();
     store
         .start(suite::context("default", "s1", Duration::from_secs(30)))
         .await
@@ -693,7 +693,7 @@ async fn outage(db: Db) {
     let (_, upstream) = via_proxy(&tdb.url, 0);
     let proxy = Proxy::start(upstream).await;
     let (url, _) = via_proxy(&tdb.url, proxy.port);
-    let store = SqlStore::lazy(&url)
+    let store = SqlStore::new(&url)
         .unwrap()
         .with_table(&tdb.table)
         .with_poll_interval(Some(Duration::from_millis(200)));
@@ -744,7 +744,7 @@ async fn mysql_outage() {
 #[tokio::test]
 async fn unreachable_server_is_a_store_error() {
     async fn check(url: &str) {
-        let Ok(store) = SqlStore::lazy(url) else {
+        let Ok(store) = SqlStore::new(url) else {
             return; // feature off
         };
         let t = std::time::Instant::now();
@@ -1091,14 +1091,14 @@ async fn pool_of_one(db: Db) {
     let app = format!("apsched_pool_{}", suite::unique_suffix());
     let store = match db {
         // The URL parameter (and a name to find its connections by)...
-        Db::Postgres => SqlStore::lazy(&with_params(
+        Db::Postgres => SqlStore::new(&with_params(
             &tdb.url,
             &format!("pool_size=1&application_name={app}"),
         ))
         .unwrap(),
-        Db::MySql => SqlStore::lazy(&with_params(&tdb.url, "max_connections=1")).unwrap(),
+        Db::MySql => SqlStore::new(&with_params(&tdb.url, "max_connections=1")).unwrap(),
         // ...and the builder.
-        Db::Sqlite => SqlStore::lazy(&tdb.url).unwrap().with_pool_size(1),
+        Db::Sqlite => SqlStore::new(&tdb.url).unwrap().with_pool_size(1),
     }
     .with_table(&tdb.table);
     let ctx = suite::TestContext::new("default", "s1", Duration::from_secs(30));
@@ -1159,7 +1159,7 @@ async fn pool_of_one(db: Db) {
     }
     // A pool size of 0 or garbage is refused, saying why.
     for bad in ["pool_size=0", "max_connections=many"] {
-        let err = SqlStore::lazy(&with_params(&tdb.url, bad)).unwrap_err();
+        let err = SqlStore::new(&with_params(&tdb.url, bad)).unwrap_err();
         assert!(
             matches!(err, Error::InvalidStoreUrl { ref reason, .. } if reason.contains("at least 1")),
             "{bad}: {err}"

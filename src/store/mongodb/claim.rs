@@ -1,14 +1,26 @@
 //! Claiming due jobs (one `find_one_and_update` per job, many in flight), and repairing
 //! index fields that disagree with their document.
 
-use super::*;
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::Collection;
 
-pub(super) type BoxFut<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+use super::client::Client;
+use super::document::{fields, next_bson, version_is};
+use crate::error::Result;
+use crate::job::Lease;
+use crate::store::common::{claimable_at, from_micros_saturating, lease_until, micros_ceil};
+use crate::store::DueJob;
+
+type BoxFut<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// How many claims are in flight at once.
-pub(super) const CONCURRENCY: usize = 16;
+const CONCURRENCY: usize = 16;
 
-impl MongoStore {
+impl Client {
+    /// The ids of the jobs known to be corrupt, for `$nin` (they are neither claimed nor
+    /// counted as due).
     pub(super) fn corrupt_filter(&self) -> Bson {
         Bson::Array(
             self.state
@@ -62,6 +74,8 @@ impl MongoStore {
         }
     }
 
+    /// Writes one claim back if the document is still at `version`: the claimed job, or
+    /// `None` if another writer got there first.
     pub(super) async fn claim_one(
         &self,
         coll: &Collection<Document>,
@@ -99,5 +113,122 @@ impl MongoStore {
             due.job.lease = Some(lease.clone());
             due
         }))
+    }
+
+    /// [`JobStore::next_run_time`](crate::store::JobStore::next_run_time).
+    pub(super) async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>> {
+        let me = self.state.owner();
+        let now = self.state.now();
+        let mut cursor = self
+            .coll()
+            .await?
+            .find(doc! {
+                "next_run_time": { "$ne": Bson::Null },
+                "_id": { "$nin": self.corrupt_filter() },
+            })
+            .sort(doc! { "next_run_time": 1, "_id": 1 })
+            .projection(doc! { "next_run_time": 1, "lease_owner": 1, "lease_until": 1 })
+            .batch_size(256)
+            .await
+            .map_err(|e| self.state.err("reading next run times", e))?;
+        let mut best: Option<DateTime<Utc>> = None;
+        while let Some(d) = cursor
+            .try_next()
+            .await
+            .map_err(|e| self.state.err("reading next run times", e))?
+        {
+            let f = fields(&d);
+            let Some(next) = f.next.map(from_micros_saturating) else {
+                continue;
+            };
+            if best.is_some_and(|b| b <= next) {
+                break;
+            }
+            let at = claimable_at(next, f.lease.as_ref(), &me, now);
+            best = Some(best.map_or(at, |b| b.min(at)));
+        }
+        Ok(best)
+    }
+
+    /// [`JobStore::acquire_due_jobs`](crate::store::JobStore::acquire_due_jobs).
+    pub(super) async fn acquire_due_jobs(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<DueJob>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let me = self.state.owner();
+        let now_us = now.timestamp_micros();
+        let lease = Lease {
+            owner: me.clone(),
+            until: lease_until(now, self.state.lease()),
+        };
+        let coll = self.coll().await?;
+        let mut filter = doc! {
+            "next_run_time": { "$lte": now_us },
+            "_id": { "$nin": self.corrupt_filter() },
+        };
+        filter.extend(Self::lease_free(&me, now_us));
+        let docs: Vec<Document> = coll
+            .find(filter)
+            .sort(doc! { "next_run_time": 1, "_id": 1 })
+            .limit(limit as i64)
+            .await
+            .map_err(|e| self.state.err("reading due jobs", e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.state.err("reading due jobs", e))?;
+        let mut claims = Vec::new();
+        for d in &docs {
+            let Ok(job) = self.decode(d) else { continue };
+            let version = job.version;
+            let due = DueJob::claim(job, now);
+            if due.run_times.is_empty() {
+                // The top-level `next_run_time` says due, the document says paused or later.
+                // The document is the truth; left alone, every pass would retry the job.
+                self.repair_index(coll, d, due.job.next_run_time).await;
+            } else {
+                claims.push((due, version));
+            }
+        }
+        let mut futs: Vec<BoxFut<'_, (String, Result<Option<DueJob>>)>> = Vec::new();
+        let (me, lease) = (&me, &lease);
+        for (due, version) in claims {
+            futs.push(Box::pin(async move {
+                let id = due.job.id.clone();
+                (id, self.claim_one(coll, due, version, me, lease).await)
+            }));
+        }
+        let results: Vec<(String, Result<Option<DueJob>>)> = futures::stream::iter(futs)
+            .buffered(CONCURRENCY)
+            .collect()
+            .await;
+        self.state.settle_claims(results)
+    }
+
+    pub(super) async fn release_jobs(&self, jobs: &[DueJob]) -> Result<()> {
+        // A claim is released only if the job is still at the version the claim wrote and
+        // leased by this scheduler: any later write (a management update, another claim, a
+        // removal and re-add: versions never repeat) leaves it alone. One round trip.
+        let me = self.state.owner();
+        let claims: Vec<Document> = jobs
+            .iter()
+            .filter(|d| !d.removed && d.job.lease.as_ref().is_some_and(|l| l.owner == me))
+            .map(|d| doc! { "_id": &d.job.id, "version": d.job.version as i64 })
+            .collect();
+        if claims.is_empty() {
+            return Ok(());
+        }
+        self.coll()
+            .await?
+            .update_many(
+                doc! { "$or": claims, "lease_owner": &me },
+                doc! { "$set": { "lease_owner": Bson::Null, "lease_until": Bson::Null } },
+            )
+            .await
+            .map_err(|e| self.state.err("releasing jobs", e))?;
+        Ok(())
     }
 }

@@ -1,7 +1,12 @@
-//! Job documents as stored: reading their fields leniently, versions of new jobs, and
-//! decoding a document into a job.
+//! Job documents as stored: reading their fields leniently, the version filter and the
+//! version numbering of new jobs, and the values written. A leaf of the MongoDB store.
 
-use super::*;
+use chrono::{DateTime, Utc};
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::error::{ErrorKind, WriteFailure};
+
+use crate::job::Lease;
+use crate::store::common::{from_micros_saturating, micros_ceil};
 
 /// The fields of a stored document, read leniently (a corrupt document still has an id).
 pub(super) struct Fields {
@@ -66,39 +71,4 @@ pub(super) fn next_bson(t: Option<DateTime<Utc>>) -> Bson {
 
 pub(super) fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
     matches!(&*e.kind, ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == 11000)
-}
-
-impl MongoStore {
-    /// The first version of a newly added job: a new incarnation from the counter.
-    pub(super) async fn first_version(&self) -> Result<u64> {
-        self.first_versions(1).await
-    }
-
-    /// The first of `n` consecutive new incarnations (one counter update for a batch):
-    /// the batch's `i`-th job gets `first + (i << INCARNATION_SHIFT)`.
-    pub(super) async fn first_versions(&self, n: u64) -> Result<u64> {
-        let counter = &self.colls().await?.counter;
-        let d = counter
-            .find_one_and_update(
-                doc! { "_id": "incarnation" },
-                doc! { "$inc": { "n": n.max(1) as i64 } },
-            )
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .await
-            .map_err(|e| self.state.err("numbering a new job", e))?;
-        let last = d.as_ref().and_then(|d| int(d, "n")).unwrap_or(1).max(1) as u64;
-        let first = last.saturating_sub(n.max(1) - 1).max(1);
-        Ok(first << INCARNATION_SHIFT)
-    }
-
-    pub(super) fn decode(&self, d: &Document) -> Option<JobRecord> {
-        let f = fields(d);
-        match &f.job {
-            Some(job) => self.state.decode(&f.id, job, f.version, f.lease),
-            None => self
-                .state
-                .decode(&f.id, &format!("{d}"), f.version, f.lease),
-        }
-    }
 }

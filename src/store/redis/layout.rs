@@ -1,8 +1,12 @@
 //! How jobs sit in Redis: the keys under the prefix, and leases, versions and next run
 //! times as stored values and sorted-set scores.
 
-use super::*;
+use chrono::{DateTime, Utc};
 
+use crate::job::Lease;
+use crate::store::common::{from_micros_saturating, micros_ceil};
+
+/// The keys of one prefix (see the data layout of [`RedisStore`](super::RedisStore)).
 pub(super) struct Keys {
     pub(super) jobs: String,
     pub(super) versions: String,
@@ -10,6 +14,20 @@ pub(super) struct Keys {
     pub(super) run_times: String,
     pub(super) channel: String,
     pub(super) version_seq: String,
+}
+
+impl Keys {
+    /// The keys under `p`.
+    pub(super) fn new(p: &str) -> Self {
+        Keys {
+            jobs: format!("{p}:jobs"),
+            versions: format!("{p}:versions"),
+            leases: format!("{p}:leases"),
+            run_times: format!("{p}:run_times"),
+            channel: format!("{p}:wakeup"),
+            version_seq: format!("{p}:version_seq"),
+        }
+    }
 }
 
 pub(super) fn parse_lease(v: Option<String>) -> Option<Lease> {

@@ -1,6 +1,11 @@
 //! The pub/sub listener that wakes the scheduler loop when another scheduler changed a job.
 
-use super::*;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::StoreContext;
 
 pub(super) async fn listen(
     client: redis::Client,

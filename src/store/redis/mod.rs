@@ -1,7 +1,17 @@
-//! The Redis job store (cargo feature `redis`): the store and its [`JobStore`]
-//! implementation here; the Lua scripts in `scripts`, keys and stored values in `layout`,
-//! reading records and repairing the index in `records`, the pub/sub listener in `listen`.
+//! The Redis job store (cargo feature `redis`).
+//!
+//! The files are layered; each imports only from the layers below it:
+//! 1. `layout.rs` (keys under the prefix; leases, versions and run times as stored values)
+//!    and `scripts.rs` (the Lua scripts): leaves;
+//! 2. `client.rs`: `Client`, what every operation needs (client, connection, keys, scripts,
+//!    store state); `listen.rs`: the pub/sub listener;
+//! 3. `records.rs` (reading records in batches, repairing the index) and `claim.rs` (next
+//!    run time, claiming and releasing due jobs): operations of `Client`;
+//! 4. this module: [`RedisStore`], its settings and its [`JobStore`] impl (adding, updating,
+//!    removing and reading jobs here; the claim in `claim.rs`).
 
+mod claim;
+mod client;
 mod layout;
 mod listen;
 mod records;
@@ -11,27 +21,16 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
-use self::layout::{
-    from_score, parse_lease, parse_version, score, score_of, with_default_host, Keys, EXACT_SCORES,
-};
+use self::client::Client;
+use self::layout::{parse_lease, parse_version, score};
 use self::listen::listen;
-use self::scripts::Scripts;
-use super::common::{
-    claimable_at, from_micros_saturating, held_by_other, lease_until, micros_ceil, sort_jobs,
-};
-use super::documents::StoreState;
 use super::{DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
-use crate::job::{JobRecord, Lease, StoredJob};
+use crate::job::JobRecord;
+use crate::store::export::{export_order, loaded, UnloadableRecord};
 use crate::sync::MutexExt;
-
-/// How many sorted-set entries are read per round trip when scanning for due jobs.
-const PAGE: usize = 256;
 
 /// Keeps jobs in Redis; several schedulers (processes) may share one prefix. See the
 /// sections below for the data layout and the claim protocol.
@@ -49,7 +48,7 @@ const PAGE: usize = 256;
 ///
 /// | key | type | content |
 /// |---|---|---|
-/// | `P:jobs` | hash | job id → JSON document ([`StoredJob`]) |
+/// | `P:jobs` | hash | job id → JSON document ([`StoredJob`](crate::job::StoredJob)) |
 /// | `P:versions` | hash | job id → version (a new value of `P:version_seq` at every write) |
 /// | `P:version_seq` | string | counter: versions never repeat, even across remove and re-add |
 /// | `P:leases` | hash | job id → `"<until, µs since epoch> <scheduler id>"` |
@@ -66,20 +65,15 @@ const PAGE: usize = 256;
 /// document is not due (or that has no job) is repaired to what the document says and
 /// reported, so the loop never spins on it.
 pub struct RedisStore {
-    client: redis::Client,
-    prefix: String,
+    client: Client,
     poll_interval: Option<Duration>,
-    response_timeout: Duration,
-    conn: Mutex<Option<ConnectionManager>>,
-    state: StoreState,
     stop: Mutex<Option<CancellationToken>>,
-    scripts: Scripts,
 }
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("prefix", &self.prefix)
+            .field("prefix", &self.client.prefix)
             .field("poll_interval", &self.poll_interval)
             .finish_non_exhaustive()
     }
@@ -91,25 +85,17 @@ impl RedisStore {
     /// `localhost` (so `redis://` alone works), port 6379, database 0. Connects when the
     /// scheduler starts.
     pub fn new(url: &str) -> Result<Self> {
-        let state = StoreState::new("redis");
-        let client = redis::Client::open(with_default_host(url).as_ref())
-            .map_err(|e| state.err("invalid Redis URL", e))?;
         Ok(RedisStore {
-            client,
-            prefix: "apsched".into(),
+            client: Client::new(url)?,
             poll_interval: Some(Duration::from_secs(30)),
-            response_timeout: Duration::from_secs(5),
-            conn: Mutex::new(None),
-            state,
             stop: Mutex::new(None),
-            scripts: Scripts::new(),
         })
     }
 
     /// Sets the key prefix (default `apsched`); every key this store uses starts with
     /// `prefix:`.
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
+        self.client.prefix = prefix.into();
         self
     }
 
@@ -122,61 +108,36 @@ impl RedisStore {
 
     /// How long one Redis call may take before it fails with a store error (default 5 s).
     pub fn with_response_timeout(mut self, timeout: Duration) -> Self {
-        self.response_timeout = timeout;
+        self.client.response_timeout = timeout;
         self
     }
 
     /// The key prefix.
     pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    fn keys(&self) -> Keys {
-        let p = &self.prefix;
-        Keys {
-            jobs: format!("{p}:jobs"),
-            versions: format!("{p}:versions"),
-            leases: format!("{p}:leases"),
-            run_times: format!("{p}:run_times"),
-            channel: format!("{p}:wakeup"),
-            version_seq: format!("{p}:version_seq"),
-        }
-    }
-
-    async fn conn(&self) -> Result<ConnectionManager> {
-        if let Some(c) = self.conn.lock_unpoisoned().clone() {
-            return Ok(c);
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(self.response_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let c = self
-            .client
-            .get_connection_manager_with_config(config)
-            .await
-            .map_err(|e| self.state.err("connecting", e))?;
-        *self.conn.lock_unpoisoned() = Some(c.clone());
-        Ok(c)
+        &self.client.prefix
     }
 }
 
 #[async_trait::async_trait]
 impl JobStore for RedisStore {
     async fn start(&self, ctx: StoreContext) -> Result<()> {
-        self.state.set_ctx(Some(ctx.clone()));
-        self.state.forget_all_corrupt();
-        let mut conn = self.conn().await?;
+        self.client.state.set_ctx(Some(ctx.clone()));
+        self.client.state.forget_all_corrupt();
+        let mut conn = self.client.conn().await?;
         let _: String = redis::cmd("PING")
             .query_async(&mut conn)
             .await
-            .map_err(|e| self.state.err("connecting", e))?;
+            .map_err(|e| self.client.state.err("connecting", e))?;
         let stop = CancellationToken::new();
         if let Some(old) = self.stop.lock_unpoisoned().replace(stop.clone()) {
             old.cancel();
         }
-        tokio::spawn(listen(self.client.clone(), self.keys().channel, ctx, stop));
+        tokio::spawn(listen(
+            self.client.redis.clone(),
+            self.client.keys().channel,
+            ctx,
+            stop,
+        ));
         Ok(())
     }
 
@@ -189,9 +150,10 @@ impl JobStore for RedisStore {
 
     async fn add_job(&self, job: JobRecord, replace_existing: bool) -> Result<()> {
         let doc = job.to_json()?;
-        let k = self.keys();
-        let mut conn = self.conn().await?;
+        let k = self.client.keys();
+        let mut conn = self.client.conn().await?;
         let added: i64 = self
+            .client
             .scripts
             .add
             .key(&k.jobs)
@@ -204,14 +166,14 @@ impl JobStore for RedisStore {
             .arg(&doc)
             .arg(score(job.next_run_time))
             .arg(if replace_existing { "1" } else { "0" })
-            .arg(self.state.owner())
+            .arg(self.client.state.owner())
             .invoke_async(&mut conn)
             .await
-            .map_err(|e| self.state.err("adding a job", e))?;
+            .map_err(|e| self.client.state.err("adding a job", e))?;
         if added == 0 {
             return Err(Error::ConflictingId(job.id));
         }
-        self.state.forget_corrupt(&job.id);
+        self.client.state.forget_corrupt(&job.id);
         Ok(())
     }
 
@@ -221,8 +183,8 @@ impl JobStore for RedisStore {
         if jobs.is_empty() {
             return Ok(());
         }
-        let k = self.keys();
-        let mut invocation = self.scripts.add_many.prepare_invoke();
+        let k = self.client.keys();
+        let mut invocation = self.client.scripts.add_many.prepare_invoke();
         invocation
             .key(&k.jobs)
             .key(&k.versions)
@@ -231,18 +193,18 @@ impl JobStore for RedisStore {
             .key(&k.channel)
             .key(&k.version_seq)
             .arg(if replace_existing { "1" } else { "0" })
-            .arg(self.state.owner());
+            .arg(self.client.state.owner());
         for job in &jobs {
             invocation
                 .arg(&job.id)
                 .arg(job.to_json()?)
                 .arg(score(job.next_run_time));
         }
-        let mut conn = self.conn().await?;
+        let mut conn = self.client.conn().await?;
         let r: i64 = invocation
             .invoke_async(&mut conn)
             .await
-            .map_err(|e| self.state.err("adding jobs", e))?;
+            .map_err(|e| self.client.state.err("adding jobs", e))?;
         if r < 0 {
             let taken = usize::try_from(-r - 1)
                 .ok()
@@ -251,16 +213,17 @@ impl JobStore for RedisStore {
             return Err(Error::ConflictingId(taken));
         }
         for job in &jobs {
-            self.state.forget_corrupt(&job.id);
+            self.client.state.forget_corrupt(&job.id);
         }
         Ok(())
     }
 
     async fn update_job(&self, mut job: JobRecord) -> Result<JobRecord> {
         let doc = job.to_json()?;
-        let k = self.keys();
-        let mut conn = self.conn().await?;
+        let k = self.client.keys();
+        let mut conn = self.client.conn().await?;
         let r: i64 = self
+            .client
             .scripts
             .update
             .key(&k.jobs)
@@ -273,15 +236,15 @@ impl JobStore for RedisStore {
             .arg(job.version.to_string())
             .arg(&doc)
             .arg(score(job.next_run_time))
-            .arg(self.state.owner())
+            .arg(self.client.state.owner())
             .invoke_async(&mut conn)
             .await
-            .map_err(|e| self.state.err("updating a job", e))?;
+            .map_err(|e| self.client.state.err("updating a job", e))?;
         match r {
             -1 => Err(Error::JobLookup(job.id)),
             0 => Err(Error::Fenced(job.id)),
             version => {
-                self.state.forget_corrupt(&job.id);
+                self.client.state.forget_corrupt(&job.id);
                 job.version = version.max(0) as u64;
                 job.lease = None;
                 Ok(job)
@@ -290,8 +253,8 @@ impl JobStore for RedisStore {
     }
 
     async fn remove_job(&self, id: &str) -> Result<()> {
-        let k = self.keys();
-        let mut conn = self.conn().await?;
+        let k = self.client.keys();
+        let mut conn = self.client.conn().await?;
         let (n,): (i64,) = redis::pipe()
             .atomic()
             .hdel(&k.jobs, id)
@@ -301,12 +264,12 @@ impl JobStore for RedisStore {
             .ignore()
             .zrem(&k.run_times, id)
             .ignore()
-            .publish(&k.channel, self.state.owner())
+            .publish(&k.channel, self.client.state.owner())
             .ignore()
             .query_async(&mut conn)
             .await
-            .map_err(|e| self.state.err("removing a job", e))?;
-        self.state.forget_corrupt(id);
+            .map_err(|e| self.client.state.err("removing a job", e))?;
+        self.client.state.forget_corrupt(id);
         if n == 0 {
             return Err(Error::JobLookup(id.to_string()));
         }
@@ -314,25 +277,25 @@ impl JobStore for RedisStore {
     }
 
     async fn remove_all_jobs(&self) -> Result<()> {
-        let k = self.keys();
-        let mut conn = self.conn().await?;
+        let k = self.client.keys();
+        let mut conn = self.client.conn().await?;
         let () = redis::pipe()
             .atomic()
             .del(&[&k.jobs, &k.versions, &k.leases, &k.run_times])
             .ignore()
-            .publish(&k.channel, self.state.owner())
+            .publish(&k.channel, self.client.state.owner())
             .ignore()
             .query_async(&mut conn)
             .await
-            .map_err(|e| self.state.err("removing all jobs", e))?;
-        self.state.forget_all_corrupt();
+            .map_err(|e| self.client.state.err("removing all jobs", e))?;
+        self.client.state.forget_all_corrupt();
         Ok(())
     }
 
     async fn lookup_job(&self, id: &str) -> Result<Option<JobRecord>> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.client.conn().await?;
         let ids = [id.to_string()];
-        let (docs, versions, leases) = self.fetch(&mut conn, &ids).await?;
+        let (docs, versions, leases) = self.client.fetch(&mut conn, &ids).await?;
         let (Some(Some(doc)), Some(v), Some(l)) = (
             docs.into_iter().next(),
             versions.into_iter().next(),
@@ -341,22 +304,24 @@ impl JobStore for RedisStore {
             return Ok(None);
         };
         let version = parse_version(v);
-        match self.state.decode(id, &doc, version, parse_lease(l)) {
-            Some(job) => Ok(Some(job)),
-            None => Err(Error::CorruptJob {
+        match self.client.state.decode(id, &doc, version, parse_lease(l)) {
+            Ok(job) => Ok(Some(job)),
+            Err(u) => Err(Error::CorruptJob {
                 id: id.to_string(),
-                reason: self
-                    .state
-                    .check(id, &doc)
-                    .err()
-                    .unwrap_or_else(|| "unreadable".into()),
+                reason: u.reason,
             }),
         }
     }
 
     async fn get_all_jobs(&self) -> Result<Vec<JobRecord>> {
-        let k = self.keys();
-        let mut conn = self.conn().await?;
+        Ok(loaded(self.export_records().await?))
+    }
+
+    async fn export_records(
+        &self,
+    ) -> Result<Vec<std::result::Result<JobRecord, UnloadableRecord>>> {
+        let k = self.client.keys();
+        let mut conn = self.client.conn().await?;
         let (docs, versions, leases): (
             std::collections::HashMap<String, String>,
             std::collections::HashMap<String, String>,
@@ -368,217 +333,30 @@ impl JobStore for RedisStore {
             .hgetall(&k.leases)
             .query_async(&mut conn)
             .await
-            .map_err(|e| self.state.err("reading all jobs", e))?;
+            .map_err(|e| self.client.state.err("reading all jobs", e))?;
         let mut versions = versions;
         let mut leases = leases;
-        let mut jobs: Vec<JobRecord> = docs
-            .into_iter()
-            .filter_map(|(id, doc)| {
-                let version = parse_version(versions.remove(&id));
-                let lease = parse_lease(leases.remove(&id));
-                self.state.decode(&id, &doc, version, lease)
-            })
-            .collect();
-        sort_jobs(&mut jobs);
-        Ok(jobs)
+        Ok(export_order(
+            docs.into_iter()
+                .map(|(id, doc)| {
+                    let version = parse_version(versions.remove(&id));
+                    let lease = parse_lease(leases.remove(&id));
+                    self.client.state.decode(&id, &doc, version, lease)
+                })
+                .collect(),
+        ))
     }
 
     async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>> {
-        let k = self.keys();
-        let me = self.state.owner();
-        let now = self.state.now();
-        let mut conn = self.conn().await?;
-        let mut offset = 0isize;
-        let mut best: Option<DateTime<Utc>> = None;
-        loop {
-            let page: Vec<(String, f64)> = conn
-                .zrange_withscores(&k.run_times, offset, offset + PAGE as isize - 1)
-                .await
-                .map_err(|e| self.state.err("reading next run times", e))?;
-            if page.is_empty() {
-                return Ok(best);
-            }
-            let ids: Vec<&str> = page.iter().map(|(id, _)| id.as_str()).collect();
-            // Scores beyond 2^53 µs are rounded up; those jobs' documents have the exact time.
-            let inexact: Vec<&str> = page
-                .iter()
-                .filter(|(_, s)| *s >= EXACT_SCORES)
-                .map(|(id, _)| id.as_str())
-                .collect();
-            let mut pipe = redis::pipe();
-            pipe.cmd("HMGET").arg(&k.leases).arg(&ids);
-            if !inexact.is_empty() {
-                pipe.cmd("HMGET").arg(&k.jobs).arg(&inexact);
-            }
-            let mut read: Vec<Vec<Option<String>>> = pipe
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| self.state.err("reading leases", e))?;
-            let docs = if inexact.is_empty() {
-                Vec::new()
-            } else {
-                read.pop().unwrap_or_default()
-            };
-            let leases = read.pop().unwrap_or_default();
-            let mut exact: std::collections::HashMap<&str, DateTime<Utc>> = inexact
-                .iter()
-                .zip(docs)
-                .filter_map(|(id, doc)| {
-                    let stored: StoredJob = serde_json::from_str(&doc?).ok()?;
-                    Some((*id, stored.next_run_time?))
-                })
-                .collect();
-            let last = from_score(page[page.len() - 1].1);
-            for ((id, s), l) in page.iter().zip(leases) {
-                if self.state.is_corrupt(id) {
-                    continue;
-                }
-                let next = exact.remove(id.as_str()).unwrap_or_else(|| from_score(*s));
-                let at = claimable_at(next, parse_lease(l).as_ref(), &me, now);
-                best = Some(best.map_or(at, |b| b.min(at)));
-            }
-            // Entries further on are due no earlier than `last`.
-            if page.len() < PAGE || best.is_some_and(|b| b <= last) {
-                return Ok(best);
-            }
-            offset += PAGE as isize;
-        }
+        self.client.next_run_time().await
     }
 
     async fn acquire_due_jobs(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueJob>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let k = self.keys();
-        let me = self.state.owner();
-        let lease_until = lease_until(now, self.state.lease());
-        let lease_value = format!("{} {me}", micros_ceil(lease_until));
-        let mut conn = self.conn().await?;
-        let page = limit.clamp(16, 1024);
-        let mut offset = 0usize;
-        let mut claims: Vec<(DueJob, u64)> = Vec::new();
-        // Index entries that disagree with their job: (id, None) for an entry without a
-        // job, (id, Some((version, next))) for a job whose document is not due.
-        let mut repairs: Vec<(String, f64, Option<(u64, Option<DateTime<Utc>>)>)> = Vec::new();
-        let now_us = now.timestamp_micros();
-        // Scores are rounded up (`score_of`), so the bound is too: a job due at `now` is found.
-        let bound = score_of(now_us).to_string();
-        while claims.len() < limit {
-            let entries: Vec<(String, f64)> = redis::cmd("ZRANGE")
-                .arg(&k.run_times)
-                .arg("-inf")
-                .arg(&bound)
-                .arg("BYSCORE")
-                .arg("LIMIT")
-                .arg(offset)
-                .arg(page)
-                .arg("WITHSCORES")
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| self.state.err("reading due jobs", e))?;
-            if entries.is_empty() {
-                break;
-            }
-            let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
-            let (docs, versions, leases) = self.fetch(&mut conn, &ids).await?;
-            for ((((id, s), doc), v), l) in entries.iter().zip(docs).zip(versions).zip(leases) {
-                if claims.len() >= limit {
-                    break;
-                }
-                let Some(doc) = doc else {
-                    repairs.push((id.clone(), *s, None));
-                    continue;
-                };
-                let version = parse_version(v);
-                let lease = parse_lease(l);
-                if held_by_other(lease.as_ref(), &me, now)
-                    || self.state.is_known_corrupt(id, &doc, version)
-                {
-                    continue;
-                }
-                let Some(job) = self.state.decode(id, &doc, version, lease) else {
-                    continue;
-                };
-                let mut due = DueJob::claim(job, now);
-                if due.run_times.is_empty() {
-                    // The index says due, the document says paused or later. The document is
-                    // the truth; left alone, the entry would make every pass retry it.
-                    let next = due.job.next_run_time;
-                    if next.map(|t| score_of(micros_ceil(t))) != Some(*s) {
-                        repairs.push((id.clone(), *s, Some((version, next))));
-                    }
-                    continue;
-                }
-                due.job.lease = Some(Lease {
-                    owner: me.clone(),
-                    until: lease_until,
-                });
-                claims.push((due, version));
-            }
-            if entries.len() < page {
-                break;
-            }
-            offset += page;
-        }
-        let won = if claims.is_empty() {
-            Vec::new()
-        } else {
-            let mut inv = self.scripts.claim.prepare_invoke();
-            inv.key(&k.jobs)
-                .key(&k.versions)
-                .key(&k.leases)
-                .key(&k.run_times)
-                .key(&k.version_seq)
-                .arg(now_us)
-                .arg(&me)
-                .arg(&lease_value);
-            for (due, version) in &claims {
-                inv.arg(&due.job.id).arg(version.to_string());
-                if due.removed {
-                    inv.arg("d").arg("").arg("");
-                } else {
-                    inv.arg("u")
-                        .arg(due.job.to_json()?)
-                        .arg(score(due.job.next_run_time));
-                }
-            }
-            let won: Vec<i64> = inv
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| self.state.err("claiming due jobs", e))?;
-            claims
-                .into_iter()
-                .zip(won)
-                .filter(|(_, w)| *w != 0)
-                .map(|((mut d, _), w)| {
-                    d.job.version = w.max(0) as u64;
-                    d
-                })
-                .collect()
-        };
-        for (id, s, fix) in repairs {
-            self.repair(&mut conn, &id, s, fix).await;
-        }
-        Ok(won)
+        self.client.acquire_due_jobs(now, limit).await
     }
 
     async fn release_jobs(&self, jobs: &[DueJob]) -> Result<()> {
-        let jobs: Vec<&DueJob> = jobs.iter().filter(|d| !d.removed).collect();
-        if jobs.is_empty() {
-            return Ok(());
-        }
-        let k = self.keys();
-        let mut conn = self.conn().await?;
-        let mut inv = self.scripts.release.prepare_invoke();
-        inv.key(&k.versions).key(&k.leases).arg(self.state.owner());
-        for d in jobs {
-            inv.arg(&d.job.id).arg(d.job.version.to_string());
-        }
-        let _: i64 = inv
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.state.err("releasing jobs", e))?;
-        Ok(())
+        self.client.release_jobs(jobs).await
     }
 
     fn poll_interval(&self) -> Option<Duration> {

@@ -1,9 +1,18 @@
 //! Reading job records in batches, and repairing index entries that disagree with their
 //! document.
 
-use super::*;
+use chrono::{DateTime, Utc};
+use redis::aio::ConnectionManager;
 
-impl RedisStore {
+use super::client::Client;
+use super::layout::{from_score, score};
+use crate::error::Result;
+
+/// What a repaired index entry should say: the job's version and next run time, or `None`
+/// when the job is gone.
+pub(super) type IndexFix = Option<(u64, Option<DateTime<Utc>>)>;
+
+impl Client {
     /// Reads documents, versions and leases of `ids` in one round trip.
     #[allow(clippy::type_complexity)]
     pub(super) async fn fetch(
@@ -32,7 +41,7 @@ impl RedisStore {
     }
 }
 
-impl RedisStore {
+impl Client {
     /// Puts `id`'s index entry (found at score `was`) where its document says, or removes
     /// it when the job is gone (`fix` = `None`), and reports what it did. Failures are
     /// reported, not returned: the claims of the pass stand, and the next pass tries again.
@@ -41,7 +50,7 @@ impl RedisStore {
         conn: &mut ConnectionManager,
         id: &str,
         was: f64,
-        fix: Option<(u64, Option<DateTime<Utc>>)>,
+        fix: IndexFix,
     ) {
         let k = self.keys();
         let (version, next) = match fix {

@@ -9,12 +9,20 @@ use sqlx::{
 };
 use tokio::task::JoinHandle;
 
-use super::statements::{list, Statements, BATCH};
-use super::{Dialect, SqlStore};
+use super::batch::{list, BATCH};
+use super::dialect::Dialect;
+use super::statements::Statements;
 use crate::error::{Error, Result};
 use crate::store::common::Reported;
 use crate::store::StoreContext;
 use crate::sync::{MutexExt, RwLockExt};
+
+/// The table name used when none is given ([`SqlStore::DEFAULT_TABLE`](super::SqlStore::DEFAULT_TABLE)).
+pub(super) const DEFAULT_TABLE: &str = "apsched_jobs";
+
+/// How often SQLite and MySQL stores are polled for changes made by other processes
+/// ([`SqlStore::DEFAULT_POLL_INTERVAL`](super::SqlStore::DEFAULT_POLL_INTERVAL)).
+pub(super) const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The schema version this build writes (see [`Dialect::migrations`]).
 pub(super) const SCHEMA_VERSION: i64 = 1;
@@ -38,7 +46,7 @@ pub(super) struct Started {
 #[derive(Debug)]
 pub(crate) struct Core<DB: Database> {
     pub(super) pool: Pool<DB>,
-    /// Whether [`SqlStore::with_pool_size`] may change the pool (not for a private in-memory
+    /// Whether [`SqlStore::with_pool_size`](super::SqlStore::with_pool_size) may change the pool (not for a private in-memory
     /// SQLite database, whose one connection is the database).
     pub(super) resizable: bool,
     pub(super) table: String,
@@ -99,18 +107,13 @@ impl<DB: Dialect> Core<DB> {
         Core {
             pool,
             resizable,
-            table: SqlStore::DEFAULT_TABLE.to_string(),
-            poll: DB::POLLS.then_some(SqlStore::DEFAULT_POLL_INTERVAL),
+            table: DEFAULT_TABLE.to_string(),
+            poll: DB::POLLS.then_some(DEFAULT_POLL_INTERVAL),
             started: RwLock::new(None),
             bad: Reported::default(),
             noted: Reported::default(),
             tasks: Mutex::new(Vec::new()),
         }
-    }
-
-    #[cfg(feature = "postgres")]
-    pub(crate) fn pool(&self) -> &Pool<DB> {
-        &self.pool
     }
 
     /// Replaces the (not yet connected) pool by one of `size` connections.
@@ -263,7 +266,10 @@ where
         *self.started.write_unpoisoned() = Some(started.clone());
         self.bad.clear();
         self.noted.clear();
-        let tasks = [DB::listen(self, &ctx, channel), self.notifier(&started)];
+        let tasks = [
+            DB::listen(&self.pool, &ctx, channel),
+            self.notifier(&started),
+        ];
         let mut slot = self.tasks.lock_unpoisoned();
         for old in slot.drain(..) {
             old.abort();

@@ -1,14 +1,13 @@
 //! What differs between the databases: the one trait the `sqlite`, `postgres` and `mysql`
-//! modules implement. Everything else is written once, in [`Core`].
+//! modules implement. Everything else is written once, in `Core` (`core.rs`).
 
 use sqlx::{Database, Pool};
 use tokio::task::JoinHandle;
 
-use super::statements::list;
-use super::Core;
+use super::batch::list;
 use crate::store::StoreContext;
 
-/// What differs between the databases. Everything else is written once, in [`Core`].
+/// What differs between the databases. Everything else is written once, in `Core`.
 pub(crate) trait Dialect: Database + sqlx::database::HasStatementCache + Sized {
     /// For messages.
     const LABEL: &'static str;
@@ -62,9 +61,10 @@ pub(crate) trait Dialect: Database + sqlx::database::HasStatementCache + Sized {
         matches!(e.code().as_deref(), Some("40001" | "40P01" | "55P03"))
     }
 
-    /// Starts a task that wakes this scheduler when another one changes the table.
-    fn listen(core: &Core<Self>, ctx: &StoreContext, channel: String) -> Option<JoinHandle<()>> {
-        let _ = (core, ctx, channel);
+    /// Starts a task that wakes this scheduler when another one changes the table (`pool`
+    /// is the store's, for its connect options).
+    fn listen(pool: &Pool<Self>, ctx: &StoreContext, channel: String) -> Option<JoinHandle<()>> {
+        let _ = (pool, ctx, channel);
         None
     }
 }

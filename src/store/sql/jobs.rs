@@ -6,12 +6,14 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Type};
 
-use super::common::{first_version, from_micros, lease_until, micros_ceil};
+use super::batch::{list, BATCH};
+use super::core::{Core, Started};
+use super::dialect::Dialect;
 use super::rows::{version_i64, version_u64, ClaimRow, UNREADABLE};
-use super::statements::{list, BATCH};
-use super::{Core, Dialect, Started};
 use crate::error::{Error, Result};
 use crate::job::{JobRecord, Lease};
+use crate::store::common::{first_version, from_micros, lease_until, micros_ceil};
+use crate::store::export::{export_order, loaded, UnloadableRecord};
 use crate::store::DueJob;
 
 impl<DB> Core<DB>
@@ -262,19 +264,30 @@ where
     }
 
     pub(super) async fn get_all_jobs(&self) -> Result<Vec<JobRecord>> {
+        Ok(loaded(self.export_records().await?))
+    }
+
+    /// Every row: loaded, or as stored with why it does not load.
+    pub(super) async fn export_records(
+        &self,
+    ) -> Result<Vec<std::result::Result<JobRecord, UnloadableRecord>>> {
         let st = self.started()?;
         let err = |e| self.err("listing jobs", e);
         let rows = sqlx::query(AssertSqlSafe(st.sql.all.clone()))
             .fetch_all(&self.pool)
             .await
             .map_err(err)?;
-        let mut jobs = Vec::with_capacity(rows.len());
-        for row in &rows {
-            if let Ok(job) = self.load(&st, &Self::read_row(row)) {
-                jobs.push(job);
-            }
-        }
-        Ok(jobs)
+        let records = rows
+            .iter()
+            .map(|row| {
+                let raw = Self::read_row(row);
+                self.load(&st, &raw).map_err(|reason| {
+                    let doc = raw.columns.as_ref().map_or("", |c| c.doc.as_str());
+                    UnloadableRecord::new(raw.id.clone(), doc, reason)
+                })
+            })
+            .collect();
+        Ok(export_order(records))
     }
 
     pub(super) async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>> {

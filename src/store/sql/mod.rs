@@ -2,10 +2,21 @@
 //! MySQL 8 / MariaDB 10.6+, each behind its own cargo feature (`sqlite`, `postgres`, `mysql`).
 //!
 //! One [`SqlStore`] type serves all three; the claim logic, the corrupt-row handling and the
-//! fencing live once in this module, the `sqlite`, `postgres` and `mysql` submodules only
-//! hold what differs between the databases (column types, locking clauses, how a write
-//! transaction begins, wake-ups).
+//! fencing are written once, the `sqlite`, `postgres` and `mysql` submodules only hold what
+//! differs between the databases (column types, locking clauses, how a write transaction
+//! begins, wake-ups).
+//!
+//! The files are layered; each imports only from the layers below it:
+//! 1. `batch.rs` (rows per multi-row statement, placeholder lists) and `url.rs` (apsched's
+//!    URL parameters, URL errors): leaves;
+//! 2. `dialect.rs`: the `Dialect` trait, what differs between the databases;
+//! 3. `sqlite.rs`, `postgres.rs`, `mysql.rs` (the dialects) and `statements.rs` (the SQL a
+//!    started store runs);
+//! 4. `core.rs`: `Core`, the store for one database type (its state, starting, stopping);
+//! 5. `rows.rs`: rows as read and written; then `jobs.rs`: the job operations of `Core`;
+//! 6. this module: [`SqlStore`], choosing the database by URL, and its [`JobStore`] impl.
 
+mod batch;
 mod core;
 mod dialect;
 mod jobs;
@@ -17,15 +28,18 @@ mod rows;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod statements;
+mod url;
 
+#[cfg(feature = "sqlite")]
 use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use self::core::{Core, Started};
+use self::core::Core;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 use self::dialect::Dialect;
-use super::common;
+use self::url::{enabled_schemes, take_pool_size};
 use super::{DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
 use crate::job::JobRecord;
@@ -115,14 +129,15 @@ macro_rules! with_core_mut {
 
 impl SqlStore {
     /// The table name used when none is given.
-    pub const DEFAULT_TABLE: &'static str = "apsched_jobs";
+    pub const DEFAULT_TABLE: &'static str = self::core::DEFAULT_TABLE;
 
-    /// The SQLite file [`SqlStore::sqlite_default`] uses.
+    /// The SQLite file apsched suggests when the choice is yours: `apsched.db` (e.g.
+    /// `SqlStore::sqlite(SqlStore::DEFAULT_SQLITE_FILE)`).
     pub const DEFAULT_SQLITE_FILE: &'static str = "apsched.db";
 
     /// How often SQLite and MySQL stores are polled for changes made by other processes,
     /// unless set with [`SqlStore::with_poll_interval`].
-    pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+    pub const DEFAULT_POLL_INTERVAL: Duration = self::core::DEFAULT_POLL_INTERVAL;
 
     /// Connects to the database named by `url` and checks that it answers:
     /// `sqlite://path/to/file.db` (created if missing), `postgres://user@host:port/db`,
@@ -139,19 +154,19 @@ impl SqlStore {
     /// [`Error::InvalidStoreUrl`] if the URL is not understood or its feature is not
     /// enabled; [`Error::Store`] if the database does not answer.
     pub async fn connect(url: &str) -> Result<Self> {
-        let store = Self::lazy(url)?;
+        let store = Self::new(url)?;
         with_core!(store, core => core.ping().await)?;
         Ok(store)
     }
 
-    /// Like [`connect`](Self::connect), without checking that the database answers now:
-    /// the first connection is made when the store is first used.
-    ///
-    /// [`crate::store::from_url`] opens SQL stores with this.
+    /// The store for the database named by `url` (see [`connect`](Self::connect) for the
+    /// URLs), without connecting: the first connection is made when the scheduler starts the
+    /// store, as with the other stores' `new`. [`crate::store::from_url`] opens SQL stores
+    /// with this; [`connect`](Self::connect) also checks that the database answers now.
     ///
     /// # Errors
     /// [`Error::InvalidStoreUrl`] if the URL is not understood or its feature is not enabled.
-    pub fn lazy(url: &str) -> Result<Self> {
+    pub fn new(url: &str) -> Result<Self> {
         let (rest, pool_size) = take_pool_size(url)?;
         let scheme = url.split_once(':').map_or("", |(s, _)| s);
         let backend = match scheme {
@@ -207,15 +222,6 @@ impl SqlStore {
         })
     }
 
-    /// A store in [`SqlStore::DEFAULT_SQLITE_FILE`] in the current directory.
-    ///
-    /// # Errors
-    /// See [`sqlite`](Self::sqlite).
-    #[cfg(feature = "sqlite")]
-    pub fn sqlite_default() -> Result<Self> {
-        Self::sqlite(Self::DEFAULT_SQLITE_FILE)
-    }
-
     /// Keeps jobs in `table` (default [`SqlStore::DEFAULT_TABLE`]). The name must be an
     /// identifier: an ASCII letter or `_`, then letters, digits or `_`, at most 48
     /// characters. An invalid name is reported by [`JobStore::start`] (it never reaches SQL).
@@ -261,61 +267,6 @@ impl SqlStore {
     }
 }
 
-/// The URL parameters that set the pool size (apsched's, so they are taken out before the
-/// driver sees the URL).
-const POOL_SIZE_PARAMS: [&str; 2] = ["pool_size", "max_connections"];
-
-/// `url` without its pool-size parameter, and the size it gave.
-fn take_pool_size(url: &str) -> Result<(String, Option<u32>)> {
-    let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_string(), None));
-    };
-    let mut size = None;
-    let mut kept = Vec::new();
-    for pair in query.split('&') {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if !POOL_SIZE_PARAMS.contains(&key) {
-            kept.push(pair);
-            continue;
-        }
-        match value.parse::<u32>() {
-            Ok(n) if n >= 1 => size = Some(n),
-            _ => {
-                return Err(Error::InvalidStoreUrl {
-                    url: url.to_string(),
-                    reason: format!("{key} must be a whole number of connections, at least 1"),
-                })
-            }
-        }
-    }
-    let rest = if kept.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}?{}", kept.join("&"))
-    };
-    Ok((rest, size))
-}
-
-/// A URL the driver could not parse.
-fn bad_url(url: &str, e: &sqlx::Error) -> Error {
-    Error::InvalidStoreUrl {
-        url: url.to_string(),
-        reason: e.to_string(),
-    }
-}
-
-fn enabled_schemes() -> String {
-    let schemes: &[&str] = &[
-        #[cfg(feature = "sqlite")]
-        "sqlite",
-        #[cfg(feature = "postgres")]
-        "postgres",
-        #[cfg(feature = "mysql")]
-        "mysql",
-    ];
-    schemes.join(", ")
-}
-
 #[async_trait::async_trait]
 impl JobStore for SqlStore {
     async fn start(&self, ctx: StoreContext) -> Result<()> {
@@ -351,6 +302,12 @@ impl JobStore for SqlStore {
 
     async fn get_all_jobs(&self) -> Result<Vec<JobRecord>> {
         with_core!(self, core => core.get_all_jobs().await)
+    }
+
+    async fn export_records(
+        &self,
+    ) -> Result<Vec<std::result::Result<JobRecord, crate::store::UnloadableRecord>>> {
+        with_core!(self, core => core.export_records().await)
     }
 
     async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>> {

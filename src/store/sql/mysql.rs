@@ -7,7 +7,9 @@ use std::time::Duration;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::{Executor, MySql, Pool};
 
-use super::{bad_url, Dialect};
+use super::batch::list;
+use super::dialect::Dialect;
+use super::url::bad_url;
 use crate::error::Result;
 
 impl Dialect for MySql {
@@ -55,7 +57,7 @@ impl Dialect for MySql {
              VALUES {} ON DUPLICATE KEY UPDATE next_run_time = VALUES(next_run_time), \
              paused = VALUES(paused), doc = VALUES(doc), version = VALUES(version), \
              lease_owner = VALUES(lease_owner), lease_until = VALUES(lease_until)",
-            super::statements::list(rows, "(?, ?, ?, ?, ?, ?, ?)")
+            list(rows, "(?, ?, ?, ?, ?, ?, ?)")
         )
     }
 

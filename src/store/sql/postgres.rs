@@ -8,7 +8,8 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Pool, Postgres};
 use tokio::task::JoinHandle;
 
-use super::{bad_url, Core, Dialect};
+use super::dialect::Dialect;
+use super::url::bad_url;
 use crate::error::Result;
 use crate::store::StoreContext;
 
@@ -62,7 +63,7 @@ impl Dialect for Postgres {
         Some("SELECT pg_notify(?, ?)")
     }
 
-    fn listen(core: &Core<Self>, ctx: &StoreContext, channel: String) -> Option<JoinHandle<()>> {
+    fn listen(pool: &Pool<Self>, ctx: &StoreContext, channel: String) -> Option<JoinHandle<()>> {
         // The listener holds its connection for good, so it gets one of its own rather than
         // one of the pool's (a pool of one would otherwise be left with none). A pool of
         // one, with no timeouts, reconnects it after an outage.
@@ -70,7 +71,7 @@ impl Dialect for Postgres {
             .max_connections(1)
             .max_lifetime(None)
             .idle_timeout(None)
-            .connect_lazy_with((*core.pool().connect_options()).clone());
+            .connect_lazy_with((*pool.connect_options()).clone());
         let ctx = ctx.clone();
         Some(tokio::spawn(async move {
             let mut delay = Duration::from_millis(500);

@@ -4,9 +4,10 @@
 use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use super::common::{from_micros, micros_ceil};
-use super::{Core, Dialect, Started};
+use super::core::{Core, Started};
+use super::dialect::Dialect;
 use crate::job::{Callable, JobRecord, Lease};
+use crate::store::common::{from_micros, micros_ceil};
 
 /// A row to write: a claimed row written back, or a new one ([`Core::add_jobs`]).
 pub(super) struct ClaimRow {

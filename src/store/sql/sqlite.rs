@@ -8,7 +8,8 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Pool, Sqlite};
 
-use super::{bad_url, Dialect};
+use super::dialect::Dialect;
+use super::url::bad_url;
 use crate::error::Result;
 
 impl Dialect for Sqlite {

@@ -1,7 +1,6 @@
-//! The SQL statements a store runs, built once per start from the validated table name,
-//! and the batching of multi-row statements.
+//! The SQL statements a store runs, built once per start from the validated table name.
 
-use super::Dialect;
+use super::dialect::Dialect;
 
 /// SQL statements, built once per start from the validated table name.
 #[derive(Debug)]
@@ -67,13 +66,4 @@ impl Statements {
             notify: DB::notify_sql().map(p),
         }
     }
-}
-
-/// Rows written per statement when claiming or releasing a batch (7 parameters a row
-/// stays well below every database's limit).
-pub(super) const BATCH: usize = 500;
-
-/// `n` copies of `item`, comma-separated: the placeholders of a batch statement.
-pub(super) fn list(n: usize, item: &str) -> String {
-    vec![item; n].join(", ")
 }

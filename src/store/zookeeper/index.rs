@@ -1,8 +1,20 @@
 //! The index (`R/index`): listing it, and healing entries that disagree with their job.
 
-use super::*;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-impl ZooKeeperStore {
+use zookeeper_client as zk;
+
+use super::client::Client;
+use super::envelope::{document_next, Envelope};
+use super::names::{decode_name, entries_of, index_name, parse_index, persistent};
+use super::nodes::{JobOp, Node};
+use super::watch::Listing;
+use crate::error::Result;
+use crate::store::common::{from_micros_saturating, micros_ceil};
+use crate::sync::MutexExt;
+
+impl Client {
     /// The index entries, sorted: the saved listing while the watch says nothing changed
     /// (see [`WatchState::listing`]), else a fresh one.
     pub(super) async fn index(&self, c: &zk::Client) -> Result<Listing> {

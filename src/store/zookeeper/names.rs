@@ -1,7 +1,10 @@
 //! Znode names: job ids percent-encoded into node names, and index entries named by the
 //! job's next run time.
 
-use super::*;
+use zookeeper_client as zk;
+
+use super::envelope::{document_next, Envelope};
+use crate::store::common::micros_ceil;
 
 pub(super) fn encode(id: &str) -> String {
     let mut out = String::with_capacity(id.len() + 2);

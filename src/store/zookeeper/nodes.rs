@@ -1,30 +1,14 @@
-//! Job znodes: their data (the envelope around the JSON document), reading them, and
-//! writing a job together with its index entry in one transaction.
+//! Job znodes: encoding and decoding their data, reading them, and writing a job together with its index entry in one transaction.
 
-use super::*;
+use zookeeper_client as zk;
 
-/// The data of a job znode.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct Envelope {
-    pub(super) job: String,
-    pub(super) next_run_time: Option<i64>,
-    #[serde(default)]
-    pub(super) lease_owner: Option<String>,
-    #[serde(default)]
-    pub(super) lease_until: Option<i64>,
-}
-
-impl Envelope {
-    pub(super) fn lease(&self) -> Option<Lease> {
-        match (&self.lease_owner, self.lease_until) {
-            (Some(owner), Some(until)) => Some(Lease {
-                owner: owner.clone(),
-                until: from_micros_saturating(until),
-            }),
-            _ => None,
-        }
-    }
-}
+use super::client::Client;
+use super::envelope::Envelope;
+use super::names::{decode_name, persistent};
+use crate::error::Result;
+use crate::job::JobRecord;
+use crate::store::common::micros_ceil;
+use crate::store::export::UnloadableRecord;
 
 /// A job znode as read: node name, data, znode data version (for compare-and-swap) and
 /// the zxid of its last write (the job's version).
@@ -46,7 +30,7 @@ pub(super) enum JobOp<'a> {
     Check,
 }
 
-/// The outcome of [`ZooKeeperStore::write_job`].
+/// The outcome of [`Client::write_job`].
 pub(super) struct Written {
     /// The zxid of the job write (the job's new version); 0 for `Delete`/`Check`.
     pub(super) zxid: i64,
@@ -54,15 +38,7 @@ pub(super) struct Written {
     pub(super) index_changed: bool,
 }
 
-/// The next run time the envelope's JSON document says (the truth; the envelope's own
-/// `next_run_time` and the index entry are copies).
-pub(super) fn document_next(env: &Envelope) -> Option<DateTime<Utc>> {
-    serde_json::from_str::<StoredJob>(&env.job)
-        .ok()?
-        .next_run_time
-}
-
-impl ZooKeeperStore {
+impl Client {
     pub(super) fn envelope(job: &JobRecord) -> Result<Vec<u8>> {
         let env = Envelope {
             job: job.to_json()?,
@@ -74,19 +50,22 @@ impl ZooKeeperStore {
     }
 
     /// Decodes a job znode; corrupt ones are reported and `None` returned.
-    pub(super) fn decode(&self, node: &Node) -> Option<(JobRecord, Envelope)> {
+    pub(super) fn decode(
+        &self,
+        node: &Node,
+    ) -> std::result::Result<(JobRecord, Envelope), UnloadableRecord> {
         let id = decode_name(&node.name).unwrap_or_else(|| node.name.clone());
         let version = node.zxid.max(0) as u64;
         let text = String::from_utf8_lossy(&node.data);
         match serde_json::from_slice::<Envelope>(&node.data) {
             Ok(env) => {
                 let job = self.state.decode(&id, &env.job, version, env.lease())?;
-                Some((job, env))
+                Ok((job, env))
             }
-            Err(_) => {
+            Err(e) => {
                 // Report the whole node text as the unparseable document.
                 let _ = self.state.decode(&id, &text, version, None);
-                None
+                Err(UnloadableRecord::new(id, text, e.to_string()))
             }
         }
     }
@@ -196,7 +175,7 @@ impl ZooKeeperStore {
                 Ok(Err(e)) => {
                     let e: zk::Error = e.into();
                     if matches!(e, zk::Error::SessionExpired | zk::Error::ClientClosed) {
-                        *self.client.lock().await = None;
+                        *self.session.lock().await = None;
                     }
                     return Err(self.state.err(doing, e));
                 }

@@ -1,13 +1,19 @@
 //! The store's ZooKeeper session: connecting (and reconnecting after the session is lost),
 //! and calls bounded by the session timeout.
 
-use super::*;
+use std::time::Duration;
 
-impl ZooKeeperStore {
+use zookeeper_client as zk;
+
+use super::client::Client;
+use super::names::persistent;
+use crate::error::Result;
+
+impl Client {
     /// The session, connecting (and creating the root paths) when there is none or the
     /// last one expired.
-    pub(super) async fn client(&self) -> Result<zk::Client> {
-        let mut guard = self.client.lock().await;
+    pub(super) async fn session(&self) -> Result<zk::Client> {
+        let mut guard = self.session.lock().await;
         if let Some(c) = guard.as_ref() {
             if !matches!(
                 c.state(),
@@ -47,7 +53,7 @@ impl ZooKeeperStore {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 if matches!(e, zk::Error::SessionExpired | zk::Error::ClientClosed) {
-                    *self.client.lock().await = None;
+                    *self.session.lock().await = None;
                 }
                 Err(self.state.err(doing, e))
             }

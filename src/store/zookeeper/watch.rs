@@ -1,7 +1,16 @@
 //! The watch on `R/index` that wakes the scheduler loop (see [`ZooKeeperStore`]'s section
 //! on wake-ups), and what the store knows about when the loop looks next.
 
-use super::*;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use zookeeper_client as zk;
+
+use super::names::parse_index;
+use crate::store::StoreContext;
+use crate::sync::MutexExt;
 
 /// The poll interval while the watch is not armed (capped by the configured one).
 pub(super) const UNWATCHED_POLL: Duration = Duration::from_secs(1);
@@ -229,17 +238,6 @@ impl Watcher {
 
     pub(super) fn armed(&self) {
         self.shared.set_armed(true);
-    }
-}
-
-impl ZooKeeperStore {
-    /// Stops the watcher task, if one runs.
-    pub(super) fn stop_watcher(&self) {
-        if let Some(stop) = self.watcher.lock_unpoisoned().take() {
-            stop.cancel();
-        }
-        self.watch.set_armed(false);
-        *self.watch.plan() = Plan::new();
     }
 }
 

@@ -1,202 +1,22 @@
-//! The store contract as a test suite, for stores written outside apsched as well as its
-//! own (feature `test-util`).
-//!
-//! [`contract`] runs every test of the [`JobStore`] contract, each against a fresh, empty,
-//! started store from a factory you give; [`shared_claims`] checks that two stores on one
-//! backend (two schedulers) never claim the same run; [`bulk_add_all_or_nothing`] is for
-//! stores that promise an all-or-nothing [`JobStore::add_jobs`]. [`TestContext`] starts a
-//! store outside a scheduler. The guide's page "Writing your own store"
-//! ([`crate::docs::custom_store`]) walks through an example.
-//!
-//! The tests assert with `assert!`/`panic!`, as tests in a test harness do: call them from
-//! `#[tokio::test]` functions. Every job they write names the task `echo` (see [`TASKS`]),
-//! so a store that checks tasks must be started with a context that has it.
-//!
-//! ```
-//! # async fn f() {
-//! use apsched::store::testing::{self, context};
-//! use apsched::store::{JobStore, MemoryStore};
-//! use std::time::Duration;
-//!
-//! testing::contract(
-//!     || async {
-//!         let store = MemoryStore::new();
-//!         store.start(context("default", "s1", Duration::from_secs(30))).await.unwrap();
-//!         store
-//!     },
-//!     None,
-//! )
-//! .await;
-//! # }
-//! # tokio::runtime::Runtime::new().unwrap().block_on(f());
-//! ```
+//! The contract suite: [`contract`], the tests of adding, reading, updating and removing
+//! jobs, and [`bulk_add_all_or_nothing`] (the claim tests are in `claims.rs`).
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use futures::future::BoxFuture;
-use tokio::sync::Notify;
 
-use super::{JobStore, StoreContext};
-use crate::clock::{Clock, SystemClock};
-use crate::event::{EventBus, EventKind, EventReceiver};
+use super::claims::{
+    acquire_advances, acquire_backlog, acquire_limit_and_order, acquire_removes_exhausted,
+    next_run_time,
+};
+use super::fixtures::{at, ids, interval_job};
 use crate::job::{Callable, JobRecord};
-use crate::task::{TaskFn, TaskRegistry};
-use crate::trigger::{Date, Interval, TriggerSpec};
+use crate::store::JobStore;
 use crate::Error;
 
-/// A fixed instant the contract tests use as "now".
-pub fn t0() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2030, 1, 15, 10, 0, 0).unwrap()
-}
-
-/// `t0 + secs`.
-pub fn at(secs: i64) -> DateTime<Utc> {
-    t0() + TimeDelta::seconds(secs)
-}
-
-/// The tasks every suite job refers to: `noop` and `echo`.
-pub const TASKS: &[&str] = &["noop", "echo"];
-
-/// A registry with a task that does nothing under each name (a store only asks whether a
-/// name is registered).
-fn registry(names: &[&str]) -> Arc<TaskRegistry> {
-    let mut tasks = TaskRegistry::new();
-    for name in names {
-        tasks.insert(*name, TaskFn::from_async(|_: serde_json::Value| async {}));
-    }
-    Arc::new(tasks)
-}
-
-/// A context for starting a store outside a scheduler, with [`TASKS`] registered and the
-/// system clock. Use [`TestContext`] to also watch what the store reports or wakes.
-pub fn context(alias: &str, scheduler_id: &str, lease: Duration) -> StoreContext {
-    TestContext::new(alias, scheduler_id, lease).context()
-}
-
-/// A scheduler stand-in for a store under test: builds the [`StoreContext`] to start it with
-/// and keeps the ends a scheduler would listen on, the events the store emits
-/// ([`subscribe`](Self::subscribe)) and the loop wake-up it notifies
-/// ([`wakeup`](Self::wakeup)).
-///
-/// ```
-/// # async fn f() -> apsched::Result<()> {
-/// use apsched::event::EventKind;
-/// use apsched::store::testing::TestContext;
-/// use apsched::store::{JobStore, MemoryStore};
-///
-/// let ctx = TestContext::new("default", "s1", std::time::Duration::from_secs(30));
-/// let errors = ctx.subscribe(EventKind::STORE_ERROR);
-/// let store = MemoryStore::new();
-/// store.start(ctx.context()).await?;
-/// # drop(errors);
-/// # Ok(())
-/// # }
-/// ```
-#[derive(Debug, Clone)]
-pub struct TestContext {
-    context: StoreContext,
-    events: EventBus,
-    wakeup: Arc<Notify>,
-}
-
-impl TestContext {
-    /// A context named `alias` for the scheduler `scheduler_id` with this `lease`, the
-    /// [`TASKS`] of the contract suite and the system clock.
-    pub fn new(alias: &str, scheduler_id: &str, lease: Duration) -> Self {
-        Self::with(alias, scheduler_id, lease, TASKS, Arc::new(SystemClock))
-    }
-
-    /// Like [`new`](Self::new) with the given registered task names and clock (a
-    /// [`TestClock`](crate::clock::TestClock) for virtual time).
-    pub fn with(
-        alias: &str,
-        scheduler_id: &str,
-        lease: Duration,
-        task_names: &[&str],
-        clock: Arc<dyn Clock>,
-    ) -> Self {
-        let tasks = registry(task_names);
-        let events = EventBus::new(1024);
-        let wakeup = Arc::new(Notify::new());
-        TestContext {
-            context: StoreContext::new(
-                alias,
-                scheduler_id,
-                lease,
-                tasks,
-                wakeup.clone(),
-                events.clone(),
-                clock,
-            ),
-            events,
-            wakeup,
-        }
-    }
-
-    /// The context to pass to [`JobStore::start`].
-    pub fn context(&self) -> StoreContext {
-        self.context.clone()
-    }
-
-    /// The events of the kinds in `mask` that the store emits from now on (corrupt records
-    /// are [`EventKind::STORE_ERROR`](crate::event::EventKind::STORE_ERROR)).
-    pub fn subscribe(&self, mask: EventKind) -> EventReceiver {
-        self.events.subscribe(mask)
-    }
-
-    /// What [`StoreContext::wake_scheduler`] notifies: await `notified()` on it to see the
-    /// store wake the loop.
-    pub fn wakeup(&self) -> Arc<Notify> {
-        self.wakeup.clone()
-    }
-}
-
-/// A persistable job (task `echo`) firing every `every_secs` from `next`.
-pub fn interval_job(id: &str, every_secs: u64, next: Option<DateTime<Utc>>) -> JobRecord {
-    job(
-        id,
-        Interval::new(Duration::from_secs(every_secs))
-            .unwrap()
-            .into(),
-        next,
-    )
-}
-
-/// A persistable one-shot job at `when`.
-pub fn date_job(id: &str, when: DateTime<Utc>) -> JobRecord {
-    let date = Date::at(when, None).expect("a UTC instant is a valid run date");
-    job(id, date.into(), Some(when))
-}
-
-fn job(id: &str, trigger: TriggerSpec, next: Option<DateTime<Utc>>) -> JobRecord {
-    JobRecord {
-        id: id.to_string(),
-        name: Some(format!("job {id}")),
-        callable: Callable::Task {
-            name: "echo".into(),
-            args: serde_json::json!({"id": id, "n": [1, 2, 3]}),
-        },
-        trigger,
-        executor: "default".into(),
-        misfire_grace_time: Some(Duration::from_secs(30)),
-        coalesce: false,
-        max_instances: 2,
-        timeout: None,
-        next_run_time: next,
-        version: 0,
-        lease: None,
-    }
-}
-
-fn ids(jobs: &[JobRecord]) -> Vec<&str> {
-    jobs.iter().map(|j| j.id.as_str()).collect()
-}
-
 /// Writes, bypassing every check, a record under the given id that the store cannot load
-/// (a document that is not JSON), due at [`t0`]. Each store that keeps documents supplies
+/// (a document that is not JSON), due at [`t0`](super::t0). Each store that keeps documents supplies
 /// one, writing through its database's own client (apsched's stores do in their tests). A
 /// store that keeps records, not documents (the memory store) passes `None`: nothing in it
 /// is corrupt. The hook gets the store to read where it keeps its records (a table, a key
@@ -514,6 +334,17 @@ async fn remove_corrupt_record<S: JobStore>(store: S, write: &WriteCorrupt<S>) {
         matches!(err, Error::CorruptJob { ref id, .. } if id == "bad"),
         "{err}"
     );
+    // An export keeps it, as stored and flagged, after the jobs that load.
+    let exported = store.export_records().await.unwrap();
+    assert_eq!(exported.len(), 2, "an export drops no record");
+    assert!(matches!(&exported[0], Ok(job) if job.id == "good"));
+    match &exported[1] {
+        Err(bad) => {
+            assert_eq!(bad.id, "bad");
+            assert!(!bad.reason.is_empty());
+        }
+        Ok(job) => panic!("the corrupt record loaded: {job:?}"),
+    }
     let due = store.acquire_due_jobs(at(0), 10).await.unwrap();
     assert_eq!(
         due.iter().map(|d| d.job.id.as_str()).collect::<Vec<_>>(),
@@ -557,155 +388,4 @@ async fn removal(store: impl JobStore) {
     store.remove_all_jobs().await.unwrap();
     assert!(store.get_all_jobs().await.unwrap().is_empty());
     assert_eq!(store.next_run_time().await.unwrap(), None);
-}
-
-/// The earliest next run time of unpaused jobs.
-async fn next_run_time(store: impl JobStore) {
-    assert_eq!(store.next_run_time().await.unwrap(), None);
-    store
-        .add_job(interval_job("paused", 60, None), false)
-        .await
-        .unwrap();
-    assert_eq!(store.next_run_time().await.unwrap(), None);
-    store
-        .add_job(interval_job("later", 60, Some(at(90))), false)
-        .await
-        .unwrap();
-    store
-        .add_job(interval_job("sooner", 60, Some(at(30))), false)
-        .await
-        .unwrap();
-    assert_eq!(store.next_run_time().await.unwrap(), Some(at(30)));
-}
-
-/// Claiming a due job advances it in the same step; it is not claimed again for that time.
-async fn acquire_advances(store: impl JobStore) {
-    store
-        .add_job(interval_job("a", 60, Some(at(0))), false)
-        .await
-        .unwrap();
-    store
-        .add_job(interval_job("future", 60, Some(at(600))), false)
-        .await
-        .unwrap();
-    assert!(store
-        .acquire_due_jobs(at(-1), 100)
-        .await
-        .unwrap()
-        .is_empty());
-
-    let due = store.acquire_due_jobs(at(0), 100).await.unwrap();
-    assert_eq!(due.len(), 1);
-    assert_eq!(due[0].job.id, "a");
-    assert_eq!(due[0].run_times, vec![at(0)]);
-    assert!(!due[0].removed);
-    assert_eq!(due[0].job.next_run_time, Some(at(60)));
-    store.release_jobs(&due).await.unwrap();
-
-    assert_eq!(
-        store.lookup_job("a").await.unwrap().unwrap().next_run_time,
-        Some(at(60))
-    );
-    assert!(store.acquire_due_jobs(at(0), 100).await.unwrap().is_empty());
-    assert_eq!(store.next_run_time().await.unwrap(), Some(at(60)));
-
-    // A later claim works on the advanced state.
-    let due = store.acquire_due_jobs(at(60), 100).await.unwrap();
-    assert_eq!(due.len(), 1);
-    assert_eq!(due[0].run_times, vec![at(60)]);
-    store.release_jobs(&due).await.unwrap();
-}
-
-/// At most `limit` jobs per claim, oldest first; the rest on the next claim.
-async fn acquire_limit_and_order(store: impl JobStore) {
-    for (i, id) in ["e", "d", "c", "b", "a"].iter().enumerate() {
-        store
-            .add_job(interval_job(id, 3600, Some(at(i as i64))), false)
-            .await
-            .unwrap();
-    }
-    let first = store.acquire_due_jobs(at(10), 2).await.unwrap();
-    assert_eq!(
-        first.iter().map(|d| d.job.id.as_str()).collect::<Vec<_>>(),
-        ["e", "d"]
-    );
-    store.release_jobs(&first).await.unwrap();
-    let rest = store.acquire_due_jobs(at(10), 100).await.unwrap();
-    assert_eq!(
-        rest.iter().map(|d| d.job.id.as_str()).collect::<Vec<_>>(),
-        ["c", "b", "a"]
-    );
-    store.release_jobs(&rest).await.unwrap();
-}
-
-/// A trigger with no fire time left: the claim removes the job and says so.
-async fn acquire_removes_exhausted(store: impl JobStore) {
-    store.add_job(date_job("once", at(5)), false).await.unwrap();
-    let due = store.acquire_due_jobs(at(10), 100).await.unwrap();
-    assert_eq!(due.len(), 1);
-    assert!(due[0].removed);
-    assert_eq!(due[0].run_times, vec![at(5)]);
-    store.release_jobs(&due).await.unwrap();
-    assert!(store.lookup_job("once").await.unwrap().is_none());
-    assert_eq!(store.next_run_time().await.unwrap(), None);
-}
-
-/// After downtime every missed time is listed (coalescing is the scheduler's business).
-async fn acquire_backlog(store: impl JobStore) {
-    store
-        .add_job(interval_job("a", 10, Some(at(0))), false)
-        .await
-        .unwrap();
-    let due = store.acquire_due_jobs(at(35), 100).await.unwrap();
-    assert_eq!(due[0].run_times, vec![at(0), at(10), at(20), at(30)]);
-    assert_eq!(due[0].job.next_run_time, Some(at(40)));
-    store.release_jobs(&due).await.unwrap();
-}
-
-/// Two stores on one backend (two scheduler identities) never claim the same slot, and a
-/// claim by one is visible to the other.
-pub async fn shared_claims(a: impl JobStore, b: impl JobStore) {
-    let a = Arc::new(a);
-    let b = Arc::new(b);
-    const JOBS: usize = 50;
-    for i in 0..JOBS {
-        a.add_job(interval_job(&format!("j{i:03}"), 10, Some(at(0))), false)
-            .await
-            .unwrap();
-    }
-    let mut claimed = Vec::new();
-    for round in 0..3 {
-        let now = at(round * 10);
-        let (ra, rb) = tokio::join!(a.acquire_due_jobs(now, 20), b.acquire_due_jobs(now, 20));
-        let (ra, rb) = (ra.unwrap(), rb.unwrap());
-        a.release_jobs(&ra).await.unwrap();
-        b.release_jobs(&rb).await.unwrap();
-        // Whatever is left for this round is claimed by either, in further passes.
-        let mut got: Vec<(String, DateTime<Utc>)> = ra
-            .iter()
-            .chain(rb.iter())
-            .flat_map(|d| d.run_times.iter().map(move |t| (d.job.id.clone(), *t)))
-            .collect();
-        loop {
-            let (ra, rb) = tokio::join!(a.acquire_due_jobs(now, 20), b.acquire_due_jobs(now, 20));
-            let (ra, rb) = (ra.unwrap(), rb.unwrap());
-            if ra.is_empty() && rb.is_empty() {
-                break;
-            }
-            a.release_jobs(&ra).await.unwrap();
-            b.release_jobs(&rb).await.unwrap();
-            got.extend(
-                ra.iter()
-                    .chain(rb.iter())
-                    .flat_map(|d| d.run_times.iter().map(move |t| (d.job.id.clone(), *t))),
-            );
-        }
-        assert_eq!(got.len(), JOBS, "round {round}: every job claimed once");
-        claimed.extend(got);
-    }
-    let mut unique = claimed.clone();
-    unique.sort();
-    unique.dedup();
-    assert_eq!(unique.len(), claimed.len(), "no (job, time) claimed twice");
-    assert_eq!(unique.len(), JOBS * 3);
 }

@@ -1,0 +1,86 @@
+//! The options every job has, with their scheduler-wide defaults: [`JobDefaults`].
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::opt_secs;
+
+/// Options every job has, with scheduler-wide defaults
+/// ([`SchedulerBuilder::job_defaults`](crate::SchedulerBuilder::job_defaults)).
+///
+/// Built from [`Default`] with the setters (it is `#[non_exhaustive]`, so later releases can
+/// add options without breaking code):
+///
+/// ```
+/// use std::time::Duration;
+/// use apsched::JobDefaults;
+/// let defaults = JobDefaults::default()
+///     .coalesce(false)
+///     .max_instances(3)
+///     .misfire_grace_time(Some(Duration::from_secs(30)));
+/// assert_eq!(defaults.max_instances, 3);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct JobDefaults {
+    /// How late a run may start and still run; `None` = any lateness. Default 1 s.
+    #[serde(with = "opt_secs")]
+    pub misfire_grace_time: Option<Duration>,
+    /// Run a backlog of due times once instead of once per time. Default `true`.
+    pub coalesce: bool,
+    /// How many runs of one job may be in flight at once. Default 1.
+    pub max_instances: u32,
+    /// How long a run may take before it is cancelled (see
+    /// [`AddJob::timeout`](crate::AddJob::timeout)); `None` = no limit. Default `None`.
+    #[serde(default, with = "opt_secs")]
+    pub timeout: Option<Duration>,
+}
+
+impl JobDefaults {
+    /// Sets how late a run may start and still run (`None` = any lateness).
+    #[must_use]
+    pub fn misfire_grace_time(mut self, grace: Option<Duration>) -> Self {
+        self.misfire_grace_time = grace;
+        self
+    }
+
+    /// Sets whether a backlog of due times runs once.
+    #[must_use]
+    pub fn coalesce(mut self, coalesce: bool) -> Self {
+        self.coalesce = coalesce;
+        self
+    }
+
+    /// Sets how many runs of one job may be in flight at once.
+    #[must_use]
+    pub fn max_instances(mut self, n: u32) -> Self {
+        self.max_instances = n;
+        self
+    }
+
+    /// Sets how long a run may take before it is cancelled (`None` = no limit).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use apsched::JobDefaults;
+    /// let defaults = JobDefaults::default().timeout(Some(Duration::from_secs(300)));
+    /// assert_eq!(defaults.timeout, Some(Duration::from_secs(300)));
+    /// ```
+    #[must_use]
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+impl Default for JobDefaults {
+    fn default() -> Self {
+        JobDefaults {
+            misfire_grace_time: Some(Duration::from_secs(1)),
+            coalesce: true,
+            max_instances: 1,
+            timeout: None,
+        }
+    }
+}
