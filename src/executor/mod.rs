@@ -14,13 +14,16 @@
 //!
 //! Whatever the executor, [`JobRun`] applies the same rules: a run that starts later than
 //! `misfire_grace_time` after its scheduled time is [`Event::JobMissed`]; a panic becomes
-//! [`Event::JobError`]; success is [`Event::JobExecuted`] with the return value.
+//! [`Event::JobError`]; success is [`Event::JobExecuted`] with the return value; a run past
+//! its job's timeout is [`Event::JobTimeout`] (its token cancelled, then aborted after the
+//! scheduler's grace period: docs/executors.md says what that means on each executor).
 //!
 //! Adding an executor is one file here holding it, its `mod` line and its `pub use` line.
 //!
 //! [`Event::JobMissed`]: crate::Event::JobMissed
 //! [`Event::JobError`]: crate::Event::JobError
 //! [`Event::JobExecuted`]: crate::Event::JobExecuted
+//! [`Event::JobTimeout`]: crate::Event::JobTimeout
 
 mod blocking;
 mod current_run;
@@ -48,7 +51,8 @@ use crate::job::Callable;
 ///
 /// Implement it to run jobs somewhere else (a remote worker, a test harness that starts runs
 /// on demand); call [`JobRun::run`] or the [`JobRun::start`]/[`JobRun::finish`] pair so the
-/// misfire and event rules stay the same.
+/// misfire and event rules stay the same. Only [`JobRun::run`] and [`JobRun::run_blocking`]
+/// enforce a job's timeout and give a body its [`JobContext`](crate::JobContext).
 #[async_trait::async_trait]
 pub trait Executor: Send + Sync + 'static {
     /// A short name of the kind of executor, for tables and logs.
