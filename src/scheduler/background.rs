@@ -11,7 +11,7 @@ use super::{AddJob, ListenerId, Scheduler, SchedulerBuilder, SchedulerState};
 use crate::error::Result;
 use crate::event::{Event, EventKind, EventReceiver};
 use crate::executor::CommandSpec;
-use crate::job::{IntoJobResult, Job};
+use crate::job::{AsyncJobFn, BlockingJobFn, Job, LocalJobFn};
 
 /// How long dropping a running [`BackgroundScheduler`] waits for it to stop, and then for
 /// its runtime's tasks.
@@ -103,34 +103,22 @@ impl BackgroundScheduler {
         BlockingAddJob::new(add, self.handle.clone())
     }
 
-    /// See [`Scheduler::add_job`]; finish with [`BlockingAddJob::add`].
-    pub fn add_job<F, Fut, R>(&self, f: F) -> BlockingAddJob
-    where
-        F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = R> + Send + 'static,
-        R: IntoJobResult,
-    {
+    /// See [`Scheduler::add_job`] (`|| async {..}` or `|ctx: JobContext| async move {..}`);
+    /// finish with [`BlockingAddJob::add`].
+    pub fn add_job<M>(&self, f: impl AsyncJobFn<M>) -> BlockingAddJob {
         self.blocking(self.scheduler.add_job(f))
     }
 
-    /// See [`Scheduler::add_blocking_job`]; finish with [`BlockingAddJob::add`].
-    pub fn add_blocking_job<F, R>(&self, f: F) -> BlockingAddJob
-    where
-        F: Fn() -> R + Send + Sync + 'static,
-        R: IntoJobResult,
-    {
+    /// See [`Scheduler::add_blocking_job`] (`|| ..` or `|ctx: JobContext| ..`); finish with
+    /// [`BlockingAddJob::add`].
+    pub fn add_blocking_job<M>(&self, f: impl BlockingJobFn<M>) -> BlockingAddJob {
         self.blocking(self.scheduler.add_blocking_job(f))
     }
 
     /// See [`Scheduler::add_local_job`] (it needs a `"local"`
     /// [`LocalExecutor`](crate::executor::LocalExecutor), as a [`LocalScheduler`](crate::LocalScheduler)
     /// has); finish with [`BlockingAddJob::add`].
-    pub fn add_local_job<F, Fut, R>(&self, f: F) -> BlockingAddJob
-    where
-        F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = R> + 'static,
-        R: IntoJobResult,
-    {
+    pub fn add_local_job<M>(&self, f: impl LocalJobFn<M>) -> BlockingAddJob {
         self.blocking(self.scheduler.add_local_job(f))
     }
 

@@ -90,6 +90,8 @@ impl BlockingAddJob {
         executor(alias: impl Into<String>);
         /// See [`AddJob::replace_existing`].
         replace_existing(replace: bool);
+        /// See [`AddJob::timeout`].
+        timeout(timeout: impl Into<Option<Duration>>);
     }
 
     /// Adds the job, blocking until it is stored (or, before start, kept aside).

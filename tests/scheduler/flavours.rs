@@ -58,6 +58,16 @@ async fn background_scheduler_inside_a_runtime() {
         Event::JobExecuted { retval, .. } => assert_eq!(retval, 7),
         other => panic!("{other:?}"),
     }
+    // The blocking API takes the same job forms, a job context included.
+    bg.add_blocking_job(|ctx: apsched::JobContext| ctx.job_id().to_string())
+        .id("ctx")
+        .timeout(Duration::from_secs(60))
+        .add()
+        .unwrap();
+    match rx.recv().await.unwrap() {
+        Event::JobExecuted { retval, .. } => assert_eq!(retval, "ctx"),
+        other => panic!("{other:?}"),
+    }
     let id = bg.add_listener(EventKind::ALL, |_| async {});
     assert!(bg.remove_listener(id));
     assert!(!bg.remove_listener(id), "a listener is removed once");
