@@ -93,10 +93,13 @@ pub struct JobDefaultsConfig {
     /// How many runs of one job may be in flight at once. Default 1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_instances: Option<u32>,
+    /// How long a run may take before it is cancelled (seconds, or `"none"`). Default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<GraceTime>,
 }
 
-/// A `misfire_grace_time`: a number of seconds, or `"none"` for any lateness (APScheduler's
-/// `None`, which TOML cannot write).
+/// A `misfire_grace_time` or a `timeout`: a number of seconds, or `"none"` (any lateness, no
+/// timeout: APScheduler's `None`, which TOML cannot write).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum GraceTime {
     /// At most this many seconds late (must be more than zero).
@@ -248,6 +251,9 @@ pub struct JobConfig {
     /// Overrides `job_defaults.max_instances`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_instances: Option<u32>,
+    /// Overrides `job_defaults.timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<GraceTime>,
     /// The trigger's parameters (`hour`, `minutes`, `run_date`, `timezone`, ...): every
     /// other key of the job.
     #[serde(flatten)]

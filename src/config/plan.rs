@@ -93,6 +93,7 @@ pub(super) struct PlannedJob {
     pub(super) misfire_grace_time: Option<Option<Duration>>,
     pub(super) coalesce: Option<bool>,
     pub(super) max_instances: Option<u32>,
+    pub(super) timeout: Option<Option<Duration>>,
 }
 
 impl Plan {
@@ -196,6 +197,12 @@ fn job_defaults(config: &SchedulerConfig, problems: &mut Problems) -> JobDefault
         Some(0) => problems.push("job_defaults.max_instances", "must be at least 1"),
         Some(n) => defaults = defaults.max_instances(n),
         None => {}
+    }
+    if let Some(t) = given.timeout {
+        match grace(t) {
+            Ok(t) => defaults = defaults.timeout(t),
+            Err(m) => problems.push("job_defaults.timeout", m),
+        }
     }
     defaults
 }
@@ -336,6 +343,13 @@ fn plan_job(
     if job.max_instances == Some(0) {
         problems.push(at("max_instances"), "must be at least 1");
     }
+    let timeout = match job.timeout.map(grace).transpose() {
+        Ok(t) => t,
+        Err(m) => {
+            problems.push(at("timeout"), m);
+            None
+        }
+    };
     let trigger = trigger(index, job, problems);
     if problems.0.len() > before {
         return None;
@@ -352,6 +366,7 @@ fn plan_job(
         misfire_grace_time,
         coalesce: job.coalesce,
         max_instances: job.max_instances,
+        timeout,
     })
 }
 

@@ -255,5 +255,8 @@ fn add_job(scheduler: &Scheduler, job: PlannedJob) -> AddJob {
     if let Some(n) = job.max_instances {
         add = add.max_instances(n);
     }
+    if let Some(t) = job.timeout {
+        add = add.timeout(t);
+    }
     add
 }

@@ -28,6 +28,7 @@ lease = 45
 misfire_grace_time = 30
 coalesce = false
 max_instances = 3
+timeout = 600
 
 [stores.default]
 url = "memory://"
@@ -57,6 +58,7 @@ trigger = "interval"
 minutes = 10
 max_instances = 1
 misfire_grace_time = "none"
+timeout = 5
 
 [[jobs]]
 id = "once"
@@ -112,6 +114,7 @@ async fn a_full_toml_file_builds_a_scheduler_whose_jobs_fire_as_declared() {
         (Some(Duration::from_secs(30)), false, 3),
         "job defaults apply"
     );
+    assert_eq!(report.timeout, Some(Duration::from_secs(600)));
     assert_eq!(report.next_run_time, Some(at(3, 0)));
     let tick = s.job("tick").get().await.unwrap().unwrap();
     assert_eq!(
@@ -123,6 +126,7 @@ async fn a_full_toml_file_builds_a_scheduler_whose_jobs_fire_as_declared() {
         ("pool", None, 1),
         "a job's own options win"
     );
+    assert_eq!(tick.timeout, Some(Duration::from_secs(5)));
     assert_eq!(s.job("once").get().await.unwrap().unwrap().name, "One-off");
     let noon = s.job("noon").get().await.unwrap().unwrap();
     assert_eq!(noon.next_run_time, Some(at(12, 0)));
@@ -267,6 +271,7 @@ fn every_problem_is_reported_at_once_with_its_path() {
         lease = 0
         [job_defaults]
         max_instances = 0
+        timeout = 0
         [stores.default]
         url = "ftp://example.com"
         [executors.gpu]
@@ -329,6 +334,7 @@ fn every_problem_is_reported_at_once_with_its_path() {
         "timezone: 'Mars/Olympus' is not a known IANA time zone",
         "lease: 0 is not a number of seconds above zero",
         "job_defaults.max_instances: must be at least 1",
+        "job_defaults.timeout: 0 is not a number of seconds above zero",
         "stores.default.url: cannot open store 'ftp://example.com'",
         "executors.gpu.type: 'cuda' is not an executor type (tokio, blocking or process)",
         "executors.pool.max_workers: must be at least 1",
