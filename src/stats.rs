@@ -4,7 +4,10 @@
 //!
 //! | name | kind | labels | what |
 //! |---|---|---|---|
-//! | `apsched_runs_total` | counter | `store`, `outcome` | scheduled times by outcome decided by the loop: `missed`, `max_instances`, `error` |
+//! | `apsched_runs_total` | counter | `store`, `outcome` | scheduled times by outcome: `executed`, `error`, `timeout`, `missed`, `max_instances` |
+//! | `apsched_run_lateness_seconds` | histogram | `store` | how late each run started after its scheduled time |
+//! | `apsched_run_duration_seconds` | histogram | `store`, `outcome` | how long each started run took (`executed`, `error` or `timeout`) |
+//! | `apsched_running_instances` | gauge | — | runs in flight, all jobs |
 //! | `apsched_store_call_seconds` | histogram | `store`, `call` | the loop's store calls: `acquire_due_jobs`, `release_jobs`, `next_run_time` |
 //! | `apsched_store_errors_total` | counter | `store`, `call` | those calls that failed |
 //! | `apsched_due_backlog_seconds` | gauge | `store` | how far the oldest due but unclaimed job is behind, after each pass (0 = none waits) |
@@ -12,6 +15,8 @@
 //! Labels name stores, not jobs, to keep the number of series small: what each job did is
 //! in its events.
 
+#[cfg(feature = "metrics")]
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The loop's call `call` on `store` took `elapsed` and succeeded or not.
@@ -44,4 +49,58 @@ pub(crate) fn run_outcome(store: &str, outcome: &'static str) {
         .increment(1);
     #[cfg(not(feature = "metrics"))]
     let _ = (store, outcome);
+}
+
+/// When the scheduled time a run is on started, for its duration: a field of every run,
+/// zero-sized without the `metrics` feature.
+#[derive(Debug, Default)]
+pub(crate) struct RunClock {
+    /// Nanoseconds from [`epoch`] to the start, plus one; 0 while no time is running.
+    #[cfg(feature = "metrics")]
+    started: AtomicU64,
+}
+
+#[cfg(feature = "metrics")]
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+impl RunClock {
+    /// A scheduled time of a job in `store` starts, `lateness()` after it was due (not
+    /// computed without the feature).
+    pub(crate) fn started(&self, store: &str, lateness: impl FnOnce() -> Duration) {
+        #[cfg(feature = "metrics")]
+        {
+            let since = epoch().elapsed().as_nanos();
+            let since = u64::try_from(since).unwrap_or(u64::MAX - 1);
+            self.started.store(since + 1, Ordering::Relaxed);
+            metrics::histogram!("apsched_run_lateness_seconds", "store" => store.to_string())
+                .record(lateness().as_secs_f64());
+            metrics::gauge!("apsched_running_instances").increment(1.0);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (store, lateness);
+    }
+
+    /// The scheduled time that [`started`](Self::started) ended with `outcome`; a time that
+    /// never started counts only its outcome.
+    pub(crate) fn finished(&self, store: &str, outcome: &'static str) {
+        #[cfg(feature = "metrics")]
+        {
+            let started = self.started.swap(0, Ordering::Relaxed);
+            if started != 0 {
+                let since = u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX);
+                let took = Duration::from_nanos(since.saturating_sub(started - 1));
+                metrics::gauge!("apsched_running_instances").decrement(1.0);
+                metrics::histogram!(
+                    "apsched_run_duration_seconds",
+                    "store" => store.to_string(),
+                    "outcome" => outcome
+                )
+                .record(took.as_secs_f64());
+            }
+        }
+        run_outcome(store, outcome);
+    }
 }

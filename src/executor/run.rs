@@ -17,6 +17,7 @@ use crate::event::{Event, EventBus};
 use crate::job::outcome::{JobError, JobResult};
 use crate::job::{Callable, JobContext};
 use crate::scheduler::{Inner, Scheduler};
+use crate::stats::RunClock;
 use crate::task::TaskRegistry;
 
 /// What a run needs from the scheduler: the clock, the event bus, the task registry, the
@@ -78,6 +79,8 @@ pub struct JobRun {
     pub(crate) watch: Option<Box<Watch>>,
     /// How many of `run_times` have had their outcome event.
     outcomes: AtomicUsize,
+    /// The current time's start, for the metrics (zero-sized without them).
+    stats: RunClock,
 }
 
 impl Drop for JobRun {
@@ -85,6 +88,7 @@ impl Drop for JobRun {
         let done = *self.outcomes.get_mut();
         for &t in self.run_times.iter().skip(done) {
             tracing::error!(job_id = %self.job_id, scheduled = %t, "run dropped before it finished");
+            self.stats.finished(&self.store, "error");
             self.ctx.events.emit_with(|| Event::JobError {
                 job_id: self.job_id.to_string(),
                 store: self.store.to_string(),
@@ -133,6 +137,7 @@ impl JobRun {
             _slot: Some(slot),
             watch: None,
             outcomes: AtomicUsize::new(0),
+            stats: RunClock::default(),
         }
     }
 
@@ -179,9 +184,15 @@ impl JobRun {
                     scheduled_run_time: scheduled,
                 });
                 self.outcomes.fetch_add(1, Ordering::Relaxed);
+                self.stats.finished(&self.store, "missed");
                 return false;
             }
         }
+        self.stats.started(&self.store, || {
+            (self.ctx.clock.now() - scheduled)
+                .to_std()
+                .unwrap_or_default()
+        });
         true
     }
 
@@ -191,6 +202,8 @@ impl JobRun {
             tracing::error!(job_id = %self.job_id, %scheduled, %error, "job failed");
         }
         self.outcomes.fetch_add(1, Ordering::Relaxed);
+        let outcome = if result.is_ok() { "executed" } else { "error" };
+        self.stats.finished(&self.store, outcome);
         self.ctx.events.emit_with(|| {
             let (job_id, store) = (self.job_id.to_string(), self.store.to_string());
             match result {
@@ -331,6 +344,7 @@ impl JobRun {
     /// Reports a scheduled time that went past its timeout ([`Event::JobTimeout`]).
     fn timed_out(&self, scheduled: DateTime<Utc>, timeout: Duration, aborted: bool) {
         self.outcomes.fetch_add(1, Ordering::Relaxed);
+        self.stats.finished(&self.store, "timeout");
         self.ctx.events.emit_with(|| Event::JobTimeout {
             job_id: self.job_id.to_string(),
             store: self.store.to_string(),

@@ -138,5 +138,20 @@ async fn loop_metrics_reach_the_recorder() {
         series.value("apsched_store_errors_total{call=acquire_due_jobs,store=metered}"),
         None
     );
+    // The first run started on time and is still going; the second due time was dropped.
+    assert_eq!(
+        series.value("apsched_run_lateness_seconds{store=metered}"),
+        Some(1)
+    );
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        series.value("apsched_runs_total{outcome=executed,store=metered}"),
+        Some(1),
+        "the slow run ended after 90 s"
+    );
+    assert_eq!(
+        series.value("apsched_run_duration_seconds{outcome=executed,store=metered}"),
+        Some(1)
+    );
     s.shutdown_now().await.unwrap();
 }
