@@ -34,6 +34,7 @@ pub(crate) mod process;
 mod run;
 mod runs;
 mod tokio;
+mod traced;
 
 pub use self::blocking::BlockingExecutor;
 pub(crate) use self::current_run::inside_run_of;

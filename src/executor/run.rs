@@ -12,6 +12,7 @@ use super::current_run::{self, ThreadRunGuard};
 use super::instances::InstanceSlot;
 use super::invoke::{invoke, invoke_blocking, invoke_with};
 use super::runs::RunRegistry;
+use super::traced::Traced;
 use crate::clock::Clock;
 use crate::event::{Event, EventBus};
 use crate::job::outcome::{JobError, JobResult};
@@ -185,8 +186,14 @@ impl JobRun {
                 });
                 self.outcomes.fetch_add(1, Ordering::Relaxed);
                 self.stats.finished(&self.store, "missed");
+                Self::trace("outcome", "missed");
                 return false;
             }
+        }
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            let late = (self.ctx.clock.now() - scheduled).num_microseconds();
+            span.record("lateness_ms", late.unwrap_or(i64::MAX) as f64 / 1000.0);
         }
         self.stats.started(&self.store, || {
             (self.ctx.clock.now() - scheduled)
@@ -204,6 +211,7 @@ impl JobRun {
         self.outcomes.fetch_add(1, Ordering::Relaxed);
         let outcome = if result.is_ok() { "executed" } else { "error" };
         self.stats.finished(&self.store, outcome);
+        Self::trace("outcome", outcome);
         self.ctx.events.emit_with(|| {
             let (job_id, store) = (self.job_id.to_string(), self.store.to_string());
             match result {
@@ -235,14 +243,17 @@ impl JobRun {
         reason = "an async fn holds its argument twice"
     )]
     pub fn run(self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        async move {
+        let span = self.span();
+        let run = async move {
             if self.watch.is_some() {
                 // Boxed: the rare path stays out of every run's task.
                 Box::pin(self.scoped(self.watched_times_in_order())).await
             } else {
                 self.scoped(self.run_times_in_order()).await
             }
-        }
+        };
+        // Untraced, the task is the run itself: the span stays out of it.
+        Traced::new(run, span)
     }
 
     async fn run_times_in_order(&self) {
@@ -259,6 +270,30 @@ impl JobRun {
             self.run_time(t, |ctx| invoke_with(&self.callable, &self.ctx.tasks, ctx))
                 .await;
         }
+    }
+
+    /// The `apsched.run` tracing span of this run, when a subscriber wants it: job id,
+    /// store, scheduled time (the first, when a run covers several), then lateness, outcome
+    /// and (for a run with a context or a timeout) the run id as they are known (the last
+    /// scheduled time's, when several). With no subscriber interested it costs one callsite
+    /// check and nothing in the run's task.
+    fn span(&self) -> Option<tracing::Span> {
+        let scheduled = self.run_times.first()?;
+        let span = tracing::info_span!(
+            "apsched.run",
+            job_id = %self.job_id,
+            store = %self.store,
+            scheduled = %scheduled,
+            lateness_ms = tracing::field::Empty,
+            run_id = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        (!span.is_disabled()).then_some(span)
+    }
+
+    /// Records `field` on the current run's span (a no-op outside one).
+    fn trace(field: &'static str, value: impl tracing::Value) {
+        tracing::Span::current().record(field, value);
     }
 
     /// Runs one scheduled time: the misfire check, `body` (given the run's context when the
@@ -291,6 +326,7 @@ impl JobRun {
         Fut: Future<Output = JobResult>,
     {
         let registered = self.ctx.runs.register();
+        Self::trace("run_id", registered.id.get());
         let context = if watch.context {
             let Some(scheduler) = Scheduler::upgrade(&self.ctx.scheduler) else {
                 self.finish(
@@ -345,6 +381,7 @@ impl JobRun {
     fn timed_out(&self, scheduled: DateTime<Utc>, timeout: Duration, aborted: bool) {
         self.outcomes.fetch_add(1, Ordering::Relaxed);
         self.stats.finished(&self.store, "timeout");
+        Self::trace("outcome", "timeout");
         self.ctx.events.emit_with(|| Event::JobTimeout {
             job_id: self.job_id.to_string(),
             store: self.store.to_string(),
@@ -363,6 +400,8 @@ impl JobRun {
     /// thread, so that the timeout can abandon it).
     pub fn run_blocking(self) {
         let _marked = ThreadRunGuard::enter(self.owner_key());
+        let span = self.span();
+        let _entered = span.as_ref().map(tracing::Span::enter);
         if self.watch.is_some() {
             match ::tokio::runtime::Handle::try_current() {
                 Ok(handle) => handle.block_on(self.scoped(self.watched_times_in_order())),

@@ -15,3 +15,4 @@ mod handles;
 mod metrics;
 mod runtimes;
 mod scenarios;
+mod spans;
