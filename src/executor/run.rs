@@ -89,7 +89,7 @@ impl Drop for JobRun {
         let done = *self.outcomes.get_mut();
         for &t in self.run_times.iter().skip(done) {
             tracing::error!(job_id = %self.job_id, scheduled = %t, "run dropped before it finished");
-            self.stats.finished(&self.store, "error");
+            self.stats.finished("error");
             self.ctx.events.emit_with(|| Event::JobError {
                 job_id: self.job_id.to_string(),
                 store: self.store.to_string(),
@@ -185,7 +185,7 @@ impl JobRun {
                     scheduled_run_time: scheduled,
                 });
                 self.outcomes.fetch_add(1, Ordering::Relaxed);
-                self.stats.finished(&self.store, "missed");
+                self.stats.finished("missed");
                 Self::trace("outcome", "missed");
                 return false;
             }
@@ -195,7 +195,7 @@ impl JobRun {
             let late = (self.ctx.clock.now() - scheduled).num_microseconds();
             span.record("lateness_ms", late.unwrap_or(i64::MAX) as f64 / 1000.0);
         }
-        self.stats.started(&self.store, || {
+        self.stats.started(|| {
             (self.ctx.clock.now() - scheduled)
                 .to_std()
                 .unwrap_or_default()
@@ -210,7 +210,7 @@ impl JobRun {
         }
         self.outcomes.fetch_add(1, Ordering::Relaxed);
         let outcome = if result.is_ok() { "executed" } else { "error" };
-        self.stats.finished(&self.store, outcome);
+        self.stats.finished(outcome);
         Self::trace("outcome", outcome);
         self.ctx.events.emit_with(|| {
             let (job_id, store) = (self.job_id.to_string(), self.store.to_string());
@@ -380,7 +380,7 @@ impl JobRun {
     /// Reports a scheduled time that went past its timeout ([`Event::JobTimeout`]).
     fn timed_out(&self, scheduled: DateTime<Utc>, timeout: Duration, aborted: bool) {
         self.outcomes.fetch_add(1, Ordering::Relaxed);
-        self.stats.finished(&self.store, "timeout");
+        self.stats.finished("timeout");
         Self::trace("outcome", "timeout");
         self.ctx.events.emit_with(|| Event::JobTimeout {
             job_id: self.job_id.to_string(),

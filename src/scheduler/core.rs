@@ -334,7 +334,7 @@ async fn prepare(
             store: store_alias.to_string(),
             scheduled_run_time: first,
         });
-        stats::run_outcome(store_alias, "missed");
+        stats::run_outcome("missed");
     }
     let Some(&last) = due.run_times.last() else {
         if due.removed {
@@ -383,7 +383,7 @@ async fn prepare(
             "the job is kept in its store"
         };
         tracing::error!(job_id = %job.id, executor = %job.executor, "no such executor");
-        stats::run_outcome(store_alias, "error");
+        stats::run_outcome("error");
         inner.events.emit(Event::JobError {
             job_id: job.id.clone(),
             store: store_alias.to_string(),
@@ -396,7 +396,7 @@ async fn prepare(
     let Some(slot) = inner.instances.try_acquire(&job_id, job.max_instances) else {
         tracing::warn!(job_id = %job.id, "max_instances reached; run dropped");
         for _ in &run_times {
-            stats::run_outcome(store_alias, "max_instances");
+            stats::run_outcome("max_instances");
         }
         let event = listening.then(|| Event::JobMaxInstances {
             job_id: job.id.clone(),
