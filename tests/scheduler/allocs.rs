@@ -134,9 +134,13 @@ async fn allocations_per_run(listening: bool) -> f64 {
 async fn allocations_per_run_stay_few() {
     let quiet = allocations_per_run(false).await;
     let listened = allocations_per_run(true).await;
+    // With the `metrics` feature and a recorder installed (this binary's metrics test
+    // installs one, in whatever order the tests run), the recorder's handling of a run's
+    // series adds one; the series themselves have static keys and allocate nothing.
+    let bound = 8.2 + if cfg!(feature = "metrics") { 1.0 } else { 0.0 };
     assert!(
-        quiet <= 8.2,
-        "{quiet} allocations per run (the bound is 8.2): see what was added to the run path"
+        quiet <= bound,
+        "{quiet} allocations per run (the bound is {bound}): see what was added to the run path"
     );
     assert!(
         listened - quiet >= 4.99,
