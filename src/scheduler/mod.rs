@@ -4,7 +4,7 @@
 //! other runtime too (`home.rs`). The handle's operations, by concern:
 //! - `builder.rs`: [`SchedulerBuilder`], which builds the shared state ([`Inner`]);
 //! - `lifecycle.rs`: start, pause, resume and the three ways to shut down;
-//! - `add.rs`: [`AddJob`], adding one job or many;
+//! - `add.rs` and `add_many.rs`: [`AddJob`], adding one job, and adding many at once;
 //! - `handles.rs` and `jobs.rs`: naming jobs and stores ([`JobHandle`], [`StoreHandle`]) and
 //!   finding and changing jobs ([`JobChanges`]);
 //! - `listeners.rs`: events as a channel or as a listener task;
@@ -16,6 +16,7 @@
 //!   and `blocking_handles.rs`, the blocking forms of the handles.
 
 mod add;
+mod add_many;
 mod background;
 mod blocking;
 mod blocking_handles;
