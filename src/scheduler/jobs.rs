@@ -95,10 +95,7 @@ impl Scheduler {
         if let Some(p) = self.inner.life().pending_job(id, store) {
             return Ok(Located::Pending(p.store.clone(), Box::new(p.job.clone())));
         }
-        let stores = match store {
-            Some(alias) => vec![(alias.to_string(), self.inner.store(alias)?)],
-            None => self.inner.stores(),
-        };
+        let stores = self.inner.stores_in(store)?;
         for (alias, s) in stores {
             if let Some(job) = s.lookup_job(id).await? {
                 return Ok(Located::Stored(alias, s, Box::new(job)));
@@ -125,10 +122,7 @@ impl Scheduler {
             .filter(|p| store.is_none_or(|s| s == p.store))
             .map(|p| Job::from_record(&p.job, &p.store, true))
             .collect();
-        let stores = match store {
-            Some(alias) => vec![(alias.to_string(), self.inner.store(alias)?)],
-            None => self.inner.stores(),
-        };
+        let stores = self.inner.stores_in(store)?;
         for (alias, s) in stores {
             jobs.extend(
                 s.get_all_jobs()
@@ -389,10 +383,7 @@ impl Scheduler {
             .life()
             .pending
             .retain(|p| store.is_some_and(|s| s != p.store));
-        let stores = match store {
-            Some(alias) => vec![(alias.to_string(), self.inner.store(alias)?)],
-            None => self.inner.stores(),
-        };
+        let stores = self.inner.stores_in(store)?;
         for (_, s) in stores {
             s.remove_all_jobs().await?;
         }

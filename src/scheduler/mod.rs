@@ -213,6 +213,14 @@ impl Inner {
         self.stores.read_unpoisoned().clone()
     }
 
+    /// The store `alias` (as a one-element list), or every store when `None`.
+    fn stores_in(&self, alias: Option<&str>) -> Result<Vec<(String, Arc<dyn JobStore>)>> {
+        match alias {
+            Some(alias) => Ok(vec![(alias.to_string(), self.store(alias)?)]),
+            None => Ok(self.stores()),
+        }
+    }
+
     fn store(&self, alias: &str) -> Result<Arc<dyn JobStore>> {
         self.stores
             .read_unpoisoned()

@@ -46,10 +46,7 @@ impl Scheduler {
             })
             .collect();
         if self.inner.check_started() {
-            let stores = match store {
-                Some(alias) => vec![(alias.to_string(), self.inner.store(alias)?)],
-                None => self.inner.stores(),
-            };
+            let stores = self.inner.stores_in(store)?;
             for (alias, s) in stores {
                 let records = s.export_records().await?;
                 jobs.extend(

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::export::UnloadableRecord;
 use crate::job::JobRecord;
 #[cfg(any(feature = "redis", feature = "mongodb", feature = "zookeeper"))]
 use crate::job::Lease;
@@ -160,6 +161,33 @@ impl Reported {
         let seen = self.seen.lock_unpoisoned();
         !seen.is_empty() && seen.contains_key(id)
     }
+}
+
+/// Orders what a store's export read: the jobs as [`JobStore::get_all_jobs`](super::JobStore::get_all_jobs)
+/// orders them, then the unloadable records by id.
+pub(crate) fn export_order(
+    records: Vec<std::result::Result<JobRecord, UnloadableRecord>>,
+) -> Vec<std::result::Result<JobRecord, UnloadableRecord>> {
+    let (mut jobs, mut bad): (Vec<JobRecord>, Vec<UnloadableRecord>) = (Vec::new(), Vec::new());
+    for r in records {
+        match r {
+            Ok(j) => jobs.push(j),
+            Err(u) => bad.push(u),
+        }
+    }
+    sort_jobs(&mut jobs);
+    bad.sort_by(|a, b| a.id.cmp(&b.id));
+    jobs.into_iter()
+        .map(Ok)
+        .chain(bad.into_iter().map(Err))
+        .collect()
+}
+
+/// The jobs of an export's records, in order (what `get_all_jobs` returns).
+pub(crate) fn loaded(
+    records: Vec<std::result::Result<JobRecord, UnloadableRecord>>,
+) -> Vec<JobRecord> {
+    records.into_iter().filter_map(|r| r.ok()).collect()
 }
 
 #[cfg(test)]

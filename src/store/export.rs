@@ -132,49 +132,6 @@ impl UnloadableRecord {
     }
 }
 
-#[cfg(any(
-    feature = "sqlite",
-    feature = "postgres",
-    feature = "mysql",
-    feature = "redis",
-    feature = "mongodb",
-    feature = "zookeeper"
-))]
-/// Orders what a store's export read: the jobs as [`JobStore::get_all_jobs`](super::JobStore::get_all_jobs)
-/// orders them, then the unloadable records by id.
-pub(crate) fn export_order(
-    records: Vec<std::result::Result<JobRecord, UnloadableRecord>>,
-) -> Vec<std::result::Result<JobRecord, UnloadableRecord>> {
-    let (mut jobs, mut bad): (Vec<JobRecord>, Vec<UnloadableRecord>) = (Vec::new(), Vec::new());
-    for r in records {
-        match r {
-            Ok(j) => jobs.push(j),
-            Err(u) => bad.push(u),
-        }
-    }
-    super::common::sort_jobs(&mut jobs);
-    bad.sort_by(|a, b| a.id.cmp(&b.id));
-    jobs.into_iter()
-        .map(Ok)
-        .chain(bad.into_iter().map(Err))
-        .collect()
-}
-
-#[cfg(any(
-    feature = "sqlite",
-    feature = "postgres",
-    feature = "mysql",
-    feature = "redis",
-    feature = "mongodb",
-    feature = "zookeeper"
-))]
-/// The jobs of an export's records, in order (what `get_all_jobs` returns).
-pub(crate) fn loaded(
-    records: Vec<std::result::Result<JobRecord, UnloadableRecord>>,
-) -> Vec<JobRecord> {
-    records.into_iter().filter_map(|r| r.ok()).collect()
-}
-
 /// What an import did, job by job.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]

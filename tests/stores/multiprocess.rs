@@ -201,7 +201,8 @@ pub fn read_logs(dir: &Path, processes: usize) -> Vec<Line> {
 }
 
 /// How many failed claims each process logged (`!error claim` lines): calls that may have
-/// committed a claim the process never heard of.
+/// committed a claim the process never heard of. (Used by the PostgreSQL chaos test.)
+#[cfg(feature = "postgres")]
 pub fn failed_claims(dir: &Path, processes: usize) -> Vec<usize> {
     (0..processes)
         .map(|p| {

@@ -597,6 +597,7 @@ pub async fn multiprocess_targets() -> Vec<crate::multiprocess::Target> {
 }
 
 /// The chaos test's database (see `chaos`): a fresh table on PostgreSQL, if it is there.
+#[cfg(feature = "postgres")]
 pub async fn chaos_target() -> Option<crate::multiprocess::Target> {
     let tdb = TestDb::new(Db::Postgres, "chaos").await?;
     Some(crate::multiprocess::Target {

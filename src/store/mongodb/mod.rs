@@ -27,7 +27,8 @@ use self::document::{is_duplicate_key, next_bson, version_is, INCARNATION_SHIFT}
 use super::{DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
 use crate::job::JobRecord;
-use crate::store::export::{export_order, loaded, UnloadableRecord};
+use crate::store::common::{export_order, loaded};
+use crate::store::export::UnloadableRecord;
 
 /// Keeps jobs in a MongoDB collection; several schedulers (processes) may share it. See the
 /// sections below for the document layout and the claim protocol.

@@ -29,7 +29,8 @@ use self::listen::listen;
 use super::{DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
 use crate::job::JobRecord;
-use crate::store::export::{export_order, loaded, UnloadableRecord};
+use crate::store::common::{export_order, loaded};
+use crate::store::export::UnloadableRecord;
 use crate::sync::MutexExt;
 
 /// Keeps jobs in Redis; several schedulers (processes) may share one prefix. See the

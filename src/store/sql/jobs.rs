@@ -12,8 +12,9 @@ use super::dialect::Dialect;
 use super::rows::{version_i64, version_u64, ClaimRow, UNREADABLE};
 use crate::error::{Error, Result};
 use crate::job::{JobRecord, Lease};
+use crate::store::common::{export_order, loaded};
 use crate::store::common::{first_version, from_micros, lease_until, micros_ceil};
-use crate::store::export::{export_order, loaded, UnloadableRecord};
+use crate::store::export::UnloadableRecord;
 use crate::store::DueJob;
 
 impl<DB> Core<DB>

@@ -37,7 +37,8 @@ use super::common::micros_ceil;
 use super::{DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
 use crate::job::JobRecord;
-use crate::store::export::{export_order, loaded, UnloadableRecord};
+use crate::store::common::{export_order, loaded};
+use crate::store::export::UnloadableRecord;
 use crate::sync::MutexExt;
 
 /// Keeps jobs in ZooKeeper; several schedulers (processes) may share one root path. See the
