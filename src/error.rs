@@ -116,6 +116,13 @@ pub enum Error {
     /// A write was refused because another scheduler changed the job since it was read.
     #[error("job '{0}' was changed by another scheduler since it was read; the write was refused (read the job again and retry)")]
     Fenced(String),
+    /// The store or scheduler cannot do this (a custom store without a run ledger asked for
+    /// runs, a run ledger turned off).
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    /// No run with this id is in the ledger (it may have been pruned by the retention).
+    #[error("no run with id {0} in the ledger (finished runs are pruned per RunRetention)")]
+    RunLookup(crate::RunId),
     /// (De)serialising a job's arguments, result or trigger failed.
     #[error("serialisation failed: {0} (task arguments and results must be JSON-serialisable)")]
     Serde(#[from] serde_json::Error),

@@ -24,6 +24,7 @@
 //! - [`job`]: jobs, their options and results.
 //! - [`store`]: where jobs live (memory; SQL, Redis, MongoDB, ZooKeeper behind features).
 //! - [`executor`]: where runs happen (Tokio tasks, thread pool, child processes, `LocalSet`).
+//! - [`ledger`]: what ran: one record per (job, scheduled time), run now, backfill.
 //! - [`event`]: what happened, as a broadcast channel with masks.
 //! - [`clock`]: real and virtual time.
 //! - named tasks for persistent jobs: [`SchedulerBuilder::task`]; [`worker_main`]: running
@@ -48,6 +49,7 @@ pub mod error;
 pub mod event;
 pub mod executor;
 pub mod job;
+pub mod ledger;
 mod scheduler;
 mod stats;
 pub mod store;
@@ -58,7 +60,7 @@ pub mod trigger;
 pub use crate::error::{Error, Result, TriggerError};
 pub use crate::event::{Event, EventKind, EventReceiver};
 pub use crate::executor::process::worker::worker_main;
-pub use crate::job::{IntoJobResult, Job, JobContext, JobDefaults, JobError, RunId};
+pub use crate::job::{IntoJobResult, Job, JobContext, JobDefaults, JobError, Overlap, RunId};
 pub use crate::scheduler::{
     AddJob, BackgroundScheduler, BlockingAddJob, BlockingJobHandle, BlockingScheduler,
     BlockingStoreHandle, JobChanges, JobHandle, ListenerId, LocalScheduler, Scheduler,

@@ -33,6 +33,10 @@ pub(crate) struct RunContext {
     pub timeout_grace: Duration,
     /// The scheduler, for [`JobContext::scheduler`]; weak, as the scheduler holds this.
     pub scheduler: Weak<Inner>,
+    /// The ledger's settings (which runs are finishing).
+    pub ledger: Arc<crate::ledger::LedgerSettings>,
+    /// Where runs send their outcomes, for the ledger.
+    pub writer: Arc<crate::ledger::RunWriter>,
 }
 
 impl std::fmt::Debug for RunContext {

@@ -77,6 +77,8 @@ mod size_tests {
             runs: RunRegistry::default(),
             timeout_grace: std::time::Duration::from_secs(5),
             scheduler: std::sync::Weak::new(),
+            ledger: Default::default(),
+            writer: Default::default(),
         });
         let run = JobRun::new(
             id.clone(),

@@ -2,7 +2,6 @@
 //! run, and a cancellation token), and the run's identity, [`RunId`].
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -12,8 +11,9 @@ use crate::scheduler::Scheduler;
 
 /// The identity of one run of a job (one scheduled time being run).
 ///
-/// Unique within this process for now (a counter); when runs are recorded in a run ledger,
-/// this becomes the stored run's id. Pass it to
+/// Random (63 bits, never zero), so ids made by several schedulers sharing a store do not
+/// collide: the run ledger keys its records by it ([`RunRecord`](crate::ledger::RunRecord)),
+/// and events carry it. Pass it to
 /// [`Scheduler::cancel_run`](crate::Scheduler::cancel_run) to cancel the run's token.
 ///
 /// ```
@@ -23,22 +23,24 @@ use crate::scheduler::Scheduler;
 /// println!("run {id} of job {}", ctx.job_id());
 /// # }
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct RunId(u64);
 
 impl RunId {
-    /// A new id, never handed out before in this process.
+    /// A new random id (63 bits, so that SQL stores keep it in a signed `BIGINT`).
     pub(crate) fn next() -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        RunId(NEXT.fetch_add(1, Ordering::Relaxed))
+        RunId(rand::random_range(1..=i64::MAX as u64))
     }
 
-    /// The id `n` (a worker child gets its run's id from its parent).
-    pub(crate) fn from_raw(n: u64) -> Self {
+    /// The id `n`, as a store or a worker child read it back.
+    pub fn from_raw(n: u64) -> Self {
         RunId(n)
     }
 
-    /// The id as a number.
+    /// The id as a number (below 2⁶³).
     pub fn get(self) -> u64 {
         self.0
     }

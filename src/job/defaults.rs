@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::job::opt_secs;
+use crate::job::Overlap;
 
 /// Options every job has, with scheduler-wide defaults
 /// ([`SchedulerBuilder::job_defaults`](crate::SchedulerBuilder::job_defaults)).
@@ -35,6 +36,10 @@ pub struct JobDefaults {
     /// [`AddJob::timeout`](crate::AddJob::timeout)); `None` = no limit. Default `None`.
     #[serde(default, with = "opt_secs")]
     pub timeout: Option<Duration>,
+    /// What a run due while `max_instances` runs are active does. Default
+    /// [`Overlap::Skip`].
+    #[serde(default)]
+    pub overlap: Overlap,
 }
 
 impl JobDefaults {
@@ -74,6 +79,15 @@ impl JobDefaults {
     }
 }
 
+impl JobDefaults {
+    /// Sets what a run due while `max_instances` runs are active does.
+    #[must_use]
+    pub fn overlap(mut self, overlap: Overlap) -> Self {
+        self.overlap = overlap;
+        self
+    }
+}
+
 impl Default for JobDefaults {
     fn default() -> Self {
         JobDefaults {
@@ -81,6 +95,7 @@ impl Default for JobDefaults {
             coalesce: true,
             max_instances: 1,
             timeout: None,
+            overlap: Overlap::Skip,
         }
     }
 }

@@ -13,6 +13,7 @@ mod due;
 mod job_fn;
 pub(crate) mod opt_secs;
 pub(crate) mod outcome;
+mod overlap;
 mod record;
 mod view;
 
@@ -26,5 +27,6 @@ pub(crate) use self::due::advance;
 pub use self::due::WALK_BEFORE_SKIP;
 pub use self::job_fn::{AsyncJobFn, AsyncTaskFn, BlockingJobFn, BlockingTaskFn, LocalJobFn};
 pub use self::outcome::{IntoJobResult, JobError, JobResult};
+pub use self::overlap::Overlap;
 pub use self::record::{JobRecord, Lease, StoredJob};
 pub use self::view::Job;

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::job::callable::{Callable, StoredCallable};
 use crate::job::defaults::JobDefaults;
 use crate::job::opt_secs;
+use crate::job::Overlap;
 use crate::trigger::TriggerSpec;
 
 /// A lease on a job held by one scheduler while it processes the job's due runs.
@@ -46,6 +47,8 @@ pub struct JobRecord {
     pub max_instances: u32,
     /// How long a run may take before it is cancelled; `None` = no limit.
     pub timeout: Option<Duration>,
+    /// What a run due while `max_instances` runs are active does.
+    pub overlap: Overlap,
     /// The next time it is due; `None` = paused.
     pub next_run_time: Option<DateTime<Utc>>,
     /// Incremented by every write; writes check it (compare-and-swap).
@@ -94,6 +97,9 @@ pub struct StoredJob {
         deserialize_with = "valid::timeout"
     )]
     pub timeout: Option<Duration>,
+    /// The overlap policy (absent = `"skip"`, as in documents written before it existed).
+    #[serde(default, skip_serializing_if = "Overlap::is_skip")]
+    pub overlap: Overlap,
     /// Next run time (`null` = paused).
     pub next_run_time: Option<DateTime<Utc>>,
 }
@@ -148,6 +154,7 @@ impl JobRecord {
             coalesce: defaults.coalesce,
             max_instances: defaults.max_instances,
             timeout: defaults.timeout,
+            overlap: defaults.overlap,
             next_run_time: None,
             version: 0,
             lease: None,
@@ -177,6 +184,7 @@ impl JobRecord {
             coalesce: self.coalesce,
             max_instances: self.max_instances,
             timeout: self.timeout,
+            overlap: self.overlap,
             next_run_time: self.next_run_time,
         })
     }
@@ -204,6 +212,7 @@ impl JobRecord {
             coalesce: s.coalesce,
             max_instances: s.max_instances,
             timeout: s.timeout,
+            overlap: s.overlap,
             next_run_time: s.next_run_time,
             version,
             lease,

@@ -38,6 +38,8 @@ pub struct Job {
     /// How long a run may take before it is cancelled (`None` = no limit).
     #[serde(with = "opt_secs")]
     pub timeout: Option<Duration>,
+    /// What a run due while `max_instances` runs are active does.
+    pub overlap: crate::Overlap,
     /// Next run time (`None` = paused, or not yet computed while pending).
     pub next_run_time: Option<DateTime<Utc>>,
     /// Added before the scheduler started: not in a store yet, next run time computed at
@@ -58,6 +60,7 @@ impl Job {
             coalesce: r.coalesce,
             max_instances: r.max_instances,
             timeout: r.timeout,
+            overlap: r.overlap,
             next_run_time: if pending { None } else { r.next_run_time },
             pending,
         }

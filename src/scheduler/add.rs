@@ -42,6 +42,7 @@ pub struct AddJob {
     coalesce: Option<bool>,
     max_instances: Option<u32>,
     timeout: Option<Option<Duration>>,
+    overlap: Option<crate::Overlap>,
     next_run_time: Option<Option<DateTime<Utc>>>,
     store: Option<String>,
     executor: Option<String>,
@@ -134,6 +135,7 @@ impl AddJob {
             coalesce: None,
             max_instances: None,
             timeout: None,
+            overlap: None,
             next_run_time: None,
             store: None,
             executor: None,
@@ -200,6 +202,24 @@ impl AddJob {
     /// ```
     pub fn timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.timeout = Some(timeout.into());
+        self
+    }
+
+    /// What a run due while `max_instances` runs of the job are active does (default: the
+    /// scheduler's [`JobDefaults::overlap`](crate::JobDefaults::overlap), [`Overlap::Skip`](crate::Overlap::Skip)).
+    /// Active runs are counted in the job's store, so this holds across schedulers.
+    ///
+    /// ```
+    /// # use apsched::{Overlap, Scheduler};
+    /// # async fn demo(scheduler: Scheduler) -> apsched::Result<()> {
+    /// scheduler
+    ///     .add_task_job("report", "2024-01-15")
+    ///     .overlap(Overlap::BufferOne)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn overlap(mut self, overlap: crate::Overlap) -> Self {
+        self.overlap = Some(overlap);
         self
     }
 
@@ -287,6 +307,7 @@ impl AddJob {
             coalesce: self.coalesce.unwrap_or(inner.defaults.coalesce),
             max_instances,
             timeout,
+            overlap: self.overlap.unwrap_or(inner.defaults.overlap),
             next_run_time: None,
             version: 0,
             lease: None,

@@ -12,6 +12,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::event::EventBus;
 use crate::executor::{Executor, Instances, RunContext, RunRegistry, TokioExecutor};
 use crate::job::{AsyncTaskFn, BlockingTaskFn, JobDefaults};
+use crate::ledger::{LedgerSettings, RunRetention, RunWriter};
 use crate::store::{JobStore, MemoryStore};
 use crate::task::{TaskFn, TaskRegistry};
 
@@ -48,6 +49,8 @@ pub struct SchedulerBuilder {
     event_capacity: usize,
     manual: bool,
     timeout_grace: Duration,
+    run_ledger: bool,
+    run_retention: RunRetention,
 }
 
 /// How long a run past its timeout may take to end after its token is cancelled, unless
@@ -69,11 +72,30 @@ impl Default for SchedulerBuilder {
             event_capacity: 4096,
             manual: false,
             timeout_grace: DEFAULT_TIMEOUT_GRACE,
+            run_ledger: false,
+            run_retention: RunRetention::default(),
         }
     }
 }
 
 impl SchedulerBuilder {
+    /// Whether to keep the run ledger (default `true`): a record of every run in the job's
+    /// store, `max_instances` and the overlap policy counted across schedulers, crash
+    /// recovery of claimed runs, `run_now` and `backfill` handles that await outcomes (see
+    /// [`ledger`](crate::ledger)). Off, runs are counted in this process only and nothing
+    /// is recorded. Schedulers sharing a store should agree on it.
+    pub fn run_ledger(mut self, on: bool) -> Self {
+        self.run_ledger = on;
+        self
+    }
+
+    /// How many finished runs the ledger keeps (default: the newest 100 per job, none
+    /// older than 30 days).
+    pub fn run_retention(mut self, retention: RunRetention) -> Self {
+        self.run_retention = retention;
+        self
+    }
+
     /// The zone given to triggers built without one. Default: the machine's IANA zone,
     /// else UTC.
     pub fn timezone(mut self, tz: Tz) -> Self {
@@ -195,6 +217,7 @@ impl SchedulerBuilder {
         let timezone = self.timezone.unwrap_or_else(local_timezone);
         let events = EventBus::new(self.event_capacity);
         let tasks = Arc::new(self.tasks);
+        let ledger = Arc::new(LedgerSettings::new(self.run_ledger, self.run_retention));
         let inner = Arc::new_cyclic(|weak| Inner {
             id: self.id.unwrap_or_else(default_scheduler_id),
             clock: self.clock.clone(),
@@ -207,7 +230,10 @@ impl SchedulerBuilder {
                 runs: RunRegistry::default(),
                 timeout_grace: self.timeout_grace,
                 scheduler: weak.clone(),
+                ledger: ledger.clone(),
+                writer: Arc::new(RunWriter::default()),
             }),
+            ledger,
             events,
             tasks,
             lease: self.lease,

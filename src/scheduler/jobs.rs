@@ -33,6 +33,7 @@ pub struct JobChanges {
     coalesce: Option<bool>,
     max_instances: Option<u32>,
     timeout: Option<Option<Duration>>,
+    overlap: Option<crate::Overlap>,
     next_run_time: Option<Option<DateTime<Utc>>>,
 }
 
@@ -77,6 +78,11 @@ impl JobChanges {
     /// timeout they started with.
     pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+    /// Changes the overlap policy (see [`AddJob::overlap`](crate::AddJob::overlap)).
+    pub fn overlap(mut self, overlap: crate::Overlap) -> Self {
+        self.overlap = Some(overlap);
         self
     }
     /// Sets the next run time (`None` pauses the job).
@@ -206,6 +212,9 @@ impl Scheduler {
             }
             if let Some(v) = c.timeout {
                 job.timeout = v;
+            }
+            if let Some(v) = c.overlap {
+                job.overlap = v;
             }
             if let Some(t) = c.next_run_time {
                 job.next_run_time = t;

@@ -173,6 +173,8 @@ pub(crate) struct Inner {
     /// pass. Changes that make nothing due earlier than this need not wake it.
     planned_wakeup: AtomicI64,
     instances: Arc<Instances>,
+    /// The run ledger's settings, shared with the stores' contexts and the runs.
+    ledger: Arc<crate::ledger::LedgerSettings>,
     /// What every run needs, shared: one reference count per run instead of one per part.
     run_context: Arc<RunContext>,
     state: watch::Sender<SchedulerState>,
@@ -248,6 +250,7 @@ impl Inner {
             self.events.clone(),
             self.clock.clone(),
         )
+        .with_ledger(self.ledger.clone())
     }
 
     fn wakeup(&self) {

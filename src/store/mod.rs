@@ -50,7 +50,9 @@ pub use self::zookeeper::ZooKeeperStore;
 use crate::clock::Clock;
 use crate::error::{Result, TriggerError};
 use crate::event::{Event, EventBus};
-use crate::job::JobRecord;
+use crate::job::{JobRecord, RunId};
+pub(crate) use crate::ledger::LedgerSettings;
+use crate::ledger::{RunFilter, RunOutcome, RunRecord, RunRetention, RunTick};
 use crate::task::TaskRegistry;
 
 /// What a store gets from the scheduler when it starts: who it is, what time it is, and the
@@ -70,6 +72,7 @@ pub struct StoreContext {
     wakeup: Arc<Notify>,
     events: EventBus,
     clock: Arc<dyn Clock>,
+    ledger: Arc<LedgerSettings>,
 }
 
 impl StoreContext {
@@ -91,7 +94,32 @@ impl StoreContext {
             wakeup,
             events,
             clock,
+            ledger: Arc::new(LedgerSettings::default()),
         }
+    }
+
+    /// With the scheduler's ledger settings (shared with its runs).
+    pub(crate) fn with_ledger(mut self, ledger: Arc<LedgerSettings>) -> Self {
+        self.ledger = ledger;
+        self
+    }
+
+    /// Whether the scheduler keeps a run ledger in this store (on by default; off with
+    /// [`SchedulerBuilder::run_ledger`](crate::SchedulerBuilder::run_ledger)). When it is
+    /// off, [`DueJob::plan_runs`] plans nothing and the store writes no run records.
+    pub fn keeps_runs(&self) -> bool {
+        self.ledger.enabled
+    }
+
+    /// How many finished runs to keep ([`JobStore::tick_runs`] prunes the rest).
+    pub fn run_retention(&self) -> RunRetention {
+        self.ledger.retention
+    }
+
+    /// Whether this scheduler has finished run `run_id` and not yet written its outcome to
+    /// the store: the overlap rule does not count such a run as active.
+    pub fn is_finishing(&self, run_id: RunId) -> bool {
+        self.ledger.is_finishing(run_id)
     }
 
     /// The store's alias in this scheduler (for messages and events).
@@ -172,6 +200,12 @@ pub struct DueJob {
     /// The oldest due time of a long backlog that was skipped unlisted (see
     /// [`WALK_BEFORE_SKIP`](crate::job::WALK_BEFORE_SKIP)); the loop reports it as missed.
     pub skipped_from: Option<DateTime<Utc>>,
+    /// The run records to create in the same atomic step as the claim (planned by
+    /// [`plan_runs`](Self::plan_runs); empty when the scheduler keeps no ledger).
+    pub runs: Vec<RunRecord>,
+    /// Started runs of this job to flag `cancel_requested` in the same step (overlap
+    /// policy `CancelOther`).
+    pub cancel: Vec<RunId>,
 }
 
 impl DueJob {
@@ -187,6 +221,8 @@ impl DueJob {
             removed,
             trigger_error: adv.trigger_error,
             skipped_from: adv.skipped_from,
+            runs: Vec::new(),
+            cancel: Vec::new(),
         }
     }
 }
@@ -282,6 +318,73 @@ pub trait JobStore: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Whether this store keeps a run ledger (every built-in store does). A store that does
+    /// not leaves the ledger's methods at their defaults: the scheduler then counts
+    /// `max_instances` in its own process and records no runs.
+    fn keeps_runs(&self) -> bool {
+        false
+    }
+
+    /// Marks runs `claimed` → `started` (with `started_at = now`, no longer queued) just
+    /// before the scheduler hands them to executors: one call per batch. Only runs still
+    /// claimed and owned by this scheduler change; returns the ids that did (a run another
+    /// scheduler took over meanwhile is not started here).
+    async fn start_runs(&self, run_ids: &[RunId], now: DateTime<Utc>) -> Result<Vec<RunId>> {
+        let _ = (run_ids, now);
+        Err(no_ledger())
+    }
+
+    /// Writes terminal outcomes ([`RunRecord::apply`]: a run already terminal keeps its
+    /// state). Unknown run ids (pruned, or removed with the store's data) are ignored.
+    async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<()> {
+        let _ = outcomes;
+        Err(no_ledger())
+    }
+
+    /// Creates manual runs of job `job_id` at `slots` (`run_now`, `backfill`) with
+    /// [`plan_manual_runs`](crate::ledger::plan_manual_runs), in one atomic step with the
+    /// read of the job's active runs (and the `cancel_requested` flags it sets), without
+    /// changing the job's next run time. Returns the records as created.
+    /// [`Error::JobLookup`](crate::Error::JobLookup) if the job does not exist.
+    async fn add_manual_runs(
+        &self,
+        job_id: &str,
+        slots: &[DateTime<Utc>],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RunRecord>> {
+        let _ = (job_id, slots, now);
+        Err(no_ledger())
+    }
+
+    /// The scheduler's periodic ledger pass (every third of the lease, and when a run of a
+    /// job with queued runs finishes):
+    /// - records this scheduler as alive until `now + lease`;
+    /// - takes over the active runs of schedulers no longer alive: claimed ones become this
+    ///   scheduler's and are returned to start ([`RunTick::dispatch`]); started ones become
+    ///   `abandoned` ([`RunTick::abandoned`]);
+    /// - promotes queued runs (oldest first) of jobs with a free instance to this scheduler,
+    ///   atomically with the claims of those jobs, and returns them to start;
+    /// - returns this scheduler's started runs flagged `cancel_requested`;
+    /// - prunes finished runs beyond [`StoreContext::run_retention`], a bounded amount per
+    ///   call.
+    async fn tick_runs(&self, now: DateTime<Utc>) -> Result<RunTick> {
+        let _ = now;
+        Err(no_ledger())
+    }
+
+    /// Runs passing `filter`, newest first (scheduled time, then run id, descending), at
+    /// most `filter.limit` ([`RunFilter::matches`] is the reference).
+    async fn query_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
+        let _ = filter;
+        Err(no_ledger())
+    }
+
+    /// One run by id.
+    async fn get_run(&self, run_id: RunId) -> Result<Option<RunRecord>> {
+        let _ = run_id;
+        Err(no_ledger())
+    }
+
     /// How often the scheduler should look at this store even when it has no reason to
     /// (other processes may add jobs to it without waking this one). `None` for stores
     /// only this scheduler writes to, or that push notifications through
@@ -294,6 +397,11 @@ pub trait JobStore: Send + Sync + 'static {
     fn is_persistent(&self) -> bool {
         false
     }
+}
+
+/// What the ledger methods of a store without a ledger return.
+fn no_ledger() -> crate::Error {
+    crate::Error::Unsupported("this store keeps no run ledger".into())
 }
 
 /// The batch [`JobStore::add_jobs`] writes: `jobs` with, when `replace` is set, only the
@@ -397,6 +505,85 @@ pub fn from_url(url: &str) -> Result<Box<dyn JobStore>> {
     }
 }
 
+/// A shared store is a store (so one store can be started by several schedulers in one
+/// process, as in the ledger's contract tests).
+#[async_trait::async_trait]
+impl<T: JobStore> JobStore for Arc<T> {
+    async fn start(&self, ctx: StoreContext) -> Result<()> {
+        (**self).start(ctx).await
+    }
+    async fn shutdown(&self) -> Result<()> {
+        (**self).shutdown().await
+    }
+    async fn add_job(&self, job: JobRecord, replace_existing: bool) -> Result<()> {
+        (**self).add_job(job, replace_existing).await
+    }
+    async fn add_jobs(&self, jobs: Vec<JobRecord>, replace_existing: bool) -> Result<()> {
+        (**self).add_jobs(jobs, replace_existing).await
+    }
+    async fn update_job(&self, job: JobRecord) -> Result<JobRecord> {
+        (**self).update_job(job).await
+    }
+    async fn remove_job(&self, id: &str) -> Result<()> {
+        (**self).remove_job(id).await
+    }
+    async fn remove_all_jobs(&self) -> Result<()> {
+        (**self).remove_all_jobs().await
+    }
+    async fn lookup_job(&self, id: &str) -> Result<Option<JobRecord>> {
+        (**self).lookup_job(id).await
+    }
+    async fn get_all_jobs(&self) -> Result<Vec<JobRecord>> {
+        (**self).get_all_jobs().await
+    }
+    async fn export_records(
+        &self,
+    ) -> Result<Vec<std::result::Result<JobRecord, UnloadableRecord>>> {
+        (**self).export_records().await
+    }
+    async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>> {
+        (**self).next_run_time().await
+    }
+    async fn acquire_due_jobs(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueJob>> {
+        (**self).acquire_due_jobs(now, limit).await
+    }
+    async fn release_jobs(&self, jobs: &[DueJob]) -> Result<()> {
+        (**self).release_jobs(jobs).await
+    }
+    fn keeps_runs(&self) -> bool {
+        (**self).keeps_runs()
+    }
+    async fn start_runs(&self, run_ids: &[RunId], now: DateTime<Utc>) -> Result<Vec<RunId>> {
+        (**self).start_runs(run_ids, now).await
+    }
+    async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<()> {
+        (**self).finish_runs(outcomes).await
+    }
+    async fn add_manual_runs(
+        &self,
+        job_id: &str,
+        slots: &[DateTime<Utc>],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RunRecord>> {
+        (**self).add_manual_runs(job_id, slots, now).await
+    }
+    async fn tick_runs(&self, now: DateTime<Utc>) -> Result<RunTick> {
+        (**self).tick_runs(now).await
+    }
+    async fn query_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
+        (**self).query_runs(filter).await
+    }
+    async fn get_run(&self, run_id: RunId) -> Result<Option<RunRecord>> {
+        (**self).get_run(run_id).await
+    }
+    fn poll_interval(&self) -> Option<Duration> {
+        (**self).poll_interval()
+    }
+    fn is_persistent(&self) -> bool {
+        (**self).is_persistent()
+    }
+}
+
 /// A boxed store is a store (so [`from_url`]'s result goes straight into the builder).
 #[async_trait::async_trait]
 impl JobStore for Box<dyn JobStore> {
@@ -440,6 +627,32 @@ impl JobStore for Box<dyn JobStore> {
     }
     async fn release_jobs(&self, jobs: &[DueJob]) -> Result<()> {
         (**self).release_jobs(jobs).await
+    }
+    fn keeps_runs(&self) -> bool {
+        (**self).keeps_runs()
+    }
+    async fn start_runs(&self, run_ids: &[RunId], now: DateTime<Utc>) -> Result<Vec<RunId>> {
+        (**self).start_runs(run_ids, now).await
+    }
+    async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<()> {
+        (**self).finish_runs(outcomes).await
+    }
+    async fn add_manual_runs(
+        &self,
+        job_id: &str,
+        slots: &[DateTime<Utc>],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RunRecord>> {
+        (**self).add_manual_runs(job_id, slots, now).await
+    }
+    async fn tick_runs(&self, now: DateTime<Utc>) -> Result<RunTick> {
+        (**self).tick_runs(now).await
+    }
+    async fn query_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
+        (**self).query_runs(filter).await
+    }
+    async fn get_run(&self, run_id: RunId) -> Result<Option<RunRecord>> {
+        (**self).get_run(run_id).await
     }
     fn poll_interval(&self) -> Option<Duration> {
         (**self).poll_interval()

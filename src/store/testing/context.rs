@@ -87,6 +87,17 @@ impl TestContext {
         }
     }
 
+    /// With the run ledger on or off and this retention (the default: on, the default
+    /// [`RunRetention`](crate::ledger::RunRetention)).
+    pub fn with_ledger(mut self, enabled: bool, retention: crate::ledger::RunRetention) -> Self {
+        self.context = self
+            .context
+            .with_ledger(Arc::new(crate::ledger::LedgerSettings::new(
+                enabled, retention,
+            )));
+        self
+    }
+
     /// The context to pass to [`JobStore::start`](crate::store::JobStore::start).
     pub fn context(&self) -> StoreContext {
         self.context.clone()

@@ -51,6 +51,7 @@ fn job(id: &str, trigger: TriggerSpec, next: Option<DateTime<Utc>>) -> JobRecord
         coalesce: false,
         max_instances: 2,
         timeout: None,
+        overlap: crate::Overlap::Skip,
         next_run_time: next,
         version: 0,
         lease: None,

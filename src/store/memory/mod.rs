@@ -1,22 +1,30 @@
 //! The in-process store.
 
+mod runs;
+
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use chrono::{DateTime, Utc};
 
-use super::{DueJob, JobStore};
+use super::{DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
-use crate::job::JobRecord;
+use crate::job::{JobRecord, RunId};
+use crate::ledger::{plan_manual_runs, RunFilter, RunOutcome, RunRecord, RunTick};
 use crate::sync::MutexExt;
 
 /// Keeps jobs in memory, ordered by next run time. Holds any callable, closures included.
 ///
 /// Adding, updating and removing a job is O(log n); finding the due jobs is O(k log n) for
 /// k due jobs. A million jobs are fine.
+///
+/// It keeps the run ledger too (records of every run, under the same lock as the jobs), for
+/// as long as the process lives.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    /// The context of the scheduler that started it (the ledger needs its identity).
+    ctx: OnceLock<StoreContext>,
 }
 
 #[derive(Debug, Default)]
@@ -30,6 +38,8 @@ struct Inner {
     /// removed and added again never repeats a version of the job it replaces (a writer
     /// holding a read of the old one is fenced).
     last_version: u64,
+    /// The run ledger.
+    runs: runs::Runs,
 }
 
 impl Inner {
@@ -74,10 +84,20 @@ impl MemoryStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    fn owner(&self) -> &str {
+        self.ctx.get().map_or("", StoreContext::scheduler_id)
+    }
 }
 
 #[async_trait::async_trait]
 impl JobStore for MemoryStore {
+    async fn start(&self, ctx: StoreContext) -> Result<()> {
+        // A store is started by one scheduler; a second start keeps the first identity.
+        let _ = self.ctx.set(ctx);
+        Ok(())
+    }
+
     async fn add_job(&self, mut job: JobRecord, replace_existing: bool) -> Result<()> {
         let mut inner = self.lock();
         if inner.jobs.contains_key(job.id.as_str()) {
@@ -173,7 +193,14 @@ impl JobStore for MemoryStore {
                 continue;
             };
             job.version = inner.next_version();
-            let claimed = DueJob::claim(*job, now);
+            let mut claimed = DueJob::claim(*job, now);
+            if let Some(ctx) = self.ctx.get() {
+                if !claimed.run_times.is_empty() || claimed.skipped_from.is_some() {
+                    let active = inner.runs.active_of(&key);
+                    claimed.plan_runs(ctx, now, &active);
+                    inner.runs.record_claim(&key, &claimed);
+                }
+            }
             if !claimed.removed {
                 if let Some(t) = claimed.job.next_run_time {
                     inner.due_index.insert((t, key.clone()));
@@ -183,5 +210,66 @@ impl JobStore for MemoryStore {
             due.push(claimed);
         }
         Ok(due)
+    }
+
+    fn keeps_runs(&self) -> bool {
+        true
+    }
+
+    async fn start_runs(&self, run_ids: &[RunId], now: DateTime<Utc>) -> Result<Vec<RunId>> {
+        Ok(self.lock().runs.start(run_ids, self.owner(), now))
+    }
+
+    async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<()> {
+        self.lock().runs.finish(outcomes);
+        Ok(())
+    }
+
+    async fn add_manual_runs(
+        &self,
+        job_id: &str,
+        slots: &[DateTime<Utc>],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RunRecord>> {
+        let mut inner = self.lock();
+        let Some((key, job)) = inner.jobs.get_key_value(job_id) else {
+            return Err(Error::JobLookup(job_id.to_string()));
+        };
+        let key = key.clone();
+        let Some(ctx) = self.ctx.get() else {
+            return Err(Error::State {
+                needed: "started (a store records runs once a scheduler starts it)",
+                actual: "not started",
+            });
+        };
+        let active = inner.runs.active_of(&key);
+        let (runs, cancel) = plan_manual_runs(job, slots, ctx, now, &active);
+        inner.runs.flag_cancel(&cancel);
+        for r in &runs {
+            inner.runs.insert(&key, r.clone());
+        }
+        Ok(runs)
+    }
+
+    async fn tick_runs(&self, now: DateTime<Utc>) -> Result<RunTick> {
+        let Some(ctx) = self.ctx.get() else {
+            return Ok(RunTick::default());
+        };
+        let inner = &mut *self.lock();
+        Ok(inner.runs.tick(
+            &inner.jobs,
+            ctx.scheduler_id(),
+            now,
+            ctx.run_retention(),
+            |id| ctx.is_finishing(id),
+        ))
+    }
+
+    async fn query_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
+        Ok(self.lock().runs.query(filter))
+    }
+
+    async fn get_run(&self, run_id: RunId) -> Result<Option<RunRecord>> {
+        Ok(self.lock().runs.get(run_id))
     }
 }

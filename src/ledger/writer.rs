@@ -1,0 +1,144 @@
+//! [`RunWriter`]: how runs hand their outcomes to the ledger. A run's outcome is sent on a
+//! channel (never awaited by the run) and one task per scheduler writes them to the stores
+//! in batches, so a storm of runs costs one store write per batch, not one per run.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify};
+
+use super::{LedgerSettings, RunOutcome};
+use crate::job::RunId;
+use crate::store::JobStore;
+use crate::sync::MutexExt;
+
+/// Most outcomes written in one store call.
+const BATCH: usize = 1024;
+/// First retry delay after a failed write; doubles up to [`MAX_RETRY`].
+const MIN_RETRY: Duration = Duration::from_millis(200);
+const MAX_RETRY: Duration = Duration::from_secs(10);
+
+type Item = (Arc<str>, RunOutcome);
+
+/// The sending side, shared by every run of a scheduler, and the waiters of run handles.
+#[derive(Debug, Default)]
+pub(crate) struct RunWriter {
+    tx: Mutex<Option<mpsc::UnboundedSender<Item>>>,
+    /// Run handles waiting for an outcome to be written.
+    waiters: Mutex<HashMap<RunId, Arc<Notify>>>,
+}
+
+impl RunWriter {
+    /// Starts the writing task; it ends when [`close`](Self::close) is called and
+    /// everything sent before has been written (or given up on).
+    pub(crate) fn open(
+        self: &Arc<Self>,
+        ledger: Arc<LedgerSettings>,
+        stores: impl Fn(&str) -> Option<Arc<dyn JobStore>> + Send + Sync + 'static,
+        on_error: impl Fn(&str, &crate::Error) + Send + Sync + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.tx.lock_unpoisoned() = Some(tx);
+        let this = self.clone();
+        tokio::spawn(async move { this.write_all(rx, ledger, stores, on_error).await })
+    }
+
+    /// Stops accepting outcomes; the task writes what it has and ends.
+    pub(crate) fn close(&self) {
+        self.tx.lock_unpoisoned().take();
+    }
+
+    /// Sends one outcome (dropped with a warning if the writer is closed: the scheduler is
+    /// shutting down, and the run stays `started` in the store, which a later scheduler
+    /// marks abandoned).
+    pub(crate) fn send(&self, store: Arc<str>, outcome: RunOutcome) {
+        let tx = self.tx.lock_unpoisoned();
+        match tx.as_ref() {
+            Some(tx) if tx.send((store, outcome)).is_ok() => {}
+            _ => {
+                tracing::warn!("the run ledger's writer is closed; a run's outcome is not recorded")
+            }
+        }
+    }
+
+    /// A notification for when run `id`'s outcome has been written.
+    pub(crate) fn waiter(&self, id: RunId) -> Arc<Notify> {
+        self.waiters
+            .lock_unpoisoned()
+            .entry(id)
+            .or_insert_with(|| Arc::new(Notify::new()))
+            .clone()
+    }
+
+    /// Forgets a waiter (its handle is gone).
+    pub(crate) fn forget(&self, id: RunId) {
+        self.waiters.lock_unpoisoned().remove(&id);
+    }
+
+    async fn write_all(
+        &self,
+        mut rx: mpsc::UnboundedReceiver<Item>,
+        ledger: Arc<LedgerSettings>,
+        stores: impl Fn(&str) -> Option<Arc<dyn JobStore>>,
+        on_error: impl Fn(&str, &crate::Error),
+    ) {
+        let mut batch: Vec<Item> = Vec::new();
+        loop {
+            if rx.recv_many(&mut batch, BATCH).await == 0 {
+                return;
+            }
+            // Group by store, keeping each store's order.
+            let mut by_store: Vec<(Arc<str>, Vec<RunOutcome>)> = Vec::new();
+            for (store, outcome) in batch.drain(..) {
+                match by_store.iter_mut().find(|(s, _)| *s == store) {
+                    Some((_, v)) => v.push(outcome),
+                    None => by_store.push((store, vec![outcome])),
+                }
+            }
+            for (alias, outcomes) in by_store {
+                self.write(&alias, &outcomes, &stores, &on_error).await;
+                ledger.written(outcomes.iter().map(|o| o.run_id));
+                self.wake(&outcomes);
+            }
+        }
+    }
+
+    /// Writes one store's batch, retrying with backoff while the store fails (the outcomes
+    /// exist only here until written). Gives up when the store is no longer configured.
+    async fn write(
+        &self,
+        alias: &str,
+        outcomes: &[RunOutcome],
+        stores: &impl Fn(&str) -> Option<Arc<dyn JobStore>>,
+        on_error: &impl Fn(&str, &crate::Error),
+    ) {
+        let mut delay = MIN_RETRY;
+        loop {
+            let Some(store) = stores(alias) else {
+                return;
+            };
+            match store.finish_runs(outcomes).await {
+                Ok(()) => return,
+                Err(e) => {
+                    on_error(alias, &e);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_RETRY);
+                }
+            }
+        }
+    }
+
+    fn wake(&self, outcomes: &[RunOutcome]) {
+        let waiters = self.waiters.lock_unpoisoned();
+        if waiters.is_empty() {
+            return;
+        }
+        for o in outcomes {
+            if let Some(n) = waiters.get(&o.run_id) {
+                n.notify_waiters();
+                n.notify_one();
+            }
+        }
+    }
+}
