@@ -59,6 +59,8 @@ pub(crate) struct Watch {
     pub timeout: Option<Duration>,
     /// Whether the body takes a [`JobContext`].
     pub context: bool,
+    /// Whether the run was made by hand (`run_now`, `backfill`).
+    pub manual: bool,
 }
 
 /// One submission of a job: one or more scheduled times to run in order.
@@ -440,6 +442,7 @@ impl JobRun {
                 watch.name.clone(),
                 t,
                 registered.id,
+                watch.manual,
                 registered.token.clone(),
                 scheduler,
             ))

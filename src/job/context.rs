@@ -102,6 +102,7 @@ struct RunInfo {
     name: Option<Arc<str>>,
     scheduled_run_time: DateTime<Utc>,
     run_id: RunId,
+    manual: bool,
     token: CancellationToken,
     scheduler: Scheduler,
 }
@@ -112,6 +113,7 @@ impl JobContext {
         name: Option<Arc<str>>,
         scheduled_run_time: DateTime<Utc>,
         run_id: RunId,
+        manual: bool,
         token: CancellationToken,
         scheduler: Scheduler,
     ) -> Self {
@@ -121,6 +123,7 @@ impl JobContext {
                 name,
                 scheduled_run_time,
                 run_id,
+                manual,
                 token,
                 scheduler,
             }),
@@ -153,10 +156,10 @@ impl JobContext {
         1
     }
 
-    /// Whether the run was started by hand rather than by its trigger: always `false` for
-    /// now (there is no way to run a job by hand yet).
+    /// Whether the run was made by hand ([`JobHandle::run_now`](crate::JobHandle::run_now),
+    /// [`JobHandle::backfill`](crate::JobHandle::backfill)) rather than by its trigger.
     pub fn is_manual(&self) -> bool {
-        false
+        self.inner.manual
     }
 
     /// The run's cancellation token (see [Cancellation](Self#cancellation)). Clone it to

@@ -235,9 +235,12 @@ impl RunRetention {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RunTick {
-    /// Claimed runs this scheduler now owns and should start: runs of dead schedulers that
-    /// never started, and queued runs whose job has a free instance now.
+    /// Claimed runs of dead schedulers that never started, now this scheduler's: they start
+    /// under the job's misfire rules.
     pub dispatch: Vec<RunRecord>,
+    /// Queued runs whose job has a free instance now, now this scheduler's and no longer
+    /// queued: they start whatever their lateness (waiting was their policy).
+    pub promoted: Vec<RunRecord>,
     /// Started runs of dead schedulers, now `abandoned`.
     pub abandoned: Vec<RunRecord>,
     /// This scheduler's started runs that another run asked to stop (`CancelOther`).

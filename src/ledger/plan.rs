@@ -152,7 +152,15 @@ fn plan_unit(
     runs: &mut Vec<RunRecord>,
 ) -> Vec<RunId> {
     let running = active.running(ctx);
-    let full = running >= job.max_instances as usize && job.overlap != Overlap::AllowAll;
+    // Queued runs go first: a new run of a buffering job waits behind them even when an
+    // instance has just come free (the next ledger pass promotes the oldest).
+    let waiting = active.queued() > 0
+        && matches!(
+            job.overlap,
+            Overlap::BufferOne | Overlap::BufferAll | Overlap::CancelOther
+        );
+    let full =
+        (running >= job.max_instances as usize || waiting) && job.overlap != Overlap::AllowAll;
     let mut cancel = Vec::new();
     let (state, queued, note) = if !full {
         (RunState::Claimed, false, None)

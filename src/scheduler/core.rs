@@ -418,13 +418,17 @@ async fn prepare(
         inner.run_context.clone(),
         slot,
     )
-    .with_watch(watch(inner, job));
+    .with_watch(watch(inner, job, false));
     Some((event, Some((executor, run))))
 }
 
 /// What a run of `job` needs to observe cancellation, if it can: only a body taking a
 /// [`JobContext`](crate::JobContext) or a job with a timeout gets it (and its allocation).
-pub(super) fn watch(inner: &Inner, job: &crate::job::JobRecord) -> Option<Box<Watch>> {
+pub(super) fn watch(
+    inner: &Inner,
+    job: &crate::job::JobRecord,
+    manual: bool,
+) -> Option<Box<Watch>> {
     let context = match &job.callable {
         Callable::Task { name, .. } => inner.tasks.get(name).is_some_and(TaskFn::takes_context),
         other => other.takes_context(),
@@ -434,6 +438,7 @@ pub(super) fn watch(inner: &Inner, job: &crate::job::JobRecord) -> Option<Box<Wa
             name: job.name.as_deref().map(Arc::from),
             timeout: job.timeout,
             context,
+            manual,
         })
     })
 }

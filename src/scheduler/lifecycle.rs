@@ -137,6 +137,32 @@ impl Scheduler {
     }
 
     async fn shutdown_with(&self, wait: Wait) -> Result<()> {
+        // Called from a run, waiting for every run would wait for the caller itself.
+        let inside_job = executor::inside_run_of(&self.inner.instances);
+        // Once begun, a shutdown finishes even if its caller's task is dropped (a job that
+        // shuts its scheduler down is itself stopped by it; a local executor's runtime
+        // goes away with its executor): on the scheduler's runtime, in a task of its own.
+        match self.inner.home() {
+            Some(home) if !self.inner.manual => {
+                let this = self.clone();
+                home.spawn(async move { this.shutdown_steps(wait, inside_job).await })
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(Error::State {
+                            needed: "a shutdown that completes",
+                            actual: if e.is_panic() {
+                                "panicked"
+                            } else {
+                                "cancelled"
+                            },
+                        })
+                    })
+            }
+            _ => self.shutdown_steps(wait, inside_job).await,
+        }
+    }
+
+    async fn shutdown_steps(&self, wait: Wait, inside_job: bool) -> Result<()> {
         let inner = &self.inner;
         if !inner.check_started() {
             return Err(Error::State {
@@ -156,8 +182,6 @@ impl Scheduler {
             }
         }
         let executors = inner.executors.read_unpoisoned().clone();
-        // Called from a run, waiting for every run would wait for the caller itself.
-        let inside_job = executor::inside_run_of(&inner.instances);
         let drain = async {
             if inside_job {
                 for (_, ex) in &executors {

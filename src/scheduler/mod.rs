@@ -162,6 +162,9 @@ struct Life {
     ticks: HashMap<String, DateTime<Utc>>,
     /// The task writing run outcomes to the stores, from start to shutdown.
     writer_task: Option<JoinHandle<()>>,
+    /// Jobs whose trigger ended (so their store removed them) while they had queued runs,
+    /// by (store, job id): what those runs start with.
+    parked: HashMap<(String, String), JobRecord>,
 }
 
 pub(crate) struct Inner {

@@ -15,7 +15,7 @@ use super::{Inner, JobHandle, Scheduler, SchedulerState, StoreHandle};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::executor::{Executor, JobRun};
-use crate::job::{JobRecord, RunId};
+use crate::job::{JobRecord, Overlap, RunId};
 use crate::ledger::{RunFilter, RunOutcome, RunRecord, RunState, RunStats, BACKFILL_LIMIT};
 use crate::stats;
 use crate::store::{DueJob, JobStore};
@@ -104,6 +104,8 @@ impl Inner {
         job: &JobRecord,
         times: Vec<DateTime<Utc>>,
         ids: Vec<RunId>,
+        manual: bool,
+        lenient: bool,
     ) -> Option<JobRun> {
         let job_id: Arc<str> = Arc::from(job.id.as_str());
         let slot = self.instances.try_acquire(&job_id, u32::MAX)?;
@@ -113,11 +115,15 @@ impl Inner {
                 store.clone(),
                 job.callable.clone(),
                 times,
-                job.misfire_grace_time,
+                if lenient {
+                    None
+                } else {
+                    job.misfire_grace_time
+                },
                 self.run_context.clone(),
                 slot,
             )
-            .with_watch(watch(self, job))
+            .with_watch(watch(self, job, manual))
             .with_run_ids(ids),
         )
     }
@@ -148,8 +154,14 @@ pub(super) async fn tick_store(
     for id in &tick.cancel {
         inner.run_context.runs.cancel(*id);
     }
-    if !tick.dispatch.is_empty() {
-        dispatch(inner, &Arc::from(alias), store, tick.dispatch).await;
+    if !tick.dispatch.is_empty() || !tick.promoted.is_empty() {
+        let mut runs = tick.dispatch;
+        // A promoted run waited on purpose: its lateness is not a misfire.
+        runs.extend(tick.promoted.into_iter().map(|mut r| {
+            r.queued = true;
+            r
+        }));
+        dispatch(inner, &Arc::from(alias), store, runs).await;
     }
     Ok(())
 }
@@ -161,7 +173,9 @@ fn previous_owner(r: &RunRecord) -> String {
 }
 
 /// Starts claimed runs this scheduler owns outside a claim (taken over, promoted, manual):
-/// each in its own submission, after marking it started.
+/// each in its own submission, after marking it started. Runs marked `queued` here (promoted
+/// ones) and manual ones start whatever their lateness; taken-over ones under the job's
+/// misfire rules.
 async fn dispatch(
     inner: &Inner,
     alias: &Arc<str>,
@@ -175,8 +189,14 @@ async fn dispatch(
     }
     let mut ready: Vec<Prepared> = Vec::new();
     for (job_id, runs) in by_job {
+        let parked = inner
+            .life()
+            .parked
+            .get(&(alias.to_string(), job_id.clone()))
+            .cloned();
         let job = match store.lookup_job(&job_id).await {
             Ok(Some(job)) => job,
+            Ok(None) if parked.is_some() => parked.expect("checked"),
             Ok(None) => {
                 for r in &runs {
                     inner.ledger_error(
@@ -206,7 +226,11 @@ async fn dispatch(
             continue;
         };
         for r in runs {
-            let Some(run) = inner.recorded_run(alias, &job, vec![r.scheduled], vec![r.run_id])
+            // Manual and promoted (marked queued) runs start whatever their lateness.
+            let lenient = r.manual || r.queued;
+            let times = vec![r.scheduled];
+            let Some(run) =
+                inner.recorded_run(alias, &job, times, vec![r.run_id], r.manual, lenient)
             else {
                 continue;
             };
@@ -236,6 +260,19 @@ pub(super) async fn prepare_recorded(
     listening: bool,
 ) -> Prepared {
     let job = &due.job;
+    if due.removed && !matches!(job.overlap, Overlap::Skip | Overlap::AllowAll) {
+        // Its trigger has ended and its store forgot it: its queued runs (from this claim
+        // or earlier ones) start with this copy.
+        inner
+            .life()
+            .parked
+            .insert((alias.to_string(), job.id.clone()), job.clone());
+    }
+    // CancelOther: stop the running instances this process has at once; those running in
+    // other schedulers see the request in their next ledger pass.
+    for id in &due.cancel {
+        inner.run_context.runs.cancel(*id);
+    }
     let (mut times, mut ids) = (Vec::new(), Vec::new());
     let (mut skipped_times, mut skipped_ids) = (Vec::new(), Vec::new());
     for r in &due.runs {
@@ -286,7 +323,7 @@ pub(super) async fn prepare_recorded(
         scheduled_run_times: times.clone(),
         run_ids: ids.clone(),
     });
-    match inner.recorded_run(alias, job, times, ids) {
+    match inner.recorded_run(alias, job, times, ids, false, false) {
         Some(run) => (event, Some((executor, run))),
         None => (None, None),
     }
@@ -510,7 +547,8 @@ impl Scheduler {
             dispatch(inner, &alias_arc, &store, start).await;
         }
         if records.iter().any(|r| r.queued) {
-            inner.request_tick(&alias, store.is_persistent());
+            // CancelOther's requests and the queue are handled by the ledger pass.
+            inner.request_tick(&alias, false);
         }
         Ok(records
             .into_iter()

@@ -363,7 +363,8 @@ pub trait JobStore: Send + Sync + 'static {
     ///   scheduler's and are returned to start ([`RunTick::dispatch`]); started ones become
     ///   `abandoned` ([`RunTick::abandoned`]);
     /// - promotes queued runs (oldest first) of jobs with a free instance to this scheduler,
-    ///   atomically with the claims of those jobs, and returns them to start;
+    ///   atomically with the claims of those jobs, and returns them to start
+    ///   ([`RunTick::promoted`]);
     /// - returns this scheduler's started runs flagged `cancel_requested`;
     /// - prunes finished runs beyond [`StoreContext::run_retention`], a bounded amount per
     ///   call.

@@ -11,6 +11,7 @@ mod context;
 mod executors;
 mod flavours;
 mod handles;
+mod ledger;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod runtimes;

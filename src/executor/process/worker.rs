@@ -134,6 +134,8 @@ fn context_from_env(scheduler: crate::Scheduler) -> Result<JobContext, JobError>
         Some(std::sync::Arc::from(var(name)?.as_str())),
         scheduled,
         RunId::from_raw(run_id),
+        // A worker child is not told whether its run is manual.
+        false,
         tokio_util::sync::CancellationToken::new(),
         scheduler,
     ))

@@ -172,7 +172,7 @@ impl Runs {
                 if let Some(r) = self.by_id.get_mut(&q.run_id) {
                     r.queued = false;
                     r.owner = owner.to_string();
-                    tick.dispatch.push(r.clone());
+                    tick.promoted.push(r.clone());
                 }
             }
         }

@@ -103,6 +103,8 @@ fn states(runs: &[RunRecord]) -> Vec<RunState> {
 async fn claim(store: &impl JobStore, now: chrono::DateTime<chrono::Utc>) -> Vec<RunRecord> {
     store.tick_runs(now).await.expect("tick_runs");
     let due = store.acquire_due_jobs(now, 100).await.expect("acquire");
+    // As the loop does once the runs are handed over: the job's lease goes.
+    store.release_jobs(&due).await.expect("release_jobs");
     due.into_iter().flat_map(|d| d.runs).collect()
 }
 
@@ -518,7 +520,6 @@ where
         .await
         .unwrap();
     let first = claim(&s1, at(0)).await;
-    s1.release_jobs(&[]).await.unwrap();
     s1.start_runs(&[first[0].run_id], at(0)).await.unwrap();
     // s2 claims the next slot while s1's run is still going: skipped.
     let second = claim(&s2, at(10)).await;
