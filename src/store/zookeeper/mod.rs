@@ -17,9 +17,12 @@ mod claim;
 mod client;
 mod envelope;
 mod index;
+mod ledger;
 mod names;
 mod nodes;
+mod runs;
 mod session;
+mod tick;
 mod watch;
 
 use std::sync::atomic::Ordering;
@@ -36,7 +39,8 @@ use self::watch::{Plan, Watcher, UNWATCHED_POLL};
 use super::common::micros_ceil;
 use super::{DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
-use crate::job::JobRecord;
+use crate::job::{JobRecord, RunId};
+use crate::ledger::{RunFilter, RunOutcome, RunRecord, RunTick};
 use crate::store::common::{export_order, loaded};
 use crate::store::export::UnloadableRecord;
 use crate::sync::MutexExt;
@@ -421,6 +425,39 @@ impl JobStore for ZooKeeperStore {
 
     async fn release_jobs(&self, jobs: &[DueJob]) -> Result<()> {
         self.client.release_jobs(jobs).await
+    }
+
+    fn keeps_runs(&self) -> bool {
+        true
+    }
+
+    async fn start_runs(&self, run_ids: &[RunId], now: DateTime<Utc>) -> Result<Vec<RunId>> {
+        self.client.start_runs(run_ids, now).await
+    }
+
+    async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<()> {
+        self.client.finish_runs(outcomes).await
+    }
+
+    async fn add_manual_runs(
+        &self,
+        job_id: &str,
+        slots: &[DateTime<Utc>],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RunRecord>> {
+        self.client.add_manual_runs(job_id, slots, now).await
+    }
+
+    async fn tick_runs(&self, now: DateTime<Utc>) -> Result<RunTick> {
+        self.client.tick_runs(now).await
+    }
+
+    async fn query_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
+        self.client.query_runs(filter).await
+    }
+
+    async fn get_run(&self, run_id: RunId) -> Result<Option<RunRecord>> {
+        self.client.get_run(run_id).await
     }
 
     fn poll_interval(&self) -> Option<Duration> {
