@@ -25,7 +25,7 @@ const LEDGER_ATTEMPTS: usize = 8;
 
 /// What writing one claim came to.
 enum Claimed {
-    Won(DueJob),
+    Won(Box<DueJob>),
     /// Another writer changed the job first.
     Lost,
     /// The job's run ledger changed since it was read.
@@ -85,7 +85,7 @@ impl Client {
                 .write_claim(c, node, due, lease, Vec::new())
                 .await
                 .map(|o| match o {
-                    Claimed::Won(d) => Some(d),
+                    Claimed::Won(d) => Some(*d),
                     Claimed::Lost | Claimed::Retry => None,
                 });
         };
@@ -100,7 +100,7 @@ impl Client {
             due.cancel = flagged;
             let extra = self.record_ops(&node.name, &read, &due.runs, cancels);
             match self.write_claim(c, &node, due, lease, extra).await? {
-                Claimed::Won(d) => return Ok(Some(d)),
+                Claimed::Won(d) => return Ok(Some(*d)),
                 Claimed::Lost => return Ok(None),
                 Claimed::Retry => {}
             }
@@ -170,14 +170,14 @@ impl Client {
         Ok(match written {
             Outcome::Written(w) => {
                 due.job.version = w.zxid.max(0) as u64;
-                Claimed::Won(due)
+                Claimed::Won(Box::new(due))
             }
             Outcome::JobChanged => Claimed::Lost,
             Outcome::LedgerChanged => Claimed::Retry,
         })
     }
 
-    /// Reads job znodes and, for each, its run ledger state, in one multi-read per 125
+    /// Reads job znodes and, for each, its run ledger state, in one multi-read per 250
     /// jobs: (name, the node if it exists, the ledger state).
     pub(super) async fn read_claimables(
         &self,
@@ -185,7 +185,7 @@ impl Client {
         names: &[String],
     ) -> Result<Vec<(String, Option<Node>, LedgerRead)>> {
         let mut out = Vec::with_capacity(names.len());
-        for chunk in names.chunks(125) {
+        for chunk in names.chunks(250) {
             let mut reader = c.new_multi_reader();
             for n in chunk {
                 reader

@@ -38,7 +38,13 @@ impl Client {
             .bad_runs
             .note(&id.to_string(), fingerprint(&text, version as u64))
         {
-            let job = job_id.map_or_else(|| "?".to_string(), str::to_string);
+            // The job as the history names it, else as the record does, if it says.
+            let job = job_id.map(str::to_string).unwrap_or_else(|| {
+                serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| v.get("job_id")?.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            });
             let message = format!(
                 "run {id} of job '{job}' cannot be read ({why}); it is skipped and kept \
                  untouched: fix or delete the znode {}",
@@ -288,7 +294,7 @@ impl Client {
                 }
             }
         }
-        candidates.sort_unstable_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+        candidates.sort_unstable_by_key(|c| std::cmp::Reverse((c.0, c.1)));
         let mut found: Vec<RunRecord> = Vec::new();
         let chunk = (filter.limit.saturating_mul(2)).clamp(32, 500);
         let mut at = 0;

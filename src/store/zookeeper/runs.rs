@@ -11,7 +11,8 @@
 //!   that adds an instance-holding run of the job sets it with the version it read);
 //! - `R/active/<job node>/<run id>~q|r`: empty, one per active (claimed or started) run:
 //!   `q` queued, `r` holding an instance. The claim counts these without reading records;
-//! - `R/owners/<scheduler>`: `{"alive_until": µs}`, each scheduler's heartbeat.
+//! - `R/owners/s-<scheduler id>`: `{"alive_until": µs, "alive_until_utc": ".."}`, each
+//!   scheduler's heartbeat.
 
 use chrono::{DateTime, Utc};
 use zookeeper_client as zk;
@@ -70,6 +71,9 @@ pub(super) fn owner_name(scheduler_id: &str) -> String {
 pub(super) struct Heartbeat {
     /// Microseconds since the epoch until which the scheduler counts as alive.
     pub(super) alive_until: i64,
+    /// The same time in RFC 3339, for operators reading the znode (never read back).
+    #[serde(default, skip_deserializing)]
+    pub(super) alive_until_utc: String,
 }
 
 impl Client {

@@ -92,6 +92,7 @@ impl Client {
         let path = format!("{}/{}", self.owners_path(), owner_name(me));
         let data = serde_json::to_vec(&Heartbeat {
             alive_until: micros_ceil(until),
+            alive_until_utc: until.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         })?;
         self.call("recording the heartbeat", async {
             match c.set_data(&path, &data, None).await {

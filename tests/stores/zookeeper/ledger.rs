@@ -133,8 +133,7 @@ async fn zookeeper_ledger_manual_runs_are_serialised() {
     let made: Vec<_> = futures::future::join_all(tasks)
         .await
         .into_iter()
-        .map(Result::unwrap)
-        .flatten()
+        .flat_map(Result::unwrap)
         .collect();
     assert_eq!(made.len(), 8);
     let holding = made.iter().filter(|r| r.state == RunState::Claimed).count();
