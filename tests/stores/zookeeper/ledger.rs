@@ -410,3 +410,26 @@ async fn zookeeper_ledger_claim_and_records_are_atomic() {
     s.shutdown().await.unwrap();
     cleanup(&r).await;
 }
+
+/// The run ledger's contract, every namespace a root of its own under one base (removed
+/// at the end), shared by the stores opened with it.
+#[tokio::test]
+async fn zookeeper_ledger_contract() {
+    if !available().await {
+        return;
+    }
+    let base = root();
+    suite::ledger_contract(
+        |namespace, ctx| {
+            let r = format!("{base}/{namespace}");
+            async move {
+                let s = ZooKeeperStore::new(&hosts()).unwrap().with_root(r);
+                s.start(ctx).await.unwrap();
+                s
+            }
+        },
+        true,
+    )
+    .await;
+    cleanup(&base).await;
+}
