@@ -19,6 +19,10 @@ use crate::store::StoreContext;
 /// The most records one pass deletes (pruning is spread over passes, never in the claim).
 const PRUNE_PER_PASS: usize = 1000;
 
+/// How long the heartbeat of a scheduler that stopped is kept (for the abandoned runs'
+/// messages), in µs.
+const DAY_US: i64 = 86_400_000_000;
+
 impl Client {
     /// [`JobStore::tick_runs`](crate::store::JobStore::tick_runs).
     pub(super) async fn tick_runs(&self, now: DateTime<Utc>) -> Result<RunTick> {
@@ -40,9 +44,15 @@ impl Client {
             .flat_map(|r| r.markers.iter().map(|(id, _)| *id))
             .collect();
         let mut records: HashMap<RunId, (RunRecord, i32)> = HashMap::new();
+        let mut bad = std::collections::HashSet::new();
         for (id, data, version) in self.read_runs(&c, &ids).await? {
-            if let Some(r) = self.parse_run(id, &data, version, None) {
-                records.insert(id, (r, version));
+            match self.parse_run(id, &data, version, None) {
+                Some(r) => {
+                    records.insert(id, (r, version));
+                }
+                None => {
+                    bad.insert(id);
+                }
             }
         }
         let alive = self.heartbeats(&c).await?;
@@ -64,7 +74,7 @@ impl Client {
         let mut results: HashMap<usize, JobTick> = HashMap::new();
         for (i, (job, read)) in jobs.iter().zip(&reads).enumerate() {
             let max = max_instances.get(job).copied().unwrap_or(1);
-            let plan = self.plan_job(&ctx, job, read, &records, &alive, max, now);
+            let plan = self.plan_job(&ctx, job, read, &records, &bad, &alive, max, now);
             tick.cancel.extend(plan.cancel.iter().copied());
             if !plan.ops.is_empty() {
                 groups.push((i, plan.ops.clone()));
@@ -81,6 +91,17 @@ impl Client {
                 tick.abandoned.extend(plan.abandoned);
             }
         }
+        // Heartbeats of schedulers gone for a day: a missing heartbeat counts as dead too,
+        // so they only grow the directory.
+        let forgotten: Vec<Op> = alive
+            .iter()
+            .filter(|(_, until)| **until < now.timestamp_micros().saturating_sub(DAY_US))
+            .take(100)
+            .map(|(name, _)| Op::DeleteIfAny(format!("{}/{name}", self.owners_path())))
+            .collect();
+        self.commit_ops(&c, forgotten, "removing old heartbeats")
+            .await?
+            .ok();
         let active: std::collections::HashSet<RunId> = ids.into_iter().collect();
         self.prune(&c, history, &active, ctx.run_retention(), now)
             .await?;
@@ -142,6 +163,7 @@ impl Client {
         job: &str,
         read: &LedgerRead,
         records: &HashMap<RunId, (RunRecord, i32)>,
+        bad: &std::collections::HashSet<RunId>,
         alive: &HashMap<String, i64>,
         max_instances: u32,
         now: DateTime<Utc>,
@@ -155,15 +177,22 @@ impl Client {
         let mut queued: Vec<(RunRecord, i32)> = Vec::new();
         for &(id, marker_queued) in &read.markers {
             let Some((r, version)) = records.get(&id) else {
-                // No record (or one that does not parse): counts as holding an instance.
-                if !marker_queued {
-                    holding += 1;
+                if bad.contains(&id) {
+                    // A record that does not parse: it may hold an instance.
+                    holding += usize::from(!marker_queued);
+                } else {
+                    // No record (left by hand: records and markers change together):
+                    // the marker would hold an instance forever.
+                    plan.ops
+                        .push(Op::DeleteIfAny(self.marker_path(job, id, marker_queued)));
                 }
                 continue;
             };
             let mut r = r.clone();
             if r.state.is_terminal() {
-                // Finished, marker left behind: it holds nothing.
+                // Finished, its marker left behind (by hand): it holds nothing.
+                plan.ops
+                    .push(Op::DeleteIfAny(self.marker_path(job, id, marker_queued)));
                 continue;
             }
             let dead_since = (r.owner != me)

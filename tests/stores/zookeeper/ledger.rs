@@ -433,3 +433,83 @@ async fn zookeeper_ledger_contract() {
     .await;
     cleanup(&base).await;
 }
+
+/// Claims of one scheduler and manual runs of another, at the same time on one job with
+/// one instance: the job's ledger lock serialises them, so exactly one run holds the
+/// instance, whichever wins.
+#[tokio::test]
+async fn zookeeper_ledger_claims_and_manual_runs_are_serialised() {
+    if !available().await {
+        return;
+    }
+    let r = root();
+    let (a, _ca) = ledger_store(&r, "a", RunRetention::default()).await;
+    let (b, _cb) = ledger_store(&r, "b", RunRetention::default()).await;
+    let ids: Vec<String> = (0..6).map(|i| format!("j{i}")).collect();
+    for id in &ids {
+        a.add_job(job(id, 1, Overlap::Skip), false).await.unwrap();
+    }
+    let now = suite::at(0);
+    let slots = [now];
+    let manual = futures::future::join_all(ids.iter().map(|id| a.add_manual_runs(id, &slots, now)));
+    let (made, due) = tokio::join!(manual, b.acquire_due_jobs(now, 100));
+    let due = due.unwrap();
+    assert_eq!(due.len(), ids.len(), "every job claimed once");
+    for m in made {
+        m.unwrap();
+    }
+    for id in &ids {
+        let runs = a
+            .query_runs(&RunFilter::new().job(id.as_str()))
+            .await
+            .unwrap();
+        assert_eq!(runs.len(), 2, "{runs:?}");
+        let holding = runs.iter().filter(|r| r.state == RunState::Claimed).count();
+        assert_eq!(holding, 1, "{runs:?}");
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    cleanup(&r).await;
+}
+
+/// A marker left behind by hand (its run finished) would hold the job's one instance for
+/// ever: the pass removes it. Heartbeats expired for over a day are removed too.
+#[tokio::test]
+async fn zookeeper_ledger_pass_removes_stale_markers_and_heartbeats() {
+    if !available().await {
+        return;
+    }
+    let r = root();
+    let (s, _c) = ledger_store(&r, "s1", RunRetention::default()).await;
+    s.add_job(job("a", 1, Overlap::Skip), false).await.unwrap();
+    s.tick_runs(suite::at(0)).await.unwrap();
+    let first = s.acquire_due_jobs(suite::at(0), 10).await.unwrap()[0].runs[0].clone();
+    s.finish_runs(&[RunOutcome::new(
+        first.run_id,
+        "a",
+        RunState::Executed,
+        suite::at(1),
+    )])
+    .await
+    .unwrap();
+    let c = connect(&hosts()).await.unwrap();
+    let marker = format!("{r}/active/j-a/{:020}~r", first.run_id.get());
+    c.create(&marker, &[], &open()).await.unwrap();
+    let old = format!("{r}/owners/s-gone");
+    c.create(&old, br#"{"alive_until": 0}"#, &open())
+        .await
+        .unwrap();
+    let due = s.acquire_due_jobs(suite::at(60), 10).await.unwrap();
+    assert_eq!(
+        due[0].runs[0].state,
+        RunState::Skipped,
+        "the stale marker counts"
+    );
+    s.tick_runs(suite::at(61)).await.unwrap();
+    assert!(c.get_data(&marker).await.is_err(), "marker removed");
+    assert!(c.get_data(&old).await.is_err(), "old heartbeat removed");
+    let due = s.acquire_due_jobs(suite::at(120), 10).await.unwrap();
+    assert_eq!(due[0].runs[0].state, RunState::Claimed);
+    s.shutdown().await.unwrap();
+    cleanup(&r).await;
+}
