@@ -6,12 +6,13 @@
 //! 2. `watch.rs`: the watch state and the watcher task that wakes the scheduler loop;
 //! 3. `client.rs`: `Client`, what every operation needs (ensemble, root, session, store
 //!    and watch state) and the znode paths;
-//! 4. operations of `Client`: `session.rs` (connecting, calls bounded by the session
-//!    timeout), `nodes.rs` (job znodes: reading, writing a job with its index entry),
-//!    `index.rs` (listing and healing the index), `runs.rs` (the run ledger's znodes and
-//!    the `multi` ops writing them), `claim.rs` (next run time, claiming with the claim's
-//!    run records, releasing), `ledger.rs` (starting, finishing, manual runs, queries),
-//!    `tick.rs` (the ledger's periodic pass);
+//! 4. operations of `Client`, each file using those before it: `session.rs` (connecting,
+//!    calls bounded by the session timeout), `runs.rs` (the run ledger's znodes, reading
+//!    them, the `multi` ops writing them), `nodes.rs` (job znodes: reading, writing a job
+//!    with its index entry and any ledger ops), `index.rs` (listing and healing the index),
+//!    `claim.rs` (next run time, claiming with the claim's run records, releasing; reading
+//!    a job with its ledger state), `ledger.rs` (starting, finishing, manual runs,
+//!    queries), `tick.rs` (the ledger's periodic pass);
 //! 5. this module: [`ZooKeeperStore`], its settings and its [`JobStore`] impl (adding,
 //!    updating, removing and reading jobs here; the claim in `claim.rs`).
 
