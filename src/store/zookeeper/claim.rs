@@ -170,6 +170,11 @@ impl Client {
         Ok(match written {
             Outcome::Written(w) => {
                 due.job.version = w.zxid.max(0) as u64;
+                // A created record's data version is 0; flagged ones changed.
+                self.written.forget(due.cancel.iter().copied());
+                for r in due.runs.iter().filter(|r| r.state.is_active()) {
+                    self.written.put(r.clone(), 0);
+                }
                 Claimed::Won(Box::new(due))
             }
             Outcome::JobChanged => Claimed::Lost,

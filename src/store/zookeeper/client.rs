@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use zookeeper_client as zk;
 
+use super::runs::Written;
 use super::watch::WatchState;
 use crate::store::common::Reported;
 use crate::store::documents::StoreState;
@@ -25,6 +26,8 @@ pub(super) struct Client {
     pub(super) watch: Arc<WatchState>,
     /// Run records that do not parse, already reported (by run id, with a fingerprint).
     pub(super) bad_runs: Reported,
+    /// The active runs this store wrote last, as written (see `runs::Written`).
+    pub(super) written: Written,
 }
 
 impl Client {
@@ -44,6 +47,7 @@ impl Client {
             state: StoreState::new("zookeeper"),
             watch: Arc::new(WatchState::new()),
             bad_runs: Reported::default(),
+            written: Written::default(),
         }
     }
 

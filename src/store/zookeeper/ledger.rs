@@ -58,25 +58,50 @@ impl Client {
         None
     }
 
-    /// [`JobStore::start_runs`](crate::store::JobStore::start_runs): one read and one
-    /// `multi` per batch (again only if a record changed in between).
+    /// The current records of `ids` with their data versions: on a first attempt those this
+    /// store wrote last from memory ([`Written`](super::runs::Written)), the others read
+    /// in one multi-read; on later attempts all read.
+    async fn current_runs(
+        &self,
+        c: &zk::Client,
+        ids: &[RunId],
+        first: bool,
+        job_of: impl Fn(RunId) -> Option<String>,
+    ) -> Result<Vec<(RunRecord, i32)>> {
+        let (mut current, other) = if first {
+            self.written.take(ids)
+        } else {
+            (Vec::new(), ids.to_vec())
+        };
+        for (id, data, version) in self.read_runs(c, &other).await? {
+            if let Some(r) = self.parse_run(id, &data, version, job_of(id).as_deref()) {
+                current.push((r, version));
+            }
+        }
+        Ok(current)
+    }
+
+    /// [`JobStore::start_runs`](crate::store::JobStore::start_runs): one `multi` per batch
+    /// for runs this store claimed (their records and versions are known), one read before
+    /// it for others, and again for runs that changed in between.
     pub(super) async fn start_runs(&self, ids: &[RunId], now: DateTime<Utc>) -> Result<Vec<RunId>> {
         let me = self.state.owner();
         let c = self.session().await?;
         let mut todo: Vec<RunId> = ids.to_vec();
+        todo.sort_unstable();
+        todo.dedup();
         let mut started = Vec::new();
-        for _ in 0..ATTEMPTS {
+        for attempt in 0..ATTEMPTS {
             if todo.is_empty() {
                 break;
             }
             let mut groups = Vec::new();
-            for (id, data, version) in self.read_runs(&c, &todo).await? {
-                let Some(mut r) = self.parse_run(id, &data, version, None) else {
-                    continue;
-                };
+            let mut new = std::collections::HashMap::new();
+            for (mut r, version) in self.current_runs(&c, &todo, attempt == 0, |_| None).await? {
                 if r.state != RunState::Claimed || r.owner != me {
                     continue;
                 }
+                let id = r.run_id;
                 let node = encode(&r.job_id);
                 let was_queued = r.queued;
                 r.state = RunState::Started;
@@ -94,11 +119,19 @@ impl Client {
                     ops.push(Op::Create(self.marker_path(&node, id, false), Vec::new()));
                     ops.push(Op::Set(self.active_path(&node), Vec::new(), None));
                 }
+                new.insert(id, (r, version + 1));
                 groups.push((id, ops));
             }
+            let before = started.len();
             todo = self
                 .commit_groups(&c, groups, &mut started, "starting runs")
                 .await?;
+            for id in &started[before..] {
+                if let Some((r, v)) = new.remove(id) {
+                    self.written.put(r, v);
+                }
+            }
+            self.written.forget(todo.iter().copied());
         }
         Ok(started)
     }
@@ -148,8 +181,9 @@ impl Client {
         Ok(again)
     }
 
-    /// [`JobStore::finish_runs`](crate::store::JobStore::finish_runs): one read and as few
-    /// `multi`s as fit (about 512 KB each).
+    /// [`JobStore::finish_runs`](crate::store::JobStore::finish_runs): as few `multi`s as
+    /// fit (about 512 KB each), after one read of the runs this store did not write last
+    /// (see [`start_runs`](Self::start_runs)).
     pub(super) async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<()> {
         if outcomes.is_empty() {
             return Ok(());
@@ -159,16 +193,15 @@ impl Client {
             outcomes.iter().map(|o| (o.run_id, o)).collect();
         let mut todo: Vec<RunId> = by_id.keys().copied().collect();
         let mut done = Vec::new();
-        for _ in 0..ATTEMPTS {
+        for attempt in 0..ATTEMPTS {
             if todo.is_empty() {
                 return Ok(());
             }
             let mut groups = Vec::new();
-            for (id, data, version) in self.read_runs(&c, &todo).await? {
+            let job_of = |id| by_id.get(&id).map(|o| o.job_id.clone());
+            for (mut r, version) in self.current_runs(&c, &todo, attempt == 0, job_of).await? {
+                let id = r.run_id;
                 let Some(o) = by_id.get(&id) else { continue };
-                let Some(mut r) = self.parse_run(id, &data, version, Some(&o.job_id)) else {
-                    continue;
-                };
                 let queued = r.queued;
                 if !r.apply(o) {
                     continue;
@@ -185,6 +218,7 @@ impl Client {
             todo = self
                 .commit_groups(&c, groups, &mut done, "writing run outcomes")
                 .await?;
+            self.written.forget(done.iter().chain(&todo).copied());
         }
         if todo.is_empty() {
             Ok(())
@@ -237,7 +271,13 @@ impl Client {
             let (cancels, _) = self.cancel_ops(&c, &cancel).await?;
             let ops = self.record_ops(&node, &read, &runs, cancels);
             match self.commit_ops(&c, ops, "adding manual runs").await? {
-                Ok(_) => return Ok(runs),
+                Ok(_) => {
+                    self.written.forget(cancel);
+                    for r in runs.iter().filter(|r| r.state.is_active()) {
+                        self.written.put(r.clone(), 0);
+                    }
+                    return Ok(runs);
+                }
                 Err(Refused::Changed(_)) => continue,
             }
         }

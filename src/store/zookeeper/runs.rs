@@ -138,6 +138,60 @@ impl LedgerRead {
     }
 }
 
+/// The active runs this store itself wrote last: each record as written and its data
+/// version after the write. Starting and finishing them then needs no read first (one
+/// round trip per batch): the write is by that version, so a record someone else changed
+/// since is refused, dropped from here and read. Bounded: cleared when it grows past
+/// [`Written::LIMIT`] (runs that never finish here, e.g. taken over elsewhere).
+#[derive(Debug, Default)]
+pub(super) struct Written {
+    runs: std::sync::Mutex<std::collections::HashMap<RunId, (RunRecord, i32)>>,
+}
+
+impl Written {
+    const LIMIT: usize = 100_000;
+
+    /// Remembers `run` as written, at data `version`.
+    pub(super) fn put(&self, run: RunRecord, version: i32) {
+        use crate::sync::MutexExt;
+        let mut runs = self.runs.lock_unpoisoned();
+        if runs.len() >= Self::LIMIT {
+            runs.clear();
+        }
+        runs.insert(run.run_id, (run, version));
+    }
+
+    /// Forgets runs (finished, or found changed).
+    pub(super) fn forget(&self, ids: impl IntoIterator<Item = RunId>) {
+        use crate::sync::MutexExt;
+        let mut runs = self.runs.lock_unpoisoned();
+        if runs.is_empty() {
+            return;
+        }
+        for id in ids {
+            runs.remove(&id);
+        }
+    }
+
+    /// Splits `ids` into the remembered ones (record and version) and the others.
+    pub(super) fn take(&self, ids: &[RunId]) -> (Vec<(RunRecord, i32)>, Vec<RunId>) {
+        use crate::sync::MutexExt;
+        let runs = self.runs.lock_unpoisoned();
+        if runs.is_empty() {
+            return (Vec::new(), ids.to_vec());
+        }
+        let mut known = Vec::new();
+        let mut other = Vec::new();
+        for id in ids {
+            match runs.get(id) {
+                Some(r) => known.push(r.clone()),
+                None => other.push(*id),
+            }
+        }
+        (known, other)
+    }
+}
+
 /// One operation of a ledger `multi`.
 #[derive(Debug, Clone)]
 pub(super) enum Op {
@@ -256,6 +310,8 @@ impl Client {
     }
 
     /// Reads run records by id in multi-reads: (id, data, data version) of those that exist.
+    /// A record that cannot be read (no permission) fails the call: taking it for missing
+    /// would drop its start or outcome silently.
     pub(super) async fn read_runs(
         &self,
         c: &zk::Client,
@@ -270,8 +326,16 @@ impl Client {
             }
             let results = self.call("reading runs", r.commit()).await?;
             for (id, res) in chunk.iter().zip(results) {
-                if let zk::MultiReadResult::Data { data, stat } = res {
-                    out.push((*id, data, stat.version));
+                match res {
+                    zk::MultiReadResult::Data { data, stat } => out.push((*id, data, stat.version)),
+                    // Gone (pruned, or never there): callers ignore unknown runs.
+                    zk::MultiReadResult::Error {
+                        err: zk::Error::NoNode,
+                    } => {}
+                    zk::MultiReadResult::Error { err } => {
+                        return Err(self.state.err(&format!("reading run {id}"), err))
+                    }
+                    _ => {}
                 }
             }
         }

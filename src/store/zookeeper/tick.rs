@@ -87,6 +87,13 @@ impl Client {
             .await?;
         for i in done {
             if let Some(plan) = results.remove(&i) {
+                for (r, version) in plan.written {
+                    if r.state.is_active() {
+                        self.written.put(r, version + 1);
+                    } else {
+                        self.written.forget([r.run_id]);
+                    }
+                }
                 tick.dispatch.extend(plan.dispatch);
                 tick.abandoned.extend(plan.abandoned);
             }
@@ -254,6 +261,7 @@ impl Client {
             }
         }
         for (r, version, marker_queued) in changed {
+            plan.written.push((r.clone(), version));
             plan.ops.push(Op::Set(
                 self.run_path(r.run_id),
                 r.to_json().into_bytes(),
@@ -385,6 +393,8 @@ impl Client {
 #[derive(Default)]
 struct JobTick {
     ops: Vec<Op>,
+    /// The records the ops set, with the data versions they were read at.
+    written: Vec<(RunRecord, i32)>,
     dispatch: Vec<RunRecord>,
     abandoned: Vec<RunRecord>,
     cancel: Vec<RunId>,

@@ -513,3 +513,55 @@ async fn zookeeper_ledger_pass_removes_stale_markers_and_heartbeats() {
     s.shutdown().await.unwrap();
     cleanup(&r).await;
 }
+
+/// Starting and finishing the runs a store claimed itself is one `multi` each, without
+/// reading the records first (it knows what it wrote and the version): shown with a record
+/// nobody may read. A store that did not write it reads it, and fails.
+#[tokio::test]
+async fn zookeeper_ledger_start_and_finish_need_no_read() {
+    if !available().await {
+        return;
+    }
+    let r = root();
+    let (s, _c) = ledger_store(&r, "s1", RunRetention::default()).await;
+    s.add_job(job("a", 1, Overlap::Skip), false).await.unwrap();
+    let run = s.acquire_due_jobs(suite::at(0), 10).await.unwrap()[0].runs[0].clone();
+    let c = connect(&hosts()).await.unwrap();
+    let path = format!("{r}/runs/{:020}", run.run_id.get());
+    let unreadable = [zk::Acl::new(
+        zk::Permission::WRITE | zk::Permission::DELETE | zk::Permission::ADMIN,
+        zk::AuthId::anyone(),
+    )];
+    c.set_acl(&path, &unreadable, None).await.unwrap();
+    let (other, _c2) = ledger_store(&r, "s1", RunRetention::default()).await;
+    assert!(
+        other.start_runs(&[run.run_id], suite::at(1)).await.is_err(),
+        "a store that did not write the record must read it"
+    );
+    assert_eq!(
+        s.start_runs(&[run.run_id], suite::at(1)).await.unwrap(),
+        vec![run.run_id]
+    );
+    s.finish_runs(&[RunOutcome::new(
+        run.run_id,
+        "a",
+        RunState::Executed,
+        suite::at(2),
+    )])
+    .await
+    .unwrap();
+    c.set_acl(&path, &zk::Acls::anyone_all(), None)
+        .await
+        .unwrap();
+    let stored = s.get_run(run.run_id).await.unwrap().unwrap();
+    assert_eq!(stored.state, RunState::Executed);
+    assert_eq!(stored.started_at, Some(suite::at(1)));
+    assert!(c
+        .list_children(&format!("{r}/active/j-a"))
+        .await
+        .unwrap()
+        .is_empty());
+    s.shutdown().await.unwrap();
+    other.shutdown().await.unwrap();
+    cleanup(&r).await;
+}
