@@ -198,7 +198,7 @@ impl Client {
                 return Ok(());
             }
             let mut groups = Vec::new();
-            let job_of = |id| by_id.get(&id).map(|o| o.job_id.clone());
+            let job_of = |id| by_id.get(&id).map(|o| o.job_id.to_string());
             for (mut r, version) in self.current_runs(&c, &todo, attempt == 0, job_of).await? {
                 let id = r.run_id;
                 let Some(o) = by_id.get(&id) else { continue };

@@ -565,3 +565,40 @@ async fn zookeeper_ledger_start_and_finish_need_no_read() {
     other.shutdown().await.unwrap();
     cleanup(&r).await;
 }
+
+/// End to end: a scheduler on ZooKeeper records its scheduled runs and a `run_now`, and
+/// `run_now`'s handle gets the outcome with the task's return value.
+#[tokio::test]
+async fn zookeeper_ledger_scheduler_records_runs() {
+    if !available().await {
+        return;
+    }
+    let r = root();
+    let store = ZooKeeperStore::new(&hosts()).unwrap().with_root(&r);
+    let s = apsched::Scheduler::builder()
+        .store("default", store)
+        .scheduler_id("e2e")
+        .lease(Duration::from_secs(3))
+        .task("answer", |_: serde_json::Value| async {
+            Ok::<_, String>(42)
+        })
+        .build();
+    s.start().await.unwrap();
+    s.add_task_job("answer", ())
+        .id("q")
+        .trigger(apsched::trigger::Interval::new(Duration::from_secs(3600)).unwrap())
+        .await
+        .unwrap();
+    let run = s.job("q").run_now().await.unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(10), run.outcome())
+        .await
+        .expect("the outcome arrives")
+        .unwrap();
+    assert_eq!(done.state, RunState::Executed);
+    assert!(done.manual);
+    assert_eq!(run.output::<u32>().await.unwrap(), Some(42));
+    let runs = s.job("q").runs(RunFilter::new()).await.unwrap();
+    assert!(runs.iter().any(|x| x.run_id == done.run_id), "{runs:?}");
+    s.shutdown().await.unwrap();
+    cleanup(&r).await;
+}
