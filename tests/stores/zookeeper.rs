@@ -10,6 +10,8 @@ use zookeeper_client as zk;
 
 use crate::{nosql, suite};
 
+mod ledger;
+
 fn hosts() -> String {
     std::env::var("APSCHED_ZK_URL").unwrap_or_else(|_| "127.0.0.1:2181".into())
 }

@@ -7,7 +7,8 @@ use zookeeper_client as zk;
 use super::client::Client;
 use super::envelope::{document_next, Envelope};
 use super::names::{decode_name, encode, entries_of, index_name};
-use super::nodes::{JobOp, Node};
+use super::nodes::{JobOp, Node, Outcome};
+use super::runs::{LedgerRead, Op};
 use super::watch::Plan;
 use crate::error::Result;
 use crate::job::Lease;
@@ -18,6 +19,18 @@ use crate::store::DueJob;
 
 /// How many claims are in flight at once.
 const CONCURRENCY: usize = 32;
+
+/// How many times a claim is planned again when the job's run ledger changed under it.
+const LEDGER_ATTEMPTS: usize = 8;
+
+/// What writing one claim came to.
+enum Claimed {
+    Won(Box<DueJob>),
+    /// Another writer changed the job first.
+    Lost,
+    /// The job's run ledger changed since it was read.
+    Retry,
+}
 
 impl Client {
     /// The earliest time this scheduler could claim a job (see [`JobStore::next_run_time`]).
@@ -54,14 +67,80 @@ impl Client {
     }
 
     /// Writes one claim back by compare-and-swap on the node read: the claimed job, or
-    /// `None` if another writer got there first.
+    /// `None` if another writer got there first. With a run ledger (`ledger`: the job's
+    /// ledger state read with the node), the claim's records are planned from its active
+    /// runs and written in the same `multi`; if the ledger changed meanwhile (a manual run,
+    /// a promotion), the job and its ledger are read again and the claim planned again.
     pub(super) async fn claim_one(
         &self,
         c: &zk::Client,
         node: &Node,
         mut due: DueJob,
         lease: &Lease,
+        ledger: Option<LedgerRead>,
+        now: DateTime<Utc>,
     ) -> Result<Option<DueJob>> {
+        let Some(mut read) = ledger else {
+            return self
+                .write_claim(c, node, due, lease, Vec::new())
+                .await
+                .map(|o| match o {
+                    Claimed::Won(d) => Some(*d),
+                    Claimed::Lost | Claimed::Retry => None,
+                });
+        };
+        let Some(ctx) = self.state.ctx() else {
+            return Ok(None);
+        };
+        let me = ctx.scheduler_id().to_string();
+        let mut node = node.clone();
+        for _ in 0..LEDGER_ATTEMPTS {
+            due.plan_runs(&ctx, now, &read.active());
+            let (cancels, flagged) = self.cancel_ops(c, &due.cancel).await?;
+            due.cancel = flagged;
+            let extra = self.record_ops(&node.name, &read, &due.runs, cancels);
+            match self.write_claim(c, &node, due, lease, extra).await? {
+                Claimed::Won(d) => return Ok(Some(*d)),
+                Claimed::Lost => return Ok(None),
+                Claimed::Retry => {}
+            }
+            let Some((Some(n), r)) = self
+                .read_claimables(c, std::slice::from_ref(&node.name))
+                .await?
+                .pop()
+                .map(|(_, n, r)| (n, r))
+            else {
+                return Ok(None);
+            };
+            let Ok((job, _)) = self.decode(&n) else {
+                return Ok(None);
+            };
+            if held_by_other(job.lease.as_ref(), &me, now) {
+                return Ok(None);
+            }
+            due = DueJob::claim(job, now);
+            if due.run_times.is_empty() && due.skipped_from.is_none() {
+                return Ok(None);
+            }
+            node = n;
+            read = r;
+        }
+        Err(self.state.msg(format!(
+            "claiming job '{}': its run ledger changed on every one of {LEDGER_ATTEMPTS} attempts \
+             (many manual runs at once?); it stays due and is claimed on a later pass",
+            decode_name(&node.name).unwrap_or_default()
+        )))
+    }
+
+    /// Writes `due` (with `extra` ledger ops) by compare-and-swap on `node`.
+    async fn write_claim(
+        &self,
+        c: &zk::Client,
+        node: &Node,
+        mut due: DueJob,
+        lease: &Lease,
+        extra: Vec<Op>,
+    ) -> Result<Claimed> {
         due.job.lease = Some(lease.clone());
         let data;
         let (op, entry) = if due.removed {
@@ -77,20 +156,65 @@ impl Client {
         };
         let stale = entries_of(&node.name, &node.data);
         let written = self
-            .write_job(
+            .write_job_with(
                 c,
                 &node.name,
                 node.version,
                 op,
                 stale,
                 entry,
+                &extra,
                 "claiming a due job",
             )
             .await?;
-        Ok(written.map(|w| {
-            due.job.version = w.zxid.max(0) as u64;
-            due
-        }))
+        Ok(match written {
+            Outcome::Written(w) => {
+                due.job.version = w.zxid.max(0) as u64;
+                // A created record's data version is 0; flagged ones changed.
+                self.written.forget(due.cancel.iter().copied());
+                for r in due.runs.iter().filter(|r| r.state.is_active()) {
+                    self.written.put(r.clone(), 0);
+                }
+                Claimed::Won(Box::new(due))
+            }
+            Outcome::JobChanged => Claimed::Lost,
+            Outcome::LedgerChanged => Claimed::Retry,
+        })
+    }
+
+    /// Reads job znodes and, for each, its run ledger state, in one multi-read per 250
+    /// jobs: (name, the node if it exists, the ledger state).
+    pub(super) async fn read_claimables(
+        &self,
+        c: &zk::Client,
+        names: &[String],
+    ) -> Result<Vec<(String, Option<Node>, LedgerRead)>> {
+        let mut out = Vec::with_capacity(names.len());
+        for chunk in names.chunks(250) {
+            let mut reader = c.new_multi_reader();
+            for n in chunk {
+                reader
+                    .add_get_data(&self.job_path(n))
+                    .map_err(|e| self.state.err("reading jobs", e))?;
+                self.add_ledger_reads(&mut reader, n)?;
+            }
+            let results = self.call("reading jobs", reader.commit()).await?;
+            let mut it = results.into_iter();
+            for n in chunk {
+                let node = match it.next() {
+                    Some(zk::MultiReadResult::Data { data, stat }) => Some(Node {
+                        name: n.clone(),
+                        data,
+                        version: stat.version,
+                        zxid: stat.mzxid,
+                    }),
+                    _ => None,
+                };
+                let read = Self::take_ledger_read(&mut it);
+                out.push((n.clone(), node, read));
+            }
+        }
+        Ok(out)
     }
 
     /// [`JobStore::next_run_time`](crate::store::JobStore::next_run_time); a failure resets
@@ -130,7 +254,8 @@ impl Client {
         let now_us = now.timestamp_micros();
         let c = self.session().await?;
         let entries = self.index(&c).await?;
-        let mut claims: Vec<(Node, DueJob)> = Vec::new();
+        let ledger_on = self.state.ctx().is_some_and(|x| x.keeps_runs());
+        let mut claims: Vec<(Node, DueJob, Option<LedgerRead>)> = Vec::new();
         // Index entries that disagree with their job: (entry, due at, the job's node if any).
         let mut repairs: Vec<(String, i64, Option<Node>)> = Vec::new();
         for chunk in entries
@@ -143,12 +268,23 @@ impl Client {
                 break;
             }
             let names: Vec<String> = chunk.iter().map(|(_, n)| n.clone()).collect();
-            let mut nodes: std::collections::HashMap<String, Node> = self
-                .read_nodes(&c, &names)
-                .await?
-                .into_iter()
-                .map(|n| (n.name.clone(), n))
-                .collect();
+            let mut ledgers: std::collections::HashMap<String, LedgerRead> = Default::default();
+            let mut nodes: std::collections::HashMap<String, Node> = if ledger_on {
+                let mut nodes = std::collections::HashMap::new();
+                for (name, node, read) in self.read_claimables(&c, &names).await? {
+                    if let Some(n) = node {
+                        nodes.insert(name.clone(), n);
+                    }
+                    ledgers.insert(name, read);
+                }
+                nodes
+            } else {
+                self.read_nodes(&c, &names)
+                    .await?
+                    .into_iter()
+                    .map(|n| (n.name.clone(), n))
+                    .collect()
+            };
             for (t, name) in chunk {
                 if claims.len() >= limit {
                     break;
@@ -178,15 +314,19 @@ impl Client {
                     repairs.push((index_name(*t, name), *t, Some(node)));
                     continue;
                 }
-                claims.push((node, due));
+                let ledger = ledgers.remove(name);
+                claims.push((node, due, ledger));
             }
         }
         let results: Vec<(String, Result<Option<DueJob>>)> = futures::stream::iter(
             claims
                 .iter()
-                .map(|(node, due)| async {
+                .map(|(node, due, ledger)| async {
                     let id = due.job.id.clone();
-                    (id, self.claim_one(&c, node, due.clone(), &lease).await)
+                    let claimed = self
+                        .claim_one(&c, node, due.clone(), &lease, ledger.clone(), now)
+                        .await;
+                    (id, claimed)
                 })
                 .collect::<Vec<_>>(),
         )

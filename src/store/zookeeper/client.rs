@@ -8,7 +8,9 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use zookeeper_client as zk;
 
+use super::runs::Written;
 use super::watch::WatchState;
+use crate::store::common::Reported;
 use crate::store::documents::StoreState;
 
 /// The connection side of a [`ZooKeeperStore`](super::ZooKeeperStore); the job operations
@@ -22,6 +24,10 @@ pub(super) struct Client {
     pub(super) session: Mutex<Option<zk::Client>>,
     pub(super) state: StoreState,
     pub(super) watch: Arc<WatchState>,
+    /// Run records that do not parse, already reported (by run id, with a fingerprint).
+    pub(super) bad_runs: Reported,
+    /// The active runs this store wrote last, as written (see `runs::Written`).
+    pub(super) written: Written,
 }
 
 impl Client {
@@ -40,6 +46,8 @@ impl Client {
             session: Mutex::new(None),
             state: StoreState::new("zookeeper"),
             watch: Arc::new(WatchState::new()),
+            bad_runs: Reported::default(),
+            written: Written::default(),
         }
     }
 

@@ -6,10 +6,13 @@
 //! 2. `watch.rs`: the watch state and the watcher task that wakes the scheduler loop;
 //! 3. `client.rs`: `Client`, what every operation needs (ensemble, root, session, store
 //!    and watch state) and the znode paths;
-//! 4. operations of `Client`: `session.rs` (connecting, calls bounded by the session
-//!    timeout), `nodes.rs` (job znodes: reading, writing a job with its index entry),
-//!    `index.rs` (listing and healing the index), `claim.rs` (next run time, claiming,
-//!    releasing);
+//! 4. operations of `Client`, each file using those before it: `session.rs` (connecting,
+//!    calls bounded by the session timeout), `runs.rs` (the run ledger's znodes, reading
+//!    them, the `multi` ops writing them), `nodes.rs` (job znodes: reading, writing a job
+//!    with its index entry and any ledger ops), `index.rs` (listing and healing the index),
+//!    `claim.rs` (next run time, claiming with the claim's run records, releasing; reading
+//!    a job with its ledger state), `ledger.rs` (starting, finishing, manual runs,
+//!    queries), `tick.rs` (the ledger's periodic pass);
 //! 5. this module: [`ZooKeeperStore`], its settings and its [`JobStore`] impl (adding,
 //!    updating, removing and reading jobs here; the claim in `claim.rs`).
 
@@ -17,9 +20,12 @@ mod claim;
 mod client;
 mod envelope;
 mod index;
+mod ledger;
 mod names;
 mod nodes;
+mod runs;
 mod session;
+mod tick;
 mod watch;
 
 use std::sync::atomic::Ordering;
@@ -36,7 +42,8 @@ use self::watch::{Plan, Watcher, UNWATCHED_POLL};
 use super::common::micros_ceil;
 use super::{DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
-use crate::job::JobRecord;
+use crate::job::{JobRecord, RunId};
+use crate::ledger::{RunFilter, RunOutcome, RunRecord, RunTick};
 use crate::store::common::{export_order, loaded};
 use crate::store::export::UnloadableRecord;
 use crate::sync::MutexExt;
@@ -58,6 +65,11 @@ use crate::sync::MutexExt;
 /// |---|---|
 /// | `R/jobs/j-<id>` | `{"job": "<JSON document (StoredJob)>", "next_run_time": <µs>\|null, "lease_owner": .., "lease_until": <µs>\|null}` |
 /// | `R/index/<µs, 20 digits>~j-<id>` | empty: one per unpaused job, named by its next run time |
+/// | `R/runs/<run id, 20 digits>` | a run record: [`RunRecord`]'s JSON (`RunRecord::to_json`) |
+/// | `R/history/j-<id>/<scheduled µs, 20 digits>~<run id, 20 digits>` | empty: one per record of the job (kept after the job is removed) |
+/// | `R/active/j-<id>` | empty; its data version is the job's ledger lock |
+/// | `R/active/j-<id>/<run id, 20 digits>~q\|r` | empty: one per active (claimed or started) run, `q` queued, `r` holding an instance |
+/// | `R/owners/s-<scheduler id>` | `{"alive_until": <µs>, "alive_until_utc": "<RFC 3339>"}`: the scheduler's heartbeat |
 ///
 /// Ids are percent-encoded into node names (`/`, `%`, `~` and any byte outside
 /// `[A-Za-z0-9_.-]`). The job's version is the zxid of the znode's last write (`mzxid`),
@@ -74,6 +86,23 @@ use crate::sync::MutexExt;
 /// write changes job and index in one `multi`). If another scheduler wrote the job
 /// in between, the version check fails and the whole transaction is refused, so two
 /// schedulers never claim the same slot.
+///
+/// # Run ledger
+/// When the scheduler keeps a ledger, the claim's multi-read also reads each due job's
+/// `R/active/j-<id>` (data version and children) and the existence of its history
+/// directory; the claim's records are planned from those markers ([`DueJob::plan_runs`])
+/// and written in the claim's own `multi`: the record, its history entry and, for an active
+/// run, its marker, plus `set_data` on `R/active/j-<id>` at the version read (and the
+/// `cancel_requested` flags, by the records' data versions). Every write that adds an
+/// instance-holding run (claims, manual runs, promotions of queued runs) sets that lock at
+/// the version it read, so two of them cannot both count the same free instance; a refused
+/// lock makes the writer read and plan again. A crash cannot leave a claimed slot without
+/// its record: both are in one transaction. The periodic pass
+/// ([`JobStore::tick_runs`]) writes this scheduler's heartbeat, takes over the active runs
+/// of schedulers whose heartbeat expired (by data version, so two takers never both take
+/// a run), promotes queued runs, and prunes (at most 1000 records a pass). Queries list the
+/// history entries, whose names carry the scheduled time and run id, and read records
+/// newest first until the page is full.
 ///
 /// # Wake-ups
 /// [`JobStore::start`] spawns a watcher task with its own session and a persistent
@@ -421,6 +450,39 @@ impl JobStore for ZooKeeperStore {
 
     async fn release_jobs(&self, jobs: &[DueJob]) -> Result<()> {
         self.client.release_jobs(jobs).await
+    }
+
+    fn keeps_runs(&self) -> bool {
+        true
+    }
+
+    async fn start_runs(&self, run_ids: &[RunId], now: DateTime<Utc>) -> Result<Vec<RunId>> {
+        self.client.start_runs(run_ids, now).await
+    }
+
+    async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<()> {
+        self.client.finish_runs(outcomes).await
+    }
+
+    async fn add_manual_runs(
+        &self,
+        job_id: &str,
+        slots: &[DateTime<Utc>],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RunRecord>> {
+        self.client.add_manual_runs(job_id, slots, now).await
+    }
+
+    async fn tick_runs(&self, now: DateTime<Utc>) -> Result<RunTick> {
+        self.client.tick_runs(now).await
+    }
+
+    async fn query_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
+        self.client.query_runs(filter).await
+    }
+
+    async fn get_run(&self, run_id: RunId) -> Result<Option<RunRecord>> {
+        self.client.get_run(run_id).await
     }
 
     fn poll_interval(&self) -> Option<Duration> {

@@ -5,6 +5,7 @@ use zookeeper_client as zk;
 use super::client::Client;
 use super::envelope::Envelope;
 use super::names::{decode_name, persistent};
+use super::runs::Op;
 use crate::error::Result;
 use crate::job::JobRecord;
 use crate::store::common::micros_ceil;
@@ -12,6 +13,7 @@ use crate::store::export::UnloadableRecord;
 
 /// A job znode as read: node name, data, znode data version (for compare-and-swap) and
 /// the zxid of its last write (the job's version).
+#[derive(Clone)]
 pub(super) struct Node {
     pub(super) name: String,
     pub(super) data: Vec<u8>,
@@ -28,6 +30,17 @@ pub(super) enum JobOp<'a> {
     Delete,
     /// Write nothing; only require the data version to be unchanged (index repairs).
     Check,
+}
+
+/// What [`Client::write_job_with`] did.
+pub(super) enum Outcome {
+    /// Committed.
+    Written(Written),
+    /// The job changed since it was read (or is gone): nothing written.
+    JobChanged,
+    /// One of the extra (run ledger) ops was refused: something in the ledger changed
+    /// since it was read. Nothing written; re-read and try again.
+    LedgerChanged,
 }
 
 /// The outcome of [`Client::write_job`].
@@ -108,10 +121,36 @@ impl Client {
         node: &str,
         version: i32,
         op: JobOp<'_>,
-        mut stale: Vec<String>,
-        mut entry: Option<String>,
+        stale: Vec<String>,
+        entry: Option<String>,
         doing: &str,
     ) -> Result<Option<Written>> {
+        Ok(
+            match self
+                .write_job_with(c, node, version, op, stale, entry, &[], doing)
+                .await?
+            {
+                Outcome::Written(w) => Some(w),
+                Outcome::JobChanged | Outcome::LedgerChanged => None,
+            },
+        )
+    }
+
+    /// [`write_job`](Self::write_job) with `extra` ops in the same `multi`, after the job
+    /// and index ops (a claim's run records): a refused extra op is
+    /// [`Outcome::LedgerChanged`].
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn write_job_with(
+        &self,
+        c: &zk::Client,
+        node: &str,
+        version: i32,
+        op: JobOp<'_>,
+        mut stale: Vec<String>,
+        mut entry: Option<String>,
+        extra: &[Op],
+        doing: &str,
+    ) -> Result<Outcome> {
         if let Some(e) = &entry {
             // Deleting and re-creating the same entry would change nothing: only create it
             // (which is dropped below if it exists).
@@ -121,8 +160,9 @@ impl Client {
         let mut index_changed = false;
         // Each retry drops one op, so this ends.
         loop {
-            if matches!(op, JobOp::Check) && stale.is_empty() && entry.is_none() {
-                return Ok(Some(Written {
+            if matches!(op, JobOp::Check) && stale.is_empty() && entry.is_none() && extra.is_empty()
+            {
+                return Ok(Outcome::Written(Written {
                     zxid: 0,
                     index_changed,
                 }));
@@ -141,6 +181,10 @@ impl Client {
                 w.add_create(&self.idx_path(e), &[], &persistent())
                     .map_err(bad)?;
             }
+            for x in extra {
+                x.add_to(&mut w).map_err(bad)?;
+            }
+            let first_extra = 1 + stale.len() + usize::from(entry.is_some());
             let committed = tokio::time::timeout(self.session_timeout, w.commit()).await;
             // Whatever the outcome (a timed-out commit may have been applied).
             self.watch.changed();
@@ -151,7 +195,7 @@ impl Client {
                         Some(zk::MultiWriteResult::SetData { stat }) => stat.mzxid,
                         _ => 0,
                     };
-                    return Ok(Some(Written {
+                    return Ok(Outcome::Written(Written {
                         zxid,
                         index_changed,
                     }));
@@ -159,7 +203,11 @@ impl Client {
                 Ok(Err(zk::MultiWriteError::OperationFailed {
                     index: 0,
                     source: zk::Error::BadVersion | zk::Error::NoNode,
-                })) => return Ok(None),
+                })) => return Ok(Outcome::JobChanged),
+                Ok(Err(zk::MultiWriteError::OperationFailed {
+                    index,
+                    source: zk::Error::BadVersion | zk::Error::NoNode | zk::Error::NodeExists,
+                })) if index >= first_extra => return Ok(Outcome::LedgerChanged),
                 Ok(Err(zk::MultiWriteError::OperationFailed {
                     index,
                     source: zk::Error::NoNode,

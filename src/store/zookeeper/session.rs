@@ -34,7 +34,14 @@ impl Client {
                     .msg(format!("connecting to {}: timed out", self.hosts))
             })?
             .map_err(|e| self.state.err("connecting", e))?;
-        for p in [self.jobs_path(), self.index_path()] {
+        for p in [
+            self.jobs_path(),
+            self.index_path(),
+            self.runs_path(),
+            self.history_root(),
+            self.active_root(),
+            self.owners_path(),
+        ] {
             match c.mkdir(&p, &persistent()).await {
                 Ok(()) | Err(zk::Error::NodeExists) => {}
                 Err(e) => return Err(self.state.err("creating the root path", e)),
