@@ -416,3 +416,25 @@ async fn redis_url_defaults() {
         cleanup(&prefix).await;
     }
 }
+
+/// The run ledger's contract, with two schedulers sharing each prefix.
+#[tokio::test]
+async fn redis_ledger_contract() {
+    if !available().await {
+        return;
+    }
+    let base = format!("apsched-test:{}", suite::unique_suffix());
+    suite::ledger_contract(
+        |ns, ctx| {
+            let prefix = format!("{base}:{ns}");
+            async move {
+                let store = RedisStore::new(&url()).unwrap().with_prefix(prefix);
+                store.start(ctx).await.unwrap();
+                store
+            }
+        },
+        true,
+    )
+    .await;
+    cleanup(&base).await;
+}
