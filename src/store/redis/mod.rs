@@ -68,6 +68,25 @@ use crate::sync::MutexExt;
 /// | `P:run_times` | sorted set | job id, scored by next run time (µs since epoch rounded up to a double; the document has the exact time); paused jobs are absent |
 /// | `P:wakeup` | pub/sub channel | the id of a scheduler that changed a job |
 ///
+/// The run ledger's keys (see [Run ledger](#run-ledger); `<run>` is the run id zero-padded
+/// to 19 digits, times in records are RFC 3339 text, scores are µs since the epoch):
+///
+/// | key | type | content |
+/// |---|---|---|
+/// | `P:run:<run>` | hash | one run: `run_id`, `job_id`, `scheduled`, `owner`, `manual` (0/1), `attempt`, `state`, `queued` (0/1), `cancel_requested` (0/1), `submitted_at`, and when set `started_at`, `finished_at`, `error`, `output` |
+/// | `P:runs:all` | sorted set | every run, scored by scheduled time |
+/// | `P:runs:job:<job id>` | sorted set | the job's runs, scored by scheduled time |
+/// | `P:runs:done:<job id>` | sorted set | the job's finished runs, scored by scheduled time |
+/// | `P:runs:finished` | sorted set | every finished run, scored by finish time |
+/// | `P:runs:done_count` | sorted set | job id, scored by its number of finished runs |
+/// | `P:runs:active:<job id>` | hash | the job's active runs: run → `claimed`, `queued` or `started` |
+/// | `P:runs:stamps` | hash | job id → stamp of its active runs (from `P:runs:stamp_seq`) |
+/// | `P:runs:owned:<scheduler id>` | set | the scheduler's active runs |
+/// | `P:runs:owners` | set | schedulers with active runs |
+/// | `P:runs:queued` | set | jobs that may have queued runs |
+/// | `P:runs:cancel` | set | active runs flagged `cancel_requested` |
+/// | `P:heartbeats` | sorted set | scheduler id, scored by the time it is alive until |
+///
 /// # Claiming
 /// [`JobStore::acquire_due_jobs`] reads the due candidates from the sorted set, applies the
 /// due-run rule ([`DueJob::claim`]) in Rust, then writes the results back with one Lua
@@ -79,9 +98,8 @@ use crate::sync::MutexExt;
 /// reported, so the loop never spins on it.
 ///
 /// # Run ledger
-/// Each run is a hash `P:run:<run id, 19 digits>`, listed by sorted sets scored by its
-/// scheduled time (`P:runs:all`, `P:runs:job:<job id>`); docs/ledger.md has every key.
-/// The claim script writes a claim's run records together with the claim, so a crash
+/// Each run is a hash `P:run:<run>`, listed by sorted sets scored by its scheduled time
+/// (`P:runs:all`, `P:runs:job:<job id>`); the table above has every key. The claim script writes a claim's run records together with the claim, so a crash
 /// never leaves a claimed slot without its record. The overlap rule counts the job's
 /// active runs (`P:runs:active:<job id>`), read with the candidates; the script writes
 /// only if the job's stamp (`P:runs:stamps`, renewed whenever the job gains an active run,

@@ -59,20 +59,21 @@ impl Client {
         if !queued_jobs.is_empty() {
             dispatch.extend(self.promote(&mut conn, &ctx, &queued_jobs).await?);
         }
-        let mut tick = RunTick::default();
-        tick.dispatch = self
-            .read_runs(&mut conn, &dispatch)
-            .await?
-            .into_iter()
-            .flatten()
-            .collect();
-        tick.abandoned = self
-            .read_runs(&mut conn, &abandoned)
-            .await?
-            .into_iter()
-            .flatten()
-            .collect();
-        tick.cancel = cancel.iter().filter_map(|m| parse_member(m)).collect();
+        let tick = RunTick {
+            dispatch: self
+                .read_runs(&mut conn, &dispatch)
+                .await?
+                .into_iter()
+                .flatten()
+                .collect(),
+            abandoned: self
+                .read_runs(&mut conn, &abandoned)
+                .await?
+                .into_iter()
+                .flatten()
+                .collect(),
+            cancel: cancel.iter().filter_map(|m| parse_member(m)).collect(),
+        };
         self.prune(&mut conn, &ctx, now).await?;
         Ok(tick)
     }
