@@ -780,3 +780,37 @@ async fn redis_ledger_keys_as_documented() {
     assert_eq!(active, None);
     cleanup(&prefix).await;
 }
+
+/// A batch whose records would make one huge script (long backlogs that do not coalesce)
+/// is written in several script calls, each job's claim with all its records.
+#[tokio::test]
+async fn redis_ledger_long_backlogs_are_claimed_whole() {
+    use apsched::store::JobStore;
+
+    if !available().await {
+        return;
+    }
+    let prefix = format!("apsched-test:{}", suite::unique_suffix());
+    let store = started(&prefix, "s1").await;
+    const JOBS: usize = 40;
+    for i in 0..JOBS {
+        let mut j = suite::interval_job(&format!("j{i}"), 1, Some(suite::at(0)));
+        j.coalesce = false;
+        j.misfire_grace_time = None;
+        j.overlap = apsched::Overlap::AllowAll;
+        store.add_job(j, false).await.unwrap();
+    }
+    let due = store.acquire_due_jobs(suite::at(99), 100).await.unwrap();
+    assert_eq!(due.len(), JOBS);
+    let mut c = raw_conn().await;
+    for d in &due {
+        assert_eq!(d.runs.len(), 100, "{}", d.job.id);
+        let n: usize = ::redis::cmd("ZCARD")
+            .arg(format!("{prefix}:runs:job:{}", d.job.id))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(n, 100, "{}", d.job.id);
+    }
+    cleanup(&prefix).await;
+}

@@ -51,6 +51,29 @@ enum Prepared {
     Skip,
 }
 
+/// About how many arguments one claim script call takes at most (a batch of 1024 jobs with
+/// one record each takes about 40 000); a job's claim is never split.
+const SCRIPT_ARGS: usize = 64 * 1024;
+
+/// Splits `claims` into script calls of about [`SCRIPT_ARGS`] arguments each.
+fn script_chunks(claims: Vec<Claim>) -> Vec<Vec<Claim>> {
+    let mut chunks = vec![Vec::new()];
+    let mut args = 0;
+    for c in claims {
+        // Per job 8 arguments; per record 6 and its field/value pairs (about 24).
+        let n = 8 + c.due.runs.len() * 30 + c.due.cancel.len();
+        if args + n > SCRIPT_ARGS && args > 0 {
+            chunks.push(Vec::new());
+            args = 0;
+        }
+        args += n;
+        if let Some(last) = chunks.last_mut() {
+            last.push(c);
+        }
+    }
+    chunks
+}
+
 /// The candidates of a read, one per id.
 fn aligned((docs, versions, leases, runs): ClaimRead) -> impl Iterator<Item = Candidate> {
     let runs: Box<dyn Iterator<Item = Option<ActiveRead>> + Send> = match runs {
@@ -205,10 +228,31 @@ impl Client {
             if claims.is_empty() {
                 break;
             }
-            let (w, stale) = self
-                .write_claims(&mut conn, claims, now, &me, lease_until)
-                .await?;
-            won.extend(w);
+            let mut stale = Vec::new();
+            // Each job's claim and records are one script; a batch with a long backlog of
+            // records is split so that no script call grows without bound.
+            for chunk in script_chunks(claims) {
+                let first = chunk
+                    .first()
+                    .map(|c| c.due.job.id.clone())
+                    .unwrap_or_default();
+                match self
+                    .write_claims(&mut conn, chunk, now, &me, lease_until)
+                    .await
+                {
+                    Ok((w, s)) => {
+                        won.extend(w);
+                        stale.extend(s);
+                    }
+                    Err(e) if won.is_empty() => return Err(e),
+                    Err(e) => {
+                        // The claims won so far are written: they must run. The failed
+                        // chunk's jobs stay due for the next pass.
+                        self.state.report(&first, e.to_string());
+                        return Ok(won);
+                    }
+                }
+            }
             if stale.is_empty() || round == CLAIM_ROUNDS {
                 break;
             }
