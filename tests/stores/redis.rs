@@ -514,6 +514,15 @@ async fn redis_ledger_unreadable_runs_are_skipped_and_reported() {
             f
         }
     };
+    // A run key that is not a hash at all.
+    let not_hash = "0000000000000000043";
+    ::redis::pipe()
+        .set(format!("{prefix}:run:{not_hash}"), "junk")
+        .zadd(format!("{prefix}:runs:job:a"), not_hash, score)
+        .zadd(format!("{prefix}:runs:all"), not_hash, score)
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
     let before = raw(&mut c).await;
     for _ in 0..3 {
         let runs = store.query_runs(&RunFilter::new().job("a")).await.unwrap();
@@ -534,10 +543,17 @@ async fn redis_ledger_unreadable_runs_are_skipped_and_reported() {
         store.tick_runs(suite::at(1)).await.unwrap();
     }
     let reported = store_errors(&mut rx);
-    assert_eq!(reported.len(), 1, "reported once: {reported:?}");
-    assert_eq!(reported[0].0, "a");
+    assert_eq!(reported.len(), 2, "each reported once: {reported:?}");
+    let bad_report = reported.iter().find(|(_, m)| m.contains(&key)).unwrap();
+    assert_eq!(bad_report.0, "a");
     assert!(
-        reported[0].1.contains(&key) && reported[0].1.contains("'attempt' is missing"),
+        bad_report.1.contains("'attempt' is missing"),
+        "{reported:?}"
+    );
+    assert!(
+        reported
+            .iter()
+            .any(|(_, m)| m.contains(not_hash) && m.contains("not a hash")),
         "{reported:?}"
     );
     assert_eq!(raw(&mut c).await, before, "kept untouched");
@@ -572,14 +588,16 @@ async fn redis_ledger_claim_and_records_are_one_step() {
     let mut rx = ctx.subscribe(apsched::event::EventKind::STORE_ERROR);
     let store = RedisStore::new(&url()).unwrap().with_prefix(&prefix);
     store.start(ctx.context()).await.unwrap();
-    for id in ["a", "b"] {
+    for id in ["a", "b", "c"] {
         store.add_job(ledger_job(id), false).await.unwrap();
     }
     let mut c = raw_conn().await;
     let broken = format!("{prefix}:runs:job:a");
-    ::redis::cmd("SET")
-        .arg(&broken)
-        .arg("not a sorted set")
+    // c's active runs (read before the claim) are not a hash either.
+    let broken_c = format!("{prefix}:runs:active:c");
+    ::redis::pipe()
+        .set(&broken, "not a sorted set")
+        .set(&broken_c, "not a hash")
         .query_async::<()>(&mut c)
         .await
         .unwrap();
@@ -617,20 +635,24 @@ async fn redis_ledger_claim_and_records_are_one_step() {
         Some(suite::at(30)),
         "a is tried again when the lease has passed"
     );
-    let reported = store_errors(&mut rx);
-    assert_eq!(reported.len(), 1, "{reported:?}");
-    assert_eq!(reported[0].0, "a");
+    let mut reported = store_errors(&mut rx);
+    reported.sort();
+    assert_eq!(reported.len(), 2, "{reported:?}");
+    assert_eq!((reported[0].0.as_str(), reported[1].0.as_str()), ("a", "c"));
     assert!(reported[0].1.contains(&broken), "{reported:?}");
+    assert!(reported[1].1.contains(&broken_c), "{reported:?}");
 
     ::redis::cmd("DEL")
         .arg(&broken)
+        .arg(&broken_c)
         .query_async::<()>(&mut c)
         .await
         .unwrap();
-    let due = store.acquire_due_jobs(suite::at(30), 10).await.unwrap();
+    let mut due = store.acquire_due_jobs(suite::at(30), 10).await.unwrap();
+    due.sort_by(|x, y| x.job.id.cmp(&y.job.id));
     assert_eq!(
         due.iter().map(|d| d.job.id.as_str()).collect::<Vec<_>>(),
-        ["a"]
+        ["a", "c"]
     );
     let runs = store.query_runs(&RunFilter::new().job("a")).await.unwrap();
     assert_eq!(runs, due[0].runs);

@@ -160,6 +160,9 @@ impl Client {
         let k = self.keys();
         let rk = self.run_keys();
         let mut pipe = redis::pipe();
+        // One job's unreadable ledger key must not fail the read of the others: replies are
+        // checked one by one (that job's claim script then refuses it, naming the key).
+        pipe.ignore_errors();
         pipe.cmd("HMGET").arg(&k.jobs).arg(ids);
         pipe.cmd("HMGET").arg(&k.versions).arg(ids);
         pipe.cmd("HMGET").arg(&k.leases).arg(ids);
@@ -179,7 +182,7 @@ impl Client {
                 let stamps: Vec<Option<String>> = take(vals.next())?;
                 let mut runs = Vec::with_capacity(ids.len());
                 for stamp in stamps {
-                    let active: HashMap<String, String> = take(vals.next())?;
+                    let active: HashMap<String, String> = take(vals.next()).unwrap_or_default();
                     runs.push(ActiveRead {
                         active: parse_active(active),
                         stamp: stamp.unwrap_or_default(),

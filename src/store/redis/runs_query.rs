@@ -30,52 +30,66 @@ impl Client {
         }
         let rk = self.run_keys();
         let mut pipe = redis::pipe();
+        // A key of the wrong type is one unreadable run, not a failed read.
+        pipe.ignore_errors();
         for m in members {
             pipe.hgetall(rk.run(m));
         }
-        let maps: Vec<HashMap<String, String>> = pipe
+        let replies: Vec<redis::Value> = pipe
             .query_async(conn)
             .await
             .map_err(|e| self.state.err("reading runs", e))?;
         Ok(members
             .iter()
-            .zip(maps)
-            .map(|(m, f)| self.parse_run(m, &f))
+            .zip(replies)
+            .map(|(m, reply)| {
+                let f = redis::from_redis_value::<HashMap<String, String>>(reply)
+                    .map_err(|e| e.to_string());
+                self.parse_run(m, f)
+            })
             .collect())
     }
 
-    /// One run's hash as a record; `None` (reported once) when it does not parse, `None`
-    /// (silently) when it is gone.
-    fn parse_run(&self, m: &str, f: &HashMap<String, String>) -> Option<RunRecord> {
-        if f.is_empty() {
-            return None;
-        }
+    /// One run's hash as a record; `None` (reported once per content) when it does not
+    /// parse or is not a hash, `None` (silently) when it is gone.
+    fn parse_run(
+        &self,
+        m: &str,
+        f: std::result::Result<HashMap<String, String>, String>,
+    ) -> Option<RunRecord> {
         let key = self.run_keys().run(m);
-        match run_from_fields(m, f) {
-            Ok(r) => {
-                self.runs.reported.forget(&key);
-                Some(r)
-            }
-            Err(reason) => {
-                let mut content: Vec<(&String, &String)> = f.iter().collect();
-                content.sort_unstable();
-                if self
-                    .runs
-                    .reported
-                    .note(&key, fingerprint(&format!("{content:?}"), 0))
-                {
-                    let job = f.get("job_id").map_or("", String::as_str);
-                    self.state.report(
-                        job,
-                        format!(
-                            "run record {key} cannot be read ({reason}); it is kept untouched \
-                             and skipped: fix or delete it"
-                        ),
-                    );
+        // (reason, fingerprint of the content, job id if known)
+        let failed = match f {
+            Ok(f) if f.is_empty() => return None,
+            Ok(f) => match run_from_fields(m, &f) {
+                Ok(r) => {
+                    self.runs.reported.forget(&key);
+                    return Some(r);
                 }
-                None
+                Err(reason) => {
+                    let mut content: Vec<(&String, &String)> = f.iter().collect();
+                    content.sort_unstable();
+                    let job = f.get("job_id").cloned().unwrap_or_default();
+                    (reason, fingerprint(&format!("{content:?}"), 0), job)
+                }
+            },
+            Err(e) => {
+                let reason = format!("it is not a hash: {e}");
+                let fp = fingerprint(&reason, 1);
+                (reason, fp, String::new())
             }
+        };
+        let (reason, fp, job) = failed;
+        if self.runs.reported.note(&key, fp) {
+            self.state.report(
+                &job,
+                format!(
+                    "run record {key} cannot be read ({reason}); it is kept untouched and \
+                     skipped: fix or delete it"
+                ),
+            );
         }
+        None
     }
 
     /// [`JobStore::query_runs`](crate::store::JobStore::query_runs): pages through the

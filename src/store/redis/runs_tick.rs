@@ -133,6 +133,8 @@ impl Client {
         let k = self.keys();
         let rk = self.run_keys();
         let mut pipe = redis::pipe();
+        // A job whose active runs cannot be read is left out, not the whole pass.
+        pipe.ignore_errors();
         pipe.cmd("HMGET").arg(&k.jobs).arg(jobs);
         pipe.cmd("HMGET").arg(rk.stamps()).arg(jobs);
         for j in jobs {
@@ -153,8 +155,9 @@ impl Client {
         // Per job: its stamp, how many instances are free, its queued members.
         let mut plans: Vec<(&String, String, usize, Vec<String>)> = Vec::new();
         for (((job, doc), stamp), active) in jobs.iter().zip(docs).zip(stamps).zip(actives) {
-            let active: HashMap<String, String> = redis::from_redis_value(active)
-                .map_err(|e| self.state.err("reading queued runs", e))?;
+            let Ok(active) = redis::from_redis_value::<HashMap<String, String>>(active) else {
+                continue;
+            };
             let max = doc
                 .and_then(|d| serde_json::from_str::<StoredJob>(&d).ok())
                 .map_or(1, |j| j.max_instances) as usize;
