@@ -836,3 +836,35 @@ async fn redis_ledger_long_backlogs_are_claimed_whole() {
     }
     cleanup(&prefix).await;
 }
+
+/// A run marked started and then found too late is recorded `missed` without a start
+/// time (as `RunRecord::apply` does).
+#[tokio::test]
+async fn redis_ledger_missed_runs_never_started() {
+    use apsched::ledger::{RunOutcome, RunState};
+    use apsched::store::JobStore;
+
+    if !available().await {
+        return;
+    }
+    let prefix = format!("apsched-test:{}", suite::unique_suffix());
+    let store = started(&prefix, "s1").await;
+    store.add_job(ledger_job("a"), false).await.unwrap();
+    store.tick_runs(suite::at(0)).await.unwrap();
+    let run = store.acquire_due_jobs(suite::at(0), 10).await.unwrap()[0].runs[0].clone();
+    store.start_runs(&[run.run_id], suite::at(1)).await.unwrap();
+    store
+        .finish_runs(&[
+            RunOutcome::new(run.run_id, "a", RunState::Missed, suite::at(2))
+                .started_at(Some(suite::at(1)))
+                .error("too late"),
+        ])
+        .await
+        .unwrap();
+    let mut want = run.clone();
+    want.apply(&RunOutcome::new(run.run_id, "a", RunState::Missed, suite::at(2)).error("too late"));
+    let got = store.get_run(run.run_id).await.unwrap().unwrap();
+    assert_eq!(got, want);
+    assert_eq!(got.started_at, None);
+    cleanup(&prefix).await;
+}

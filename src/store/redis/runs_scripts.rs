@@ -199,10 +199,11 @@ end
 return out
 "#;
 
-/// Terminal outcomes. ARGV: prefix, then per outcome: member, state, finished_at (text),
-/// finish score, which optional values follow (three `1`/`0`: started_at, error, output),
-/// started_at, error, output. A run already terminal (or unknown) is left alone. Returns
-/// how many runs changed.
+/// Terminal outcomes, as [`RunRecord::apply`](crate::ledger::RunRecord::apply) applies
+/// them. ARGV: prefix, then per outcome: member, state, finished_at (text), finish score,
+/// which optional values follow (three `1`/`0`: started_at, error, output), started_at,
+/// error, output. A run already terminal (or unknown) is left alone. Returns how many runs
+/// changed.
 pub(super) const FINISH_SCRIPT: &str = r#"
 P = ARGV[1]
 local e = check_shared(nil)
@@ -216,7 +217,13 @@ for b = 2, #ARGV, 8 do
     if is_active(f[1]) and f[2] then
       local has = ARGV[b + 4]
       redis.call('HSET', key, 'state', ARGV[b + 1], 'finished_at', ARGV[b + 2], 'queued', '0')
-      if string.sub(has, 1, 1) == '1' then redis.call('HSET', key, 'started_at', ARGV[b + 5]) end
+      if ARGV[b + 1] == 'missed' then
+        -- A missed run never started (it was marked started when it was handed to an
+        -- executor that found it too late).
+        redis.call('HDEL', key, 'started_at')
+      elseif string.sub(has, 1, 1) == '1' then
+        redis.call('HSET', key, 'started_at', ARGV[b + 5])
+      end
       if string.sub(has, 2, 2) == '1' then redis.call('HSET', key, 'error', ARGV[b + 6]) else redis.call('HDEL', key, 'error') end
       if string.sub(has, 3, 3) == '1' then redis.call('HSET', key, 'output', ARGV[b + 7]) else redis.call('HDEL', key, 'output') end
       settle(f[2], id, f[3], ARGV[b + 3])
