@@ -868,3 +868,54 @@ async fn redis_ledger_missed_runs_never_started() {
     assert_eq!(got.started_at, None);
     cleanup(&prefix).await;
 }
+
+/// Finishing runs applies the per-job retention at once (a storm of runs cannot outgrow
+/// the periodic pass's bounded pruning); the newest finished runs stay, active ones too.
+#[tokio::test]
+async fn redis_ledger_finishing_keeps_the_per_job_retention() {
+    use apsched::ledger::{RunFilter, RunOutcome, RunRetention, RunState};
+    use apsched::store::JobStore;
+
+    if !available().await {
+        return;
+    }
+    let prefix = format!("apsched-test:{}", suite::unique_suffix());
+    let ctx = suite::TestContext::new("redis", "s1", Duration::from_secs(30))
+        .with_ledger(true, RunRetention::default().per_job(2));
+    let store = RedisStore::new(&url()).unwrap().with_prefix(&prefix);
+    store.start(ctx.context()).await.unwrap();
+    let mut j = ledger_job("a");
+    j.overlap = apsched::Overlap::AllowAll;
+    j.next_run_time = Some(suite::at(100_000));
+    store.add_job(j, false).await.unwrap();
+    let slots: Vec<_> = (0..10).map(|i| suite::at(i * 10)).collect();
+    let runs = store
+        .add_manual_runs("a", &slots, suite::at(100))
+        .await
+        .unwrap();
+    let outcomes: Vec<RunOutcome> = runs[..9]
+        .iter()
+        .map(|r| RunOutcome::new(r.run_id, "a", RunState::Executed, suite::at(101)))
+        .collect();
+    store.finish_runs(&outcomes).await.unwrap();
+    let kept = store.query_runs(&RunFilter::new().job("a")).await.unwrap();
+    let scheduled: Vec<_> = kept.iter().map(|r| (r.scheduled, r.state)).collect();
+    assert_eq!(
+        scheduled,
+        vec![
+            (suite::at(90), RunState::Claimed),
+            (suite::at(80), RunState::Executed),
+            (suite::at(70), RunState::Executed)
+        ]
+    );
+    let mut c = raw_conn().await;
+    let (all, finished, count): (usize, usize, f64) = ::redis::pipe()
+        .zcard(format!("{prefix}:runs:all"))
+        .zcard(format!("{prefix}:runs:finished"))
+        .zscore(format!("{prefix}:runs:done_count"), "a")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!((all, finished, count), (3, 2, 2.0), "indexes follow");
+    cleanup(&prefix).await;
+}

@@ -229,8 +229,14 @@ impl Client {
         if outcomes.is_empty() {
             return Ok(());
         }
+        let keep = self
+            .state
+            .ctx()
+            .map(|c| c.run_retention())
+            .unwrap_or_default()
+            .per_job;
         let mut inv = self.run_scripts.finish.prepare_invoke();
-        inv.arg(&self.run_keys().base);
+        inv.arg(&self.run_keys().base).arg(keep);
         let flag = |b: bool| if b { '1' } else { '0' };
         for o in outcomes {
             let has: String = [

@@ -108,6 +108,32 @@ local function settle(job, id, owner, fscore)
   count_done(job)
 end
 
+-- Deletes the oldest finished runs of `job` beyond the newest `keep` (a record whose state
+-- is unreadable is never deleted).
+local function trim(job, keep)
+  local dkey = jkey('done', job)
+  local n = redis.pcall('ZCARD', dkey)
+  if type(n) ~= 'number' or n <= keep then return end
+  local old = redis.pcall('ZRANGE', dkey, 0, n - keep - 1)
+  if old.err then return end
+  for _, id in ipairs(old) do
+    local key = rkey(id)
+    local t = type_of(key)
+    local gone = t == 'none'
+    if t == 'hash' and TERMINAL[redis.call('HGET', key, 'state')] then
+      redis.call('DEL', key)
+      gone = true
+    end
+    if gone then
+      redis.call('ZREM', gkey('all'), id)
+      redis.call('ZREM', gkey('finished'), id)
+      redis.pcall('ZREM', jkey('job', job), id)
+      redis.pcall('ZREM', dkey, id)
+    end
+  end
+  count_done(job)
+end
+
 -- Writes the new run of `job` whose arguments start at `p`, owned by `owner`. Returns the
 -- position after it and whether it is active.
 local function write_run(job, owner, p)
@@ -200,16 +226,20 @@ return out
 "#;
 
 /// Terminal outcomes, as [`RunRecord::apply`](crate::ledger::RunRecord::apply) applies
-/// them. ARGV: prefix, then per outcome: member, state, finished_at (text), finish score,
+/// them, then the per-job retention of the jobs they finished (so that a storm of runs
+/// cannot outgrow the periodic pass's pruning). ARGV: prefix, finished runs kept per job,
+/// then per outcome: member, state, finished_at (text), finish score,
 /// which optional values follow (three `1`/`0`: started_at, error, output), started_at,
 /// error, output. A run already terminal (or unknown) is left alone. Returns how many runs
 /// changed.
 pub(super) const FINISH_SCRIPT: &str = r#"
 P = ARGV[1]
+local keep = tonumber(ARGV[2])
 local e = check_shared(nil)
 if e then return redis.error_reply(e) end
 local n = 0
-for b = 2, #ARGV, 8 do
+local jobs = {}
+for b = 3, #ARGV, 8 do
   local id = ARGV[b]
   local key = rkey(id)
   if type_of(key) == 'hash' then
@@ -227,10 +257,12 @@ for b = 2, #ARGV, 8 do
       if string.sub(has, 2, 2) == '1' then redis.call('HSET', key, 'error', ARGV[b + 6]) else redis.call('HDEL', key, 'error') end
       if string.sub(has, 3, 3) == '1' then redis.call('HSET', key, 'output', ARGV[b + 7]) else redis.call('HDEL', key, 'output') end
       settle(f[2], id, f[3], ARGV[b + 3])
+      jobs[f[2]] = true
       n = n + 1
     end
   end
 end
+for job, _ in pairs(jobs) do trim(job, keep) end
 return n
 "#;
 
