@@ -2,18 +2,90 @@
 //! (due-run rule in Rust, compare-and-swap in one Lua script) and releasing leases.
 
 use chrono::{DateTime, Utc};
+use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
 use super::client::Client;
 use super::layout::{from_score, parse_lease, parse_version, score, score_of, EXACT_SCORES};
 use super::records::IndexFix;
+use super::runs::{push_planned, ActiveRead, ClaimRead};
 use crate::error::Result;
 use crate::job::{Lease, StoredJob};
 use crate::store::common::{claimable_at, held_by_other, lease_until, micros_ceil};
-use crate::store::DueJob;
+use crate::store::{DueJob, StoreContext};
 
 /// How many sorted-set entries are read per round trip when scanning for due jobs.
 const PAGE: usize = 256;
+
+/// How many times one pass writes claims whose jobs' active runs changed under them.
+const CLAIM_ROUNDS: usize = 4;
+
+/// A claim prepared in Rust: the claimed job with its planned runs, the version it was
+/// read at, and the stamp of its active runs as read (`None` without a ledger).
+struct Claim {
+    due: DueJob,
+    version: u64,
+    stamp: Option<String>,
+}
+
+/// One candidate as read: document, version, lease, active runs.
+type Candidate = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<ActiveRead>,
+);
+
+/// What a candidate turned out to be.
+// Short-lived (moved into the batch at once): boxing the claim would cost an allocation
+// per claimed job on the hot path for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Prepared {
+    /// Due and claimable: write it.
+    Claim(Claim),
+    /// Its index entry has no job.
+    Gone,
+    /// Its document is not due (version, next run time): the index disagrees.
+    NotDue(u64, Option<DateTime<Utc>>),
+    /// Held by another scheduler, corrupt or blocked: leave it.
+    Skip,
+}
+
+/// About how many arguments one claim script call takes at most (a batch of 1024 jobs with
+/// one record each takes about 40 000); a job's claim is never split.
+const SCRIPT_ARGS: usize = 64 * 1024;
+
+/// Splits `claims` into script calls of about [`SCRIPT_ARGS`] arguments each.
+fn script_chunks(claims: Vec<Claim>) -> Vec<Vec<Claim>> {
+    let mut chunks = vec![Vec::new()];
+    let mut args = 0;
+    for c in claims {
+        // Per job 8 arguments; per record 6 and its field/value pairs (about 24).
+        let n = 8 + c.due.runs.len() * 30 + c.due.cancel.len();
+        if args + n > SCRIPT_ARGS && args > 0 {
+            chunks.push(Vec::new());
+            args = 0;
+        }
+        args += n;
+        if let Some(last) = chunks.last_mut() {
+            last.push(c);
+        }
+    }
+    chunks
+}
+
+/// The candidates of a read, one per id.
+fn aligned((docs, versions, leases, runs): ClaimRead) -> impl Iterator<Item = Candidate> {
+    let runs: Box<dyn Iterator<Item = Option<ActiveRead>> + Send> = match runs {
+        Some(r) => Box::new(r.into_iter().map(Some)),
+        None => Box::new(std::iter::repeat_with(|| None)),
+    };
+    docs.into_iter()
+        .zip(versions)
+        .zip(leases)
+        .zip(runs)
+        .map(|(((d, v), l), r)| (d, v, l, r))
+}
 
 impl Client {
     /// [`JobStore::next_run_time`](crate::store::JobStore::next_run_time): pages through the
@@ -69,7 +141,10 @@ impl Client {
                     continue;
                 }
                 let next = exact.remove(id.as_str()).unwrap_or_else(|| from_score(*s));
-                let at = claimable_at(next, parse_lease(l).as_ref(), &me, now);
+                let mut at = claimable_at(next, parse_lease(l).as_ref(), &me, now);
+                if let Some(retry) = self.runs.blocked_until(id) {
+                    at = at.max(retry);
+                }
                 best = Some(best.map_or(at, |b| b.min(at)));
             }
             // Entries further on are due no earlier than `last`.
@@ -80,7 +155,11 @@ impl Client {
         }
     }
 
-    /// [`JobStore::acquire_due_jobs`](crate::store::JobStore::acquire_due_jobs).
+    /// [`JobStore::acquire_due_jobs`](crate::store::JobStore::acquire_due_jobs): reads the
+    /// due candidates (with their active runs when the scheduler keeps a ledger), claims
+    /// and plans their runs in Rust, and writes claims and run records with one script.
+    /// Jobs whose active runs changed between the read and the script are read, planned
+    /// and written again (a few rounds; the rest stay due for the next pass).
     pub(super) async fn acquire_due_jobs(
         &self,
         now: DateTime<Utc>,
@@ -91,12 +170,12 @@ impl Client {
         }
         let k = self.keys();
         let me = self.state.owner();
+        let ctx = self.state.ctx().filter(|c| c.keeps_runs());
         let lease_until = lease_until(now, self.state.lease());
-        let lease_value = format!("{} {me}", micros_ceil(lease_until));
         let mut conn = self.conn().await?;
         let page = limit.clamp(16, 1024);
         let mut offset = 0usize;
-        let mut claims: Vec<(DueJob, u64)> = Vec::new();
+        let mut claims: Vec<Claim> = Vec::new();
         // Index entries that disagree with their job: (id, None) for an entry without a
         // job, (id, Some((version, next))) for a job whose document is not due.
         let mut repairs: Vec<(String, f64, IndexFix)> = Vec::new();
@@ -120,86 +199,205 @@ impl Client {
                 break;
             }
             let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
-            let (docs, versions, leases) = self.fetch(&mut conn, &ids).await?;
-            for ((((id, s), doc), v), l) in entries.iter().zip(docs).zip(versions).zip(leases) {
+            let read = self.fetch_for_claim(&mut conn, &ids, ctx.is_some()).await?;
+            for ((id, s), candidate) in entries.iter().zip(aligned(read)) {
                 if claims.len() >= limit {
                     break;
                 }
-                let Some(doc) = doc else {
-                    repairs.push((id.clone(), *s, None));
-                    continue;
-                };
-                let version = parse_version(v);
-                let lease = parse_lease(l);
-                if held_by_other(lease.as_ref(), &me, now)
-                    || self.state.is_known_corrupt(id, &doc, version)
-                {
-                    continue;
-                }
-                let Ok(job) = self.state.decode(id, &doc, version, lease) else {
-                    continue;
-                };
-                let mut due = DueJob::claim(job, now);
-                if due.run_times.is_empty() {
-                    // The index says due, the document says paused or later. The document is
-                    // the truth; left alone, the entry would make every pass retry it.
-                    let next = due.job.next_run_time;
-                    if next.map(|t| score_of(micros_ceil(t))) != Some(*s) {
-                        repairs.push((id.clone(), *s, Some((version, next))));
+                match self.prepare_claim(id, candidate, now, &me, lease_until, ctx.as_ref()) {
+                    Prepared::Claim(c) => claims.push(c),
+                    Prepared::Gone => repairs.push((id.clone(), *s, None)),
+                    Prepared::NotDue(version, next) => {
+                        // The index says due, the document says paused or later. The
+                        // document is the truth; left alone, the entry would make every pass
+                        // retry it.
+                        if next.map(|t| score_of(micros_ceil(t))) != Some(*s) {
+                            repairs.push((id.clone(), *s, Some((version, next))));
+                        }
                     }
-                    continue;
+                    Prepared::Skip => {}
                 }
-                due.job.lease = Some(Lease {
-                    owner: me.clone(),
-                    until: lease_until,
-                });
-                claims.push((due, version));
             }
             if entries.len() < page {
                 break;
             }
             offset += page;
         }
-        let won = if claims.is_empty() {
-            Vec::new()
-        } else {
-            let mut inv = self.scripts.claim.prepare_invoke();
-            inv.key(&k.jobs)
-                .key(&k.versions)
-                .key(&k.leases)
-                .key(&k.run_times)
-                .key(&k.version_seq)
-                .arg(now_us)
-                .arg(&me)
-                .arg(&lease_value);
-            for (due, version) in &claims {
-                inv.arg(&due.job.id).arg(version.to_string());
-                if due.removed {
-                    inv.arg("d").arg("").arg("");
-                } else {
-                    inv.arg("u")
-                        .arg(due.job.to_json()?)
-                        .arg(score(due.job.next_run_time));
+        let mut won = Vec::with_capacity(claims.len());
+        for round in 1..=CLAIM_ROUNDS {
+            if claims.is_empty() {
+                break;
+            }
+            let mut stale = Vec::new();
+            // Each job's claim and records are one script; a batch with a long backlog of
+            // records is split so that no script call grows without bound.
+            for chunk in script_chunks(claims) {
+                let first = chunk
+                    .first()
+                    .map(|c| c.due.job.id.clone())
+                    .unwrap_or_default();
+                match self
+                    .write_claims(&mut conn, chunk, now, &me, lease_until)
+                    .await
+                {
+                    Ok((w, s)) => {
+                        won.extend(w);
+                        stale.extend(s);
+                    }
+                    Err(e) if won.is_empty() => return Err(e),
+                    Err(e) => {
+                        // The claims won so far are written: they must run. The failed
+                        // chunk's jobs stay due for the next pass.
+                        self.state.report(&first, e.to_string());
+                        return Ok(won);
+                    }
                 }
             }
-            let won: Vec<i64> = inv
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| self.state.err("claiming due jobs", e))?;
-            claims
-                .into_iter()
-                .zip(won)
-                .filter(|(_, w)| *w != 0)
-                .map(|((mut d, _), w)| {
-                    d.job.version = w.max(0) as u64;
-                    d
+            if stale.is_empty() || round == CLAIM_ROUNDS {
+                break;
+            }
+            // Their active runs changed since the read: read and plan them again.
+            let ids: Vec<String> = stale.iter().map(|c| c.due.job.id.clone()).collect();
+            let read = self.fetch_for_claim(&mut conn, &ids, ctx.is_some()).await?;
+            claims = ids
+                .iter()
+                .zip(aligned(read))
+                .filter_map(|(id, candidate)| {
+                    match self.prepare_claim(id, candidate, now, &me, lease_until, ctx.as_ref()) {
+                        Prepared::Claim(c) => Some(c),
+                        _ => None,
+                    }
                 })
-                .collect()
-        };
+                .collect();
+        }
         for (id, s, fix) in repairs {
             self.repair(&mut conn, &id, s, fix).await;
         }
         Ok(won)
+    }
+
+    /// Applies the due-run rule to one candidate as read, and plans its runs.
+    fn prepare_claim(
+        &self,
+        id: &str,
+        (doc, v, l, active): Candidate,
+        now: DateTime<Utc>,
+        me: &str,
+        lease_until: DateTime<Utc>,
+        ctx: Option<&StoreContext>,
+    ) -> Prepared {
+        let Some(doc) = doc else {
+            return Prepared::Gone;
+        };
+        let version = parse_version(v);
+        let lease = parse_lease(l);
+        if held_by_other(lease.as_ref(), me, now)
+            || self.state.is_known_corrupt(id, &doc, version)
+            || self.runs.is_blocked(id, now)
+        {
+            return Prepared::Skip;
+        }
+        let Ok(job) = self.state.decode(id, &doc, version, lease) else {
+            return Prepared::Skip;
+        };
+        let mut due = DueJob::claim(job, now);
+        if due.run_times.is_empty() {
+            return Prepared::NotDue(version, due.job.next_run_time);
+        }
+        due.job.lease = Some(Lease {
+            owner: me.to_string(),
+            until: lease_until,
+        });
+        let stamp = match (ctx, active) {
+            (Some(ctx), Some(read)) => {
+                due.plan_runs(ctx, now, &read.active);
+                Some(read.stamp)
+            }
+            _ => None,
+        };
+        Prepared::Claim(Claim {
+            due,
+            version,
+            stamp,
+        })
+    }
+
+    /// Writes `claims` with one script. Returns the jobs won and the claims to plan again
+    /// (their active runs changed since the read); claims lost to another scheduler are
+    /// dropped, and claims whose ledger keys cannot be written are reported and left due
+    /// (skipped until a lease from now, so the loop does not spin on them).
+    async fn write_claims(
+        &self,
+        conn: &mut ConnectionManager,
+        claims: Vec<Claim>,
+        now: DateTime<Utc>,
+        me: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<(Vec<DueJob>, Vec<Claim>)> {
+        let k = self.keys();
+        let ledger = claims.iter().any(|c| c.stamp.is_some());
+        let mut inv = self.scripts.claim.prepare_invoke();
+        inv.key(&k.jobs)
+            .key(&k.versions)
+            .key(&k.leases)
+            .key(&k.run_times)
+            .key(&k.version_seq)
+            .arg(now.timestamp_micros())
+            .arg(me)
+            .arg(format!("{} {me}", micros_ceil(lease_until)))
+            .arg(&self.run_keys().base)
+            .arg(if ledger { "1" } else { "0" });
+        for c in &claims {
+            let due = &c.due;
+            inv.arg(&due.job.id).arg(c.version.to_string());
+            if due.removed {
+                inv.arg("d").arg("").arg("");
+            } else {
+                inv.arg("u")
+                    .arg(due.job.to_json()?)
+                    .arg(score(due.job.next_run_time));
+            }
+            match &c.stamp {
+                Some(stamp) => {
+                    inv.arg(stamp);
+                    push_planned(&mut inv, &due.runs, &due.cancel);
+                }
+                None => {
+                    inv.arg("-").arg(0).arg(0);
+                }
+            }
+        }
+        let results: Vec<redis::Value> = inv
+            .invoke_async(conn)
+            .await
+            .map_err(|e| self.state.err("claiming due jobs", e))?;
+        let mut won = Vec::with_capacity(claims.len());
+        let mut stale = Vec::new();
+        for (mut c, r) in claims.into_iter().zip(results) {
+            match r {
+                redis::Value::Int(v) if v > 0 => {
+                    self.runs.unblock(&c.due.job.id);
+                    c.due.job.version = v as u64;
+                    won.push(c.due);
+                }
+                redis::Value::Int(-1) => stale.push(c),
+                redis::Value::Int(_) => {}
+                other => {
+                    let why = redis::from_redis_value::<String>(other)
+                        .unwrap_or_else(|e| format!("unexpected reply: {e}"));
+                    let id = &c.due.job.id;
+                    let retry = lease_until.max(now);
+                    let message = format!(
+                        "job '{id}' was not claimed, so that its run records and its claim stay \
+                         one step: {why}; it is tried again at {retry}"
+                    );
+                    if self.runs.block(id, retry, &why) {
+                        self.state.report(id, message);
+                    }
+                }
+            }
+        }
+        Ok((won, stale))
     }
 
     /// [`JobStore::release_jobs`](crate::store::JobStore::release_jobs).

@@ -1,5 +1,6 @@
 //! What every operation of the store needs: the Redis client and its shared connection, the
-//! key prefix, the scripts and the store state (owner, clock, corrupt-job reports).
+//! key prefix, the scripts and the store state (owner, clock, corrupt-job reports, the run
+//! ledger's state).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -7,6 +8,8 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::layout::{with_default_host, Keys};
+use super::runs::RunsState;
+use super::runs_scripts::RunScripts;
 use super::scripts::Scripts;
 use crate::error::Result;
 use crate::store::documents::StoreState;
@@ -21,6 +24,10 @@ pub(super) struct Client {
     conn: Mutex<Option<ConnectionManager>>,
     pub(super) state: StoreState,
     pub(super) scripts: Scripts,
+    /// The run ledger's scripts.
+    pub(super) run_scripts: RunScripts,
+    /// The run ledger's state (blocked claims, unreadable runs reported).
+    pub(super) runs: RunsState,
 }
 
 impl Client {
@@ -36,6 +43,8 @@ impl Client {
             conn: Mutex::new(None),
             state,
             scripts: Scripts::new(),
+            run_scripts: RunScripts::new(),
+            runs: RunsState::default(),
         })
     }
 

@@ -3,18 +3,29 @@
 //! The files are layered; each imports only from the layers below it:
 //! 1. `layout.rs` (keys under the prefix; leases, versions and run times as stored values)
 //!    and `scripts.rs` (the Lua scripts): leaves;
+//!    `runs_layout.rs` (the run ledger's keys and a run as hash fields) and
+//!    `runs_scripts.rs` (the ledger's Lua scripts, and the helpers the claim script uses
+//!    to write run records) are leaves too;
 //! 2. `client.rs`: `Client`, what every operation needs (client, connection, keys, scripts,
 //!    store state); `listen.rs`: the pub/sub listener;
-//! 3. `records.rs` (reading records in batches, repairing the index) and `claim.rs` (next
-//!    run time, claiming and releasing due jobs): operations of `Client`;
+//! 3. `records.rs` (reading records in batches, repairing the index), `runs.rs` (the
+//!    ledger's write path: what the claim reads and writes, starting, finishing and manual
+//!    runs), `claim.rs` (next run time, claiming and releasing due jobs, with their run
+//!    records), `runs_query.rs` (reading runs) and `runs_tick.rs` (the ledger's periodic
+//!    pass): operations of `Client`;
 //! 4. this module: [`RedisStore`], its settings and its [`JobStore`] impl (adding, updating,
-//!    removing and reading jobs here; the claim in `claim.rs`).
+//!    removing and reading jobs here; the claim in `claim.rs`, the ledger in `runs*.rs`).
 
 mod claim;
 mod client;
 mod layout;
 mod listen;
 mod records;
+mod runs;
+mod runs_layout;
+mod runs_query;
+mod runs_scripts;
+mod runs_tick;
 mod scripts;
 
 use std::sync::Mutex;
@@ -28,7 +39,8 @@ use self::layout::{parse_lease, parse_version, score};
 use self::listen::listen;
 use super::{DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
-use crate::job::JobRecord;
+use crate::job::{JobRecord, RunId};
+use crate::ledger::{RunFilter, RunOutcome, RunRecord, RunTick};
 use crate::store::common::{export_order, loaded};
 use crate::store::export::UnloadableRecord;
 use crate::sync::MutexExt;
@@ -56,6 +68,25 @@ use crate::sync::MutexExt;
 /// | `P:run_times` | sorted set | job id, scored by next run time (µs since epoch rounded up to a double; the document has the exact time); paused jobs are absent |
 /// | `P:wakeup` | pub/sub channel | the id of a scheduler that changed a job |
 ///
+/// The run ledger's keys (see [Run ledger](#run-ledger); `<run>` is the run id zero-padded
+/// to 19 digits, times in records are RFC 3339 text, scores are µs since the epoch):
+///
+/// | key | type | content |
+/// |---|---|---|
+/// | `P:run:<run>` | hash | one run: `run_id`, `job_id`, `scheduled`, `owner`, `manual` (0/1), `attempt`, `state`, `queued` (0/1), `cancel_requested` (0/1), `submitted_at`, and when set `started_at`, `finished_at`, `error`, `output` |
+/// | `P:runs:all` | sorted set | every run, scored by scheduled time |
+/// | `P:runs:job:<job id>` | sorted set | the job's runs, scored by scheduled time |
+/// | `P:runs:done:<job id>` | sorted set | the job's finished runs, scored by scheduled time |
+/// | `P:runs:finished` | sorted set | every finished run, scored by finish time |
+/// | `P:runs:done_count` | sorted set | job id, scored by its number of finished runs |
+/// | `P:runs:active:<job id>` | hash | the job's active runs: run → `claimed`, `queued` or `started` |
+/// | `P:runs:stamps` | hash | job id → stamp of its active runs (from `P:runs:stamp_seq`) |
+/// | `P:runs:owned:<scheduler id>` | set | the scheduler's active runs |
+/// | `P:runs:owners` | set | schedulers with active runs |
+/// | `P:runs:queued` | set | jobs that may have queued runs |
+/// | `P:runs:cancel` | set | active runs flagged `cancel_requested` |
+/// | `P:heartbeats` | sorted set | scheduler id, scored by the time it is alive until |
+///
 /// # Claiming
 /// [`JobStore::acquire_due_jobs`] reads the due candidates from the sorted set, applies the
 /// due-run rule ([`DueJob::claim`]) in Rust, then writes the results back with one Lua
@@ -65,6 +96,17 @@ use crate::sync::MutexExt;
 /// scheduled time of a job is submitted by two schedulers. A due index entry whose
 /// document is not due (or that has no job) is repaired to what the document says and
 /// reported, so the loop never spins on it.
+///
+/// # Run ledger
+/// Each run is a hash `P:run:<run>`, listed by sorted sets scored by its scheduled time
+/// (`P:runs:all`, `P:runs:job:<job id>`); the table above has every key. The claim script writes a claim's run records together with the claim, so a crash
+/// never leaves a claimed slot without its record. The overlap rule counts the job's
+/// active runs (`P:runs:active:<job id>`), read with the candidates; the script writes
+/// only if the job's stamp (`P:runs:stamps`, renewed whenever the job gains an active run,
+/// one starts or one is promoted) is still the one read, else the job is read and planned
+/// again. Schedulers record heartbeats in `P:heartbeats` (alive-until times from the
+/// scheduler's clock); the periodic pass takes over the runs of those that stopped.
+/// Removing a job keeps its runs; retention deletes them.
 pub struct RedisStore {
     client: Client,
     poll_interval: Option<Duration>,
@@ -358,6 +400,41 @@ impl JobStore for RedisStore {
 
     async fn release_jobs(&self, jobs: &[DueJob]) -> Result<()> {
         self.client.release_jobs(jobs).await
+    }
+
+    fn keeps_runs(&self) -> bool {
+        true
+    }
+
+    /// One script per call (`START_SCRIPT`).
+    async fn start_runs(&self, run_ids: &[RunId], now: DateTime<Utc>) -> Result<Vec<RunId>> {
+        self.client.start_runs(run_ids, now).await
+    }
+
+    /// One script per call (`FINISH_SCRIPT`).
+    async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<()> {
+        self.client.finish_runs(outcomes).await
+    }
+
+    async fn add_manual_runs(
+        &self,
+        job_id: &str,
+        slots: &[DateTime<Utc>],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RunRecord>> {
+        self.client.add_manual_runs(job_id, slots, now).await
+    }
+
+    async fn tick_runs(&self, now: DateTime<Utc>) -> Result<RunTick> {
+        self.client.tick_runs(now).await
+    }
+
+    async fn query_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
+        self.client.query_runs(filter).await
+    }
+
+    async fn get_run(&self, run_id: RunId) -> Result<Option<RunRecord>> {
+        self.client.get_run(run_id).await
     }
 
     fn poll_interval(&self) -> Option<Duration> {

@@ -76,23 +76,41 @@ return version
 "#;
 
 /// KEYS: jobs, versions, leases, run_times, version_seq.
-/// ARGV: now, owner, lease value, then per job: id, expected version, mode ('u'/'d'),
-/// document, score ('' = paused). Returns per job 0 (lost) or its new version (1 for a
-/// removed job).
+/// ARGV: now, owner, lease value, prefix (`P:`), whether any job below writes runs
+/// (`1`/`0`), then per job: id, expected version, mode ('u'/'d'), document, score ('' =
+/// paused), the stamp of its active runs as read (`-` = no ledger: nothing below is
+/// written), the number of runs, the runs, the number of runs to flag, their members (see
+/// `runs_scripts.rs` for the run arguments and the helpers, [`RUNS_LIB`](super::runs_scripts::RUNS_LIB),
+/// prepended to this script).
+///
+/// Returns per job: its new version (1 for a removed job) when won, 0 when lost (changed
+/// or leased by another scheduler), -1 when its active runs changed since they were read
+/// (plan again), or a text saying which of its ledger keys cannot be written (nothing of
+/// the job was written).
 pub(super) const CLAIM_SCRIPT: &str = r#"
 local now = tonumber(ARGV[1])
 local owner = ARGV[2]
+P = ARGV[4]
+if ARGV[5] == '1' then
+  local e = check_shared(owner)
+  if e then return redis.error_reply(e) end
+end
 local out = {}
-local n = (#ARGV - 3) / 5
-for i = 0, n - 1 do
-  local b = 3 + i * 5
-  local id = ARGV[b + 1]
+local a = 6
+local i = 0
+while a <= #ARGV do
+  local id = ARGV[a]
+  local stamp = ARGV[a + 5]
+  local nr = tonumber(ARGV[a + 6])
+  local runs_at = a + 7
+  local c = skip_runs(runs_at, nr)
+  local nc = tonumber(ARGV[c])
   local ok = 1
   if redis.call('HEXISTS', KEYS[1], id) == 0 then ok = 0 end
   local v = '0'
   if ok == 1 then
     v = redis.call('HGET', KEYS[2], id) or '0'
-    if v ~= ARGV[b + 2] then ok = 0 end
+    if v ~= ARGV[a + 1] then ok = 0 end
   end
   if ok == 1 then
     local l = redis.call('HGET', KEYS[3], id)
@@ -105,21 +123,32 @@ for i = 0, n - 1 do
       end
     end
   end
+  if ok == 1 and stamp ~= '-' then
+    if (redis.call('HGET', gkey('stamps'), id) or '') ~= stamp then
+      ok = -1
+    else
+      local e = check_job(id, runs_at, nr, c + 1, nc)
+      if e then ok = e end
+    end
+  end
   if ok == 1 then
-    if ARGV[b + 3] == 'd' then
+    if stamp ~= '-' then write_planned(id, owner, runs_at, nr, c + 1, nc) end
+    if ARGV[a + 2] == 'd' then
       redis.call('HDEL', KEYS[1], id)
       redis.call('HDEL', KEYS[2], id)
       redis.call('HDEL', KEYS[3], id)
       redis.call('ZREM', KEYS[4], id)
     else
       ok = next_version(KEYS[5], v)
-      redis.call('HSET', KEYS[1], id, ARGV[b + 4])
+      redis.call('HSET', KEYS[1], id, ARGV[a + 3])
       redis.call('HSET', KEYS[2], id, ok)
       redis.call('HSET', KEYS[3], id, ARGV[3])
-      if ARGV[b + 5] == '' then redis.call('ZREM', KEYS[4], id) else redis.call('ZADD', KEYS[4], ARGV[b + 5], id) end
+      if ARGV[a + 4] == '' then redis.call('ZREM', KEYS[4], id) else redis.call('ZADD', KEYS[4], ARGV[a + 4], id) end
     end
   end
-  out[i + 1] = ok
+  i = i + 1
+  out[i] = ok
+  a = c + 1 + nc
 end
 return out
 "#;
@@ -178,7 +207,10 @@ impl Scripts {
             add: Script::new(&format!("{NEXT_VERSION}{ADD_SCRIPT}")),
             add_many: Script::new(&format!("{NEXT_VERSION}{ADD_MANY_SCRIPT}")),
             update: Script::new(&format!("{NEXT_VERSION}{UPDATE_SCRIPT}")),
-            claim: Script::new(&format!("{NEXT_VERSION}{CLAIM_SCRIPT}")),
+            claim: Script::new(&format!(
+                "{NEXT_VERSION}{}{CLAIM_SCRIPT}",
+                super::runs_scripts::RUNS_LIB
+            )),
             release: Script::new(RELEASE_SCRIPT),
             repair: Script::new(REPAIR_SCRIPT),
         }
