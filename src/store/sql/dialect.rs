@@ -14,6 +14,16 @@ pub(crate) trait Dialect: Database + sqlx::database::HasStatementCache + Sized {
     /// Appended to the due-rows query: `FOR UPDATE SKIP LOCKED`, or nothing where the
     /// transaction itself is exclusive.
     const LOCK_SKIP: &'static str;
+    /// Appended to a read inside a write transaction that must wait for the rows it reads
+    /// (` FOR UPDATE`), or nothing where the transaction itself is exclusive.
+    const LOCK: &'static str;
+    /// Whether `UPDATE … RETURNING` exists (PostgreSQL, SQLite); without it the ledger
+    /// locks the rows it is about to change and reads them first.
+    const UPDATE_RETURNING: bool;
+    /// Appended to the insert of run records: a slot that already has its record keeps it
+    /// (the unique index on job, scheduled time and `slot` says so) and the statement
+    /// goes on with the other rows.
+    const KEEP_EXISTING: &'static str = " ON CONFLICT DO NOTHING";
     /// The statement beginning a write transaction (`None` = the driver's default).
     const BEGIN: Option<&'static str>;
     /// Whether this store should poll by default (no push notifications).
@@ -30,6 +40,31 @@ pub(crate) trait Dialect: Database + sqlx::database::HasStatementCache + Sized {
     /// Rewrites the `?` placeholders of `sql` for this database.
     fn placeholders(sql: &str) -> String {
         sql.to_string()
+    }
+
+    /// Records scheduler `id` (bound first) as alive until a time (bound second) in the
+    /// owners table `owners`, creating or overwriting its row.
+    fn heartbeat(owners: &str) -> String {
+        format!(
+            "INSERT INTO {owners} (scheduler_id, alive_until) VALUES (?, ?) \
+             ON CONFLICT (scheduler_id) DO UPDATE SET alive_until = excluded.alive_until"
+        )
+    }
+
+    /// A statement writing `rows` terminal outcomes into the runs table `runs` at once,
+    /// binding per row: run id, state, started_at, finished_at, error, output. Rows already
+    /// terminal, and ids not in the table, are left alone. The default (`UPDATE … FROM` a
+    /// `VALUES` list, a join rather than one look-up per branch) suits PostgreSQL and
+    /// SQLite 3.33+.
+    fn finish_many(runs: &str, rows: usize) -> String {
+        format!(
+            "WITH v (id, state, started, finished, error, output) AS (VALUES {}) \
+             UPDATE {runs} SET state = v.state, \
+             started_at = COALESCE(v.started, {runs}.started_at), finished_at = v.finished, \
+             error = v.error, output = v.output, queued = FALSE \
+             FROM v WHERE {runs}.run_id = v.id AND {runs}.state IN ('claimed', 'started')",
+            list(rows, "(?, ?, ?, ?, ?, ?)")
+        )
     }
 
     /// The migrations, oldest first: migration `i` brings the schema to version `i + 1`.

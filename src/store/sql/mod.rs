@@ -25,6 +25,8 @@ mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod rows;
+mod run_rows;
+mod runs;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod statements;
@@ -42,7 +44,8 @@ use self::dialect::Dialect;
 use self::url::{enabled_schemes, take_pool_size};
 use super::{DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
-use crate::job::JobRecord;
+use crate::job::{JobRecord, RunId};
+use crate::ledger::{RunFilter, RunOutcome, RunRecord, RunTick};
 
 /// A job store on an SQL database, shared safely by any number of schedulers.
 ///
@@ -320,6 +323,39 @@ impl JobStore for SqlStore {
 
     async fn release_jobs(&self, jobs: &[DueJob]) -> Result<()> {
         with_core!(self, core => core.release_jobs(jobs).await)
+    }
+
+    fn keeps_runs(&self) -> bool {
+        true
+    }
+
+    async fn start_runs(&self, run_ids: &[RunId], now: DateTime<Utc>) -> Result<Vec<RunId>> {
+        with_core!(self, core => core.start_runs(run_ids, now).await)
+    }
+
+    async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<()> {
+        with_core!(self, core => core.finish_runs(outcomes).await)
+    }
+
+    async fn add_manual_runs(
+        &self,
+        job_id: &str,
+        slots: &[DateTime<Utc>],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RunRecord>> {
+        with_core!(self, core => core.add_manual_runs(job_id, slots, now).await)
+    }
+
+    async fn tick_runs(&self, now: DateTime<Utc>) -> Result<RunTick> {
+        with_core!(self, core => core.tick_runs(now).await)
+    }
+
+    async fn query_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
+        with_core!(self, core => core.query_runs(filter).await)
+    }
+
+    async fn get_run(&self, run_id: RunId) -> Result<Option<RunRecord>> {
+        with_core!(self, core => core.get_run(run_id).await)
     }
 
     fn poll_interval(&self) -> Option<Duration> {
