@@ -103,6 +103,7 @@ fn states(runs: &[RunRecord]) -> Vec<RunState> {
 async fn claim(store: &impl JobStore, now: chrono::DateTime<chrono::Utc>) -> Vec<RunRecord> {
     store.tick_runs(now).await.expect("tick_runs");
     let due = store.acquire_due_jobs(now, 100).await.expect("acquire");
+    store.release_jobs(&due).await.expect("release");
     due.into_iter().flat_map(|d| d.runs).collect()
 }
 
