@@ -8,6 +8,7 @@
 
 #![cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use apsched::event::EventKind;
@@ -647,6 +648,35 @@ async fn upgrade_from_version_1(db: Db) {
     tdb.cleanup(&[]).await;
 }
 
+/// The ledger contract of `apsched::store::testing`, each namespace a table of its own
+/// (shared by the schedulers the suite opens on it).
+async fn ledger_contract(db: Db) {
+    let Some(tdb) = TestDb::new(db, "lg_contract").await else {
+        return;
+    };
+    let tables = Arc::new(Mutex::new(Vec::<String>::new()));
+    {
+        let (tdb, tables) = (&tdb, tables.clone());
+        suite::ledger_contract(
+            move |namespace: String, ctx| {
+                let store = tdb.store_on(&namespace);
+                let mut seen = tables.lock().unwrap();
+                if !seen.contains(&namespace) {
+                    seen.push(namespace);
+                }
+                async move {
+                    store.start(ctx).await.expect("start");
+                    store
+                }
+            },
+            true,
+        )
+        .await;
+    }
+    let tables = tables.lock().unwrap().clone();
+    tdb.cleanup(&tables).await;
+}
+
 macro_rules! on_every_db {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -671,6 +701,7 @@ macro_rules! on_every_db {
 }
 
 on_every_db!(
+    ledger_contract,
     claim_start_finish,
     query_filters,
     manual_runs,
