@@ -10,10 +10,12 @@
 //! 1. `batch.rs` (rows per multi-row statement, placeholder lists) and `url.rs` (apsched's
 //!    URL parameters, URL errors): leaves;
 //! 2. `dialect.rs`: the `Dialect` trait, what differs between the databases;
-//! 3. `sqlite.rs`, `postgres.rs`, `mysql.rs` (the dialects) and `statements.rs` (the SQL a
-//!    started store runs);
+//! 3. `sqlite.rs`, `postgres.rs`, `mysql.rs` (the dialects), `statements.rs` (the SQL a
+//!    started store runs) and `run_rows.rs` (the run ledger's rows read into records, what
+//!    the ledger remembers);
 //! 4. `core.rs`: `Core`, the store for one database type (its state, starting, stopping);
-//! 5. `rows.rs`: rows as read and written; then `jobs.rs`: the job operations of `Core`;
+//! 5. `rows.rs`: rows as read and written; then `jobs.rs`: the job operations of `Core`,
+//!    and `runs.rs`: its run ledger (the claim's records, which `jobs.rs` calls, included);
 //! 6. this module: [`SqlStore`], choosing the database by URL, and its [`JobStore`] impl.
 
 mod batch;
@@ -81,13 +83,20 @@ use crate::ledger::{RunFilter, RunOutcome, RunRecord, RunTick};
 /// plus `<table>_schema (version)`, the schema versions applied; [`JobStore::start`] applies
 /// missing migrations and refuses a table written by a newer schema.
 ///
+/// The run ledger (schema version 2) keeps one row per run in `<table>_runs` (run id, job
+/// id, scheduled time, owner, state, times in µs since the epoch, error, output; a unique
+/// index allows one record per job and scheduled time) and the schedulers' heartbeats in
+/// `<table>_owners (scheduler_id, alive_until)`; docs/ledger.md lists every column and
+/// index. Runs outlive their job; retention prunes them.
+///
 /// # Sharing
 /// [`JobStore::acquire_due_jobs`] selects the due rows (`next_run_time <= now` and no live
 /// lease of another scheduler) in `(next_run_time, id)` order with `FOR UPDATE SKIP LOCKED`
 /// (PostgreSQL, MySQL/MariaDB) or inside a `BEGIN IMMEDIATE` transaction (SQLite), advances
 /// each with [`DueJob::claim`], writes it back with a lease and `version + 1` (or deletes it
-/// when its trigger is exhausted), and commits: one transaction, so no scheduled time of a
-/// job is submitted by two schedulers (or twice by one).
+/// when its trigger is exhausted), inserts the claim's run records, and commits: one
+/// transaction, so no scheduled time of a job is submitted by two schedulers (or twice by
+/// one), and none is claimed without its record.
 #[derive(Debug)]
 pub struct SqlStore {
     backend: Backend,
