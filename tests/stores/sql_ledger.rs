@@ -141,6 +141,62 @@ async fn claim_start_finish(db: Db) {
     tdb.cleanup(&[]).await;
 }
 
+/// Outcomes written in one batch keep their texts whole, whatever the other rows of the
+/// batch hold (MySQL builds the batch as a derived table, whose column types come from
+/// its rows): a long error and a return value at the size limit next to empty ones.
+async fn outcomes_keep_their_text(db: Db) {
+    let Some(tdb) = TestDb::new(db, "lg_text").await else {
+        return;
+    };
+    let (a, _) = start(&tdb, &tdb.table, "a").await;
+    a.add_job(job("t", 10, Overlap::AllowAll), false)
+        .await
+        .unwrap();
+    let runs = a
+        .add_manual_runs(
+            "t",
+            &[suite::at(1), suite::at(2), suite::at(3)],
+            suite::at(3),
+        )
+        .await
+        .unwrap();
+    let ids: Vec<_> = runs.iter().map(|r| r.run_id).collect();
+    a.start_runs(&ids, suite::at(4)).await.unwrap();
+    let long_error = format!("failed: {}", "é".repeat(20_000));
+    let big = serde_json::Value::String("x".repeat(apsched::ledger::OUTPUT_LIMIT - 2));
+    let outcomes = [
+        RunOutcome::new(ids[0], "t", RunState::Executed, suite::at(5)),
+        RunOutcome::new(ids[1], "t", RunState::Error, suite::at(6))
+            .started_at(Some(suite::at(4) + TimeDelta::microseconds(7)))
+            .error(long_error.clone()),
+        RunOutcome::new(ids[2], "t", RunState::Executed, suite::at(7)).output(&big),
+    ];
+    a.finish_runs(&outcomes).await.unwrap();
+    let got: Vec<RunRecord> = {
+        let mut v = Vec::new();
+        for id in &ids {
+            v.push(a.get_run(*id).await.unwrap().unwrap());
+        }
+        v
+    };
+    assert_eq!(
+        (got[0].error.as_deref(), got[0].output.as_deref()),
+        (None, None)
+    );
+    assert_eq!(got[1].error.as_deref(), Some(long_error.as_str()));
+    assert_eq!(
+        got[1].started_at,
+        Some(suite::at(4) + TimeDelta::microseconds(7))
+    );
+    assert_eq!(
+        got[2].output.as_deref().map(str::len),
+        Some(apsched::ledger::OUTPUT_LIMIT)
+    );
+    assert_eq!(got[2].output_as::<serde_json::Value>(), Some(big));
+    assert_eq!(got[2].started_at, Some(suite::at(4)));
+    tdb.cleanup(&[]).await;
+}
+
 /// `query_runs` agrees with `RunFilter::page` (the reference) for every kind of filter.
 async fn query_filters(db: Db) {
     let Some(tdb) = TestDb::new(db, "lg_query").await else {
@@ -703,6 +759,7 @@ macro_rules! on_every_db {
 on_every_db!(
     ledger_contract,
     claim_start_finish,
+    outcomes_keep_their_text,
     query_filters,
     manual_runs,
     takeover,
