@@ -1,11 +1,20 @@
 //! What differs between the databases: the one trait the `sqlite`, `postgres` and `mysql`
 //! modules implement. Everything else is written once, in `Core` (`core.rs`).
 
+use futures::future::BoxFuture;
 use sqlx::{Database, Pool};
 use tokio::task::JoinHandle;
 
 use super::batch::list;
+use crate::job::RunId;
+use crate::ledger::{RunOutcome, RunRecord};
 use crate::store::StoreContext;
+
+/// What an array-bound ledger statement returns (see [`Dialect::insert_runs_arrays`]).
+pub(crate) type ArrayOp<'a, T> = Option<BoxFuture<'a, Result<T, sqlx::Error>>>;
+
+/// An active run as the claim reads it: job id, run id, state, queued.
+pub(crate) type ActiveRow = (String, i64, String, bool);
 
 /// What differs between the databases. Everything else is written once, in `Core`.
 pub(crate) trait Dialect: Database + sqlx::database::HasStatementCache + Sized {
@@ -65,6 +74,55 @@ pub(crate) trait Dialect: Database + sqlx::database::HasStatementCache + Sized {
              FROM v WHERE {runs}.run_id = v.id AND {runs}.state IN ('claimed', 'started')",
             list(rows, "(?, ?, ?, ?, ?, ?)")
         )
+    }
+
+    /// The ledger's batch writes with one array per column (PostgreSQL: one prepared
+    /// statement whatever the batch size, far cheaper to parse and bind than a multi-row
+    /// statement); `None` where the multi-row statements are used. Inserts `runs` into the
+    /// runs table `runs_table` within `conn`'s transaction, keeping existing slots (see
+    /// [`KEEP_EXISTING`](Self::KEEP_EXISTING)).
+    fn insert_runs_arrays<'a>(
+        conn: &'a mut Self::Connection,
+        runs_table: &'a str,
+        runs: &'a [&'a RunRecord],
+    ) -> ArrayOp<'a, ()> {
+        let _ = (conn, runs_table, runs);
+        None
+    }
+
+    /// [`insert_runs_arrays`](Self::insert_runs_arrays)' counterpart for the claim's read of
+    /// the active runs of `jobs`: (job id, run id, state, queued) per run, within `conn`'s
+    /// transaction.
+    fn active_runs_arrays<'a>(
+        conn: &'a mut Self::Connection,
+        runs_table: &'a str,
+        jobs: &'a [&'a str],
+    ) -> ArrayOp<'a, Vec<ActiveRow>> {
+        let _ = (conn, runs_table, jobs);
+        None
+    }
+
+    /// [`insert_runs_arrays`](Self::insert_runs_arrays)' counterpart for `start_runs`: marks
+    /// the claimed runs of `owner` among `ids` started at `now_us`; returns the ids changed.
+    fn start_runs_arrays<'a>(
+        pool: &'a Pool<Self>,
+        runs_table: &'a str,
+        ids: &'a [RunId],
+        owner: &'a str,
+        now_us: i64,
+    ) -> ArrayOp<'a, Vec<i64>> {
+        let _ = (pool, runs_table, ids, owner, now_us);
+        None
+    }
+
+    /// [`insert_runs_arrays`](Self::insert_runs_arrays)' counterpart for `finish_runs`.
+    fn finish_runs_arrays<'a>(
+        pool: &'a Pool<Self>,
+        runs_table: &'a str,
+        outcomes: &'a [RunOutcome],
+    ) -> ArrayOp<'a, ()> {
+        let _ = (pool, runs_table, outcomes);
+        None
     }
 
     /// The migrations, oldest first: migration `i` brings the schema to version `i + 1`.

@@ -10,7 +10,8 @@
 //! 1. `batch.rs` (rows per multi-row statement, placeholder lists) and `url.rs` (apsched's
 //!    URL parameters, URL errors): leaves;
 //! 2. `dialect.rs`: the `Dialect` trait, what differs between the databases;
-//! 3. `sqlite.rs`, `postgres.rs`, `mysql.rs` (the dialects), `statements.rs` (the SQL a
+//! 3. `sqlite.rs`, `postgres.rs` (with `pg_runs.rs`, its array-bound ledger batches),
+//!    `mysql.rs` (the dialects), `statements.rs` (the SQL a
 //!    started store runs) and `run_rows.rs` (the run ledger's rows read into records, what
 //!    the ledger remembers);
 //! 4. `core.rs`: `Core`, the store for one database type (its state, starting, stopping);
@@ -24,6 +25,8 @@ mod dialect;
 mod jobs;
 #[cfg(feature = "mysql")]
 mod mysql;
+#[cfg(feature = "postgres")]
+mod pg_runs;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod rows;

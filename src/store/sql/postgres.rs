@@ -4,13 +4,16 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions};
 use sqlx::{Pool, Postgres};
 use tokio::task::JoinHandle;
 
-use super::dialect::Dialect;
+use super::dialect::{ActiveRow, ArrayOp, Dialect};
+use super::pg_runs;
 use super::url::bad_url;
 use crate::error::Result;
+use crate::job::RunId;
+use crate::ledger::{RunOutcome, RunRecord};
 use crate::store::StoreContext;
 
 impl Dialect for Postgres {
@@ -85,6 +88,42 @@ impl Dialect for Postgres {
                  alive_until BIGINT NOT NULL)"
             ),
         ]]
+    }
+
+    fn insert_runs_arrays<'a>(
+        conn: &'a mut PgConnection,
+        runs_table: &'a str,
+        runs: &'a [&'a RunRecord],
+    ) -> ArrayOp<'a, ()> {
+        Some(Box::pin(pg_runs::insert(conn, runs_table, runs)))
+    }
+
+    fn active_runs_arrays<'a>(
+        conn: &'a mut PgConnection,
+        runs_table: &'a str,
+        jobs: &'a [&'a str],
+    ) -> ArrayOp<'a, Vec<ActiveRow>> {
+        Some(Box::pin(pg_runs::active(conn, runs_table, jobs)))
+    }
+
+    fn start_runs_arrays<'a>(
+        pool: &'a Pool<Postgres>,
+        runs_table: &'a str,
+        ids: &'a [RunId],
+        owner: &'a str,
+        now_us: i64,
+    ) -> ArrayOp<'a, Vec<i64>> {
+        Some(Box::pin(pg_runs::start(
+            pool, runs_table, ids, owner, now_us,
+        )))
+    }
+
+    fn finish_runs_arrays<'a>(
+        pool: &'a Pool<Postgres>,
+        runs_table: &'a str,
+        outcomes: &'a [RunOutcome],
+    ) -> ArrayOp<'a, ()> {
+        Some(Box::pin(pg_runs::finish(pool, runs_table, outcomes)))
     }
 
     fn notify_sql() -> Option<&'static str> {

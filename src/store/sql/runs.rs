@@ -98,6 +98,21 @@ where
         jobs: &[&str],
     ) -> std::result::Result<HashMap<String, ActiveRuns>, sqlx::Error> {
         let mut active: HashMap<String, ActiveRuns> = HashMap::new();
+        let mut add = |job: String, id: i64, state: String, queued: bool| {
+            if let (Ok(id), Ok(state)) = (u64::try_from(id), state.parse::<RunState>()) {
+                active
+                    .entry(job)
+                    .or_default()
+                    .push(RunId::from_raw(id), state, queued);
+            }
+        };
+        let table = format!("{}_runs", st.table);
+        if let Some(op) = DB::active_runs_arrays(&mut **tx, &table, jobs) {
+            for (job, id, state, queued) in op.await? {
+                add(job, id, state, queued);
+            }
+            return Ok(active);
+        }
         for chunk in jobs.chunks(BATCH) {
             let sql = DB::placeholders(&format!(
                 "SELECT job_id, run_id, state, queued FROM {}_runs \
@@ -119,13 +134,7 @@ where
                 ) else {
                     continue;
                 };
-                let (Ok(id), Ok(state)) = (u64::try_from(id), state.parse::<RunState>()) else {
-                    continue;
-                };
-                active
-                    .entry(job)
-                    .or_default()
-                    .push(RunId::from_raw(id), state, queued);
+                add(job, id, state, queued);
             }
         }
         Ok(active)
@@ -138,6 +147,13 @@ where
         st: &Started,
         runs: &[&RunRecord],
     ) -> std::result::Result<(), sqlx::Error> {
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let table = format!("{}_runs", st.table);
+        if let Some(op) = DB::insert_runs_arrays(&mut **tx, &table, runs) {
+            return op.await;
+        }
         for chunk in runs.chunks(BATCH) {
             let sql = DB::placeholders(&format!(
                 "INSERT INTO {}_runs ({RUN_COLS}) VALUES {}{}",
@@ -190,13 +206,38 @@ where
         Ok(())
     }
 
-    /// [`JobStore::start_runs`](crate::store::JobStore::start_runs): one `UPDATE …
-    /// RETURNING` per batch; MySQL, which has no `RETURNING` on updates, locks and reads
-    /// the runs that will change first, in the same transaction.
+    /// [`JobStore::start_runs`](crate::store::JobStore::start_runs): one statement per
+    /// batch ([`Dialect::start_runs_arrays`], or an `UPDATE … RETURNING` per
+    /// [`RUN_BATCH`] runs; MySQL, which has no `RETURNING` on updates, locks and reads the
+    /// runs that will change first, in the same transaction).
     pub(super) async fn start_runs(&self, ids: &[RunId], now: DateTime<Utc>) -> Result<Vec<RunId>> {
         let st = self.started()?;
         let me = st.ctx.scheduler_id();
         let err = |e| self.err(&format!("marking {} runs started", ids.len()), e);
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let table = format!("{}_runs", st.table);
+        let changed: HashSet<i64> =
+            match DB::start_runs_arrays(&self.pool, &table, ids, me, us(now)) {
+                Some(op) => op.await.map_err(err)?.into_iter().collect(),
+                None => self.start_batches(&st, ids, now).await.map_err(err)?,
+            };
+        Ok(ids
+            .iter()
+            .copied()
+            .filter(|id| changed.contains(&id_i64(*id)))
+            .collect())
+    }
+
+    /// `start_runs` in multi-row statements: the ids of the runs changed.
+    async fn start_batches(
+        &self,
+        st: &Started,
+        ids: &[RunId],
+        now: DateTime<Utc>,
+    ) -> std::result::Result<HashSet<i64>, sqlx::Error> {
+        let me = st.ctx.scheduler_id();
         let mut changed: HashSet<i64> = HashSet::with_capacity(ids.len());
         for chunk in ids.chunks(RUN_BATCH) {
             let set = "SET state = 'started', started_at = ?, queued = FALSE";
@@ -215,12 +256,12 @@ where
                 for id in chunk {
                     q = q.bind(id_i64(*id));
                 }
-                for row in q.bind(me).fetch_all(&self.pool).await.map_err(err)? {
-                    changed.insert(row.try_get::<i64, _>(0).map_err(err)?);
+                for row in q.bind(me).fetch_all(&self.pool).await? {
+                    changed.insert(row.try_get::<i64, _>(0)?);
                 }
                 continue;
             }
-            let mut tx = self.begin_write().await.map_err(err)?;
+            let mut tx = self.begin_write().await?;
             let sql = DB::placeholders(&format!(
                 "SELECT run_id FROM {}_runs WHERE {cond}{}",
                 st.table,
@@ -231,8 +272,8 @@ where
                 q = q.bind(id_i64(*id));
             }
             let mut mine = Vec::new();
-            for row in q.bind(me).fetch_all(&mut *tx).await.map_err(err)? {
-                mine.push(row.try_get::<i64, _>(0).map_err(err)?);
+            for row in q.bind(me).fetch_all(&mut *tx).await? {
+                mine.push(row.try_get::<i64, _>(0)?);
             }
             if !mine.is_empty() {
                 let sql = DB::placeholders(&format!(
@@ -246,16 +287,12 @@ where
                 for id in &mine {
                     q = q.bind(*id);
                 }
-                q.execute(&mut *tx).await.map_err(err)?;
+                q.execute(&mut *tx).await?;
             }
-            tx.commit().await.map_err(err)?;
+            tx.commit().await?;
             changed.extend(mine);
         }
-        Ok(ids
-            .iter()
-            .copied()
-            .filter(|id| changed.contains(&id_i64(*id)))
-            .collect())
+        Ok(changed)
     }
 
     /// [`JobStore::finish_runs`](crate::store::JobStore::finish_runs): one statement per
@@ -263,6 +300,13 @@ where
     pub(super) async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<()> {
         let st = self.started()?;
         let err = |e| self.err(&format!("writing {} run outcomes", outcomes.len()), e);
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let table = format!("{}_runs", st.table);
+        if let Some(op) = DB::finish_runs_arrays(&self.pool, &table, outcomes) {
+            return op.await.map_err(err);
+        }
         for chunk in outcomes.chunks(RUN_BATCH) {
             let sql =
                 DB::placeholders(&DB::finish_many(&format!("{}_runs", st.table), chunk.len()));
