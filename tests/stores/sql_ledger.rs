@@ -405,6 +405,13 @@ async fn takeover(db: Db) {
             .contains("no heartbeat recorded"),
         "{tick:?}"
     );
+    // Heartbeats a day old are forgotten (`a`'s); live ones stay.
+    b.tick_runs(suite::at(31 + 86_400)).await.unwrap();
+    let owners = format!(
+        "SELECT scheduler_id FROM {}_owners ORDER BY scheduler_id",
+        tdb.table
+    );
+    assert_eq!(sql_raw::query_text(&tdb.url, &owners).await, ["b", "c"]);
     tdb.cleanup(&[]).await;
 }
 

@@ -617,7 +617,8 @@ where
     }
 
     /// Deletes finished runs beyond the retention, at most [`TICK_BUDGET`] per pass: by
-    /// age, then by count for the next [`PRUNE_JOBS`] jobs in id order (wrapping around).
+    /// age, then by count for the next [`PRUNE_JOBS`] jobs in id order (wrapping around);
+    /// and heartbeats a day old.
     async fn prune(
         &self,
         st: &Started,
@@ -667,6 +668,14 @@ where
                 doomed.extend(rows.iter().filter_map(|r| r.try_get::<i64, _>(0).ok()));
             }
         }
+        // Heartbeats of schedulers gone for a day: their runs were taken over long ago.
+        let stale = now - chrono::TimeDelta::days(1);
+        sqlx::query(AssertSqlSafe(DB::placeholders(&format!(
+            "DELETE FROM {t}_owners WHERE alive_until < ?"
+        ))))
+        .bind(us(stale))
+        .execute(&self.pool)
+        .await?;
         doomed.sort_unstable();
         doomed.dedup();
         for chunk in doomed.chunks(RUN_BATCH) {
