@@ -99,7 +99,7 @@ impl TestDb {
             .with_poll_interval(Some(Duration::from_millis(200)))
     }
 
-    fn store(&self) -> SqlStore {
+    pub(crate) fn store(&self) -> SqlStore {
         self.store_on(&self.table)
     }
 

@@ -711,6 +711,43 @@ async fn upgrade_from_version_1(db: Db) {
     tdb.cleanup(&[]).await;
 }
 
+/// Through a scheduler: `run_now` of a job due tomorrow makes a manual run that executes
+/// with its return value, without moving the job; the job's runs list it.
+async fn scheduler_run_now(db: Db) {
+    let Some(tdb) = TestDb::new(db, "lg_sched").await else {
+        return;
+    };
+    let s = apsched::Scheduler::builder()
+        .store("default", tdb.store())
+        .scheduler_id("sched")
+        .task("double", |n: i64| async move { Ok::<i64, String>(n * 2) })
+        .build();
+    s.start().await.unwrap();
+    let tomorrow = chrono::Utc::now() + TimeDelta::days(1);
+    s.add_task_job("double", 21)
+        .trigger(apsched::trigger::Date::at(tomorrow, None).unwrap())
+        .id("d")
+        .await
+        .unwrap();
+    let run = s.job("d").run_now().await.unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(10), run.outcome())
+        .await
+        .expect("the run ends")
+        .unwrap();
+    assert_eq!(done.state, RunState::Executed, "{done:?}");
+    assert!(done.manual);
+    assert_eq!(done.output_as::<i64>(), Some(42));
+    let runs = s.job("d").runs(RunFilter::new()).await.unwrap();
+    assert_eq!(runs, [done]);
+    let job = s.job("d").get().await.unwrap().unwrap();
+    assert_eq!(
+        job.next_run_time.map(|t| t.timestamp_micros()),
+        Some(tomorrow.timestamp_micros())
+    );
+    s.shutdown().await.unwrap();
+    tdb.cleanup(&[]).await;
+}
+
 /// The ledger contract of `apsched::store::testing`, each namespace a table of its own
 /// (shared by the schedulers the suite opens on it).
 async fn ledger_contract(db: Db) {
@@ -765,6 +802,7 @@ macro_rules! on_every_db {
 
 on_every_db!(
     ledger_contract,
+    scheduler_run_now,
     claim_start_finish,
     outcomes_keep_their_text,
     query_filters,
