@@ -58,8 +58,9 @@ where
 {
     /// Inside a claim's transaction `tx`: plans the run records of the claimed jobs
     /// ([`DueJob::plan_runs`], against their active runs read in `tx`) and writes them with
-    /// the cancel flags they ask for. Two statements per [`BATCH`] of jobs, whatever the
-    /// number of records.
+    /// the cancel flags they ask for. Two statements per claim on PostgreSQL (one array
+    /// per column), two per [`BATCH`] of jobs or records elsewhere; the cancel flags
+    /// (`CancelOther` only) one more.
     pub(super) async fn record_claims(
         tx: &mut Tx<DB>,
         st: &Started,
