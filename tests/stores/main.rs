@@ -17,6 +17,7 @@ mod custom;
 #[cfg(any(feature = "redis", feature = "mongodb", feature = "zookeeper"))]
 mod nosql;
 mod sql;
+mod sql_ledger;
 mod sql_raw;
 
 #[cfg(feature = "sqlite")]

@@ -23,14 +23,14 @@ use chrono::{DateTime, TimeDelta, Utc};
 use crate::{sql_raw, suite};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Db {
+pub(crate) enum Db {
     Sqlite,
     Postgres,
     MySql,
 }
 
 impl Db {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Db::Sqlite => "sqlite",
             Db::Postgres => "postgres",
@@ -40,16 +40,16 @@ impl Db {
 }
 
 /// One database for one test: a URL and a fresh table name.
-struct TestDb {
-    db: Db,
-    url: String,
-    table: String,
+pub(crate) struct TestDb {
+    pub(crate) db: Db,
+    pub(crate) url: String,
+    pub(crate) table: String,
     file: Option<PathBuf>,
 }
 
 impl TestDb {
     /// A fresh table on `db`, or `None` (skip) if its feature is off or its server is down.
-    async fn new(db: Db, test: &str) -> Option<TestDb> {
+    pub(crate) async fn new(db: Db, test: &str) -> Option<TestDb> {
         let suffix = suite::unique_suffix();
         let (url, file) = match db {
             Db::Sqlite => {
@@ -92,14 +92,14 @@ impl TestDb {
     }
 
     /// A store on this table (not started). `n` distinguishes several tables of one test.
-    fn store_on(&self, table: &str) -> SqlStore {
+    pub(crate) fn store_on(&self, table: &str) -> SqlStore {
         SqlStore::new(&self.url)
             .expect("valid URL")
             .with_table(table)
             .with_poll_interval(Some(Duration::from_millis(200)))
     }
 
-    fn store(&self) -> SqlStore {
+    pub(crate) fn store(&self) -> SqlStore {
         self.store_on(&self.table)
     }
 
@@ -114,7 +114,7 @@ impl TestDb {
     }
 
     /// Drops the test's tables (and the SQLite file).
-    async fn cleanup(&self, tables: &[String]) {
+    pub(crate) async fn cleanup(&self, tables: &[String]) {
         for t in tables.iter().chain(std::iter::once(&self.table)) {
             if let Err(e) = self.store_on(t).drop_tables().await {
                 eprintln!("{}: could not drop {t}: {e}", self.db.name());

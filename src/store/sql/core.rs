@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use super::batch::{list, BATCH};
 use super::dialect::Dialect;
+use super::run_rows::LedgerMemo;
 use super::statements::Statements;
 use crate::error::{Error, Result};
 use crate::store::common::Reported;
@@ -24,10 +25,12 @@ pub(super) const DEFAULT_TABLE: &str = "apsched_jobs";
 /// ([`SqlStore::DEFAULT_POLL_INTERVAL`](super::SqlStore::DEFAULT_POLL_INTERVAL)).
 pub(super) const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The schema version this build writes (see [`Dialect::migrations`]).
-pub(super) const SCHEMA_VERSION: i64 = 1;
+/// The schema version this build writes (see [`Dialect::migrations`]): 1 the jobs table,
+/// 2 the run ledger's `<table>_runs` and `<table>_owners`.
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
-/// The longest table name accepted: leaves room for the `_schema` suffix and index names
+/// The longest table name accepted: leaves room for the `_schema` and `_runs_slot`
+/// suffixes and index names
 /// within PostgreSQL's 63 and MySQL's 64 character identifier limits.
 pub(super) const MAX_TABLE_LEN: usize = 48;
 
@@ -60,6 +63,8 @@ pub(crate) struct Core<DB: Database> {
     pub(super) noted: Reported,
     /// The LISTEN and NOTIFY tasks (PostgreSQL).
     pub(super) tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// What the run ledger remembers between calls (see `runs.rs`).
+    pub(super) ledger: LedgerMemo,
 }
 
 impl<DB: Database> Drop for Core<DB> {
@@ -113,6 +118,7 @@ impl<DB: Dialect> Core<DB> {
             bad: Reported::default(),
             noted: Reported::default(),
             tasks: Mutex::new(Vec::new()),
+            ledger: LedgerMemo::default(),
         }
     }
 
@@ -266,6 +272,7 @@ where
         *self.started.write_unpoisoned() = Some(started.clone());
         self.bad.clear();
         self.noted.clear();
+        self.ledger.clear();
         let tasks = [
             DB::listen(&self.pool, &ctx, channel),
             self.notifier(&started),
@@ -321,7 +328,13 @@ where
 
     pub(super) async fn drop_tables(&self) -> Result<()> {
         let table = self.table_checked()?;
-        for t in [table.to_string(), format!("{table}_schema")] {
+        let tables = [
+            format!("{table}_runs"),
+            format!("{table}_owners"),
+            table.to_string(),
+            format!("{table}_schema"),
+        ];
+        for t in tables {
             sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}")))
                 .execute(&self.pool)
                 .await

@@ -24,10 +24,14 @@ where
     DB::Arguments: IntoArguments<DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> bool: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> &'q str: Encode<'q, DB>,
     str: Type<DB>,
     for<'q> Option<i64>: Encode<'q, DB>,
+    // The run ledger's columns (the claim writes its records).
+    for<'q> i16: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i16>: Encode<'q, DB>,
+    for<'q> Option<String>: Encode<'q, DB>,
     usize: ColumnIndex<DB::Row>,
 {
     pub(super) async fn add_job(&self, job: JobRecord, replace: bool) -> Result<()> {
@@ -432,6 +436,9 @@ where
             }
             q.execute(&mut *tx).await?;
         }
+        // The run records, in the same transaction: the claim and its records commit
+        // together or not at all.
+        Self::record_claims(&mut tx, st, &mut due, now).await?;
         tx.commit().await?;
         Ok(due)
     }

@@ -10,10 +10,13 @@
 //! 1. `batch.rs` (rows per multi-row statement, placeholder lists) and `url.rs` (apsched's
 //!    URL parameters, URL errors): leaves;
 //! 2. `dialect.rs`: the `Dialect` trait, what differs between the databases;
-//! 3. `sqlite.rs`, `postgres.rs`, `mysql.rs` (the dialects) and `statements.rs` (the SQL a
-//!    started store runs);
+//! 3. `sqlite.rs`, `postgres.rs` (with `pg_runs.rs`, its array-bound ledger batches),
+//!    `mysql.rs` (the dialects), `statements.rs` (the SQL a
+//!    started store runs) and `run_rows.rs` (the run ledger's rows read into records, what
+//!    the ledger remembers);
 //! 4. `core.rs`: `Core`, the store for one database type (its state, starting, stopping);
-//! 5. `rows.rs`: rows as read and written; then `jobs.rs`: the job operations of `Core`;
+//! 5. `rows.rs`: rows as read and written; then `jobs.rs`: the job operations of `Core`,
+//!    and `runs.rs`: its run ledger (the claim's records, which `jobs.rs` calls, included);
 //! 6. this module: [`SqlStore`], choosing the database by URL, and its [`JobStore`] impl.
 
 mod batch;
@@ -23,8 +26,12 @@ mod jobs;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "postgres")]
+mod pg_runs;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod rows;
+mod run_rows;
+mod runs;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod statements;
@@ -42,7 +49,8 @@ use self::dialect::Dialect;
 use self::url::{enabled_schemes, take_pool_size};
 use super::{DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
-use crate::job::JobRecord;
+use crate::job::{JobRecord, RunId};
+use crate::ledger::{RunFilter, RunOutcome, RunRecord, RunTick};
 
 /// A job store on an SQL database, shared safely by any number of schedulers.
 ///
@@ -78,13 +86,20 @@ use crate::job::JobRecord;
 /// plus `<table>_schema (version)`, the schema versions applied; [`JobStore::start`] applies
 /// missing migrations and refuses a table written by a newer schema.
 ///
+/// The run ledger (schema version 2) keeps one row per run in `<table>_runs` (run id, job
+/// id, scheduled time, owner, state, times in µs since the epoch, error, output; a unique
+/// index allows one record per job and scheduled time) and the schedulers' heartbeats in
+/// `<table>_owners (scheduler_id, alive_until)`; docs/ledger.md lists every column and
+/// index. Runs outlive their job; retention prunes them.
+///
 /// # Sharing
 /// [`JobStore::acquire_due_jobs`] selects the due rows (`next_run_time <= now` and no live
 /// lease of another scheduler) in `(next_run_time, id)` order with `FOR UPDATE SKIP LOCKED`
 /// (PostgreSQL, MySQL/MariaDB) or inside a `BEGIN IMMEDIATE` transaction (SQLite), advances
 /// each with [`DueJob::claim`], writes it back with a lease and `version + 1` (or deletes it
-/// when its trigger is exhausted), and commits: one transaction, so no scheduled time of a
-/// job is submitted by two schedulers (or twice by one).
+/// when its trigger is exhausted), inserts the claim's run records, and commits: one
+/// transaction, so no scheduled time of a job is submitted by two schedulers (or twice by
+/// one), and none is claimed without its record.
 #[derive(Debug)]
 pub struct SqlStore {
     backend: Backend,
@@ -320,6 +335,39 @@ impl JobStore for SqlStore {
 
     async fn release_jobs(&self, jobs: &[DueJob]) -> Result<()> {
         with_core!(self, core => core.release_jobs(jobs).await)
+    }
+
+    fn keeps_runs(&self) -> bool {
+        true
+    }
+
+    async fn start_runs(&self, run_ids: &[RunId], now: DateTime<Utc>) -> Result<Vec<RunId>> {
+        with_core!(self, core => core.start_runs(run_ids, now).await)
+    }
+
+    async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<()> {
+        with_core!(self, core => core.finish_runs(outcomes).await)
+    }
+
+    async fn add_manual_runs(
+        &self,
+        job_id: &str,
+        slots: &[DateTime<Utc>],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RunRecord>> {
+        with_core!(self, core => core.add_manual_runs(job_id, slots, now).await)
+    }
+
+    async fn tick_runs(&self, now: DateTime<Utc>) -> Result<RunTick> {
+        with_core!(self, core => core.tick_runs(now).await)
+    }
+
+    async fn query_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
+        with_core!(self, core => core.query_runs(filter).await)
+    }
+
+    async fn get_run(&self, run_id: RunId) -> Result<Option<RunRecord>> {
+        with_core!(self, core => core.get_run(run_id).await)
     }
 
     fn poll_interval(&self) -> Option<Duration> {

@@ -15,6 +15,11 @@ use crate::error::Result;
 impl Dialect for MySql {
     const LABEL: &'static str = "MySQL";
     const LOCK_SKIP: &'static str = " FOR UPDATE SKIP LOCKED";
+    const LOCK: &'static str = " FOR UPDATE";
+    const UPDATE_RETURNING: bool = false;
+    // The no-op update only swallows duplicate keys (INSERT IGNORE would turn other
+    // errors into warnings too).
+    const KEEP_EXISTING: &'static str = " ON DUPLICATE KEY UPDATE run_id = run_id";
     const BEGIN: Option<&'static str> = None;
     const POLLS: bool = true;
     const DEFAULT_POOL_SIZE: u32 = 5;
@@ -39,15 +44,64 @@ impl Dialect for MySql {
 
     fn migrations(t: &str) -> Vec<Vec<String>> {
         // Indexes inline: MySQL 8 has no CREATE INDEX IF NOT EXISTS.
-        vec![vec![format!(
-            "CREATE TABLE IF NOT EXISTS {t} (\
+        vec![
+            vec![format!(
+                "CREATE TABLE IF NOT EXISTS {t} (\
              id VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY, \
              next_run_time BIGINT NULL, paused BOOLEAN NOT NULL DEFAULT FALSE, \
              doc LONGTEXT NOT NULL, version BIGINT NOT NULL DEFAULT 0, \
              lease_owner VARCHAR(255) NULL, lease_until BIGINT NULL, \
              INDEX {t}_next (next_run_time, id), INDEX {t}_lease (lease_until)\
              ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
-        )]]
+            )],
+            vec![
+                // The run ledger: as on PostgreSQL (see there), with the index on active runs
+                // led by the state (MySQL has no partial indexes).
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {t}_runs (run_id BIGINT NOT NULL PRIMARY KEY, \
+                 job_id VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
+                 scheduled BIGINT NOT NULL, slot SMALLINT NULL, \
+                 owner VARCHAR(255) NOT NULL, manual BOOLEAN NOT NULL, attempt BIGINT NOT NULL, \
+                 state VARCHAR(16) NOT NULL, queued BOOLEAN NOT NULL DEFAULT FALSE, \
+                 cancel_requested BOOLEAN NOT NULL DEFAULT FALSE, submitted_at BIGINT NOT NULL, \
+                 started_at BIGINT NULL, finished_at BIGINT NULL, error MEDIUMTEXT NULL, \
+                 output MEDIUMTEXT NULL, \
+                 UNIQUE INDEX {t}_runs_slot (job_id, scheduled, slot), \
+                 INDEX {t}_runs_act (state, job_id), INDEX {t}_runs_time (scheduled, run_id)\
+                 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+                ),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {t}_owners (\
+                 scheduler_id VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL \
+                 PRIMARY KEY, alive_until BIGINT NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+                ),
+            ],
+        ]
+    }
+
+    fn heartbeat(owners: &str) -> String {
+        format!(
+            "INSERT INTO {owners} (scheduler_id, alive_until) VALUES (?, ?) \
+             ON DUPLICATE KEY UPDATE alive_until = VALUES(alive_until)"
+        )
+    }
+
+    fn finish_many(runs: &str, rows: usize) -> String {
+        // No `VALUES` table on both MySQL and MariaDB: a derived table of SELECTs. The
+        // casts give its columns their types (an id compared as text or a double would
+        // match the wrong run).
+        let first = "SELECT CAST(? AS SIGNED) AS id, CAST(? AS CHAR) AS state, \
+                     CAST(? AS SIGNED) AS started, CAST(? AS SIGNED) AS finished, ? AS error, \
+                     ? AS output";
+        let more = " UNION ALL SELECT CAST(? AS SIGNED), ?, CAST(? AS SIGNED), \
+                    CAST(? AS SIGNED), ?, ?";
+        format!(
+            "UPDATE {runs} r JOIN ({first}{}) v ON r.run_id = v.id \
+             SET r.state = v.state, r.started_at = COALESCE(v.started, r.started_at), \
+             r.finished_at = v.finished, r.error = v.error, r.output = v.output, \
+             r.queued = FALSE WHERE r.state IN ('claimed', 'started')",
+            more.repeat(rows.saturating_sub(1))
+        )
     }
 
     fn claim_many(t: &str, rows: usize) -> String {

@@ -4,18 +4,23 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions};
 use sqlx::{Pool, Postgres};
 use tokio::task::JoinHandle;
 
-use super::dialect::Dialect;
+use super::dialect::{ActiveRow, ArrayOp, Dialect};
+use super::pg_runs;
 use super::url::bad_url;
 use crate::error::Result;
+use crate::job::RunId;
+use crate::ledger::{RunOutcome, RunRecord};
 use crate::store::StoreContext;
 
 impl Dialect for Postgres {
     const LABEL: &'static str = "PostgreSQL";
     const LOCK_SKIP: &'static str = " FOR UPDATE SKIP LOCKED";
+    const LOCK: &'static str = " FOR UPDATE";
+    const UPDATE_RETURNING: bool = true;
     const BEGIN: Option<&'static str> = None;
     const POLLS: bool = false;
     const DEFAULT_POOL_SIZE: u32 = 5;
@@ -56,7 +61,69 @@ impl Dialect for Postgres {
             ),
             format!("CREATE INDEX IF NOT EXISTS {t}_next ON {t} (next_run_time, id)"),
             format!("CREATE INDEX IF NOT EXISTS {t}_lease ON {t} (lease_until)"),
+        ], vec![
+            // The run ledger (see `runs.rs`): times in µs since the epoch like the job
+            // columns; `slot` is 1 for scheduled runs and NULL for manual ones, so the
+            // unique index allows one record per (job, scheduled time) and any number of
+            // manual runs.
+            format!(
+                "CREATE TABLE IF NOT EXISTS {t}_runs (run_id BIGINT NOT NULL PRIMARY KEY, \
+                 job_id TEXT COLLATE \"C\" NOT NULL, scheduled BIGINT NOT NULL, slot SMALLINT, \
+                 owner TEXT NOT NULL, manual BOOLEAN NOT NULL, attempt BIGINT NOT NULL, \
+                 state TEXT NOT NULL, queued BOOLEAN NOT NULL DEFAULT FALSE, \
+                 cancel_requested BOOLEAN NOT NULL DEFAULT FALSE, submitted_at BIGINT NOT NULL, \
+                 started_at BIGINT, finished_at BIGINT, error TEXT, output TEXT)"
+            ),
+            format!(
+                "CREATE UNIQUE INDEX IF NOT EXISTS {t}_runs_slot ON {t}_runs (job_id, scheduled, slot)"
+            ),
+            // Only the active runs: what claims, takeovers and promotions look for.
+            format!(
+                "CREATE INDEX IF NOT EXISTS {t}_runs_act ON {t}_runs (job_id) \
+                 WHERE state IN ('claimed', 'started')"
+            ),
+            format!("CREATE INDEX IF NOT EXISTS {t}_runs_time ON {t}_runs (scheduled, run_id)"),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {t}_owners (scheduler_id TEXT NOT NULL PRIMARY KEY, \
+                 alive_until BIGINT NOT NULL)"
+            ),
         ]]
+    }
+
+    fn insert_runs_arrays<'a>(
+        conn: &'a mut PgConnection,
+        runs_table: &'a str,
+        runs: &'a [&'a RunRecord],
+    ) -> ArrayOp<'a, ()> {
+        Some(Box::pin(pg_runs::insert(conn, runs_table, runs)))
+    }
+
+    fn active_runs_arrays<'a>(
+        conn: &'a mut PgConnection,
+        runs_table: &'a str,
+        jobs: &'a [&'a str],
+    ) -> ArrayOp<'a, Vec<ActiveRow>> {
+        Some(Box::pin(pg_runs::active(conn, runs_table, jobs)))
+    }
+
+    fn start_runs_arrays<'a>(
+        pool: &'a Pool<Postgres>,
+        runs_table: &'a str,
+        ids: &'a [RunId],
+        owner: &'a str,
+        now_us: i64,
+    ) -> ArrayOp<'a, Vec<i64>> {
+        Some(Box::pin(pg_runs::start(
+            pool, runs_table, ids, owner, now_us,
+        )))
+    }
+
+    fn finish_runs_arrays<'a>(
+        pool: &'a Pool<Postgres>,
+        runs_table: &'a str,
+        outcomes: &'a [RunOutcome],
+    ) -> ArrayOp<'a, ()> {
+        Some(Box::pin(pg_runs::finish(pool, runs_table, outcomes)))
     }
 
     fn notify_sql() -> Option<&'static str> {

@@ -15,6 +15,8 @@ use crate::error::Result;
 impl Dialect for Sqlite {
     const LABEL: &'static str = "SQLite";
     const LOCK_SKIP: &'static str = "";
+    const LOCK: &'static str = "";
+    const UPDATE_RETURNING: bool = true;
     const BEGIN: Option<&'static str> = Some("BEGIN IMMEDIATE");
     const POLLS: bool = true;
     const DEFAULT_POOL_SIZE: u32 = 4;
@@ -39,6 +41,29 @@ impl Dialect for Sqlite {
             ),
             format!("CREATE INDEX IF NOT EXISTS {t}_next ON {t} (next_run_time, id)"),
             format!("CREATE INDEX IF NOT EXISTS {t}_lease ON {t} (lease_until)"),
+        ], vec![
+            // The run ledger: as on PostgreSQL (see there). `INTEGER PRIMARY KEY` makes the
+            // run id the rowid.
+            format!(
+                "CREATE TABLE IF NOT EXISTS {t}_runs (run_id INTEGER NOT NULL PRIMARY KEY, \
+                 job_id TEXT NOT NULL, scheduled INTEGER NOT NULL, slot INTEGER, \
+                 owner TEXT NOT NULL, manual BOOLEAN NOT NULL, attempt INTEGER NOT NULL, \
+                 state TEXT NOT NULL, queued BOOLEAN NOT NULL DEFAULT 0, \
+                 cancel_requested BOOLEAN NOT NULL DEFAULT 0, submitted_at INTEGER NOT NULL, \
+                 started_at INTEGER, finished_at INTEGER, error TEXT, output TEXT)"
+            ),
+            format!(
+                "CREATE UNIQUE INDEX IF NOT EXISTS {t}_runs_slot ON {t}_runs (job_id, scheduled, slot)"
+            ),
+            format!(
+                "CREATE INDEX IF NOT EXISTS {t}_runs_act ON {t}_runs (job_id) \
+                 WHERE state IN ('claimed', 'started')"
+            ),
+            format!("CREATE INDEX IF NOT EXISTS {t}_runs_time ON {t}_runs (scheduled, run_id)"),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {t}_owners (scheduler_id TEXT NOT NULL PRIMARY KEY, \
+                 alive_until INTEGER NOT NULL)"
+            ),
         ]]
     }
 
