@@ -44,3 +44,17 @@ async fn memory_store_many_jobs() {
     assert_eq!(due.len(), (N / 1000) as usize);
     assert_eq!(store.next_run_time().await.unwrap(), Some(suite::at(1)));
 }
+
+/// The run ledger's contract (one scheduler: a memory store is not shared).
+#[tokio::test]
+async fn memory_store_ledger_contract() {
+    suite::ledger_contract(
+        |_namespace, ctx| async move {
+            let store = MemoryStore::new();
+            store.start(ctx).await.unwrap();
+            store
+        },
+        false,
+    )
+    .await;
+}

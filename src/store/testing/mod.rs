@@ -39,9 +39,11 @@
 mod claims;
 mod context;
 mod fixtures;
+mod ledger;
 mod suite;
 
 pub use self::claims::shared_claims;
 pub use self::context::{context, TestContext};
 pub use self::fixtures::{at, date_job, interval_job, t0, TASKS};
+pub use self::ledger::ledger_contract;
 pub use self::suite::{bulk_add_all_or_nothing, contract, WriteCorrupt};
