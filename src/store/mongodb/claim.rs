@@ -219,7 +219,10 @@ impl Client {
             // The active runs are read after the job documents (one query for the batch):
             // with the documents' pending ops, that is every active run as of the version
             // each claim is conditional on.
-            let ids: Vec<&str> = claims.iter().map(|(due, _, _)| due.job.id.as_str()).collect();
+            let ids: Vec<&str> = claims
+                .iter()
+                .map(|(due, _, _)| due.job.id.as_str())
+                .collect();
             let active = self.active_runs(&ids).await?;
             for (due, _, d) in &mut claims {
                 let stored = active.get(&due.job.id).map_or(&[][..], Vec::as_slice);

@@ -189,7 +189,10 @@ impl Client {
                     .find_one_and_update(doc! { "_id": id, "state": state, "owner": owner }, update)
                     .return_document(ReturnDocument::After)
                     .await
-                    .map_err(|e| self.state.err("taking over a run of a stopped scheduler", e))
+                    .map_err(|e| {
+                        self.state
+                            .err("taking over a run of a stopped scheduler", e)
+                    })
             }
         };
         let taken: Vec<Result<Option<Document>>> = futures::stream::iter(orphans)
@@ -238,7 +241,12 @@ impl Client {
         Ok(())
     }
 
-    async fn promote_job(&self, ctx: &StoreContext, job_id: &str, tick: &mut RunTick) -> Result<()> {
+    async fn promote_job(
+        &self,
+        ctx: &StoreContext,
+        job_id: &str,
+        tick: &mut RunTick,
+    ) -> Result<()> {
         let me = ctx.scheduler_id();
         let jobs = &self.colls().await?.jobs;
         for _ in 0..ROUNDS {

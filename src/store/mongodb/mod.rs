@@ -145,7 +145,11 @@ impl MongoStore {
     /// finished runs by age (for pruning).
     async fn create_ledger_indexes(&self) -> Result<()> {
         let colls = self.client.colls().await?;
-        let err = |e| self.client.state.err("creating the run ledger's indexes", e);
+        let err = |e| {
+            self.client
+                .state
+                .err("creating the run ledger's indexes", e)
+        };
         colls
             .jobs
             .create_index(
@@ -285,11 +289,7 @@ impl JobStore for MongoStore {
         // From `start` on; a tombstone in the way is settled and the rest inserted again.
         let mut start = 0;
         while start < docs.len() {
-            let Err(e) = coll
-                .insert_many(&docs[start..])
-                .ordered(true)
-                .await
-            else {
+            let Err(e) = coll.insert_many(&docs[start..]).ordered(true).await else {
                 break;
             };
             let dup = match &*e.kind {

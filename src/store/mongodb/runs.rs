@@ -146,7 +146,12 @@ pub(super) fn parse_run(d: &Document) -> std::result::Result<RunRecord, String> 
     let attempt = int(d, "attempt")
         .and_then(|a| u32::try_from(a).ok())
         .ok_or("'attempt' is not a number")?;
-    let mut r = RunRecord::claimed(text("job_id")?, time(d, "scheduled")?, text("owner")?, time(d, "submitted_at")?);
+    let mut r = RunRecord::claimed(
+        text("job_id")?,
+        time(d, "scheduled")?,
+        text("owner")?,
+        time(d, "submitted_at")?,
+    );
     r.run_id = run_id;
     r.manual = flag(d, "manual")?;
     r.attempt = attempt;
@@ -165,8 +170,7 @@ fn only_duplicates(e: &mongodb::error::Error) -> bool {
     match &*e.kind {
         ErrorKind::InsertMany(m) => {
             m.write_concern_error.is_none()
-                && m
-                    .write_errors
+                && m.write_errors
                     .as_ref()
                     .is_some_and(|w| w.iter().all(|w| w.code == 11000))
         }
@@ -366,7 +370,9 @@ impl Client {
             if let Some(t) = o.started_at {
                 set.insert("started_at", micros(t));
             }
-            let size = 256 + o.error.as_ref().map_or(0, String::len) + o.output.as_ref().map_or(0, String::len);
+            let size = 256
+                + o.error.as_ref().map_or(0, String::len)
+                + o.output.as_ref().map_or(0, String::len);
             if bytes + size > COMMAND_BYTES && !batches.last().is_some_and(Vec::is_empty) {
                 batches.push(Vec::new());
                 bytes = 0;

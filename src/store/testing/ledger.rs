@@ -98,11 +98,13 @@ fn states(runs: &[RunRecord]) -> Vec<RunState> {
     runs.iter().map(|r| r.state).collect()
 }
 
-/// Claims what is due at `now` (after a heartbeat, as the loop does) and returns the
-/// records the claim created.
+/// Claims what is due at `now` (after a heartbeat, as the loop does), releases the claims
+/// (as the loop does once the runs are submitted, so another scheduler may claim the next
+/// slot) and returns the records the claim created.
 async fn claim(store: &impl JobStore, now: chrono::DateTime<chrono::Utc>) -> Vec<RunRecord> {
     store.tick_runs(now).await.expect("tick_runs");
     let due = store.acquire_due_jobs(now, 100).await.expect("acquire");
+    store.release_jobs(&due).await.expect("release");
     due.into_iter().flat_map(|d| d.runs).collect()
 }
 
