@@ -762,3 +762,47 @@ async fn mongodb_ledger_takeover_races_take_each_run_once() {
     assert_eq!(dispatched, want_claimed);
     drop_db(&db).await;
 }
+
+/// Retention across schedulers: runs finished by one scheduler are pruned by another's
+/// pass (its sweep over the jobs), down to the newest `per_job` finished ones.
+#[tokio::test]
+async fn mongodb_ledger_prunes_runs_finished_elsewhere() {
+    if !available().await {
+        return;
+    }
+    let db = db_name();
+    let (s1, _) = ledger_store(&db, "s1").await;
+    let ctx = suite::TestContext::new("mongodb", "s2", Duration::from_secs(30))
+        .with_ledger(true, apsched::ledger::RunRetention::default().per_job(2));
+    let s2 = store(&db);
+    s2.start(ctx.context()).await.unwrap();
+    let mut j = suite::interval_job("a", 10, Some(suite::at(100_000)));
+    j.max_instances = 100;
+    j.overlap = apsched::Overlap::AllowAll;
+    s1.add_job(j, false).await.unwrap();
+    let slots: Vec<_> = (0..6).map(|i| suite::at(i * 10)).collect();
+    let runs = s1
+        .add_manual_runs("a", &slots, suite::at(60))
+        .await
+        .unwrap();
+    let outcomes: Vec<_> = runs
+        .iter()
+        .map(|r| {
+            apsched::ledger::RunOutcome::new(
+                r.run_id,
+                "a",
+                apsched::ledger::RunState::Executed,
+                suite::at(61),
+            )
+        })
+        .collect();
+    s1.finish_runs(&outcomes).await.unwrap();
+    s2.tick_runs(suite::at(62)).await.unwrap();
+    let kept = s2
+        .query_runs(&apsched::ledger::RunFilter::new().job("a"))
+        .await
+        .unwrap();
+    let kept: Vec<_> = kept.iter().map(|r| r.scheduled).collect();
+    assert_eq!(kept, [suite::at(50), suite::at(40)]);
+    drop_db(&db).await;
+}

@@ -65,6 +65,22 @@ use crate::store::export::UnloadableRecord;
 /// `<collection>_counter` holds `{ _id: "incarnation", n }`: each added job takes a new
 /// incarnation, so versions never repeat across remove and re-add.
 ///
+/// # Run ledger
+/// `<collection>_runs` holds one document per run (`_id`: the run id, Int64; every
+/// [`RunRecord`] field under its own name, times as µs since the epoch in Int64, `state`
+/// as its lowercase name), indexed on `(job_id, scheduled desc, _id desc)`,
+/// `(state, scheduled desc)` and `finished_at`. `<collection>_owners` holds one heartbeat
+/// per scheduler: `{ _id: "<scheduler id>", alive_until: <µs> }`.
+///
+/// Without multi-document transactions, a claim writes its run records into the job
+/// document it updates (an op in the array `pending`, next to `ledger_seq`, which manual
+/// runs and promotions out of the queue bump so that they serialise with claims), then
+/// copies them to `<collection>_runs` with `_id` = run id (idempotent) and pulls the op. A
+/// crash in between leaves the op in the job document, and the next ledger pass, query or
+/// removal of the job writes it. A claim that removes its job (an exhausted trigger)
+/// leaves a tombstone (`removed: true`) holding the op until it is written; readers treat
+/// it as no job. Removing a job keeps its runs; the retention prunes them.
+///
 /// # Claiming
 /// [`JobStore::acquire_due_jobs`] finds due documents whose lease is free, expired or its
 /// own, applies the due-run rule ([`DueJob::claim`]) in Rust, and writes each result back

@@ -26,8 +26,8 @@ use crate::sync::MutexExt;
 /// bounded work per call).
 const PRUNE_BUDGET: usize = 1000;
 /// How many jobs a pass looks at for the per-job limit beyond the ones this process
-/// recorded outcomes for (a slow sweep over every job id in the runs collection, so runs
-/// finished by processes that died are pruned too).
+/// recorded outcomes for (a slow sweep over every job, so runs finished by other processes
+/// are pruned too).
 const SWEEP_JOBS: i64 = 64;
 /// How many jobs this process recorded outcomes for are checked per pass.
 const DIRTY_JOBS: usize = 256;
@@ -512,14 +512,17 @@ impl Client {
                 take
             };
             let after = self.ledger.sweep_after.lock_unpoisoned().clone();
-            let swept: Vec<Document> = runs
-                .aggregate(vec![
-                    doc! { "$match": { "job_id": { "$gt": &after } } },
-                    doc! { "$sort": { "job_id": 1 } },
-                    doc! { "$group": { "_id": "$job_id" } },
-                    doc! { "$sort": { "_id": 1 } },
-                    doc! { "$limit": SWEEP_JOBS },
-                ])
+            // The sweep walks the jobs collection's `_id` index (cheap whatever the number
+            // of runs); runs of removed jobs are pruned by age, or when an outcome of theirs
+            // is written here.
+            let swept: Vec<Document> = self
+                .colls()
+                .await?
+                .jobs
+                .find(doc! { "_id": { "$gt": &after } })
+                .sort(doc! { "_id": 1 })
+                .projection(doc! { "_id": 1 })
+                .limit(SWEEP_JOBS)
                 .await
                 .map_err(|e| self.state.err("pruning runs", e))?
                 .try_collect()
