@@ -610,6 +610,10 @@ async fn mongodb_ledger_claim_and_records_are_one_step() {
         .unwrap()
         .unwrap();
     assert_eq!(once.get_bool("removed"), Ok(true), "{once}");
+    // Removing the job would lose the records it holds: refused while they cannot be
+    // written.
+    assert!(s.remove_job("a").await.is_err());
+    assert!(s.lookup_job("a").await.unwrap().is_some());
     // A tombstone is no job.
     let all: Vec<String> = s
         .get_all_jobs()
@@ -619,24 +623,30 @@ async fn mongodb_ledger_claim_and_records_are_one_step() {
         .map(|j| j.id)
         .collect();
     assert_eq!(all, ["a"]);
-    // The fault goes; the next reader writes the records.
+    // The fault goes; the next writer or reader writes the records: adding a job where the
+    // tombstone is, then a query.
     database
         .run_command(doc! { "collMod": "jobs_runs", "validator": {} })
         .await
         .unwrap();
+    s.add_job(suite::date_job("once", suite::at(120)), false)
+        .await
+        .unwrap();
+    let once = jobs
+        .find_one(doc! { "_id": "once" })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        once.get("removed").is_none(),
+        "the new job, not the tombstone: {once}"
+    );
     let mut got = s
         .query_runs(&apsched::ledger::RunFilter::new())
         .await
         .unwrap();
     got.sort_by(|x, y| x.job_id.cmp(&y.job_id));
     assert_eq!(got, records);
-    assert!(
-        jobs.find_one(doc! { "_id": "once" })
-            .await
-            .unwrap()
-            .is_none(),
-        "tombstone gone"
-    );
     let a = jobs.find_one(doc! { "_id": "a" }).await.unwrap().unwrap();
     assert!(a.get_array("pending").unwrap().is_empty(), "{a}");
     // The records are the claim's own: the runs start.
@@ -646,9 +656,6 @@ async fn mongodb_ledger_claim_and_records_are_one_step() {
     let mut want = ids.clone();
     want.sort();
     assert_eq!(started, want);
-    s.add_job(suite::date_job("once", suite::at(120)), false)
-        .await
-        .unwrap();
 
     // The claim's own write fails: no record, no advance.
     database

@@ -369,6 +369,8 @@ impl JobStore for MongoStore {
     /// The job's runs stay (retention prunes them); run records still in its document are
     /// written before it goes.
     async fn remove_job(&self, id: &str) -> Result<()> {
+        // Records still in the document are written first; if that fails, the job stays.
+        self.client.settle_pending(doc! { "_id": id }).await?;
         let removed = self
             .client
             .coll()
@@ -378,7 +380,14 @@ impl JobStore for MongoStore {
             .map_err(|e| self.client.state.err("removing a job", e))?;
         self.client.state.forget_corrupt(id);
         match removed {
-            Some(d) => self.client.apply_pending(std::slice::from_ref(&d)).await,
+            // Ops pushed since the settle are their live writers' to copy too: a failure
+            // here is reported, the removal stands.
+            Some(d) => {
+                if let Err(e) = self.client.apply_pending(std::slice::from_ref(&d)).await {
+                    self.client.state.report(id, e.to_string());
+                }
+                Ok(())
+            }
             None => {
                 self.client.settle_tombstone(id).await?;
                 Err(Error::JobLookup(id.to_string()))
