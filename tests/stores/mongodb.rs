@@ -813,3 +813,45 @@ async fn mongodb_ledger_prunes_runs_finished_elsewhere() {
     assert_eq!(kept, [suite::at(50), suite::at(40)]);
     drop_db(&db).await;
 }
+
+/// A claim that won on the server while its reply was lost (simulated: a claimed run of
+/// this scheduler written raw) is dispatched by the next pass; the runs a claim returned
+/// are not dispatched again.
+#[tokio::test]
+async fn mongodb_ledger_claims_whose_reply_was_lost_are_dispatched() {
+    if !available().await {
+        return;
+    }
+    let db = db_name();
+    let (s, _rx) = ledger_store(&db, "s1").await;
+    s.add_job(suite::interval_job("a", 60, Some(suite::at(0))), false)
+        .await
+        .unwrap();
+    s.tick_runs(suite::at(0)).await.unwrap();
+    let due = s.acquire_due_jobs(suite::at(0), 10).await.unwrap();
+    assert_eq!(due[0].runs.len(), 1);
+    assert!(s.tick_runs(suite::at(1)).await.unwrap().dispatch.is_empty());
+    let t = suite::at(0).timestamp_micros();
+    client(&url())
+        .await
+        .database(&db)
+        .collection::<Document>("jobs_runs")
+        .insert_one(doc! {
+            "_id": 888_i64, "job_id": "b", "scheduled": t, "owner": "s1", "manual": false,
+            "attempt": 1_i64, "state": "claimed", "queued": false, "cancel_requested": false,
+            "submitted_at": t,
+        })
+        .await
+        .unwrap();
+    let tick = s.tick_runs(suite::at(2)).await.unwrap();
+    assert_eq!(
+        tick.dispatch
+            .iter()
+            .map(|r| r.run_id.get())
+            .collect::<Vec<_>>(),
+        [888]
+    );
+    // Once.
+    assert!(s.tick_runs(suite::at(3)).await.unwrap().dispatch.is_empty());
+    drop_db(&db).await;
+}

@@ -215,6 +215,7 @@ impl Client {
             }
         }
         let mut ops: HashMap<String, Document> = HashMap::new();
+        let mut planned: HashMap<String, Vec<i64>> = HashMap::new();
         if let Some(ctx) = self.state.ctx().filter(StoreContext::keeps_runs) {
             // The active runs are read after the job documents (one query for the batch):
             // with the documents' pending ops, that is every active run as of the version
@@ -229,6 +230,11 @@ impl Client {
                 due.plan_runs(&ctx, now, &overlay(stored, d));
                 let op = Op::new(due.runs.clone(), due.cancel.clone(), &me);
                 if !op.is_empty() {
+                    // In hand before the write, so that a concurrent pass does not take
+                    // them for lost claims.
+                    let ids = op.to_start();
+                    self.ledger.hand(ids.iter().copied());
+                    planned.insert(due.job.id.clone(), ids);
                     ops.insert(due.job.id.clone(), op.to_doc());
                 }
             }
@@ -246,6 +252,13 @@ impl Client {
             .buffered(CONCURRENCY)
             .collect()
             .await;
+        for (id, r) in &results {
+            if !matches!(r, Ok(Some(_))) {
+                // Lost, or unknown (an error): if it won after all, the ledger pass finds
+                // its runs and dispatches them.
+                self.ledger.unhand(planned.remove(id).into_iter().flatten());
+            }
+        }
         let won = self.state.settle_claims(results)?;
         // Copy the won claims' records to the runs collection (one insert for the batch),
         // then clear them from the job documents.

@@ -75,6 +75,13 @@ impl Client {
                 opts.server_selection_timeout = Some(self.timeout);
                 opts.connect_timeout = Some(self.timeout.min(Duration::from_secs(2)));
                 opts.app_name.get_or_insert_with(|| "apsched".into());
+                // Every write of the store is a compare-and-swap or idempotent, and a lost
+                // reply is handled (the claim is reported, its runs dispatched by the next
+                // ledger pass). A driver retry of a CAS on a server that does not
+                // deduplicate retried writes (SecantusDB) finds the document changed by the
+                // first attempt and reports a won claim as lost. `retryWrites=true` in the
+                // URL turns them back on.
+                opts.retry_writes.get_or_insert(false);
                 let client = mongodb::Client::with_options(opts)
                     .map_err(|e| self.state.err("creating the MongoDB client", e))?;
                 let db = match &self.database {

@@ -62,7 +62,10 @@ impl Client {
             if runs.is_empty() && cancel.is_empty() {
                 return Ok(runs);
             }
-            let op = Op::new(runs.clone(), cancel, ctx.scheduler_id()).to_doc();
+            let op = Op::new(runs.clone(), cancel, ctx.scheduler_id());
+            let to_start = op.to_start();
+            self.ledger.hand(to_start.iter().copied());
+            let op = op.to_doc();
             let won = jobs
                 .update_one(
                     doc! {
@@ -81,6 +84,7 @@ impl Client {
                 self.apply_own(&[(job_id.to_string(), false, op)]).await;
                 return Ok(runs);
             }
+            self.ledger.unhand(to_start);
         }
         Err(self.state.msg(format!(
             "recording manual runs of job '{job_id}': other writers kept changing the job; try again"
@@ -106,6 +110,9 @@ impl Client {
         let mut tick = RunTick::default();
         self.take_over(&ctx, now, &mut tick).await?;
         self.promote_queued(&ctx, &mut tick).await?;
+        self.ledger
+            .hand(tick.dispatch.iter().map(|r| id_bson(r.run_id)));
+        self.lost_replies(me, &mut tick).await?;
         let flagged: Vec<Document> = colls
             .runs
             .find(doc! { "owner": me, "state": "started", "cancel_requested": true })
@@ -118,6 +125,21 @@ impl Client {
         tick.cancel = flagged.iter().filter_map(doc_run_id).collect();
         self.prune(now, ctx.run_retention()).await?;
         Ok(tick)
+    }
+
+    /// Dispatches this scheduler's claimed runs that it does not have in hand: claims and
+    /// manual runs that won on the server although their reply was lost.
+    async fn lost_replies(&self, me: &str, tick: &mut RunTick) -> Result<()> {
+        let mine = self
+            .find_runs(doc! { "owner": me, "state": "claimed", "queued": false })
+            .await?;
+        let lost: Vec<RunRecord> = mine
+            .into_iter()
+            .filter(|r| !self.ledger.is_handed(id_bson(r.run_id)))
+            .collect();
+        self.ledger.hand(lost.iter().map(|r| id_bson(r.run_id)));
+        tick.dispatch.extend(lost);
+        Ok(())
     }
 
     /// Takes over the active runs of schedulers without a live heartbeat: claimed ones

@@ -79,6 +79,15 @@ impl Op {
         }
     }
 
+    /// The runs of this op the writer starts itself (claimed, not queued).
+    pub(super) fn to_start(&self) -> Vec<i64> {
+        self.runs
+            .iter()
+            .filter(|r| r.state == RunState::Claimed && !r.queued)
+            .map(|r| id_bson(r.run_id))
+            .collect()
+    }
+
     /// Whether there is anything to write.
     pub(super) fn is_empty(&self) -> bool {
         self.runs.is_empty() && self.cancel.is_empty() && self.promote.is_empty()

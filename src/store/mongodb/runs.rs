@@ -49,9 +49,35 @@ pub(crate) struct LedgerState {
     dirty: Mutex<HashSet<String>>,
     /// The last job id the pruning sweep looked at ("" = start over).
     sweep_after: Mutex<String>,
+    /// This scheduler's claimed runs that it has (or is about to have) in hand: the claims,
+    /// manual runs and dispatches it returned, until they are started or finished. A
+    /// claimed, unqueued run of this scheduler missing here is one whose claim won on the
+    /// server while the reply was lost (a network error after the write): the next pass
+    /// dispatches it instead of leaving it claimed forever.
+    handed: Mutex<HashSet<i64>>,
 }
 
 impl LedgerState {
+    /// Notes runs as in this scheduler's hands.
+    pub(super) fn hand(&self, ids: impl IntoIterator<Item = i64>) {
+        self.handed.lock_unpoisoned().extend(ids);
+    }
+
+    /// Forgets runs (started, finished, or never won).
+    pub(super) fn unhand(&self, ids: impl IntoIterator<Item = i64>) {
+        let mut handed = self.handed.lock_unpoisoned();
+        if !handed.is_empty() {
+            for id in ids {
+                handed.remove(&id);
+            }
+        }
+    }
+
+    /// Whether run `id` is in this scheduler's hands.
+    pub(super) fn is_handed(&self, id: i64) -> bool {
+        self.handed.lock_unpoisoned().contains(&id)
+    }
+
     /// Remembers that `job_id` has new terminal runs (the next pass prunes it).
     pub(super) fn touched(&self, job_id: &str) {
         let mut dirty = self.dirty.lock_unpoisoned();
@@ -318,6 +344,7 @@ impl Client {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        self.ledger.unhand(ids.iter().copied());
         let me = self.state.owner();
         let now_us = micros(now);
         let runs = &self.colls().await?.runs;
@@ -358,6 +385,8 @@ impl Client {
         let name = colls.runs.name().to_string();
         let mut batches: Vec<Vec<Document>> = vec![Vec::new()];
         let mut bytes = 0;
+        self.ledger
+            .unhand(outcomes.iter().map(|o| id_bson(o.run_id)));
         for o in outcomes {
             self.ledger.touched(&o.job_id);
             let mut set = doc! {
