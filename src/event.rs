@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::job::JobError;
+use crate::job::{JobError, RunId};
 
 /// A bit mask of event kinds, with APScheduler's names and bit values.
 ///
@@ -74,8 +74,11 @@ impl EventKind {
     /// did not end within the scheduler's grace period, it was aborted (apsched addition).
     /// The scheduled time's one outcome event, like [`JOB_EXECUTED`](Self::JOB_EXECUTED).
     pub const JOB_TIMEOUT: EventKind = EventKind(1 << 19);
+    /// A run's scheduler died after starting it, and another scheduler sharing the store
+    /// marked it abandoned in the run ledger: its outcome is unknown (apsched addition).
+    pub const JOB_ABANDONED: EventKind = EventKind(1 << 20);
     /// Every kind of event.
-    pub const ALL: EventKind = EventKind((1 << 20) - 1);
+    pub const ALL: EventKind = EventKind((1 << 21) - 1);
     /// No event.
     pub const NONE: EventKind = EventKind(0);
 
@@ -96,7 +99,7 @@ impl EventKind {
 
     /// APScheduler's constant name of a single-bit kind, e.g. `EVENT_JOB_ADDED`.
     pub fn name(self) -> &'static str {
-        const NAMES: [&str; 20] = [
+        const NAMES: [&str; 21] = [
             "EVENT_SCHEDULER_STARTED",
             "EVENT_SCHEDULER_SHUTDOWN",
             "EVENT_SCHEDULER_PAUSED",
@@ -117,6 +120,7 @@ impl EventKind {
             "EVENT_STORE_ERROR",
             "EVENT_SCHEDULER_ERROR",
             "EVENT_JOB_TIMEOUT",
+            "EVENT_JOB_ABANDONED",
         ];
         if self.0.count_ones() == 1 {
             NAMES[self.0.trailing_zeros() as usize]
@@ -219,6 +223,9 @@ pub enum Event {
         store: String,
         /// The scheduled times submitted (one unless `coalesce` is off).
         scheduled_run_times: Vec<DateTime<Utc>>,
+        /// Their runs' ids in the run ledger, in the same order (empty when the store keeps
+        /// no ledger).
+        run_ids: Vec<RunId>,
     },
     /// Runs were dropped because `max_instances` runs were already in flight.
     JobMaxInstances {
@@ -228,6 +235,8 @@ pub enum Event {
         store: String,
         /// The scheduled times dropped.
         scheduled_run_times: Vec<DateTime<Utc>>,
+        /// Their `skipped` runs' ids in the run ledger (empty without a ledger).
+        run_ids: Vec<RunId>,
     },
     /// A run finished successfully.
     JobExecuted {
@@ -237,6 +246,8 @@ pub enum Event {
         store: String,
         /// The time the run was scheduled for.
         scheduled_run_time: DateTime<Utc>,
+        /// The run's id (its record in the run ledger, its [`JobContext::run_id`](crate::JobContext::run_id)).
+        run_id: Option<RunId>,
         /// What the job returned, as JSON (`null` for `()`).
         retval: serde_json::Value,
     },
@@ -248,6 +259,8 @@ pub enum Event {
         store: String,
         /// The time the run was scheduled for.
         scheduled_run_time: DateTime<Utc>,
+        /// The run's id, when the run had one (a run that could not be prepared has none).
+        run_id: Option<RunId>,
         /// What went wrong.
         error: JobError,
     },
@@ -259,6 +272,8 @@ pub enum Event {
         store: String,
         /// The time the run was scheduled for.
         scheduled_run_time: DateTime<Utc>,
+        /// The run's id (`None` for a long backlog skipped as a whole).
+        run_id: Option<RunId>,
     },
     /// A run went past its job's [`timeout`](crate::AddJob::timeout): the scheduled time's
     /// outcome (no [`Event::JobExecuted`] or [`Event::JobError`] follows for it).
@@ -275,12 +290,29 @@ pub enum Event {
         store: String,
         /// The time the run was scheduled for.
         scheduled_run_time: DateTime<Utc>,
+        /// The run's id.
+        run_id: Option<RunId>,
         /// The job's timeout.
         timeout: std::time::Duration,
         /// `true` if the run did not end within the grace period and was aborted (or, on a
         /// blocking thread, abandoned); `false` if it ended on its own after its token was
         /// cancelled.
         aborted: bool,
+    },
+    /// A run's scheduler died after starting it; another scheduler sharing the store
+    /// marked it `abandoned` in the run ledger. Its outcome is unknown: the job may or may
+    /// not have done its work.
+    JobAbandoned {
+        /// The job id.
+        job_id: String,
+        /// The store holding it.
+        store: String,
+        /// The time the run was scheduled for.
+        scheduled_run_time: DateTime<Utc>,
+        /// The run's id.
+        run_id: RunId,
+        /// The scheduler that started it and died.
+        owner: String,
     },
     /// A store failed, or one stored job could not be loaded (it is kept, not deleted).
     StoreError {
@@ -321,8 +353,22 @@ impl Event {
             Event::JobError { .. } => EventKind::JOB_ERROR,
             Event::JobMissed { .. } => EventKind::JOB_MISSED,
             Event::JobTimeout { .. } => EventKind::JOB_TIMEOUT,
+            Event::JobAbandoned { .. } => EventKind::JOB_ABANDONED,
             Event::StoreError { .. } => EventKind::STORE_ERROR,
             Event::SchedulerError { .. } => EventKind::SCHEDULER_ERROR,
+        }
+    }
+
+    /// The run id, for the events about one run (`JOB_EXECUTED`, `JOB_ERROR`, `JOB_MISSED`,
+    /// `JOB_TIMEOUT`, `JOB_ABANDONED`): join it to the run ledger.
+    pub fn run_id(&self) -> Option<RunId> {
+        match self {
+            Event::JobExecuted { run_id, .. }
+            | Event::JobError { run_id, .. }
+            | Event::JobMissed { run_id, .. }
+            | Event::JobTimeout { run_id, .. } => *run_id,
+            Event::JobAbandoned { run_id, .. } => Some(*run_id),
+            _ => None,
         }
     }
 
@@ -337,7 +383,8 @@ impl Event {
             | Event::JobExecuted { job_id, .. }
             | Event::JobError { job_id, .. }
             | Event::JobMissed { job_id, .. }
-            | Event::JobTimeout { job_id, .. } => Some(job_id),
+            | Event::JobTimeout { job_id, .. }
+            | Event::JobAbandoned { job_id, .. } => Some(job_id),
             Event::StoreError { job_id, .. } => job_id.as_deref(),
             _ => None,
         }
@@ -353,6 +400,13 @@ pub(crate) struct EventBus {
 }
 
 impl EventBus {
+    /// Sends `event`, if there is one.
+    pub(crate) fn emit_opt(&self, event: Option<Event>) {
+        if let Some(event) = event {
+            self.emit(event);
+        }
+    }
+
     /// A bus whose receivers each buffer up to `capacity` events before they lag.
     pub(crate) fn new(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(1));

@@ -63,7 +63,7 @@ pub use crate::executor::process::worker::worker_main;
 pub use crate::job::{IntoJobResult, Job, JobContext, JobDefaults, JobError, Overlap, RunId};
 pub use crate::scheduler::{
     AddJob, BackgroundScheduler, BlockingAddJob, BlockingJobHandle, BlockingScheduler,
-    BlockingStoreHandle, JobChanges, JobHandle, ListenerId, LocalScheduler, Scheduler,
+    BlockingStoreHandle, JobChanges, JobHandle, ListenerId, LocalScheduler, RunHandle, Scheduler,
     SchedulerBuilder, SchedulerState, StoreHandle,
 };
 pub use crate::trigger::{Trigger, TriggerSpec};

@@ -16,7 +16,8 @@ use super::traced::Traced;
 use crate::clock::Clock;
 use crate::event::{Event, EventBus};
 use crate::job::outcome::{JobError, JobResult};
-use crate::job::{Callable, JobContext};
+use crate::job::{Callable, JobContext, RunId};
+use crate::ledger::{RunOutcome, RunState};
 use crate::scheduler::{Inner, Scheduler};
 use crate::stats::RunClock;
 use crate::task::TaskRegistry;
@@ -82,6 +83,8 @@ pub struct JobRun {
     pub(crate) _slot: Option<InstanceSlot>,
     /// Set for runs that can observe cancellation (see [`Watch`]).
     pub(crate) watch: Option<Box<Watch>>,
+    /// The run ledger's ids of `run_times`, in order (empty when the store keeps none).
+    pub(crate) run_ids: Box<[RunId]>,
     /// How many of `run_times` have had their outcome event.
     outcomes: AtomicUsize,
     /// The current time's start, for the metrics (zero-sized without them).
@@ -91,17 +94,21 @@ pub struct JobRun {
 impl Drop for JobRun {
     fn drop(&mut self) {
         let done = *self.outcomes.get_mut();
-        for &t in self.run_times.iter().skip(done) {
+        for (i, &t) in self.run_times.iter().enumerate().skip(done) {
             tracing::error!(job_id = %self.job_id, scheduled = %t, "run dropped before it finished");
             self.stats.finished("error");
+            let error = JobError::not_runnable(
+                "the run was dropped before it finished: its executor was shut down or its \
+                 task was cancelled",
+            );
+            let run_id = self.run_ids.get(i).copied();
+            self.record(run_id, RunState::Error, Some(error.to_string()), None);
             self.ctx.events.emit_with(|| Event::JobError {
                 job_id: self.job_id.to_string(),
                 store: self.store.to_string(),
                 scheduled_run_time: t,
-                error: JobError::not_runnable(
-                    "the run was dropped before it finished: its executor was shut down or \
-                     its task was cancelled",
-                ),
+                run_id,
+                error,
             });
         }
         // After the events, as when the slot was a field dropped after this body.
@@ -141,8 +148,55 @@ impl JobRun {
             ctx,
             _slot: Some(slot),
             watch: None,
+            run_ids: Box::default(),
             outcomes: AtomicUsize::new(0),
             stats: RunClock::default(),
+        }
+    }
+
+    /// With the run ledger's ids of its times (in order), so that each outcome is recorded.
+    pub(crate) fn with_run_ids(mut self, run_ids: Vec<RunId>) -> Self {
+        self.run_ids = run_ids.into_boxed_slice();
+        self
+    }
+
+    /// The ledger id of the time whose outcome is next (times run in order).
+    fn current_run_id(&self) -> Option<RunId> {
+        self.run_ids
+            .get(self.outcomes.load(Ordering::Relaxed))
+            .copied()
+    }
+
+    /// Sends the outcome of run `run_id` (if it has one) to the ledger. The run counts as
+    /// finished for the overlap rule from now on, before the store has it.
+    fn record(
+        &self,
+        run_id: Option<RunId>,
+        state: RunState,
+        error: Option<String>,
+        output: Option<&serde_json::Value>,
+    ) {
+        let Some(id) = run_id else { return };
+        self.ctx.ledger.finishing(id);
+        let mut outcome = RunOutcome::new(id, self.job_id.clone(), state, self.ctx.clock.now());
+        outcome.error = error;
+        if let Some(v) = output {
+            outcome = outcome.output(v);
+        }
+        self.ctx.writer.send(self.store.clone(), outcome);
+    }
+
+    /// Drops the run without an outcome: another scheduler owns its times now.
+    pub(crate) fn discard(self) {
+        self.outcomes.store(self.run_times.len(), Ordering::Relaxed);
+    }
+
+    /// Ends every time left with a [`JobError::NotRunnable`] saying `why` (event and ledger
+    /// outcome), without running.
+    pub(crate) fn fail_all(self, why: &str) {
+        let done = self.outcomes.load(Ordering::Relaxed);
+        for &t in self.run_times.iter().skip(done) {
+            self.finish(t, Err(JobError::not_runnable(why.to_string())));
         }
     }
 
@@ -183,10 +237,19 @@ impl JobRun {
             let late = self.ctx.clock.now() - scheduled;
             if late.to_std().is_ok_and(|late| late > grace) {
                 tracing::warn!(job_id = %self.job_id, %scheduled, "run missed by {late}");
+                let run_id = self.current_run_id();
+                if run_id.is_some() {
+                    let why = format!(
+                        "it could start only {late} after its scheduled time, beyond its \
+                         misfire_grace_time ({grace:?})"
+                    );
+                    self.record(run_id, RunState::Missed, Some(why), None);
+                }
                 self.ctx.events.emit_with(|| Event::JobMissed {
                     job_id: self.job_id.to_string(),
                     store: self.store.to_string(),
                     scheduled_run_time: scheduled,
+                    run_id,
                 });
                 self.outcomes.fetch_add(1, Ordering::Relaxed);
                 self.stats.finished("missed");
@@ -208,8 +271,31 @@ impl JobRun {
 
     /// Call when a run finished: emits [`Event::JobExecuted`] or [`Event::JobError`].
     pub fn finish(&self, scheduled: DateTime<Utc>, result: JobResult) {
+        self.finish_as(scheduled, result, false);
+    }
+
+    /// [`finish`](Self::finish), for a run whose token was cancelled (`cancel_run`,
+    /// `CancelOther`, a shutdown) when `cancelled`: its ledger state is then `cancelled`
+    /// whatever it returned.
+    fn finish_as(&self, scheduled: DateTime<Utc>, result: JobResult, cancelled: bool) {
         if let Err(error) = &result {
             tracing::error!(job_id = %self.job_id, %scheduled, %error, "job failed");
+        }
+        let run_id = self.current_run_id();
+        if run_id.is_some() {
+            match &result {
+                _ if cancelled => self.record(
+                    run_id,
+                    RunState::Cancelled,
+                    Some(match &result {
+                        Ok(_) => "cancelled; it ended without an error".to_string(),
+                        Err(e) => format!("cancelled: {e}"),
+                    }),
+                    None,
+                ),
+                Ok(retval) => self.record(run_id, RunState::Executed, None, Some(retval)),
+                Err(e) => self.record(run_id, RunState::Error, Some(e.to_string()), None),
+            }
         }
         self.outcomes.fetch_add(1, Ordering::Relaxed);
         let outcome = if result.is_ok() { "executed" } else { "error" };
@@ -222,12 +308,14 @@ impl JobRun {
                     job_id,
                     store,
                     scheduled_run_time: scheduled,
+                    run_id,
                     retval,
                 },
                 Err(error) => Event::JobError {
                     job_id,
                     store,
                     scheduled_run_time: scheduled,
+                    run_id,
                     error,
                 },
             }
@@ -332,7 +420,10 @@ impl JobRun {
         B: FnOnce(Option<JobContext>) -> Fut,
         Fut: Future<Output = JobResult>,
     {
-        let registered = self.ctx.runs.register();
+        let registered = self
+            .ctx
+            .runs
+            .register(self.current_run_id().unwrap_or_else(RunId::next));
         Self::trace("run_id", registered.id.get());
         let context = if watch.context {
             let Some(scheduler) = Scheduler::upgrade(&self.ctx.scheduler) else {
@@ -357,14 +448,14 @@ impl JobRun {
         };
         let Some(limit) = watch.timeout else {
             let result = body(context).await;
-            self.finish(t, result);
+            self.finish_as(t, result, registered.token.is_cancelled());
             return;
         };
         let aborted = {
             let mut fut = std::pin::pin!(body(context));
             match tokio::time::timeout(limit, &mut fut).await {
                 Ok(result) => {
-                    self.finish(t, result);
+                    self.finish_as(t, result, registered.token.is_cancelled());
                     return;
                 }
                 Err(_) => {
@@ -386,6 +477,20 @@ impl JobRun {
 
     /// Reports a scheduled time that went past its timeout ([`Event::JobTimeout`]).
     fn timed_out(&self, scheduled: DateTime<Utc>, timeout: Duration, aborted: bool) {
+        let run_id = self.current_run_id();
+        if run_id.is_some() {
+            let how = if aborted {
+                "and was aborted after the grace period"
+            } else {
+                "and ended after its token was cancelled"
+            };
+            self.record(
+                run_id,
+                RunState::Error,
+                Some(format!("timed out after {timeout:?} {how}")),
+                None,
+            );
+        }
         self.outcomes.fetch_add(1, Ordering::Relaxed);
         self.stats.finished("timeout");
         Self::trace("outcome", "timeout");
@@ -393,6 +498,7 @@ impl JobRun {
             job_id: self.job_id.to_string(),
             store: self.store.to_string(),
             scheduled_run_time: scheduled,
+            run_id,
             timeout,
             aborted,
         });

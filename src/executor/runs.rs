@@ -18,9 +18,9 @@ pub(crate) struct RunRegistry {
 }
 
 impl RunRegistry {
-    /// Registers a new run; it stays registered until the returned guard is dropped.
-    pub(crate) fn register(&self) -> Registered<'_> {
-        let (id, token) = (RunId::next(), CancellationToken::new());
+    /// Registers run `id`; it stays registered until the returned guard is dropped.
+    pub(crate) fn register(&self, id: RunId) -> Registered<'_> {
+        let token = CancellationToken::new();
         self.runs.lock_unpoisoned().insert(id, token.clone());
         Registered {
             registry: self,

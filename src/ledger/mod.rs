@@ -37,11 +37,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 pub use self::plan::{plan_manual_runs, ActiveRuns};
-pub(crate) use self::record::bounded_output;
 pub use self::record::{RunOutcome, RunRecord, RunState, OUTPUT_LIMIT};
 pub use self::stats::RunStats;
-pub(crate) use self::writer::RunWriter;
+pub(crate) use self::writer::{RunWriter, WriterHooks};
 pub use crate::job::RunId;
+
+/// Most slots one [`JobHandle::backfill`](crate::JobHandle::backfill) creates.
+pub const BACKFILL_LIMIT: usize = 10_000;
 
 /// Which runs to read: a job, states, a window of scheduled times, and a page.
 ///
@@ -173,7 +175,7 @@ impl RunFilter {
 
 /// Sorts runs newest first: by scheduled time, then run id, both descending.
 pub fn sort_newest_first(runs: &mut [RunRecord]) {
-    runs.sort_unstable_by(|a, b| (b.scheduled, b.run_id).cmp(&(a.scheduled, a.run_id)));
+    runs.sort_unstable_by_key(|r| std::cmp::Reverse((r.scheduled, r.run_id)));
 }
 
 /// How many finished runs the ledger keeps: the newest `per_job` of each job, none older

@@ -130,7 +130,8 @@ pub struct RunRecord {
     pub cancel_requested: bool,
     /// When it was claimed.
     pub submitted_at: DateTime<Utc>,
-    /// When it was handed to an executor.
+    /// When it was handed to an executor (`None` for a run that never started, missed ones
+    /// included).
     #[serde(default)]
     pub started_at: Option<DateTime<Utc>>,
     /// When it reached its terminal state.
@@ -212,7 +213,12 @@ impl RunRecord {
             return false;
         }
         self.state = outcome.state;
-        self.started_at = outcome.started_at.or(self.started_at);
+        // A missed run never started (the store marked it started when it was handed to an
+        // executor, which found it too late).
+        self.started_at = match outcome.state {
+            RunState::Missed => None,
+            _ => outcome.started_at.or(self.started_at),
+        };
         self.finished_at = Some(outcome.finished_at);
         self.error.clone_from(&outcome.error);
         self.output.clone_from(&outcome.output);
@@ -229,7 +235,7 @@ pub struct RunOutcome {
     /// The run.
     pub run_id: RunId,
     /// Its job (stores that index runs by job use it).
-    pub job_id: String,
+    pub job_id: std::sync::Arc<str>,
     /// The terminal state.
     pub state: RunState,
     /// When it started, if it did (a missed run never starts).
@@ -246,7 +252,7 @@ impl RunOutcome {
     /// The outcome `state` of run `run_id` of `job_id`, ended at `finished_at`.
     pub fn new(
         run_id: RunId,
-        job_id: impl Into<String>,
+        job_id: impl Into<std::sync::Arc<str>>,
         state: RunState,
         finished_at: DateTime<Utc>,
     ) -> Self {
@@ -282,7 +288,7 @@ impl RunOutcome {
 
 /// `value` as JSON text, or a note when it is longer than [`OUTPUT_LIMIT`]; `None` for
 /// `null` (a job returning `()`).
-pub(crate) fn bounded_output(value: &serde_json::Value) -> Option<String> {
+fn bounded_output(value: &serde_json::Value) -> Option<String> {
     if value.is_null() {
         return None;
     }

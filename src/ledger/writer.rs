@@ -21,6 +21,16 @@ const MAX_RETRY: Duration = Duration::from_secs(10);
 
 type Item = (Arc<str>, RunOutcome);
 
+/// What the writer needs from its scheduler.
+pub(crate) trait WriterHooks: Send + Sync + 'static {
+    /// The store `alias`, if it is still configured.
+    fn store(&self, alias: &str) -> Option<Arc<dyn JobStore>>;
+    /// Writing to `alias` failed (it is retried).
+    fn failed(&self, alias: &str, error: &crate::Error);
+    /// Outcomes were written to `alias`.
+    fn written(&self, alias: &str);
+}
+
 /// The sending side, shared by every run of a scheduler, and the waiters of run handles.
 #[derive(Debug, Default)]
 pub(crate) struct RunWriter {
@@ -35,13 +45,13 @@ impl RunWriter {
     pub(crate) fn open(
         self: &Arc<Self>,
         ledger: Arc<LedgerSettings>,
-        stores: impl Fn(&str) -> Option<Arc<dyn JobStore>> + Send + Sync + 'static,
-        on_error: impl Fn(&str, &crate::Error) + Send + Sync + 'static,
+        hooks: impl WriterHooks,
+        runtime: &tokio::runtime::Handle,
     ) -> tokio::task::JoinHandle<()> {
         let (tx, rx) = mpsc::unbounded_channel();
         *self.tx.lock_unpoisoned() = Some(tx);
         let this = self.clone();
-        tokio::spawn(async move { this.write_all(rx, ledger, stores, on_error).await })
+        runtime.spawn(async move { this.write_all(rx, ledger, hooks).await })
     }
 
     /// Stops accepting outcomes; the task writes what it has and ends.
@@ -80,8 +90,7 @@ impl RunWriter {
         &self,
         mut rx: mpsc::UnboundedReceiver<Item>,
         ledger: Arc<LedgerSettings>,
-        stores: impl Fn(&str) -> Option<Arc<dyn JobStore>>,
-        on_error: impl Fn(&str, &crate::Error),
+        hooks: impl WriterHooks,
     ) {
         let mut batch: Vec<Item> = Vec::new();
         loop {
@@ -97,31 +106,26 @@ impl RunWriter {
                 }
             }
             for (alias, outcomes) in by_store {
-                self.write(&alias, &outcomes, &stores, &on_error).await;
+                self.write(&alias, &outcomes, &hooks).await;
                 ledger.written(outcomes.iter().map(|o| o.run_id));
                 self.wake(&outcomes);
+                hooks.written(&alias);
             }
         }
     }
 
     /// Writes one store's batch, retrying with backoff while the store fails (the outcomes
     /// exist only here until written). Gives up when the store is no longer configured.
-    async fn write(
-        &self,
-        alias: &str,
-        outcomes: &[RunOutcome],
-        stores: &impl Fn(&str) -> Option<Arc<dyn JobStore>>,
-        on_error: &impl Fn(&str, &crate::Error),
-    ) {
+    async fn write(&self, alias: &str, outcomes: &[RunOutcome], hooks: &impl WriterHooks) {
         let mut delay = MIN_RETRY;
         loop {
-            let Some(store) = stores(alias) else {
+            let Some(store) = hooks.store(alias) else {
                 return;
             };
             match store.finish_runs(outcomes).await {
                 Ok(()) => return,
                 Err(e) => {
-                    on_error(alias, &e);
+                    hooks.failed(alias, &e);
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(MAX_RETRY);
                 }

@@ -72,7 +72,7 @@ impl Default for SchedulerBuilder {
             event_capacity: 4096,
             manual: false,
             timeout_grace: DEFAULT_TIMEOUT_GRACE,
-            run_ledger: false,
+            run_ledger: true,
             run_retention: RunRetention::default(),
         }
     }

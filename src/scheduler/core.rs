@@ -228,6 +228,12 @@ async fn store_pass(
             return Some(retry_at);
         }
     }
+    let ledger = inner.ledger_on(store.as_ref());
+    if ledger && inner.tick_due(alias) {
+        if let Err(e) = super::runs::tick_store(inner, alias, store).await {
+            return Some(store_failed(inner, alias, "running the ledger's pass", &e));
+        }
+    }
     let now = inner.clock.now();
     let due = match timed(
         alias,
@@ -263,14 +269,12 @@ async fn store_pass(
     let poll = store
         .poll_interval()
         .map(|p| saturating_add(inner.clock.now(), p));
-    match (next, poll) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    let tick = ledger.then(|| inner.next_tick(alias)).flatten();
+    [next, poll, tick].into_iter().flatten().min()
 }
 
 /// Awaits one of the loop's store calls, timing it for the metrics.
-async fn timed<T>(
+pub(super) async fn timed<T>(
     store: &str,
     call: &'static str,
     fut: impl std::future::Future<Output = crate::error::Result<T>>,
@@ -293,13 +297,23 @@ async fn submit_batch(
 ) {
     // Events nobody listens to are not built (the hot path of a storm of due jobs).
     let listening = inner.events.has_receivers();
+    let ledger = inner.ledger_on(store.as_ref());
     // Sized once: growing it (its items are large) cost ten reallocations per 1000 jobs.
     let mut ready: Vec<Prepared> = Vec::with_capacity(batch.len());
     for due in batch {
-        if let Some(r) = prepare(inner, store_alias, store, due, listening).await {
+        if let Some(r) = prepare(inner, store_alias, store, due, listening, ledger).await {
             ready.push(r);
         }
     }
+    if ledger {
+        super::runs::mark_started(inner, store_alias, store, &mut ready).await;
+    }
+    launch(inner, ready);
+}
+
+/// Emits the batch's deferred events, then starts its runs (so JOB_SUBMITTED always
+/// precedes a run's outcome).
+pub(super) fn launch(inner: &Inner, mut ready: Vec<Prepared>) {
     for (event, _) in &mut ready {
         if let Some(event) = event.take() {
             inner.events.emit(event);
@@ -313,7 +327,7 @@ async fn submit_batch(
 }
 
 /// A claimed job's deferred event (when someone listens) and the run to start, if any.
-type Prepared = (Option<Event>, Option<(Arc<dyn Executor>, JobRun)>);
+pub(super) type Prepared = (Option<Event>, Option<(Arc<dyn Executor>, JobRun)>);
 
 /// Processes one claimed job: emits its immediate events and returns its deferred event
 /// (JOB_SUBMITTED or JOB_MAX_INSTANCES) with the run to start, if any.
@@ -323,6 +337,7 @@ async fn prepare(
     store: &Arc<dyn JobStore>,
     due: &DueJob,
     listening: bool,
+    ledger: bool,
 ) -> Option<Prepared> {
     let job = &due.job;
     let executor = inner.executor(&job.executor);
@@ -333,6 +348,7 @@ async fn prepare(
             job_id: job.id.clone(),
             store: store_alias.to_string(),
             scheduled_run_time: first,
+            run_id: None,
         });
         stats::run_outcome("missed");
     }
@@ -352,10 +368,17 @@ async fn prepare(
             job_id: job.id.clone(),
             store: store_alias.to_string(),
             scheduled_run_time: last,
+            run_id: None,
             error: JobError::not_runnable(format!(
                 "the trigger gave up ({e}); the job is paused until rescheduled"
             )),
         });
+    }
+    if ledger {
+        return Some(
+            super::runs::prepare_recorded(inner, store_alias, store, due, executor, listening)
+                .await,
+        );
     }
     let run_times = if job.coalesce {
         vec![last]
@@ -363,33 +386,7 @@ async fn prepare(
         due.run_times.clone()
     };
     let Some(executor) = executor else {
-        // Never delete a job for a missing executor: keep it and say so each time. A job
-        // whose trigger is exhausted was removed by the claim; put it back, paused, so it
-        // is not lost and does not come due again at once.
-        let kept = if due.removed {
-            let mut paused = job.clone();
-            paused.next_run_time = None;
-            match store.add_job(paused, false).await {
-                Ok(()) | Err(crate::Error::ConflictingId(_)) => {
-                    "the job is kept in its store, paused (its trigger has no later fire \
-                     time); resume it once the executor exists"
-                }
-                Err(e) => {
-                    tracing::error!(job_id = %job.id, error = %e, "could not keep the job");
-                    "and the job could not be kept in its store"
-                }
-            }
-        } else {
-            "the job is kept in its store"
-        };
-        tracing::error!(job_id = %job.id, executor = %job.executor, "no such executor");
-        stats::run_outcome("error");
-        inner.events.emit(Event::JobError {
-            job_id: job.id.clone(),
-            store: store_alias.to_string(),
-            scheduled_run_time: last,
-            error: JobError::not_runnable(format!("no executor named '{}'; {kept}", job.executor)),
-        });
+        no_executor(inner, store_alias, store, job, due.removed, last, None).await;
         return None;
     };
     let job_id: Arc<str> = Arc::from(job.id.as_str());
@@ -402,6 +399,7 @@ async fn prepare(
             job_id: job.id.clone(),
             store: store_alias.to_string(),
             scheduled_run_times: run_times,
+            run_ids: Vec::new(),
         });
         return Some((event, None));
     };
@@ -409,6 +407,7 @@ async fn prepare(
         job_id: job.id.clone(),
         store: store_alias.to_string(),
         scheduled_run_times: run_times.clone(),
+        run_ids: Vec::new(),
     });
     let run = JobRun::new(
         job_id,
@@ -425,7 +424,7 @@ async fn prepare(
 
 /// What a run of `job` needs to observe cancellation, if it can: only a body taking a
 /// [`JobContext`](crate::JobContext) or a job with a timeout gets it (and its allocation).
-fn watch(inner: &Inner, job: &crate::job::JobRecord) -> Option<Box<Watch>> {
+pub(super) fn watch(inner: &Inner, job: &crate::job::JobRecord) -> Option<Box<Watch>> {
     let context = match &job.callable {
         Callable::Task { name, .. } => inner.tasks.get(name).is_some_and(TaskFn::takes_context),
         other => other.takes_context(),
@@ -437,6 +436,50 @@ fn watch(inner: &Inner, job: &crate::job::JobRecord) -> Option<Box<Watch>> {
             context,
         })
     })
+}
+
+/// Reports a claimed job whose executor does not exist (a `JOB_ERROR` for `last`, and an
+/// `error` outcome for each of `runs`, its recorded runs), and keeps the job: never delete a
+/// job for a missing executor. A job whose trigger is exhausted was removed by the claim;
+/// it is put back, paused, so it is not lost and does not come due again at once.
+pub(super) async fn no_executor(
+    inner: &Inner,
+    store_alias: &Arc<str>,
+    store: &Arc<dyn JobStore>,
+    job: &crate::job::JobRecord,
+    removed: bool,
+    last: DateTime<Utc>,
+    runs: Option<&[crate::ledger::RunRecord]>,
+) {
+    let kept = if removed {
+        let mut paused = job.clone();
+        paused.next_run_time = None;
+        match store.add_job(paused, false).await {
+            Ok(()) | Err(crate::Error::ConflictingId(_)) => {
+                "the job is kept in its store, paused (its trigger has no later fire \
+                     time); resume it once the executor exists"
+            }
+            Err(e) => {
+                tracing::error!(job_id = %job.id, error = %e, "could not keep the job");
+                "and the job could not be kept in its store"
+            }
+        }
+    } else {
+        "the job is kept in its store"
+    };
+    tracing::error!(job_id = %job.id, executor = %job.executor, "no such executor");
+    stats::run_outcome("error");
+    let error = JobError::not_runnable(format!("no executor named '{}'; {kept}", job.executor));
+    for r in runs.into_iter().flatten() {
+        inner.ledger_error(store_alias, r, &error);
+    }
+    inner.events.emit(Event::JobError {
+        job_id: job.id.clone(),
+        store: store_alias.to_string(),
+        scheduled_run_time: last,
+        run_id: runs.and_then(|r| r.last()).map(|r| r.run_id),
+        error,
+    });
 }
 
 fn emit_removed(inner: &Inner, store: &str, job_id: &str) {

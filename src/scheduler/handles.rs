@@ -41,8 +41,8 @@ use crate::trigger::TriggerSpec;
 /// ```
 #[derive(Debug, Clone)]
 pub struct JobHandle {
-    scheduler: Scheduler,
-    id: String,
+    pub(super) scheduler: Scheduler,
+    pub(super) id: String,
     store: Option<String>,
 }
 
@@ -134,8 +134,8 @@ impl JobHandle {
 /// ```
 #[derive(Debug, Clone)]
 pub struct StoreHandle {
-    scheduler: Scheduler,
-    alias: String,
+    pub(super) scheduler: Scheduler,
+    pub(super) alias: String,
 }
 
 impl StoreHandle {

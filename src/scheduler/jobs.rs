@@ -97,7 +97,7 @@ impl Scheduler {
     /// before start) are found too, as a copy (callers that change one find it again by id
     /// under the lock: a position in the pending list goes stale when another call removes
     /// an earlier entry).
-    async fn locate(&self, id: &str, store: Option<&str>) -> Result<Located> {
+    pub(super) async fn locate(&self, id: &str, store: Option<&str>) -> Result<Located> {
         if let Some(p) = self.inner.life().pending_job(id, store) {
             return Ok(Located::Pending(p.store.clone(), Box::new(p.job.clone())));
         }
@@ -403,7 +403,7 @@ impl Scheduler {
     }
 }
 
-enum Located {
+pub(super) enum Located {
     /// A pending job (a copy) and its store alias.
     Pending(String, Box<JobRecord>),
     Stored(String, Arc<dyn JobStore>, Box<JobRecord>),

@@ -12,6 +12,9 @@ use crate::sync::RwLockExt;
 use crate::trigger::Trigger;
 
 /// How long a shutdown waits for the runs in flight.
+/// How long shutdown waits for run outcomes to reach a failing store.
+const SHUTDOWN_WRITE_PATIENCE: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone, Copy)]
 enum Wait {
     /// Until they finish.
@@ -66,6 +69,9 @@ impl Scheduler {
             inner.events.emit(Event::JobStoreAdded { alias });
         }
         inner.set_home(home.clone());
+        if let Some(home) = &home {
+            self.inner.open_writer(home);
+        }
         inner.state.send_replace(state);
         let pending = std::mem::take(&mut inner.life().pending);
         let now = inner.clock.now();
@@ -184,6 +190,8 @@ impl Scheduler {
         for (_, ex) in &executors {
             ex.shutdown(false).await;
         }
+        // The outcomes of the runs that ended are written before the stores close.
+        inner.close_writer(SHUTDOWN_WRITE_PATIENCE).await;
         for (alias, store) in inner.stores() {
             if let Err(e) = store.shutdown().await {
                 tracing::warn!(store = %alias, error = %e, "store shutdown failed");

@@ -28,6 +28,7 @@ mod home;
 mod jobs;
 mod lifecycle;
 mod listeners;
+mod runs;
 mod transfer;
 
 use std::collections::HashMap;
@@ -50,6 +51,7 @@ pub use self::builder::SchedulerBuilder;
 pub use self::handles::{JobHandle, StoreHandle};
 pub use self::jobs::JobChanges;
 pub use self::listeners::ListenerId;
+pub use self::runs::RunHandle;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::event::EventBus;
@@ -156,6 +158,10 @@ struct Life {
     /// Listeners added while stopped; they start with the scheduler, on its runtime.
     waiting_listeners: HashMap<u64, BoxFuture<'static, ()>>,
     next_listener: u64,
+    /// When each store's ledger pass is due next (absent: before its first claim).
+    ticks: HashMap<String, DateTime<Utc>>,
+    /// The task writing run outcomes to the stores, from start to shutdown.
+    writer_task: Option<JoinHandle<()>>,
 }
 
 pub(crate) struct Inner {

@@ -101,11 +101,13 @@ fn event_json(ev: &Event) -> Value {
             job_id,
             store,
             scheduled_run_times,
+            ..
         }
         | Event::JobMaxInstances {
             job_id,
             store,
             scheduled_run_times,
+            ..
         } => json!({"code": code, "job_id": job_id, "jobstore": store,
                     "scheduled_run_times": scheduled_run_times.iter().map(iso).collect::<Vec<_>>()}),
         Event::JobExecuted {
@@ -113,6 +115,7 @@ fn event_json(ev: &Event) -> Value {
             store,
             scheduled_run_time,
             retval,
+            ..
         } => json!({"code": code, "job_id": job_id, "jobstore": store,
                     "scheduled_run_time": iso(scheduled_run_time), "retval": retval}),
         Event::JobError {
@@ -120,6 +123,7 @@ fn event_json(ev: &Event) -> Value {
             store,
             scheduled_run_time,
             error,
+            ..
         } => json!({"code": code, "job_id": job_id, "jobstore": store,
                     "scheduled_run_time": iso(scheduled_run_time),
                     "exception": {"message": error.to_string()}}),
@@ -127,6 +131,7 @@ fn event_json(ev: &Event) -> Value {
             job_id,
             store,
             scheduled_run_time,
+            ..
         } => json!({"code": code, "job_id": job_id, "jobstore": store,
                     "scheduled_run_time": iso(scheduled_run_time)}),
         other => json!({"code": code, "other": format!("{other:?}")}),

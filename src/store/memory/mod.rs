@@ -221,7 +221,12 @@ impl JobStore for MemoryStore {
     }
 
     async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<()> {
-        self.lock().runs.finish(outcomes);
+        let retention = self
+            .ctx
+            .get()
+            .map(StoreContext::run_retention)
+            .unwrap_or_default();
+        self.lock().runs.finish(outcomes, retention);
         Ok(())
     }
 
@@ -244,7 +249,7 @@ impl JobStore for MemoryStore {
         };
         let active = inner.runs.active_of(&key);
         let (runs, cancel) = plan_manual_runs(job, slots, ctx, now, &active);
-        inner.runs.flag_cancel(&cancel);
+        inner.runs.flag_cancel(&key, &cancel);
         for r in &runs {
             inner.runs.insert(&key, r.clone());
         }

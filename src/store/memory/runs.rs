@@ -17,17 +17,29 @@ use crate::store::DueJob;
 #[derive(Debug, Default)]
 pub(super) struct Runs {
     by_id: HashMap<RunId, RunRecord>,
-    /// Every kept run of a job, by (scheduled time, run id).
-    by_job: HashMap<Arc<str>, BTreeSet<(DateTime<Utc>, RunId)>>,
-    /// The active (claimed or started) runs of each job.
-    active: HashMap<Arc<str>, Vec<RunId>>,
+    /// Each job's kept and active runs.
+    by_job: HashMap<Arc<str>, JobRuns>,
+    /// Jobs with queued runs or runs asked to stop: what the ledger pass looks at.
+    attention: BTreeSet<Arc<str>>,
+    /// When finished runs were last pruned by age.
+    aged_at: Option<DateTime<Utc>>,
+}
+
+/// One job's runs. Kept while the job has runs, so its vector's capacity is reused from
+/// run to run.
+#[derive(Debug, Default)]
+struct JobRuns {
+    /// Every kept run, by (scheduled time, run id).
+    all: BTreeSet<(DateTime<Utc>, RunId)>,
+    /// The active (claimed or started) ones.
+    active: Vec<RunId>,
 }
 
 impl Runs {
     /// The active runs of `job_id`, for the overlap rule.
     pub(super) fn active_of(&self, job_id: &str) -> ActiveRuns {
         let mut active = ActiveRuns::new();
-        for id in self.active.get(job_id).into_iter().flatten() {
+        for id in self.by_job.get(job_id).into_iter().flat_map(|j| &j.active) {
             if let Some(r) = self.by_id.get(id) {
                 active.push(r.run_id, r.state, r.queued);
             }
@@ -37,40 +49,32 @@ impl Runs {
 
     /// Writes what a claim planned: its records, and the cancel flags.
     pub(super) fn record_claim(&mut self, key: &Arc<str>, due: &DueJob) {
-        for &id in &due.cancel {
-            if let Some(r) = self.by_id.get_mut(&id) {
-                r.cancel_requested = true;
-            }
-        }
+        self.flag_cancel(key, &due.cancel);
         for r in &due.runs {
             self.insert(key, r.clone());
         }
     }
 
     pub(super) fn insert(&mut self, key: &Arc<str>, run: RunRecord) {
-        self.by_job
-            .entry(key.clone())
-            .or_default()
-            .insert((run.scheduled, run.run_id));
+        let job = match self.by_job.get_mut(key) {
+            Some(job) => job,
+            None => self.by_job.entry(key.clone()).or_default(),
+        };
+        job.all.insert((run.scheduled, run.run_id));
         if run.state.is_active() {
-            self.active.entry(key.clone()).or_default().push(run.run_id);
+            job.active.push(run.run_id);
+        }
+        if run.queued {
+            self.attention.insert(key.clone());
         }
         self.by_id.insert(run.run_id, run);
     }
 
-    pub(super) fn flag_cancel(&mut self, ids: &[RunId]) {
+    pub(super) fn flag_cancel(&mut self, key: &Arc<str>, ids: &[RunId]) {
         for id in ids {
             if let Some(r) = self.by_id.get_mut(id) {
                 r.cancel_requested = true;
-            }
-        }
-    }
-
-    fn deactivate(&mut self, job_id: &str, run_id: RunId) {
-        if let Some(list) = self.active.get_mut(job_id) {
-            list.retain(|id| *id != run_id);
-            if list.is_empty() {
-                self.active.remove(job_id);
+                self.attention.insert(key.clone());
             }
         }
     }
@@ -90,20 +94,42 @@ impl Runs {
         started
     }
 
-    pub(super) fn finish(&mut self, outcomes: &[RunOutcome]) {
+    /// Writes outcomes, and keeps at most `retention.per_job` finished runs of each job it
+    /// touched.
+    pub(super) fn finish(&mut self, outcomes: &[RunOutcome], retention: RunRetention) {
         for o in outcomes {
             let Some(r) = self.by_id.get_mut(&o.run_id) else {
                 continue;
             };
-            if r.apply(o) {
-                let job = r.job_id.clone();
-                self.deactivate(&job, o.run_id);
+            if !r.apply(o) {
+                continue;
+            }
+            let Some(job) = self.by_job.get_mut(&*o.job_id) else {
+                continue;
+            };
+            job.active.retain(|id| *id != o.run_id);
+            let mut over = job
+                .all
+                .len()
+                .saturating_sub(retention.per_job + job.active.len());
+            if over > 0 {
+                let by_id = &mut self.by_id;
+                job.all.retain(|(_, id)| {
+                    let finished = by_id.get(id).is_none_or(|r| r.state.is_terminal());
+                    if over > 0 && finished {
+                        over -= 1;
+                        by_id.remove(id);
+                        false
+                    } else {
+                        true
+                    }
+                });
             }
         }
     }
 
     /// Promotes queued runs of jobs with a free instance (to `owner`), returns started
-    /// runs of `owner` flagged for cancellation, and prunes.
+    /// runs of `owner` flagged for cancellation, and prunes by age (at most once a minute).
     pub(super) fn tick(
         &mut self,
         jobs: &HashMap<Arc<str>, Box<JobRecord>>,
@@ -113,23 +139,31 @@ impl Runs {
         is_finishing: impl Fn(RunId) -> bool,
     ) -> RunTick {
         let mut tick = RunTick::default();
-        let job_ids: Vec<Arc<str>> = self.active.keys().cloned().collect();
-        for job_id in job_ids {
-            let runs: Vec<RunRecord> = self.active[&job_id]
-                .iter()
+        let watched: Vec<Arc<str>> = self.attention.iter().cloned().collect();
+        for job_id in watched {
+            let active: Vec<RunRecord> = self
+                .by_job
+                .get(&job_id)
+                .into_iter()
+                .flat_map(|j| &j.active)
                 .filter_map(|id| self.by_id.get(id).cloned())
                 .collect();
-            for r in &runs {
-                if r.state == RunState::Started && r.cancel_requested && r.owner == owner {
-                    tick.cancel.push(r.run_id);
+            let mut flagged = false;
+            for r in &active {
+                if r.state == RunState::Started && r.cancel_requested {
+                    flagged = true;
+                    if r.owner == owner {
+                        tick.cancel.push(r.run_id);
+                    }
                 }
             }
-            let mut queued: Vec<&RunRecord> = runs.iter().filter(|r| r.queued).collect();
-            if queued.is_empty() {
+            let mut queued: Vec<&RunRecord> = active.iter().filter(|r| r.queued).collect();
+            if !flagged && queued.is_empty() {
+                self.attention.remove(&job_id);
                 continue;
             }
             let max = jobs.get(&job_id).map_or(1, |j| j.max_instances) as usize;
-            let running = runs
+            let running = active
                 .iter()
                 .filter(|r| !r.queued && !is_finishing(r.run_id))
                 .count();
@@ -142,7 +176,13 @@ impl Runs {
                 }
             }
         }
-        self.prune(now, retention);
+        if self
+            .aged_at
+            .is_none_or(|t| now - t >= chrono::TimeDelta::minutes(1))
+        {
+            self.aged_at = Some(now);
+            self.prune(now, retention);
+        }
         tick
     }
 
@@ -150,28 +190,26 @@ impl Runs {
     fn prune(&mut self, now: DateTime<Utc>, retention: RunRetention) {
         let cutoff = retention.cutoff(now);
         let by_id = &mut self.by_id;
-        self.by_job.retain(|_, runs| {
-            let mut kept_finished = 0;
+        self.by_job.retain(|_, job| {
+            job.all.retain(|key| by_id.contains_key(&key.1));
+            let mut finished_seen = 0;
             let mut doomed = Vec::new();
-            for key in runs.iter().rev() {
-                let Some(r) = by_id.get(&key.1) else {
-                    doomed.push(*key);
-                    continue;
-                };
+            for key in job.all.iter().rev() {
+                let Some(r) = by_id.get(&key.1) else { continue };
                 if r.state.is_active() {
                     continue;
                 }
-                kept_finished += 1;
+                finished_seen += 1;
                 let too_old = cutoff.is_some_and(|c| r.finished_at.is_some_and(|f| f < c));
-                if kept_finished > retention.per_job || too_old {
+                if finished_seen > retention.per_job || too_old {
                     doomed.push(*key);
                 }
             }
             for key in doomed {
-                runs.remove(&key);
+                job.all.remove(&key);
                 by_id.remove(&key.1);
             }
-            !runs.is_empty()
+            !job.all.is_empty()
         });
     }
 
@@ -189,10 +227,10 @@ impl Runs {
         match &filter.job_id {
             Some(job) => {
                 if let Some(runs) = self.by_job.get(job.as_str()) {
-                    scan(runs);
+                    scan(&runs.all);
                 }
             }
-            None => self.by_job.values().for_each(scan),
+            None => self.by_job.values().for_each(|j| scan(&j.all)),
         }
         filter.page(out)
     }
