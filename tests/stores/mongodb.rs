@@ -467,3 +467,391 @@ async fn mongodb_bulk_add_stops_at_a_stored_id() {
     assert_eq!(versions.len(), 701);
     drop_db(&db).await;
 }
+
+/// The run ledger's contract, with two schedulers sharing each collection.
+#[tokio::test]
+async fn mongodb_ledger_contract() {
+    if !available().await {
+        return;
+    }
+    let db = db_name();
+    suite::ledger_contract(
+        |namespace, ctx| {
+            let db = db.clone();
+            async move {
+                let s = store(&db).with_collection(namespace);
+                s.start(ctx).await.unwrap();
+                s
+            }
+        },
+        true,
+    )
+    .await;
+    drop_db(&db).await;
+}
+
+/// A store for the ledger's own tests, started as `scheduler` with `ctx`'s events.
+async fn ledger_store(db: &str, scheduler: &str) -> (MongoStore, apsched::event::EventReceiver) {
+    let ctx = suite::TestContext::new("mongodb", scheduler, Duration::from_secs(30));
+    let rx = ctx.subscribe(apsched::event::EventKind::STORE_ERROR);
+    let s = store(db);
+    s.start(ctx.context()).await.unwrap();
+    (s, rx)
+}
+
+/// Run documents of the wrong shape, written raw, are skipped by `query_runs` with one
+/// report each (not one per query), and kept; `get_run` says what is wrong with one.
+#[tokio::test]
+async fn mongodb_ledger_unreadable_runs_are_skipped_and_kept() {
+    if !available().await {
+        return;
+    }
+    let db = db_name();
+    let (s, mut rx) = ledger_store(&db, "s1").await;
+    s.add_job(suite::interval_job("a", 60, Some(suite::at(0))), false)
+        .await
+        .unwrap();
+    s.tick_runs(suite::at(0)).await.unwrap();
+    let due = s.acquire_due_jobs(suite::at(0), 10).await.unwrap();
+    let good = due[0].runs[0].clone();
+    let runs = client(&url())
+        .await
+        .database(&db)
+        .collection::<Document>("jobs_runs");
+    runs.insert_many([
+        doc! { "_id": 42_i64, "job_id": "a", "scheduled": "yesterday", "state": "claimed",
+        "owner": "x", "attempt": 1_i64, "submitted_at": suite::at(5).timestamp_micros() },
+        doc! { "_id": 43_i64, "job_id": "a", "scheduled": suite::at(5).timestamp_micros(),
+        "state": "finished", "owner": "x", "attempt": 1_i64,
+        "submitted_at": suite::at(5).timestamp_micros() },
+    ])
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        let got = s
+            .query_runs(&apsched::ledger::RunFilter::new().job("a"))
+            .await
+            .unwrap();
+        assert_eq!(got, vec![good.clone()]);
+    }
+    let errors = nosql::store_errors(&mut rx);
+    assert_eq!(errors.len(), 2, "one report per bad document: {errors:?}");
+    assert!(errors
+        .iter()
+        .all(|(job, m)| job == "a" && m.contains("cannot be read")));
+    assert!(
+        errors.iter().any(|(_, m)| m.contains("'scheduled'")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|(_, m)| m.contains("not a run state")),
+        "{errors:?}"
+    );
+    assert_eq!(
+        runs.count_documents(doc! {}).await.unwrap(),
+        3,
+        "nothing deleted"
+    );
+    let err = s
+        .get_run(apsched::RunId::from_raw(42))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot be read"), "{err}");
+    // Retention never deletes them either.
+    s.tick_runs(suite::at(100 * 86_400)).await.unwrap();
+    assert_eq!(
+        runs.count_documents(doc! { "_id": { "$in": [42_i64, 43_i64] } })
+            .await
+            .unwrap(),
+        2
+    );
+    drop_db(&db).await;
+}
+
+/// The claim and its records are one step: when copying the records to the runs
+/// collection fails (a validator refuses them), the claim stands with its records kept in
+/// the job document, and the next reader writes them; when the claim's own write fails,
+/// there is no record and the job does not advance. A job removed by its claim (a date
+/// trigger) is a tombstone holding its records until they are written.
+#[tokio::test]
+async fn mongodb_ledger_claim_and_records_are_one_step() {
+    if !available().await {
+        return;
+    }
+    let db = db_name();
+    let (s, mut rx) = ledger_store(&db, "s1").await;
+    let database = client(&url()).await.database(&db);
+    let jobs = database.collection::<Document>("jobs");
+    s.add_job(suite::interval_job("a", 60, Some(suite::at(0))), false)
+        .await
+        .unwrap();
+    s.add_job(suite::date_job("once", suite::at(0)), false)
+        .await
+        .unwrap();
+    s.tick_runs(suite::at(0)).await.unwrap();
+    database
+        .run_command(doc! { "collMod": "jobs_runs", "validator": { "job_id": "nobody" } })
+        .await
+        .unwrap();
+    let due = s.acquire_due_jobs(suite::at(0), 10).await.unwrap();
+    assert_eq!(due.len(), 2, "the claims stand");
+    let mut records: Vec<_> = due.iter().flat_map(|d| d.runs.clone()).collect();
+    records.sort_by(|x, y| x.job_id.cmp(&y.job_id));
+    assert!(
+        !nosql::store_errors(&mut rx).is_empty(),
+        "the failed copy is reported"
+    );
+    let a = jobs.find_one(doc! { "_id": "a" }).await.unwrap().unwrap();
+    assert_eq!(a.get_array("pending").unwrap().len(), 1, "{a}");
+    let once = jobs
+        .find_one(doc! { "_id": "once" })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(once.get_bool("removed"), Ok(true), "{once}");
+    // Removing the job would lose the records it holds: refused while they cannot be
+    // written.
+    assert!(s.remove_job("a").await.is_err());
+    assert!(s.lookup_job("a").await.unwrap().is_some());
+    // A tombstone is no job.
+    let all: Vec<String> = s
+        .get_all_jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(all, ["a"]);
+    // The fault goes; the next writer or reader writes the records: adding a job where the
+    // tombstone is, then a query.
+    database
+        .run_command(doc! { "collMod": "jobs_runs", "validator": {} })
+        .await
+        .unwrap();
+    s.add_job(suite::date_job("once", suite::at(120)), false)
+        .await
+        .unwrap();
+    let once = jobs
+        .find_one(doc! { "_id": "once" })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        once.get("removed").is_none(),
+        "the new job, not the tombstone: {once}"
+    );
+    let mut got = s
+        .query_runs(&apsched::ledger::RunFilter::new())
+        .await
+        .unwrap();
+    got.sort_by(|x, y| x.job_id.cmp(&y.job_id));
+    assert_eq!(got, records);
+    let a = jobs.find_one(doc! { "_id": "a" }).await.unwrap().unwrap();
+    assert!(a.get_array("pending").unwrap().is_empty(), "{a}");
+    // The records are the claim's own: the runs start.
+    let ids: Vec<_> = records.iter().map(|r| r.run_id).collect();
+    let mut started = s.start_runs(&ids, suite::at(1)).await.unwrap();
+    started.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(started, want);
+
+    // The claim's own write fails: no record, no advance.
+    database
+        .run_command(doc! {
+            "collMod": "jobs",
+            "validator": { "$or": [ { "_id": { "$ne": "a" } }, { "lease_owner": null } ] },
+        })
+        .await
+        .unwrap();
+    assert!(s.acquire_due_jobs(suite::at(60), 10).await.is_err());
+    assert_eq!(
+        s.lookup_job("a").await.unwrap().unwrap().next_run_time,
+        Some(suite::at(60))
+    );
+    let runs = s
+        .query_runs(&apsched::ledger::RunFilter::new().job("a"))
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 1, "only the first claim's record: {runs:?}");
+    drop_db(&db).await;
+}
+
+/// A crash between a claim and the copy of its records, simulated by writing the job
+/// document the claim leaves (an op in `pending`) raw: the next pass of any scheduler
+/// writes the record, and takes it over since its owner is gone.
+#[tokio::test]
+async fn mongodb_ledger_records_left_by_a_crash_are_recovered() {
+    if !available().await {
+        return;
+    }
+    let db = db_name();
+    let (s, _rx) = ledger_store(&db, "s2").await;
+    let jobs = client(&url())
+        .await
+        .database(&db)
+        .collection::<Document>("jobs");
+    s.add_job(suite::interval_job("a", 60, Some(suite::at(60))), false)
+        .await
+        .unwrap();
+    let t = suite::at(0).timestamp_micros();
+    let run = doc! {
+        "_id": 777_i64, "job_id": "a", "scheduled": t, "owner": "crashed", "manual": false,
+        "attempt": 1_i64, "state": "claimed", "queued": false, "cancel_requested": false,
+        "submitted_at": t, "started_at": null, "finished_at": null, "error": null, "output": null,
+    };
+    jobs.update_one(
+        doc! { "_id": "a" },
+        doc! { "$push": { "pending": { "_id": 1_i64, "runs": [run], "cancel": [], "promote": [], "owner": "crashed" } } },
+    )
+    .await
+    .unwrap();
+    let tick = s.tick_runs(suite::at(1)).await.unwrap();
+    assert_eq!(
+        tick.dispatch
+            .iter()
+            .map(|r| r.run_id.get())
+            .collect::<Vec<_>>(),
+        [777],
+        "{tick:?}"
+    );
+    assert_eq!(tick.dispatch[0].owner, "s2");
+    let a = jobs.find_one(doc! { "_id": "a" }).await.unwrap().unwrap();
+    assert!(a.get_array("pending").unwrap().is_empty(), "{a}");
+    drop_db(&db).await;
+}
+
+/// Two schedulers taking over a dead one's runs at once: each run is taken by exactly one.
+#[tokio::test]
+async fn mongodb_ledger_takeover_races_take_each_run_once() {
+    if !available().await {
+        return;
+    }
+    let db = db_name();
+    let (s1, _) = ledger_store(&db, "s1").await;
+    let (s2, _) = ledger_store(&db, "s2").await;
+    let (s3, _) = ledger_store(&db, "s3").await;
+    let mut jobs = Vec::new();
+    for i in 0..20 {
+        let mut j = suite::interval_job(&format!("j{i:02}"), 60, Some(suite::at(0)));
+        j.max_instances = 5;
+        jobs.push(j);
+    }
+    s1.add_jobs(jobs, false).await.unwrap();
+    s1.tick_runs(suite::at(0)).await.unwrap();
+    let due = s1.acquire_due_jobs(suite::at(0), 100).await.unwrap();
+    let runs: Vec<_> = due.iter().flat_map(|d| d.runs.clone()).collect();
+    assert_eq!(runs.len(), 20);
+    let started: Vec<_> = runs.iter().step_by(2).map(|r| r.run_id).collect();
+    s1.start_runs(&started, suite::at(1)).await.unwrap();
+    let (t2, t3) = tokio::join!(s2.tick_runs(suite::at(31)), s3.tick_runs(suite::at(31)));
+    let (t2, t3) = (t2.unwrap(), t3.unwrap());
+    let mut dispatched: Vec<_> = t2
+        .dispatch
+        .iter()
+        .chain(&t3.dispatch)
+        .map(|r| r.run_id)
+        .collect();
+    let mut abandoned: Vec<_> = t2
+        .abandoned
+        .iter()
+        .chain(&t3.abandoned)
+        .map(|r| r.run_id)
+        .collect();
+    dispatched.sort();
+    abandoned.sort();
+    let mut want_started = started.clone();
+    want_started.sort();
+    let mut want_claimed: Vec<_> = runs.iter().skip(1).step_by(2).map(|r| r.run_id).collect();
+    want_claimed.sort();
+    assert_eq!(abandoned, want_started);
+    assert_eq!(dispatched, want_claimed);
+    drop_db(&db).await;
+}
+
+/// Retention across schedulers: runs finished by one scheduler are pruned by another's
+/// pass (its sweep over the jobs), down to the newest `per_job` finished ones.
+#[tokio::test]
+async fn mongodb_ledger_prunes_runs_finished_elsewhere() {
+    if !available().await {
+        return;
+    }
+    let db = db_name();
+    let (s1, _) = ledger_store(&db, "s1").await;
+    let ctx = suite::TestContext::new("mongodb", "s2", Duration::from_secs(30))
+        .with_ledger(true, apsched::ledger::RunRetention::default().per_job(2));
+    let s2 = store(&db);
+    s2.start(ctx.context()).await.unwrap();
+    let mut j = suite::interval_job("a", 10, Some(suite::at(100_000)));
+    j.max_instances = 100;
+    j.overlap = apsched::Overlap::AllowAll;
+    s1.add_job(j, false).await.unwrap();
+    let slots: Vec<_> = (0..6).map(|i| suite::at(i * 10)).collect();
+    let runs = s1
+        .add_manual_runs("a", &slots, suite::at(60))
+        .await
+        .unwrap();
+    let outcomes: Vec<_> = runs
+        .iter()
+        .map(|r| {
+            apsched::ledger::RunOutcome::new(
+                r.run_id,
+                "a",
+                apsched::ledger::RunState::Executed,
+                suite::at(61),
+            )
+        })
+        .collect();
+    s1.finish_runs(&outcomes).await.unwrap();
+    s2.tick_runs(suite::at(62)).await.unwrap();
+    let kept = s2
+        .query_runs(&apsched::ledger::RunFilter::new().job("a"))
+        .await
+        .unwrap();
+    let kept: Vec<_> = kept.iter().map(|r| r.scheduled).collect();
+    assert_eq!(kept, [suite::at(50), suite::at(40)]);
+    drop_db(&db).await;
+}
+
+/// A claim that won on the server while its reply was lost (simulated: a claimed run of
+/// this scheduler written raw) is dispatched by the next pass; the runs a claim returned
+/// are not dispatched again.
+#[tokio::test]
+async fn mongodb_ledger_claims_whose_reply_was_lost_are_dispatched() {
+    if !available().await {
+        return;
+    }
+    let db = db_name();
+    let (s, _rx) = ledger_store(&db, "s1").await;
+    s.add_job(suite::interval_job("a", 60, Some(suite::at(0))), false)
+        .await
+        .unwrap();
+    s.tick_runs(suite::at(0)).await.unwrap();
+    let due = s.acquire_due_jobs(suite::at(0), 10).await.unwrap();
+    assert_eq!(due[0].runs.len(), 1);
+    assert!(s.tick_runs(suite::at(1)).await.unwrap().dispatch.is_empty());
+    let t = suite::at(0).timestamp_micros();
+    client(&url())
+        .await
+        .database(&db)
+        .collection::<Document>("jobs_runs")
+        .insert_one(doc! {
+            "_id": 888_i64, "job_id": "b", "scheduled": t, "owner": "s1", "manual": false,
+            "attempt": 1_i64, "state": "claimed", "queued": false, "cancel_requested": false,
+            "submitted_at": t,
+        })
+        .await
+        .unwrap();
+    let tick = s.tick_runs(suite::at(2)).await.unwrap();
+    assert_eq!(
+        tick.dispatch
+            .iter()
+            .map(|r| r.run_id.get())
+            .collect::<Vec<_>>(),
+        [888]
+    );
+    // Once.
+    assert!(s.tick_runs(suite::at(3)).await.unwrap().dispatch.is_empty());
+    drop_db(&db).await;
+}

@@ -1,6 +1,8 @@
 //! Claiming due jobs (one `find_one_and_update` per job, many in flight), and repairing
 //! index fields that disagree with their document.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, Document};
@@ -8,10 +10,11 @@ use mongodb::Collection;
 
 use super::client::Client;
 use super::document::{fields, next_bson, version_is};
+use super::pending::{overlay, seq_is, seq_of, Op};
 use crate::error::Result;
 use crate::job::Lease;
 use crate::store::common::{claimable_at, from_micros_saturating, lease_until, micros_ceil};
-use crate::store::DueJob;
+use crate::store::{DueJob, StoreContext};
 
 type BoxFut<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
@@ -76,32 +79,50 @@ impl Client {
 
     /// Writes one claim back if the document is still at `version`: the claimed job, or
     /// `None` if another writer got there first.
+    ///
+    /// With the ledger, the claim's run records go into the same update as an op on the
+    /// job document (`pending.rs`); a claim removing its job then leaves a tombstone
+    /// holding them instead of deleting the document.
     pub(super) async fn claim_one(
         &self,
         coll: &Collection<Document>,
         mut due: DueJob,
-        version: u64,
+        (version, seq): (u64, i64),
+        op: Option<Document>,
         me: &str,
         lease: &Lease,
     ) -> Result<Option<DueJob>> {
-        // The version alone fences the write: every claim and every other write bumps it,
-        // and the candidate was read with a free lease, so an unchanged version means the
-        // lease is still free too.
-        let filter = doc! { "_id": &due.job.id, "version": version_is(version) };
-        let won = if due.removed {
+        // The version fences the write: every claim and every other write bumps it, and
+        // the candidate was read with a free lease, so an unchanged version means the lease
+        // is still free too. `ledger_seq` fences it against manual runs and promotions
+        // written since the job's active runs were read.
+        let filter = doc! {
+            "_id": &due.job.id,
+            "version": version_is(version),
+            "ledger_seq": seq_is(seq),
+        };
+        let won = if due.removed && op.is_none() {
             coll.delete_one(filter)
                 .await
                 .map_err(|e| self.state.err("claiming a due job", e))?
                 .deleted_count
                 == 1
         } else {
-            let update = doc! { "$set": {
+            let mut set = doc! {
                 "job": due.job.to_json()?,
                 "next_run_time": next_bson(due.job.next_run_time),
                 "version": (version + 1) as i64,
                 "lease_owner": me,
                 "lease_until": micros_ceil(lease.until),
-            } };
+            };
+            if due.removed {
+                set.insert("next_run_time", Bson::Null);
+                set.insert("removed", true);
+            }
+            let mut update = doc! { "$set": set };
+            if let Some(op) = op {
+                update.insert("$push", doc! { "pending": op });
+            }
             coll.update_one(filter, update)
                 .await
                 .map_err(|e| self.state.err("claiming a due job", e))?
@@ -190,22 +211,66 @@ impl Client {
                 // The document is the truth; left alone, every pass would retry the job.
                 self.repair_index(coll, d, due.job.next_run_time).await;
             } else {
-                claims.push((due, version));
+                claims.push((due, (version, seq_of(d)), d));
+            }
+        }
+        let mut ops: HashMap<String, Document> = HashMap::new();
+        let mut planned: HashMap<String, Vec<i64>> = HashMap::new();
+        if let Some(ctx) = self.state.ctx().filter(StoreContext::keeps_runs) {
+            // The active runs are read after the job documents (one query for the batch):
+            // with the documents' pending ops, that is every active run as of the version
+            // each claim is conditional on.
+            let ids: Vec<&str> = claims
+                .iter()
+                .map(|(due, _, _)| due.job.id.as_str())
+                .collect();
+            let active = self.active_runs(&ids).await?;
+            for (due, _, d) in &mut claims {
+                let stored = active.get(&due.job.id).map_or(&[][..], Vec::as_slice);
+                due.plan_runs(&ctx, now, &overlay(stored, d));
+                let op = Op::new(due.runs.clone(), due.cancel.clone(), &me);
+                if !op.is_empty() {
+                    // In hand before the write, so that a concurrent pass does not take
+                    // them for lost claims.
+                    let ids = op.to_start();
+                    self.ledger.hand(ids.iter().copied());
+                    planned.insert(due.job.id.clone(), ids);
+                    ops.insert(due.job.id.clone(), op.to_doc());
+                }
             }
         }
         let mut futs: Vec<BoxFut<'_, (String, Result<Option<DueJob>>)>> = Vec::new();
         let (me, lease) = (&me, &lease);
-        for (due, version) in claims {
+        for (due, versions, _) in claims {
+            let op = ops.get(&due.job.id).cloned();
             futs.push(Box::pin(async move {
                 let id = due.job.id.clone();
-                (id, self.claim_one(coll, due, version, me, lease).await)
+                (id, self.claim_one(coll, due, versions, op, me, lease).await)
             }));
         }
         let results: Vec<(String, Result<Option<DueJob>>)> = futures::stream::iter(futs)
             .buffered(CONCURRENCY)
             .collect()
             .await;
-        self.state.settle_claims(results)
+        for (id, r) in &results {
+            if !matches!(r, Ok(Some(_))) {
+                // Lost, or unknown (an error): if it won after all, the ledger pass finds
+                // its runs and dispatches them.
+                self.ledger.unhand(planned.remove(id).into_iter().flatten());
+            }
+        }
+        let won = self.state.settle_claims(results)?;
+        // Copy the won claims' records to the runs collection (one insert for the batch),
+        // then clear them from the job documents.
+        let written: Vec<(String, bool, Document)> = won
+            .iter()
+            .filter_map(|d| {
+                let op = ops.remove(&d.job.id)?;
+                Some((d.job.id.clone(), d.removed, op))
+            })
+            .collect();
+        self.apply_own(&written).await;
+        Ok(won)
     }
 
     pub(super) async fn release_jobs(&self, jobs: &[DueJob]) -> Result<()> {

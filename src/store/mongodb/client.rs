@@ -10,6 +10,7 @@ use mongodb::Collection;
 use tokio::sync::OnceCell;
 
 use super::document::{fields, int, INCARNATION_SHIFT};
+use super::runs::LedgerState;
 use crate::error::Result;
 use crate::job::JobRecord;
 use crate::store::documents::StoreState;
@@ -24,13 +25,22 @@ pub(super) struct Client {
     pub(super) timeout: Duration,
     coll: OnceCell<Colls>,
     pub(super) state: StoreState,
+    /// The run ledger's in-process state (runs reported as unreadable, pruning).
+    pub(super) ledger: LedgerState,
 }
 
-/// The jobs collection and its counter collection (`<collection>_counter`, one document
-/// `{_id: "incarnation", n}`: how many jobs were ever added).
-struct Colls {
-    jobs: Collection<Document>,
+/// The jobs collection, its counter collection (`<collection>_counter`, one document
+/// `{_id: "incarnation", n}`: how many jobs were ever added) and the run ledger's two
+/// collections (`<collection>_runs`, `<collection>_owners`).
+pub(super) struct Colls {
+    pub(super) jobs: Collection<Document>,
     counter: Collection<Document>,
+    /// One document per run (see `runs.rs`).
+    pub(super) runs: Collection<Document>,
+    /// One document per scheduler: `{_id: scheduler id, alive_until: µs}`.
+    pub(super) owners: Collection<Document>,
+    /// The database, for the multi-statement `update` command.
+    pub(super) db: mongodb::Database,
 }
 
 impl Client {
@@ -47,6 +57,7 @@ impl Client {
             timeout: Duration::from_secs(5),
             coll: OnceCell::new(),
             state,
+            ledger: LedgerState::default(),
         })
     }
 
@@ -54,7 +65,8 @@ impl Client {
         Ok(&self.colls().await?.jobs)
     }
 
-    async fn colls(&self) -> Result<&Colls> {
+    /// Every collection of the store (connecting on first use).
+    pub(super) async fn colls(&self) -> Result<&Colls> {
         self.coll
             .get_or_try_init(|| async {
                 let mut opts = ClientOptions::parse(&self.url)
@@ -63,6 +75,13 @@ impl Client {
                 opts.server_selection_timeout = Some(self.timeout);
                 opts.connect_timeout = Some(self.timeout.min(Duration::from_secs(2)));
                 opts.app_name.get_or_insert_with(|| "apsched".into());
+                // Every write of the store is a compare-and-swap or idempotent, and a lost
+                // reply is handled (the claim is reported, its runs dispatched by the next
+                // ledger pass). A driver retry of a CAS on a server that does not
+                // deduplicate retried writes (SecantusDB) finds the document changed by the
+                // first attempt and reports a won claim as lost. `retryWrites=true` in the
+                // URL turns them back on.
+                opts.retry_writes.get_or_insert(false);
                 let client = mongodb::Client::with_options(opts)
                     .map_err(|e| self.state.err("creating the MongoDB client", e))?;
                 let db = match &self.database {
@@ -74,6 +93,9 @@ impl Client {
                 Ok(Colls {
                     jobs: db.collection::<Document>(&self.collection),
                     counter: db.collection::<Document>(&format!("{}_counter", self.collection)),
+                    runs: db.collection::<Document>(&format!("{}_runs", self.collection)),
+                    owners: db.collection::<Document>(&format!("{}_owners", self.collection)),
+                    db,
                 })
             })
             .await

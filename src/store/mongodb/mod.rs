@@ -5,14 +5,21 @@
 //!    numbering, stored values): a leaf;
 //! 2. `client.rs`: `Client`, what every operation needs (collections, settings, store
 //!    state), numbering new jobs and decoding documents;
-//! 3. `claim.rs`: next run time, claiming (conditional updates, many in flight), index
-//!    repair and releasing, as operations of `Client`;
-//! 4. this module: [`MongoStore`], its settings and its [`JobStore`] impl (adding, updating,
+//! 3. `runs.rs`: run records as documents of `<collection>_runs` and the operations on
+//!    that collection alone; `pending.rs`: ledger writes made atomic with a claim through
+//!    the job document (ops in its `pending` array, tombstones), and applying them;
+//! 4. `claim.rs`: next run time, claiming (conditional updates, many in flight, with the
+//!    claim's run records), index repair and releasing, as operations of `Client`;
+//!    `ledger.rs`: manual runs and the ledger's periodic pass;
+//! 5. this module: [`MongoStore`], its settings and its [`JobStore`] impl (adding, updating,
 //!    removing and reading jobs here; the claim in `claim.rs`).
 
 mod claim;
 mod client;
 mod document;
+mod ledger;
+mod pending;
+mod runs;
 
 use std::time::Duration;
 
@@ -20,13 +27,15 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::error::ErrorKind;
+use mongodb::options::IndexOptions;
 use mongodb::IndexModel;
 
 use self::client::Client;
 use self::document::{is_duplicate_key, next_bson, version_is, INCARNATION_SHIFT};
 use super::{DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
-use crate::job::JobRecord;
+use crate::job::{JobRecord, RunId};
+use crate::ledger::{RunFilter, RunOutcome, RunRecord, RunTick};
 use crate::store::common::{export_order, loaded};
 use crate::store::export::UnloadableRecord;
 
@@ -55,6 +64,22 @@ use crate::store::export::UnloadableRecord;
 ///
 /// `<collection>_counter` holds `{ _id: "incarnation", n }`: each added job takes a new
 /// incarnation, so versions never repeat across remove and re-add.
+///
+/// # Run ledger
+/// `<collection>_runs` holds one document per run (`_id`: the run id, Int64; every
+/// [`RunRecord`] field under its own name, times as µs since the epoch in Int64, `state`
+/// as its lowercase name), indexed on `(job_id, scheduled desc, _id desc)`,
+/// `(state, scheduled desc)` and `finished_at`. `<collection>_owners` holds one heartbeat
+/// per scheduler: `{ _id: "<scheduler id>", alive_until: <µs> }`.
+///
+/// Without multi-document transactions, a claim writes its run records into the job
+/// document it updates (an op in the array `pending`, next to `ledger_seq`, which manual
+/// runs and promotions out of the queue bump so that they serialise with claims), then
+/// copies them to `<collection>_runs` with `_id` = run id (idempotent) and pulls the op. A
+/// crash in between leaves the op in the job document, and the next ledger pass, query or
+/// removal of the job writes it. A claim that removes its job (an exhausted trigger)
+/// leaves a tombstone (`removed: true`) holding the op until it is written; readers treat
+/// it as no job. Removing a job keeps its runs; the retention prunes them.
 ///
 /// # Claiming
 /// [`JobStore::acquire_due_jobs`] finds due documents whose lease is free, expired or its
@@ -130,6 +155,46 @@ impl MongoStore {
     }
 }
 
+impl MongoStore {
+    /// The run ledger's indexes: the sparse index finding job documents with pending run
+    /// records, and on the runs collection, a job's runs newest first, runs by state, and
+    /// finished runs by age (for pruning).
+    async fn create_ledger_indexes(&self) -> Result<()> {
+        let colls = self.client.colls().await?;
+        let err = |e| {
+            self.client
+                .state
+                .err("creating the run ledger's indexes", e)
+        };
+        colls
+            .jobs
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "pending._id": 1 })
+                    .options(IndexOptions::builder().sparse(true).build())
+                    .build(),
+            )
+            .await
+            .map_err(err)?;
+        colls
+            .runs
+            .create_indexes([
+                IndexModel::builder()
+                    .keys(doc! { "job_id": 1, "scheduled": -1, "_id": -1 })
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "state": 1, "scheduled": -1 })
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "finished_at": 1 })
+                    .build(),
+            ])
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+}
+
 #[async_trait::async_trait]
 impl JobStore for MongoStore {
     async fn start(&self, ctx: StoreContext) -> Result<()> {
@@ -143,7 +208,7 @@ impl JobStore for MongoStore {
         )
         .await
         .map_err(|e| self.client.state.err("creating the next_run_time index", e))?;
-        Ok(())
+        self.create_ledger_indexes().await
     }
 
     async fn add_job(&self, job: JobRecord, replace_existing: bool) -> Result<()> {
@@ -156,7 +221,7 @@ impl JobStore for MongoStore {
             if replace_existing {
                 let r = coll
                     .update_one(
-                        doc! { "_id": &job.id },
+                        doc! { "_id": &job.id, "removed": { "$ne": true } },
                         doc! {
                             "$set": {
                                 "job": &json,
@@ -188,7 +253,9 @@ impl JobStore for MongoStore {
                     return Ok(());
                 }
                 Err(e) if is_duplicate_key(&e) => {
-                    if !replace_existing {
+                    // A tombstone (a removed job whose last runs are being recorded) is no
+                    // job: record its runs, delete it, and add this one.
+                    if !self.client.settle_tombstone(&job.id).await? && !replace_existing {
                         return Err(Error::ConflictingId(job.id));
                     }
                 }
@@ -221,33 +288,42 @@ impl JobStore for MongoStore {
         }
         let coll = self.client.coll().await?;
         let first = self.client.first_versions(jobs.len() as u64).await?;
-        let docs = docs.into_iter().enumerate().map(|(i, (json, job))| {
-            doc! {
-                "_id": &job.id,
-                "job": json,
-                "next_run_time": next_bson(job.next_run_time),
-                "version": first.saturating_add((i as u64) << INCARNATION_SHIFT) as i64,
-                "lease_owner": Bson::Null,
-                "lease_until": Bson::Null,
+        let docs: Vec<Document> = docs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (json, job))| {
+                doc! {
+                    "_id": &job.id,
+                    "job": json,
+                    "next_run_time": next_bson(job.next_run_time),
+                    "version": first.saturating_add((i as u64) << INCARNATION_SHIFT) as i64,
+                    "lease_owner": Bson::Null,
+                    "lease_until": Bson::Null,
+                }
+            })
+            .collect();
+        // From `start` on; a tombstone in the way is settled and the rest inserted again.
+        let mut start = 0;
+        while start < docs.len() {
+            let Err(e) = coll.insert_many(&docs[start..]).ordered(true).await else {
+                break;
+            };
+            let dup = match &*e.kind {
+                ErrorKind::InsertMany(m) => m
+                    .write_errors
+                    .iter()
+                    .flatten()
+                    .find(|w| w.code == 11000)
+                    .map(|w| start + w.index),
+                _ => None,
+            };
+            let Some(at) = dup else {
+                return Err(self.client.state.err("adding jobs", e));
+            };
+            if !self.client.settle_tombstone(&jobs[at].id).await? {
+                return Err(Error::ConflictingId(jobs[at].id.clone()));
             }
-        });
-        match coll.insert_many(docs).ordered(true).await {
-            Ok(_) => {}
-            Err(e) => {
-                let dup = match &*e.kind {
-                    ErrorKind::InsertMany(m) => m
-                        .write_errors
-                        .iter()
-                        .flatten()
-                        .find(|w| w.code == 11000)
-                        .and_then(|w| jobs.get(w.index)),
-                    _ => None,
-                };
-                return Err(match dup {
-                    Some(job) => Error::ConflictingId(job.id.clone()),
-                    None => self.client.state.err("adding jobs", e),
-                });
-            }
+            start = at;
         }
         for job in &jobs {
             self.client.state.forget_corrupt(&job.id);
@@ -260,7 +336,7 @@ impl JobStore for MongoStore {
         let coll = self.client.coll().await?;
         let found = coll
             .find_one_and_update(
-                doc! { "_id": &job.id, "version": version_is(job.version) },
+                doc! { "_id": &job.id, "version": version_is(job.version), "removed": { "$ne": true } },
                 doc! { "$set": {
                     "job": json,
                     "next_run_time": next_bson(job.next_run_time),
@@ -273,7 +349,7 @@ impl JobStore for MongoStore {
             .map_err(|e| self.client.state.err("updating a job", e))?;
         if found.is_none() {
             let exists = coll
-                .find_one(doc! { "_id": &job.id })
+                .find_one(doc! { "_id": &job.id, "removed": { "$ne": true } })
                 .projection(doc! { "_id": 1 })
                 .await
                 .map_err(|e| self.client.state.err("updating a job", e))?
@@ -290,22 +366,38 @@ impl JobStore for MongoStore {
         Ok(job)
     }
 
+    /// The job's runs stay (retention prunes them); run records still in its document are
+    /// written before it goes.
     async fn remove_job(&self, id: &str) -> Result<()> {
-        let r = self
+        // Records still in the document are written first; if that fails, the job stays.
+        self.client.settle_pending(doc! { "_id": id }).await?;
+        let removed = self
             .client
             .coll()
             .await?
-            .delete_one(doc! { "_id": id })
+            .find_one_and_delete(doc! { "_id": id, "removed": { "$ne": true } })
             .await
             .map_err(|e| self.client.state.err("removing a job", e))?;
         self.client.state.forget_corrupt(id);
-        if r.deleted_count == 0 {
-            return Err(Error::JobLookup(id.to_string()));
+        match removed {
+            // Ops pushed since the settle are their live writers' to copy too: a failure
+            // here is reported, the removal stands.
+            Some(d) => {
+                if let Err(e) = self.client.apply_pending(std::slice::from_ref(&d)).await {
+                    self.client.state.report(id, e.to_string());
+                }
+                Ok(())
+            }
+            None => {
+                self.client.settle_tombstone(id).await?;
+                Err(Error::JobLookup(id.to_string()))
+            }
         }
-        Ok(())
     }
 
     async fn remove_all_jobs(&self) -> Result<()> {
+        // Run records still in job documents are written first.
+        self.client.settle_pending(doc! {}).await?;
         self.client
             .coll()
             .await?
@@ -327,6 +419,10 @@ impl JobStore for MongoStore {
         else {
             return Ok(None);
         };
+        if pending::is_tombstone(&d) {
+            self.client.settle_tombstone(id).await?;
+            return Ok(None);
+        }
         match self.client.decode(&d) {
             Ok(job) => Ok(Some(job)),
             Err(u) => Err(Error::CorruptJob {
@@ -347,7 +443,7 @@ impl JobStore for MongoStore {
             .client
             .coll()
             .await?
-            .find(doc! {})
+            .find(pending::not_tombstone())
             .await
             .map_err(|e| self.client.state.err("reading all jobs", e))?
             .try_collect()
@@ -368,6 +464,49 @@ impl JobStore for MongoStore {
 
     async fn release_jobs(&self, jobs: &[DueJob]) -> Result<()> {
         self.client.release_jobs(jobs).await
+    }
+
+    fn keeps_runs(&self) -> bool {
+        true
+    }
+
+    async fn start_runs(&self, run_ids: &[RunId], now: DateTime<Utc>) -> Result<Vec<RunId>> {
+        self.client.start_runs(run_ids, now).await
+    }
+
+    async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<()> {
+        self.client.finish_runs(outcomes).await
+    }
+
+    async fn add_manual_runs(
+        &self,
+        job_id: &str,
+        slots: &[DateTime<Utc>],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RunRecord>> {
+        self.client.add_manual_runs(job_id, slots, now).await
+    }
+
+    async fn tick_runs(&self, now: DateTime<Utc>) -> Result<RunTick> {
+        self.client.tick_runs(now).await
+    }
+
+    /// Run records a crash left in job documents (of the job asked for, or of any job) are
+    /// written first.
+    async fn query_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
+        let pending = match &filter.job_id {
+            Some(job) => doc! { "_id": job },
+            None => doc! {},
+        };
+        self.client.settle_pending(pending).await?;
+        self.client.query_runs(filter).await
+    }
+
+    async fn get_run(&self, run_id: RunId) -> Result<Option<RunRecord>> {
+        self.client
+            .settle_pending(doc! { "pending.runs._id": runs::id_bson(run_id) })
+            .await?;
+        self.client.get_run(run_id).await
     }
 
     fn poll_interval(&self) -> Option<Duration> {
