@@ -6,6 +6,8 @@
 //! - [`executors`]: where runs happen
 //! - [`events`]: what the scheduler tells you
 //! - [`stores`]: choosing a store, sharing and failover, outages
+//! - [`ledger`]: what ran: the run ledger, its guarantees, run now, backfill, overlap
+//!   policies, and each store's schema
 //! - [`custom_store`]: writing your own store, the store contract and its test suite
 //! - [`embedding`]: axum, actix-web, `#[tokio::main]` and plain `fn main` programs
 //! - [`conformance`]: the trigger conformance probe against APScheduler
@@ -52,9 +54,15 @@ pub mod executors {}
 pub mod events {}
 
 #[doc = "[custom-store]: crate::docs::custom_store"]
+#[doc = "[ledger]: crate::docs::ledger"]
 #[doc = ""]
 #[doc = include_str!("../docs/stores.md")]
 pub mod stores {}
+
+#[doc = "[custom-store]: crate::docs::custom_store"]
+#[doc = ""]
+#[doc = include_str!("../docs/ledger.md")]
+pub mod ledger {}
 
 #[doc = "[stores]: crate::docs::stores"]
 #[doc = ""]

@@ -8,6 +8,7 @@
 #![doc = "[executors]: crate::docs::executors"]
 #![doc = "[events]: crate::docs::events"]
 #![doc = "[stores]: crate::docs::stores"]
+#![doc = "[ledger]: crate::docs::ledger"]
 #![doc = "[custom-store]: crate::docs::custom_store"]
 #![doc = "[embedding]: crate::docs::embedding"]
 #![doc = "[conformance]: crate::docs::conformance"]

@@ -2,7 +2,9 @@
 //! scheduler processes run the same jobs from one store; the busiest is SIGKILLed mid-run.
 //! No (job, scheduled time) may be submitted twice, and every slot outside the failover
 //! window (from just before the kill to the end of the dead process's leases) must be
-//! submitted. (`chaos` runs the same workers on PostgreSQL with connection cuts too.)
+//! submitted. The run ledger must account for every slot of the test: exactly one record
+//! each, every record terminal once the survivors have taken over, `executed` unless the
+//! killed process had started it (`abandoned`). (`chaos` runs the same workers on PostgreSQL with connection cuts too.)
 //!
 //! One parent test, [`multiprocess_shared_store`], runs one [`Plan`] per store (each store
 //! module says how to reach its server and clean up, in a [`Target`]). The processes are
@@ -26,6 +28,7 @@ use std::time::Duration;
 
 use apsched::event::{Event, EventKind};
 use apsched::job::Callable;
+use apsched::ledger::{RunFilter, RunRecord, RunState};
 use apsched::store::JobStore;
 use apsched::trigger::Interval;
 use apsched::Scheduler;
@@ -105,6 +108,8 @@ async fn multiprocess_shared_store() {
     one_by_one.extend(crate::redis::multiprocess_target().await);
     #[cfg(feature = "mongodb")]
     one_by_one.extend(crate::mongodb::multiprocess_target().await);
+    #[cfg(feature = "zookeeper")]
+    one_by_one.extend(crate::zookeeper::multiprocess_target().await);
 
     let mut tasks: Vec<tokio::task::JoinHandle<Vec<Result<String, String>>>> = side_by_side
         .into_iter()
@@ -293,6 +298,20 @@ pub async fn finish(
         }
     }
     let all_claimed = Utc::now();
+    // The survivors take over the killed process's runs once its heartbeat has lapsed:
+    // wait until the ledger holds no active run (its outcomes written).
+    let active = RunFilter::new()
+        .states([RunState::Claimed, RunState::Started])
+        .limit(1);
+    loop {
+        match store.query_runs(&active).await {
+            Ok(runs) if runs.is_empty() => break,
+            _ if Utc::now() > give_up + TimeDelta::seconds(30) => {
+                return Err("runs still active in the ledger 90 s after the end".into());
+            }
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
     let (mut size, mut quiet_since) = (log_bytes(dir, children.len()), Utc::now());
     while Utc::now() - quiet_since < TimeDelta::seconds(1) {
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -354,7 +373,12 @@ async fn run_in(plan: &Plan, dir: &Path) -> Result<String, String> {
     tokio::time::sleep((kill_at - Utc::now()).to_std().unwrap_or_default()).await;
     let (victim, killed_at) = kill_busiest(&mut children, dir).await;
     let all_claimed = finish(&*store, end, &mut children, victim, dir).await?;
+    let records = store
+        .query_runs(&RunFilter::new().limit(usize::MAX))
+        .await
+        .map_err(|e| format!("reading the ledger: {e}"))?;
     drop(store);
+    let ledger = check_ledger(plan, first, &records, &format!("w{victim}"));
 
     let lines = read_logs(dir, plan.processes);
     // (job, slot) -> processes that submitted it.
@@ -419,7 +443,8 @@ async fn run_in(plan: &Plan, dir: &Path) -> Result<String, String> {
         secs(window_end),
         (all_claimed - (end - TimeDelta::seconds(1))).num_milliseconds() as f64 / 1000.0,
     );
-    let mut problems = Vec::new();
+    let report = format!("{report}; ledger: {}", ledger.summary);
+    let mut problems = ledger.problems;
     if !duplicates.is_empty() {
         problems.push(format!(
             "slots submitted twice, e.g. {:?}",
@@ -438,6 +463,80 @@ async fn run_in(plan: &Plan, dir: &Path) -> Result<String, String> {
         Ok(report)
     } else {
         Err(format!("{report}\n  {}", problems.join("\n  ")))
+    }
+}
+
+/// What the ledger check found: a summary, and what is wrong.
+struct LedgerCheck {
+    summary: String,
+    problems: Vec<String>,
+}
+
+/// The ledger's accounting of the test's slots: exactly one scheduled (not manual) record
+/// per (job, slot), each terminal, each `executed` or, for a run the killed process had
+/// started, `abandoned` (only the killed process's runs can be).
+fn check_ledger(
+    plan: &Plan,
+    first: DateTime<Utc>,
+    records: &[RunRecord],
+    victim: &str,
+) -> LedgerCheck {
+    let mut by_slot: HashMap<(&str, DateTime<Utc>), Vec<&RunRecord>> = HashMap::new();
+    for r in records.iter().filter(|r| !r.manual) {
+        by_slot
+            .entry((r.job_id.as_str(), r.scheduled))
+            .or_default()
+            .push(r);
+    }
+    let mut problems = Vec::new();
+    let (mut missing, mut executed, mut abandoned) = (Vec::new(), 0, 0);
+    for s in 0..plan.secs {
+        let t = first + TimeDelta::seconds(s);
+        for i in 0..plan.jobs {
+            let job = format!("mp{i:04}");
+            if !by_slot.contains_key(&(job.as_str(), t)) && missing.len() < 5 {
+                missing.push(format!("{job}@+{s}s"));
+            }
+        }
+    }
+    let expected = plan.secs as usize * plan.jobs;
+    if by_slot.len() != expected || !missing.is_empty() {
+        problems.push(format!(
+            "the ledger has records for {} slots of {expected}; without one, e.g. {missing:?}",
+            by_slot.len()
+        ));
+    }
+    let twice: Vec<_> = by_slot
+        .iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(k, _)| *k)
+        .collect();
+    if !twice.is_empty() {
+        problems.push(format!(
+            "slots with two records, e.g. {:?}",
+            &twice[..twice.len().min(5)]
+        ));
+    }
+    for r in records {
+        match r.state {
+            RunState::Executed => executed += 1,
+            RunState::Abandoned if r.owner == victim => abandoned += 1,
+            other => {
+                if problems.len() < 10 {
+                    problems.push(format!(
+                        "run {} of {} at {} is {other} (owner {}, error {:?})",
+                        r.run_id, r.job_id, r.scheduled, r.owner, r.error
+                    ));
+                }
+            }
+        }
+    }
+    LedgerCheck {
+        summary: format!(
+            "{} records, {executed} executed, {abandoned} abandoned",
+            records.len()
+        ),
+        problems,
     }
 }
 

@@ -448,7 +448,7 @@ async fn queue_cancel_promote(db: Db) {
 
     let tick = a.tick_runs(suite::at(11)).await.unwrap();
     assert_eq!(tick.cancel, [first.run_id]);
-    assert!(tick.dispatch.is_empty(), "still running: {tick:?}");
+    assert!(tick.promoted.is_empty(), "still running: {tick:?}");
     assert!(b.tick_runs(suite::at(11)).await.unwrap().cancel.is_empty());
 
     a.finish_runs(&[
@@ -457,8 +457,8 @@ async fn queue_cancel_promote(db: Db) {
     .await
     .unwrap();
     let tick = b.tick_runs(suite::at(13)).await.unwrap();
-    assert_eq!(ids(&tick.dispatch), [second.run_id]);
-    let promoted = &tick.dispatch[0];
+    assert_eq!(ids(&tick.promoted), [second.run_id]);
+    let promoted = &tick.promoted[0];
     assert!(!promoted.queued && promoted.owner == "b", "{promoted:?}");
     assert_eq!(
         b.get_run(second.run_id).await.unwrap().as_ref(),
@@ -468,7 +468,7 @@ async fn queue_cancel_promote(db: Db) {
         .tick_runs(suite::at(14))
         .await
         .unwrap()
-        .dispatch
+        .promoted
         .is_empty());
     tdb.cleanup(&[]).await;
 }

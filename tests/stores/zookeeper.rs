@@ -42,7 +42,7 @@ async fn cleanup(path: &str) {
 fn delete_tree<'a>(
     c: &'a zk::Client,
     path: &'a str,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>> {
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
     Box::pin(async move {
         if let Ok(children) = c.list_children(path).await {
             for ch in children {
@@ -703,4 +703,26 @@ async fn zookeeper_idle_passes_reuse_the_index_listing() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
     cleanup(&r).await;
+}
+
+/// The multi-process test's ZooKeeper run (see `multiprocess.rs`): fewer jobs, as each
+/// claim is a round trip per job.
+pub async fn multiprocess_target() -> Option<crate::multiprocess::Target> {
+    if !available().await {
+        return None;
+    }
+    let r = root();
+    Some(crate::multiprocess::Target {
+        plan: crate::multiprocess::Plan {
+            label: "zookeeper".into(),
+            url: format!("zk://{}{r}", hosts()),
+            namespace: r.clone(),
+            processes: 3,
+            jobs: 50,
+            secs: 12,
+            kill_at: 5,
+            lease_secs: 3,
+        },
+        cleanup: Box::pin(async move { cleanup(&r).await }),
+    })
 }

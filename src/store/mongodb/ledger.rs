@@ -110,8 +110,12 @@ impl Client {
         let mut tick = RunTick::default();
         self.take_over(&ctx, now, &mut tick).await?;
         self.promote_queued(&ctx, &mut tick).await?;
-        self.ledger
-            .hand(tick.dispatch.iter().map(|r| id_bson(r.run_id)));
+        self.ledger.hand(
+            tick.dispatch
+                .iter()
+                .chain(&tick.promoted)
+                .map(|r| id_bson(r.run_id)),
+        );
         self.lost_replies(me, &mut tick).await?;
         let flagged: Vec<Document> = colls
             .runs
@@ -340,7 +344,7 @@ impl Client {
                 }
                 None => self.promote(&ids, me).await?,
             }
-            tick.dispatch.extend(
+            tick.promoted.extend(
                 self.find_runs(doc! {
                     "_id": { "$in": ids },
                     "state": "claimed",

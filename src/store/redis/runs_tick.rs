@@ -54,12 +54,19 @@ impl Client {
             .await
             .map_err(|e| self.state.err("recording this scheduler's heartbeat", e))?;
 
-        let (mut dispatch, abandoned) =
-            self.take_over(&mut conn, &me, now, now_us, &owners).await?;
-        if !queued_jobs.is_empty() {
-            dispatch.extend(self.promote(&mut conn, &ctx, &queued_jobs).await?);
-        }
+        let (dispatch, abandoned) = self.take_over(&mut conn, &me, now, now_us, &owners).await?;
+        let promoted = if queued_jobs.is_empty() {
+            Vec::new()
+        } else {
+            self.promote(&mut conn, &ctx, &queued_jobs).await?
+        };
         let tick = RunTick {
+            promoted: self
+                .read_runs(&mut conn, &promoted)
+                .await?
+                .into_iter()
+                .flatten()
+                .collect(),
             dispatch: self
                 .read_runs(&mut conn, &dispatch)
                 .await?

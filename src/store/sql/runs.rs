@@ -612,7 +612,7 @@ where
         for mut r in promoted {
             r.queued = false;
             r.owner = me.to_string();
-            tick.dispatch.push(r);
+            tick.promoted.push(r);
         }
         Ok(())
     }

@@ -558,17 +558,21 @@ where
     let queued = claim(&s2, at(10)).await.remove(0);
     assert!(queued.queued && queued.state == RunState::Claimed);
     // Nothing to promote while the instance is busy; s2 cannot start a queued run.
-    assert!(s2.tick_runs(at(11)).await.unwrap().dispatch.is_empty());
+    assert!(s2.tick_runs(at(11)).await.unwrap().promoted.is_empty());
     s1.finish_runs(&[executed(&first, at(12))]).await.unwrap();
     let tick = s1.tick_runs(at(13)).await.unwrap();
     assert_eq!(
-        tick.dispatch.iter().map(|r| r.run_id).collect::<Vec<_>>(),
+        tick.promoted.iter().map(|r| r.run_id).collect::<Vec<_>>(),
         vec![queued.run_id]
     );
-    let promoted = &tick.dispatch[0];
+    assert!(
+        tick.dispatch.is_empty(),
+        "a promoted run is not a taken-over one"
+    );
+    let promoted = &tick.promoted[0];
     assert_eq!((promoted.owner.as_str(), promoted.queued), ("s1", false));
     // Promoted once only.
-    assert!(s2.tick_runs(at(14)).await.unwrap().dispatch.is_empty());
+    assert!(s2.tick_runs(at(14)).await.unwrap().promoted.is_empty());
     assert_eq!(
         s1.start_runs(&[queued.run_id], at(14)).await.unwrap(),
         vec![queued.run_id]
@@ -619,7 +623,7 @@ where
     .unwrap();
     let tick = s2.tick_runs(at(13)).await.unwrap();
     assert_eq!(
-        tick.dispatch.iter().map(|r| r.run_id).collect::<Vec<_>>(),
+        tick.promoted.iter().map(|r| r.run_id).collect::<Vec<_>>(),
         vec![next.run_id]
     );
 }
@@ -653,7 +657,7 @@ where
     // s1 is alive (its heartbeat runs to at(30)): nothing to take.
     let tick = s2.tick_runs(at(20)).await.unwrap();
     assert!(
-        tick.dispatch.is_empty() && tick.abandoned.is_empty(),
+        tick.dispatch.is_empty() && tick.abandoned.is_empty() && tick.promoted.is_empty(),
         "{tick:?}"
     );
     // s1 stops; past its lease s2 takes over.

@@ -95,6 +95,7 @@ impl Client {
                     }
                 }
                 tick.dispatch.extend(plan.dispatch);
+                tick.promoted.extend(plan.promoted);
                 tick.abandoned.extend(plan.abandoned);
             }
         }
@@ -252,7 +253,7 @@ impl Client {
             if i < free {
                 r.queued = false;
                 r.owner = me.to_string();
-                plan.dispatch.push(r.clone());
+                plan.promoted.push(r.clone());
                 changed.push((r, version, true));
                 promoted += 1;
             } else if r.owner == me && records.get(&r.run_id).is_some_and(|(o, _)| o.owner != me) {
@@ -396,6 +397,8 @@ struct JobTick {
     /// The records the ops set, with the data versions they were read at.
     written: Vec<(RunRecord, i32)>,
     dispatch: Vec<RunRecord>,
+    /// Queued runs promoted to this scheduler.
+    promoted: Vec<RunRecord>,
     abandoned: Vec<RunRecord>,
     cancel: Vec<RunId>,
 }

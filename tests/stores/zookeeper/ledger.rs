@@ -176,7 +176,7 @@ async fn zookeeper_ledger_queue_promotion_and_cancel() {
     assert!(manual[0].queued && manual[0].state == RunState::Claimed);
     assert_eq!(manual[1].state, RunState::Skipped);
     let tick = s.tick_runs(suite::at(3)).await.unwrap();
-    assert!(tick.dispatch.is_empty(), "no free instance yet");
+    assert!(tick.promoted.is_empty(), "no free instance yet");
     s.finish_runs(&[RunOutcome::new(
         first.run_id,
         "q",
@@ -186,14 +186,14 @@ async fn zookeeper_ledger_queue_promotion_and_cancel() {
     .await
     .unwrap();
     let tick = s.tick_runs(suite::at(5)).await.unwrap();
-    assert_eq!(tick.dispatch.len(), 1);
-    assert_eq!(tick.dispatch[0].run_id, manual[0].run_id);
-    assert!(!tick.dispatch[0].queued);
+    assert_eq!(tick.promoted.len(), 1);
+    assert_eq!(tick.promoted[0].run_id, manual[0].run_id);
+    assert!(!tick.promoted[0].queued);
     assert_eq!(
         s.get_run(manual[0].run_id).await.unwrap(),
-        Some(tick.dispatch[0].clone())
+        Some(tick.promoted[0].clone())
     );
-    assert!(s.tick_runs(suite::at(6)).await.unwrap().dispatch.is_empty());
+    assert!(s.tick_runs(suite::at(6)).await.unwrap().promoted.is_empty());
 
     // CancelOther: a new run asks the started one to stop.
     s.add_job(job("c", 1, Overlap::CancelOther), false)
