@@ -24,7 +24,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: bench s1|s2|s3|s4|s7 N [--store URL] [--bulk]";
+    let usage = "usage: bench s1|s2|s3|s4|s7 N [--store URL] [--bulk] [--no-ledger]";
     let scenario = args.first().ok_or(usage)?.to_lowercase();
     let n: usize = args.get(1).ok_or(usage)?.replace('_', "").parse()?;
     let store = args
@@ -33,6 +33,8 @@ fn main() -> Result<(), BoxError> {
         .and_then(|i| args.get(i + 1))
         .cloned();
     let bulk = args.iter().any(|a| a == "--bulk");
+    let ledger = !args.iter().any(|a| a == "--no-ledger");
+    LEDGER.store(ledger, std::sync::atomic::Ordering::Relaxed);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
         .enable_all()
@@ -54,6 +56,7 @@ fn main() -> Result<(), BoxError> {
     if bulk {
         line.insert("bulk".into(), json!(true));
     }
+    line.insert("ledger".into(), json!(ledger));
     line.extend(out);
     println!("{}", Value::Object(line));
     Ok(())
@@ -109,12 +112,18 @@ fn signed_ms(t: Instant, due: Instant) -> f64 {
     }
 }
 
+/// Whether the schedulers keep the run ledger (`--no-ledger` turns it off).
+static LEDGER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
 fn builder(store: Option<&str>, probe: &Arc<Probe>) -> SchedulerBuilder {
     let p = probe.clone();
-    let b = Scheduler::builder().task("bench", move |i: usize| {
-        let p = p.clone();
-        async move { p.hit(i) }
-    });
+    let ledger = LEDGER.load(std::sync::atomic::Ordering::Relaxed);
+    let b = Scheduler::builder()
+        .run_ledger(ledger)
+        .task("bench", move |i: usize| {
+            let p = p.clone();
+            async move { p.hit(i) }
+        });
     match store {
         None => b,
         Some(url) => b.store("default", connect(url)),

@@ -14,6 +14,9 @@ mod memory;
 
 mod custom;
 
+#[cfg(any(feature = "postgres", feature = "redis"))]
+mod overlap;
+
 #[cfg(any(feature = "redis", feature = "mongodb", feature = "zookeeper"))]
 mod nosql;
 mod sql;
