@@ -14,7 +14,7 @@ use crate::sync::MutexExt;
 /// The cancellation tokens of the registered runs in flight.
 #[derive(Debug, Default)]
 pub(crate) struct RunRegistry {
-    runs: Mutex<HashMap<RunId, CancellationToken>>,
+    runs: Mutex<HashMap<RunId, CancellationToken, crate::job::RunIdState>>,
 }
 
 impl RunRegistry {

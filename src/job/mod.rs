@@ -21,6 +21,7 @@ pub use self::callable::{
     AsyncContextFn, AsyncFn, BlockingContextFn, BlockingFn, Callable, LocalContextFn, LocalFn,
     StoredCallable,
 };
+pub(crate) use self::context::RunIdState;
 pub use self::context::{JobContext, RunId};
 pub use self::defaults::JobDefaults;
 pub(crate) use self::due::advance;

@@ -254,7 +254,7 @@ pub(crate) struct LedgerSettings {
     pub(crate) enabled: bool,
     pub(crate) retention: RunRetention,
     /// Runs finished in this process whose outcome is on its way to the store.
-    finishing: std::sync::Mutex<std::collections::HashSet<RunId>>,
+    finishing: std::sync::Mutex<std::collections::HashSet<RunId, crate::job::RunIdState>>,
 }
 
 impl Default for LedgerSettings {

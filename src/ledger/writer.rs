@@ -36,7 +36,7 @@ pub(crate) trait WriterHooks: Send + Sync + 'static {
 pub(crate) struct RunWriter {
     tx: Mutex<Option<mpsc::UnboundedSender<Item>>>,
     /// Run handles waiting for an outcome to be written.
-    waiters: Mutex<HashMap<RunId, Arc<Notify>>>,
+    waiters: Mutex<HashMap<RunId, Arc<Notify>, crate::job::RunIdState>>,
 }
 
 impl RunWriter {

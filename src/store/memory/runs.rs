@@ -16,7 +16,7 @@ use crate::store::DueJob;
 /// The runs of one memory store.
 #[derive(Debug, Default)]
 pub(super) struct Runs {
-    by_id: HashMap<RunId, RunRecord>,
+    by_id: HashMap<RunId, RunRecord, crate::job::RunIdState>,
     /// Each job's kept and active runs.
     by_job: HashMap<Arc<str>, JobRuns>,
     /// Jobs with queued runs or runs asked to stop: what the ledger pass looks at.
