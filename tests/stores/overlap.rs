@@ -147,9 +147,12 @@ async fn policies(url: &str, prefix: &str) {
 
     assert!(!overlapped(&cancel), "CancelOther: {cancel:#?}");
     assert!(count(&cancel, RunState::Cancelled) >= 1, "{cancel:#?}");
-    // Each run is cancelled by the next slot's (the last judged one too, by the slot after).
+    // A run ends on its own when it finishes before the next slot is claimed (on a loaded
+    // machine), and is cancelled by that slot's run otherwise.
     assert!(
-        cancel.iter().all(|r| r.state == RunState::Cancelled),
+        cancel
+            .iter()
+            .all(|r| matches!(r.state, RunState::Cancelled | RunState::Executed)),
         "{cancel:#?}"
     );
 }
