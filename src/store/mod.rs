@@ -506,10 +506,13 @@ pub fn from_url(url: &str) -> Result<Box<dyn JobStore>> {
     }
 }
 
-/// A shared store is a store (so one store can be started by several schedulers in one
-/// process, as in the ledger's contract tests).
-#[async_trait::async_trait]
-impl<T: JobStore> JobStore for Arc<T> {
+/// Implements [`JobStore`] for a pointer to a store by forwarding every method to the store
+/// it points to (one list of methods for every pointer type below).
+macro_rules! forward_job_store {
+    ($(#[$doc:meta])* impl [$($generics:tt)*] for $pointer:ty) => {
+        $(#[$doc])*
+        #[async_trait::async_trait]
+        impl<$($generics)*> JobStore for $pointer {
     async fn start(&self, ctx: StoreContext) -> Result<()> {
         (**self).start(ctx).await
     }
@@ -583,82 +586,17 @@ impl<T: JobStore> JobStore for Arc<T> {
     fn is_persistent(&self) -> bool {
         (**self).is_persistent()
     }
+        }
+    };
 }
 
-/// A boxed store is a store (so [`from_url`]'s result goes straight into the builder).
-#[async_trait::async_trait]
-impl JobStore for Box<dyn JobStore> {
-    async fn start(&self, ctx: StoreContext) -> Result<()> {
-        (**self).start(ctx).await
-    }
-    async fn shutdown(&self) -> Result<()> {
-        (**self).shutdown().await
-    }
-    async fn add_job(&self, job: JobRecord, replace_existing: bool) -> Result<()> {
-        (**self).add_job(job, replace_existing).await
-    }
-    async fn add_jobs(&self, jobs: Vec<JobRecord>, replace_existing: bool) -> Result<()> {
-        (**self).add_jobs(jobs, replace_existing).await
-    }
-    async fn update_job(&self, job: JobRecord) -> Result<JobRecord> {
-        (**self).update_job(job).await
-    }
-    async fn remove_job(&self, id: &str) -> Result<()> {
-        (**self).remove_job(id).await
-    }
-    async fn remove_all_jobs(&self) -> Result<()> {
-        (**self).remove_all_jobs().await
-    }
-    async fn lookup_job(&self, id: &str) -> Result<Option<JobRecord>> {
-        (**self).lookup_job(id).await
-    }
-    async fn get_all_jobs(&self) -> Result<Vec<JobRecord>> {
-        (**self).get_all_jobs().await
-    }
-    async fn export_records(
-        &self,
-    ) -> Result<Vec<std::result::Result<JobRecord, UnloadableRecord>>> {
-        (**self).export_records().await
-    }
-    async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>> {
-        (**self).next_run_time().await
-    }
-    async fn acquire_due_jobs(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueJob>> {
-        (**self).acquire_due_jobs(now, limit).await
-    }
-    async fn release_jobs(&self, jobs: &[DueJob]) -> Result<()> {
-        (**self).release_jobs(jobs).await
-    }
-    fn keeps_runs(&self) -> bool {
-        (**self).keeps_runs()
-    }
-    async fn start_runs(&self, run_ids: &[RunId], now: DateTime<Utc>) -> Result<Vec<RunId>> {
-        (**self).start_runs(run_ids, now).await
-    }
-    async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<()> {
-        (**self).finish_runs(outcomes).await
-    }
-    async fn add_manual_runs(
-        &self,
-        job_id: &str,
-        slots: &[DateTime<Utc>],
-        now: DateTime<Utc>,
-    ) -> Result<Vec<RunRecord>> {
-        (**self).add_manual_runs(job_id, slots, now).await
-    }
-    async fn tick_runs(&self, now: DateTime<Utc>) -> Result<RunTick> {
-        (**self).tick_runs(now).await
-    }
-    async fn query_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
-        (**self).query_runs(filter).await
-    }
-    async fn get_run(&self, run_id: RunId) -> Result<Option<RunRecord>> {
-        (**self).get_run(run_id).await
-    }
-    fn poll_interval(&self) -> Option<Duration> {
-        (**self).poll_interval()
-    }
-    fn is_persistent(&self) -> bool {
-        (**self).is_persistent()
-    }
-}
+forward_job_store!(
+    /// A shared store is a store (so one store can be started by several schedulers in one
+    /// process, as in the ledger's contract tests).
+    impl [T: JobStore] for Arc<T>
+);
+
+forward_job_store!(
+    /// A boxed store is a store (so [`from_url`]'s result goes straight into the builder).
+    impl [] for Box<dyn JobStore>
+);
