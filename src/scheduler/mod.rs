@@ -10,7 +10,8 @@
 //! - `listeners.rs`: events as a channel or as a listener task;
 //! - `components.rs`: executors and stores added and removed at run time;
 //! - `transfer.rs`: exporting and importing jobs;
-//! - `core.rs`: the loop;
+//! - `core.rs`: the loop, and `runs.rs`, its run-ledger side;
+//! - `run_handles.rs`: run now, backfill and reading the ledger ([`RunHandle`]);
 //! - `background.rs` and `blocking.rs`: flavours that own their runtime, for programs
 //!   without async ([`BackgroundScheduler`], [`BlockingScheduler`], [`LocalScheduler`]),
 //!   and `blocking_handles.rs`, the blocking forms of the handles.
@@ -28,6 +29,7 @@ mod home;
 mod jobs;
 mod lifecycle;
 mod listeners;
+mod run_handles;
 mod runs;
 mod transfer;
 
@@ -51,7 +53,7 @@ pub use self::builder::SchedulerBuilder;
 pub use self::handles::{JobHandle, StoreHandle};
 pub use self::jobs::JobChanges;
 pub use self::listeners::ListenerId;
-pub use self::runs::RunHandle;
+pub use self::run_handles::RunHandle;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::event::EventBus;

@@ -317,11 +317,12 @@ impl JobStore for MongoStore {
                     .map(|w| start + w.index),
                 _ => None,
             };
-            let Some(at) = dup else {
+            // The index comes from the server: one outside the batch is its error as such.
+            let Some((at, dup_job)) = dup.and_then(|at| Some((at, jobs.get(at)?))) else {
                 return Err(self.client.state.err("adding jobs", e));
             };
-            if !self.client.settle_tombstone(&jobs[at].id).await? {
-                return Err(Error::ConflictingId(jobs[at].id.clone()));
+            if !self.client.settle_tombstone(&dup_job.id).await? {
+                return Err(Error::ConflictingId(dup_job.id.clone()));
             }
             start = at;
         }

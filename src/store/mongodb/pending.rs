@@ -288,9 +288,11 @@ impl Client {
                 d
             })
             .collect();
-        if let Err(e) = self.apply_pending(&docs).await {
+        if let (Err(e), Some((first_job, _, _))) =
+            (self.apply_pending(&docs).await, written.first())
+        {
             self.state.report(
-                &written[0].0,
+                first_job,
                 format!("{e}; the records stay in the job documents and the next ledger pass writes them"),
             );
         }

@@ -135,7 +135,10 @@ impl Client {
                     Some((*id, stored.next_run_time?))
                 })
                 .collect();
-            let last = from_score(page[page.len() - 1].1);
+            // `page` is not empty (checked above).
+            let Some(last) = page.last().map(|(_, s)| from_score(*s)) else {
+                return Ok(best);
+            };
             for ((id, s), l) in page.iter().zip(leases) {
                 if self.state.is_corrupt(id) {
                     continue;

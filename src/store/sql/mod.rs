@@ -32,6 +32,7 @@ mod postgres;
 mod rows;
 mod run_rows;
 mod runs;
+mod runs_tick;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod statements;
