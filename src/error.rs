@@ -135,5 +135,16 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+impl Error {
+    /// A store's run ledger was used before a scheduler started the store (its identity
+    /// comes with the start).
+    pub(crate) fn store_not_started() -> Error {
+        Error::State {
+            needed: "started (a store records runs once a scheduler starts it)",
+            actual: "not started",
+        }
+    }
+}
+
 /// `Result` with the crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -42,6 +42,17 @@ pub use self::stats::RunStats;
 pub(crate) use self::writer::{RunWriter, WriterHooks};
 pub use crate::job::RunId;
 
+/// The error text of a run marked `abandoned` because its scheduler `owner` stopped, whose
+/// last heartbeat ran to `alive_until` (`None`: it never recorded one). Every store writes
+/// this one text, so operators can search for it.
+pub fn abandoned_error(owner: &str, alive_until: Option<DateTime<Utc>>) -> String {
+    let since = match alive_until {
+        Some(t) => format!("no heartbeat since {}", t.to_rfc3339()),
+        None => "no heartbeat recorded".to_string(),
+    };
+    format!("its scheduler {owner} stopped ({since}); the outcome is unknown")
+}
+
 /// Most slots one [`JobHandle::backfill`](crate::JobHandle::backfill) creates.
 pub const BACKFILL_LIMIT: usize = 10_000;
 

@@ -242,10 +242,7 @@ impl JobStore for MemoryStore {
         };
         let key = key.clone();
         let Some(ctx) = self.ctx.get() else {
-            return Err(Error::State {
-                needed: "started (a store records runs once a scheduler starts it)",
-                actual: "not started",
-            });
+            return Err(Error::store_not_started());
         };
         let active = inner.runs.active_of(&key);
         let (runs, cancel) = plan_manual_runs(job, slots, ctx, now, &active);

@@ -27,10 +27,7 @@ const CONCURRENCY: usize = 16;
 
 impl Client {
     fn ledger_ctx(&self) -> Result<StoreContext> {
-        self.state.ctx().ok_or(Error::State {
-            needed: "started (a store records runs once a scheduler starts it)",
-            actual: "not started",
-        })
+        self.state.ctx().ok_or(Error::store_not_started())
     }
 
     /// [`JobStore::add_manual_runs`](crate::store::JobStore::add_manual_runs): the records
@@ -196,18 +193,15 @@ impl Client {
                 let update = if state == "claimed" {
                     doc! { "$set": { "owner": me } }
                 } else {
-                    let since = match alive_until.get(owner) {
-                        Some(t) => format!(
-                            "no heartbeat since {}",
-                            from_micros_saturating(*t).to_rfc3339()
-                        ),
-                        None => "it never recorded a heartbeat".to_string(),
-                    };
+                    let error = crate::ledger::abandoned_error(
+                        owner,
+                        alive_until.get(owner).map(|t| from_micros_saturating(*t)),
+                    );
                     doc! { "$set": {
                         "state": "abandoned",
                         "finished_at": now_us,
                         "queued": false,
-                        "error": format!("its scheduler {owner} stopped ({since}); the outcome is unknown"),
+                        "error": error,
                     } }
                 };
                 colls

@@ -273,10 +273,7 @@ impl Client {
         now: DateTime<Utc>,
     ) -> Result<Vec<RunRecord>> {
         let Some(ctx) = self.state.ctx() else {
-            return Err(Error::State {
-                needed: "started (a store records runs once a scheduler starts it)",
-                actual: "not started",
-            });
+            return Err(Error::store_not_started());
         };
         let k = self.keys();
         let rk = self.run_keys();

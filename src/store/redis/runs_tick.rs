@@ -113,15 +113,11 @@ impl Client {
             .arg(time_score(now))
             .arg(time_text(now));
         for (o, s) in dead {
-            let since = if s.is_empty() {
-                "no heartbeat recorded".to_string()
-            } else {
-                let until = s.parse::<f64>().map(from_score).unwrap_or(now);
-                format!("no heartbeat since {}", time_text(until))
-            };
-            inv.arg(o).arg(s).arg(format!(
-                "its scheduler {o} stopped ({since}); the outcome is unknown"
-            ));
+            let alive_until =
+                (!s.is_empty()).then(|| s.parse::<f64>().map(from_score).unwrap_or(now));
+            inv.arg(o)
+                .arg(s)
+                .arg(crate::ledger::abandoned_error(o, alive_until));
         }
         inv.invoke_async(conn).await.map_err(|e| {
             self.state

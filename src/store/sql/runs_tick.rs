@@ -161,11 +161,8 @@ where
         }
         let mut errors: HashMap<String, String> = HashMap::new();
         for (owner, runs) in &by_owner {
-            let since = match seen.get(*owner).and_then(|t| from_micros(*t)) {
-                Some(t) => format!("no heartbeat since {}", t.to_rfc3339()),
-                None => "no heartbeat recorded".to_string(),
-            };
-            let error = format!("its scheduler {owner} stopped ({since}); the outcome is unknown");
+            let alive_until = seen.get(*owner).and_then(|t| from_micros(*t));
+            let error = crate::ledger::abandoned_error(owner, alive_until);
             let sql = DB::placeholders(&format!(
                 "UPDATE {t}_runs SET state = 'abandoned', finished_at = ?, error = ?, \
                  queued = FALSE WHERE run_id IN ({})",

@@ -240,10 +240,7 @@ impl Client {
         now: DateTime<Utc>,
     ) -> Result<Vec<RunRecord>> {
         let Some(ctx) = self.state.ctx() else {
-            return Err(Error::State {
-                needed: "started (a store records runs once a scheduler starts it)",
-                actual: "not started",
-            });
+            return Err(Error::store_not_started());
         };
         let c = self.session().await?;
         let node = encode(job_id);

@@ -215,13 +215,9 @@ impl Client {
                     r.state = RunState::Abandoned;
                     r.finished_at = Some(now);
                     r.queued = false;
-                    let since = since.map_or_else(
-                        || "ever recorded".to_string(),
-                        |us| format!("since {}", from_micros_saturating(us)),
-                    );
-                    r.error = Some(format!(
-                        "its scheduler {} stopped (no heartbeat {since}); the outcome is unknown",
-                        r.owner
+                    r.error = Some(crate::ledger::abandoned_error(
+                        &r.owner,
+                        since.map(from_micros_saturating),
                     ));
                     plan.abandoned.push(r.clone());
                     changed.push((r, *version, marker_queued));
