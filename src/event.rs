@@ -77,8 +77,15 @@ impl EventKind {
     /// A run's scheduler died after starting it, and another scheduler sharing the store
     /// marked it abandoned in the run ledger: its outcome is unknown (apsched addition).
     pub const JOB_ABANDONED: EventKind = EventKind(1 << 20);
+    /// A run failed and its job's retry policy tries it again later (apsched addition).
+    /// The failure itself is a [`JOB_ERROR`](Self::JOB_ERROR) or
+    /// [`JOB_TIMEOUT`](Self::JOB_TIMEOUT) before it.
+    pub const JOB_RETRYING: EventKind = EventKind(1 << 21);
+    /// The scheduler paused a job after too many consecutive failed runs (apsched
+    /// addition).
+    pub const JOB_AUTO_PAUSED: EventKind = EventKind(1 << 22);
     /// Every kind of event.
-    pub const ALL: EventKind = EventKind((1 << 21) - 1);
+    pub const ALL: EventKind = EventKind((1 << 23) - 1);
     /// No event.
     pub const NONE: EventKind = EventKind(0);
 
@@ -99,7 +106,7 @@ impl EventKind {
 
     /// APScheduler's constant name of a single-bit kind, e.g. `EVENT_JOB_ADDED`.
     pub fn name(self) -> &'static str {
-        const NAMES: [&str; 21] = [
+        const NAMES: [&str; 23] = [
             "EVENT_SCHEDULER_STARTED",
             "EVENT_SCHEDULER_SHUTDOWN",
             "EVENT_SCHEDULER_PAUSED",
@@ -121,6 +128,8 @@ impl EventKind {
             "EVENT_SCHEDULER_ERROR",
             "EVENT_JOB_TIMEOUT",
             "EVENT_JOB_ABANDONED",
+            "EVENT_JOB_RETRYING",
+            "EVENT_JOB_AUTO_PAUSED",
         ];
         if self.0.count_ones() == 1 {
             NAMES[self.0.trailing_zeros() as usize]
@@ -314,6 +323,39 @@ pub enum Event {
         /// The scheduler that started it and died.
         owner: String,
     },
+    /// A run failed and will be tried again: its next attempt is recorded (`claimed`,
+    /// holding its instance slot) and starts at `retry_at`.
+    JobRetrying {
+        /// The job id.
+        job_id: String,
+        /// The store holding it.
+        store: String,
+        /// The time the run was scheduled for (every attempt shares it).
+        scheduled_run_time: DateTime<Utc>,
+        /// The failed attempt's run id.
+        run_id: Option<RunId>,
+        /// The next attempt's run id (its ledger record).
+        next_run_id: Option<RunId>,
+        /// The next attempt's number (2 for the first retry).
+        attempt: u32,
+        /// When it starts.
+        retry_at: DateTime<Utc>,
+        /// Why the attempt failed.
+        error: String,
+    },
+    /// The scheduler paused a job after `failures` consecutive failed scheduled times (its
+    /// [`pause_after_failures`](crate::AddJob::pause_after_failures)). The reason is stored
+    /// on the job ([`Job::paused_reason`](crate::Job::paused_reason)) until it is resumed.
+    JobAutoPaused {
+        /// The job id.
+        job_id: String,
+        /// The store holding it.
+        store: String,
+        /// Consecutive failed scheduled times.
+        failures: u32,
+        /// The stored reason: `"paused after N consecutive failures: <last error>"`.
+        reason: String,
+    },
     /// A store failed, or one stored job could not be loaded (it is kept, not deleted).
     StoreError {
         /// The store alias.
@@ -354,6 +396,8 @@ impl Event {
             Event::JobMissed { .. } => EventKind::JOB_MISSED,
             Event::JobTimeout { .. } => EventKind::JOB_TIMEOUT,
             Event::JobAbandoned { .. } => EventKind::JOB_ABANDONED,
+            Event::JobRetrying { .. } => EventKind::JOB_RETRYING,
+            Event::JobAutoPaused { .. } => EventKind::JOB_AUTO_PAUSED,
             Event::StoreError { .. } => EventKind::STORE_ERROR,
             Event::SchedulerError { .. } => EventKind::SCHEDULER_ERROR,
         }
@@ -366,7 +410,8 @@ impl Event {
             Event::JobExecuted { run_id, .. }
             | Event::JobError { run_id, .. }
             | Event::JobMissed { run_id, .. }
-            | Event::JobTimeout { run_id, .. } => *run_id,
+            | Event::JobTimeout { run_id, .. }
+            | Event::JobRetrying { run_id, .. } => *run_id,
             Event::JobAbandoned { run_id, .. } => Some(*run_id),
             _ => None,
         }
@@ -384,7 +429,9 @@ impl Event {
             | Event::JobError { job_id, .. }
             | Event::JobMissed { job_id, .. }
             | Event::JobTimeout { job_id, .. }
-            | Event::JobAbandoned { job_id, .. } => Some(job_id),
+            | Event::JobAbandoned { job_id, .. }
+            | Event::JobRetrying { job_id, .. }
+            | Event::JobAutoPaused { job_id, .. } => Some(job_id),
             Event::StoreError { job_id, .. } => job_id.as_deref(),
             _ => None,
         }

@@ -61,7 +61,9 @@ pub mod trigger;
 pub use crate::error::{Error, Result, TriggerError};
 pub use crate::event::{Event, EventKind, EventReceiver};
 pub use crate::executor::process::worker::worker_main;
-pub use crate::job::{IntoJobResult, Job, JobContext, JobDefaults, JobError, Overlap, RunId};
+pub use crate::job::{
+    Backoff, IntoJobResult, Job, JobContext, JobDefaults, JobError, Overlap, RetryPolicy, RunId,
+};
 pub use crate::scheduler::{
     AddJob, BackgroundScheduler, BlockingAddJob, BlockingJobHandle, BlockingScheduler,
     BlockingStoreHandle, JobChanges, JobHandle, ListenerId, LocalScheduler, RunHandle, Scheduler,

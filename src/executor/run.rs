@@ -17,7 +17,7 @@ use crate::clock::Clock;
 use crate::event::{Event, EventBus};
 use crate::job::outcome::{JobError, JobResult};
 use crate::job::{Callable, JobContext, RunId};
-use crate::ledger::{RunOutcome, RunState};
+use crate::ledger::{RunOutcome, RunRecord, RunState};
 use crate::scheduler::{Inner, Scheduler};
 use crate::stats::RunClock;
 use crate::task::TaskRegistry;
@@ -61,6 +61,14 @@ pub(crate) struct Watch {
     pub context: bool,
     /// Whether the run was made by hand (`run_now`, `backfill`).
     pub manual: bool,
+    /// Which attempt at its scheduled time the run is (1, or 2, 3, … for retries).
+    pub attempt: u32,
+    /// How a failed run is retried.
+    pub retry: Option<Arc<crate::RetryPolicy>>,
+    /// The job's auto-pause threshold (consecutive failed scheduled times).
+    pub pause_after: Option<u32>,
+    /// The job's consecutive failed scheduled times when the run was claimed.
+    pub failures: u32,
 }
 
 /// One submission of a job: one or more scheduled times to run in order.
@@ -178,14 +186,104 @@ impl JobRun {
         error: Option<String>,
         output: Option<&serde_json::Value>,
     ) {
+        self.record_with_retry(run_id, state, error, output, None);
+    }
+
+    /// [`record`](Self::record), with the failed run's next attempt, which the ledger
+    /// writes before the outcome.
+    fn record_with_retry(
+        &self,
+        run_id: Option<RunId>,
+        state: RunState,
+        error: Option<String>,
+        output: Option<&serde_json::Value>,
+        retry: Option<Box<RunRecord>>,
+    ) {
         let Some(id) = run_id else { return };
         self.ctx.ledger.finishing(id);
         let mut outcome = RunOutcome::new(id, self.job_id.clone(), state, self.ctx.clock.now());
         outcome.error = error;
+        outcome.retry = retry;
         if let Some(v) = output {
             outcome = outcome.output(v);
         }
         self.ctx.writer.send(self.store.clone(), outcome);
+    }
+
+    /// Records a failed attempt at `scheduled` (an error or a timeout, `why`): with its next
+    /// attempt when the job's retry policy has one left (returned, for the `JOB_RETRYING`
+    /// event that follows the failure's own event), otherwise as the time's final failure
+    /// (which may pause the job, see [`failures`](crate::scheduler)).
+    fn record_failure(&self, scheduled: DateTime<Utc>, why: String) -> Option<RunRecord> {
+        let run_id = self.current_run_id();
+        let watch = self.watch.as_deref();
+        let scheduler = watch
+            .filter(|w| w.retry.is_some() || w.pause_after.is_some())
+            .and_then(|_| Scheduler::upgrade(&self.ctx.scheduler));
+        let next = match (watch, &scheduler) {
+            (Some(w), Some(s)) => w.retry.as_deref().and_then(|policy| {
+                s.plan_retry(policy, &self.job_id, scheduled, w.attempt, w.manual)
+            }),
+            _ => None,
+        };
+        let recorded = run_id.is_some();
+        self.record_with_retry(
+            run_id,
+            RunState::Error,
+            Some(why.clone()),
+            None,
+            next.clone().filter(|_| recorded).map(Box::new),
+        );
+        if let (Some(s), Some(w)) = (&scheduler, watch) {
+            match &next {
+                // Not recorded (no ledger for this store): the retry waits in this process.
+                Some(next) if !recorded => {
+                    s.park_retries(&self.store, vec![next.clone()])
+                }
+                Some(_) => {}
+                None if w.pause_after.is_some() => {
+                    s.count_failure(&self.store, &self.job_id, Some(&why))
+                }
+                None => {}
+            }
+        }
+        next
+    }
+
+    /// Emits `JOB_RETRYING` for `next`, the attempt following failed run `run_id`.
+    fn announce_retry(
+        &self,
+        scheduled: DateTime<Utc>,
+        run_id: Option<RunId>,
+        next: &RunRecord,
+        why: &str,
+    ) {
+        let retry_at = next.due_at();
+        tracing::warn!(job_id = %self.job_id, %scheduled, attempt = next.attempt, %retry_at, "run failed; retrying");
+        self.ctx.events.emit_with(|| Event::JobRetrying {
+            job_id: self.job_id.to_string(),
+            store: self.store.to_string(),
+            scheduled_run_time: scheduled,
+            run_id,
+            next_run_id: self.current_run_id().map(|_| next.run_id),
+            attempt: next.attempt,
+            retry_at,
+            error: why.to_string(),
+        });
+    }
+
+    /// A run that succeeded: for a job that pauses after failures and had failed, the count
+    /// of consecutive failures starts again.
+    fn succeeded(&self) {
+        let counted = self
+            .watch
+            .as_deref()
+            .is_some_and(|w| w.pause_after.is_some() && w.failures > 0);
+        if counted {
+            if let Some(s) = Scheduler::upgrade(&self.ctx.scheduler) {
+                s.count_failure(&self.store, &self.job_id, None);
+            }
+        }
     }
 
     /// Drops the run without an outcome: another scheduler owns its times now.
@@ -284,20 +382,28 @@ impl JobRun {
             tracing::error!(job_id = %self.job_id, %scheduled, %error, "job failed");
         }
         let run_id = self.current_run_id();
-        if run_id.is_some() {
-            match &result {
-                _ if cancelled => self.record(
-                    run_id,
-                    RunState::Cancelled,
-                    Some(match &result {
-                        Ok(_) => "cancelled; it ended without an error".to_string(),
-                        Err(e) => format!("cancelled: {e}"),
-                    }),
-                    None,
-                ),
-                Ok(retval) => self.record(run_id, RunState::Executed, None, Some(retval)),
-                Err(e) => self.record(run_id, RunState::Error, Some(e.to_string()), None),
+        let mut retry = None;
+        match &result {
+            _ if cancelled => self.record(
+                run_id,
+                RunState::Cancelled,
+                Some(match &result {
+                    Ok(_) => "cancelled; it ended without an error".to_string(),
+                    Err(e) => format!("cancelled: {e}"),
+                }),
+                None,
+            ),
+            Ok(retval) => {
+                self.record(run_id, RunState::Executed, None, Some(retval));
+                if self.watch.is_some() {
+                    self.succeeded();
+                }
             }
+            Err(e) if self.watch.is_some() => {
+                let why = e.to_string();
+                retry = self.record_failure(scheduled, why.clone()).map(|next| (next, why));
+            }
+            Err(e) => self.record(run_id, RunState::Error, Some(e.to_string()), None),
         }
         self.outcomes.fetch_add(1, Ordering::Relaxed);
         let outcome = if result.is_ok() { "executed" } else { "error" };
@@ -322,6 +428,9 @@ impl JobRun {
                 },
             }
         });
+        if let Some((next, why)) = retry {
+            self.announce_retry(scheduled, run_id, &next, &why);
+        }
     }
 
     /// Runs every scheduled time in order on the current Tokio runtime: the future to spawn
@@ -442,6 +551,7 @@ impl JobRun {
                 watch.name.clone(),
                 t,
                 registered.id,
+                watch.attempt,
                 watch.manual,
                 registered.token.clone(),
                 scheduler,
@@ -481,19 +591,13 @@ impl JobRun {
     /// Reports a scheduled time that went past its timeout ([`Event::JobTimeout`]).
     fn timed_out(&self, scheduled: DateTime<Utc>, timeout: Duration, aborted: bool) {
         let run_id = self.current_run_id();
-        if run_id.is_some() {
-            let how = if aborted {
-                "and was aborted after the grace period"
-            } else {
-                "and ended after its token was cancelled"
-            };
-            self.record(
-                run_id,
-                RunState::Error,
-                Some(format!("timed out after {timeout:?} {how}")),
-                None,
-            );
-        }
+        let how = if aborted {
+            "and was aborted after the grace period"
+        } else {
+            "and ended after its token was cancelled"
+        };
+        let why = format!("timed out after {timeout:?} {how}");
+        let retry = self.record_failure(scheduled, why.clone());
         self.outcomes.fetch_add(1, Ordering::Relaxed);
         self.stats.finished("timeout");
         Self::trace("outcome", "timeout");
@@ -505,6 +609,9 @@ impl JobRun {
             timeout,
             aborted,
         });
+        if let Some(next) = retry {
+            self.announce_retry(scheduled, run_id, &next, &why);
+        }
     }
 
     /// Runs every scheduled time in order on the current (blocking) thread. Async bodies

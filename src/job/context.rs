@@ -127,6 +127,7 @@ struct RunInfo {
     name: Option<Arc<str>>,
     scheduled_run_time: DateTime<Utc>,
     run_id: RunId,
+    attempt: u32,
     manual: bool,
     token: CancellationToken,
     scheduler: Scheduler,
@@ -138,6 +139,7 @@ impl JobContext {
         name: Option<Arc<str>>,
         scheduled_run_time: DateTime<Utc>,
         run_id: RunId,
+        attempt: u32,
         manual: bool,
         token: CancellationToken,
         scheduler: Scheduler,
@@ -148,6 +150,7 @@ impl JobContext {
                 name,
                 scheduled_run_time,
                 run_id,
+                attempt,
                 manual,
                 token,
                 scheduler,
@@ -175,10 +178,10 @@ impl JobContext {
         self.inner.run_id
     }
 
-    /// Which attempt at this scheduled time this is: always 1 for now (runs are not retried
-    /// yet).
+    /// Which attempt at this scheduled time this is: 1, then 2, 3, … when the job's
+    /// [`RetryPolicy`](crate::RetryPolicy) retries a failed run.
     pub fn attempt(&self) -> u32 {
-        1
+        self.inner.attempt
     }
 
     /// Whether the run was made by hand ([`JobHandle::run_now`](crate::JobHandle::run_now),

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::job::opt_secs;
-use crate::job::Overlap;
+use crate::job::{Overlap, RetryPolicy};
 
 /// Options every job has, with scheduler-wide defaults
 /// ([`SchedulerBuilder::job_defaults`](crate::SchedulerBuilder::job_defaults)).
@@ -40,6 +40,13 @@ pub struct JobDefaults {
     /// [`Overlap::Skip`].
     #[serde(default)]
     pub overlap: Overlap,
+    /// How failed runs are retried; `None` = not retried. Default `None`.
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+    /// Pause a job after this many consecutive failed scheduled times; `None` = never.
+    /// Default `None`.
+    #[serde(default)]
+    pub pause_after_failures: Option<u32>,
 }
 
 impl JobDefaults {
@@ -86,6 +93,28 @@ impl JobDefaults {
         self.overlap = overlap;
         self
     }
+
+    /// Sets how failed runs are retried (`None` = not retried).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use apsched::{JobDefaults, RetryPolicy};
+    /// let defaults = JobDefaults::default().retry(Some(RetryPolicy::exponential(3, Duration::from_secs(10))));
+    /// assert_eq!(defaults.retry.unwrap().attempts, 3);
+    /// ```
+    #[must_use]
+    pub fn retry(mut self, retry: Option<RetryPolicy>) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sets after how many consecutive failed scheduled times a job is paused (`None` =
+    /// never).
+    #[must_use]
+    pub fn pause_after_failures(mut self, n: Option<u32>) -> Self {
+        self.pause_after_failures = n;
+        self
+    }
 }
 
 impl Default for JobDefaults {
@@ -96,6 +125,8 @@ impl Default for JobDefaults {
             max_instances: 1,
             timeout: None,
             overlap: Overlap::Skip,
+            retry: None,
+            pause_after_failures: None,
         }
     }
 }

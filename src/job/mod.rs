@@ -15,6 +15,7 @@ pub(crate) mod opt_secs;
 pub(crate) mod outcome;
 mod overlap;
 mod record;
+mod retry;
 mod view;
 
 pub use self::callable::{
@@ -30,4 +31,5 @@ pub use self::job_fn::{AsyncJobFn, AsyncTaskFn, BlockingJobFn, BlockingTaskFn, L
 pub use self::outcome::{IntoJobResult, JobError, JobResult};
 pub use self::overlap::Overlap;
 pub use self::record::{JobRecord, Lease, StoredJob};
+pub use self::retry::{Backoff, RetryPolicy};
 pub use self::view::Job;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::job::callable::{Callable, StoredCallable};
 use crate::job::defaults::JobDefaults;
 use crate::job::opt_secs;
-use crate::job::Overlap;
+use crate::job::{Overlap, RetryPolicy};
 use crate::trigger::TriggerSpec;
 
 /// A lease on a job held by one scheduler while it processes the job's due runs.
@@ -49,6 +49,14 @@ pub struct JobRecord {
     pub timeout: Option<Duration>,
     /// What a run due while `max_instances` runs are active does.
     pub overlap: Overlap,
+    /// How a failed run is retried; `None` = not retried.
+    pub retry: Option<std::sync::Arc<RetryPolicy>>,
+    /// Pause the job after this many consecutive failed scheduled times; `None` = never.
+    pub pause_after_failures: Option<u32>,
+    /// Why the scheduler paused the job (auto-pause after failures), while it is paused.
+    pub paused_reason: Option<std::sync::Arc<str>>,
+    /// Consecutive failed scheduled times, counted for jobs with `pause_after_failures`.
+    pub consecutive_failures: u32,
     /// The next time it is due; `None` = paused.
     pub next_run_time: Option<DateTime<Utc>>,
     /// Incremented by every write; writes check it (compare-and-swap).
@@ -100,8 +108,33 @@ pub struct StoredJob {
     /// The overlap policy (absent = `"skip"`, as in documents written before it existed).
     #[serde(default, skip_serializing_if = "Overlap::is_skip")]
     pub overlap: Overlap,
+    /// How a failed run is retried (absent = not retried).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "valid::retry"
+    )]
+    pub retry: Option<RetryPolicy>,
+    /// Pause after this many consecutive failed scheduled times (absent = never; zero is
+    /// refused when loading).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "valid::pause_after"
+    )]
+    pub pause_after_failures: Option<u32>,
+    /// Why the scheduler paused the job (written only while it is paused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_reason: Option<String>,
+    /// Consecutive failed scheduled times (absent = 0), for `pause_after_failures`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub consecutive_failures: u32,
     /// Next run time (`null` = paused).
     pub next_run_time: Option<DateTime<Utc>>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Loading a stored job checks the options `add_job` checks, so that a record written by
@@ -131,6 +164,25 @@ mod valid {
         Ok(timeout)
     }
 
+    pub fn retry<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<crate::job::RetryPolicy>, D::Error> {
+        let retry = Option::<crate::job::RetryPolicy>::deserialize(d)?;
+        if let Some(Err(e)) = retry.as_ref().map(|r| r.check()) {
+            return Err(serde::de::Error::custom(e));
+        }
+        Ok(retry)
+    }
+
+    pub fn pause_after<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        match Option::<u32>::deserialize(d)? {
+            Some(0) => Err(serde::de::Error::custom(
+                "pause_after_failures must be null (never) or at least 1",
+            )),
+            n => Ok(n),
+        }
+    }
+
     pub fn max_instances<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
         match u32::deserialize(d)? {
             0 => Err(serde::de::Error::custom("max_instances must be at least 1")),
@@ -155,6 +207,10 @@ impl JobRecord {
             max_instances: defaults.max_instances,
             timeout: defaults.timeout,
             overlap: defaults.overlap,
+            retry: defaults.retry.map(std::sync::Arc::new),
+            pause_after_failures: defaults.pause_after_failures,
+            paused_reason: None,
+            consecutive_failures: 0,
             next_run_time: None,
             version: 0,
             lease: None,
@@ -164,6 +220,14 @@ impl JobRecord {
     /// Whether the job is paused (has no next run time).
     pub fn is_paused(&self) -> bool {
         self.next_run_time.is_none()
+    }
+
+    /// Why the scheduler paused the job, while it is paused by the scheduler (a job resumed
+    /// since has none).
+    pub fn paused_reason(&self) -> Option<&str> {
+        self.paused_reason
+            .as_deref()
+            .filter(|_| self.next_run_time.is_none())
     }
 
     /// The stored JSON form, or why this job cannot be persisted.
@@ -185,6 +249,10 @@ impl JobRecord {
             max_instances: self.max_instances,
             timeout: self.timeout,
             overlap: self.overlap,
+            retry: self.retry.as_deref().copied(),
+            pause_after_failures: self.pause_after_failures,
+            paused_reason: self.paused_reason().map(str::to_string),
+            consecutive_failures: self.consecutive_failures,
             next_run_time: self.next_run_time,
         })
     }
@@ -213,6 +281,13 @@ impl JobRecord {
             max_instances: s.max_instances,
             timeout: s.timeout,
             overlap: s.overlap,
+            retry: s.retry.map(std::sync::Arc::new),
+            pause_after_failures: s.pause_after_failures,
+            paused_reason: s
+                .paused_reason
+                .filter(|_| s.next_run_time.is_none())
+                .map(std::sync::Arc::from),
+            consecutive_failures: s.consecutive_failures,
             next_run_time: s.next_run_time,
             version,
             lease,

@@ -40,6 +40,15 @@ pub struct Job {
     pub timeout: Option<Duration>,
     /// What a run due while `max_instances` runs are active does.
     pub overlap: crate::Overlap,
+    /// How failed runs are retried (`None` = not retried).
+    pub retry: Option<crate::RetryPolicy>,
+    /// Paused after this many consecutive failed scheduled times (`None` = never).
+    pub pause_after_failures: Option<u32>,
+    /// Why the scheduler paused the job (`"paused after 5 consecutive failures: …"`), while
+    /// it is paused; `None` for a job paused by hand or not paused.
+    pub paused_reason: Option<String>,
+    /// Consecutive failed scheduled times (counted for jobs with `pause_after_failures`).
+    pub consecutive_failures: u32,
     /// Next run time (`None` = paused, or not yet computed while pending).
     pub next_run_time: Option<DateTime<Utc>>,
     /// Added before the scheduler started: not in a store yet, next run time computed at
@@ -61,6 +70,10 @@ impl Job {
             max_instances: r.max_instances,
             timeout: r.timeout,
             overlap: r.overlap,
+            retry: r.retry.as_deref().copied(),
+            pause_after_failures: r.pause_after_failures,
+            paused_reason: r.paused_reason().map(str::to_string),
+            consecutive_failures: r.consecutive_failures,
             next_run_time: if pending { None } else { r.next_run_time },
             pending,
         }
@@ -76,7 +89,10 @@ impl fmt::Display for Job {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let when = match (self.pending, self.next_run_time) {
             (true, _) => "pending".to_string(),
-            (false, None) => "paused".to_string(),
+            (false, None) => match &self.paused_reason {
+                Some(why) => format!("paused: {why}"),
+                None => "paused".to_string(),
+            },
             (false, Some(t)) => format!("next run at: {}", t.format("%Y-%m-%d %H:%M:%S UTC")),
         };
         write!(f, "{} (trigger: {}, {})", self.name, self.trigger, when)

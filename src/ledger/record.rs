@@ -116,7 +116,8 @@ pub struct RunRecord {
     pub owner: String,
     /// Made by `run_now` or `backfill`, not by the trigger.
     pub manual: bool,
-    /// Which attempt this is (1 until retries exist).
+    /// Which attempt at its scheduled time this is: 1, then 2, 3, … for retries (see
+    /// [`RetryPolicy`](crate::RetryPolicy)).
     pub attempt: u32,
     /// Where the run is.
     pub state: RunState,
@@ -130,6 +131,10 @@ pub struct RunRecord {
     pub cancel_requested: bool,
     /// When it was claimed.
     pub submitted_at: DateTime<Utc>,
+    /// For a retry (attempt 2 and later): when it is due. It waits `claimed`, holding its
+    /// instance slot, until then; its misfire grace time counts from then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<DateTime<Utc>>,
     /// When it was handed to an executor (`None` for a run that never started, missed ones
     /// included).
     #[serde(default)]
@@ -165,11 +170,27 @@ impl RunRecord {
             queued: false,
             cancel_requested: false,
             submitted_at: now,
+            retry_at: None,
             started_at: None,
             finished_at: None,
             error: None,
             output: None,
         }
+    }
+
+    /// The next attempt at this run's scheduled time, due at `retry_at`: a claimed record
+    /// owned by `owner`, with a fresh run id.
+    pub fn retry(&self, owner: &str, now: DateTime<Utc>, retry_at: DateTime<Utc>) -> Self {
+        let mut next = RunRecord::claimed(self.job_id.clone(), self.scheduled, owner, now);
+        next.manual = self.manual;
+        next.attempt = self.attempt.saturating_add(1);
+        next.retry_at = Some(retry_at);
+        next
+    }
+
+    /// When this run is due: its retry time for a retry, else its scheduled time.
+    pub fn due_at(&self) -> DateTime<Utc> {
+        self.retry_at.unwrap_or(self.scheduled)
     }
 
     /// How late it started (`None` until it started).
@@ -246,6 +267,10 @@ pub struct RunOutcome {
     pub error: Option<String>,
     /// The return value as JSON text, bounded by [`OUTPUT_LIMIT`].
     pub output: Option<String>,
+    /// The run's next attempt (a failed run with retries left): the store creates this
+    /// record ([`JobStore::add_runs`](crate::store::JobStore::add_runs)) before it writes
+    /// the outcome, so a crash in between cannot lose the retry.
+    pub retry: Option<Box<RunRecord>>,
 }
 
 impl RunOutcome {
@@ -264,6 +289,7 @@ impl RunOutcome {
             finished_at,
             error: None,
             output: None,
+            retry: None,
         }
     }
 

@@ -29,6 +29,8 @@ pub(crate) trait WriterHooks: Send + Sync + 'static {
     fn failed(&self, alias: &str, error: &crate::Error);
     /// Outcomes were written to `alias`.
     fn written(&self, alias: &str);
+    /// The next attempts of failed runs were written to `alias`: they wait for their time.
+    fn retries(&self, alias: &str, runs: Vec<super::RunRecord>);
 }
 
 /// The sending side, shared by every run of a scheduler, and the waiters of run handles.
@@ -106,6 +108,23 @@ impl RunWriter {
                 }
             }
             for (alias, outcomes) in by_store {
+                let retries: Vec<super::RunRecord> = outcomes
+                    .iter()
+                    .filter_map(|o| o.retry.as_deref().cloned())
+                    .collect();
+                if !retries.is_empty() {
+                    // The retries first: a crash after them leaves the failed attempts
+                    // `started` (later abandoned), never a failure without its retry.
+                    let added = self
+                        .write_with(&alias, &hooks, |store| {
+                            let retries = retries.clone();
+                            async move { store.add_runs(&retries).await.map(|()| retries) }
+                        })
+                        .await;
+                    if let Some(retries) = added {
+                        hooks.retries(&alias, retries);
+                    }
+                }
                 self.write(&alias, &outcomes, &hooks).await;
                 ledger.written(outcomes.iter().map(|o| o.run_id));
                 self.wake(&outcomes);
@@ -117,13 +136,29 @@ impl RunWriter {
     /// Writes one store's batch, retrying with backoff while the store fails (the outcomes
     /// exist only here until written). Gives up when the store is no longer configured.
     async fn write(&self, alias: &str, outcomes: &[RunOutcome], hooks: &impl WriterHooks) {
+        self.write_with(alias, hooks, |store| async move {
+            store.finish_runs(outcomes).await
+        })
+        .await;
+    }
+
+    /// Runs one store write, retrying with backoff while the store fails. `None` when the
+    /// store is no longer configured.
+    async fn write_with<T, F, Fut>(
+        &self,
+        alias: &str,
+        hooks: &impl WriterHooks,
+        write: F,
+    ) -> Option<T>
+    where
+        F: Fn(Arc<dyn JobStore>) -> Fut,
+        Fut: std::future::Future<Output = crate::Result<T>>,
+    {
         let mut delay = MIN_RETRY;
         loop {
-            let Some(store) = hooks.store(alias) else {
-                return;
-            };
-            match store.finish_runs(outcomes).await {
-                Ok(()) => return,
+            let store = hooks.store(alias)?;
+            match write(store).await {
+                Ok(v) => return Some(v),
                 Err(e) => {
                     hooks.failed(alias, &e);
                     tokio::time::sleep(delay).await;

@@ -43,6 +43,8 @@ pub struct AddJob {
     max_instances: Option<u32>,
     timeout: Option<Option<Duration>>,
     overlap: Option<crate::Overlap>,
+    retry: Option<Option<crate::RetryPolicy>>,
+    pause_after_failures: Option<Option<u32>>,
     next_run_time: Option<Option<DateTime<Utc>>>,
     store: Option<String>,
     executor: Option<String>,
@@ -136,6 +138,8 @@ impl AddJob {
             max_instances: None,
             timeout: None,
             overlap: None,
+            retry: None,
+            pause_after_failures: None,
             next_run_time: None,
             store: None,
             executor: None,
@@ -223,6 +227,37 @@ impl AddJob {
         self
     }
 
+    /// How a failed run is retried (default: the scheduler's
+    /// [`JobDefaults::retry`](crate::JobDefaults::retry), no retries). Each attempt is a run
+    /// of the same scheduled time in the run ledger; a waiting retry holds its instance slot
+    /// and survives a restart on persistent stores (see [`RetryPolicy`](crate::RetryPolicy)).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use apsched::{RetryPolicy, Scheduler};
+    /// # async fn demo(scheduler: Scheduler) -> apsched::Result<()> {
+    /// scheduler
+    ///     .add_task_job("report", "2024-01-15")
+    ///     .retry(RetryPolicy::exponential(5, Duration::from_secs(30)))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn retry(mut self, retry: impl Into<Option<crate::RetryPolicy>>) -> Self {
+        self.retry = Some(retry.into());
+        self
+    }
+
+    /// Pauses the job after `n` consecutive failed scheduled times (a time fails when its
+    /// last attempt fails), with a [`JobAutoPaused`](crate::Event::JobAutoPaused) event and
+    /// the reason stored on the job ([`Job::paused_reason`](crate::Job::paused_reason)).
+    /// Failures are counted in the run ledger, across every scheduler sharing the store.
+    /// Default: the scheduler's
+    /// [`JobDefaults::pause_after_failures`](crate::JobDefaults::pause_after_failures), never.
+    pub fn pause_after_failures(mut self, n: impl Into<Option<u32>>) -> Self {
+        self.pause_after_failures = Some(n.into());
+        self
+    }
+
     /// Adds the job paused: it has no next run time until resumed.
     pub fn paused(mut self) -> Self {
         self.next_run_time = Some(None);
@@ -270,6 +305,11 @@ impl AddJob {
         let timeout = self.timeout.unwrap_or(inner.defaults.timeout);
         validate_options(&id, Some(misfire_grace_time), Some(max_instances))?;
         validate_timeout(&id, timeout)?;
+        let retry = self.retry.unwrap_or(inner.defaults.retry);
+        let pause_after_failures = self
+            .pause_after_failures
+            .unwrap_or(inner.defaults.pause_after_failures);
+        validate_failure_options(&id, retry.as_ref(), pause_after_failures)?;
         let store_alias = self.store.unwrap_or_else(|| "default".into());
         let store = inner.store(&store_alias)?;
         let executor_alias = self.executor.unwrap_or_else(|| "default".into());
@@ -308,6 +348,10 @@ impl AddJob {
             max_instances,
             timeout,
             overlap: self.overlap.unwrap_or(inner.defaults.overlap),
+            retry: retry.map(std::sync::Arc::new),
+            pause_after_failures,
+            paused_reason: None,
+            consecutive_failures: 0,
             next_run_time: None,
             version: 0,
             lease: None,
@@ -409,6 +453,23 @@ pub(crate) fn validate_timeout(id: &str, timeout: Option<Duration>) -> Result<()
         });
     }
     Ok(())
+}
+
+/// Checks a retry policy and an auto-pause count.
+pub(crate) fn validate_failure_options(
+    id: &str,
+    retry: Option<&crate::RetryPolicy>,
+    pause_after_failures: Option<u32>,
+) -> Result<()> {
+    let problem = match (retry.map(crate::RetryPolicy::check), pause_after_failures) {
+        (Some(Err(e)), _) => e,
+        (_, Some(0)) => "pause_after_failures must be None (never) or at least 1".into(),
+        _ => return Ok(()),
+    };
+    Err(Error::InvalidJob {
+        id: id.to_string(),
+        reason: problem,
+    })
 }
 
 /// Checks the options APScheduler checks: a grace time of zero and zero instances are

@@ -234,6 +234,7 @@ async fn store_pass(
             return Some(store_failed(inner, alias, "running the ledger's pass", &e));
         }
     }
+    super::failures::dispatch_due_retries(inner, alias, store).await;
     let now = inner.clock.now();
     let due = match timed(
         alias,
@@ -270,7 +271,8 @@ async fn store_pass(
         .poll_interval()
         .map(|p| saturating_add(inner.clock.now(), p));
     let tick = ledger.then(|| inner.next_tick(alias)).flatten();
-    [next, poll, tick].into_iter().flatten().min()
+    let retry = inner.next_retry(alias);
+    [next, poll, tick, retry].into_iter().flatten().min()
 }
 
 /// Awaits one of the loop's store calls, timing it for the metrics.
@@ -418,27 +420,39 @@ async fn prepare(
         inner.run_context.clone(),
         slot,
     )
-    .with_watch(watch(inner, job, false));
+    .with_watch(watch(inner, job, false, 1));
     Some((event, Some((executor, run))))
 }
 
-/// What a run of `job` needs to observe cancellation, if it can: only a body taking a
-/// [`JobContext`](crate::JobContext) or a job with a timeout gets it (and its allocation).
+/// What a run of `job` (attempt `attempt` at its time) needs beyond a plain run, if
+/// anything: only a body taking a [`JobContext`](crate::JobContext), a job with a timeout,
+/// a retry policy or an auto-pause threshold, a manual run or a retry gets it (and its
+/// allocation).
 pub(super) fn watch(
     inner: &Inner,
     job: &crate::job::JobRecord,
     manual: bool,
+    attempt: u32,
 ) -> Option<Box<Watch>> {
     let context = match &job.callable {
         Callable::Task { name, .. } => inner.tasks.get(name).is_some_and(TaskFn::takes_context),
         other => other.takes_context(),
     };
-    (context || job.timeout.is_some()).then(|| {
+    let needed = context
+        || job.timeout.is_some()
+        || job.retry.is_some()
+        || job.pause_after_failures.is_some()
+        || attempt > 1;
+    needed.then(|| {
         Box::new(Watch {
             name: job.name.as_deref().map(Arc::from),
             timeout: job.timeout,
             context,
             manual,
+            attempt,
+            retry: job.retry.clone(),
+            pause_after: job.pause_after_failures,
+            failures: job.consecutive_failures,
         })
     })
 }

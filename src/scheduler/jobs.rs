@@ -34,6 +34,8 @@ pub struct JobChanges {
     max_instances: Option<u32>,
     timeout: Option<Option<Duration>>,
     overlap: Option<crate::Overlap>,
+    retry: Option<Option<crate::RetryPolicy>>,
+    pause_after_failures: Option<Option<u32>>,
     next_run_time: Option<Option<DateTime<Utc>>>,
 }
 
@@ -83,6 +85,18 @@ impl JobChanges {
     /// Changes the overlap policy (see [`AddJob::overlap`](crate::AddJob::overlap)).
     pub fn overlap(mut self, overlap: crate::Overlap) -> Self {
         self.overlap = Some(overlap);
+        self
+    }
+    /// Changes how failed runs are retried (`None`: not retried; see
+    /// [`AddJob::retry`](crate::AddJob::retry)). Retries already waiting keep their time.
+    pub fn retry(mut self, retry: Option<crate::RetryPolicy>) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+    /// Changes after how many consecutive failed scheduled times the job is paused (`None`:
+    /// never; see [`AddJob::pause_after_failures`](crate::AddJob::pause_after_failures)).
+    pub fn pause_after_failures(mut self, n: Option<u32>) -> Self {
+        self.pause_after_failures = Some(n);
         self
     }
     /// Sets the next run time (`None` pauses the job).
@@ -182,6 +196,11 @@ impl Scheduler {
         };
         add::validate_options(id, changes.misfire_grace_time, changes.max_instances)?;
         add::validate_timeout(id, changes.timeout.flatten())?;
+        add::validate_failure_options(
+            id,
+            changes.retry.flatten().as_ref(),
+            changes.pause_after_failures.flatten(),
+        )?;
         let tz = self.inner.timezone;
         let apply = move |job: &mut JobRecord| -> Result<()> {
             let c = changes.clone();
@@ -216,8 +235,20 @@ impl Scheduler {
             if let Some(v) = c.overlap {
                 job.overlap = v;
             }
+            if let Some(v) = c.retry {
+                job.retry = v.map(std::sync::Arc::new);
+            }
+            if let Some(v) = c.pause_after_failures {
+                job.pause_after_failures = v;
+            }
             if let Some(t) = c.next_run_time {
                 job.next_run_time = t;
+                // A pause by hand has no scheduler's reason; a resumed job none at all, and
+                // its failures count from zero.
+                job.paused_reason = None;
+                if t.is_some() {
+                    job.consecutive_failures = 0;
+                }
             }
             Ok(())
         };
@@ -250,6 +281,7 @@ impl Scheduler {
     pub(super) async fn pause_job(&self, id: &str, store: Option<&str>) -> Result<Job> {
         self.update_with(id, store, |job, _| {
             job.next_run_time = None;
+            job.paused_reason = None;
             Ok(Update::Modify)
         })
         .await?
@@ -263,6 +295,8 @@ impl Scheduler {
             match job.trigger.next_fire_time(None, now) {
                 Some(t) => {
                     job.next_run_time = Some(t);
+                    job.paused_reason = None;
+                    job.consecutive_failures = 0;
                     Ok(Update::Modify)
                 }
                 None => Ok(Update::Remove),
@@ -273,7 +307,7 @@ impl Scheduler {
 
     /// Reads a job, applies `f`, writes it back (retrying if the loop or another scheduler
     /// changed it in between), and emits the matching event.
-    async fn update_with<F>(&self, id: &str, store: Option<&str>, f: F) -> Result<Option<Job>>
+    pub(super) async fn update_with<F>(&self, id: &str, store: Option<&str>, f: F) -> Result<Option<Job>>
     where
         F: Fn(&mut JobRecord, DateTime<Utc>) -> Result<Update>,
     {
@@ -409,7 +443,7 @@ pub(super) enum Located {
     Stored(String, Arc<dyn JobStore>, Box<JobRecord>),
 }
 
-enum Update {
+pub(super) enum Update {
     Modify,
     Remove,
 }

@@ -24,6 +24,7 @@ mod blocking_handles;
 mod builder;
 mod components;
 mod core;
+mod failures;
 mod handles;
 mod home;
 mod jobs;
@@ -167,6 +168,8 @@ struct Life {
     /// Jobs whose trigger ended (so their store removed them) while they had queued runs,
     /// by (store, job id): what those runs start with.
     parked: HashMap<(String, String), JobRecord>,
+    /// Retries waiting for their time.
+    retries: failures::Retries,
 }
 
 pub(crate) struct Inner {

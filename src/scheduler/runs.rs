@@ -90,10 +90,10 @@ impl Inner {
         self.run_context.writer.send(store.clone(), outcome);
     }
 
-    /// A run of `job` over `times`, recorded as `ids`. It holds an instance slot with no
+    /// A run of `job` over `times` (attempt `attempt` at them), recorded as `ids`. It holds an instance slot with no
     /// limit: the store has applied `max_instances`; the slot makes the run known to this
     /// process (shutdown waits for it, a job can tell it runs inside it).
-    fn recorded_run(
+    pub(super) fn recorded_run(
         &self,
         store: &Arc<str>,
         job: &JobRecord,
@@ -101,6 +101,7 @@ impl Inner {
         ids: Vec<RunId>,
         manual: bool,
         lenient: bool,
+        attempt: u32,
     ) -> Option<JobRun> {
         let job_id: Arc<str> = Arc::from(job.id.as_str());
         let slot = self.instances.try_acquire(&job_id, u32::MAX)?;
@@ -118,7 +119,7 @@ impl Inner {
                 self.run_context.clone(),
                 slot,
             )
-            .with_watch(watch(self, job, manual))
+            .with_watch(watch(self, job, manual, attempt))
             .with_run_ids(ids),
         )
     }
@@ -216,12 +217,33 @@ pub(super) async fn dispatch(
             continue;
         };
         for r in runs {
-            // Manual and promoted (marked queued) runs start whatever their lateness.
-            let lenient = r.manual || r.queued;
+            // A retry waits for its time (one taken over early), and its misfire grace time
+            // counts from it.
+            let retry_late = match r.retry_at {
+                Some(at) if at > inner.clock.now() => {
+                    inner.park_retries(alias, vec![r], true);
+                    continue;
+                }
+                Some(at) => super::failures::too_late(inner, &job, at),
+                None => None,
+            };
+            if let Some(why) = retry_late {
+                super::failures::retry_missed(inner, alias, &r, why);
+                continue;
+            }
+            // Manual, promoted (marked queued) and retried runs start whatever their
+            // lateness (a retry's was checked above).
+            let lenient = r.manual || r.queued || r.retry_at.is_some();
             let times = vec![r.scheduled];
-            let Some(run) =
-                inner.recorded_run(alias, &job, times, vec![r.run_id], r.manual, lenient)
-            else {
+            let Some(run) = inner.recorded_run(
+                alias,
+                &job,
+                times,
+                vec![r.run_id],
+                r.manual,
+                lenient,
+                r.attempt,
+            ) else {
                 continue;
             };
             let event = listening.then(|| Event::JobSubmitted {
@@ -313,7 +335,7 @@ pub(super) async fn prepare_recorded(
         scheduled_run_times: times.clone(),
         run_ids: ids.clone(),
     });
-    match inner.recorded_run(alias, job, times, ids, false, false) {
+    match inner.recorded_run(alias, job, times, ids, false, false, 1) {
         Some(run) => (event, Some((executor, run))),
         None => (None, None),
     }
@@ -389,6 +411,12 @@ impl crate::ledger::WriterHooks for Hooks {
                 job_id: None,
                 message: format!("writing run outcomes to the ledger: {error} (retrying)"),
             });
+        }
+    }
+
+    fn retries(&self, alias: &str, runs: Vec<RunRecord>) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.park_retries(alias, runs, true);
         }
     }
 

@@ -341,6 +341,19 @@ pub trait JobStore: Send + Sync + 'static {
         Err(no_ledger())
     }
 
+    /// Creates run records the scheduler made outside a claim: the next attempts of failed
+    /// runs ([`RunRecord::retry`]), `claimed` by this scheduler and due at their `retry_at`.
+    /// They count as active runs (a waiting retry holds its instance) and are taken over
+    /// like any claimed run when their owner dies. Idempotent: a record whose run id (or,
+    /// for scheduled runs, whose job, scheduled time and attempt) is already stored is kept
+    /// as it is, so a write retried after an unknown outcome cannot double a retry. The
+    /// scheduler calls this before [`finish_runs`](Self::finish_runs) for the failed
+    /// attempts, so a crash in between cannot lose a retry.
+    async fn add_runs(&self, runs: &[RunRecord]) -> Result<()> {
+        let _ = runs;
+        Err(no_ledger())
+    }
+
     /// Creates manual runs of job `job_id` at `slots` (`run_now`, `backfill`) with
     /// [`plan_manual_runs`](crate::ledger::plan_manual_runs), in one atomic step with the
     /// read of the job's active runs (and the `cancel_requested` flags it sets), without
@@ -562,6 +575,9 @@ macro_rules! forward_job_store {
     }
     async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<()> {
         (**self).finish_runs(outcomes).await
+    }
+    async fn add_runs(&self, runs: &[RunRecord]) -> Result<()> {
+        (**self).add_runs(runs).await
     }
     async fn add_manual_runs(
         &self,

@@ -93,11 +93,13 @@ fn run_task(name: &str, builder: SchedulerBuilder) -> JobResult {
 
 /// The environment variables carrying a worker's run: job id, name, scheduled time
 /// (RFC 3339) and run id, set only for a task that takes a [`JobContext`].
-const CONTEXT_ENV: [&str; 4] = [
+const CONTEXT_ENV: [&str; 6] = [
     "APSCHED_WORKER_JOB_ID",
     "APSCHED_WORKER_JOB_NAME",
     "APSCHED_WORKER_SCHEDULED",
     "APSCHED_WORKER_RUN_ID",
+    "APSCHED_WORKER_ATTEMPT",
+    "APSCHED_WORKER_MANUAL",
 ];
 
 /// Passes the run's context to a worker child.
@@ -107,6 +109,8 @@ fn context_to_env(cmd: &mut tokio::process::Command, ctx: &JobContext) {
         ctx.name().to_string(),
         ctx.scheduled_run_time().to_rfc3339(),
         ctx.run_id().to_string(),
+        ctx.attempt().to_string(),
+        if ctx.is_manual() { "1" } else { "0" }.to_string(),
     ];
     cmd.envs(CONTEXT_ENV.iter().zip(values));
 }
@@ -121,7 +125,7 @@ fn context_from_env(scheduler: crate::Scheduler) -> Result<JobContext, JobError>
             ))
         })
     };
-    let [id, name, scheduled, run_id] = CONTEXT_ENV;
+    let [id, name, scheduled, run_id, attempt, manual] = CONTEXT_ENV;
     let bad = |what: &str, e: &dyn std::fmt::Display| {
         JobError::not_runnable(format!("the worker's {what} does not parse: {e}"))
     };
@@ -129,13 +133,15 @@ fn context_from_env(scheduler: crate::Scheduler) -> Result<JobContext, JobError>
         .map_err(|e| bad("scheduled time", &e))?
         .with_timezone(&chrono::Utc);
     let run_id = var(run_id)?.parse::<u64>().map_err(|e| bad("run id", &e))?;
+    let attempt = var(attempt)?.parse::<u32>().map_err(|e| bad("attempt", &e))?;
+    let manual = var(manual)? == "1";
     Ok(JobContext::new(
         std::sync::Arc::from(var(id)?.as_str()),
         Some(std::sync::Arc::from(var(name)?.as_str())),
         scheduled,
         RunId::from_raw(run_id),
-        // A worker child is not told whether its run is manual.
-        false,
+        attempt,
+        manual,
         tokio_util::sync::CancellationToken::new(),
         scheduler,
     ))

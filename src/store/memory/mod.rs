@@ -220,6 +220,11 @@ impl JobStore for MemoryStore {
         Ok(self.lock().runs.start(run_ids, self.owner(), now))
     }
 
+    async fn add_runs(&self, runs: &[RunRecord]) -> Result<()> {
+        self.lock().runs.add(runs);
+        Ok(())
+    }
+
     async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<()> {
         let retention = self
             .ctx

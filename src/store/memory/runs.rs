@@ -70,6 +70,28 @@ impl Runs {
         self.by_id.insert(run.run_id, run);
     }
 
+    /// Adds records made outside a claim (retries), keeping any already stored: by run id,
+    /// or for scheduled runs by job, scheduled time and attempt.
+    pub(super) fn add(&mut self, runs: &[RunRecord]) {
+        for run in runs {
+            if self.by_id.contains_key(&run.run_id) {
+                continue;
+            }
+            let taken = !run.manual
+                && self.by_job.get(run.job_id.as_str()).is_some_and(|job| {
+                    job.all
+                        .range((run.scheduled, RunId::from_raw(0))..)
+                        .take_while(|(t, _)| *t == run.scheduled)
+                        .filter_map(|(_, id)| self.by_id.get(id))
+                        .any(|r| !r.manual && r.attempt == run.attempt)
+                });
+            if !taken {
+                let key: Arc<str> = Arc::from(run.job_id.as_str());
+                self.insert(&key, run.clone());
+            }
+        }
+    }
+
     pub(super) fn flag_cancel(&mut self, key: &Arc<str>, ids: &[RunId]) {
         for id in ids {
             if let Some(r) = self.by_id.get_mut(id) {

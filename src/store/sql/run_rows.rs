@@ -116,6 +116,8 @@ where
                 "submitted_at",
                 row.try_get(10).map_err(|e| col("submitted_at", e))?,
             )?,
+            // TODO(sql helper): a retry_at column.
+            retry_at: None,
             started_at: opt_time(
                 "started_at",
                 row.try_get(11).map_err(|e| col("started_at", e))?,

@@ -38,15 +38,17 @@ where
     queries_and_paging(&h).await;
     retention(&h).await;
     runs_outlive_their_job(&h).await;
+    super::ledger_retries::retries_are_runs_of_the_same_slot(&h).await;
     if shared {
         overlap_across_schedulers(&h).await;
         promotion_across_schedulers(&h).await;
         cancel_other_across_schedulers(&h).await;
         takeover(&h).await;
+        super::ledger_retries::retries_are_taken_over(&h).await;
     }
 }
 
-struct Harness<'a, F> {
+pub(super) struct Harness<'a, F> {
     open: &'a F,
 }
 
@@ -56,11 +58,11 @@ where
     Fut: Future<Output = S>,
     S: JobStore,
 {
-    fn namespace(test: &str) -> String {
+    pub(super) fn namespace(test: &str) -> String {
         format!("ledger_{test}_{:06x}", rand::random::<u32>() & 0xff_ffff)
     }
 
-    async fn store(&self, ns: &str, scheduler: &str) -> S {
+    pub(super) async fn store(&self, ns: &str, scheduler: &str) -> S {
         self.store_with(ns, scheduler, true, RunRetention::default())
             .await
     }
@@ -78,7 +80,7 @@ where
 }
 
 /// A job due at `at(0)`, every `every` seconds, with `max_instances` and `overlap`.
-fn job(id: &str, every: u64, max_instances: u32, overlap: Overlap) -> JobRecord {
+pub(super) fn job(id: &str, every: u64, max_instances: u32, overlap: Overlap) -> JobRecord {
     let mut j = interval_job(id, every, Some(at(0)));
     j.max_instances = max_instances;
     j.overlap = overlap;
@@ -87,20 +89,20 @@ fn job(id: &str, every: u64, max_instances: u32, overlap: Overlap) -> JobRecord 
     j
 }
 
-async fn runs_of(store: &impl JobStore, job: &str) -> Vec<RunRecord> {
+pub(super) async fn runs_of(store: &impl JobStore, job: &str) -> Vec<RunRecord> {
     store
         .query_runs(&RunFilter::new().job(job).limit(10_000))
         .await
         .expect("query_runs")
 }
 
-fn states(runs: &[RunRecord]) -> Vec<RunState> {
+pub(super) fn states(runs: &[RunRecord]) -> Vec<RunState> {
     runs.iter().map(|r| r.state).collect()
 }
 
 /// Claims what is due at `now` (after a heartbeat, as the loop does) and returns the
 /// records the claim created.
-async fn claim(store: &impl JobStore, now: chrono::DateTime<chrono::Utc>) -> Vec<RunRecord> {
+pub(super) async fn claim(store: &impl JobStore, now: chrono::DateTime<chrono::Utc>) -> Vec<RunRecord> {
     store.tick_runs(now).await.expect("tick_runs");
     let due = store.acquire_due_jobs(now, 100).await.expect("acquire");
     // As the loop does once the runs are handed over: the job's lease goes.
@@ -108,7 +110,7 @@ async fn claim(store: &impl JobStore, now: chrono::DateTime<chrono::Utc>) -> Vec
     due.into_iter().flat_map(|d| d.runs).collect()
 }
 
-fn executed(run: &RunRecord, at_: chrono::DateTime<chrono::Utc>) -> RunOutcome {
+pub(super) fn executed(run: &RunRecord, at_: chrono::DateTime<chrono::Utc>) -> RunOutcome {
     RunOutcome::new(run.run_id, run.job_id.clone(), RunState::Executed, at_)
 }
 
@@ -693,3 +695,4 @@ where
         RunState::Abandoned
     );
 }
+

@@ -40,6 +40,7 @@ mod claims;
 mod context;
 mod fixtures;
 mod ledger;
+mod ledger_retries;
 mod suite;
 
 pub use self::claims::shared_claims;
