@@ -237,9 +237,7 @@ impl JobRun {
         if let (Some(s), Some(w)) = (&scheduler, watch) {
             match &next {
                 // Not recorded (no ledger for this store): the retry waits in this process.
-                Some(next) if !recorded => {
-                    s.park_retries(&self.store, vec![next.clone()])
-                }
+                Some(next) if !recorded => s.park_retries(&self.store, vec![next.clone()]),
                 Some(_) => {}
                 None if w.pause_after.is_some() => {
                     s.count_failure(&self.store, &self.job_id, Some(&why))
@@ -265,7 +263,8 @@ impl JobRun {
             store: self.store.to_string(),
             scheduled_run_time: scheduled,
             run_id,
-            next_run_id: self.current_run_id().map(|_| next.run_id),
+            // A retry has a ledger record when its failed attempt had one.
+            next_run_id: run_id.map(|_| next.run_id),
             attempt: next.attempt,
             retry_at,
             error: why.to_string(),
@@ -401,7 +400,9 @@ impl JobRun {
             }
             Err(e) if self.watch.is_some() => {
                 let why = e.to_string();
-                retry = self.record_failure(scheduled, why.clone()).map(|next| (next, why));
+                retry = self
+                    .record_failure(scheduled, why.clone())
+                    .map(|next| (next, why));
             }
             Err(e) => self.record(run_id, RunState::Error, Some(e.to_string()), None),
         }

@@ -173,9 +173,7 @@ impl Inner {
             .filter(|(_, w)| &*w.store == alias)
             .map(|(k, _)| *k)
             .collect();
-        keys.iter()
-            .filter_map(|k| life.retries.remove(k))
-            .collect()
+        keys.iter().filter_map(|k| life.retries.remove(k)).collect()
     }
 }
 
@@ -198,7 +196,12 @@ pub(super) async fn dispatch_due_retries(inner: &Inner, alias: &str, store: &Arc
 }
 
 /// Starts a retry kept only in this process (its store keeps no ledger).
-async fn start_unrecorded(inner: &Inner, alias: &Arc<str>, store: &Arc<dyn JobStore>, r: RunRecord) {
+async fn start_unrecorded(
+    inner: &Inner,
+    alias: &Arc<str>,
+    store: &Arc<dyn JobStore>,
+    r: RunRecord,
+) {
     let fail = |why: String| {
         tracing::error!(job_id = %r.job_id, %why, "a retry could not start");
         inner.events.emit(Event::JobError {
@@ -228,7 +231,8 @@ async fn start_unrecorded(inner: &Inner, alias: &Arc<str>, store: &Arc<dyn JobSt
         return fail(format!("no executor named '{}'", job.executor));
     };
     let times = vec![r.scheduled];
-    if let Some(run) = inner.recorded_run(alias, &job, times, Vec::new(), r.manual, true, r.attempt) {
+    if let Some(run) = inner.recorded_run(alias, &job, times, Vec::new(), r.manual, true, r.attempt)
+    {
         let event = inner.events.has_receivers().then(|| Event::JobSubmitted {
             job_id: r.job_id.clone(),
             store: alias.to_string(),
@@ -255,8 +259,13 @@ pub(super) fn too_late(inner: &Inner, job: &JobRecord, due: DateTime<Utc>) -> Op
 pub(super) fn retry_missed(inner: &Inner, alias: &Arc<str>, r: &RunRecord, why: String) {
     tracing::warn!(job_id = %r.job_id, run_id = %r.run_id, %why, "retry missed");
     inner.ledger.finishing(r.run_id);
-    let outcome = RunOutcome::new(r.run_id, r.job_id.as_str(), RunState::Missed, inner.clock.now())
-        .error(why);
+    let outcome = RunOutcome::new(
+        r.run_id,
+        r.job_id.as_str(),
+        RunState::Missed,
+        inner.clock.now(),
+    )
+    .error(why);
     inner.run_context.writer.send(alias.clone(), outcome);
     crate::stats::run_outcome("missed");
     inner.events.emit(Event::JobMissed {

@@ -307,7 +307,12 @@ impl Scheduler {
 
     /// Reads a job, applies `f`, writes it back (retrying if the loop or another scheduler
     /// changed it in between), and emits the matching event.
-    pub(super) async fn update_with<F>(&self, id: &str, store: Option<&str>, f: F) -> Result<Option<Job>>
+    pub(super) async fn update_with<F>(
+        &self,
+        id: &str,
+        store: Option<&str>,
+        f: F,
+    ) -> Result<Option<Job>>
     where
         F: Fn(&mut JobRecord, DateTime<Utc>) -> Result<Update>,
     {

@@ -14,6 +14,7 @@ mod handles;
 mod ledger;
 #[cfg(feature = "metrics")]
 mod metrics;
+mod retries;
 mod runtimes;
 mod scenarios;
 mod spans;

@@ -133,7 +133,9 @@ fn context_from_env(scheduler: crate::Scheduler) -> Result<JobContext, JobError>
         .map_err(|e| bad("scheduled time", &e))?
         .with_timezone(&chrono::Utc);
     let run_id = var(run_id)?.parse::<u64>().map_err(|e| bad("run id", &e))?;
-    let attempt = var(attempt)?.parse::<u32>().map_err(|e| bad("attempt", &e))?;
+    let attempt = var(attempt)?
+        .parse::<u32>()
+        .map_err(|e| bad("attempt", &e))?;
     let manual = var(manual)? == "1";
     Ok(JobContext::new(
         std::sync::Arc::from(var(id)?.as_str()),

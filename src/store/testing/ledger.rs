@@ -102,7 +102,10 @@ pub(super) fn states(runs: &[RunRecord]) -> Vec<RunState> {
 
 /// Claims what is due at `now` (after a heartbeat, as the loop does) and returns the
 /// records the claim created.
-pub(super) async fn claim(store: &impl JobStore, now: chrono::DateTime<chrono::Utc>) -> Vec<RunRecord> {
+pub(super) async fn claim(
+    store: &impl JobStore,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<RunRecord> {
     store.tick_runs(now).await.expect("tick_runs");
     let due = store.acquire_due_jobs(now, 100).await.expect("acquire");
     // As the loop does once the runs are handed over: the job's lease goes.
@@ -695,4 +698,3 @@ where
         RunState::Abandoned
     );
 }
-

@@ -61,9 +61,15 @@ where
     // A manual run's retry stays manual.
     let manual = store.add_manual_runs("a", &[at(20)], at(20)).await.unwrap();
     let manual_retry = manual[0].retry("s1", at(21), at(30));
-    store.add_runs(std::slice::from_ref(&manual_retry)).await.unwrap();
+    store
+        .add_runs(std::slice::from_ref(&manual_retry))
+        .await
+        .unwrap();
     let got = store.get_run(manual_retry.run_id).await.unwrap().unwrap();
-    assert!(got.manual && got.attempt == 2 && got.retry_at == Some(at(30)), "{got:?}");
+    assert!(
+        got.manual && got.attempt == 2 && got.retry_at == Some(at(30)),
+        "{got:?}"
+    );
 }
 
 /// A dead scheduler's waiting retry is taken over like any claimed run, keeping its time
@@ -93,7 +99,12 @@ where
     assert_eq!(tick.dispatch.len(), 1, "{tick:?}");
     let taken = &tick.dispatch[0];
     assert_eq!(
-        (taken.run_id, taken.owner.as_str(), taken.attempt, taken.retry_at),
+        (
+            taken.run_id,
+            taken.owner.as_str(),
+            taken.attempt,
+            taken.retry_at
+        ),
         (retry.run_id, "s2", 2, Some(at(50)))
     );
     assert_eq!(
