@@ -170,6 +170,11 @@ struct Life {
     parked: HashMap<(String, String), JobRecord>,
     /// Retries waiting for their time.
     retries: failures::Retries,
+    /// When the scheduler last started (runs it owns submitted before are a previous
+    /// life's).
+    started_at: Option<DateTime<Utc>>,
+    /// The stores whose runs of a previous life were looked at since the last start.
+    recovered: std::collections::HashSet<String>,
 }
 
 pub(crate) struct Inner {

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::executor::{Executor, JobRun};
 use crate::job::{JobRecord, Overlap, RunId};
-use crate::ledger::{RunOutcome, RunRecord, RunState};
+use crate::ledger::{RunFilter, RunOutcome, RunRecord, RunState};
 use crate::stats;
 use crate::store::{DueJob, JobStore};
 
@@ -135,6 +135,13 @@ pub(super) async fn tick_store(
     let now = inner.clock.now();
     let tick = timed(alias, "tick_runs", store.tick_runs(now)).await?;
     inner.ticked(alias, store.is_persistent());
+    if store.is_persistent() && inner.life().recovered.insert(alias.to_string()) {
+        if let Err(e) = recover_own_runs(inner, alias, store).await {
+            // Looked at again in the next pass.
+            inner.life().recovered.remove(alias);
+            return Err(e);
+        }
+    }
     for r in &tick.abandoned {
         tracing::warn!(job_id = %r.job_id, run_id = %r.run_id, owner = %r.owner, scheduled = %r.scheduled,
             "a run's scheduler died after starting it; the run is abandoned (outcome unknown)");
@@ -160,6 +167,65 @@ pub(super) async fn tick_store(
             r
         }));
         dispatch(inner, &Arc::from(alias), store, runs).await;
+    }
+    Ok(())
+}
+
+/// Most active runs of a previous life [`recover_own_runs`] looks at per start.
+const RECOVER_LIMIT: usize = 10_000;
+
+/// At the first ledger pass after start: the active runs of a previous life of this
+/// scheduler (the same id, restarted) are nobody's now, and no other scheduler takes them
+/// over while this id's heartbeat is alive. Claimed ones start (retries at their time,
+/// under the misfire rules), started ones are abandoned, as a taker would do.
+async fn recover_own_runs(inner: &Inner, alias: &str, store: &Arc<dyn JobStore>) -> Result<()> {
+    let Some(started) = inner.life().started_at else {
+        return Ok(());
+    };
+    let mut filter = RunFilter::new()
+        .states([RunState::Claimed, RunState::Started])
+        .limit(1000);
+    let (mut claimed, mut abandoned) = (Vec::new(), Vec::new());
+    let mut seen = 0;
+    while seen < RECOVER_LIMIT {
+        let page = timed(alias, "query_runs", store.query_runs(&filter)).await?;
+        let Some(last) = page.last() else { break };
+        filter = filter.after(last);
+        seen += page.len();
+        let full = page.len() >= 1000;
+        for r in page {
+            // Queued runs wait for promotion, which any scheduler does.
+            if r.owner != inner.id || r.submitted_at >= started || r.queued {
+                continue;
+            }
+            match r.state {
+                RunState::Claimed => claimed.push(r),
+                _ => abandoned.push(r),
+            }
+        }
+        if !full {
+            break;
+        }
+    }
+    let alias: Arc<str> = Arc::from(alias);
+    for r in abandoned {
+        tracing::warn!(job_id = %r.job_id, run_id = %r.run_id, "a run started by this scheduler before it restarted is abandoned (outcome unknown)");
+        inner.ledger.finishing(r.run_id);
+        let error = crate::ledger::abandoned_error(&inner.id, None);
+        let outcome = RunOutcome::new(r.run_id, r.job_id.as_str(), RunState::Abandoned, inner.clock.now())
+            .error(error);
+        inner.run_context.writer.send(alias.clone(), outcome);
+        stats::run_outcome("abandoned");
+        inner.events.emit(Event::JobAbandoned {
+            job_id: r.job_id.clone(),
+            store: alias.to_string(),
+            scheduled_run_time: r.scheduled,
+            run_id: r.run_id,
+            owner: r.owner.clone(),
+        });
+    }
+    if !claimed.is_empty() {
+        dispatch(inner, &alias, store, claimed).await;
     }
     Ok(())
 }
@@ -438,6 +504,8 @@ impl Inner {
                 .open(self.ledger.clone(), Hooks(Arc::downgrade(self)), runtime);
         let mut life = self.life();
         life.ticks.clear();
+        life.started_at = Some(self.clock.now());
+        life.recovered.clear();
         life.writer_task = Some(task);
     }
 
