@@ -69,6 +69,9 @@ pub(crate) struct Watch {
     pub pause_after: Option<u32>,
     /// The job's consecutive failed scheduled times when the run was claimed.
     pub failures: u32,
+    /// The job's trigger has ended and the job is kept only for this run's retries: it is
+    /// removed once the run has its final outcome.
+    pub kept_for_retries: bool,
 }
 
 /// One submission of a job: one or more scheduled times to run in order.
@@ -218,7 +221,7 @@ impl JobRun {
         let run_id = self.current_run_id();
         let watch = self.watch.as_deref();
         let scheduler = watch
-            .filter(|w| w.retry.is_some() || w.pause_after.is_some())
+            .filter(|w| w.retry.is_some() || w.pause_after.is_some() || w.kept_for_retries)
             .and_then(|_| Scheduler::upgrade(&self.ctx.scheduler));
         let next = match (watch, &scheduler) {
             (Some(w), Some(s)) => w.retry.as_deref().and_then(|policy| {
@@ -239,10 +242,14 @@ impl JobRun {
                 // Not recorded (no ledger for this store): the retry waits in this process.
                 Some(next) if !recorded => s.park_retries(&self.store, vec![next.clone()]),
                 Some(_) => {}
-                None if w.pause_after.is_some() => {
-                    s.count_failure(&self.store, &self.job_id, Some(&why))
+                None => {
+                    if w.pause_after.is_some() {
+                        s.count_failure(&self.store, &self.job_id, Some(&why));
+                    }
+                    if w.kept_for_retries {
+                        s.remove_if_done(&self.store, &self.job_id);
+                    }
                 }
-                None => {}
             }
         }
         next
@@ -274,13 +281,19 @@ impl JobRun {
     /// A run that succeeded: for a job that pauses after failures and had failed, the count
     /// of consecutive failures starts again.
     fn succeeded(&self) {
-        let counted = self
-            .watch
-            .as_deref()
-            .is_some_and(|w| w.pause_after.is_some() && w.failures > 0);
-        if counted {
-            if let Some(s) = Scheduler::upgrade(&self.ctx.scheduler) {
+        let Some(w) = self.watch.as_deref() else {
+            return;
+        };
+        let counted = w.pause_after.is_some() && w.failures > 0;
+        if !counted && !w.kept_for_retries {
+            return;
+        }
+        if let Some(s) = Scheduler::upgrade(&self.ctx.scheduler) {
+            if counted {
                 s.count_failure(&self.store, &self.job_id, None);
+            }
+            if w.kept_for_retries {
+                s.remove_if_done(&self.store, &self.job_id);
             }
         }
     }

@@ -12,6 +12,11 @@ use crate::job::opt_secs;
 use crate::job::{Overlap, RetryPolicy};
 use crate::trigger::TriggerSpec;
 
+/// The paused reason of a job whose trigger has no fire time left but whose last run may
+/// still be retried: the scheduler removes the job once that run has its final outcome.
+pub const KEPT_FOR_RETRIES: &str =
+    "its trigger has no fire time left; it is kept until its last run's retries end";
+
 /// A lease on a job held by one scheduler while it processes the job's due runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {

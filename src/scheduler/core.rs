@@ -453,6 +453,7 @@ pub(super) fn watch(
             retry: job.retry.clone(),
             pause_after: job.pause_after_failures,
             failures: job.consecutive_failures,
+            kept_for_retries: job.paused_reason.as_deref() == Some(crate::job::KEPT_FOR_RETRIES),
         })
     })
 }

@@ -95,6 +95,35 @@ impl Scheduler {
                 }
             }
         };
+        self.in_background(task);
+    }
+}
+
+impl Scheduler {
+    /// Removes job `job_id` if it is still kept only for its last run's retries (its
+    /// trigger has ended and that run has its final outcome now).
+    pub(crate) fn remove_if_done(&self, store: &str, job_id: &str) {
+        let (this, store, job_id) = (self.clone(), store.to_string(), job_id.to_string());
+        self.in_background(async move {
+            let done = this
+                .update_with(&job_id, Some(&store), |job, _now| {
+                    Ok(if job.paused_reason() == Some(crate::job::KEPT_FOR_RETRIES) {
+                        Update::Remove
+                    } else {
+                        Update::Unchanged
+                    })
+                })
+                .await;
+            if let Err(e) = done {
+                if !matches!(e, crate::Error::JobLookup(_)) {
+                    tracing::error!(%job_id, error = %e, "could not remove a job whose trigger has ended");
+                }
+            }
+        });
+    }
+
+    /// Runs `task` on the current runtime, or on the scheduler's.
+    fn in_background(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => drop(rt.spawn(task)),
             Err(_) => {

@@ -345,25 +345,40 @@ impl Scheduler {
                     };
                     p.job.next_run_time = None;
                     let outcome = match outcome {
+                        Ok(Update::Unchanged) => {
+                            p.next_run_time = restore;
+                            return Ok(Some(Job::from_record(&p.job, &alias, true)));
+                        }
                         Ok(o) => o,
                         Err(e) => {
                             p.next_run_time = restore;
                             return Err(e);
                         }
                     };
-                    let event = |job_id: String, store: String| match outcome {
-                        Update::Modify => Event::JobModified { job_id, store },
-                        Update::Remove => Event::JobRemoved { job_id, store },
-                    };
-                    let result = match outcome {
-                        Update::Modify => Some(Job::from_record(&p.job, &alias, true)),
+                    let (event, result) = match outcome {
                         Update::Remove => {
                             life.pending.remove(i);
-                            None
+                            (
+                                Event::JobRemoved {
+                                    job_id: id.to_string(),
+                                    store: alias,
+                                },
+                                None,
+                            )
+                        }
+                        _ => {
+                            let job = Job::from_record(&p.job, &alias, true);
+                            (
+                                Event::JobModified {
+                                    job_id: id.to_string(),
+                                    store: alias,
+                                },
+                                Some(job),
+                            )
                         }
                     };
                     drop(life);
-                    self.inner.events.emit(event(id.to_string(), alias));
+                    self.inner.events.emit(event);
                     return Ok(result);
                 }
                 Located::Stored(alias, s, mut job) => match f(&mut job, now)? {
@@ -387,6 +402,7 @@ impl Scheduler {
                         });
                         return Ok(None);
                     }
+                    Update::Unchanged => return Ok(Some(Job::from_record(&job, &alias, false))),
                 },
             }
         }
@@ -451,4 +467,6 @@ pub(super) enum Located {
 pub(super) enum Update {
     Modify,
     Remove,
+    /// Nothing to write.
+    Unchanged,
 }

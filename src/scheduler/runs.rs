@@ -212,8 +212,13 @@ async fn recover_own_runs(inner: &Inner, alias: &str, store: &Arc<dyn JobStore>)
         tracing::warn!(job_id = %r.job_id, run_id = %r.run_id, "a run started by this scheduler before it restarted is abandoned (outcome unknown)");
         inner.ledger.finishing(r.run_id);
         let error = crate::ledger::abandoned_error(&inner.id, None);
-        let outcome = RunOutcome::new(r.run_id, r.job_id.as_str(), RunState::Abandoned, inner.clock.now())
-            .error(error);
+        let outcome = RunOutcome::new(
+            r.run_id,
+            r.job_id.as_str(),
+            RunState::Abandoned,
+            inner.clock.now(),
+        )
+        .error(error);
         inner.run_context.writer.send(alias.clone(), outcome);
         stats::run_outcome("abandoned");
         inner.events.emit(Event::JobAbandoned {

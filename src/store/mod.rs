@@ -214,7 +214,13 @@ impl DueJob {
     /// [`WALK_BEFORE_SKIP`](crate::job::WALK_BEFORE_SKIP)).
     pub fn claim(mut job: JobRecord, now: DateTime<Utc>) -> DueJob {
         let adv = crate::job::advance(&mut job, now);
-        let removed = adv.next_run_time.is_none() && adv.trigger_error.is_none();
+        let exhausted = adv.next_run_time.is_none() && adv.trigger_error.is_none();
+        // A job that retries failed runs is kept (paused, saying why) while this last run
+        // may still need it; the scheduler removes it once the run has its final outcome.
+        let removed = exhausted && (job.retry.is_none() || adv.run_times.is_empty());
+        if exhausted && !removed {
+            job.paused_reason = Some(std::sync::Arc::from(crate::job::KEPT_FOR_RETRIES));
+        }
         DueJob {
             job,
             run_times: adv.run_times,

@@ -365,3 +365,42 @@ async fn invalid_failure_options_are_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("pause_after_failures"), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_one_shot_job_is_kept_until_its_retries_end() {
+    let clock = TestClock::new(t0());
+    let s = scheduler(&clock, true);
+    s.start().await.unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    s.add_job(flaky(1, seen.clone()))
+        .id("once")
+        .trigger(apsched::trigger::Date::at(t0(), None).unwrap())
+        .retry(RetryPolicy::fixed(3, Duration::from_secs(20)).jitter(false))
+        .await
+        .unwrap();
+    s.add_job(flaky(0, seen.clone()))
+        .id("fine")
+        .trigger(apsched::trigger::Date::at(t0(), None).unwrap())
+        .retry(RetryPolicy::fixed(3, Duration::from_secs(20)).jitter(false))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Its trigger has ended, but its retry still needs it: kept, paused, saying why.
+    let kept = s.job("once").get().await.unwrap().expect("kept for its retry");
+    assert!(kept.is_paused());
+    assert_eq!(
+        kept.paused_reason.as_deref(),
+        Some(apsched::job::KEPT_FOR_RETRIES)
+    );
+    // A one-shot job that succeeded at once is removed as usual.
+    assert!(s.job("fine").get().await.unwrap().is_none());
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(seen.lock().unwrap().contains(&(t0(), 2)));
+    assert!(s.job("once").get().await.unwrap().is_none(), "removed after its retry");
+    let runs = runs(&s, "once").await;
+    assert_eq!(
+        runs.iter().map(|r| (r.attempt, r.state)).collect::<Vec<_>>(),
+        vec![(1, RunState::Error), (2, RunState::Executed)]
+    );
+    s.shutdown().await.unwrap();
+}
