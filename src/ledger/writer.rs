@@ -118,9 +118,22 @@ impl RunWriter {
                     let added = self
                         .write_with(&alias, &hooks, |store| {
                             let retries = retries.clone();
-                            async move { store.add_runs(&retries).await.map(|()| retries) }
+                            async move {
+                                match store.add_runs(&retries).await {
+                                    Ok(()) => Ok(Some(retries)),
+                                    // A store that cannot keep retries (a custom store
+                                    // written before them): the runs are not retried,
+                                    // rather than their outcomes never written.
+                                    Err(crate::Error::Unsupported(what)) => {
+                                        tracing::error!(%what, "this store cannot keep retries; failed runs are not retried");
+                                        Ok(None)
+                                    }
+                                    Err(e) => Err(e),
+                                }
+                            }
                         })
-                        .await;
+                        .await
+                        .flatten();
                     if let Some(retries) = added {
                         hooks.retries(&alias, retries);
                     }

@@ -386,7 +386,12 @@ async fn a_one_shot_job_is_kept_until_its_retries_end() {
         .unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
     // Its trigger has ended, but its retry still needs it: kept, paused, saying why.
-    let kept = s.job("once").get().await.unwrap().expect("kept for its retry");
+    let kept = s
+        .job("once")
+        .get()
+        .await
+        .unwrap()
+        .expect("kept for its retry");
     assert!(kept.is_paused());
     assert_eq!(
         kept.paused_reason.as_deref(),
@@ -396,10 +401,15 @@ async fn a_one_shot_job_is_kept_until_its_retries_end() {
     assert!(s.job("fine").get().await.unwrap().is_none());
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(seen.lock().unwrap().contains(&(t0(), 2)));
-    assert!(s.job("once").get().await.unwrap().is_none(), "removed after its retry");
+    assert!(
+        s.job("once").get().await.unwrap().is_none(),
+        "removed after its retry"
+    );
     let runs = runs(&s, "once").await;
     assert_eq!(
-        runs.iter().map(|r| (r.attempt, r.state)).collect::<Vec<_>>(),
+        runs.iter()
+            .map(|r| (r.attempt, r.state))
+            .collect::<Vec<_>>(),
         vec![(1, RunState::Error), (2, RunState::Executed)]
     );
     s.shutdown().await.unwrap();

@@ -17,6 +17,9 @@ mod custom;
 #[cfg(any(feature = "postgres", feature = "redis"))]
 mod overlap;
 
+#[cfg(any(feature = "postgres", feature = "redis"))]
+mod failures;
+
 #[cfg(any(feature = "redis", feature = "mongodb", feature = "zookeeper"))]
 mod nosql;
 mod sql;

@@ -1,0 +1,185 @@
+//! Retries and auto-pause survive a restart (issue 12), on PostgreSQL and Redis, in real
+//! time: a retry waiting when its scheduler stops runs after a restart (the same scheduler
+//! id taking back its previous life's runs, or another id taking them over), and a job
+//! paused after its failures stays paused, with its reason, in the next scheduler.
+
+use std::time::Duration;
+
+use apsched::job::JobContext;
+use apsched::ledger::{RunFilter, RunRecord, RunState};
+use apsched::trigger::{Date, Interval};
+use apsched::{RetryPolicy, Scheduler};
+use chrono::{DateTime, TimeDelta, Utc};
+
+use crate::multiprocess::store_for;
+
+fn scheduler(url: &str, ns: &str, id: &str) -> Scheduler {
+    Scheduler::builder()
+        .store("default", store_for(url, ns).unwrap())
+        .scheduler_id(id)
+        .lease(Duration::from_secs(2))
+        .task(
+            "flaky",
+            |_: serde_json::Value, ctx: JobContext| async move {
+                if ctx.attempt() == 1 {
+                    Err("the first attempt fails".to_string())
+                } else {
+                    Ok(ctx.attempt())
+                }
+            },
+        )
+        .task("broken", |_: serde_json::Value| async {
+            Err::<(), _>("the upstream API answered 503".to_string())
+        })
+        .build()
+}
+
+/// Polls the runs of job `j` until `done` holds (real time, at most 30 s).
+async fn wait_runs(
+    s: &Scheduler,
+    what: &str,
+    done: impl Fn(&[RunRecord]) -> bool,
+) -> Vec<RunRecord> {
+    let give_up = Utc::now() + TimeDelta::seconds(30);
+    loop {
+        let mut runs = s.job("j").runs(RunFilter::new().limit(100)).await.unwrap();
+        runs.sort_by_key(|r| (r.scheduled, r.attempt));
+        if done(&runs) {
+            return runs;
+        }
+        assert!(Utc::now() < give_up, "{what}: {runs:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A one-shot job fails its first attempt; its retry (3 s later) is waiting when its
+/// scheduler stops. The next scheduler (`next_id`) runs it at its time.
+async fn retry_after_restart(url: &str, ns: &str, next_id: &str) {
+    let a = scheduler(url, ns, "a");
+    a.start().await.unwrap();
+    let first: DateTime<Utc> = DateTime::from_timestamp(Utc::now().timestamp() + 1, 0).unwrap();
+    a.add_task_job("flaky", serde_json::Value::Null)
+        .trigger(Date::at(first, None).unwrap())
+        .retry(RetryPolicy::fixed(2, Duration::from_secs(3)).jitter(false))
+        .misfire_grace_time(Some(Duration::from_secs(60)))
+        .id("j")
+        .await
+        .unwrap();
+    let runs = wait_runs(&a, "the retry is never recorded", |r| {
+        r.iter().any(|r| r.attempt == 2)
+    })
+    .await;
+    let retry_at = runs[1].retry_at.expect("a retry has its time");
+    assert_eq!(
+        (runs[0].state, runs[1].state, runs[1].owner.as_str()),
+        (RunState::Error, RunState::Claimed, "a")
+    );
+    a.shutdown().await.unwrap();
+
+    let b = scheduler(url, ns, next_id);
+    b.start().await.unwrap();
+    let runs = wait_runs(&b, "the retry never ran after the restart", |r| {
+        r.len() == 2 && r[1].state.is_terminal()
+    })
+    .await;
+    let retry = &runs[1];
+    assert_eq!(
+        (retry.attempt, retry.state, retry.owner.as_str()),
+        (2, RunState::Executed, next_id),
+        "{runs:#?}"
+    );
+    assert_eq!(retry.scheduled, first);
+    assert!(retry.started_at.unwrap() >= retry_at, "{retry:#?}");
+    assert_eq!(retry.output_as::<u32>(), Some(2));
+    // The job was kept for its retry only: it is gone now.
+    for _ in 0..50 {
+        if b.job("j").get().await.unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(b.job("j").get().await.unwrap().is_none());
+    b.shutdown().await.unwrap();
+}
+
+/// A job failing every second pauses after two failures; the next scheduler finds it
+/// paused with its reason and its count, and it runs no more until resumed.
+async fn pause_after_restart(url: &str, ns: &str) {
+    let a = scheduler(url, ns, "a");
+    a.start().await.unwrap();
+    a.add_task_job("broken", serde_json::Value::Null)
+        .trigger(Interval::new(Duration::from_secs(1)).unwrap())
+        .pause_after_failures(2)
+        .misfire_grace_time(None)
+        .id("j")
+        .await
+        .unwrap();
+    let give_up = Utc::now() + TimeDelta::seconds(30);
+    while !a.job("j").get().await.unwrap().unwrap().is_paused() {
+        assert!(Utc::now() < give_up, "never paused");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.shutdown().await.unwrap();
+
+    let b = scheduler(url, ns, "b");
+    b.start().await.unwrap();
+    let job = b.job("j").get().await.unwrap().unwrap();
+    assert!(job.is_paused());
+    assert_eq!(job.consecutive_failures, 2);
+    assert_eq!(
+        job.paused_reason.as_deref(),
+        Some("paused after 2 consecutive failures: the upstream API answered 503")
+    );
+    let before = b.job("j").runs(RunFilter::new()).await.unwrap().len();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        b.job("j").runs(RunFilter::new()).await.unwrap().len(),
+        before,
+        "a paused job does not run"
+    );
+    let resumed = b.job("j").resume().await.unwrap().unwrap();
+    assert_eq!(
+        (resumed.paused_reason, resumed.consecutive_failures),
+        (None, 0)
+    );
+    b.job("j").remove().await.unwrap();
+    b.shutdown_now().await.unwrap();
+}
+
+async fn all(url: &str, prefix: &str) {
+    // Real time: not beside the other tests that run schedulers for a while.
+    let _turn = crate::multiprocess::PROCESS_TESTS.lock().await;
+    let ns = NAMESPACES.map(|n| format!("{prefix}{n}"));
+    tokio::join!(
+        retry_after_restart(url, &ns[0], "a"),
+        retry_after_restart(url, &ns[1], "b"),
+        pause_after_restart(url, &ns[2]),
+    );
+}
+
+const NAMESPACES: [&str; 3] = ["same", "other", "pause"];
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_auto_pause_survive_a_restart_postgres() {
+    let Some(tdb) = crate::sql::TestDb::new(crate::sql::Db::Postgres, "fail").await else {
+        return;
+    };
+    let prefix = format!("{}_", tdb.table);
+    all(&tdb.url, &prefix).await;
+    let tables: Vec<String> = NAMESPACES.iter().map(|p| format!("{prefix}{p}")).collect();
+    tdb.cleanup(&tables).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_auto_pause_survive_a_restart_redis() {
+    if !crate::redis::available().await {
+        return;
+    }
+    let prefix = format!("apsched-test:{}:", crate::suite::unique_suffix());
+    all(&crate::redis::url(), &prefix).await;
+    for p in NAMESPACES {
+        crate::redis::cleanup(&format!("{prefix}{p}")).await;
+    }
+}
