@@ -96,6 +96,18 @@ pub struct JobDefaultsConfig {
     /// How long a run may take before it is cancelled (seconds, or `"none"`). Default none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<GraceTime>,
+    /// What a run due while `max_instances` runs are active does (`"skip"`, `"buffer_one"`,
+    /// `"buffer_all"`, `"cancel_other"`, `"allow_all"`). Default `"skip"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<crate::Overlap>,
+    /// How failed runs are retried: `{ attempts = 3, delay = 10, backoff = "exponential",
+    /// factor = 2, max_delay = 3600, jitter = true }` (seconds; only `attempts` and `delay`
+    /// are required). Default: no retries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<crate::RetryPolicy>,
+    /// Pause a job after this many consecutive failed scheduled times. Default: never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause_after_failures: Option<u32>,
 }
 
 /// A `misfire_grace_time` or a `timeout`: a number of seconds, or `"none"` (any lateness, no
@@ -254,6 +266,15 @@ pub struct JobConfig {
     /// Overrides `job_defaults.timeout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<GraceTime>,
+    /// Overrides `job_defaults.overlap`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<crate::Overlap>,
+    /// Overrides `job_defaults.retry`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<crate::RetryPolicy>,
+    /// Overrides `job_defaults.pause_after_failures`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_after_failures: Option<u32>,
     /// The trigger's parameters (`hour`, `minutes`, `run_date`, `timezone`, ...): every
     /// other key of the job.
     #[serde(flatten)]

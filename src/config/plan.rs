@@ -94,6 +94,9 @@ pub(super) struct PlannedJob {
     pub(super) coalesce: Option<bool>,
     pub(super) max_instances: Option<u32>,
     pub(super) timeout: Option<Option<Duration>>,
+    pub(super) overlap: Option<crate::Overlap>,
+    pub(super) retry: Option<crate::RetryPolicy>,
+    pub(super) pause_after_failures: Option<u32>,
 }
 
 impl Plan {
@@ -204,7 +207,38 @@ fn job_defaults(config: &SchedulerConfig, problems: &mut Problems) -> JobDefault
             Err(m) => problems.push("job_defaults.timeout", m),
         }
     }
+    if let Some(o) = given.overlap {
+        defaults = defaults.overlap(o);
+    }
+    if failure_options(
+        "job_defaults",
+        given.retry,
+        given.pause_after_failures,
+        problems,
+    ) {
+        defaults = defaults
+            .retry(given.retry)
+            .pause_after_failures(given.pause_after_failures);
+    }
     defaults
+}
+
+/// Checks a retry policy and an auto-pause count at `at` (`job_defaults` or `jobs[i]`);
+/// `true` when both are usable.
+fn failure_options(
+    at: &str,
+    retry: Option<crate::RetryPolicy>,
+    pause_after: Option<u32>,
+    problems: &mut Problems,
+) -> bool {
+    let before = problems.0.len();
+    if let Some(Err(m)) = retry.map(|r| r.check()) {
+        problems.push(format!("{at}.retry"), m);
+    }
+    if pause_after == Some(0) {
+        problems.push(format!("{at}.pause_after_failures"), "must be at least 1");
+    }
+    problems.0.len() == before
 }
 
 const EXECUTOR_TYPES: &str = "tokio, blocking or process";
@@ -350,6 +384,12 @@ fn plan_job(
             None
         }
     };
+    failure_options(
+        &format!("jobs[{index}]"),
+        job.retry,
+        job.pause_after_failures,
+        problems,
+    );
     let trigger = trigger(index, job, problems);
     if problems.0.len() > before {
         return None;
@@ -367,6 +407,9 @@ fn plan_job(
         coalesce: job.coalesce,
         max_instances: job.max_instances,
         timeout,
+        overlap: job.overlap,
+        retry: job.retry,
+        pause_after_failures: job.pause_after_failures,
     })
 }
 

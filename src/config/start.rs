@@ -258,5 +258,14 @@ fn add_job(scheduler: &Scheduler, job: PlannedJob) -> AddJob {
     if let Some(t) = job.timeout {
         add = add.timeout(t);
     }
+    if let Some(o) = job.overlap {
+        add = add.overlap(o);
+    }
+    if let Some(r) = job.retry {
+        add = add.retry(r);
+    }
+    if let Some(n) = job.pause_after_failures {
+        add = add.pause_after_failures(n);
+    }
     add
 }

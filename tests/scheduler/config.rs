@@ -523,3 +523,77 @@ mod persistent {
         s.shutdown().await.unwrap();
     }
 }
+
+/// Retries, auto-pause and the overlap policy are configured like the other job options:
+/// in `[job_defaults]` and per job; bad values are problems with their paths.
+#[tokio::test(start_paused = true)]
+async fn failure_options_and_overlap_come_from_the_config() {
+    let config = SchedulerConfig::from_toml_str(
+        r#"
+        [job_defaults]
+        retry = { attempts = 3, delay = 10 }
+        pause_after_failures = 5
+        overlap = "buffer_one"
+        [[jobs]]
+        id = "defaults"
+        task = "record"
+        args = "x"
+        trigger = "interval"
+        hours = 1
+        [[jobs]]
+        id = "own"
+        task = "record"
+        args = "y"
+        trigger = "interval"
+        hours = 1
+        retry = { attempts = 4, delay = 1.5, backoff = "fixed", jitter = false }
+        pause_after_failures = 2
+        overlap = "allow_all"
+        "#,
+    )
+    .unwrap();
+    let clock = TestClock::new(start_time());
+    let s = configured(&config, &Seen::default())
+        .with_builder(|b| b.clock(clock.shared()))
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let d = s.job("defaults").get().await.unwrap().unwrap();
+    let retry = d.retry.unwrap();
+    assert_eq!((retry.attempts, retry.delay), (3, Duration::from_secs(10)));
+    assert_eq!(retry.backoff, apsched::Backoff::Exponential);
+    assert_eq!(d.pause_after_failures, Some(5));
+    assert_eq!(d.overlap, apsched::Overlap::BufferOne);
+    let own = s.job("own").get().await.unwrap().unwrap();
+    assert_eq!(
+        own.retry,
+        Some(apsched::RetryPolicy::fixed(4, Duration::from_millis(1500)).jitter(false))
+    );
+    assert_eq!(own.pause_after_failures, Some(2));
+    assert_eq!(own.overlap, apsched::Overlap::AllowAll);
+    s.shutdown().await.unwrap();
+
+    let bad = SchedulerConfig::from_toml_str(
+        r#"
+        [job_defaults]
+        pause_after_failures = 0
+        [[jobs]]
+        id = "a"
+        task = "record"
+        trigger = "interval"
+        hours = 1
+        retry = { attempts = 3, delay = 1, factor = 0 }
+        "#,
+    )
+    .unwrap();
+    let got = problems(Scheduler::from_config(&bad).map(|_| ()).unwrap_err());
+    assert_eq!(
+        got,
+        vec![
+            "job_defaults.pause_after_failures: must be at least 1".to_string(),
+            "jobs[0].retry: retry factor must be at least 1".to_string(),
+        ]
+    );
+}
