@@ -290,8 +290,9 @@ pub enum Event {
     /// At the timeout the run's [`JobContext`](crate::JobContext) token is cancelled; a run
     /// still going after the scheduler's
     /// [`timeout_grace`](crate::SchedulerBuilder::timeout_grace) is aborted (an async body
-    /// is dropped, a child process killed; a blocking thread cannot be stopped and is left
-    /// to finish on its own, its result discarded).
+    /// is dropped, a child process killed with SIGKILL, after SIGTERM at the timeout; a
+    /// blocking thread cannot be stopped and is left to finish on its own, its result
+    /// discarded).
     JobTimeout {
         /// The job id.
         job_id: String,

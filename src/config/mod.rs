@@ -196,7 +196,8 @@ pub struct ExecutorConfig {
     /// run tasks, so a `process` executor that runs them needs this.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub worker_mode: bool,
-    /// `process` with `worker_mode` only: kill a worker that runs longer, in seconds.
+    /// `process` with `worker_mode` only: stop a worker that runs longer, in seconds
+    /// (SIGTERM, then SIGKILL after the scheduler's timeout grace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_timeout: Option<f64>,
 }

@@ -38,8 +38,9 @@ pub enum JobError {
         /// The last lines of its stderr.
         stderr_tail: String,
     },
-    /// The run exceeded its timeout and was killed.
-    #[error("timed out after {seconds} s and was killed")]
+    /// A child process exceeded its own timeout and was stopped (SIGTERM, then SIGKILL if
+    /// it was still running after the grace period).
+    #[error("timed out after {seconds} s and was stopped")]
     TimedOut {
         /// The timeout, in seconds.
         seconds: f64,

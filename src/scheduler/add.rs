@@ -189,7 +189,9 @@ impl AddJob {
     /// At the timeout the run's [`JobContext`](crate::JobContext) token is cancelled; a run
     /// still going after the scheduler's
     /// [`timeout_grace`](crate::SchedulerBuilder::timeout_grace) is aborted: an async body
-    /// is dropped, a child process killed; a blocking body cannot be stopped (no thread can
+    /// is dropped, a child process killed (it was sent SIGTERM at the timeout, on the
+    /// [`ProcessExecutor`](crate::executor::ProcessExecutor)); a blocking body cannot be
+    /// stopped (no thread can
     /// be), so its thread is abandoned to finish on its own, its result discarded, and the
     /// job's instance slot is freed. Either way the scheduled time's outcome is one
     /// [`Event::JobTimeout`](crate::Event::JobTimeout). The timeout is stored with the job.

@@ -157,6 +157,10 @@ impl SchedulerBuilder {
     /// [`JobContext`](crate::JobContext) token is cancelled, before it is aborted (an async
     /// body dropped, a child process killed, a blocking thread abandoned). Default 5 s.
     ///
+    /// A child process of the [`ProcessExecutor`](crate::executor::ProcessExecutor) is sent
+    /// SIGTERM when the token is cancelled, and this is also its grace between SIGTERM and
+    /// SIGKILL past its own [`CommandSpec::timeout`](crate::executor::CommandSpec::timeout).
+    ///
     /// ```
     /// use std::time::Duration;
     /// use apsched::Scheduler;

@@ -14,6 +14,8 @@ mod handles;
 mod ledger;
 #[cfg(feature = "metrics")]
 mod metrics;
+#[cfg(unix)]
+mod process_stop;
 mod retries;
 mod runtimes;
 mod scenarios;

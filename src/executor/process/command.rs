@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 use crate::job::outcome::{JobError, JobResult};
 
@@ -39,7 +40,8 @@ pub struct CommandSpec {
     /// Working directory (the scheduler's when `None`).
     #[serde(default)]
     pub current_dir: Option<PathBuf>,
-    /// Kill the child after this long.
+    /// Stop the child after this long: SIGTERM, then SIGKILL after a grace period (see
+    /// [`CommandSpec::run`]).
     #[serde(default, with = "crate::job::opt_secs")]
     pub timeout: Option<Duration>,
 }
@@ -84,7 +86,8 @@ impl CommandSpec {
         self
     }
 
-    /// Kills the child if it runs longer than `timeout`.
+    /// Stops the child if it runs longer than `timeout`: SIGTERM, then SIGKILL if it is
+    /// still running after a grace period (see [`run`](Self::run)).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -92,18 +95,70 @@ impl CommandSpec {
 
     /// Runs the command to completion. Success returns its stdout (the last 4 KiB, as a
     /// string); failure is [`JobError::Exited`] or [`JobError::TimedOut`].
+    ///
+    /// Past its [`timeout`](Self::timeout) the child is sent SIGTERM, so that it can clean
+    /// up, and SIGKILL if it is still running 5 s later; either way it is reaped before
+    /// this returns. (On the [`ProcessExecutor`](crate::executor::ProcessExecutor) the grace
+    /// is the scheduler's [`timeout_grace`](crate::SchedulerBuilder::timeout_grace)
+    /// instead. Other platforms than Unix have no SIGTERM: the child is killed at once.)
     pub async fn run(&self) -> JobResult {
+        self.run_with(None, DEFAULT_KILL_GRACE).await
+    }
+
+    /// [`run`](Self::run), with `grace` between SIGTERM and SIGKILL past the command's own
+    /// timeout, and the child sent SIGTERM as soon as `token` (the run's) is cancelled.
+    pub(crate) async fn run_with(
+        &self,
+        token: Option<&CancellationToken>,
+        grace: Duration,
+    ) -> JobResult {
         let mut cmd = tokio::process::Command::new(&self.program);
         cmd.args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(dir) = &self.current_dir {
             cmd.current_dir(dir);
         }
-        let output = run_child(cmd, &self.program, None, self.timeout, TAIL_BYTES).await?;
+        let stop = Stop {
+            timeout: self.timeout,
+            grace,
+            token,
+        };
+        let output = run_child(cmd, &self.program, None, stop, TAIL_BYTES).await?;
         if output.status.success() {
             Ok(serde_json::Value::String(tail(&output.stdout)))
         } else {
             Err(exit_error(&output))
+        }
+    }
+}
+
+/// How long a child past its own timeout has between SIGTERM and SIGKILL when it is run
+/// outside a process executor ([`CommandSpec::run`]); the same as the scheduler's default
+/// [`timeout_grace`](crate::SchedulerBuilder::timeout_grace).
+pub(crate) const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// When a child is stopped before it ends on its own.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stop<'a> {
+    /// Its own limit (`CommandSpec::timeout`, the worker mode's timeout): once past it the
+    /// child gets SIGTERM, then SIGKILL after `grace`, and the run is
+    /// [`JobError::TimedOut`].
+    pub timeout: Option<Duration>,
+    /// How long a child past its own timeout has between SIGTERM and SIGKILL.
+    pub grace: Duration,
+    /// The run's token: once it is cancelled the child gets SIGTERM. Killing it after the
+    /// grace is left to the run's supervisor, which drops this future (`kill_on_drop`).
+    pub token: Option<&'a CancellationToken>,
+}
+
+impl Stop<'_> {
+    /// Only the child's own `timeout`, with the default grace, no token.
+    #[cfg(test)]
+    fn after(timeout: Option<Duration>) -> Self {
+        Stop {
+            timeout,
+            grace: DEFAULT_KILL_GRACE,
+            token: None,
         }
     }
 }
@@ -119,7 +174,7 @@ pub(crate) struct ChildOutput {
 }
 
 /// Runs a child to completion with piped stdout/stderr, `stdin` written to it (or
-/// `/dev/null`), killed when `timeout` passes.
+/// `/dev/null`), stopped as `stop` says.
 ///
 /// The timeout covers the whole run: writing the input, reading the output and waiting, so
 /// a child that never reads its input cannot hold its slot forever. Input and output move
@@ -130,7 +185,7 @@ pub(crate) async fn run_child(
     mut cmd: tokio::process::Command,
     program: &str,
     stdin: Option<Vec<u8>>,
-    timeout: Option<Duration>,
+    stop: Stop<'_>,
     stdout_limit: usize,
 ) -> Result<ChildOutput, JobError> {
     cmd.stdin(if stdin.is_some() {
@@ -145,6 +200,7 @@ pub(crate) async fn run_child(
     let mut child = cmd
         .spawn()
         .map_err(|e| JobError::not_runnable(format!("could not start '{program}': {e}")))?;
+    let pid = child.id();
     let (pipe_in, pipe_out, pipe_err) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take());
     let io = async {
@@ -162,30 +218,97 @@ pub(crate) async fn run_child(
         );
         (out, err)
     };
-    let run = async {
-        let (stdout, stderr) = io.await;
-        let status = child.wait().await?;
-        Ok::<_, std::io::Error>(ChildOutput {
-            status,
-            stdout,
-            stderr,
-        })
+    // The pipes and the exit are awaited apart, so that past the timeout only the exit is
+    // waited for while the output is still read (a child writing as it cleans up must not
+    // die of a closed pipe). The child is signalled only while its exit is unknown: once
+    // `wait` has reaped it, its pid may belong to another process.
+    let mut io = std::pin::pin!(io);
+    let (mut output, mut exit) = (None, None);
+    let expired = async {
+        match stop.timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
     };
-    let result = match timeout {
-        Some(t) => match tokio::time::timeout(t, run).await {
-            Ok(out) => out,
-            Err(_) => {
-                // Kill and reap it (the run future, which borrowed it, is gone).
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-                return Err(JobError::TimedOut {
-                    seconds: t.as_secs_f64(),
-                });
+    let cancelled = async {
+        match stop.token {
+            Some(token) => token.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    let (mut expired, mut cancelled) = (std::pin::pin!(expired), std::pin::pin!(cancelled));
+    // Whether the run's cancellation was seen, and whether the child was sent SIGTERM.
+    let (mut cancel_seen, mut terminated) = (false, false);
+    loop {
+        if exit.is_some() && output.is_some() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            status = child.wait(), if exit.is_none() => exit = Some(status),
+            out = &mut io, if output.is_none() => output = Some(out),
+            () = &mut expired => break,
+            () = &mut cancelled, if !cancel_seen && exit.is_none() => {
+                cancel_seen = true;
+                terminated = terminate(pid);
             }
-        },
-        None => run.await,
+        }
+    }
+    let (mut exit, mut output) = match (exit, output) {
+        (Some(status), Some((stdout, stderr))) => {
+            let status = status
+                .map_err(|e| JobError::not_runnable(format!("waiting for '{program}': {e}")))?;
+            return Ok(ChildOutput {
+                status,
+                stdout,
+                stderr,
+            });
+        }
+        unfinished => unfinished,
     };
-    result.map_err(|e| JobError::not_runnable(format!("waiting for '{program}': {e}")))
+    // Past its own timeout.
+    if exit.is_none() && (terminated || terminate(pid)) {
+        // Its grace: it ends on SIGTERM, or is killed below.
+        let grace = tokio::time::sleep(stop.grace);
+        let mut grace = std::pin::pin!(grace);
+        loop {
+            tokio::select! {
+                biased;
+                status = child.wait() => {
+                    exit = Some(status);
+                    break;
+                }
+                out = &mut io, if output.is_none() => output = Some(out),
+                () = &mut grace => break,
+            }
+        }
+    }
+    if exit.is_none() {
+        // Kill and reap it.
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    Err(JobError::TimedOut {
+        seconds: stop.timeout.unwrap_or_default().as_secs_f64(),
+    })
+}
+
+/// Asks child `pid` to stop (SIGTERM). Call only while the child is not reaped, so that the
+/// pid is still its. Returns whether the request was sent.
+#[cfg(unix)]
+fn terminate(pid: Option<u32>) -> bool {
+    let Some(pid) = pid.and_then(|p| libc::pid_t::try_from(p).ok()) else {
+        return false;
+    };
+    // SAFETY: `kill` takes plain integers and touches no memory of ours; the caller
+    // guarantees the pid is still our unreaped child's.
+    unsafe { libc::kill(pid, libc::SIGTERM) == 0 }
+}
+
+/// Other platforms have no SIGTERM: the child is killed when its grace would start.
+#[cfg(not(unix))]
+fn terminate(_pid: Option<u32>) -> bool {
+    false
 }
 
 /// Reads `pipe` to its end, keeping only its last `limit` bytes.
@@ -246,7 +369,7 @@ impl fmt::Display for CommandSpec {
 mod tests {
     use std::time::Duration;
 
-    use super::{run_child, TAIL_BYTES};
+    use super::{run_child, Stop, TAIL_BYTES};
     use crate::job::outcome::JobError;
 
     /// Issue 9, item 19: a child that never reads its (large) input is still killed at its
@@ -261,7 +384,7 @@ mod tests {
             cmd,
             "sh",
             Some(input),
-            Some(Duration::from_millis(300)),
+            Stop::after(Some(Duration::from_millis(300))),
             TAIL_BYTES,
         );
         let result = tokio::time::timeout(Duration::from_secs(20), run)
@@ -282,7 +405,9 @@ mod tests {
             "head -c 50000000 /dev/zero | tr '\\0' a; echo; echo last; \
              head -c 50000000 /dev/zero | tr '\\0' b >&2; echo oops >&2",
         );
-        let out = run_child(cmd, "sh", None, None, 100).await.unwrap();
+        let out = run_child(cmd, "sh", None, Stop::after(None), 100)
+            .await
+            .unwrap();
         assert_eq!(out.stdout.len(), 100);
         assert!(out.stdout.ends_with(b"a\nlast\n"));
         assert_eq!(out.stderr.len(), TAIL_BYTES);

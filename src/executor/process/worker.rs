@@ -7,9 +7,8 @@
 //! starts with [`RESULT_MARK`]; the exit status is 0 on success, 1 on failure.
 
 use std::io::Read;
-use std::time::Duration;
 
-use super::command::{exit_error, run_child};
+use super::command::{exit_error, run_child, Stop};
 use crate::executor::invoke::invoke_with;
 use crate::job::outcome::{JobError, JobResult};
 use crate::job::{Callable, JobContext, RunId};
@@ -116,7 +115,7 @@ fn context_to_env(cmd: &mut tokio::process::Command, ctx: &JobContext) {
 }
 
 /// The run's context in a worker child. Its token is never cancelled: the parent stops a
-/// worker by killing it.
+/// worker with SIGTERM (which ends it) and, after the grace, SIGKILL.
 fn context_from_env(scheduler: crate::Scheduler) -> Result<JobContext, JobError> {
     let var = |name: &str| {
         std::env::var(name).map_err(|_| {
@@ -162,11 +161,12 @@ fn parse_result(stdout: &str) -> Option<JobResult> {
 /// size of a worker task's result.
 const WORKER_STDOUT_BYTES: usize = 1 << 20;
 
-/// Runs a task in a worker child of this binary.
+/// Runs a task in a worker child of this binary, stopped as `stop` says; `ctx` is the
+/// run's context for a task that takes one.
 pub(crate) async fn run_worker(
     name: &str,
     args: &serde_json::Value,
-    timeout: Option<Duration>,
+    stop: Stop<'_>,
     ctx: Option<&JobContext>,
 ) -> JobResult {
     let exe = std::env::current_exe()
@@ -178,7 +178,7 @@ pub(crate) async fn run_worker(
     }
     let input = serde_json::to_vec(args).map_err(JobError::failed)?;
     let program = exe.display().to_string();
-    let output = run_child(cmd, &program, Some(input), timeout, WORKER_STDOUT_BYTES).await?;
+    let output = run_child(cmd, &program, Some(input), stop, WORKER_STDOUT_BYTES).await?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     match parse_result(&stdout) {
         // The task ran: its own result, success or error.
