@@ -919,3 +919,93 @@ async fn redis_ledger_finishing_keeps_the_per_job_retention() {
     assert_eq!((all, finished, count), (3, 2, 2.0), "indexes follow");
     cleanup(&prefix).await;
 }
+
+/// A retry (`add_runs`) sits in the keys as a claimed run does (hash with `attempt` and
+/// `retry_at`, the job's and the global index at its scheduled time, the job's active
+/// runs, the owner's set, a new stamp for the job); a batch with a key of the wrong type
+/// writes none of its records.
+#[tokio::test]
+async fn redis_ledger_retries_as_documented() {
+    use apsched::ledger::{RunOutcome, RunState};
+    use apsched::store::JobStore;
+    use std::collections::HashMap;
+
+    if !available().await {
+        return;
+    }
+    let prefix = format!("apsched-test:{}", suite::unique_suffix());
+    let store = started(&prefix, "s1").await;
+    store.add_job(ledger_job("a"), false).await.unwrap();
+    store.tick_runs(suite::at(0)).await.unwrap();
+    let run = store.acquire_due_jobs(suite::at(0), 10).await.unwrap()[0].runs[0].clone();
+    store.start_runs(&[run.run_id], suite::at(1)).await.unwrap();
+    let mut c = raw_conn().await;
+    let stamp_before: String = ::redis::cmd("HGET")
+        .arg(format!("{prefix}:runs:stamps"))
+        .arg("a")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let retry = run.retry("s1", suite::at(2), suite::at(7));
+    store.add_runs(std::slice::from_ref(&retry)).await.unwrap();
+    store
+        .finish_runs(&[RunOutcome::new(
+            run.run_id,
+            "a",
+            RunState::Error,
+            suite::at(2),
+        )])
+        .await
+        .unwrap();
+    let m = format!("{:019}", retry.run_id.get());
+    let us = |secs: i64| suite::at(secs).timestamp_micros() as f64;
+    let (fields, job_score, all_score, active, owned, stamp): (
+        HashMap<String, String>,
+        f64,
+        f64,
+        String,
+        bool,
+        String,
+    ) = ::redis::pipe()
+        .hgetall(format!("{prefix}:run:{m}"))
+        .zscore(format!("{prefix}:runs:job:a"), &m)
+        .zscore(format!("{prefix}:runs:all"), &m)
+        .hget(format!("{prefix}:runs:active:a"), &m)
+        .sismember(format!("{prefix}:runs:owned:s1"), &m)
+        .hget(format!("{prefix}:runs:stamps"), "a")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let field = |k: &str| fields.get(k).map(String::as_str);
+    assert_eq!(field("state"), Some("claimed"));
+    assert_eq!(field("attempt"), Some("2"));
+    assert_eq!(field("scheduled"), Some("2030-01-15T10:00:00Z"));
+    assert_eq!(field("retry_at"), Some("2030-01-15T10:00:07Z"));
+    assert_eq!(field("owner"), Some("s1"));
+    assert_eq!((job_score, all_score), (us(0), us(0)));
+    assert_eq!(active, "claimed");
+    assert!(owned);
+    assert_ne!(
+        stamp, stamp_before,
+        "claims that read the job before plan again"
+    );
+
+    // One bad key in the batch: nothing of it is written.
+    let broken = format!("{prefix}:runs:active:b");
+    ::redis::cmd("SET")
+        .arg(&broken)
+        .arg("not a hash")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    let third = retry.retry("s1", suite::at(8), suite::at(9));
+    let other = apsched::ledger::RunRecord::claimed("b", suite::at(0), "s1", suite::at(8));
+    let err = store
+        .add_runs(&[third.clone(), other])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&broken), "{err}");
+    assert_eq!(store.get_run(third.run_id).await.unwrap(), None);
+    cleanup(&prefix).await;
+}

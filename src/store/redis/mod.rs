@@ -73,7 +73,7 @@ use crate::sync::MutexExt;
 ///
 /// | key | type | content |
 /// |---|---|---|
-/// | `P:run:<run>` | hash | one run: `run_id`, `job_id`, `scheduled`, `owner`, `manual` (0/1), `attempt`, `state`, `queued` (0/1), `cancel_requested` (0/1), `submitted_at`, and when set `started_at`, `finished_at`, `error`, `output` |
+/// | `P:run:<run>` | hash | one run: `run_id`, `job_id`, `scheduled`, `owner`, `manual` (0/1), `attempt`, `state`, `queued` (0/1), `cancel_requested` (0/1), `submitted_at`, and when set `retry_at`, `started_at`, `finished_at`, `error`, `output` |
 /// | `P:runs:all` | sorted set | every run, scored by scheduled time |
 /// | `P:runs:job:<job id>` | sorted set | the job's runs, scored by scheduled time |
 /// | `P:runs:done:<job id>` | sorted set | the job's finished runs, scored by scheduled time |
@@ -106,7 +106,9 @@ use crate::sync::MutexExt;
 /// one starts or one is promoted) is still the one read, else the job is read and planned
 /// again. Schedulers record heartbeats in `P:heartbeats` (alive-until times from the
 /// scheduler's clock); the periodic pass takes over the runs of those that stopped.
-/// Removing a job keeps its runs; retention deletes them.
+/// Retries ([`JobStore::add_runs`]) are written by one script as the claim writes a run,
+/// skipping a run id or (for scheduled runs) a job, scheduled time and attempt already
+/// stored. Removing a job keeps its runs; retention deletes them.
 pub struct RedisStore {
     client: Client,
     poll_interval: Option<Duration>,
@@ -414,6 +416,11 @@ impl JobStore for RedisStore {
     /// One script per call (`FINISH_SCRIPT`).
     async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<()> {
         self.client.finish_runs(outcomes).await
+    }
+
+    /// One script per call (`ADD_SCRIPT`).
+    async fn add_runs(&self, runs: &[RunRecord]) -> Result<()> {
+        self.client.add_runs(runs).await
     }
 
     async fn add_manual_runs(

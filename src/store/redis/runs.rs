@@ -1,5 +1,5 @@
 //! The run ledger's write path on Redis: what the claim reads and writes for its run
-//! records, starting and finishing runs, and manual runs. The periodic pass is in
+//! records, starting and finishing runs, manual runs and retries. The periodic pass is in
 //! `runs_tick.rs`, reading runs in `runs_query.rs`, the keys in `runs_layout.rs` and the
 //! scripts in `runs_scripts.rs`.
 //!
@@ -260,6 +260,35 @@ impl Client {
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.state.err("recording run outcomes", e))?;
+        Ok(())
+    }
+
+    /// [`JobStore::add_runs`](crate::store::JobStore::add_runs): one script, which
+    /// writes each record as the claim writes one and keeps any already stored (by run id,
+    /// or for a scheduled run by job, scheduled time and attempt).
+    pub(super) async fn add_runs(&self, runs: &[RunRecord]) -> Result<()> {
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.run_scripts.add.prepare_invoke();
+        inv.arg(&self.run_keys().base);
+        for r in runs {
+            let slot = if r.manual {
+                String::new()
+            } else {
+                time_text(r.scheduled)
+            };
+            inv.arg(&r.job_id)
+                .arg(&r.owner)
+                .arg(slot)
+                .arg(r.attempt.to_string());
+            push_run(&mut inv, r);
+        }
+        let mut conn = self.conn().await?;
+        let _: i64 = inv
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.state.err("recording retries", e))?;
         Ok(())
     }
 

@@ -131,6 +131,9 @@ pub(super) fn run_fields(r: &RunRecord) -> Vec<(&'static str, String)> {
         ("cancel_requested", flag(r.cancel_requested)),
         ("submitted_at", time_text(r.submitted_at)),
     ];
+    if let Some(t) = r.retry_at {
+        f.push(("retry_at", time_text(t)));
+    }
     if let Some(t) = r.started_at {
         f.push(("started_at", time_text(t)));
     }
@@ -194,6 +197,7 @@ pub(super) fn run_from_fields(
         .map_err(|e: String| format!("field 'state': {e}"))?;
     r.queued = boolean("queued")?;
     r.cancel_requested = boolean("cancel_requested")?;
+    r.retry_at = opt_time("retry_at")?;
     r.started_at = opt_time("started_at")?;
     r.finished_at = opt_time("finished_at")?;
     r.error = f.get("error").cloned();
@@ -217,6 +221,14 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v))
             .collect();
         assert_eq!(run_from_fields(&member(r.run_id), &f).unwrap(), r);
+        // A retry keeps its attempt and its time.
+        let retry = r.retry("me", t, t + chrono::TimeDelta::nanoseconds(1));
+        let rf: HashMap<String, String> = run_fields(&retry)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        assert_eq!(run_from_fields(&member(retry.run_id), &rf).unwrap(), retry);
+        assert!(!f.contains_key("retry_at"));
         let mut bad = f.clone();
         bad.insert("state".into(), "done".into());
         assert!(run_from_fields(&member(r.run_id), &bad)

@@ -201,6 +201,58 @@ write_planned(job, owner, 7, n, c + 1, nc)
 return 1
 "#;
 
+/// Runs made outside a claim (retries, [`JobStore::add_runs`](crate::store::JobStore::add_runs)).
+/// ARGV: prefix, then per run: job id, owner, its slot (the `scheduled` field's text for a
+/// scheduled run, `''` for a manual one), attempt, then the run's arguments. Every key the
+/// batch writes is checked first (a bad one writes nothing). A run is written as the claim
+/// writes one ([`RUNS_LIB`]'s `write_run`), unless its run key exists or, for a scheduled
+/// run, a scheduled run of the job with the same `scheduled` and `attempt` is stored: the
+/// Redis ledger has no slot key (the claim's compare-and-swap on the job makes each slot
+/// claimed once), so the slot is looked up in the job's index at the run's score. Returns
+/// how many runs it wrote.
+pub(super) const ADD_SCRIPT: &str = r#"
+P = ARGV[1]
+local e = check_shared(nil)
+if e then return redis.error_reply(e) end
+local b = 2
+while b <= #ARGV do
+  local job, owner = ARGV[b], ARGV[b + 1]
+  e = bad_key(jkey('job', job), 'zset') or bad_key(jkey('done', job), 'zset')
+    or bad_key(jkey('active', job), 'hash') or bad_key(okey(owner), 'set')
+  if e then return redis.error_reply(e) end
+  b = skip_runs(b + 4, 1)
+end
+-- Whether a scheduled run of `job` at `slot` (score `sc`) with `attempt` is stored.
+local function slot_taken(job, slot, sc, attempt)
+  for _, m in ipairs(redis.call('ZRANGE', jkey('job', job), sc, sc, 'BYSCORE')) do
+    local key = rkey(m)
+    if type_of(key) == 'hash' then
+      local f = redis.call('HMGET', key, 'manual', 'scheduled', 'attempt')
+      if f[1] == '0' and f[2] == slot and f[3] == attempt then return true end
+    end
+  end
+  return false
+end
+local n = 0
+local active, done = {}, {}
+b = 2
+while b <= #ARGV do
+  local job, owner, slot, attempt = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+  local p = b + 4
+  if redis.call('EXISTS', rkey(ARGV[p])) == 1 or (slot ~= '' and slot_taken(job, slot, ARGV[p + 1], attempt)) then
+    b = skip_runs(p, 1)
+  else
+    local a
+    b, a = write_run(job, owner, p)
+    if a then active[job] = true else done[job] = true end
+    n = n + 1
+  end
+end
+for job, _ in pairs(done) do count_done(job) end
+for job, _ in pairs(active) do bump(job) end
+return n
+"#;
+
 /// `claimed` → `started`. ARGV: prefix, owner, now (text), members. Only runs still claimed
 /// and owned by `owner` change; returns their members.
 pub(super) const START_SCRIPT: &str = r#"
@@ -428,6 +480,7 @@ return n
 /// The ledger's scripts, compiled once per store.
 pub(super) struct RunScripts {
     pub(super) manual: Script,
+    pub(super) add: Script,
     pub(super) start: Script,
     pub(super) finish: Script,
     pub(super) tick: Script,
@@ -441,6 +494,7 @@ impl RunScripts {
         let with_lib = |body: &str| Script::new(&format!("{RUNS_LIB}{body}"));
         RunScripts {
             manual: with_lib(MANUAL_SCRIPT),
+            add: with_lib(ADD_SCRIPT),
             start: with_lib(START_SCRIPT),
             finish: with_lib(FINISH_SCRIPT),
             tick: with_lib(TICK_SCRIPT),
