@@ -134,6 +134,10 @@ struct RunInfo {
 }
 
 impl JobContext {
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the crate's one constructor, one argument per field"
+    )]
     pub(crate) fn new(
         job_id: Arc<str>,
         name: Option<Arc<str>>,

@@ -93,6 +93,10 @@ impl Inner {
     /// A run of `job` over `times` (attempt `attempt` at them), recorded as `ids`. It holds an instance slot with no
     /// limit: the store has applied `max_instances`; the slot makes the run known to this
     /// process (shutdown waits for it, a job can tell it runs inside it).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "what a run is made of, each from a different source at each caller"
+    )]
     pub(super) fn recorded_run(
         &self,
         store: &Arc<str>,

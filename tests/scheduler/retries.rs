@@ -37,11 +37,14 @@ async fn runs(s: &Scheduler, id: &str) -> Vec<RunRecord> {
     runs
 }
 
+/// The (scheduled time, attempt) of every attempt a job body saw.
+type Seen = Arc<Mutex<Vec<(DateTime<Utc>, u32)>>>;
+
 /// A job body that fails its first `fails` attempts of every slot (by `ctx.attempt()`),
 /// noting each attempt it sees.
 fn flaky(
     fails: u32,
-    seen: Arc<Mutex<Vec<(DateTime<Utc>, u32)>>>,
+    seen: Seen,
 ) -> impl Fn(JobContext) -> std::future::Ready<Result<u32, String>> + Send + Sync + 'static {
     move |ctx: JobContext| {
         seen.lock()
