@@ -2,7 +2,7 @@
 //! claim, starting and finishing runs, manual runs, the ledger pass (heartbeats, takeover,
 //! promotion, cancel requests, retention), reading with filters, and the faults only SQL
 //! can show: a run row of the wrong shape, a claim whose records cannot be written, a
-//! schema of version 1 upgraded in place.
+//! schema of version 1 or 2 upgraded in place.
 //!
 //! Times are the suite's fixed instants (`suite::at`), passed as `now`: nothing sleeps.
 
@@ -693,7 +693,7 @@ async fn upgrade_from_version_1(db: Db) {
     for sql in [
         format!("DROP TABLE {t}_runs"),
         format!("DROP TABLE {t}_owners"),
-        format!("DELETE FROM {t}_schema WHERE version = 2"),
+        format!("DELETE FROM {t}_schema WHERE version >= 2"),
     ] {
         sql_raw::execute(&tdb.url, &sql).await;
     }
@@ -701,13 +701,86 @@ async fn upgrade_from_version_1(db: Db) {
     assert!(a.lookup_job("old").await.unwrap().is_some());
     let due = a.acquire_due_jobs(suite::at(0), 10).await.unwrap();
     assert_eq!(a.query_runs(&RunFilter::new()).await.unwrap(), due[0].runs);
-    let versions = format!("SELECT CAST(version AS CHAR) FROM {t}_schema ORDER BY version");
-    let versions = if db == Db::Postgres {
+    assert_eq!(schema_versions(&tdb).await, ["1", "2", "3"]);
+    tdb.cleanup(&[]).await;
+}
+
+/// The schema versions recorded for `tdb`'s table, oldest first.
+async fn schema_versions(tdb: &TestDb) -> Vec<String> {
+    let t = &tdb.table;
+    let versions = if tdb.db == Db::Postgres {
         format!("SELECT version::text FROM {t}_schema ORDER BY version")
     } else {
-        versions
+        format!("SELECT CAST(version AS CHAR) FROM {t}_schema ORDER BY version")
     };
-    assert_eq!(sql_raw::query_text(&tdb.url, &versions).await, ["1", "2"]);
+    sql_raw::query_text(&tdb.url, &versions).await
+}
+
+/// A table of schema version 2 (the ledger before retries) with runs in it gets
+/// `retry_at`, and `slot` becomes the attempt, when a store of this version starts on it:
+/// its runs read back as they were, and retries of them can be added (once per attempt,
+/// whatever the attempt). A start that added the column but stopped before recording the
+/// version is finished by the next one.
+async fn upgrade_from_version_2(db: Db) {
+    let Some(tdb) = TestDb::new(db, "lg_upgrade2").await else {
+        return;
+    };
+    let t = &tdb.table;
+    let first = {
+        let (a, _) = start(&tdb, t, "a").await;
+        a.add_job(job("old", 1, Overlap::Skip), false)
+            .await
+            .unwrap();
+        let first = a.acquire_due_jobs(suite::at(0), 10).await.unwrap()[0].runs[0].clone();
+        a.start_runs(&[first.run_id], suite::at(1)).await.unwrap();
+        a.get_run(first.run_id).await.unwrap().unwrap()
+    };
+    // Back to the tables of version 2.
+    let mut downgrade = vec![format!("ALTER TABLE {t}_runs DROP COLUMN retry_at")];
+    downgrade.extend(match db {
+        Db::Postgres => Some(format!(
+            "ALTER TABLE {t}_runs ALTER COLUMN slot TYPE SMALLINT"
+        )),
+        Db::MySql => Some(format!(
+            "ALTER TABLE {t}_runs MODIFY COLUMN slot SMALLINT NULL"
+        )),
+        Db::Sqlite => None,
+    });
+    downgrade.push(format!("DELETE FROM {t}_schema WHERE version = 3"));
+    for sql in &downgrade {
+        sql_raw::execute(&tdb.url, sql).await;
+    }
+    assert_eq!(schema_versions(&tdb).await, ["1", "2"]);
+    let (a, _) = start(&tdb, t, "a").await;
+    assert_eq!(schema_versions(&tdb).await, ["1", "2", "3"]);
+    assert_eq!(a.get_run(first.run_id).await.unwrap(), Some(first.clone()));
+    // A retry of the old run, written twice; a second attempt 2 of the slot is not added.
+    let retry = first.retry("a", suite::at(2), suite::at(7));
+    a.add_runs(std::slice::from_ref(&retry)).await.unwrap();
+    a.add_runs(std::slice::from_ref(&retry)).await.unwrap();
+    a.add_runs(&[first.retry("a", suite::at(2), suite::at(9))])
+        .await
+        .unwrap();
+    assert_eq!(a.get_run(retry.run_id).await.unwrap(), Some(retry.clone()));
+    // An attempt beyond a SMALLINT (a policy retrying for ever) has a slot of its own.
+    let mut late = retry.retry("a", suite::at(3), suite::at(8));
+    late.attempt = 40_000;
+    a.add_runs(std::slice::from_ref(&late)).await.unwrap();
+    assert_eq!(a.get_run(late.run_id).await.unwrap(), Some(late.clone()));
+    let runs = a.query_runs(&RunFilter::new().job("old")).await.unwrap();
+    let mut attempts: Vec<u32> = runs.iter().map(|r| r.attempt).collect();
+    attempts.sort_unstable();
+    assert_eq!(attempts, [1, 2, 40_000], "{runs:?}");
+    // The column exists but the version was not recorded (a start stopped in between):
+    // the next start applies version 3 again without failing.
+    sql_raw::execute(
+        &tdb.url,
+        &format!("DELETE FROM {t}_schema WHERE version = 3"),
+    )
+    .await;
+    let (b, _) = start(&tdb, t, "b").await;
+    assert_eq!(schema_versions(&tdb).await, ["1", "2", "3"]);
+    assert_eq!(b.get_run(late.run_id).await.unwrap(), Some(late));
     tdb.cleanup(&[]).await;
 }
 
@@ -814,4 +887,5 @@ on_every_db!(
     unreadable_run,
     claim_and_records_are_atomic,
     upgrade_from_version_1,
+    upgrade_from_version_2,
 );

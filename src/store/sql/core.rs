@@ -26,8 +26,9 @@ pub(super) const DEFAULT_TABLE: &str = "apsched_jobs";
 pub(super) const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The schema version this build writes (see [`Dialect::migrations`]): 1 the jobs table,
-/// 2 the run ledger's `<table>_runs` and `<table>_owners`.
-pub(super) const SCHEMA_VERSION: i64 = 2;
+/// 2 the run ledger's `<table>_runs` and `<table>_owners`, 3 retries (`retry_at`, and
+/// `slot` the attempt of a scheduled run).
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// The longest table name accepted: leaves room for the `_schema` and `_runs_slot`
 /// suffixes and index names
@@ -309,7 +310,13 @@ where
                 continue;
             }
             for stmt in steps {
-                sqlx::query(AssertSqlSafe(stmt)).execute(&self.pool).await?;
+                match sqlx::query(AssertSqlSafe(stmt)).execute(&self.pool).await {
+                    Ok(_) => {}
+                    // Applied already: by another process starting at the same time, or
+                    // by a start that stopped before it recorded the version.
+                    Err(sqlx::Error::Database(e)) if DB::already_applied(&*e) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
             sqlx::query(AssertSqlSafe(insert_version.clone()))
                 .bind(version)

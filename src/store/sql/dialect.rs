@@ -30,7 +30,8 @@ pub(crate) trait Dialect: Database + sqlx::database::HasStatementCache + Sized {
     /// locks the rows it is about to change and reads them first.
     const UPDATE_RETURNING: bool;
     /// Appended to the insert of run records: a slot that already has its record keeps it
-    /// (the unique index on job, scheduled time and `slot` says so) and the statement
+    /// (the unique index on job, scheduled time and `slot`, the attempt of a scheduled
+    /// run, says so), as does a run id already stored (the primary key), and the statement
     /// goes on with the other rows.
     const KEEP_EXISTING: &'static str = " ON CONFLICT DO NOTHING";
     /// The statement beginning a write transaction (`None` = the driver's default).
@@ -127,8 +128,18 @@ pub(crate) trait Dialect: Database + sqlx::database::HasStatementCache + Sized {
 
     /// The migrations, oldest first: migration `i` brings the schema to version `i + 1`.
     /// Each statement must be idempotent (`IF NOT EXISTS`), since several processes may
-    /// start at once.
+    /// start at once, or fail a second time only with an error
+    /// [`already_applied`](Self::already_applied) recognises.
     fn migrations(table: &str) -> Vec<Vec<String>>;
+
+    /// Whether a migration statement failed only because it had been applied already (by
+    /// another process starting at the same time, or by a start that stopped before it
+    /// recorded the version): a column added twice, for the databases without
+    /// `ADD COLUMN IF NOT EXISTS` (MySQL 8, SQLite). The default knows the SQLSTATEs of
+    /// PostgreSQL (42701) and MySQL/MariaDB (42S21, error 1060).
+    fn already_applied(e: &dyn sqlx::error::DatabaseError) -> bool {
+        matches!(e.code().as_deref(), Some("42701" | "42S21"))
+    }
 
     /// A statement telling other schedulers that jobs changed (bound: channel, payload).
     fn notify_sql() -> Option<&'static str> {

@@ -29,8 +29,6 @@ where
     str: Type<DB>,
     for<'q> Option<i64>: Encode<'q, DB>,
     // The run ledger's columns (the claim writes its records).
-    for<'q> i16: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<i16>: Encode<'q, DB>,
     for<'q> Option<String>: Encode<'q, DB>,
     usize: ColumnIndex<DB::Row>,
 {

@@ -87,9 +87,10 @@ use crate::ledger::{RunFilter, RunOutcome, RunRecord, RunTick};
 /// plus `<table>_schema (version)`, the schema versions applied; [`JobStore::start`] applies
 /// missing migrations and refuses a table written by a newer schema.
 ///
-/// The run ledger (schema version 2) keeps one row per run in `<table>_runs` (run id, job
-/// id, scheduled time, owner, state, times in µs since the epoch, error, output; a unique
-/// index allows one record per job and scheduled time) and the schedulers' heartbeats in
+/// The run ledger (schema version 2; version 3 adds retries) keeps one row per run in
+/// `<table>_runs` (run id, job id, scheduled time, attempt, owner, state, times in µs since
+/// the epoch, error, output; a unique index allows one record per job, scheduled time and
+/// attempt) and the schedulers' heartbeats in
 /// `<table>_owners (scheduler_id, alive_until)`; docs/ledger.md lists every column and
 /// index. Runs outlive their job; retention prunes them.
 ///
@@ -348,6 +349,10 @@ impl JobStore for SqlStore {
 
     async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<()> {
         with_core!(self, core => core.finish_runs(outcomes).await)
+    }
+
+    async fn add_runs(&self, runs: &[RunRecord]) -> Result<()> {
+        with_core!(self, core => core.add_runs(runs).await)
     }
 
     async fn add_manual_runs(

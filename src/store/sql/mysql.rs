@@ -76,6 +76,13 @@ impl Dialect for MySql {
                  PRIMARY KEY, alive_until BIGINT NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
                 ),
             ],
+            vec![
+                // Retries: as on PostgreSQL (see there). MySQL 8 has no `ADD COLUMN IF NOT
+                // EXISTS`: a second run fails with a duplicate column, which the migration
+                // takes as done (`Dialect::already_applied`).
+                format!("ALTER TABLE {t}_runs ADD COLUMN retry_at BIGINT NULL"),
+                format!("ALTER TABLE {t}_runs MODIFY COLUMN slot BIGINT NULL"),
+            ],
         ]
     }
 

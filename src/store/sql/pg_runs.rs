@@ -40,7 +40,8 @@ pub(super) async fn active(
         .collect())
 }
 
-/// Inserts `runs` into `runs_table`; a scheduled slot that already has its record keeps it.
+/// Inserts `runs` into `runs_table`; a scheduled slot (job, scheduled time, attempt) that
+/// already has its record keeps it, and so does a run id already stored.
 pub(super) async fn insert(
     conn: &mut PgConnection,
     runs_table: &str,
@@ -48,23 +49,23 @@ pub(super) async fn insert(
 ) -> Result<(), sqlx::Error> {
     let sql = format!(
         "INSERT INTO {runs_table} ({RUN_COLS}) SELECT * FROM UNNEST($1::bigint[], \
-         $2::text[], $3::bigint[], $4::smallint[], $5::text[], $6::boolean[], $7::bigint[], \
+         $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::boolean[], $7::bigint[], \
          $8::text[], $9::boolean[], $10::boolean[], $11::bigint[], $12::bigint[], \
-         $13::bigint[], $14::text[], $15::text[]) ON CONFLICT DO NOTHING"
+         $13::bigint[], $14::text[], $15::text[], $16::bigint[]) ON CONFLICT DO NOTHING"
     );
     let col = |f: &dyn Fn(&RunRecord) -> i64| runs.iter().map(|r| f(r)).collect::<Vec<i64>>();
     let text = |f: &dyn Fn(&RunRecord) -> Option<&str>| {
         runs.iter().map(|r| f(r)).collect::<Vec<Option<&str>>>()
     };
     let flag = |f: &dyn Fn(&RunRecord) -> bool| runs.iter().map(|r| f(r)).collect::<Vec<bool>>();
-    let time = |f: &dyn Fn(&RunRecord) -> Option<i64>| {
+    let nullable = |f: &dyn Fn(&RunRecord) -> Option<i64>| {
         runs.iter().map(|r| f(r)).collect::<Vec<Option<i64>>>()
     };
     sqlx::query(AssertSqlSafe(sql))
         .bind(col(&|r| id_i64(r.run_id)))
         .bind(text(&|r| Some(r.job_id.as_str())))
         .bind(col(&|r| us(r.scheduled)))
-        .bind(runs.iter().map(|r| slot(r)).collect::<Vec<Option<i16>>>())
+        .bind(nullable(&slot))
         .bind(text(&|r| Some(r.owner.as_str())))
         .bind(flag(&|r| r.manual))
         .bind(col(&|r| i64::from(r.attempt)))
@@ -72,10 +73,11 @@ pub(super) async fn insert(
         .bind(flag(&|r| r.queued))
         .bind(flag(&|r| r.cancel_requested))
         .bind(col(&|r| us(r.submitted_at)))
-        .bind(time(&|r| r.started_at.map(us)))
-        .bind(time(&|r| r.finished_at.map(us)))
+        .bind(nullable(&|r| r.started_at.map(us)))
+        .bind(nullable(&|r| r.finished_at.map(us)))
         .bind(text(&|r| r.error.as_deref()))
         .bind(text(&|r| r.output.as_deref()))
+        .bind(nullable(&|r| r.retry_at.map(us)))
         .execute(conn)
         .await?;
     Ok(())

@@ -63,9 +63,9 @@ impl Dialect for Postgres {
             format!("CREATE INDEX IF NOT EXISTS {t}_lease ON {t} (lease_until)"),
         ], vec![
             // The run ledger (see `runs.rs`): times in µs since the epoch like the job
-            // columns; `slot` is 1 for scheduled runs and NULL for manual ones, so the
-            // unique index allows one record per (job, scheduled time) and any number of
-            // manual runs.
+            // columns; `slot` is 1 for scheduled runs (version 3: their attempt) and NULL
+            // for manual ones, so the unique index allows one record per (job, scheduled
+            // time, attempt) and any number of manual runs.
             format!(
                 "CREATE TABLE IF NOT EXISTS {t}_runs (run_id BIGINT NOT NULL PRIMARY KEY, \
                  job_id TEXT COLLATE \"C\" NOT NULL, scheduled BIGINT NOT NULL, slot SMALLINT, \
@@ -87,6 +87,14 @@ impl Dialect for Postgres {
                 "CREATE TABLE IF NOT EXISTS {t}_owners (scheduler_id TEXT NOT NULL PRIMARY KEY, \
                  alive_until BIGINT NOT NULL)"
             ),
+        ], vec![
+            // Retries: `retry_at`, when a retry is due (µs; NULL for a first attempt), and
+            // `slot` the attempt of a scheduled run, so each retry of a scheduled time has
+            // its own slot. The rows of version 2 have slot 1 for attempt 1: they stay as
+            // they are. An attempt is a u32: the slot grows to a BIGINT like `attempt`
+            // (a no-op when it already is one).
+            format!("ALTER TABLE {t}_runs ADD COLUMN IF NOT EXISTS retry_at BIGINT"),
+            format!("ALTER TABLE {t}_runs ALTER COLUMN slot TYPE BIGINT"),
         ]]
     }
 

@@ -14,11 +14,14 @@ use crate::store::common::{from_micros, Reported};
 use crate::sync::MutexExt;
 
 /// The columns of a run row, in the order inserts bind them and reads return them.
+/// `retry_at` comes last: it was added by schema version 3 (`ALTER TABLE … ADD COLUMN`), and
+/// every position before it stays as it was.
 pub(super) const RUN_COLS: &str = "run_id, job_id, scheduled, slot, owner, manual, attempt, \
-     state, queued, cancel_requested, submitted_at, started_at, finished_at, error, output";
+     state, queued, cancel_requested, submitted_at, started_at, finished_at, error, output, \
+     retry_at";
 
 /// The placeholders of one run row in an insert (as many as [`RUN_COLS`] has columns).
-pub(super) const RUN_ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+pub(super) const RUN_ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 /// The condition selecting active runs, spelled exactly as the partial index on them
 /// (PostgreSQL, SQLite) is, so that the planners use it.
@@ -46,10 +49,11 @@ pub(super) fn id_i64(id: RunId) -> i64 {
     i64::try_from(id.get()).unwrap_or(i64::MAX)
 }
 
-/// The `slot` column: 1 for a scheduled run (one record per job and scheduled time),
-/// `NULL` for a manual one (any number).
-pub(super) fn slot(run: &RunRecord) -> Option<i16> {
-    (!run.manual).then_some(1)
+/// The `slot` column: the attempt for a scheduled run (so the unique index on job,
+/// scheduled time and slot allows one record per attempt at a scheduled time: the first
+/// attempt and each retry), `NULL` for a manual one (any number, retries included).
+pub(super) fn slot(run: &RunRecord) -> Option<i64> {
+    (!run.manual).then_some(i64::from(run.attempt))
 }
 
 /// A row of the runs table that does not read as a record: what is known of it and why.
@@ -116,8 +120,7 @@ where
                 "submitted_at",
                 row.try_get(10).map_err(|e| col("submitted_at", e))?,
             )?,
-            // TODO(sql helper): a retry_at column.
-            retry_at: None,
+            retry_at: opt_time("retry_at", row.try_get(15).map_err(|e| col("retry_at", e))?)?,
             started_at: opt_time(
                 "started_at",
                 row.try_get(11).map_err(|e| col("started_at", e))?,

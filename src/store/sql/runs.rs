@@ -6,7 +6,8 @@
 //!   records), so a crash cannot leave a claimed slot without its record.
 //! - Whatever changes how many runs of a job hold an instance (a claim, a manual run, the
 //!   promotion of a queued run) holds the job's row lock (`FOR UPDATE`; SQLite: the write
-//!   transaction), so active runs are never under-counted.
+//!   transaction), so active runs are never under-counted. A retry ([`Core::add_runs`])
+//!   needs no lock: it is written while the attempt it follows still holds its instance.
 //! - Starting and finishing runs are one statement per batch.
 
 use std::collections::{HashMap, HashSet};
@@ -36,8 +37,6 @@ where
     DB::Arguments: IntoArguments<DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> Option<i64>: Encode<'q, DB>,
-    for<'q> i16: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<i16>: Encode<'q, DB>,
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> Option<String>: Encode<'q, DB>,
     for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
@@ -130,8 +129,9 @@ where
         Ok(active)
     }
 
-    /// Inserts `runs` in multi-row statements ([`BATCH`] rows each). A scheduled slot that
-    /// already has its record keeps it (see [`Dialect::KEEP_EXISTING`]).
+    /// Inserts `runs` in multi-row statements ([`BATCH`] rows each). A scheduled slot (job,
+    /// scheduled time, attempt) that already has its record keeps it, and so does a run id
+    /// already stored (see [`Dialect::KEEP_EXISTING`]).
     async fn insert_runs(
         tx: &mut Tx<DB>,
         st: &Started,
@@ -168,7 +168,8 @@ where
                     .bind(r.started_at.map(us))
                     .bind(r.finished_at.map(us))
                     .bind(r.error.clone())
-                    .bind(r.output.clone());
+                    .bind(r.output.clone())
+                    .bind(r.retry_at.map(us));
             }
             q.execute(&mut **tx).await?;
         }
@@ -313,6 +314,23 @@ where
             q.execute(&self.pool).await.map_err(err)?;
         }
         Ok(())
+    }
+
+    /// [`JobStore::add_runs`](crate::store::JobStore::add_runs): the records (retries) in
+    /// one transaction, with the claim's insert, so a record whose run id, or whose job,
+    /// scheduled time and attempt (scheduled runs), is already stored keeps it. It takes no
+    /// job row lock: a retry is added while the attempt it follows is still active, so no
+    /// reader of the job's active runs can count fewer than it did before.
+    pub(super) async fn add_runs(&self, runs: &[RunRecord]) -> Result<()> {
+        let st = self.started()?;
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let err = |e| self.err(&format!("adding {} runs", runs.len()), e);
+        let mut tx = self.begin_write().await.map_err(err)?;
+        let refs: Vec<&RunRecord> = runs.iter().collect();
+        Self::insert_runs(&mut tx, &st, &refs).await.map_err(err)?;
+        tx.commit().await.map_err(err)
     }
 
     /// [`JobStore::add_manual_runs`](crate::store::JobStore::add_manual_runs): one

@@ -64,7 +64,16 @@ impl Dialect for Sqlite {
                 "CREATE TABLE IF NOT EXISTS {t}_owners (scheduler_id TEXT NOT NULL PRIMARY KEY, \
                  alive_until INTEGER NOT NULL)"
             ),
+        ], vec![
+            // Retries: as on PostgreSQL (see there); `slot` is an INTEGER already, wide
+            // enough for any attempt.
+            format!("ALTER TABLE {t}_runs ADD COLUMN retry_at INTEGER"),
         ]]
+    }
+
+    fn already_applied(e: &dyn sqlx::error::DatabaseError) -> bool {
+        // SQLite has no SQLSTATE: a column added twice is SQLITE_ERROR with this message.
+        e.message().starts_with("duplicate column name")
     }
 
     fn lock_conflict(e: &dyn sqlx::error::DatabaseError) -> bool {
