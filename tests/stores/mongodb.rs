@@ -855,3 +855,107 @@ async fn mongodb_ledger_claims_whose_reply_was_lost_are_dispatched() {
     assert!(s.tick_runs(suite::at(3)).await.unwrap().dispatch.is_empty());
     drop_db(&db).await;
 }
+
+/// A retry ([`JobStore::add_runs`]) goes through its job document: `ledger_seq` moves (so a
+/// claim that read the job before fails and reads again) and, while its copy to the runs
+/// collection fails, the claim counts it from the document. Two schedulers writing the
+/// same slot's retry at once store it once; a repeat writes nothing; the ledger pass does
+/// not take it for a claim whose reply was lost (the scheduler waits for it itself).
+#[tokio::test]
+async fn mongodb_ledger_retries_go_through_the_job_document() {
+    if !available().await {
+        return;
+    }
+    let db = db_name();
+    let (s1, mut rx) = ledger_store(&db, "s1").await;
+    let (s2, _) = ledger_store(&db, "s2").await;
+    let database = client(&url()).await.database(&db);
+    let jobs = database.collection::<Document>("jobs");
+    let seq = |d: &Document| d.get_i64("ledger_seq").unwrap_or(0);
+    let mut j = suite::interval_job("a", 60, Some(suite::at(0)));
+    j.max_instances = 1;
+    j.overlap = apsched::Overlap::Skip;
+    s1.add_job(j, false).await.unwrap();
+    s1.tick_runs(suite::at(0)).await.unwrap();
+    let first = s1.acquire_due_jobs(suite::at(0), 10).await.unwrap()[0].runs[0].clone();
+    s1.start_runs(&[first.run_id], suite::at(1)).await.unwrap();
+    let retry = first.retry("s1", suite::at(2), suite::at(30));
+    let mut copy = first.retry("s2", suite::at(2), suite::at(31));
+    copy.attempt = retry.attempt;
+    let (x, y) = tokio::join!(
+        s1.add_runs(std::slice::from_ref(&retry)),
+        s2.add_runs(std::slice::from_ref(&copy))
+    );
+    x.unwrap();
+    y.unwrap();
+    let runs = s1
+        .query_runs(&apsched::ledger::RunFilter::new().job("a"))
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 2, "one retry for the slot: {runs:?}");
+    let a = jobs.find_one(doc! { "_id": "a" }).await.unwrap().unwrap();
+    assert_eq!(seq(&a), 1, "one write, through the job document: {a}");
+    assert!(a.get_array("pending").unwrap().is_empty(), "{a}");
+    s1.add_runs(&[retry.clone(), copy.clone()]).await.unwrap();
+    let a = jobs.find_one(doc! { "_id": "a" }).await.unwrap().unwrap();
+    assert_eq!(seq(&a), 1, "a repeat writes nothing: {a}");
+    let stored = runs.iter().find(|r| r.attempt == 2).unwrap();
+    let owner = if stored.owner == "s1" { &s1 } else { &s2 };
+    let tick = owner.tick_runs(suite::at(3)).await.unwrap();
+    assert!(tick.dispatch.is_empty(), "{tick:?}");
+    let raw = database
+        .collection::<Document>("jobs_runs")
+        .find_one(doc! { "attempt": 2_i64 })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        [suite::at(30), suite::at(31)]
+            .map(|t| t.timestamp_micros())
+            .contains(&raw.get_i64("retry_at").unwrap()),
+        "retry_at in µs: {raw}"
+    );
+
+    // A retry whose copy fails stays in the job document, where claims count it.
+    s1.finish_runs(&[apsched::ledger::RunOutcome::new(
+        first.run_id,
+        "a",
+        apsched::ledger::RunState::Error,
+        suite::at(2),
+    )])
+    .await
+    .unwrap();
+    let later = stored.retry("s1", suite::at(3), suite::at(40));
+    // The stored retry fails too: only the new one can hold the instance.
+    s1.finish_runs(&[apsched::ledger::RunOutcome::new(
+        stored.run_id,
+        "a",
+        apsched::ledger::RunState::Error,
+        suite::at(3),
+    )])
+    .await
+    .unwrap();
+    database
+        .run_command(doc! { "collMod": "jobs_runs", "validator": { "job_id": "nobody" } })
+        .await
+        .unwrap();
+    s1.add_runs(std::slice::from_ref(&later)).await.unwrap();
+    assert!(
+        !nosql::store_errors(&mut rx).is_empty(),
+        "the failed copy is reported"
+    );
+    let a = jobs.find_one(doc! { "_id": "a" }).await.unwrap().unwrap();
+    assert_eq!(a.get_array("pending").unwrap().len(), 1, "{a}");
+    let due = s2.acquire_due_jobs(suite::at(60), 10).await.unwrap();
+    assert_eq!(
+        due[0].runs[0].state,
+        apsched::ledger::RunState::Skipped,
+        "the retry in the job document holds the instance"
+    );
+    database
+        .run_command(doc! { "collMod": "jobs_runs", "validator": {} })
+        .await
+        .unwrap();
+    assert_eq!(s1.get_run(later.run_id).await.unwrap(), Some(later));
+    drop_db(&db).await;
+}

@@ -1,8 +1,8 @@
-//! The run ledger's operations that span documents: manual runs (serialised with claims
-//! through the job document) and the periodic pass (heartbeat, takeover of dead
+//! The run ledger's operations that span documents: manual runs and retries (serialised
+//! with claims through the job document) and the periodic pass (heartbeat, takeover of dead
 //! schedulers' runs, promotion of queued runs, cancellations, pruning).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
@@ -11,8 +11,8 @@ use mongodb::options::ReturnDocument;
 
 use super::client::Client;
 use super::document::{int, version_is};
-use super::pending::{is_tombstone, overlay, seq_is, seq_of, Op};
-use super::runs::{active_states, doc_run_id, id_bson, micros};
+use super::pending::{is_tombstone, ops_of, overlay, seq_is, seq_of, Op};
+use super::runs::{active_states, doc_run_id, id_bson, micros, run_doc};
 use crate::error::{Error, Result};
 use crate::job::RunId;
 use crate::ledger::{plan_manual_runs, RunRecord, RunState, RunTick};
@@ -86,6 +86,144 @@ impl Client {
         Err(self.state.msg(format!(
             "recording manual runs of job '{job_id}': other writers kept changing the job; try again"
         )))
+    }
+
+    /// [`JobStore::add_runs`](crate::store::JobStore::add_runs): per job, the records not
+    /// stored yet go into one conditional update of the job document (an op, as a claim's
+    /// records do) that bumps `ledger_seq`, then into the runs collection. A claim reads
+    /// the job's active runs after its document and writes conditional on the `ledger_seq`
+    /// it read, so it either sees a retry or fails and reads again: it cannot miss one.
+    pub(super) async fn add_runs(&self, runs: &[RunRecord]) -> Result<()> {
+        let ctx = self.ledger_ctx()?;
+        let me = ctx.scheduler_id();
+        // In hand before the write, and kept whatever its outcome: the scheduler waits for
+        // these itself (it writes them until the write succeeds), so the ledger pass must
+        // not take them for claims whose reply was lost.
+        self.ledger.hand(
+            runs.iter()
+                .filter(|r| r.state == RunState::Claimed && !r.queued && r.owner == me)
+                .map(|r| id_bson(r.run_id)),
+        );
+        let mut by_job: BTreeMap<&str, Vec<&RunRecord>> = BTreeMap::new();
+        for r in runs {
+            by_job.entry(r.job_id.as_str()).or_default().push(r);
+        }
+        for (job_id, runs) in by_job {
+            self.add_job_runs(job_id, &runs, me).await?;
+        }
+        Ok(())
+    }
+
+    /// [`add_runs`](Self::add_runs) for the runs of one job.
+    async fn add_job_runs(&self, job_id: &str, runs: &[&RunRecord], me: &str) -> Result<()> {
+        let jobs = &self.colls().await?.jobs;
+        for _ in 0..ROUNDS {
+            let found = jobs
+                .find_one(doc! { "_id": job_id })
+                .await
+                .map_err(|e| self.state.err("reading a job for its retries", e))?;
+            if let Some(d) = found.as_ref().filter(|d| is_tombstone(d)) {
+                // Its job is removed: write what the tombstone holds (which deletes it),
+                // then look again.
+                self.apply_pending(std::slice::from_ref(d)).await?;
+                continue;
+            }
+            // Read after the job document, as the claim reads active runs.
+            let new = self.unstored(runs, found.as_ref()).await?;
+            if new.is_empty() {
+                return Ok(());
+            }
+            let Some(d) = found else {
+                // The job is gone: no claim counts its instances any more, so the records
+                // go straight into the runs collection (idempotent by `_id`).
+                return self.insert_runs(new.iter().map(run_doc).collect()).await;
+            };
+            let op = Op::new(new, Vec::new(), me).to_doc();
+            let won = jobs
+                .update_one(
+                    doc! {
+                        "_id": job_id,
+                        "ledger_seq": seq_is(seq_of(&d)),
+                        "removed": { "$ne": true },
+                    },
+                    doc! { "$inc": { "ledger_seq": 1_i64 }, "$push": { "pending": &op } },
+                )
+                .await
+                .map_err(|e| self.state.err("recording retries", e))?
+                .modified_count
+                == 1;
+            if won {
+                self.apply_own(&[(job_id.to_string(), false, op)]).await;
+                return Ok(());
+            }
+        }
+        Err(self.state.msg(format!(
+            "recording retries of job '{job_id}': other writers kept changing the job; try again"
+        )))
+    }
+
+    /// The runs of `runs` (one job's) not stored yet, neither by run id nor, for scheduled
+    /// runs, by scheduled time (µs, as stored) and attempt: looked up in the ops of the job
+    /// document `job_doc` and, read after it, in the runs collection. A run whose slot
+    /// comes twice in `runs` is kept once.
+    async fn unstored(
+        &self,
+        runs: &[&RunRecord],
+        job_doc: Option<&Document>,
+    ) -> Result<Vec<RunRecord>> {
+        let Some(job_id) = runs.first().map(|r| r.job_id.as_str()) else {
+            return Ok(Vec::new());
+        };
+        let mut ids: HashSet<i64> = HashSet::new();
+        let mut slots: HashSet<(i64, i64)> = HashSet::new();
+        let mut note = |d: &Document| {
+            if let Some(id) = int(d, "_id") {
+                ids.insert(id);
+            }
+            if !d.get_bool("manual").unwrap_or(false) {
+                if let (Some(t), Some(a)) = (int(d, "scheduled"), int(d, "attempt")) {
+                    slots.insert((t, a));
+                }
+            }
+        };
+        for op in job_doc.map(ops_of).unwrap_or_default() {
+            for r in op.get_array("runs").into_iter().flatten() {
+                if let Some(r) = r.as_document() {
+                    note(r);
+                }
+            }
+        }
+        let mut or: Vec<Document> = vec![
+            doc! { "_id": { "$in": runs.iter().map(|r| id_bson(r.run_id)).collect::<Vec<_>>() } },
+        ];
+        or.extend(runs.iter().filter(|r| !r.manual).map(|r| {
+            doc! {
+                "job_id": job_id,
+                "scheduled": micros(r.scheduled),
+                "attempt": i64::from(r.attempt),
+                "manual": false,
+            }
+        }));
+        let stored: Vec<Document> = self
+            .colls()
+            .await?
+            .runs
+            .find(doc! { "$or": or })
+            .projection(doc! { "_id": 1, "scheduled": 1, "attempt": 1, "manual": 1 })
+            .await
+            .map_err(|e| self.state.err("reading runs before recording retries", e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.state.err("reading runs before recording retries", e))?;
+        stored.iter().for_each(&mut note);
+        let mut out = Vec::new();
+        for r in runs {
+            let slot = (micros(r.scheduled), i64::from(r.attempt));
+            if ids.insert(id_bson(r.run_id)) && (r.manual || slots.insert(slot)) {
+                out.push((*r).clone());
+            }
+        }
+        Ok(out)
     }
 
     /// [`JobStore::tick_runs`](crate::store::JobStore::tick_runs).

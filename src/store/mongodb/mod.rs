@@ -74,12 +74,14 @@ use crate::store::export::UnloadableRecord;
 ///
 /// Without multi-document transactions, a claim writes its run records into the job
 /// document it updates (an op in the array `pending`, next to `ledger_seq`, which manual
-/// runs and promotions out of the queue bump so that they serialise with claims), then
-/// copies them to `<collection>_runs` with `_id` = run id (idempotent) and pulls the op. A
-/// crash in between leaves the op in the job document, and the next ledger pass, query or
-/// removal of the job writes it. A claim that removes its job (an exhausted trigger)
-/// leaves a tombstone (`removed: true`) holding the op until it is written; readers treat
-/// it as no job. Removing a job keeps its runs; the retention prunes them.
+/// runs, retries and promotions out of the queue bump so that they serialise with
+/// claims), then copies them to `<collection>_runs` with `_id` = run id (idempotent) and
+/// pulls the op. A crash in between leaves the op in the job document, and the next ledger
+/// pass, query or removal of the job writes it. Retries ([`JobStore::add_runs`]) go the
+/// same way, in an update conditional on `ledger_seq` alone. A claim that removes its job
+/// (an exhausted trigger) leaves a tombstone (`removed: true`) holding the op until it is
+/// written; readers treat it as no job. Removing a job keeps its runs; the retention prunes
+/// them.
 ///
 /// # Claiming
 /// [`JobStore::acquire_due_jobs`] finds due documents whose lease is free, expired or its
@@ -477,6 +479,10 @@ impl JobStore for MongoStore {
 
     async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<()> {
         self.client.finish_runs(outcomes).await
+    }
+
+    async fn add_runs(&self, runs: &[RunRecord]) -> Result<()> {
+        self.client.add_runs(runs).await
     }
 
     async fn add_manual_runs(

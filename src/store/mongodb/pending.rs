@@ -2,10 +2,10 @@
 //! transactions (a standalone MongoDB has none).
 //!
 //! Every write that changes how many runs of a job are active (a claim, manual runs, a
-//! promotion out of the queue) is one conditional update of the job document (filtered on
-//! `version` and `ledger_seq`) that also pushes an *op* onto the document's `pending`
-//! array: the run records to create, the runs to flag `cancel_requested`, the queued runs
-//! to promote. The writer then applies the op to `<collection>_runs` (inserting records with
+//! retry, a promotion out of the queue) is one conditional update of the job document
+//! (filtered on `ledger_seq`, and on `version` for all but retries, which do not depend on
+//! the job's settings) that also pushes an *op* onto the document's `pending` array: the
+//! run records to create, the runs to flag `cancel_requested`, the queued runs to promote. The writer then applies the op to `<collection>_runs` (inserting records with
 //! `_id` = run id, so a repeat changes nothing) and pulls it. A crash in between leaves the
 //! op in the job document, and whoever finds it (the ledger pass, a query, a removal of the
 //! job) applies it first: a claimed slot always gets its record.
@@ -106,7 +106,7 @@ impl Op {
 }
 
 /// The ops stored in a job document, as documents.
-fn ops_of(d: &Document) -> Vec<&Document> {
+pub(super) fn ops_of(d: &Document) -> Vec<&Document> {
     d.get_array("pending")
         .map(|a| a.iter().filter_map(Bson::as_document).collect())
         .unwrap_or_default()

@@ -118,6 +118,7 @@ pub(super) fn run_doc(r: &RunRecord) -> Document {
         "queued": r.queued,
         "cancel_requested": r.cancel_requested,
         "submitted_at": micros(r.submitted_at),
+        "retry_at": opt_micros(r.retry_at),
         "started_at": opt_micros(r.started_at),
         "finished_at": opt_micros(r.finished_at),
         "error": opt_str(r.error.as_deref()),
@@ -184,6 +185,7 @@ pub(super) fn parse_run(d: &Document) -> std::result::Result<RunRecord, String> 
     r.state = state;
     r.queued = flag(d, "queued")?;
     r.cancel_requested = flag(d, "cancel_requested")?;
+    r.retry_at = opt_time(d, "retry_at")?;
     r.started_at = opt_time(d, "started_at")?;
     r.finished_at = opt_time(d, "finished_at")?;
     r.error = opt_string(d, "error")?;

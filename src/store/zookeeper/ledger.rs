@@ -284,6 +284,113 @@ impl Client {
         )))
     }
 
+    /// [`JobStore::add_runs`](crate::store::JobStore::add_runs): per job, one multi-read
+    /// (ledger state and history listing), one read of the records that may already be
+    /// there, and one `multi` under the job's ledger lock creating the others (record,
+    /// history entry, marker), as a manual run does: a claim that read the lock before is
+    /// refused and counts the retries when it plans again.
+    pub(super) async fn add_runs(&self, runs: &[RunRecord]) -> Result<()> {
+        if self.state.ctx().is_none() {
+            return Err(Error::store_not_started());
+        }
+        let c = self.session().await?;
+        let mut by_job: std::collections::BTreeMap<&str, Vec<&RunRecord>> =
+            std::collections::BTreeMap::new();
+        for r in runs {
+            by_job.entry(r.job_id.as_str()).or_default().push(r);
+        }
+        for (job_id, runs) in by_job {
+            self.add_job_runs(&c, job_id, &runs).await?;
+        }
+        Ok(())
+    }
+
+    /// [`add_runs`](Self::add_runs) for the runs of one job.
+    async fn add_job_runs(&self, c: &zk::Client, job_id: &str, runs: &[&RunRecord]) -> Result<()> {
+        let node = encode(job_id);
+        for _ in 0..ATTEMPTS {
+            let mut reader = c.new_multi_reader();
+            self.add_ledger_reads(&mut reader, &node)?;
+            reader
+                .add_get_children(&self.history_path(&node))
+                .map_err(|e| self.state.err("reading the run ledger", e))?;
+            let results = self.call("reading the run ledger", reader.commit()).await?;
+            let mut it = results.into_iter();
+            let read = Self::take_ledger_read(&mut it);
+            let history = match it.next() {
+                Some(zk::MultiReadResult::Children { children }) => children,
+                _ => Vec::new(),
+            };
+            let new = self.unstored(c, runs, &history).await?;
+            if new.is_empty() {
+                return Ok(());
+            }
+            let ops = self.record_ops(&node, &read, &new, Vec::new());
+            match self.commit_ops(c, ops, "recording retries").await? {
+                Ok(_) => {
+                    for r in new.into_iter().filter(|r| r.state.is_active()) {
+                        self.written.put(r, 0);
+                    }
+                    return Ok(());
+                }
+                Err(Refused::Changed(_)) => continue,
+            }
+        }
+        Err(self.state.msg(format!(
+            "recording retries of job '{job_id}': its run ledger changed on every one of \
+             {ATTEMPTS} attempts; try again"
+        )))
+    }
+
+    /// The runs of `runs` (one job's) not stored yet: neither by run id nor, for scheduled
+    /// runs, by scheduled time and attempt (the records of the job's `history` entries in
+    /// the microsecond of a run's scheduled time are read to tell). A run whose slot comes
+    /// twice in `runs` is kept once.
+    async fn unstored(
+        &self,
+        c: &zk::Client,
+        runs: &[&RunRecord],
+        history: &[String],
+    ) -> Result<Vec<RunRecord>> {
+        let slots_us: std::collections::HashSet<i64> = runs
+            .iter()
+            .filter(|r| !r.manual)
+            .map(|r| r.scheduled.timestamp_micros())
+            .collect();
+        let mut ids: Vec<RunId> = runs.iter().map(|r| r.run_id).collect();
+        ids.extend(
+            history
+                .iter()
+                .filter_map(|n| parse_history(n))
+                .filter(|(us, _)| slots_us.contains(us))
+                .map(|(_, id)| id),
+        );
+        ids.sort_unstable();
+        ids.dedup();
+        let job_id = runs.first().map(|r| r.job_id.as_str());
+        let mut stored: std::collections::HashSet<RunId> = std::collections::HashSet::new();
+        let mut slots: Vec<(DateTime<Utc>, u32)> = Vec::new();
+        for (id, data, version) in self.read_runs(c, &ids).await? {
+            stored.insert(id);
+            if let Some(r) = self.parse_run(id, &data, version, job_id) {
+                if !r.manual {
+                    slots.push((r.scheduled, r.attempt));
+                }
+            }
+        }
+        let mut out: Vec<RunRecord> = Vec::new();
+        for r in runs {
+            let slot = (r.scheduled, r.attempt);
+            if stored.insert(r.run_id) && (r.manual || !slots.contains(&slot)) {
+                if !r.manual {
+                    slots.push(slot);
+                }
+                out.push((*r).clone());
+            }
+        }
+        Ok(out)
+    }
+
     /// [`JobStore::get_run`](crate::store::JobStore::get_run).
     pub(super) async fn get_run(&self, id: RunId) -> Result<Option<RunRecord>> {
         let c = self.session().await?;

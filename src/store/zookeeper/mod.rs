@@ -94,10 +94,10 @@ use crate::sync::MutexExt;
 /// and written in the claim's own `multi`: the record, its history entry and, for an active
 /// run, its marker, plus `set_data` on `R/active/j-<id>` at the version read (and the
 /// `cancel_requested` flags, by the records' data versions). Every write that adds an
-/// instance-holding run (claims, manual runs, promotions of queued runs) sets that lock at
-/// the version it read, so two of them cannot both count the same free instance; a refused
-/// lock makes the writer read and plan again. A crash cannot leave a claimed slot without
-/// its record: both are in one transaction. The periodic pass
+/// instance-holding run (claims, manual runs, retries, promotions of queued runs) sets that
+/// lock at the version it read, so two of them cannot both count the same free instance; a
+/// refused lock makes the writer read and plan again. A crash cannot leave a claimed slot
+/// without its record: both are in one transaction. The periodic pass
 /// ([`JobStore::tick_runs`]) writes this scheduler's heartbeat, takes over the active runs
 /// of schedulers whose heartbeat expired (by data version, so two takers never both take
 /// a run), promotes queued runs, and prunes (at most 1000 records a pass). Queries list the
@@ -462,6 +462,10 @@ impl JobStore for ZooKeeperStore {
 
     async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<()> {
         self.client.finish_runs(outcomes).await
+    }
+
+    async fn add_runs(&self, runs: &[RunRecord]) -> Result<()> {
+        self.client.add_runs(runs).await
     }
 
     async fn add_manual_runs(

@@ -602,3 +602,79 @@ async fn zookeeper_ledger_scheduler_records_runs() {
     s.shutdown().await.unwrap();
     cleanup(&r).await;
 }
+
+/// A retry ([`JobStore::add_runs`]) is written under the job's ledger lock (its data version
+/// moves, so a claim that read it before plans again) with a marker holding an instance;
+/// two schedulers writing the same slot's retry at once store it once, and a repeat writes
+/// nothing.
+#[tokio::test]
+async fn zookeeper_ledger_retries_take_the_lock_once_per_slot() {
+    if !available().await {
+        return;
+    }
+    let r = root();
+    let (a, _ca) = ledger_store(&r, "a", RunRetention::default()).await;
+    let (b, _cb) = ledger_store(&r, "b", RunRetention::default()).await;
+    a.add_job(job("j", 1, Overlap::Skip), false).await.unwrap();
+    a.tick_runs(suite::at(0)).await.unwrap();
+    let first = a.acquire_due_jobs(suite::at(0), 10).await.unwrap()[0].runs[0].clone();
+    a.start_runs(&[first.run_id], suite::at(1)).await.unwrap();
+    let c = connect(&hosts()).await.unwrap();
+    let lock = format!("{r}/active/j-j");
+    let before = data_version(&c, &lock).await;
+    let retry = first.retry("a", suite::at(2), suite::at(30));
+    let mut copy = first.retry("b", suite::at(2), suite::at(31));
+    copy.attempt = retry.attempt;
+    let (x, y) = tokio::join!(
+        a.add_runs(std::slice::from_ref(&retry)),
+        b.add_runs(std::slice::from_ref(&copy))
+    );
+    x.unwrap();
+    y.unwrap();
+    let runs = a.query_runs(&RunFilter::new().job("j")).await.unwrap();
+    assert_eq!(runs.len(), 2, "one retry for the slot: {runs:?}");
+    let stored = runs.iter().find(|r| r.attempt == 2).unwrap().clone();
+    assert!(stored == retry || stored == copy, "{stored:?}");
+    assert_eq!(
+        data_version(&c, &lock).await,
+        before + 1,
+        "one write, under the lock"
+    );
+    let marker = format!("{r}/active/j-j/{:020}~r", stored.run_id.get());
+    assert!(c.get_data(&marker).await.is_ok(), "it holds an instance");
+    let (data, _) = c
+        .get_data(&format!("{r}/runs/{:020}", stored.run_id.get()))
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&data).contains("\"retry_at\""),
+        "the record carries its time"
+    );
+    a.add_runs(&[retry, copy]).await.unwrap();
+    assert_eq!(
+        data_version(&c, &lock).await,
+        before + 1,
+        "a repeat writes nothing"
+    );
+    a.finish_runs(&[RunOutcome::new(
+        first.run_id,
+        "j",
+        RunState::Error,
+        suite::at(2),
+    )])
+    .await
+    .unwrap();
+    let due = b.acquire_due_jobs(suite::at(60), 10).await.unwrap();
+    assert_eq!(
+        due[0].runs[0].state,
+        RunState::Skipped,
+        "the retry holds the instance"
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    cleanup(&r).await;
+}
+
+async fn data_version(c: &zk::Client, path: &str) -> i32 {
+    c.get_data(path).await.unwrap().1.version
+}
