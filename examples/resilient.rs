@@ -100,7 +100,11 @@ async fn main() -> apsched::Result<()> {
     tokio::time::sleep(Duration::from_secs(10)).await;
 
     println!("\nThe ledger of import (newest first):");
-    for run in scheduler.job("import").runs(RunFilter::new().limit(20)).await? {
+    for run in scheduler
+        .job("import")
+        .runs(RunFilter::new().limit(20))
+        .await?
+    {
         println!(
             "  {} attempt {} {:9} {}",
             run.scheduled.format("%H:%M:%S"),
