@@ -31,7 +31,7 @@ async fn import(ctx: JobContext) -> Result<u32, String> {
             _ = tokio::time::sleep(Duration::from_millis(100)) => pages += 1,
         }
     }
-    if CALLS.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+    if CALLS.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
         return Err("the upstream answered 503".into());
     }
     Ok(pages)
