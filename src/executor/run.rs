@@ -217,7 +217,12 @@ impl JobRun {
     /// attempt when the job's retry policy has one left (returned, for the `JOB_RETRYING`
     /// event that follows the failure's own event), otherwise as the time's final failure
     /// (which may pause the job, see [`failures`](crate::scheduler)).
-    fn record_failure(&self, scheduled: DateTime<Utc>, why: String) -> Option<RunRecord> {
+    fn record_failure(
+        &self,
+        scheduled: DateTime<Utc>,
+        state: RunState,
+        why: String,
+    ) -> Option<RunRecord> {
         let run_id = self.current_run_id();
         let watch = self.watch.as_deref();
         let scheduler = watch
@@ -232,7 +237,7 @@ impl JobRun {
         let recorded = run_id.is_some();
         self.record_with_retry(
             run_id,
-            RunState::Error,
+            state,
             Some(why.clone()),
             None,
             next.clone().filter(|_| recorded).map(Box::new),
@@ -414,7 +419,7 @@ impl JobRun {
             Err(e) if self.watch.is_some() => {
                 let why = e.to_string();
                 retry = self
-                    .record_failure(scheduled, why.clone())
+                    .record_failure(scheduled, RunState::Error, why.clone())
                     .map(|next| (next, why));
             }
             Err(e) => self.record(run_id, RunState::Error, Some(e.to_string()), None),
@@ -611,7 +616,7 @@ impl JobRun {
             "and ended after its token was cancelled"
         };
         let why = format!("timed out after {timeout:?} {how}");
-        let retry = self.record_failure(scheduled, why.clone());
+        let retry = self.record_failure(scheduled, RunState::TimedOut, why.clone());
         self.outcomes.fetch_add(1, Ordering::Relaxed);
         self.stats.finished("timeout");
         Self::trace("outcome", "timeout");

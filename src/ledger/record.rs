@@ -13,7 +13,7 @@ use crate::job::RunId;
 ///
 /// Stored as the lowercase name ([`as_str`](Self::as_str)), so operators can query it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum RunState {
     /// Created with the claim (or by `run_now`/`backfill`); not handed to an executor yet.
@@ -24,8 +24,11 @@ pub enum RunState {
     Started,
     /// Ran and returned `Ok`.
     Executed,
-    /// Ran and failed (an `Err`, a panic, a non-zero exit, a timeout), or could not run.
+    /// Ran and failed (an `Err`, a panic, a non-zero exit), or could not run.
     Error,
+    /// Ran past its job's timeout: its token was cancelled and, if it did not end within the
+    /// grace period, it was aborted (`JOB_TIMEOUT`).
+    TimedOut,
     /// Could not start within the job's `misfire_grace_time`, or was merged into a later
     /// run by `coalesce`.
     Missed,
@@ -40,30 +43,37 @@ pub enum RunState {
 
 impl RunState {
     /// Every state, in life order.
-    pub const ALL: [RunState; 8] = [
+    pub const ALL: [RunState; 9] = [
         RunState::Claimed,
         RunState::Started,
         RunState::Executed,
         RunState::Error,
+        RunState::TimedOut,
         RunState::Missed,
         RunState::Skipped,
         RunState::Abandoned,
         RunState::Cancelled,
     ];
 
-    /// The stored name: `claimed`, `started`, `executed`, `error`, `missed`, `skipped`,
-    /// `abandoned` or `cancelled`.
+    /// The stored name: `claimed`, `started`, `executed`, `error`, `timed_out`, `missed`,
+    /// `skipped`, `abandoned` or `cancelled`.
     pub fn as_str(self) -> &'static str {
         match self {
             RunState::Claimed => "claimed",
             RunState::Started => "started",
             RunState::Executed => "executed",
             RunState::Error => "error",
+            RunState::TimedOut => "timed_out",
             RunState::Missed => "missed",
             RunState::Skipped => "skipped",
             RunState::Abandoned => "abandoned",
             RunState::Cancelled => "cancelled",
         }
+    }
+
+    /// Whether the run failed: `error` or `timed_out`.
+    pub fn is_failure(self) -> bool {
+        matches!(self, RunState::Error | RunState::TimedOut)
     }
 
     /// Whether the run has its outcome (anything but claimed and started).
@@ -90,7 +100,7 @@ impl FromStr for RunState {
         RunState::ALL
             .into_iter()
             .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("'{s}' is not a run state (claimed, started, executed, error, missed, skipped, abandoned, cancelled)"))
+            .ok_or_else(|| format!("'{s}' is not a run state (claimed, started, executed, error, timed_out, missed, skipped, abandoned, cancelled)"))
     }
 }
 

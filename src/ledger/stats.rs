@@ -15,8 +15,8 @@ pub struct RunStats {
     pub last_finished: Option<RunRecord>,
     /// That run's state.
     pub last_outcome: Option<RunState>,
-    /// How many of the newest finished runs in a row ended in `error` or `abandoned`
-    /// (`missed` and `skipped` runs neither count nor break the streak).
+    /// How many of the newest finished runs in a row ended in `error`, `timed_out` or
+    /// `abandoned` (`missed` and `skipped` runs neither count nor break the streak).
     pub consecutive_failures: usize,
     /// Median run time of the runs that started and finished.
     pub duration_p50: Option<Duration>,
@@ -38,7 +38,7 @@ impl RunStats {
         let consecutive_failures = finished
             .iter()
             .filter(|r| !matches!(r.state, RunState::Missed | RunState::Skipped))
-            .take_while(|r| matches!(r.state, RunState::Error | RunState::Abandoned))
+            .take_while(|r| r.state.is_failure() || r.state == RunState::Abandoned)
             .count();
         let mut durations: Vec<Duration> = runs.iter().filter_map(RunRecord::duration).collect();
         let mut lateness: Vec<Duration> = runs.iter().filter_map(RunRecord::lateness).collect();

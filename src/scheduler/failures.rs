@@ -12,7 +12,7 @@ use super::jobs::Update;
 use super::{Inner, Scheduler};
 use crate::event::Event;
 use crate::job::{JobError, JobRecord, RetryPolicy};
-use crate::ledger::{RunOutcome, RunRecord, RunState};
+use crate::ledger::{RunRecord, RunState};
 use crate::store::JobStore;
 
 /// A retry waiting for its time in this process: its store, its record, and whether the
@@ -287,15 +287,7 @@ pub(super) fn too_late(inner: &Inner, job: &JobRecord, due: DateTime<Utc>) -> Op
 /// Records a retry that was too late to start (`missed`, with a `JOB_MISSED` event).
 pub(super) fn retry_missed(inner: &Inner, alias: &Arc<str>, r: &RunRecord, why: String) {
     tracing::warn!(job_id = %r.job_id, run_id = %r.run_id, %why, "retry missed");
-    inner.ledger.finishing(r.run_id);
-    let outcome = RunOutcome::new(
-        r.run_id,
-        r.job_id.as_str(),
-        RunState::Missed,
-        inner.clock.now(),
-    )
-    .error(why);
-    inner.run_context.writer.send(alias.clone(), outcome);
+    inner.ledger_outcome(alias, r, RunState::Missed, why);
     crate::stats::run_outcome("missed");
     inner.events.emit(Event::JobMissed {
         job_id: r.job_id.clone(),

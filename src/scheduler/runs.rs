@@ -79,14 +79,20 @@ impl Inner {
         r: &RunRecord,
         error: &dyn std::fmt::Display,
     ) {
+        self.ledger_outcome(store, r, RunState::Error, error.to_string());
+    }
+
+    /// Records the terminal `state` of run `r`, which will not run here, with `why`.
+    pub(super) fn ledger_outcome(
+        &self,
+        store: &Arc<str>,
+        r: &RunRecord,
+        state: RunState,
+        why: String,
+    ) {
         self.ledger.finishing(r.run_id);
-        let outcome = RunOutcome::new(
-            r.run_id,
-            r.job_id.as_str(),
-            RunState::Error,
-            self.clock.now(),
-        )
-        .error(error.to_string());
+        let outcome =
+            RunOutcome::new(r.run_id, r.job_id.as_str(), state, self.clock.now()).error(why);
         self.run_context.writer.send(store.clone(), outcome);
     }
 
@@ -147,18 +153,7 @@ pub(super) async fn tick_store(
         }
     }
     for r in &tick.abandoned {
-        tracing::warn!(job_id = %r.job_id, run_id = %r.run_id, owner = %r.owner, scheduled = %r.scheduled,
-            "a run's scheduler died after starting it; the run is abandoned (outcome unknown)");
-        stats::run_outcome("abandoned");
-        inner.events.emit(Event::JobAbandoned {
-            job_id: r.job_id.clone(),
-            store: alias.to_string(),
-            scheduled_run_time: r.scheduled,
-            run_id: r.run_id,
-            // The record's owner is the dead scheduler: a taker marks it abandoned
-            // without taking it.
-            owner: r.owner.clone(),
-        });
+        report_abandoned(inner, alias, r);
     }
     for id in &tick.cancel {
         inner.run_context.runs.cancel(*id);
@@ -213,30 +208,29 @@ async fn recover_own_runs(inner: &Inner, alias: &str, store: &Arc<dyn JobStore>)
     }
     let alias: Arc<str> = Arc::from(alias);
     for r in abandoned {
-        tracing::warn!(job_id = %r.job_id, run_id = %r.run_id, "a run started by this scheduler before it restarted is abandoned (outcome unknown)");
-        inner.ledger.finishing(r.run_id);
-        let error = crate::ledger::abandoned_error(&inner.id, None);
-        let outcome = RunOutcome::new(
-            r.run_id,
-            r.job_id.as_str(),
-            RunState::Abandoned,
-            inner.clock.now(),
-        )
-        .error(error);
-        inner.run_context.writer.send(alias.clone(), outcome);
-        stats::run_outcome("abandoned");
-        inner.events.emit(Event::JobAbandoned {
-            job_id: r.job_id.clone(),
-            store: alias.to_string(),
-            scheduled_run_time: r.scheduled,
-            run_id: r.run_id,
-            owner: r.owner.clone(),
-        });
+        let why = crate::ledger::abandoned_error(&inner.id, None);
+        inner.ledger_outcome(&alias, &r, RunState::Abandoned, why);
+        report_abandoned(inner, &alias, &r);
     }
     if !claimed.is_empty() {
         dispatch(inner, &alias, store, claimed).await;
     }
     Ok(())
+}
+
+/// Reports run `r`, now `abandoned`: its scheduler (the record's owner) died after starting
+/// it, so its outcome is unknown.
+fn report_abandoned(inner: &Inner, alias: &str, r: &RunRecord) {
+    tracing::warn!(job_id = %r.job_id, run_id = %r.run_id, owner = %r.owner, scheduled = %r.scheduled,
+        "a run's scheduler died after starting it; the run is abandoned (outcome unknown)");
+    stats::run_outcome("abandoned");
+    inner.events.emit(Event::JobAbandoned {
+        job_id: r.job_id.clone(),
+        store: alias.to_string(),
+        scheduled_run_time: r.scheduled,
+        run_id: r.run_id,
+        owner: r.owner.clone(),
+    });
 }
 
 /// Starts claimed runs this scheduler owns outside a claim (taken over, promoted, manual):

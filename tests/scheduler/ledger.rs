@@ -433,7 +433,7 @@ async fn timeouts_and_cancel_run_are_recorded() {
         .outcome()
         .await
         .unwrap();
-    assert_eq!(slow.state, RunState::Error);
+    assert_eq!(slow.state, RunState::TimedOut);
     assert!(slow.error.unwrap().contains("timed out after 5s"));
     s.shutdown().await.unwrap();
 }

@@ -226,7 +226,7 @@ async fn a_timed_out_run_is_retried() {
         runs.iter()
             .map(|r| (r.attempt, r.state))
             .collect::<Vec<_>>(),
-        vec![(1, RunState::Error), (2, RunState::Executed)]
+        vec![(1, RunState::TimedOut), (2, RunState::Executed)]
     );
     assert!(runs[0].error.as_deref().unwrap().contains("timed out"));
     assert_eq!(runs[1].retry_at, Some(secs(7)));
