@@ -571,3 +571,51 @@ async fn a_local_job_gets_its_context_and_its_timeout() {
     );
     s.shutdown().await.unwrap();
 }
+
+/// The same in real time, on a real thread: a blocking body sleeping 2 s with a 200 ms
+/// timeout and a 100 ms grace is reported timed out (aborted) and its slot freed, while
+/// its thread sleeps on (the run after it finishes first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_blocking_thread_past_its_timeout_is_abandoned_in_real_time() {
+    let s = Scheduler::builder()
+        .timezone(chrono_tz::UTC)
+        .timeout_grace(Duration::from_millis(100))
+        .executor("default", BlockingExecutor::new(2))
+        .build();
+    let mut rx = s.subscribe(EventKind::JOB_TIMEOUT | EventKind::JOB_EXECUTED);
+    s.start().await.unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    s.add_blocking_job(move || {
+        if c.fetch_add(1, Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_secs(2));
+            return "slow";
+        }
+        "quick"
+    })
+    .trigger(Interval::new(Duration::from_secs(3600)).unwrap())
+    .next_run_time(Utc::now())
+    .timeout(Duration::from_millis(200))
+    .id("sleepy")
+    .await
+    .unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("an outcome long before the thread wakes")
+        .unwrap();
+    let Event::JobTimeout { aborted, .. } = event else {
+        panic!("expected a timeout, got {event:?}")
+    };
+    assert!(aborted);
+    // Its instance is free: a run now starts (and finishes) beside the sleeping thread.
+    s.job("sleepy").run_now().await.unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("the next run is not held up by the abandoned thread")
+        .unwrap();
+    assert!(
+        matches!(&event, Event::JobExecuted { retval, .. } if retval == "quick"),
+        "{event:?}"
+    );
+    s.shutdown_now().await.unwrap();
+}

@@ -417,3 +417,42 @@ async fn a_one_shot_job_is_kept_until_its_retries_end() {
     );
     s.shutdown().await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_whose_time_went_by_while_stopped_is_missed_beyond_the_grace_time() {
+    let clock = TestClock::new(t0());
+    let s = scheduler(&clock, true);
+    let mut missed = s.subscribe(EventKind::JOB_MISSED);
+    s.start().await.unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    s.add_job(flaky(u32::MAX, seen.clone()))
+        .id("late")
+        .trigger(Interval::new(Duration::from_secs(3600)).unwrap())
+        .next_run_time(t0())
+        .misfire_grace_time(Some(Duration::from_secs(5)))
+        .retry(RetryPolicy::fixed(3, Duration::from_secs(10)).jitter(false))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    s.shutdown().await.unwrap();
+    // Stopped past the retry's time (10:00:10) and its grace time: at the next start it is
+    // recorded missed, not run.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    s.start().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(*seen.lock().unwrap(), vec![(t0(), 1)]);
+    let runs = runs(&s, "late").await;
+    assert_eq!(
+        runs.iter()
+            .map(|r| (r.attempt, r.state))
+            .collect::<Vec<_>>(),
+        vec![(1, RunState::Error), (2, RunState::Missed)]
+    );
+    assert!(runs[1]
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("misfire_grace_time"));
+    assert_eq!(drain(&mut missed).len(), 1);
+    s.shutdown().await.unwrap();
+}
