@@ -31,6 +31,9 @@ fn scheduler(url: &str, ns: &str, id: &str) -> Scheduler {
         .task("broken", |_: serde_json::Value| async {
             Err::<(), _>("the upstream API answered 503".to_string())
         })
+        .task("hang", |_: serde_json::Value| async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        })
         .build()
 }
 
@@ -182,4 +185,64 @@ async fn retries_and_auto_pause_survive_a_restart_redis() {
     for p in NAMESPACES {
         crate::redis::cleanup(&format!("{prefix}{p}")).await;
     }
+}
+
+/// A scheduler that dies mid-run (its runtime dropped: no outcome written, no shutdown) and
+/// comes back under the same id takes back its previous life's runs at its first ledger
+/// pass: the started one is `abandoned`, as another scheduler would have marked it (none
+/// would, while the id's heartbeat is alive again).
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduler_back_under_its_id_abandons_its_previous_lifes_runs_postgres() {
+    let Some(tdb) = crate::sql::TestDb::new(crate::sql::Db::Postgres, "life").await else {
+        return;
+    };
+    let ns = format!("{}_life", tdb.table);
+    let doomed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let a = scheduler(&tdb.url, &ns, "a");
+    let (url, ns2) = (tdb.url.clone(), ns.clone());
+    let a2 = a.clone();
+    doomed
+        .spawn(async move {
+            a2.start().await.unwrap();
+            a2.add_task_job("hang", serde_json::Value::Null)
+                .trigger(Interval::new(Duration::from_secs(3600)).unwrap())
+                .next_run_time(Utc::now())
+                .id("j")
+                .await
+                .unwrap();
+        })
+        .await
+        .unwrap();
+    let started = wait_runs(&a, "the run never started", |r| {
+        r.iter().any(|r| r.state == RunState::Started)
+    })
+    .await;
+    let run_id = started[0].run_id;
+    // The process "dies": its tasks are dropped where they stand.
+    doomed.shutdown_background();
+    drop(a);
+
+    let b = scheduler(&url, &ns2, "a");
+    b.start().await.unwrap();
+    let runs = wait_runs(&b, "the previous life's run was never abandoned", |r| {
+        r.iter()
+            .any(|r| r.run_id == run_id && r.state == RunState::Abandoned)
+    })
+    .await;
+    let run = runs.iter().find(|r| r.run_id == run_id).unwrap();
+    assert!(
+        run.error
+            .as_deref()
+            .unwrap()
+            .contains("scheduler a stopped"),
+        "{run:#?}"
+    );
+    b.job("j").remove().await.unwrap();
+    b.shutdown().await.unwrap();
+    tdb.cleanup(&[ns2]).await;
 }
