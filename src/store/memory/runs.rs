@@ -16,7 +16,9 @@ use crate::store::DueJob;
 /// The runs of one memory store.
 #[derive(Debug, Default)]
 pub(super) struct Runs {
-    by_id: HashMap<RunId, Stored, crate::job::RunIdState>,
+    /// Boxed: a record is large, and a table of them grown by doubling would move every
+    /// record and touch megabytes of fresh pages in one claim of a storm of new runs.
+    by_id: HashMap<RunId, Box<Stored>, crate::job::RunIdState>,
     /// The owner of the last record stored (nearly always this scheduler), shared by the
     /// records it owns.
     owner: Option<Arc<str>>,
@@ -160,11 +162,11 @@ impl Runs {
         };
         self.by_id.insert(
             run.run_id,
-            Stored {
+            Box::new(Stored {
                 run: hollow,
                 job_id: key.clone(),
                 owner,
-            },
+            }),
         );
     }
 
@@ -206,7 +208,7 @@ impl Runs {
         for id in ids {
             if let Some(Stored {
                 run: r, owner: o, ..
-            }) = self.by_id.get_mut(id)
+            }) = self.by_id.get_mut(id).map(|s| &mut **s)
             {
                 if r.state == RunState::Claimed && **o == *owner {
                     r.state = RunState::Started;
@@ -282,7 +284,7 @@ impl Runs {
                 .get(&job_id)
                 .into_iter()
                 .flat_map(|j| j.active.iter())
-                .filter_map(|id| self.by_id.get(id).map(Stored::record))
+                .filter_map(|id| self.by_id.get(id).map(|s| s.record()))
                 .collect();
             let mut flagged = false;
             for r in &active {
@@ -335,7 +337,7 @@ impl Runs {
             // Newest first, as retention counts; `keep` is in the vector's order.
             let mut keep = vec![true; job.all.len()];
             for (key, kept) in job.all.iter().zip(keep.iter_mut()).rev() {
-                let Some(Stored { run: r, .. }) = by_id.get(&key.1) else {
+                let Some(Stored { run: r, .. }) = by_id.get(&key.1).map(|s| &**s) else {
                     continue;
                 };
                 if r.state.is_active() {
@@ -383,6 +385,6 @@ impl Runs {
     }
 
     pub(super) fn get(&self, id: RunId) -> Option<RunRecord> {
-        self.by_id.get(&id).map(Stored::record)
+        self.by_id.get(&id).map(|s| s.record())
     }
 }
