@@ -99,6 +99,18 @@ impl RunWriter {
             if rx.recv_many(&mut batch, BATCH).await == 0 {
                 return;
             }
+            if batch.len() < BATCH {
+                // In a storm of runs, outcomes arrive one by one: letting the runs queued
+                // behind this task send theirs first makes one store write (and one ledger
+                // pass) cover many of them, not a few each.
+                tokio::task::yield_now().await;
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(item) => batch.push(item),
+                        Err(_) => break,
+                    }
+                }
+            }
             // Group by store, keeping each store's order.
             let mut by_store: Vec<(Arc<str>, Vec<RunOutcome>)> = Vec::new();
             for (store, outcome) in batch.drain(..) {

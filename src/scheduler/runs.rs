@@ -354,7 +354,12 @@ pub(super) async fn prepare_recorded(
     for id in &due.cancel {
         inner.run_context.runs.cancel(*id);
     }
-    let (mut times, mut ids) = (Vec::new(), Vec::new());
+    // Sized to the records: a run's ids become a boxed slice, which a larger capacity
+    // would cost a reallocation to shrink.
+    let (mut times, mut ids) = (
+        Vec::with_capacity(due.runs.len()),
+        Vec::with_capacity(due.runs.len()),
+    );
     let (mut skipped_times, mut skipped_ids) = (Vec::new(), Vec::new());
     for r in &due.runs {
         match r.state {
@@ -492,7 +497,9 @@ impl crate::ledger::WriterHooks for Hooks {
     fn written(&self, alias: &str) {
         if let Some(inner) = self.0.upgrade() {
             if let Ok(store) = inner.store(alias) {
-                inner.request_tick(alias, store.is_persistent());
+                if store.tick_wanted(inner.clock.now()) {
+                    inner.request_tick(alias, store.is_persistent());
+                }
             }
         }
     }

@@ -399,6 +399,16 @@ pub trait JobStore: Send + Sync + 'static {
         Err(no_ledger())
     }
 
+    /// Whether a ledger pass ([`tick_runs`](Self::tick_runs)) may have work at `now`, asked
+    /// after outcomes were written: a store only this scheduler uses runs its pass only when
+    /// asked, and a pass with nothing to do costs a loop wake-up per write in a storm of
+    /// runs. A hint: `true` (the default) is always correct; answer `false` only when the
+    /// pass would do nothing (no queued runs, no cancel requests, no pruning due).
+    fn tick_wanted(&self, now: DateTime<Utc>) -> bool {
+        let _ = now;
+        true
+    }
+
     /// One run by id.
     async fn get_run(&self, run_id: RunId) -> Result<Option<RunRecord>> {
         let _ = run_id;
@@ -595,6 +605,9 @@ macro_rules! forward_job_store {
     }
     async fn tick_runs(&self, now: DateTime<Utc>) -> Result<RunTick> {
         (**self).tick_runs(now).await
+    }
+    fn tick_wanted(&self, now: DateTime<Utc>) -> bool {
+        (**self).tick_wanted(now)
     }
     async fn query_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
         (**self).query_runs(filter).await

@@ -253,7 +253,7 @@ impl JobStore for MemoryStore {
         let (runs, cancel) = plan_manual_runs(job, slots, ctx, now, &active);
         inner.runs.flag_cancel(&key, &cancel);
         for r in &runs {
-            inner.runs.insert(&key, r.clone());
+            inner.runs.insert(&key, r);
         }
         Ok(runs)
     }
@@ -270,6 +270,10 @@ impl JobStore for MemoryStore {
             ctx.run_retention(),
             |id| ctx.is_finishing(id),
         ))
+    }
+
+    fn tick_wanted(&self, now: DateTime<Utc>) -> bool {
+        self.lock().runs.tick_wanted(now)
     }
 
     async fn query_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {

@@ -16,7 +16,12 @@ use crate::store::DueJob;
 /// The runs of one memory store.
 #[derive(Debug, Default)]
 pub(super) struct Runs {
-    by_id: HashMap<RunId, RunRecord, crate::job::RunIdState>,
+    /// Boxed: a record is large, and a table of them grown by doubling would move every
+    /// record and touch megabytes of fresh pages in one claim of a storm of new runs.
+    by_id: HashMap<RunId, Box<Stored>, crate::job::RunIdState>,
+    /// The owner of the last record stored (nearly always this scheduler), shared by the
+    /// records it owns.
+    owner: Option<Arc<str>>,
     /// Each job's kept and active runs.
     by_job: HashMap<Arc<str>, JobRuns>,
     /// Jobs with queued runs or runs asked to stop: what the ledger pass looks at.
@@ -25,23 +30,88 @@ pub(super) struct Runs {
     aged_at: Option<DateTime<Utc>>,
 }
 
-/// One job's runs. Kept while the job has runs, so its vector's capacity is reused from
+/// One job's runs. Kept while the job has runs, so its vectors' capacity is reused from
 /// run to run.
 #[derive(Debug, Default)]
 struct JobRuns {
-    /// Every kept run, by (scheduled time, run id).
-    all: BTreeSet<(DateTime<Utc>, RunId)>,
+    /// Every kept run, by (scheduled time, run id), sorted. A vector, not a tree: runs come
+    /// mostly in order (appended), retention keeps it short, and a job's first run costs
+    /// one small allocation instead of a tree node.
+    all: Vec<(DateTime<Utc>, RunId)>,
     /// The active (claimed or started) ones.
-    active: Vec<RunId>,
+    active: ActiveIds,
+}
+
+/// A job's active runs: the first inline (most jobs have at most one at a time, and so no
+/// allocation for it), the others in a vector, in the order they were added.
+#[derive(Debug, Default)]
+struct ActiveIds {
+    first: Option<RunId>,
+    more: Vec<RunId>,
+}
+
+impl ActiveIds {
+    fn push(&mut self, id: RunId) {
+        if self.first.is_none() {
+            self.first = Some(id);
+        } else {
+            self.more.push(id);
+        }
+    }
+
+    fn remove(&mut self, id: RunId) {
+        if self.first == Some(id) {
+            self.first = if self.more.is_empty() {
+                None
+            } else {
+                Some(self.more.remove(0))
+            };
+        } else {
+            self.more.retain(|x| *x != id);
+        }
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.more.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &RunId> {
+        self.first.iter().chain(&self.more)
+    }
+}
+
+/// A record as the store keeps it: its job id and owner shared (the job's key, one string
+/// per scheduler) rather than two strings of its own per run; `run` holds the rest, with
+/// those two fields left empty.
+#[derive(Debug, Clone)]
+struct Stored {
+    run: RunRecord,
+    job_id: Arc<str>,
+    owner: Arc<str>,
+}
+
+impl Stored {
+    /// The full record.
+    fn record(&self) -> RunRecord {
+        let mut r = self.run.clone();
+        r.job_id = self.job_id.to_string();
+        r.owner = self.owner.to_string();
+        r
+    }
 }
 
 impl Runs {
     /// The active runs of `job_id`, for the overlap rule.
     pub(super) fn active_of(&self, job_id: &str) -> ActiveRuns {
         let mut active = ActiveRuns::new();
-        for id in self.by_job.get(job_id).into_iter().flat_map(|j| &j.active) {
+        for id in self
+            .by_job
+            .get(job_id)
+            .into_iter()
+            .flat_map(|j| j.active.iter())
+        {
             if let Some(r) = self.by_id.get(id) {
-                active.push(r.run_id, r.state, r.queued);
+                active.push(r.run.run_id, r.run.state, r.run.queued);
             }
         }
         active
@@ -51,23 +121,53 @@ impl Runs {
     pub(super) fn record_claim(&mut self, key: &Arc<str>, due: &DueJob) {
         self.flag_cancel(key, &due.cancel);
         for r in &due.runs {
-            self.insert(key, r.clone());
+            self.insert(key, r);
         }
     }
 
-    pub(super) fn insert(&mut self, key: &Arc<str>, run: RunRecord) {
-        let job = match self.by_job.get_mut(key) {
-            Some(job) => job,
-            None => self.by_job.entry(key.clone()).or_default(),
-        };
-        job.all.insert((run.scheduled, run.run_id));
+    /// The shared owner string for `owner`.
+    fn owner(&mut self, owner: &str) -> Arc<str> {
+        match &self.owner {
+            Some(o) if **o == *owner => o.clone(),
+            _ => {
+                let o: Arc<str> = Arc::from(owner);
+                self.owner = Some(o.clone());
+                o
+            }
+        }
+    }
+
+    pub(super) fn insert(&mut self, key: &Arc<str>, run: &RunRecord) {
+        let owner = self.owner(&run.owner);
+        // One lookup (the id hashed once): cloning the key is an increment.
+        let job = self.by_job.entry(key.clone()).or_default();
+        let entry = (run.scheduled, run.run_id);
+        let at = job.all.partition_point(|k| *k < entry);
+        if job.all.get(at) != Some(&entry) {
+            job.all.insert(at, entry);
+        }
         if run.state.is_active() {
             job.active.push(run.run_id);
         }
         if run.queued {
             self.attention.insert(key.clone());
         }
-        self.by_id.insert(run.run_id, run);
+        // Every field but the two strings is copied; those two are shared.
+        let hollow = RunRecord {
+            job_id: String::new(),
+            owner: String::new(),
+            error: run.error.clone(),
+            output: run.output.clone(),
+            ..*run
+        };
+        self.by_id.insert(
+            run.run_id,
+            Box::new(Stored {
+                run: hollow,
+                job_id: key.clone(),
+                owner,
+            }),
+        );
     }
 
     /// Adds records made outside a claim (retries), keeping any already stored: by run id,
@@ -79,15 +179,17 @@ impl Runs {
             }
             let taken = !run.manual
                 && self.by_job.get(run.job_id.as_str()).is_some_and(|job| {
+                    let from = job.all.partition_point(|(t, _)| *t < run.scheduled);
                     job.all
-                        .range((run.scheduled, RunId::from_raw(0))..)
+                        .iter()
+                        .skip(from)
                         .take_while(|(t, _)| *t == run.scheduled)
                         .filter_map(|(_, id)| self.by_id.get(id))
-                        .any(|r| !r.manual && r.attempt == run.attempt)
+                        .any(|r| !r.run.manual && r.run.attempt == run.attempt)
                 });
             if !taken {
                 let key: Arc<str> = Arc::from(run.job_id.as_str());
-                self.insert(&key, run.clone());
+                self.insert(&key, run);
             }
         }
     }
@@ -95,7 +197,7 @@ impl Runs {
     pub(super) fn flag_cancel(&mut self, key: &Arc<str>, ids: &[RunId]) {
         for id in ids {
             if let Some(r) = self.by_id.get_mut(id) {
-                r.cancel_requested = true;
+                r.run.cancel_requested = true;
                 self.attention.insert(key.clone());
             }
         }
@@ -104,8 +206,11 @@ impl Runs {
     pub(super) fn start(&mut self, ids: &[RunId], owner: &str, now: DateTime<Utc>) -> Vec<RunId> {
         let mut started = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(r) = self.by_id.get_mut(id) {
-                if r.state == RunState::Claimed && r.owner == owner {
+            if let Some(Stored {
+                run: r, owner: o, ..
+            }) = self.by_id.get_mut(id).map(|s| &mut **s)
+            {
+                if r.state == RunState::Claimed && **o == *owner {
                     r.state = RunState::Started;
                     r.started_at = Some(now);
                     r.queued = false;
@@ -123,13 +228,13 @@ impl Runs {
             let Some(r) = self.by_id.get_mut(&o.run_id) else {
                 continue;
             };
-            if !r.apply(o) {
+            if !r.run.apply(o) {
                 continue;
             }
             let Some(job) = self.by_job.get_mut(&*o.job_id) else {
                 continue;
             };
-            job.active.retain(|id| *id != o.run_id);
+            job.active.remove(o.run_id);
             let mut over = job
                 .all
                 .len()
@@ -137,7 +242,7 @@ impl Runs {
             if over > 0 {
                 let by_id = &mut self.by_id;
                 job.all.retain(|(_, id)| {
-                    let finished = by_id.get(id).is_none_or(|r| r.state.is_terminal());
+                    let finished = by_id.get(id).is_none_or(|r| r.run.state.is_terminal());
                     if over > 0 && finished {
                         over -= 1;
                         by_id.remove(id);
@@ -148,6 +253,17 @@ impl Runs {
                 });
             }
         }
+    }
+
+    /// Whether [`tick`](Self::tick) would do anything at `now`: a job needs attention, or
+    /// pruning by age is due.
+    pub(super) fn tick_wanted(&self, now: DateTime<Utc>) -> bool {
+        !self.attention.is_empty() || self.prune_due(now)
+    }
+
+    fn prune_due(&self, now: DateTime<Utc>) -> bool {
+        self.aged_at
+            .is_none_or(|t| now - t >= chrono::TimeDelta::minutes(1))
     }
 
     /// Promotes queued runs of jobs with a free instance (to `owner`), returns started
@@ -167,8 +283,8 @@ impl Runs {
                 .by_job
                 .get(&job_id)
                 .into_iter()
-                .flat_map(|j| &j.active)
-                .filter_map(|id| self.by_id.get(id).cloned())
+                .flat_map(|j| j.active.iter())
+                .filter_map(|id| self.by_id.get(id).map(|s| s.record()))
                 .collect();
             let mut flagged = false;
             for r in &active {
@@ -190,18 +306,21 @@ impl Runs {
                 .filter(|r| !r.queued && !is_finishing(r.run_id))
                 .count();
             queued.sort_by_key(|r| (r.scheduled, r.submitted_at, r.run_id));
-            for q in queued.into_iter().take(max.saturating_sub(running)) {
-                if let Some(r) = self.by_id.get_mut(&q.run_id) {
-                    r.queued = false;
-                    r.owner = owner.to_string();
-                    tick.promoted.push(r.clone());
+            let promote: Vec<RunId> = queued
+                .into_iter()
+                .take(max.saturating_sub(running))
+                .map(|q| q.run_id)
+                .collect();
+            let new_owner = self.owner(owner);
+            for id in promote {
+                if let Some(r) = self.by_id.get_mut(&id) {
+                    r.run.queued = false;
+                    r.owner = new_owner.clone();
+                    tick.promoted.push(r.record());
                 }
             }
         }
-        if self
-            .aged_at
-            .is_none_or(|t| now - t >= chrono::TimeDelta::minutes(1))
-        {
+        if self.prune_due(now) {
             self.aged_at = Some(now);
             self.prune(now, retention);
         }
@@ -215,33 +334,41 @@ impl Runs {
         self.by_job.retain(|_, job| {
             job.all.retain(|key| by_id.contains_key(&key.1));
             let mut finished_seen = 0;
-            let mut doomed = Vec::new();
-            for key in job.all.iter().rev() {
-                let Some(r) = by_id.get(&key.1) else { continue };
+            // Newest first, as retention counts; `keep` is in the vector's order.
+            let mut keep = vec![true; job.all.len()];
+            for (key, kept) in job.all.iter().zip(keep.iter_mut()).rev() {
+                let Some(Stored { run: r, .. }) = by_id.get(&key.1).map(|s| &**s) else {
+                    continue;
+                };
                 if r.state.is_active() {
                     continue;
                 }
                 finished_seen += 1;
                 let too_old = cutoff.is_some_and(|c| r.finished_at.is_some_and(|f| f < c));
                 if finished_seen > retention.per_job || too_old {
-                    doomed.push(*key);
+                    *kept = false;
+                    by_id.remove(&key.1);
                 }
             }
-            for key in doomed {
-                job.all.remove(&key);
-                by_id.remove(&key.1);
-            }
+            let mut kept = keep.into_iter();
+            job.all.retain(|_| kept.next().unwrap_or(true));
             !job.all.is_empty()
         });
     }
 
     pub(super) fn query(&self, filter: &RunFilter) -> Vec<RunRecord> {
         let mut out = Vec::new();
-        let mut scan = |runs: &BTreeSet<(DateTime<Utc>, RunId)>| {
+        // The job is chosen by the scan; the rest of the filter is checked on the stored
+        // record (its strings empty), so only matching runs are built whole.
+        let rest = RunFilter {
+            job_id: None,
+            ..filter.clone()
+        };
+        let mut scan = |runs: &[(DateTime<Utc>, RunId)]| {
             for key in runs.iter().rev() {
                 if let Some(r) = self.by_id.get(&key.1) {
-                    if filter.matches(r) {
-                        out.push(r.clone());
+                    if rest.matches(&r.run) {
+                        out.push(r.record());
                     }
                 }
             }
@@ -258,6 +385,6 @@ impl Runs {
     }
 
     pub(super) fn get(&self, id: RunId) -> Option<RunRecord> {
-        self.by_id.get(&id).cloned()
+        self.by_id.get(&id).map(|s| s.record())
     }
 }
