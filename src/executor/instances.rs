@@ -10,7 +10,7 @@ use crate::sync::MutexExt;
 /// Counts the runs of each job in flight, for `max_instances` (shared by all executors).
 #[derive(Debug, Default)]
 pub(crate) struct Instances {
-    running: Mutex<HashMap<Arc<str>, u32>>,
+    running: Mutex<HashMap<Arc<str>, u32, crate::job::JobIdState>>,
     /// Runs in flight, all jobs together.
     total: AtomicUsize,
     /// Notified when a run ends while someone waits (`waiting` > 0).

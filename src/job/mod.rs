@@ -22,8 +22,8 @@ pub use self::callable::{
     AsyncContextFn, AsyncFn, BlockingContextFn, BlockingFn, Callable, LocalContextFn, LocalFn,
     StoredCallable,
 };
-pub(crate) use self::context::RunIdState;
 pub use self::context::{JobContext, RunId};
+pub(crate) use self::context::{JobIdState, RunIdState};
 pub use self::defaults::JobDefaults;
 pub(crate) use self::due::advance;
 pub use self::due::WALK_BEFORE_SKIP;

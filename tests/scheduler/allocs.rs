@@ -142,6 +142,7 @@ async fn allocations_per_run_stay_few() {
     let quiet = allocations_per_run(false, false).await;
     let listened = allocations_per_run(true, false).await;
     let recorded = allocations_per_run(false, true).await;
+    eprintln!("allocations per run: {quiet} quiet, {listened} listened to, {recorded} recorded");
     // With the `metrics` feature and a recorder installed (this binary's metrics test
     // installs one, in whatever order the tests run), the recorder's handling of a run's
     // series adds one; the series themselves have static keys and allocate nothing.

@@ -58,3 +58,60 @@ async fn memory_store_ledger_contract() {
     )
     .await;
 }
+
+/// The memory store indexes a claim's records later than it makes them (its journal): a
+/// run claimed and not yet indexed still counts against `max_instances` at the job's next
+/// claim, starts in whatever order its ids come, and is seen by every read.
+#[tokio::test]
+async fn memory_store_claimed_runs_count_before_they_are_indexed() {
+    use apsched::ledger::{RunFilter, RunState};
+
+    let store = MemoryStore::new();
+    store
+        .start(suite::context(
+            "default",
+            "s1",
+            std::time::Duration::from_secs(30),
+        ))
+        .await
+        .unwrap();
+    for id in ["a", "b"] {
+        let mut job = suite::interval_job(id, 1, Some(suite::at(0)));
+        job.max_instances = 1;
+        store.add_job(job, false).await.unwrap();
+    }
+    let first = store.acquire_due_jobs(suite::at(0), 10).await.unwrap();
+    let ids: Vec<_> = first
+        .iter()
+        .flat_map(|d| &d.runs)
+        .map(|r| r.run_id)
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert!(first
+        .iter()
+        .flat_map(|d| &d.runs)
+        .all(|r| r.state == RunState::Claimed));
+    store.release_jobs(&first).await.unwrap();
+
+    // Started in the reverse of the claim's order.
+    let reversed: Vec<_> = ids.iter().rev().copied().collect();
+    let started = store.start_runs(&reversed, suite::at(0)).await.unwrap();
+    assert_eq!(started, reversed);
+
+    // Both jobs are due again while their first runs are active: max_instances (1) skips.
+    let second = store.acquire_due_jobs(suite::at(1), 10).await.unwrap();
+    assert_eq!(second.len(), 2);
+    for due in &second {
+        assert_eq!(due.runs.len(), 1);
+        assert_eq!(due.runs[0].state, RunState::Skipped, "{:?}", due.runs[0]);
+    }
+    store.release_jobs(&second).await.unwrap();
+
+    let runs = store.query_runs(&RunFilter::new()).await.unwrap();
+    assert_eq!(runs.len(), 4);
+    for id in &ids {
+        let run = store.get_run(*id).await.unwrap().unwrap();
+        assert_eq!(run.state, RunState::Started);
+        assert_eq!(run.owner, "s1");
+    }
+}

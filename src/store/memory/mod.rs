@@ -31,13 +31,17 @@ pub struct MemoryStore {
 struct Inner {
     /// Boxed: a hash table rounds its capacity up and spreads entries over all of it, so
     /// small buckets (a key and a pointer) keep the resident size close to the jobs' own.
-    jobs: HashMap<Arc<str>, Box<JobRecord>>,
+    jobs: HashMap<Arc<str>, Box<JobRecord>, crate::job::JobIdState>,
     /// Unpaused jobs by (next run time, id).
     due_index: BTreeSet<(DateTime<Utc>, Arc<str>)>,
     /// The last version written. Versions come from this one store-wide counter, so a job
     /// removed and added again never repeats a version of the job it replaces (a writer
     /// holding a read of the old one is fenced).
     last_version: u64,
+    /// Jobs of this version or older have no runs in the ledger's journal: a claim
+    /// writes a new version, so only a job claimed (or added again) since the journal
+    /// was last found empty can have some.
+    settled_version: u64,
     /// The run ledger.
     runs: runs::Runs,
 }
@@ -192,6 +196,11 @@ impl JobStore for MemoryStore {
             let Some((key, mut job)) = inner.jobs.remove_entry(&id) else {
                 continue;
             };
+            if job.version > inner.settled_version {
+                // Its earlier runs may still be in the journal: the overlap rule needs them.
+                inner.runs.settle();
+                inner.settled_version = inner.last_version;
+            }
             job.version = inner.next_version();
             let mut claimed = DueJob::claim(*job, now);
             if let Some(ctx) = self.ctx.get() {
@@ -242,6 +251,8 @@ impl JobStore for MemoryStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<RunRecord>> {
         let mut inner = self.lock();
+        // The overlap rule needs every active run of the job, journaled ones included.
+        inner.runs.settle();
         let Some((key, job)) = inner.jobs.get_key_value(job_id) else {
             return Err(Error::JobLookup(job_id.to_string()));
         };

@@ -6,6 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use smallvec::SmallVec;
 
 use crate::job::{JobRecord, RunId};
 use crate::ledger::{
@@ -23,21 +24,34 @@ pub(super) struct Runs {
     /// records it owns.
     owner: Option<Arc<str>>,
     /// Each job's kept and active runs.
-    by_job: HashMap<Arc<str>, JobRuns>,
+    by_job: HashMap<Arc<str>, JobRuns, crate::job::JobIdState>,
     /// Jobs with queued runs or runs asked to stop: what the ledger pass looks at.
     attention: BTreeSet<Arc<str>>,
     /// When finished runs were last pruned by age.
     aged_at: Option<DateTime<Utc>>,
+    /// The plain records (claimed, not queued) of recent claims, not yet in the indexes
+    /// above. A claim appends them here and the next call that reads or changes runs moves
+    /// them in first ([`settle`](Self::settle)), nearly always the run writer's
+    /// `finish_runs`. All of it is under the store's one lock, so a claim and its records
+    /// are still one step; what leaves the claim is the indexing (a box and two hash
+    /// inserts per run), which in a storm of due jobs cost the loop a third of its time.
+    journal: Vec<Stored>,
+    /// Where [`start`](Self::start) looks in the journal first: a claim's runs start in the
+    /// order they were claimed.
+    cursor: usize,
 }
+
+/// Journal capacity kept once it is settled; a storm's larger buffer is given back.
+const JOURNAL_KEPT: usize = 4096;
 
 /// One job's runs. Kept while the job has runs, so its vectors' capacity is reused from
 /// run to run.
 #[derive(Debug, Default)]
 struct JobRuns {
     /// Every kept run, by (scheduled time, run id), sorted. A vector, not a tree: runs come
-    /// mostly in order (appended), retention keeps it short, and a job's first run costs
-    /// one small allocation instead of a tree node.
-    all: Vec<(DateTime<Utc>, RunId)>,
+    /// mostly in order (appended) and retention keeps it short. The first is kept inline:
+    /// a one-shot job (a storm of them) has one run, which then costs no allocation.
+    all: SmallVec<[(DateTime<Utc>, RunId); 1]>,
     /// The active (claimed or started) ones.
     active: ActiveIds,
 }
@@ -91,6 +105,23 @@ struct Stored {
 }
 
 impl Stored {
+    /// `run` as stored: its strings replaced by the shared `key` and `owner`.
+    fn new(key: &Arc<str>, owner: Arc<str>, run: &RunRecord) -> Self {
+        // Every field but the two strings is copied; those two are shared.
+        let hollow = RunRecord {
+            job_id: String::new(),
+            owner: String::new(),
+            error: run.error.clone(),
+            output: run.output.clone(),
+            ..*run
+        };
+        Stored {
+            run: hollow,
+            job_id: key.clone(),
+            owner,
+        }
+    }
+
     /// The full record.
     fn record(&self) -> RunRecord {
         let mut r = self.run.clone();
@@ -101,7 +132,8 @@ impl Stored {
 }
 
 impl Runs {
-    /// The active runs of `job_id`, for the overlap rule.
+    /// The active runs of `job_id`, for the overlap rule. Journaled runs are not seen: the
+    /// caller settles first when the job may have some (see the memory store's claim).
     pub(super) fn active_of(&self, job_id: &str) -> ActiveRuns {
         let mut active = ActiveRuns::new();
         for id in self
@@ -117,12 +149,33 @@ impl Runs {
         active
     }
 
-    /// Writes what a claim planned: its records, and the cancel flags.
+    /// Writes what a claim planned: its records (the plain ones to the journal), and the
+    /// cancel flags.
     pub(super) fn record_claim(&mut self, key: &Arc<str>, due: &DueJob) {
         self.flag_cancel(key, &due.cancel);
         for r in &due.runs {
-            self.insert(key, r);
+            if r.state == RunState::Claimed && !r.queued && !r.cancel_requested {
+                let owner = self.owner(&r.owner);
+                self.journal.push(Stored::new(key, owner, r));
+            } else {
+                self.insert(key, r);
+            }
         }
+    }
+
+    /// Moves the journal's records into the indexes.
+    pub(super) fn settle(&mut self) {
+        if self.journal.is_empty() {
+            return;
+        }
+        let mut journal = std::mem::take(&mut self.journal);
+        for stored in journal.drain(..) {
+            self.index(stored);
+        }
+        if journal.capacity() <= JOURNAL_KEPT {
+            self.journal = journal;
+        }
+        self.cursor = 0;
     }
 
     /// The shared owner string for `owner`.
@@ -137,8 +190,14 @@ impl Runs {
         }
     }
 
+    /// Stores `run` of the job `key` in the indexes.
     pub(super) fn insert(&mut self, key: &Arc<str>, run: &RunRecord) {
         let owner = self.owner(&run.owner);
+        self.index(Stored::new(key, owner, run));
+    }
+
+    fn index(&mut self, stored: Stored) {
+        let (key, run) = (&stored.job_id, &stored.run);
         // One lookup (the id hashed once): cloning the key is an increment.
         let job = self.by_job.entry(key.clone()).or_default();
         let entry = (run.scheduled, run.run_id);
@@ -152,27 +211,13 @@ impl Runs {
         if run.queued {
             self.attention.insert(key.clone());
         }
-        // Every field but the two strings is copied; those two are shared.
-        let hollow = RunRecord {
-            job_id: String::new(),
-            owner: String::new(),
-            error: run.error.clone(),
-            output: run.output.clone(),
-            ..*run
-        };
-        self.by_id.insert(
-            run.run_id,
-            Box::new(Stored {
-                run: hollow,
-                job_id: key.clone(),
-                owner,
-            }),
-        );
+        self.by_id.insert(run.run_id, Box::new(stored));
     }
 
     /// Adds records made outside a claim (retries), keeping any already stored: by run id,
     /// or for scheduled runs by job, scheduled time and attempt.
     pub(super) fn add(&mut self, runs: &[RunRecord]) {
+        self.settle();
         for run in runs {
             if self.by_id.contains_key(&run.run_id) {
                 continue;
@@ -195,6 +240,10 @@ impl Runs {
     }
 
     pub(super) fn flag_cancel(&mut self, key: &Arc<str>, ids: &[RunId]) {
+        if ids.is_empty() {
+            return;
+        }
+        self.settle();
         for id in ids {
             if let Some(r) = self.by_id.get_mut(id) {
                 r.run.cancel_requested = true;
@@ -206,9 +255,13 @@ impl Runs {
     pub(super) fn start(&mut self, ids: &[RunId], owner: &str, now: DateTime<Utc>) -> Vec<RunId> {
         let mut started = Vec::with_capacity(ids.len());
         for id in ids {
+            let stored = match self.by_id.get_mut(id) {
+                Some(s) => Some(&mut **s),
+                None => find_journaled(&mut self.journal, &mut self.cursor, *id),
+            };
             if let Some(Stored {
                 run: r, owner: o, ..
-            }) = self.by_id.get_mut(id).map(|s| &mut **s)
+            }) = stored
             {
                 if r.state == RunState::Claimed && **o == *owner {
                     r.state = RunState::Started;
@@ -224,6 +277,7 @@ impl Runs {
     /// Writes outcomes, and keeps at most `retention.per_job` finished runs of each job it
     /// touched.
     pub(super) fn finish(&mut self, outcomes: &[RunOutcome], retention: RunRetention) {
+        self.settle();
         for o in outcomes {
             let Some(r) = self.by_id.get_mut(&o.run_id) else {
                 continue;
@@ -270,12 +324,13 @@ impl Runs {
     /// runs of `owner` flagged for cancellation, and prunes by age (at most once a minute).
     pub(super) fn tick(
         &mut self,
-        jobs: &HashMap<Arc<str>, Box<JobRecord>>,
+        jobs: &HashMap<Arc<str>, Box<JobRecord>, crate::job::JobIdState>,
         owner: &str,
         now: DateTime<Utc>,
         retention: RunRetention,
         is_finishing: impl Fn(RunId) -> bool,
     ) -> RunTick {
+        self.settle();
         let mut tick = RunTick::default();
         let watched: Vec<Arc<str>> = self.attention.iter().cloned().collect();
         for job_id in watched {
@@ -356,7 +411,8 @@ impl Runs {
         });
     }
 
-    pub(super) fn query(&self, filter: &RunFilter) -> Vec<RunRecord> {
+    pub(super) fn query(&mut self, filter: &RunFilter) -> Vec<RunRecord> {
+        self.settle();
         let mut out = Vec::new();
         // The job is chosen by the scan; the rest of the filter is checked on the stored
         // record (its strings empty), so only matching runs are built whole.
@@ -384,7 +440,25 @@ impl Runs {
         filter.page(out)
     }
 
-    pub(super) fn get(&self, id: RunId) -> Option<RunRecord> {
+    pub(super) fn get(&mut self, id: RunId) -> Option<RunRecord> {
+        self.settle();
         self.by_id.get(&id).map(|s| s.record())
     }
+}
+
+/// The journaled record of run `id`: searched from `cursor` on, then from the start, and
+/// `cursor` left after it.
+fn find_journaled<'a>(
+    journal: &'a mut [Stored],
+    cursor: &mut usize,
+    id: RunId,
+) -> Option<&'a mut Stored> {
+    let from = (*cursor).min(journal.len());
+    let at = journal[from..]
+        .iter()
+        .position(|s| s.run.run_id == id)
+        .map(|i| from + i)
+        .or_else(|| journal[..from].iter().position(|s| s.run.run_id == id))?;
+    *cursor = at + 1;
+    journal.get_mut(at)
 }
