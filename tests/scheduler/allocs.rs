@@ -132,11 +132,12 @@ async fn allocations_per_run(listening: bool, ledger: bool) -> f64 {
 /// Listened to, each run adds its events: `JOB_SUBMITTED` (job id, store, due times, run
 /// ids) and `JOB_EXECUTED` (job id, store), 5 allocations.
 ///
-/// That is with the run ledger off. With it on (the default), measured 14.25: 6 more per
+/// That is with the run ledger off. With it on (the default), measured 12.25: 4 more per
 /// run: the record the claim returns (its job id and owner strings, the claim's list of
-/// records), the run's list of run ids, the memory store's copy of the record (one box: it
-/// shares the job id and owner strings), and the claim's view of the job's active runs
-/// (the previous round's, whose outcomes the writer has not written yet).
+/// records) and the run's list of run ids. The memory store's own copy of a record (one
+/// box, sharing the job id and owner strings) is made when the store's journal is settled,
+/// by the next call that reads or writes runs, usually the writing of outcomes after the
+/// runs: not on the run path, and not counted here.
 #[tokio::test(start_paused = true)]
 async fn allocations_per_run_stay_few() {
     let quiet = allocations_per_run(false, false).await;
@@ -151,7 +152,7 @@ async fn allocations_per_run_stay_few() {
         quiet <= bound,
         "{quiet} allocations per run (the bound is {bound}): see what was added to the run path"
     );
-    let ledger_bound = bound + 6.1;
+    let ledger_bound = bound + 4.1;
     assert!(
         recorded <= ledger_bound,
         "{recorded} allocations per run with the run ledger (the bound is {ledger_bound}): \

@@ -35,14 +35,15 @@ pub(super) struct Runs {
     /// `finish_runs`. All of it is under the store's one lock, so a claim and its records
     /// are still one step; what leaves the claim is the indexing (a box and two hash
     /// inserts per run), which in a storm of due jobs cost the loop a third of its time.
-    journal: Vec<Stored>,
+    journal: Vec<Journaled>,
     /// Where [`start`](Self::start) looks in the journal first: a claim's runs start in the
     /// order they were claimed.
     cursor: usize,
 }
 
-/// Journal capacity kept once it is settled; a storm's larger buffer is given back.
-const JOURNAL_KEPT: usize = 4096;
+/// Most records the journal holds: a claim that finds it full settles it first, so
+/// settling (under the store's lock, wherever it happens) takes a bounded time.
+const JOURNAL_MAX: usize = 4096;
 
 /// One job's runs. Kept while the job has runs, so its vectors' capacity is reused from
 /// run to run.
@@ -104,6 +105,66 @@ struct Stored {
     owner: Arc<str>,
 }
 
+/// A claimed run in the journal: what a claim's plain records (see [`fits`](Self::fits))
+/// do not have in common, a third of a [`Stored`] record's size.
+#[derive(Debug)]
+struct Journaled {
+    job_id: Arc<str>,
+    owner: Arc<str>,
+    run_id: RunId,
+    scheduled: DateTime<Utc>,
+    submitted_at: DateTime<Utc>,
+    /// When it started, if it did before it was settled.
+    started_at: Option<DateTime<Utc>>,
+}
+
+impl Journaled {
+    /// Whether `r` is a plain claimed record: a scheduled first attempt, not queued, with
+    /// nothing else set. Other records are indexed at once.
+    fn fits(r: &RunRecord) -> bool {
+        r.state == RunState::Claimed
+            && !r.manual
+            && r.attempt == 1
+            && !r.queued
+            && !r.cancel_requested
+            && r.retry_at.is_none()
+            && r.started_at.is_none()
+            && r.finished_at.is_none()
+            && r.error.is_none()
+            && r.output.is_none()
+    }
+
+    /// The record as the indexes keep it.
+    fn stored(self) -> Stored {
+        let run = RunRecord {
+            run_id: self.run_id,
+            job_id: String::new(),
+            scheduled: self.scheduled,
+            owner: String::new(),
+            manual: false,
+            attempt: 1,
+            state: if self.started_at.is_some() {
+                RunState::Started
+            } else {
+                RunState::Claimed
+            },
+            queued: false,
+            cancel_requested: false,
+            submitted_at: self.submitted_at,
+            retry_at: None,
+            started_at: self.started_at,
+            finished_at: None,
+            error: None,
+            output: None,
+        };
+        Stored {
+            run,
+            job_id: self.job_id,
+            owner: self.owner,
+        }
+    }
+}
+
 impl Stored {
     /// `run` as stored: its strings replaced by the shared `key` and `owner`.
     fn new(key: &Arc<str>, owner: Arc<str>, run: &RunRecord) -> Self {
@@ -154,9 +215,19 @@ impl Runs {
     pub(super) fn record_claim(&mut self, key: &Arc<str>, due: &DueJob) {
         self.flag_cancel(key, &due.cancel);
         for r in &due.runs {
-            if r.state == RunState::Claimed && !r.queued && !r.cancel_requested {
+            if Journaled::fits(r) {
+                if self.journal.len() >= JOURNAL_MAX {
+                    self.settle();
+                }
                 let owner = self.owner(&r.owner);
-                self.journal.push(Stored::new(key, owner, r));
+                self.journal.push(Journaled {
+                    job_id: key.clone(),
+                    owner,
+                    run_id: r.run_id,
+                    scheduled: r.scheduled,
+                    submitted_at: r.submitted_at,
+                    started_at: None,
+                });
             } else {
                 self.insert(key, r);
             }
@@ -169,12 +240,10 @@ impl Runs {
             return;
         }
         let mut journal = std::mem::take(&mut self.journal);
-        for stored in journal.drain(..) {
-            self.index(stored);
+        for entry in journal.drain(..) {
+            self.index(entry.stored());
         }
-        if journal.capacity() <= JOURNAL_KEPT {
-            self.journal = journal;
-        }
+        self.journal = journal;
         self.cursor = 0;
     }
 
@@ -255,20 +324,23 @@ impl Runs {
     pub(super) fn start(&mut self, ids: &[RunId], owner: &str, now: DateTime<Utc>) -> Vec<RunId> {
         let mut started = Vec::with_capacity(ids.len());
         for id in ids {
-            let stored = match self.by_id.get_mut(id) {
-                Some(s) => Some(&mut **s),
-                None => find_journaled(&mut self.journal, &mut self.cursor, *id),
-            };
-            if let Some(Stored {
-                run: r, owner: o, ..
-            }) = stored
-            {
-                if r.state == RunState::Claimed && **o == *owner {
-                    r.state = RunState::Started;
-                    r.started_at = Some(now);
-                    r.queued = false;
-                    started.push(*id);
+            let Some(s) = self.by_id.get_mut(id) else {
+                if let Some(j) = find_journaled(&mut self.journal, &mut self.cursor, *id) {
+                    if j.started_at.is_none() && *j.owner == *owner {
+                        j.started_at = Some(now);
+                        started.push(*id);
+                    }
                 }
+                continue;
+            };
+            let Stored {
+                run: r, owner: o, ..
+            } = &mut **s;
+            if r.state == RunState::Claimed && **o == *owner {
+                r.state = RunState::Started;
+                r.started_at = Some(now);
+                r.queued = false;
+                started.push(*id);
             }
         }
         started
@@ -449,16 +521,16 @@ impl Runs {
 /// The journaled record of run `id`: searched from `cursor` on, then from the start, and
 /// `cursor` left after it.
 fn find_journaled<'a>(
-    journal: &'a mut [Stored],
+    journal: &'a mut [Journaled],
     cursor: &mut usize,
     id: RunId,
-) -> Option<&'a mut Stored> {
+) -> Option<&'a mut Journaled> {
     let from = (*cursor).min(journal.len());
     let at = journal[from..]
         .iter()
-        .position(|s| s.run.run_id == id)
+        .position(|j| j.run_id == id)
         .map(|i| from + i)
-        .or_else(|| journal[..from].iter().position(|s| s.run.run_id == id))?;
+        .or_else(|| journal[..from].iter().position(|j| j.run_id == id))?;
     *cursor = at + 1;
     journal.get_mut(at)
 }
