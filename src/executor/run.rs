@@ -97,7 +97,8 @@ pub struct JobRun {
     /// Set for runs that can observe cancellation (see [`Watch`]).
     pub(crate) watch: Option<Box<Watch>>,
     /// The run ledger's ids of `run_times`, in order (empty when the store keeps none).
-    pub(crate) run_ids: Box<[RunId]>,
+    /// Nearly always one, kept inline: no allocation per run.
+    pub(crate) run_ids: smallvec::SmallVec<[RunId; 1]>,
     /// How many of `run_times` have had their outcome event.
     outcomes: AtomicUsize,
     /// The current time's start, for the metrics (zero-sized without them).
@@ -161,15 +162,15 @@ impl JobRun {
             ctx,
             _slot: Some(slot),
             watch: None,
-            run_ids: Box::default(),
+            run_ids: smallvec::SmallVec::new(),
             outcomes: AtomicUsize::new(0),
             stats: RunClock::default(),
         }
     }
 
     /// With the run ledger's ids of its times (in order), so that each outcome is recorded.
-    pub(crate) fn with_run_ids(mut self, run_ids: Vec<RunId>) -> Self {
-        self.run_ids = run_ids.into_boxed_slice();
+    pub(crate) fn with_run_ids(mut self, run_ids: smallvec::SmallVec<[RunId; 1]>) -> Self {
+        self.run_ids = run_ids;
         self
     }
 

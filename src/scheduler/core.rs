@@ -236,7 +236,7 @@ async fn store_pass(
     }
     super::failures::dispatch_due_retries(inner, alias, store).await;
     let now = inner.clock.now();
-    let due = match timed(
+    let mut due = match timed(
         alias,
         "acquire_due_jobs",
         store.acquire_due_jobs(now, inner.batch_size),
@@ -248,7 +248,7 @@ async fn store_pass(
     };
     let more_due = due.len() >= inner.batch_size;
     let store_alias: Arc<str> = Arc::from(alias);
-    submit_batch(inner, &store_alias, store, &due).await;
+    submit_batch(inner, &store_alias, store, &mut due).await;
     if !due.is_empty() {
         if let Err(e) = timed(alias, "release_jobs", store.release_jobs(&due)).await {
             return Some(store_failed(inner, alias, "releasing claimed jobs", &e));
@@ -295,14 +295,14 @@ async fn submit_batch(
     inner: &Inner,
     store_alias: &Arc<str>,
     store: &Arc<dyn JobStore>,
-    batch: &[DueJob],
+    batch: &mut [DueJob],
 ) {
     // Events nobody listens to are not built (the hot path of a storm of due jobs).
     let listening = inner.events.has_receivers();
     let ledger = inner.ledger_on(store.as_ref());
     // Sized once: growing it (its items are large) cost ten reallocations per 1000 jobs.
     let mut ready: Vec<Prepared> = Vec::with_capacity(batch.len());
-    for due in batch {
+    for due in batch.iter_mut() {
         if let Some(r) = prepare(inner, store_alias, store, due, listening, ledger).await {
             ready.push(r);
         }
@@ -332,12 +332,13 @@ pub(super) fn launch(inner: &Inner, mut ready: Vec<Prepared>) {
 pub(super) type Prepared = (Option<Event>, Option<(Arc<dyn Executor>, JobRun)>);
 
 /// Processes one claimed job: emits its immediate events and returns its deferred event
-/// (JOB_SUBMITTED or JOB_MAX_INSTANCES) with the run to start, if any.
+/// (JOB_SUBMITTED or JOB_MAX_INSTANCES) with the run to start, if any. The run takes the
+/// claim's list of due times (`due.run_times` is left empty).
 async fn prepare(
     inner: &Inner,
     store_alias: &Arc<str>,
     store: &Arc<dyn JobStore>,
-    due: &DueJob,
+    due: &mut DueJob,
     listening: bool,
     ledger: bool,
 ) -> Option<Prepared> {
@@ -382,10 +383,11 @@ async fn prepare(
                 .await,
         );
     }
-    let run_times = if job.coalesce {
+    // The run keeps the claim's own list (no copy), unless coalescing leaves one of many.
+    let run_times = if job.coalesce && due.run_times.len() > 1 {
         vec![last]
     } else {
-        due.run_times.clone()
+        std::mem::take(&mut due.run_times)
     };
     let Some(executor) = executor else {
         no_executor(inner, store_alias, store, job, due.removed, last, None).await;

@@ -260,8 +260,15 @@ async fn start_unrecorded(
         return fail(format!("no executor named '{}'", job.executor));
     };
     let times = vec![r.scheduled];
-    if let Some(run) = inner.recorded_run(alias, &job, times, Vec::new(), r.manual, true, r.attempt)
-    {
+    if let Some(run) = inner.recorded_run(
+        alias,
+        &job,
+        times,
+        smallvec::SmallVec::new(),
+        r.manual,
+        true,
+        r.attempt,
+    ) {
         let event = inner.events.has_receivers().then(|| Event::JobSubmitted {
             job_id: r.job_id.clone(),
             store: alias.to_string(),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use smallvec::{smallvec, SmallVec};
 
 use super::core::{launch, no_executor, timed, watch, Prepared};
 use super::Inner;
@@ -108,7 +109,7 @@ impl Inner {
         store: &Arc<str>,
         job: &JobRecord,
         times: Vec<DateTime<Utc>>,
-        ids: Vec<RunId>,
+        ids: SmallVec<[RunId; 1]>,
         manual: bool,
         lenient: bool,
         attempt: u32,
@@ -308,7 +309,7 @@ pub(super) async fn dispatch(
                 alias,
                 &job,
                 times,
-                vec![r.run_id],
+                smallvec![r.run_id],
                 r.manual,
                 lenient,
                 r.attempt,
@@ -336,7 +337,7 @@ pub(super) async fn prepare_recorded(
     inner: &Inner,
     alias: &Arc<str>,
     store: &Arc<dyn JobStore>,
-    due: &DueJob,
+    due: &mut DueJob,
     executor: Option<Arc<dyn Executor>>,
     listening: bool,
 ) -> Prepared {
@@ -347,19 +348,18 @@ pub(super) async fn prepare_recorded(
         inner
             .life()
             .parked
-            .insert((alias.to_string(), job.id.clone()), job.clone());
+            .insert((alias.to_string(), job.id.clone()), (**job).clone());
     }
     // CancelOther: stop the running instances this process has at once; those running in
     // other schedulers see the request in their next ledger pass.
     for id in &due.cancel {
         inner.run_context.runs.cancel(*id);
     }
-    // Sized to the records: a run's ids become a boxed slice, which a larger capacity
-    // would cost a reallocation to shrink.
-    let (mut times, mut ids) = (
-        Vec::with_capacity(due.runs.len()),
-        Vec::with_capacity(due.runs.len()),
-    );
+    // The run keeps `times`: the claim's list of due times, reused (the times that run
+    // are some of them); the ids are inline for one run.
+    let mut times = std::mem::take(&mut due.run_times);
+    times.clear();
+    let mut ids = SmallVec::new();
     let (mut skipped_times, mut skipped_ids) = (Vec::new(), Vec::new());
     for r in &due.runs {
         match r.state {
@@ -407,7 +407,7 @@ pub(super) async fn prepare_recorded(
         job_id: job.id.clone(),
         store: alias.to_string(),
         scheduled_run_times: times.clone(),
-        run_ids: ids.clone(),
+        run_ids: ids.to_vec(),
     });
     match inner.recorded_run(alias, job, times, ids, false, false, 1) {
         Some(run) => (event, Some((executor, run))),

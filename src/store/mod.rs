@@ -190,7 +190,10 @@ impl StoreContext {
 #[derive(Debug, Clone)]
 pub struct DueJob {
     /// The job as it is now stored (next run time already advanced, version bumped).
-    pub job: JobRecord,
+    /// Shared: a store that keeps its jobs in memory hands out its own copy rather than a
+    /// clone per claim (change it with [`job_mut`](Self::job_mut), which copies it if it
+    /// is shared).
+    pub job: Arc<JobRecord>,
     /// Every fire time that came due, oldest first (before coalescing).
     pub run_times: Vec<DateTime<Utc>>,
     /// The trigger is exhausted and the store removed the job.
@@ -212,8 +215,16 @@ impl DueJob {
     /// Applies the due-run rule to `job` and describes the outcome: the helper every store
     /// uses inside its claim step, so all stores agree on the rule (for long backlogs, see
     /// [`WALK_BEFORE_SKIP`](crate::job::WALK_BEFORE_SKIP)).
-    pub fn claim(mut job: JobRecord, now: DateTime<Utc>) -> DueJob {
-        let adv = crate::job::advance(&mut job, now);
+    pub fn claim(job: JobRecord, now: DateTime<Utc>) -> DueJob {
+        Self::claim_shared(Arc::new(job), now)
+    }
+
+    /// [`claim`](Self::claim) for a job the store shares: it is changed in place when
+    /// nothing else holds it (an in-memory store's own copy, whose previous claim is
+    /// gone), copied first otherwise.
+    pub fn claim_shared(mut shared: Arc<JobRecord>, now: DateTime<Utc>) -> DueJob {
+        let job = Arc::make_mut(&mut shared);
+        let adv = crate::job::advance(job, now);
         let exhausted = adv.next_run_time.is_none() && adv.trigger_error.is_none();
         // A job that retries failed runs is kept (paused, saying why) while this last run
         // may still need it; the scheduler removes it once the run has its final outcome.
@@ -222,7 +233,7 @@ impl DueJob {
             job.paused_reason = Some(std::sync::Arc::from(crate::job::KEPT_FOR_RETRIES));
         }
         DueJob {
-            job,
+            job: shared,
             run_times: adv.run_times,
             removed,
             trigger_error: adv.trigger_error,
@@ -230,6 +241,12 @@ impl DueJob {
             runs: Vec::new(),
             cancel: Vec::new(),
         }
+    }
+
+    /// The job, to change (its lease or version, as the store wrote them): copied first
+    /// if it is shared.
+    pub fn job_mut(&mut self) -> &mut JobRecord {
+        Arc::make_mut(&mut self.job)
     }
 }
 

@@ -122,8 +122,8 @@ impl JobStore for MapStore {
             // THE due-run rule: which times are due, the next run time, exhaustion.
             let mut due = DueJob::claim(job, now);
             if !due.removed {
-                due.job.version = s.next_version();
-                s.jobs.insert(id, due.job.clone());
+                due.job_mut().version = s.next_version();
+                s.jobs.insert(id, (*due.job).clone());
             }
             claimed.push(due);
         }

@@ -115,3 +115,36 @@ async fn memory_store_claimed_runs_count_before_they_are_indexed() {
         assert_eq!(run.owner, "s1");
     }
 }
+
+/// A claim hands out the store's own copy of the job (no clone per claim). A copy still
+/// held from an earlier claim is a snapshot: the next claim, and an update, leave it as
+/// it was.
+#[tokio::test]
+async fn memory_store_claims_share_the_job_without_changing_held_copies() {
+    let store = MemoryStore::new();
+    store
+        .add_job(suite::interval_job("j", 60, Some(suite::at(0))), false)
+        .await
+        .unwrap();
+    let first = store.acquire_due_jobs(suite::at(0), 10).await.unwrap();
+    let stored = store.lookup_job("j").await.unwrap().unwrap();
+    assert_eq!(first[0].job.next_run_time, Some(suite::at(60)));
+    assert_eq!(first[0].job.version, stored.version);
+
+    // Claimed again while the first claim's copy is held: the held copy does not move.
+    let second = store.acquire_due_jobs(suite::at(60), 10).await.unwrap();
+    assert_eq!(second[0].job.next_run_time, Some(suite::at(120)));
+    assert_eq!(first[0].job.next_run_time, Some(suite::at(60)));
+    assert!(second[0].job.version > first[0].job.version);
+
+    // Updated while the second claim's copy is held: the same.
+    let before = second[0].job.max_instances;
+    let mut changed = store.lookup_job("j").await.unwrap().unwrap();
+    changed.max_instances = before + 5;
+    store.update_job(changed).await.unwrap();
+    assert_eq!(second[0].job.max_instances, before);
+    assert_eq!(
+        store.lookup_job("j").await.unwrap().unwrap().max_instances,
+        before + 5
+    );
+}

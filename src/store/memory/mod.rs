@@ -29,9 +29,11 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Boxed: a hash table rounds its capacity up and spreads entries over all of it, so
-    /// small buckets (a key and a pointer) keep the resident size close to the jobs' own.
-    jobs: HashMap<Arc<str>, Box<JobRecord>, crate::job::JobIdState>,
+    /// Behind a pointer: a hash table rounds its capacity up and spreads entries over all
+    /// of it, so small buckets (a key and a pointer) keep the resident size close to the
+    /// jobs' own. Shared (not boxed): a claim hands the loop this copy (see
+    /// [`DueJob::claim_shared`]) rather than a clone.
+    jobs: HashMap<Arc<str>, Arc<JobRecord>, crate::job::JobIdState>,
     /// Unpaused jobs by (next run time, id).
     due_index: BTreeSet<(DateTime<Utc>, Arc<str>)>,
     /// The last version written. Versions come from this one store-wide counter, so a job
@@ -57,7 +59,7 @@ impl Inner {
         if let Some(t) = job.next_run_time {
             self.due_index.insert((t, id.clone()));
         }
-        self.jobs.insert(id, Box::new(job));
+        self.jobs.insert(id, Arc::new(job));
     }
 
     fn remove(&mut self, id: &str) -> Option<JobRecord> {
@@ -65,7 +67,7 @@ impl Inner {
         if let Some(t) = job.next_run_time {
             self.due_index.remove(&(t, key));
         }
-        Some(*job)
+        Some(Arc::unwrap_or_clone(job))
     }
 }
 
@@ -193,7 +195,7 @@ impl JobStore for MemoryStore {
             let Some((_, id)) = inner.due_index.pop_first() else {
                 break;
             };
-            let Some((key, mut job)) = inner.jobs.remove_entry(&id) else {
+            let Some((key, job)) = inner.jobs.remove_entry(&id) else {
                 continue;
             };
             if job.version > inner.settled_version {
@@ -201,8 +203,8 @@ impl JobStore for MemoryStore {
                 inner.runs.settle();
                 inner.settled_version = inner.last_version;
             }
-            job.version = inner.next_version();
-            let mut claimed = DueJob::claim(*job, now);
+            let mut claimed = DueJob::claim_shared(job, now);
+            claimed.job_mut().version = inner.next_version();
             if let Some(ctx) = self.ctx.get() {
                 if !claimed.run_times.is_empty() || claimed.skipped_from.is_some() {
                     let active = inner.runs.active_of(&key);
@@ -214,7 +216,7 @@ impl JobStore for MemoryStore {
                 if let Some(t) = claimed.job.next_run_time {
                     inner.due_index.insert((t, key.clone()));
                 }
-                inner.jobs.insert(key, Box::new(claimed.job.clone()));
+                inner.jobs.insert(key, claimed.job.clone());
             }
             due.push(claimed);
         }

@@ -17,9 +17,8 @@ use crate::store::DueJob;
 /// The runs of one memory store.
 #[derive(Debug, Default)]
 pub(super) struct Runs {
-    /// Boxed: a record is large, and a table of them grown by doubling would move every
-    /// record and touch megabytes of fresh pages in one claim of a storm of new runs.
-    by_id: HashMap<RunId, Box<Stored>, crate::job::RunIdState>,
+    /// Every record, by id.
+    by_id: Records,
     /// The owner of the last record stored (nearly always this scheduler), shared by the
     /// records it owns.
     owner: Option<Arc<str>>,
@@ -44,6 +43,47 @@ pub(super) struct Runs {
 /// Most records the journal holds: a claim that finds it full settles it first, so
 /// settling (under the store's lock, wherever it happens) takes a bounded time.
 const JOURNAL_MAX: usize = 4096;
+
+/// The records by id: kept in a slab (a vector with a free list) and found through a map
+/// of slab keys. A record is large; a box each would cost an allocation and a free per
+/// run, the bulk of what the ledger costs a storm of runs. Records are moved into it by
+/// [`Runs::settle`], in the run writer's call, not in the claim: growing the slab (which
+/// moves every record) happens there.
+#[derive(Debug, Default)]
+struct Records {
+    keys: HashMap<RunId, usize, crate::job::RunIdState>,
+    slab: slab::Slab<Stored>,
+}
+
+impl Records {
+    fn get(&self, id: &RunId) -> Option<&Stored> {
+        self.keys.get(id).map(|&k| &self.slab[k])
+    }
+
+    fn get_mut(&mut self, id: &RunId) -> Option<&mut Stored> {
+        self.keys.get(id).map(|&k| &mut self.slab[k])
+    }
+
+    fn contains_key(&self, id: &RunId) -> bool {
+        self.keys.contains_key(id)
+    }
+
+    fn insert(&mut self, id: RunId, stored: Stored) {
+        match self.keys.get(&id) {
+            Some(&k) => self.slab[k] = stored,
+            None => {
+                let k = self.slab.insert(stored);
+                self.keys.insert(id, k);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &RunId) {
+        if let Some(k) = self.keys.remove(id) {
+            self.slab.remove(k);
+        }
+    }
+}
 
 /// One job's runs. Kept while the job has runs, so its vectors' capacity is reused from
 /// run to run.
@@ -280,7 +320,7 @@ impl Runs {
         if run.queued {
             self.attention.insert(key.clone());
         }
-        self.by_id.insert(run.run_id, Box::new(stored));
+        self.by_id.insert(run.run_id, stored);
     }
 
     /// Adds records made outside a claim (retries), keeping any already stored: by run id,
@@ -335,7 +375,7 @@ impl Runs {
             };
             let Stored {
                 run: r, owner: o, ..
-            } = &mut **s;
+            } = s;
             if r.state == RunState::Claimed && **o == *owner {
                 r.state = RunState::Started;
                 r.started_at = Some(now);
@@ -396,7 +436,7 @@ impl Runs {
     /// runs of `owner` flagged for cancellation, and prunes by age (at most once a minute).
     pub(super) fn tick(
         &mut self,
-        jobs: &HashMap<Arc<str>, Box<JobRecord>, crate::job::JobIdState>,
+        jobs: &HashMap<Arc<str>, Arc<JobRecord>, crate::job::JobIdState>,
         owner: &str,
         now: DateTime<Utc>,
         retention: RunRetention,
@@ -458,13 +498,16 @@ impl Runs {
     fn prune(&mut self, now: DateTime<Utc>, retention: RunRetention) {
         let cutoff = retention.cutoff(now);
         let by_id = &mut self.by_id;
+        // One buffer for every job: a pass over many jobs allocates once, not per job.
+        let mut keep = Vec::new();
         self.by_job.retain(|_, job| {
             job.all.retain(|key| by_id.contains_key(&key.1));
             let mut finished_seen = 0;
             // Newest first, as retention counts; `keep` is in the vector's order.
-            let mut keep = vec![true; job.all.len()];
+            keep.clear();
+            keep.resize(job.all.len(), true);
             for (key, kept) in job.all.iter().zip(keep.iter_mut()).rev() {
-                let Some(Stored { run: r, .. }) = by_id.get(&key.1).map(|s| &**s) else {
+                let Some(Stored { run: r, .. }) = by_id.get(&key.1) else {
                     continue;
                 };
                 if r.state.is_active() {
@@ -477,8 +520,8 @@ impl Runs {
                     by_id.remove(&key.1);
                 }
             }
-            let mut kept = keep.into_iter();
-            job.all.retain(|_| kept.next().unwrap_or(true));
+            let mut kept = keep.iter();
+            job.all.retain(|_| kept.next().copied().unwrap_or(true));
             !job.all.is_empty()
         });
     }

@@ -130,8 +130,8 @@ impl Client {
                 == 1
         };
         Ok(won.then(|| {
-            due.job.version = version + 1;
-            due.job.lease = Some(lease.clone());
+            due.job_mut().version = version + 1;
+            due.job_mut().lease = Some(lease.clone());
             due
         }))
     }

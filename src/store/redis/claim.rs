@@ -307,7 +307,7 @@ impl Client {
         if due.run_times.is_empty() {
             return Prepared::NotDue(version, due.job.next_run_time);
         }
-        due.job.lease = Some(Lease {
+        due.job_mut().lease = Some(Lease {
             owner: me.to_string(),
             until: lease_until,
         });
@@ -380,7 +380,7 @@ impl Client {
             match r {
                 redis::Value::Int(v) if v > 0 => {
                     self.runs.unblock(&c.due.job.id);
-                    c.due.job.version = v as u64;
+                    c.due.job_mut().version = v as u64;
                     won.push(c.due);
                 }
                 redis::Value::Int(-1) => stale.push(c),

@@ -141,7 +141,7 @@ impl Client {
         lease: &Lease,
         extra: Vec<Op>,
     ) -> Result<Claimed> {
-        due.job.lease = Some(lease.clone());
+        due.job_mut().lease = Some(lease.clone());
         let data;
         let (op, entry) = if due.removed {
             (JobOp::Delete, None)
@@ -169,7 +169,7 @@ impl Client {
             .await?;
         Ok(match written {
             Outcome::Written(w) => {
-                due.job.version = w.zxid.max(0) as u64;
+                due.job_mut().version = w.zxid.max(0) as u64;
                 // A created record's data version is 0; flagged ones changed.
                 self.written.forget(due.cancel.iter().copied());
                 for r in due.runs.iter().filter(|r| r.state.is_active()) {
@@ -368,7 +368,7 @@ impl Client {
             else {
                 continue;
             };
-            let mut job = d.job.clone();
+            let mut job = (*d.job).clone();
             job.lease = None;
             let data = Self::envelope(&job)?;
             match tokio::time::timeout(
