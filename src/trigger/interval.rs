@@ -30,10 +30,18 @@ use crate::error::TriggerError;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Interval {
     micros: i64,
-    start_date: Option<TriggerDate>,
-    end_date: Option<TriggerDate>,
     timezone: Option<Tz>,
     jitter: Option<Duration>,
+    /// `start_date` and `end_date`, as given and resolved. Boxed: most intervals have
+    /// neither, and every job holds its trigger, so this keeps every job 32 bytes smaller.
+    dates: Option<Box<Dates>>,
+}
+
+/// An interval's start and end.
+#[derive(Debug, Clone, PartialEq)]
+struct Dates {
+    start_date: Option<TriggerDate>,
+    end_date: Option<TriggerDate>,
     start: Option<DateTime<Utc>>,
     end: Option<DateTime<Utc>>,
 }
@@ -173,25 +181,30 @@ impl Interval {
                     .into(),
             });
         }
+        let dates = (start_date.is_some() || end_date.is_some()).then(|| {
+            Box::new(Dates {
+                start_date,
+                end_date,
+                start: None,
+                end: None,
+            })
+        });
         let mut t = Interval {
             micros,
-            start_date,
-            end_date,
             timezone,
             jitter,
-            start: None,
-            end: None,
+            dates,
         };
         t.resolve_dates()?;
-        if let (Some(s), Some(e)) = (t.start, t.end) {
+        if let (Some(s), Some(e)) = (t.start(), t.end()) {
             if e < s {
                 let show = |d: Option<TriggerDate>| d.map(|d| d.to_string()).unwrap_or_default();
                 return Err(TriggerError::InvalidParam {
                     param: "end_date".into(),
                     reason: format!(
                         "'{}' is before start_date '{}' (give an end_date at or after the start_date)",
-                        show(t.end_date),
-                        show(t.start_date)
+                        show(t.end_date()),
+                        show(t.start_date())
                     ),
                 });
             }
@@ -201,15 +214,35 @@ impl Interval {
 
     fn resolve_dates(&mut self) -> Result<(), TriggerError> {
         let tz = self.timezone.unwrap_or(Tz::UTC);
-        self.start = self
-            .start_date
-            .map(|d| d.resolve_param(tz, "start_date"))
-            .transpose()?;
-        self.end = self
-            .end_date
-            .map(|d| d.resolve_param(tz, "end_date"))
-            .transpose()?;
+        if let Some(d) = &mut self.dates {
+            d.start = d
+                .start_date
+                .map(|d| d.resolve_param(tz, "start_date"))
+                .transpose()?;
+            d.end = d
+                .end_date
+                .map(|d| d.resolve_param(tz, "end_date"))
+                .transpose()?;
+        }
         Ok(())
+    }
+
+    fn start_date(&self) -> Option<TriggerDate> {
+        self.dates.as_ref().and_then(|d| d.start_date)
+    }
+
+    fn end_date(&self) -> Option<TriggerDate> {
+        self.dates.as_ref().and_then(|d| d.end_date)
+    }
+
+    /// `start_date` resolved.
+    fn start(&self) -> Option<DateTime<Utc>> {
+        self.dates.as_ref().and_then(|d| d.start)
+    }
+
+    /// `end_date` resolved.
+    fn end(&self) -> Option<DateTime<Utc>> {
+        self.dates.as_ref().and_then(|d| d.end)
     }
 
     /// The length of the interval.
@@ -259,7 +292,7 @@ impl Interval {
 
     pub(crate) fn bounded(&self, t: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
         let t = t?;
-        match self.end {
+        match self.end() {
             Some(end) if t > end => None,
             _ => Some(t),
         }
@@ -275,7 +308,7 @@ impl Trigger for Interval {
         let step = TimeDelta::microseconds(self.micros);
         let next = match prev {
             Some(p) => p.checked_add_signed(step),
-            None => match self.start {
+            None => match self.start() {
                 Some(s) => self.grid_at_or_after(s, now),
                 None => now.checked_add_signed(step),
             },
@@ -392,8 +425,8 @@ impl From<&Interval> for IntervalRaw {
             hours,
             minutes,
             seconds,
-            start_date: t.start_date.map(|d| d.to_string()),
-            end_date: t.end_date.map(|d| d.to_string()),
+            start_date: t.start_date().map(|d| d.to_string()),
+            end_date: t.end_date().map(|d| d.to_string()),
             timezone: t.timezone.map(|z| z.name().to_string()),
             jitter: t.jitter.map(|j| j.as_secs_f64()),
         }
