@@ -169,8 +169,19 @@ impl RunRecord {
         owner: impl Into<String>,
         now: DateTime<Utc>,
     ) -> Self {
+        Self::claimed_as(RunId::next(), job_id, scheduled, owner, now)
+    }
+
+    /// [`claimed`](Self::claimed), with the run id `run_id`.
+    pub(crate) fn claimed_as(
+        run_id: RunId,
+        job_id: impl Into<String>,
+        scheduled: DateTime<Utc>,
+        owner: impl Into<String>,
+        now: DateTime<Utc>,
+    ) -> Self {
         RunRecord {
-            run_id: RunId::next(),
+            run_id,
             job_id: job_id.into(),
             scheduled,
             owner: owner.into(),

@@ -57,24 +57,24 @@ struct Records {
 
 impl Records {
     fn get(&self, id: &RunId) -> Option<&Stored> {
-        self.keys.get(id).map(|&k| &self.slab[k])
+        self.keys.get(id).and_then(|&k| self.slab.get(k))
     }
 
     fn get_mut(&mut self, id: &RunId) -> Option<&mut Stored> {
-        self.keys.get(id).map(|&k| &mut self.slab[k])
+        self.keys.get(id).and_then(|&k| self.slab.get_mut(k))
     }
 
     fn contains_key(&self, id: &RunId) -> bool {
         self.keys.contains_key(id)
     }
 
+    /// Stores the record of run `id`, in place of the one it had.
     fn insert(&mut self, id: RunId, stored: Stored) {
-        match self.keys.get(&id) {
-            Some(&k) => self.slab[k] = stored,
-            None => {
-                let k = self.slab.insert(stored);
-                self.keys.insert(id, k);
-            }
+        if let Some(slot) = self.get_mut(&id) {
+            *slot = stored;
+        } else {
+            let k = self.slab.insert(stored);
+            self.keys.insert(id, k);
         }
     }
 
@@ -174,29 +174,20 @@ impl Journaled {
             && r.output.is_none()
     }
 
-    /// The record as the indexes keep it.
+    /// The record as the indexes keep it (its strings left empty, as [`Stored`] keeps
+    /// them).
     fn stored(self) -> Stored {
-        let run = RunRecord {
-            run_id: self.run_id,
-            job_id: String::new(),
-            scheduled: self.scheduled,
-            owner: String::new(),
-            manual: false,
-            attempt: 1,
-            state: if self.started_at.is_some() {
-                RunState::Started
-            } else {
-                RunState::Claimed
-            },
-            queued: false,
-            cancel_requested: false,
-            submitted_at: self.submitted_at,
-            retry_at: None,
-            started_at: self.started_at,
-            finished_at: None,
-            error: None,
-            output: None,
-        };
+        let mut run = RunRecord::claimed_as(
+            self.run_id,
+            String::new(),
+            self.scheduled,
+            String::new(),
+            self.submitted_at,
+        );
+        if self.started_at.is_some() {
+            run.state = RunState::Started;
+            run.started_at = self.started_at;
+        }
         Stored {
             run,
             job_id: self.job_id,
