@@ -215,14 +215,7 @@ impl Interval {
     fn resolve_dates(&mut self) -> Result<(), TriggerError> {
         let tz = self.timezone.unwrap_or(Tz::UTC);
         if let Some(d) = &mut self.dates {
-            d.start = d
-                .start_date
-                .map(|d| d.resolve_param(tz, "start_date"))
-                .transpose()?;
-            d.end = d
-                .end_date
-                .map(|d| d.resolve_param(tz, "end_date"))
-                .transpose()?;
+            (d.start, d.end) = TriggerDate::resolve_bounds(d.start_date, d.end_date, tz)?;
         }
         Ok(())
     }

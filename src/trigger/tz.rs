@@ -50,6 +50,9 @@ pub enum TriggerDate {
     Fixed(DateTime<FixedOffset>),
 }
 
+/// A trigger's first and last instant (`start_date`, `end_date` resolved), each optional.
+pub(crate) type Bounds = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 impl TriggerDate {
     /// True for a wall-clock time without an offset.
     pub fn is_local(&self) -> bool {
@@ -72,6 +75,21 @@ impl TriggerDate {
             param: param.into(),
             reason: format!("'{self}' is out of the supported range (years -9999 to 9999)"),
         })
+    }
+
+    /// A trigger's `start_date` and `end_date` resolved in `tz`: errors name the parameter.
+    pub(crate) fn resolve_bounds(
+        start_date: Option<TriggerDate>,
+        end_date: Option<TriggerDate>,
+        tz: Tz,
+    ) -> Result<Bounds, TriggerError> {
+        let start = start_date
+            .map(|d| d.resolve_param(tz, "start_date"))
+            .transpose()?;
+        let end = end_date
+            .map(|d| d.resolve_param(tz, "end_date"))
+            .transpose()?;
+        Ok((start, end))
     }
 
     fn truncated(self) -> Self {

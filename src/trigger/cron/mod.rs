@@ -128,15 +128,8 @@ impl Cron {
     }
 
     fn resolve_dates(&mut self) -> Result<(), TriggerError> {
-        let tz = self.tz();
-        self.start = self
-            .start_date
-            .map(|d| d.resolve_param(tz, "start_date"))
-            .transpose()?;
-        self.end = self
-            .end_date
-            .map(|d| d.resolve_param(tz, "end_date"))
-            .transpose()?;
+        (self.start, self.end) =
+            TriggerDate::resolve_bounds(self.start_date, self.end_date, self.tz())?;
         Ok(())
     }
 }
