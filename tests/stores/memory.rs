@@ -4,24 +4,23 @@ use apsched::store::{JobStore, MemoryStore};
 
 use crate::suite;
 
+/// A memory store started by scheduler `s1` (so it keeps a ledger).
+async fn started() -> MemoryStore {
+    let store = MemoryStore::new();
+    store
+        .start(suite::context(
+            "default",
+            "s1",
+            std::time::Duration::from_secs(30),
+        ))
+        .await
+        .unwrap();
+    store
+}
+
 #[tokio::test]
 async fn memory_store_contract() {
-    suite::contract(
-        || async {
-            let store = MemoryStore::new();
-            store
-                .start(suite::context(
-                    "default",
-                    "s1",
-                    std::time::Duration::from_secs(30),
-                ))
-                .await
-                .unwrap();
-            store
-        },
-        None,
-    )
-    .await;
+    suite::contract(|| async { started().await }, None).await;
     suite::bulk_add_all_or_nothing(MemoryStore::new()).await;
 }
 
@@ -66,15 +65,7 @@ async fn memory_store_ledger_contract() {
 async fn memory_store_claimed_runs_count_before_they_are_indexed() {
     use apsched::ledger::{RunFilter, RunState};
 
-    let store = MemoryStore::new();
-    store
-        .start(suite::context(
-            "default",
-            "s1",
-            std::time::Duration::from_secs(30),
-        ))
-        .await
-        .unwrap();
+    let store = started().await;
     for id in ["a", "b"] {
         let mut job = suite::interval_job(id, 1, Some(suite::at(0)));
         job.max_instances = 1;
