@@ -8,7 +8,10 @@
 //!   guarantees") names: (1) the killed process's claims from its last claim that reached
 //!   its log on (claimed, then killed before starting the runs); (2) claims that committed
 //!   while the claimer's call failed (the connection was cut during the commit), of which a
-//!   process can have at most as many as it logged failed claims.
+//!   process can have at most as many as it logged failed claims;
+//! - every slot was submitted by the process whose claim took it, or, for the killed
+//!   process's claimed runs it never started, by the process that took its runs over after
+//!   the kill (the run ledger's crash recovery, docs/ledger.md).
 //!
 //! Which claim took which slot comes from the database itself: a trigger records every
 //! change of a job's next run time with its transaction and the claimer's
@@ -222,12 +225,12 @@ fn judge(
 ) -> Result<String, String> {
     let lines = read_logs(dir, plan.processes);
     let failed = failed_claims(dir, plan.processes);
-    // (job, slot ms) -> the processes that submitted it.
-    let mut runs: HashMap<(&str, i64), Vec<usize>> = HashMap::new();
+    // (job, slot ms) -> the processes that submitted it, and when they logged it.
+    let mut runs: HashMap<(&str, i64), Vec<(usize, i64)>> = HashMap::new();
     for l in &lines {
         runs.entry((&l.job, l.scheduled))
             .or_default()
-            .push(l.process);
+            .push((l.process, l.logged));
     }
     let duplicates: Vec<_> = runs.iter().filter(|(_, p)| p.len() > 1).collect();
 
@@ -247,16 +250,29 @@ fn judge(
             })
             .collect::<Vec<_>>()
     };
+    // Claims with a slot submitted by anyone, and by the claimer itself.
     let mut submitted_in: HashMap<i64, usize> = HashMap::new();
+    let mut reached_claimer = std::collections::HashSet::new();
     let mut problems = Vec::new();
-    let mut wrong_submitter = 0;
+    let (mut wrong_submitter, mut taken_over) = (0, 0);
+    let killed_ms = killed_at.timestamp_millis();
     for c in changes {
         for t in slots_of(c) {
-            if let Some(ps) = runs.get(&(c.job.as_str(), t.timestamp_millis())) {
-                *submitted_in.entry(c.tx).or_default() += 1;
-                if c.process.is_some_and(|p| !ps.contains(&p)) {
-                    wrong_submitter += 1;
+            let Some(ps) = runs.get(&(c.job.as_str(), t.timestamp_millis())) else {
+                continue;
+            };
+            *submitted_in.entry(c.tx).or_default() += 1;
+            match c.process {
+                Some(p) if ps.iter().any(|&(q, _)| q == p) => {
+                    reached_claimer.insert(c.tx);
                 }
+                // The run ledger's crash recovery: runs the killed process claimed and
+                // never started are started by the scheduler that takes its runs over.
+                Some(p) if p == victim && ps.iter().all(|&(_, logged)| logged >= killed_ms) => {
+                    taken_over += 1;
+                }
+                Some(_) => wrong_submitter += 1,
+                None => {}
             }
         }
     }
@@ -268,7 +284,7 @@ fn judge(
     // The victim's last claim that reached its log: from there on its claims may be lost.
     let victim_last = changes
         .iter()
-        .filter(|c| c.process == Some(victim) && submitted_in.contains_key(&c.tx))
+        .filter(|c| c.process == Some(victim) && reached_claimer.contains(&c.tx))
         .map(|c| claim_order[&c.tx])
         .max();
 
@@ -339,7 +355,8 @@ fn judge(
     }
     let report = format!(
         "{}: {} jobs x {} s on {} processes, {cuts} connection cuts, w{victim} killed at \
-         +{:.1} s; {total} slots, {} submitted, {} duplicates; lost: {lost_killed} in the \
+         +{:.1} s; {total} slots, {} submitted ({taken_over} of the killed process's claims \
+         by the scheduler that took its runs over), {} duplicates; lost: {lost_killed} in the \
          killed process's last claims, {lost_cut} in {} claims committed while their call \
          failed (failed claims per process: {failed:?}), {} elsewhere",
         plan.label,
@@ -391,16 +408,18 @@ fn judging_lost_slots() {
         }
         v
     };
-    let verdict = |changes: &[Change], logs: [&str; 2]| {
+    // The verdict with w0 killed at `killed_at`.
+    let verdict_killed_at = |changes: &[Change], logs: [&str; 2], killed_at| {
         let dir = std::env::temp_dir().join(format!("apsched-judge-{}", suite::unique_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
         for (p, log) in logs.iter().enumerate() {
             std::fs::write(dir.join(format!("w{p}.log")), log).unwrap();
         }
-        let r = judge(&plan, &dir, changes, first, 0, first, 0);
+        let r = judge(&plan, &dir, changes, first, 0, killed_at, 0);
         let _ = std::fs::remove_dir_all(&dir);
         r
     };
+    let verdict = |changes: &[Change], logs: [&str; 2]| verdict_killed_at(changes, logs, first);
     let line = |job: usize, s: i64, p: usize| format!("mp{job:04} {} w{p} 0\n", ms(s));
     let logs_of = |p: usize, slots: &[(usize, i64)]| -> String {
         slots.iter().map(|&(j, s)| line(j, s, p)).collect()
@@ -446,6 +465,23 @@ fn judging_lost_slots() {
     let r = verdict(&one_tx, [&w0, &w1_cut_failed]);
     assert!(
         r.as_ref().is_err_and(|e| e.contains("other slots ran")),
+        "{r:?}"
+    );
+
+    // w0 (killed at +1 s) claimed slot 1; w1 took its runs over and ran them after the
+    // kill: fine. Run by w1 before the kill, they would have been taken from a live owner.
+    let w0_killed = logs_of(0, &[(0, 0), (1, 0)]);
+    let logged_at = |job: usize, s: i64, at: i64| format!("mp{job:04} {} w1 {at}\n", ms(s));
+    let kill = first + TimeDelta::seconds(1);
+    let after = kill.timestamp_millis() + 500;
+    let w1_took = format!("{}{}{w1}", logged_at(0, 1, after), logged_at(1, 1, after));
+    assert!(verdict_killed_at(&changes, [&w0_killed, &w1_took], kill).is_ok());
+    let before = kill.timestamp_millis() - 500;
+    let w1_early = format!("{}{}{w1}", logged_at(0, 1, before), logged_at(1, 1, before));
+    let r = verdict_killed_at(&changes, [&w0_killed, &w1_early], kill);
+    assert!(
+        r.as_ref()
+            .is_err_and(|e| e.contains("2 slots submitted by a process other")),
         "{r:?}"
     );
 
