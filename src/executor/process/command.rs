@@ -40,8 +40,8 @@ pub struct CommandSpec {
     /// Working directory (the scheduler's when `None`).
     #[serde(default)]
     pub current_dir: Option<PathBuf>,
-    /// Stop the child after this long: SIGTERM, then SIGKILL after a grace period (see
-    /// [`CommandSpec::run`]).
+    /// Stop the child (and what it started) after this long: SIGTERM, then SIGKILL after a
+    /// grace period (see [`CommandSpec::run`]).
     #[serde(default, with = "crate::job::opt_secs")]
     pub timeout: Option<Duration>,
 }
@@ -96,11 +96,15 @@ impl CommandSpec {
     /// Runs the command to completion. Success returns its stdout (the last 4 KiB, as a
     /// string); failure is [`JobError::Exited`] or [`JobError::TimedOut`].
     ///
-    /// Past its [`timeout`](Self::timeout) the child is sent SIGTERM, so that it can clean
-    /// up, and SIGKILL if it is still running 5 s later; either way it is reaped before
-    /// this returns. (On the [`ProcessExecutor`](crate::executor::ProcessExecutor) the grace
-    /// is the scheduler's [`timeout_grace`](crate::SchedulerBuilder::timeout_grace)
-    /// instead. Other platforms than Unix have no SIGTERM: the child is killed at once.)
+    /// The child runs in a process group of its own, and the signals below go to that
+    /// group: what the child starts stops with it. Past its [`timeout`](Self::timeout) the
+    /// child is sent SIGTERM, so that it can clean up, and SIGKILL if it is still running
+    /// 5 s later; either way it is reaped before this returns. When it exits, what it left
+    /// running in its group is sent SIGTERM, and killed if it still holds the child's
+    /// output open 5 s later. (On the
+    /// [`ProcessExecutor`](crate::executor::ProcessExecutor) the grace is the scheduler's
+    /// [`timeout_grace`](crate::SchedulerBuilder::timeout_grace) instead. Other platforms
+    /// than Unix have no process groups and no SIGTERM: the child alone is killed at once.)
     pub async fn run(&self) -> JobResult {
         self.run_with(None, DEFAULT_KILL_GRACE).await
     }
@@ -141,13 +145,15 @@ pub(crate) const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Stop<'a> {
     /// Its own limit (`CommandSpec::timeout`, the worker mode's timeout): once past it the
-    /// child gets SIGTERM, then SIGKILL after `grace`, and the run is
+    /// child's group gets SIGTERM, then SIGKILL after `grace`, and the run is
     /// [`JobError::TimedOut`].
     pub timeout: Option<Duration>,
-    /// How long a child past its own timeout has between SIGTERM and SIGKILL.
+    /// How long a child past its own timeout has between SIGTERM and SIGKILL; and how
+    /// long what an exited child left may hold its output open.
     pub grace: Duration,
-    /// The run's token: once it is cancelled the child gets SIGTERM. Killing it after the
-    /// grace is left to the run's supervisor, which drops this future (`kill_on_drop`).
+    /// The run's token: once it is cancelled the child's group gets SIGTERM. Killing it
+    /// after the grace is left to the run's supervisor, which drops this future (and so
+    /// kills the group).
     pub token: Option<&'a CancellationToken>,
 }
 
@@ -195,12 +201,17 @@ pub(crate) async fn run_child(
     })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
-    // A run dropped while its child runs must not leave the child behind.
+    // A run dropped while its child runs must not leave the child behind (its group is
+    // killed too, by `Group`'s drop; this reaps the child).
     .kill_on_drop(true);
+    // The child leads a process group of its own, so that stopping it stops what it
+    // started too: a shell's commands, a pipeline, a worker's helpers.
+    #[cfg(unix)]
+    cmd.process_group(0);
     let mut child = cmd
         .spawn()
         .map_err(|e| JobError::not_runnable(format!("could not start '{program}': {e}")))?;
-    let pid = child.id();
+    let mut group = Group::of(child.id());
     let (pipe_in, pipe_out, pipe_err) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take());
     let io = async {
@@ -218,10 +229,24 @@ pub(crate) async fn run_child(
         );
         (out, err)
     };
+    let outcome = supervise(&mut child, &group, io, program, stop).await;
+    // It ended here, not by being dropped: nothing more to kill.
+    group.disarm();
+    outcome
+}
+
+/// Waits for `child` and its output `io`, stopping its `group` as `stop` says: the body of
+/// [`run_child`].
+async fn supervise(
+    child: &mut tokio::process::Child,
+    group: &Group,
+    io: impl std::future::Future<Output = (Vec<u8>, Vec<u8>)>,
+    program: &str,
+    stop: Stop<'_>,
+) -> Result<ChildOutput, JobError> {
     // The pipes and the exit are awaited apart, so that past the timeout only the exit is
     // waited for while the output is still read (a child writing as it cleans up must not
-    // die of a closed pipe). The child is signalled only while its exit is unknown: once
-    // `wait` has reaped it, its pid may belong to another process.
+    // die of a closed pipe).
     let mut io = std::pin::pin!(io);
     let (mut output, mut exit) = (None, None);
     let expired = async {
@@ -237,7 +262,7 @@ pub(crate) async fn run_child(
         }
     };
     let (mut expired, mut cancelled) = (std::pin::pin!(expired), std::pin::pin!(cancelled));
-    // Whether the run's cancellation was seen, and whether the child was sent SIGTERM.
+    // Whether the run's cancellation was seen, and whether the group was sent SIGTERM.
     let (mut cancel_seen, mut terminated) = (false, false);
     loop {
         if exit.is_some() && output.is_some() {
@@ -245,12 +270,21 @@ pub(crate) async fn run_child(
         }
         tokio::select! {
             biased;
-            status = child.wait(), if exit.is_none() => exit = Some(status),
+            status = child.wait(), if exit.is_none() => {
+                exit = Some(status);
+                // What it started and left running is stopped with it. Those that still
+                // hold its output open get the grace to end, then are killed: the run
+                // ends with the child, not with the last process holding a pipe.
+                if group.terminate() && output.is_none() {
+                    output = drain(&mut io, group, stop.grace).await;
+                    output.get_or_insert_with(Default::default);
+                }
+            }
             out = &mut io, if output.is_none() => output = Some(out),
-            () = &mut expired => break,
+            () = &mut expired, if exit.is_none() => break,
             () = &mut cancelled, if !cancel_seen && exit.is_none() => {
                 cancel_seen = true;
-                terminated = terminate(pid);
+                terminated = group.terminate();
             }
         }
     }
@@ -267,7 +301,7 @@ pub(crate) async fn run_child(
         unfinished => unfinished,
     };
     // Past its own timeout.
-    if exit.is_none() && (terminated || terminate(pid)) {
+    if exit.is_none() && (terminated || group.terminate()) {
         // Its grace: it ends on SIGTERM, or is killed below.
         let grace = tokio::time::sleep(stop.grace);
         let mut grace = std::pin::pin!(grace);
@@ -283,8 +317,9 @@ pub(crate) async fn run_child(
             }
         }
     }
+    // Kill what is left of the group, and reap the child.
+    group.kill();
     if exit.is_none() {
-        // Kill and reap it.
         let _ = child.start_kill();
         let _ = child.wait().await;
     }
@@ -293,22 +328,97 @@ pub(crate) async fn run_child(
     })
 }
 
-/// Asks child `pid` to stop (SIGTERM). Call only while the child is not reaped, so that the
-/// pid is still its. Returns whether the request was sent.
-#[cfg(unix)]
-fn terminate(pid: Option<u32>) -> bool {
-    let Some(pid) = pid.and_then(|p| libc::pid_t::try_from(p).ok()) else {
-        return false;
-    };
-    // SAFETY: `kill` takes plain integers and touches no memory of ours; the caller
-    // guarantees the pid is still our unreaped child's.
-    unsafe { libc::kill(pid, libc::SIGTERM) == 0 }
+/// The output of a child that has exited while processes it left (already sent SIGTERM)
+/// hold its pipes open: what `io` reads once they end within `grace`, or once they are
+/// killed and end within another `grace` (`None` if something outside the group still
+/// holds them).
+async fn drain(
+    io: &mut std::pin::Pin<&mut impl std::future::Future<Output = (Vec<u8>, Vec<u8>)>>,
+    group: &Group,
+    grace: Duration,
+) -> Option<(Vec<u8>, Vec<u8>)> {
+    if let Ok(out) = tokio::time::timeout(grace, io.as_mut()).await {
+        return Some(out);
+    }
+    group.kill();
+    tokio::time::timeout(grace, io.as_mut()).await.ok()
 }
 
-/// Other platforms have no SIGTERM: the child is killed when its grace would start.
-#[cfg(not(unix))]
-fn terminate(_pid: Option<u32>) -> bool {
-    false
+/// A child's process group: the child leads one of its own, so a signal to the group
+/// reaches the processes it started as well. Dropped while armed (the run was dropped: past
+/// the job's timeout grace, or by a shutdown that does not wait), it kills the group.
+///
+/// A group can be signalled after its leader was reaped, while any member lives: the
+/// kernel does not reuse a pid that is still a group's id. Once every member is gone the id
+/// could come back only after the pid counter wraps around; the group is signalled within
+/// moments of its leader's exit.
+#[derive(Debug)]
+struct Group {
+    /// The group's id (the child's pid); `None` if it is not known.
+    id: Option<i32>,
+    armed: bool,
+}
+
+impl Group {
+    fn of(pid: Option<u32>) -> Self {
+        Group {
+            // Never 0 or 1, which `kill` would read as "our own group" and "init's".
+            id: pid.and_then(|p| i32::try_from(p).ok()).filter(|&p| p > 1),
+            armed: true,
+        }
+    }
+
+    /// Asks every process of the group to stop (SIGTERM). Returns whether any was there
+    /// to ask.
+    fn terminate(&self) -> bool {
+        self.signal(Signal::Term)
+    }
+
+    /// Kills every process of the group (SIGKILL).
+    fn kill(&self) {
+        self.signal(Signal::Kill);
+    }
+
+    /// The run ended without being dropped: dropping this kills nothing.
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    #[cfg(unix)]
+    fn signal(&self, signal: Signal) -> bool {
+        let Some(id) = self.id else {
+            return false;
+        };
+        let signal = match signal {
+            Signal::Term => libc::SIGTERM,
+            Signal::Kill => libc::SIGKILL,
+        };
+        // SAFETY: `kill` takes plain integers and touches no memory of ours; a negative
+        // pid names the process group (see the type's note on the id's reuse).
+        unsafe { libc::kill(-id, signal) == 0 }
+    }
+
+    /// Other platforms have no process groups nor SIGTERM: the child alone is killed
+    /// (`kill_on_drop`, `start_kill`) when its grace would start.
+    #[cfg(not(unix))]
+    fn signal(&self, _signal: Signal) -> bool {
+        false
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if self.armed {
+            self.kill();
+        }
+    }
+}
+
+/// The two signals a run's processes get.
+#[derive(Debug, Clone, Copy)]
+enum Signal {
+    Term,
+    Kill,
 }
 
 /// Reads `pipe` to its end, keeping only its last `limit` bytes.
@@ -369,8 +479,134 @@ impl fmt::Display for CommandSpec {
 mod tests {
     use std::time::Duration;
 
+    use std::path::PathBuf;
+
     use super::{run_child, Stop, TAIL_BYTES};
     use crate::job::outcome::JobError;
+
+    /// `sh -c script`, where `script` may write a pid to `$PIDFILE`, and that file (in a
+    /// directory of the test's own).
+    fn sh_with_pidfile(test: &str, script: &str) -> (tokio::process::Command, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("apsched-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pidfile = dir.join("pid");
+        let _ = std::fs::remove_file(&pidfile);
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c").arg(script).env("PIDFILE", &pidfile);
+        (cmd, pidfile)
+    }
+
+    /// The pid written to `pidfile`, once it is there.
+    async fn read_pid(pidfile: &PathBuf) -> i32 {
+        for _ in 0..2000 {
+            let text = std::fs::read_to_string(pidfile).unwrap_or_default();
+            if let Ok(pid) = text.trim().parse() {
+                return pid;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("no pid in {}", pidfile.display());
+    }
+
+    /// Whether `pid` runs (a zombie does not), after giving a signal sent to it a moment
+    /// to land.
+    async fn still_running(pid: i32) -> bool {
+        for _ in 0..500 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The state follows the parenthesised command name.
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next());
+            if matches!(state, None | Some("Z") | Some("X")) {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    /// A shell's own commands are stopped with it at its timeout: the signals go to the
+    /// child's process group, not to the shell alone (whose `sleep` lived on before).
+    #[tokio::test]
+    async fn a_timeout_stops_what_the_command_started() {
+        let (cmd, pidfile) = sh_with_pidfile("timeout", "sleep 30 & echo $! > \"$PIDFILE\"; wait");
+        let stop = Stop {
+            timeout: Some(Duration::from_millis(300)),
+            grace: Duration::from_secs(1),
+            token: None,
+        };
+        let run = run_child(cmd, "sh", None, stop, TAIL_BYTES);
+        let result = tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("run_child hung past its timeout");
+        assert!(
+            matches!(result, Err(JobError::TimedOut { .. })),
+            "{result:?}"
+        );
+        let pid = read_pid(&pidfile).await;
+        assert!(
+            !still_running(pid).await,
+            "the shell's sleep ({pid}) outlived the timeout"
+        );
+    }
+
+    /// A command that exits while something it started holds its output open ends its run
+    /// (with its output) instead of waiting for that process, which is stopped: before, the
+    /// run lasted as long as the `sleep`.
+    #[tokio::test]
+    async fn a_run_ends_when_its_command_exits_and_what_it_left_is_stopped() {
+        let (cmd, pidfile) =
+            sh_with_pidfile("leftover", "sleep 30 & echo $! > \"$PIDFILE\"; echo done");
+        let stop = Stop {
+            timeout: None,
+            grace: Duration::from_millis(300),
+            token: None,
+        };
+        let run = run_child(cmd, "sh", None, stop, TAIL_BYTES);
+        let out = tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("the run waited for the process the command left")
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(out.stdout, b"done\n");
+        let pid = read_pid(&pidfile).await;
+        assert!(
+            !still_running(pid).await,
+            "the leftover sleep ({pid}) still runs"
+        );
+
+        // One that does not hold the output is asked to stop (SIGTERM) all the same.
+        let (cmd, pidfile) = sh_with_pidfile(
+            "detached",
+            "sleep 30 > /dev/null 2>&1 & echo $! > \"$PIDFILE\"",
+        );
+        let out = run_child(cmd, "sh", None, Stop::after(None), TAIL_BYTES)
+            .await
+            .unwrap();
+        assert!(out.status.success());
+        let pid = read_pid(&pidfile).await;
+        assert!(
+            !still_running(pid).await,
+            "the leftover sleep ({pid}) still runs"
+        );
+    }
+
+    /// A run dropped mid-way (its supervisor's grace is over, a shutdown that does not
+    /// wait) kills the child's whole group, not only the child.
+    #[tokio::test]
+    async fn dropping_a_run_kills_what_the_command_started() {
+        let (cmd, pidfile) = sh_with_pidfile("dropped", "sleep 30 & echo $! > \"$PIDFILE\"; wait");
+        let run = run_child(cmd, "sh", None, Stop::after(None), TAIL_BYTES);
+        let pid = tokio::select! {
+            result = run => panic!("the run ended on its own: {result:?}"),
+            pid = read_pid(&pidfile) => pid,
+        };
+        assert!(
+            !still_running(pid).await,
+            "the shell's sleep ({pid}) outlived its run"
+        );
+    }
 
     /// Issue 9, item 19: a child that never reads its (large) input is still killed at its
     /// timeout; before, the input was written before the timeout started and the write

@@ -42,9 +42,12 @@ use crate::job::{Callable, JobContext};
 ///   [`JobContext`].) A child that ends on SIGTERM ends its run at once; one still going
 ///   when the job's timeout grace ends is killed.
 ///
-/// Only the child itself is signalled, not the processes it started. On platforms other
-/// than Unix there is no SIGTERM: the child is killed when its grace would start (its own
-/// timeout) or ends (the job's).
+/// The child leads a process group of its own and the signals go to the whole group, so
+/// the processes it started stop with it. When it exits, what it left running in its group
+/// is sent SIGTERM, and killed if it still holds the child's output open after the grace:
+/// the run ends with the child. (docs/executors.md has the details.) On platforms other
+/// than Unix there are no process groups and no SIGTERM: the child is killed when its
+/// grace would start (its own timeout) or ends (the job's).
 #[derive(Debug)]
 pub struct ProcessExecutor {
     slots: Arc<Semaphore>,
@@ -117,8 +120,8 @@ impl Executor for ProcessExecutor {
             let (run, worker) = (&run, &worker);
             for &t in &run.run_times {
                 // Under the job's timeout like every run: past it the token is cancelled
-                // (SIGTERM), and past its grace period the body is dropped, which kills the
-                // child (`kill_on_drop`).
+                // (SIGTERM to the child's group), and past its grace period the body is
+                // dropped, which kills the group.
                 run.run_time(t, |ctx| async move {
                     let token = ctx.as_ref().map(JobContext::cancellation_token);
                     match (&run.callable, worker) {
