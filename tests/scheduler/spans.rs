@@ -80,6 +80,13 @@ fn each_run_is_a_span_with_its_outcome() {
         .start_paused(true)
         .build()
         .unwrap();
+    // Other tests of this binary run at the same time on threads with no subscriber. While
+    // a single dispatcher is registered, tracing asks the thread that first reaches a
+    // callsite, and caches the answer for every thread: a sibling test reaching
+    // `apsched.run` first cached "never" and this test saw no span (once, in CI). With a
+    // second dispatcher registered, every callsite's interest is asked of all of them, so
+    // it is "sometimes" and each span asks the current thread's subscriber.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     tracing::subscriber::with_default(spans.clone(), || {
         runtime.block_on(async {
             let clock = TestClock::new(Utc.with_ymd_and_hms(2024, 1, 15, 10, 0, 0).unwrap());
