@@ -470,24 +470,22 @@ fn judging_lost_slots() {
     // kill, or before it (w0 was cut off from the database past its lease): fine, and
     // reported.
     let w0_killed = logs_of(0, &[(0, 0), (1, 0)]);
-    let logged_at = |job: usize, s: i64, at: i64| format!("mp{job:04} {} w1 {at}\n", ms(s));
     let kill = first + TimeDelta::seconds(1);
-    let after = kill.timestamp_millis() + 500;
-    let w1_took = format!("{}{}{w1}", logged_at(0, 1, after), logged_at(1, 1, after));
-    let r = verdict_killed_at(&changes, [&w0_killed, &w1_took], kill);
-    assert!(
-        r.as_ref()
-            .is_ok_and(|r| r.contains("(2 of the killed process's claims and 0 of")),
-        "{r:?}"
-    );
-    let before = kill.timestamp_millis() - 500;
-    let w1_early = format!("{}{}{w1}", logged_at(0, 1, before), logged_at(1, 1, before));
-    let r = verdict_killed_at(&changes, [&w0_killed, &w1_early], kill);
-    assert!(
-        r.as_ref()
-            .is_ok_and(|r| r.contains("(0 of the killed process's claims and 2 of")),
-        "{r:?}"
-    );
+    // w1's log with slot 1 of both jobs logged `offset_ms` after the kill.
+    let w1_took_at = |offset_ms: i64| {
+        let at = kill.timestamp_millis() + offset_ms;
+        let took: String = (0..2)
+            .map(|job| format!("mp{job:04} {} w1 {at}\n", ms(1)))
+            .collect();
+        format!("{took}{w1}")
+    };
+    for (offset_ms, counts) in [
+        (500, "(2 of the killed process's claims and 0 of"),
+        (-500, "(0 of the killed process's claims and 2 of"),
+    ] {
+        let r = verdict_killed_at(&changes, [&w0_killed, &w1_took_at(offset_ms)], kill);
+        assert!(r.as_ref().is_ok_and(|r| r.contains(counts)), "{r:?}");
+    }
 
     // A slot run by both: a duplicate.
     let w1_dup = format!("{w1}{}", line(0, 1, 1));

@@ -161,9 +161,15 @@ impl Stop<'_> {
     /// Only the child's own `timeout`, with the default grace, no token.
     #[cfg(test)]
     fn after(timeout: Option<Duration>) -> Self {
+        Self::after_with_grace(timeout, DEFAULT_KILL_GRACE)
+    }
+
+    /// Only the child's own `timeout`, with `grace`, no token.
+    #[cfg(test)]
+    fn after_with_grace(timeout: Option<Duration>, grace: Duration) -> Self {
         Stop {
             timeout,
-            grace: DEFAULT_KILL_GRACE,
+            grace,
             token: None,
         }
     }
@@ -276,8 +282,7 @@ async fn supervise(
                 // hold its output open get the grace to end, then are killed: the run
                 // ends with the child, not with the last process holding a pipe.
                 if group.terminate() && output.is_none() {
-                    output = drain(&mut io, group, stop.grace).await;
-                    output.get_or_insert_with(Default::default);
+                    output = Some(drain(&mut io, group, stop.grace).await);
                 }
             }
             out = &mut io, if output.is_none() => output = Some(out),
@@ -330,18 +335,20 @@ async fn supervise(
 
 /// The output of a child that has exited while processes it left (already sent SIGTERM)
 /// hold its pipes open: what `io` reads once they end within `grace`, or once they are
-/// killed and end within another `grace` (`None` if something outside the group still
+/// killed and end within another `grace` (none if something outside the group still
 /// holds them).
 async fn drain(
     io: &mut std::pin::Pin<&mut impl std::future::Future<Output = (Vec<u8>, Vec<u8>)>>,
     group: &Group,
     grace: Duration,
-) -> Option<(Vec<u8>, Vec<u8>)> {
+) -> (Vec<u8>, Vec<u8>) {
     if let Ok(out) = tokio::time::timeout(grace, io.as_mut()).await {
-        return Some(out);
+        return out;
     }
     group.kill();
-    tokio::time::timeout(grace, io.as_mut()).await.ok()
+    tokio::time::timeout(grace, io.as_mut())
+        .await
+        .unwrap_or_default()
 }
 
 /// A child's process group: the child leads one of its own, so a signal to the group
@@ -531,11 +538,7 @@ mod tests {
     #[tokio::test]
     async fn a_timeout_stops_what_the_command_started() {
         let (cmd, pidfile) = sh_with_pidfile("timeout", "sleep 30 & echo $! > \"$PIDFILE\"; wait");
-        let stop = Stop {
-            timeout: Some(Duration::from_millis(300)),
-            grace: Duration::from_secs(1),
-            token: None,
-        };
+        let stop = Stop::after_with_grace(Some(Duration::from_millis(300)), Duration::from_secs(1));
         let run = run_child(cmd, "sh", None, stop, TAIL_BYTES);
         let result = tokio::time::timeout(Duration::from_secs(20), run)
             .await
@@ -558,11 +561,7 @@ mod tests {
     async fn a_run_ends_when_its_command_exits_and_what_it_left_is_stopped() {
         let (cmd, pidfile) =
             sh_with_pidfile("leftover", "sleep 30 & echo $! > \"$PIDFILE\"; echo done");
-        let stop = Stop {
-            timeout: None,
-            grace: Duration::from_millis(300),
-            token: None,
-        };
+        let stop = Stop::after_with_grace(None, Duration::from_millis(300));
         let run = run_child(cmd, "sh", None, stop, TAIL_BYTES);
         let out = tokio::time::timeout(Duration::from_secs(20), run)
             .await
