@@ -183,7 +183,9 @@ impl SchedulerBuilder {
         self
     }
 
-    /// How long a claim on a job in a shared store lasts. Default 30 s.
+    /// How long a claim on a job in a shared store lasts, and how long this scheduler
+    /// counts as alive after its last heartbeat (written every third of it): a scheduler
+    /// silent for longer has its runs taken over by the others. Default 30 s.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self

@@ -71,6 +71,7 @@ impl Scheduler {
         inner.set_home(home.clone());
         if let Some(home) = &home {
             self.inner.open_writer(home);
+            self.inner.open_heartbeat(home);
         }
         inner.state.send_replace(state);
         let pending = std::mem::take(&mut inner.life().pending);
@@ -216,6 +217,8 @@ impl Scheduler {
         }
         // The outcomes of the runs that ended are written before the stores close.
         inner.close_writer(SHUTDOWN_WRITE_PATIENCE).await;
+        // Alive until every outcome is written: only now may others take over what is left.
+        inner.close_heartbeat();
         for (alias, store) in inner.stores() {
             if let Err(e) = store.shutdown().await {
                 tracing::warn!(store = %alias, error = %e, "store shutdown failed");

@@ -10,7 +10,8 @@
 //! - `listeners.rs`: events as a channel or as a listener task;
 //! - `components.rs`: executors and stores added and removed at run time;
 //! - `transfer.rs`: exporting and importing jobs;
-//! - `core.rs`: the loop, and `runs.rs`, its run-ledger side;
+//! - `core.rs`: the loop, and `runs.rs`, its run-ledger side; `heartbeat.rs`, the task that
+//!   keeps this scheduler alive in the eyes of the others sharing its stores;
 //! - `run_handles.rs`: run now, backfill and reading the ledger ([`RunHandle`]);
 //! - `background.rs` and `blocking.rs`: flavours that own their runtime, for programs
 //!   without async ([`BackgroundScheduler`], [`BlockingScheduler`], [`LocalScheduler`]),
@@ -26,6 +27,7 @@ mod components;
 mod core;
 mod failures;
 mod handles;
+mod heartbeat;
 mod home;
 mod jobs;
 mod lifecycle;
@@ -165,6 +167,8 @@ struct Life {
     ticks: HashMap<String, DateTime<Utc>>,
     /// The task writing run outcomes to the stores, from start to shutdown.
     writer_task: Option<JoinHandle<()>>,
+    /// The task writing this scheduler's heartbeat, from start to the end of shutdown.
+    heartbeat_task: Option<(JoinHandle<()>, CancellationToken)>,
     /// Jobs whose trigger ended (so their store removed them) while they had queued runs,
     /// by (store, job id): what those runs start with.
     parked: HashMap<(String, String), JobRecord>,

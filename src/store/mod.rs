@@ -409,6 +409,21 @@ pub trait JobStore: Send + Sync + 'static {
         Err(no_ledger())
     }
 
+    /// Records this scheduler as alive until `now + lease`, and nothing else: the heartbeat
+    /// of [`tick_runs`](Self::tick_runs) on its own. The scheduler calls it from a task of
+    /// its own every third of the lease while it runs (also while paused, and while it
+    /// drains its runs at shutdown), so that a slow pass of the loop, a pause or a long
+    /// shutdown never makes a live scheduler look dead to the others sharing the store
+    /// (which would mark its started runs `abandoned` and start its claimed ones).
+    ///
+    /// The default does nothing, which is correct for a store that no other scheduler
+    /// shares (nobody takes its runs over) and tolerable for one that is shared: its
+    /// heartbeat is then only as regular as its ledger passes.
+    async fn heartbeat(&self, now: DateTime<Utc>) -> Result<()> {
+        let _ = now;
+        Ok(())
+    }
+
     /// Runs passing `filter`, newest first (scheduled time, then run id, descending), at
     /// most `filter.limit` ([`RunFilter::matches`] is the reference).
     async fn query_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
@@ -622,6 +637,9 @@ macro_rules! forward_job_store {
     }
     async fn tick_runs(&self, now: DateTime<Utc>) -> Result<RunTick> {
         (**self).tick_runs(now).await
+    }
+    async fn heartbeat(&self, now: DateTime<Utc>) -> Result<()> {
+        (**self).heartbeat(now).await
     }
     fn tick_wanted(&self, now: DateTime<Utc>) -> bool {
         (**self).tick_wanted(now)

@@ -34,6 +34,9 @@ fn scheduler(url: &str, ns: &str, id: &str) -> Scheduler {
         .task("hang", |_: serde_json::Value| async {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         })
+        .task("nap", |ms: u64| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        })
         .build()
 }
 
@@ -245,4 +248,44 @@ async fn a_scheduler_back_under_its_id_abandons_its_previous_lifes_runs_postgres
     b.job("j").remove().await.unwrap();
     b.shutdown().await.unwrap();
     tdb.cleanup(&[ns2]).await;
+}
+
+/// A scheduler that is paused, or that waits at shutdown for its run in flight, is alive:
+/// its heartbeat goes on without the loop's passes, so another scheduler sharing the store
+/// (whose ledger passes, every third of the 2 s lease, would take over a lapsed one's runs)
+/// never marks its started run `abandoned`, and the run ends `executed`, by its owner.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_or_draining_scheduler_keeps_its_runs_postgres() {
+    let Some(tdb) = crate::sql::TestDb::new(crate::sql::Db::Postgres, "alive").await else {
+        return;
+    };
+    let ns = format!("{}_alive", tdb.table);
+    let a = scheduler(&tdb.url, &ns, "a");
+    a.start().await.unwrap();
+    a.add_task_job("nap", 8000)
+        .trigger(Date::at(Utc::now(), None).unwrap())
+        .id("j")
+        .await
+        .unwrap();
+    let started = wait_runs(&a, "the run never started", |r| {
+        r.iter().any(|r| r.state == RunState::Started)
+    })
+    .await;
+    let run_id = started[0].run_id;
+    a.pause().unwrap();
+    // `b` starts once `a` has started the run, so that the run is `a`'s.
+    let b = scheduler(&tdb.url, &ns, "b");
+    b.start().await.unwrap();
+    // Twice the lease of pause: a lapsed heartbeat would have been noticed by now.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let run = b.run(run_id).await.unwrap().expect("the run is recorded");
+    assert_eq!(run.state, RunState::Started, "paused: {run:#?}");
+    // Shutdown waits for the run, about 4 s more: longer than the lease again.
+    a.shutdown().await.unwrap();
+    let run = b.run(run_id).await.unwrap().expect("the run is recorded");
+    assert_eq!(run.state, RunState::Executed, "after the drain: {run:#?}");
+    assert_eq!(run.owner, "a");
+    b.shutdown().await.unwrap();
+    tdb.cleanup(&[ns]).await;
 }

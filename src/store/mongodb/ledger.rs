@@ -226,20 +226,29 @@ impl Client {
         Ok(out)
     }
 
-    /// [`JobStore::tick_runs`](crate::store::JobStore::tick_runs).
-    pub(super) async fn tick_runs(&self, now: DateTime<Utc>) -> Result<RunTick> {
+    /// [`JobStore::heartbeat`](crate::store::JobStore::heartbeat): this scheduler is alive
+    /// until `now + lease` (its document in `<collection>_owners`).
+    pub(super) async fn heartbeat(&self, now: DateTime<Utc>) -> Result<()> {
         let ctx = self.ledger_ctx()?;
-        let me = ctx.scheduler_id();
-        let colls = self.colls().await?;
-        colls
+        self.colls()
+            .await?
             .owners
             .update_one(
-                doc! { "_id": me },
+                doc! { "_id": ctx.scheduler_id() },
                 doc! { "$set": { "alive_until": micros(lease_until(now, ctx.lease())) } },
             )
             .upsert(true)
             .await
             .map_err(|e| self.state.err("recording this scheduler's heartbeat", e))?;
+        Ok(())
+    }
+
+    /// [`JobStore::tick_runs`](crate::store::JobStore::tick_runs).
+    pub(super) async fn tick_runs(&self, now: DateTime<Utc>) -> Result<RunTick> {
+        self.heartbeat(now).await?;
+        let ctx = self.ledger_ctx()?;
+        let me = ctx.scheduler_id();
+        let colls = self.colls().await?;
         // Records a crash left in job documents first, so that takeover sees them.
         self.settle_pending(doc! {}).await?;
         let mut tick = RunTick::default();

@@ -498,6 +498,10 @@ impl JobStore for MongoStore {
         self.client.tick_runs(now).await
     }
 
+    async fn heartbeat(&self, now: DateTime<Utc>) -> Result<()> {
+        self.client.heartbeat(now).await
+    }
+
     /// Run records a crash left in job documents (of the job asked for, or of any job) are
     /// written first.
     async fn query_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {

@@ -436,6 +436,10 @@ impl JobStore for RedisStore {
         self.client.tick_runs(now).await
     }
 
+    async fn heartbeat(&self, now: DateTime<Utc>) -> Result<()> {
+        self.client.heartbeat(now).await
+    }
+
     async fn query_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
         self.client.query_runs(filter).await
     }

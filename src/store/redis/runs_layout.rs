@@ -42,6 +42,8 @@ pub(super) struct RunKeys {
     pub(super) all: String,
     pub(super) finished: String,
     pub(super) done_count: String,
+    /// `P:heartbeats`.
+    pub(super) heartbeats: String,
 }
 
 impl RunKeys {
@@ -52,6 +54,7 @@ impl RunKeys {
             all: format!("{p}:runs:all"),
             finished: format!("{p}:runs:finished"),
             done_count: format!("{p}:runs:done_count"),
+            heartbeats: format!("{p}:heartbeats"),
         }
     }
 

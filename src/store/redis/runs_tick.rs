@@ -85,6 +85,23 @@ impl Client {
         Ok(tick)
     }
 
+    /// [`JobStore::heartbeat`](crate::store::JobStore::heartbeat): this scheduler is alive
+    /// until `now + lease` (its score in `P:heartbeats`; the pass's script writes it too).
+    pub(super) async fn heartbeat(&self, now: DateTime<Utc>) -> Result<()> {
+        let Some(ctx) = self.state.ctx() else {
+            return Ok(());
+        };
+        let mut conn = self.conn().await?;
+        let _: i64 = redis::cmd("ZADD")
+            .arg(&self.run_keys().heartbeats)
+            .arg(time_score(lease_until(now, ctx.lease())))
+            .arg(ctx.scheduler_id())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.state.err("recording this scheduler's heartbeat", e))?;
+        Ok(())
+    }
+
     /// Takes over the runs of the schedulers in `owners` (pairs of id and heartbeat score)
     /// that are not alive at `now`. Returns the members to dispatch and the members
     /// abandoned.

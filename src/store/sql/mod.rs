@@ -367,6 +367,9 @@ impl JobStore for SqlStore {
     async fn tick_runs(&self, now: DateTime<Utc>) -> Result<RunTick> {
         with_core!(self, core => core.tick_runs(now).await)
     }
+    async fn heartbeat(&self, now: DateTime<Utc>) -> Result<()> {
+        with_core!(self, core => core.heartbeat(now).await)
+    }
 
     async fn query_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
         with_core!(self, core => core.query_runs(filter).await)

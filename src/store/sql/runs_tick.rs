@@ -43,18 +43,9 @@ where
     /// takeover of dead schedulers' runs, the promotion of queued runs, this scheduler's
     /// cancel requests and retention, each bounded.
     pub(super) async fn tick_runs(&self, now: DateTime<Utc>) -> Result<RunTick> {
+        self.heartbeat(now).await?;
         let st = self.started()?;
         let me = st.ctx.scheduler_id();
-        let until = lease_until(now, st.ctx.lease());
-        sqlx::query(AssertSqlSafe(DB::placeholders(&DB::heartbeat(&format!(
-            "{}_owners",
-            st.table
-        )))))
-        .bind(me)
-        .bind(us(until))
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.err("recording this scheduler's heartbeat", e))?;
         let mut tick = RunTick::default();
         self.take_over(&st, now, &mut tick)
             .await
@@ -85,6 +76,23 @@ where
             .await
             .map_err(|e| self.err("deleting runs beyond the retention", e))?;
         Ok(tick)
+    }
+
+    /// [`JobStore::heartbeat`](crate::store::JobStore::heartbeat): this scheduler is alive
+    /// until `now + lease` (one upsert of its row in `<table>_owners`).
+    pub(super) async fn heartbeat(&self, now: DateTime<Utc>) -> Result<()> {
+        let st = self.started()?;
+        let until = lease_until(now, st.ctx.lease());
+        sqlx::query(AssertSqlSafe(DB::placeholders(&DB::heartbeat(&format!(
+            "{}_owners",
+            st.table
+        )))))
+        .bind(st.ctx.scheduler_id())
+        .bind(us(until))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err("recording this scheduler's heartbeat", e))?;
+        Ok(())
     }
 
     /// Takes over the active runs of schedulers without a live heartbeat: claimed ones

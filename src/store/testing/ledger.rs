@@ -634,7 +634,8 @@ where
 }
 
 /// A dead scheduler's runs: the claimed ones are taken over (and started once), the
-/// started ones abandoned; the dead one can neither start nor overwrite them.
+/// started ones abandoned; the dead one can neither start nor overwrite them. Its
+/// [`JobStore::heartbeat`] alone keeps it alive.
 async fn takeover<F, Fut, S>(h: &Harness<'_, F>)
 where
     F: Fn(String, StoreContext) -> Fut,
@@ -665,8 +666,15 @@ where
         tick.dispatch.is_empty() && tick.abandoned.is_empty() && tick.promoted.is_empty(),
         "{tick:?}"
     );
+    // A heartbeat alone (no pass) keeps s1 alive: at(25) + the lease runs to at(55).
+    s1.heartbeat(at(25)).await.expect("heartbeat");
+    let tick = s2.tick_runs(at(40)).await.unwrap();
+    assert!(
+        tick.dispatch.is_empty() && tick.abandoned.is_empty(),
+        "taken over while its heartbeat was alive: {tick:?}"
+    );
     // s1 stops; past its lease s2 takes over.
-    let tick = s2.tick_runs(at(31)).await.unwrap();
+    let tick = s2.tick_runs(at(56)).await.unwrap();
     assert_eq!(
         tick.dispatch.iter().map(|r| r.run_id).collect::<Vec<_>>(),
         vec![b.run_id]
@@ -678,21 +686,21 @@ where
     );
     let abandoned = s2.get_run(a.run_id).await.unwrap().unwrap();
     assert_eq!(abandoned.state, RunState::Abandoned);
-    assert_eq!(abandoned.finished_at, Some(at(31)));
+    assert_eq!(abandoned.finished_at, Some(at(56)));
     assert!(
         abandoned.error.as_deref().is_some_and(|e| e.contains("s1")),
         "{abandoned:?}"
     );
     // Taken once: another pass takes nothing.
-    let again = s2.tick_runs(at(32)).await.unwrap();
+    let again = s2.tick_runs(at(57)).await.unwrap();
     assert!(again.dispatch.is_empty() && again.abandoned.is_empty());
     // The dead scheduler cannot start the run it lost, nor overwrite the abandoned one.
-    assert!(s1.start_runs(&[b.run_id], at(33)).await.unwrap().is_empty());
+    assert!(s1.start_runs(&[b.run_id], at(58)).await.unwrap().is_empty());
     assert_eq!(
-        s2.start_runs(&[b.run_id], at(33)).await.unwrap(),
+        s2.start_runs(&[b.run_id], at(58)).await.unwrap(),
         vec![b.run_id]
     );
-    s1.finish_runs(&[executed(a, at(34))]).await.unwrap();
+    s1.finish_runs(&[executed(a, at(59))]).await.unwrap();
     assert_eq!(
         s2.get_run(a.run_id).await.unwrap().unwrap().state,
         RunState::Abandoned

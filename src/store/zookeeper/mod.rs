@@ -481,6 +481,10 @@ impl JobStore for ZooKeeperStore {
         self.client.tick_runs(now).await
     }
 
+    async fn heartbeat(&self, now: DateTime<Utc>) -> Result<()> {
+        self.client.heartbeat_now(now).await
+    }
+
     async fn query_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
         self.client.query_runs(filter).await
     }

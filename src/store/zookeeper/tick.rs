@@ -116,6 +116,17 @@ impl Client {
         Ok(tick)
     }
 
+    /// [`JobStore::heartbeat`](crate::store::JobStore::heartbeat): this scheduler is alive
+    /// until `now + lease` (its node under `R/owners`).
+    pub(super) async fn heartbeat_now(&self, now: DateTime<Utc>) -> Result<()> {
+        let Some(ctx) = self.state.ctx() else {
+            return Ok(());
+        };
+        let c = self.session().await?;
+        self.heartbeat(&c, ctx.scheduler_id(), lease_until(now, ctx.lease()))
+            .await
+    }
+
     /// Records this scheduler as alive until `until`.
     async fn heartbeat(&self, c: &zk::Client, me: &str, until: DateTime<Utc>) -> Result<()> {
         let path = format!("{}/{}", self.owners_path(), owner_name(me));
