@@ -64,16 +64,21 @@ async fn beat(inner: Weak<Inner>, stop: CancellationToken) {
 }
 
 /// One heartbeat per shared store with a ledger. A failure is only logged: the loop's own
-/// pass meets the same store soon, and reports the outage (event, backoff) once.
+/// pass meets the same store soon, and reports the outage (event, backoff) once. A write
+/// still unanswered after a lease is given up (it would say "alive until" a time already
+/// past), so that a hung connection cannot hold the next heartbeats back.
 async fn beat_once(inner: &Inner) {
     let now = inner.clock.now();
+    let patience = inner.lease.max(MIN_PERIOD);
     let beats = inner
         .stores()
         .into_iter()
         .filter(|(_, store)| store.is_persistent() && inner.ledger_on(store.as_ref()))
         .map(|(alias, store)| async move {
-            if let Err(e) = store.heartbeat(now).await {
-                tracing::debug!(store = %alias, error = %e, "heartbeat not written");
+            match tokio::time::timeout(patience, store.heartbeat(now)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(store = %alias, error = %e, "heartbeat not written"),
+                Err(_) => tracing::debug!(store = %alias, "heartbeat unanswered for a lease"),
             }
         });
     futures::future::join_all(beats).await;

@@ -469,3 +469,112 @@ async fn the_ledger_can_be_turned_off() {
     ));
     s.shutdown().await.unwrap();
 }
+
+/// A store shared with other schedulers, as far as the scheduler can tell, that records its
+/// heartbeats and whose next heartbeat can be made to hang (a dead connection).
+struct HeartbeatStore {
+    jobs: apsched::store::MemoryStore,
+    beats: Arc<std::sync::Mutex<Vec<DateTime<Utc>>>>,
+    hang_next: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl apsched::store::JobStore for HeartbeatStore {
+    async fn start(&self, ctx: apsched::store::StoreContext) -> apsched::Result<()> {
+        self.jobs.start(ctx).await
+    }
+    async fn add_job(&self, job: apsched::job::JobRecord, replace: bool) -> apsched::Result<()> {
+        self.jobs.add_job(job, replace).await
+    }
+    async fn update_job(
+        &self,
+        job: apsched::job::JobRecord,
+    ) -> apsched::Result<apsched::job::JobRecord> {
+        self.jobs.update_job(job).await
+    }
+    async fn remove_job(&self, id: &str) -> apsched::Result<()> {
+        self.jobs.remove_job(id).await
+    }
+    async fn remove_all_jobs(&self) -> apsched::Result<()> {
+        self.jobs.remove_all_jobs().await
+    }
+    async fn lookup_job(&self, id: &str) -> apsched::Result<Option<apsched::job::JobRecord>> {
+        self.jobs.lookup_job(id).await
+    }
+    async fn get_all_jobs(&self) -> apsched::Result<Vec<apsched::job::JobRecord>> {
+        self.jobs.get_all_jobs().await
+    }
+    async fn next_run_time(&self) -> apsched::Result<Option<DateTime<Utc>>> {
+        self.jobs.next_run_time().await
+    }
+    async fn acquire_due_jobs(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> apsched::Result<Vec<apsched::store::DueJob>> {
+        self.jobs.acquire_due_jobs(now, limit).await
+    }
+    fn keeps_runs(&self) -> bool {
+        true
+    }
+    async fn tick_runs(&self, _now: DateTime<Utc>) -> apsched::Result<apsched::ledger::RunTick> {
+        Ok(apsched::ledger::RunTick::default())
+    }
+    async fn query_runs(&self, _filter: &RunFilter) -> apsched::Result<Vec<RunRecord>> {
+        Ok(Vec::new())
+    }
+    async fn heartbeat(&self, now: DateTime<Utc>) -> apsched::Result<()> {
+        if self.hang_next.swap(false, Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.beats.lock().unwrap().push(now);
+        Ok(())
+    }
+    fn is_persistent(&self) -> bool {
+        true
+    }
+}
+
+/// The heartbeat has a task of its own: every third of the lease while the scheduler runs,
+/// and while it is paused (the loop makes no pass then); a heartbeat that never answers is
+/// given up after a lease and the next ones go on; after shutdown there are none.
+#[tokio::test(start_paused = true)]
+async fn the_heartbeat_goes_on_while_paused_and_past_a_hung_write() {
+    let clock = TestClock::new(t0());
+    let beats: Arc<std::sync::Mutex<Vec<DateTime<Utc>>>> = Arc::default();
+    let hang_next: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+    let s = Scheduler::builder()
+        .timezone(chrono_tz::UTC)
+        .clock(clock.shared())
+        .lease(Duration::from_secs(3))
+        .store(
+            "shared",
+            HeartbeatStore {
+                jobs: apsched::store::MemoryStore::new(),
+                beats: beats.clone(),
+                hang_next: hang_next.clone(),
+            },
+        )
+        .build();
+    s.start().await.unwrap();
+    s.pause().unwrap();
+    // Slept, not advanced at once: paused time then moves from timer to timer.
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    let seen: Vec<DateTime<Utc>> = std::mem::take(&mut *beats.lock().unwrap());
+    assert_eq!(
+        seen,
+        (0..=10).map(secs).collect::<Vec<_>>(),
+        "one heartbeat a second (a third of the lease), paused or not"
+    );
+    // The heartbeat at 11 s hangs; it is given up at 14 s and the next one is at 15 s.
+    hang_next.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(*beats.lock().unwrap(), vec![secs(15), secs(16)]);
+    s.shutdown().await.unwrap();
+    beats.lock().unwrap().clear();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(
+        beats.lock().unwrap().is_empty(),
+        "no heartbeat after shutdown"
+    );
+}
