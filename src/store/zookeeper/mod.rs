@@ -482,7 +482,7 @@ impl JobStore for ZooKeeperStore {
     }
 
     async fn heartbeat(&self, now: DateTime<Utc>) -> Result<()> {
-        self.client.heartbeat_now(now).await
+        self.client.heartbeat(now).await
     }
 
     async fn query_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {

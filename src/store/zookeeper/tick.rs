@@ -30,7 +30,7 @@ impl Client {
             return Ok(RunTick::default());
         };
         let c = self.session().await?;
-        self.heartbeat(&c, ctx.scheduler_id(), lease_until(now, ctx.lease()))
+        self.write_heartbeat(&c, ctx.scheduler_id(), lease_until(now, ctx.lease()))
             .await?;
         // The history is listed before the active runs are read: a run listed in the
         // history and not active when the markers are read is finished, never new.
@@ -118,17 +118,17 @@ impl Client {
 
     /// [`JobStore::heartbeat`](crate::store::JobStore::heartbeat): this scheduler is alive
     /// until `now + lease` (its node under `R/owners`).
-    pub(super) async fn heartbeat_now(&self, now: DateTime<Utc>) -> Result<()> {
+    pub(super) async fn heartbeat(&self, now: DateTime<Utc>) -> Result<()> {
         let Some(ctx) = self.state.ctx() else {
             return Ok(());
         };
         let c = self.session().await?;
-        self.heartbeat(&c, ctx.scheduler_id(), lease_until(now, ctx.lease()))
+        self.write_heartbeat(&c, ctx.scheduler_id(), lease_until(now, ctx.lease()))
             .await
     }
 
     /// Records this scheduler as alive until `until`.
-    async fn heartbeat(&self, c: &zk::Client, me: &str, until: DateTime<Utc>) -> Result<()> {
+    async fn write_heartbeat(&self, c: &zk::Client, me: &str, until: DateTime<Utc>) -> Result<()> {
         let path = format!("{}/{}", self.owners_path(), owner_name(me));
         let data = serde_json::to_vec(&Heartbeat {
             alive_until: micros_ceil(until),
