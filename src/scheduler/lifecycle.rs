@@ -263,7 +263,9 @@ impl Scheduler {
     }
 
     /// Pauses job processing: no job is submitted until [`resume`](Self::resume). Due times
-    /// that pass meanwhile are handled by the misfire and coalesce rules on resume.
+    /// that pass meanwhile are handled by the misfire and coalesce rules on resume. Runs in
+    /// flight go on, and the scheduler's heartbeat in shared stores too: the other
+    /// schedulers sharing them do not take its runs over while it is paused.
     pub fn pause(&self) -> Result<()> {
         match self.state() {
             SchedulerState::Running => {
