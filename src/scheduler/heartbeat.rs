@@ -13,8 +13,6 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
 use super::Inner;
 
 /// The shortest pause between two heartbeats, whatever the lease (a zero lease must not
@@ -25,10 +23,8 @@ impl Inner {
     /// Starts the heartbeat task on the scheduler's runtime (its death with the runtime is
     /// the process's death, as far as the other schedulers can tell).
     pub(super) fn open_heartbeat(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
-        let stop = CancellationToken::new();
-        let task = runtime.spawn(beat(Arc::downgrade(self), stop.clone()));
-        if let Some((old, old_stop)) = self.life().heartbeat_task.replace((task, stop)) {
-            old_stop.cancel();
+        let task = runtime.spawn(beat(Arc::downgrade(self)));
+        if let Some(old) = self.life().heartbeat_task.replace(task) {
             old.abort();
         }
     }
@@ -36,30 +32,20 @@ impl Inner {
     /// Stops the heartbeat: from now on, the other schedulers may take this one's runs
     /// over once its last heartbeat has run out.
     pub(super) fn close_heartbeat(&self) {
-        if let Some((task, stop)) = self.life().heartbeat_task.take() {
-            stop.cancel();
+        if let Some(task) = self.life().heartbeat_task.take() {
             task.abort();
         }
     }
 }
 
 /// Writes the heartbeat of every shared store that records runs, all stores at once, then
-/// waits a third of the lease; ends when `stop` is cancelled or the scheduler is gone.
-async fn beat(inner: Weak<Inner>, stop: CancellationToken) {
-    loop {
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
+/// waits a third of the lease; ends when aborted or when the scheduler is gone.
+async fn beat(inner: Weak<Inner>) {
+    while let Some(strong) = inner.upgrade() {
         let period = (strong.lease / 3).max(MIN_PERIOD);
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = beat_once(&strong) => {}
-        }
+        beat_once(&strong).await;
         drop(strong);
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(period) => {}
-        }
+        tokio::time::sleep(period).await;
     }
 }
 

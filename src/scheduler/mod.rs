@@ -168,7 +168,7 @@ struct Life {
     /// The task writing run outcomes to the stores, from start to shutdown.
     writer_task: Option<JoinHandle<()>>,
     /// The task writing this scheduler's heartbeat, from start to the end of shutdown.
-    heartbeat_task: Option<(JoinHandle<()>, CancellationToken)>,
+    heartbeat_task: Option<JoinHandle<()>>,
     /// Jobs whose trigger ended (so their store removed them) while they had queued runs,
     /// by (store, job id): what those runs start with.
     parked: HashMap<(String, String), JobRecord>,

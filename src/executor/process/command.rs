@@ -515,6 +515,13 @@ mod tests {
         panic!("no pid in {}", pidfile.display());
     }
 
+    /// Asserts that the process whose pid the command wrote to `pidfile` has stopped
+    /// (`what` says what went wrong otherwise).
+    async fn assert_stopped(pidfile: &PathBuf, what: &str) {
+        let pid = read_pid(pidfile).await;
+        assert!(!still_running(pid).await, "{what} (pid {pid})");
+    }
+
     /// Whether `pid` runs (a zombie does not), after giving a signal sent to it a moment
     /// to land.
     async fn still_running(pid: i32) -> bool {
@@ -547,11 +554,7 @@ mod tests {
             matches!(result, Err(JobError::TimedOut { .. })),
             "{result:?}"
         );
-        let pid = read_pid(&pidfile).await;
-        assert!(
-            !still_running(pid).await,
-            "the shell's sleep ({pid}) outlived the timeout"
-        );
+        assert_stopped(&pidfile, "the shell's sleep outlived the timeout").await;
     }
 
     /// A command that exits while something it started holds its output open ends its run
@@ -569,11 +572,7 @@ mod tests {
             .unwrap();
         assert!(out.status.success());
         assert_eq!(out.stdout, b"done\n");
-        let pid = read_pid(&pidfile).await;
-        assert!(
-            !still_running(pid).await,
-            "the leftover sleep ({pid}) still runs"
-        );
+        assert_stopped(&pidfile, "the leftover sleep still runs").await;
 
         // One that does not hold the output is asked to stop (SIGTERM) all the same.
         let (cmd, pidfile) = sh_with_pidfile(
@@ -584,11 +583,7 @@ mod tests {
             .await
             .unwrap();
         assert!(out.status.success());
-        let pid = read_pid(&pidfile).await;
-        assert!(
-            !still_running(pid).await,
-            "the leftover sleep ({pid}) still runs"
-        );
+        assert_stopped(&pidfile, "the leftover sleep still runs").await;
     }
 
     /// A run dropped mid-way (its supervisor's grace is over, a shutdown that does not

@@ -41,6 +41,7 @@ mod context;
 mod fixtures;
 mod ledger;
 mod ledger_retries;
+mod ledger_shared;
 mod suite;
 
 pub use self::claims::shared_claims;
