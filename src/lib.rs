@@ -70,3 +70,6 @@ pub use crate::scheduler::{
     SchedulerBuilder, SchedulerState, StoreHandle,
 };
 pub use crate::trigger::{Trigger, TriggerSpec};
+/// The shared string of run records' job and scheduler ids ([`ledger::RunRecord::job_id`]),
+/// re-exported so that code naming it needs no dependency of its own.
+pub use arcstr::ArcStr;

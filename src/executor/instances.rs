@@ -10,7 +10,7 @@ use crate::sync::MutexExt;
 /// Counts the runs of each job in flight, for `max_instances` (shared by all executors).
 #[derive(Debug, Default)]
 pub(crate) struct Instances {
-    running: Mutex<HashMap<Arc<str>, u32, crate::job::JobIdState>>,
+    running: Mutex<HashMap<arcstr::ArcStr, u32, crate::job::JobIdState>>,
     /// Runs in flight, all jobs together.
     total: AtomicUsize,
     /// Notified when a run ends while someone waits (`waiting` > 0).
@@ -23,7 +23,11 @@ pub(crate) struct Instances {
 impl Instances {
     /// Takes a slot for `job_id` unless `max` are already taken. A refused job leaves no
     /// entry behind.
-    pub fn try_acquire(self: &Arc<Self>, job_id: &Arc<str>, max: u32) -> Option<InstanceSlot> {
+    pub fn try_acquire(
+        self: &Arc<Self>,
+        job_id: &arcstr::ArcStr,
+        max: u32,
+    ) -> Option<InstanceSlot> {
         let mut running = self.running.lock_unpoisoned();
         // One lookup (the id hashed once), not a get and an insert.
         match running.entry(job_id.clone()) {
@@ -90,7 +94,7 @@ impl InstanceSlot {
 
 impl InstanceSlot {
     /// Gives the slot of `job_id` (the id it was taken for) back.
-    pub fn release(self, job_id: &Arc<str>) {
+    pub fn release(self, job_id: &arcstr::ArcStr) {
         let mut running = self.instances.running.lock_unpoisoned();
         if let Entry::Occupied(mut n) = running.entry(job_id.clone()) {
             *n.get_mut() -= 1;
@@ -115,7 +119,7 @@ mod instance_tests {
     fn a_refused_slot_leaves_no_entry() {
         let instances = Arc::new(super::Instances::default());
         for i in 0..100 {
-            let id: Arc<str> = Arc::from(format!("job{i}"));
+            let id = arcstr::ArcStr::from(format!("job{i}"));
             assert!(instances.try_acquire(&id, 0).is_none());
         }
         assert_eq!(instances.jobs_in_flight(), 0);

@@ -83,7 +83,7 @@ pub(crate) struct Watch {
 /// [`JobError::NotRunnable`] for each time left.
 pub struct JobRun {
     /// The job id.
-    pub job_id: Arc<str>,
+    pub job_id: arcstr::ArcStr,
     /// The alias of the store holding the job.
     pub store: Arc<str>,
     /// What to invoke.
@@ -145,7 +145,7 @@ impl std::fmt::Debug for JobRun {
 
 impl JobRun {
     pub(crate) fn new(
-        job_id: Arc<str>,
+        job_id: arcstr::ArcStr,
         store: Arc<str>,
         callable: Callable,
         run_times: Vec<DateTime<Utc>>,

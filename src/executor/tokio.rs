@@ -69,7 +69,7 @@ mod size_tests {
     #[test]
     fn run_task_stays_small() {
         let instances = Arc::new(Instances::default());
-        let id: Arc<str> = Arc::from("job");
+        let id = arcstr::literal!("job");
         let ctx = Arc::new(RunContext {
             clock: Arc::new(SystemClock),
             events: EventBus::new(1),

@@ -129,7 +129,7 @@ pub struct JobContext {
 }
 
 struct RunInfo {
-    job_id: Arc<str>,
+    job_id: arcstr::ArcStr,
     name: Option<Arc<str>>,
     scheduled_run_time: DateTime<Utc>,
     run_id: RunId,
@@ -145,7 +145,7 @@ impl JobContext {
         reason = "the crate's one constructor, one argument per field"
     )]
     pub(crate) fn new(
-        job_id: Arc<str>,
+        job_id: arcstr::ArcStr,
         name: Option<Arc<str>>,
         scheduled_run_time: DateTime<Utc>,
         run_id: RunId,

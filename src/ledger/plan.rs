@@ -2,6 +2,7 @@
 //! times and the job's active runs (cluster-wide), which run records to create and which
 //! running instances to ask to stop. One function, so every store agrees.
 
+use arcstr::ArcStr;
 use chrono::{DateTime, Utc};
 
 use super::{RunRecord, RunState};
@@ -73,14 +74,28 @@ impl DueJob {
     ///   job's [`Overlap`] policy when `max_instances` runs are active: `skipped`, `claimed`
     ///   and queued, and for `CancelOther` the started runs go into `cancel`.
     pub fn plan_runs(&mut self, ctx: &StoreContext, now: DateTime<Utc>, active: &ActiveRuns) {
+        let job_id = ArcStr::from(self.job.id.as_str());
+        self.plan_runs_of(job_id, ctx, now, active);
+    }
+
+    /// [`plan_runs`](Self::plan_runs), with the job's id as the store already shares it
+    /// (the memory store's key): the records hold it, and the scheduler's id, without a
+    /// copy of either.
+    pub(crate) fn plan_runs_of(
+        &mut self,
+        job_id: ArcStr,
+        ctx: &StoreContext,
+        now: DateTime<Utc>,
+        active: &ActiveRuns,
+    ) {
         if !ctx.keeps_runs() {
             return;
         }
-        let owner = ctx.scheduler_id();
-        let job = &self.job;
+        let owner = ctx.owner();
+        let claimed = |t| RunRecord::claimed(job_id.clone(), t, owner.clone(), now);
         let mut runs = Vec::with_capacity(self.run_times.len() + 1);
         if let Some(first) = self.skipped_from {
-            let mut r = RunRecord::claimed(job.id.clone(), first, owner, now);
+            let mut r = claimed(first);
             r.state = RunState::Missed;
             r.finished_at = Some(now);
             r.error = Some(format!(
@@ -89,9 +104,9 @@ impl DueJob {
             runs.push(r);
         }
         let run_times: &[DateTime<Utc>] = match self.run_times.split_last() {
-            Some((last, earlier)) if job.coalesce => {
+            Some((last, earlier)) if self.job.coalesce => {
                 for &t in earlier {
-                    let mut r = RunRecord::claimed(job.id.clone(), t, owner, now);
+                    let mut r = claimed(t);
                     r.state = RunState::Missed;
                     r.finished_at = Some(now);
                     r.error = Some(format!("coalesced into the run at {last}"));
@@ -101,7 +116,9 @@ impl DueJob {
             }
             _ => &self.run_times,
         };
-        let cancel = plan_unit(job, run_times, false, ctx, now, active, &mut runs);
+        let cancel = plan_unit(
+            &self.job, &job_id, run_times, false, ctx, now, active, &mut runs,
+        );
         self.runs = runs;
         self.cancel = cancel;
     }
@@ -120,10 +137,12 @@ pub fn plan_manual_runs(
     let mut active = active.clone();
     let mut runs = Vec::with_capacity(slots.len());
     let mut cancel = Vec::new();
+    let job_id = ArcStr::from(job.id.as_str());
     for t in slots {
         let first = runs.len();
         cancel.extend(plan_unit(
             job,
+            &job_id,
             std::slice::from_ref(t),
             true,
             ctx,
@@ -142,8 +161,13 @@ pub fn plan_manual_runs(
 
 /// Plans one submission (`times` run in one instance): pushes its records onto `runs` and
 /// returns the started runs to cancel.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the job, the claim and the store's view of it, each from its caller"
+)]
 fn plan_unit(
     job: &JobRecord,
+    job_id: &ArcStr,
     times: &[DateTime<Utc>],
     manual: bool,
     ctx: &StoreContext,
@@ -183,7 +207,7 @@ fn plan_unit(
         }
     };
     for (i, &t) in times.iter().enumerate() {
-        let mut r = RunRecord::claimed(job.id.clone(), t, ctx.scheduler_id(), now);
+        let mut r = RunRecord::claimed(job_id.clone(), t, ctx.owner().clone(), now);
         r.manual = manual;
         r.state = state;
         // BufferOne keeps one queued run: the first of a submission of several times.

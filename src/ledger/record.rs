@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use arcstr::ArcStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -118,12 +119,12 @@ pub const OUTPUT_LIMIT: usize = 16 * 1024;
 pub struct RunRecord {
     /// The run's identity, unique across schedulers sharing a store.
     pub run_id: RunId,
-    /// The job.
-    pub job_id: String,
+    /// The job. Shared: the records of one claim, and the run they start, hold one copy.
+    pub job_id: ArcStr,
     /// The scheduled time (for `run_now`, the time it was asked for).
     pub scheduled: DateTime<Utc>,
-    /// The scheduler that claimed (or took over) the run.
-    pub owner: String,
+    /// The scheduler that claimed (or took over) the run. Shared: one copy per scheduler.
+    pub owner: ArcStr,
     /// Made by `run_now` or `backfill`, not by the trigger.
     pub manual: bool,
     /// Which attempt at its scheduled time this is: 1, then 2, 3, … for retries (see
@@ -164,9 +165,9 @@ pub struct RunRecord {
 impl RunRecord {
     /// A claimed run of `job_id` at `scheduled`, owned by `owner`, with a fresh run id.
     pub fn claimed(
-        job_id: impl Into<String>,
+        job_id: impl Into<ArcStr>,
         scheduled: DateTime<Utc>,
-        owner: impl Into<String>,
+        owner: impl Into<ArcStr>,
         now: DateTime<Utc>,
     ) -> Self {
         Self::claimed_as(RunId::next(), job_id, scheduled, owner, now)
@@ -175,9 +176,9 @@ impl RunRecord {
     /// [`claimed`](Self::claimed), with the run id `run_id`.
     pub(crate) fn claimed_as(
         run_id: RunId,
-        job_id: impl Into<String>,
+        job_id: impl Into<ArcStr>,
         scheduled: DateTime<Utc>,
-        owner: impl Into<String>,
+        owner: impl Into<ArcStr>,
         now: DateTime<Utc>,
     ) -> Self {
         RunRecord {
@@ -277,7 +278,7 @@ pub struct RunOutcome {
     /// The run.
     pub run_id: RunId,
     /// Its job (stores that index runs by job use it).
-    pub job_id: std::sync::Arc<str>,
+    pub job_id: ArcStr,
     /// The terminal state.
     pub state: RunState,
     /// When it started, if it did (a missed run never starts).
@@ -298,7 +299,7 @@ impl RunOutcome {
     /// The outcome `state` of run `run_id` of `job_id`, ended at `finished_at`.
     pub fn new(
         run_id: RunId,
-        job_id: impl Into<std::sync::Arc<str>>,
+        job_id: impl Into<ArcStr>,
         state: RunState,
         finished_at: DateTime<Utc>,
     ) -> Self {

@@ -393,7 +393,7 @@ async fn prepare(
         no_executor(inner, store_alias, store, job, due.removed, last, None).await;
         return None;
     };
-    let job_id: Arc<str> = Arc::from(job.id.as_str());
+    let job_id = arcstr::ArcStr::from(job.id.as_str());
     let Some(slot) = inner.instances.try_acquire(&job_id, job.max_instances) else {
         tracing::warn!(job_id = %job.id, "max_instances reached; run dropped");
         for _ in &run_times {

@@ -234,7 +234,7 @@ async fn start_unrecorded(
     let fail = |why: String| {
         tracing::error!(job_id = %r.job_id, %why, "a retry could not start");
         inner.events.emit(Event::JobError {
-            job_id: r.job_id.clone(),
+            job_id: r.job_id.to_string(),
             store: alias.to_string(),
             scheduled_run_time: r.scheduled,
             run_id: None,
@@ -248,7 +248,7 @@ async fn start_unrecorded(
     };
     if let Some(why) = too_late(inner, &job, r.due_at()) {
         inner.events.emit(Event::JobMissed {
-            job_id: r.job_id.clone(),
+            job_id: r.job_id.to_string(),
             store: alias.to_string(),
             scheduled_run_time: r.scheduled,
             run_id: None,
@@ -260,17 +260,9 @@ async fn start_unrecorded(
         return fail(format!("no executor named '{}'", job.executor));
     };
     let times = vec![r.scheduled];
-    if let Some(run) = inner.recorded_run(
-        alias,
-        &job,
-        times,
-        smallvec::SmallVec::new(),
-        r.manual,
-        true,
-        r.attempt,
-    ) {
+    if let Some(run) = inner.recorded_run(alias, &job, &r, times, smallvec::SmallVec::new(), true) {
         let event = inner.events.has_receivers().then(|| Event::JobSubmitted {
-            job_id: r.job_id.clone(),
+            job_id: r.job_id.to_string(),
             store: alias.to_string(),
             scheduled_run_times: vec![r.scheduled],
             run_ids: Vec::new(),
@@ -297,7 +289,7 @@ pub(super) fn retry_missed(inner: &Inner, alias: &Arc<str>, r: &RunRecord, why: 
     inner.ledger_outcome(alias, r, RunState::Missed, why);
     crate::stats::run_outcome("missed");
     inner.events.emit(Event::JobMissed {
-        job_id: r.job_id.clone(),
+        job_id: r.job_id.to_string(),
         store: alias.to_string(),
         scheduled_run_time: r.scheduled,
         run_id: Some(r.run_id),

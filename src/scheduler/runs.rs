@@ -97,24 +97,21 @@ impl Inner {
         self.run_context.writer.send(store.clone(), outcome);
     }
 
-    /// A run of `job` over `times` (attempt `attempt` at them), recorded as `ids`. It holds an instance slot with no
-    /// limit: the store has applied `max_instances`; the slot makes the run known to this
-    /// process (shutdown waits for it, a job can tell it runs inside it).
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "what a run is made of, each from a different source at each caller"
-    )]
+    /// A run of `job` over `times`, recorded as `ids`; `first` is the record of its first
+    /// time (the run shares its job id, and takes its manual flag and attempt). It holds an
+    /// instance slot with no limit: the store has applied `max_instances`; the slot makes
+    /// the run known to this process (shutdown waits for it, a job can tell it runs inside
+    /// it).
     pub(super) fn recorded_run(
         &self,
         store: &Arc<str>,
         job: &JobRecord,
+        first: &RunRecord,
         times: Vec<DateTime<Utc>>,
         ids: SmallVec<[RunId; 1]>,
-        manual: bool,
         lenient: bool,
-        attempt: u32,
     ) -> Option<JobRun> {
-        let job_id: Arc<str> = Arc::from(job.id.as_str());
+        let (job_id, manual, attempt) = (first.job_id.clone(), first.manual, first.attempt);
         let slot = self.instances.try_acquire(&job_id, u32::MAX)?;
         Some(
             JobRun::new(
@@ -226,11 +223,11 @@ fn report_abandoned(inner: &Inner, alias: &str, r: &RunRecord) {
         "a run's scheduler died after starting it; the run is abandoned (outcome unknown)");
     stats::run_outcome("abandoned");
     inner.events.emit(Event::JobAbandoned {
-        job_id: r.job_id.clone(),
+        job_id: r.job_id.to_string(),
         store: alias.to_string(),
         scheduled_run_time: r.scheduled,
         run_id: r.run_id,
-        owner: r.owner.clone(),
+        owner: r.owner.to_string(),
     });
 }
 
@@ -245,7 +242,7 @@ pub(super) async fn dispatch(
     runs: Vec<RunRecord>,
 ) {
     let listening = inner.events.has_receivers();
-    let mut by_job: BTreeMap<String, Vec<RunRecord>> = BTreeMap::new();
+    let mut by_job: BTreeMap<arcstr::ArcStr, Vec<RunRecord>> = BTreeMap::new();
     for r in runs {
         by_job.entry(r.job_id.clone()).or_default().push(r);
     }
@@ -254,7 +251,7 @@ pub(super) async fn dispatch(
         let parked = inner
             .life()
             .parked
-            .get(&(alias.to_string(), job_id.clone()))
+            .get(&(alias.to_string(), job_id.to_string()))
             .cloned();
         let job = match (store.lookup_job(&job_id).await, parked) {
             (Ok(Some(job)), _) | (Ok(None), Some(job)) => job,
@@ -305,19 +302,13 @@ pub(super) async fn dispatch(
             // lateness (a retry's was checked above).
             let lenient = r.manual || r.queued || r.retry_at.is_some();
             let times = vec![r.scheduled];
-            let Some(run) = inner.recorded_run(
-                alias,
-                &job,
-                times,
-                smallvec![r.run_id],
-                r.manual,
-                lenient,
-                r.attempt,
-            ) else {
+            let Some(run) =
+                inner.recorded_run(alias, &job, &r, times, smallvec![r.run_id], lenient)
+            else {
                 continue;
             };
             let event = listening.then(|| Event::JobSubmitted {
-                job_id: job_id.clone(),
+                job_id: job_id.to_string(),
                 store: alias.to_string(),
                 scheduled_run_times: vec![r.scheduled],
                 run_ids: vec![r.run_id],
@@ -360,10 +351,12 @@ pub(super) async fn prepare_recorded(
     let mut times = std::mem::take(&mut due.run_times);
     times.clear();
     let mut ids = SmallVec::new();
+    let mut first = None;
     let (mut skipped_times, mut skipped_ids) = (Vec::new(), Vec::new());
     for r in &due.runs {
         match r.state {
             RunState::Claimed if !r.queued => {
+                first.get_or_insert(r);
                 times.push(r.scheduled);
                 ids.push(r.run_id);
             }
@@ -390,7 +383,7 @@ pub(super) async fn prepare_recorded(
         }
         inner.events.emit_opt(event);
     }
-    let Some(&last) = times.last() else {
+    let (Some(&last), Some(first)) = (times.last(), first) else {
         return (None, None);
     };
     let Some(executor) = executor else {
@@ -409,7 +402,7 @@ pub(super) async fn prepare_recorded(
         scheduled_run_times: times.clone(),
         run_ids: ids.to_vec(),
     });
-    match inner.recorded_run(alias, job, times, ids, false, false, 1) {
+    match inner.recorded_run(alias, job, first, times, ids, false) {
         Some(run) => (event, Some((executor, run))),
         None => (None, None),
     }

@@ -66,7 +66,8 @@ use crate::task::TaskRegistry;
 #[non_exhaustive]
 pub struct StoreContext {
     alias: String,
-    scheduler_id: String,
+    /// Shared: every run record this scheduler plans holds it.
+    scheduler_id: arcstr::ArcStr,
     lease: Duration,
     tasks: Arc<TaskRegistry>,
     wakeup: Arc<Notify>,
@@ -88,7 +89,7 @@ impl StoreContext {
     ) -> Self {
         StoreContext {
             alias: alias.into(),
-            scheduler_id: scheduler_id.into(),
+            scheduler_id: scheduler_id.into().into(),
             lease,
             tasks,
             wakeup,
@@ -130,6 +131,11 @@ impl StoreContext {
     /// This scheduler's identity, `host-pid-random` by default: the owner a store writes
     /// into the leases it takes.
     pub fn scheduler_id(&self) -> &str {
+        &self.scheduler_id
+    }
+
+    /// [`scheduler_id`](Self::scheduler_id) as the run records hold it (no copy).
+    pub(crate) fn owner(&self) -> &arcstr::ArcStr {
         &self.scheduler_id
     }
 

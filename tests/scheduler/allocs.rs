@@ -132,12 +132,13 @@ async fn allocations_per_run(listening: bool, ledger: bool) -> f64 {
 /// Listened to, each run adds its events: `JOB_SUBMITTED` (job id, store, due times, run
 /// ids) and `JOB_EXECUTED` (job id, store), 5 allocations.
 ///
-/// That is with the run ledger off. With it on (the default), measured 7.25: 3 more per
-/// run, the record the claim returns (its job id and owner strings, the claim's list of
-/// records). The run's ids are inline in the run. The memory store's own copy of a record
-/// goes into a slab when the store's journal is settled, by the next call that reads or
-/// writes runs, usually the writing of outcomes after the runs: not on the run path, and
-/// with no allocation per record.
+/// That is with the run ledger off. With it on (the default), measured 4.25: the same 4.
+/// The claim's list of records replaces the run's job id, which the run shares with its
+/// records (`RunRecord::job_id`, the memory store's key), as their owner is the scheduler's
+/// one shared id: no string is copied per run. The run's ids are inline in the run. The
+/// memory store's own copy of a record goes into a slab when the store's journal is
+/// settled, by the next call that reads or writes runs, usually the writing of outcomes
+/// after the runs: not on the run path, and with no allocation per record.
 #[tokio::test(start_paused = true)]
 async fn allocations_per_run_stay_few() {
     let quiet = allocations_per_run(false, false).await;
@@ -152,7 +153,7 @@ async fn allocations_per_run_stay_few() {
         quiet <= bound,
         "{quiet} allocations per run (the bound is {bound}): see what was added to the run path"
     );
-    let ledger_bound = bound + 3.1;
+    let ledger_bound = bound + 0.1;
     assert!(
         recorded <= ledger_bound,
         "{recorded} allocations per run with the run ledger (the bound is {ledger_bound}): \

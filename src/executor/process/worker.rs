@@ -137,7 +137,7 @@ fn context_from_env(scheduler: crate::Scheduler) -> Result<JobContext, JobError>
         .map_err(|e| bad("attempt", &e))?;
     let manual = var(manual)? == "1";
     Ok(JobContext::new(
-        std::sync::Arc::from(var(id)?.as_str()),
+        var(id)?.into(),
         Some(std::sync::Arc::from(var(name)?.as_str())),
         scheduled,
         RunId::from_raw(run_id),

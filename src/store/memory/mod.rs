@@ -5,6 +5,7 @@ mod runs;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
+use arcstr::ArcStr;
 use chrono::{DateTime, Utc};
 
 use super::{DueJob, JobStore, StoreContext};
@@ -33,9 +34,9 @@ struct Inner {
     /// of it, so small buckets (a key and a pointer) keep the resident size close to the
     /// jobs' own. Shared (not boxed): a claim hands the loop this copy (see
     /// [`DueJob::claim_shared`]) rather than a clone.
-    jobs: HashMap<Arc<str>, Arc<JobRecord>, crate::job::JobIdState>,
+    jobs: HashMap<ArcStr, Arc<JobRecord>, crate::job::JobIdState>,
     /// Unpaused jobs by (next run time, id).
-    due_index: BTreeSet<(DateTime<Utc>, Arc<str>)>,
+    due_index: BTreeSet<(DateTime<Utc>, ArcStr)>,
     /// The last version written. Versions come from this one store-wide counter, so a job
     /// removed and added again never repeats a version of the job it replaces (a writer
     /// holding a read of the old one is fenced).
@@ -55,7 +56,7 @@ impl Inner {
     }
 
     fn insert(&mut self, job: JobRecord) {
-        let id: Arc<str> = Arc::from(job.id.as_str());
+        let id = ArcStr::from(job.id.as_str());
         if let Some(t) = job.next_run_time {
             self.due_index.insert((t, id.clone()));
         }
@@ -208,7 +209,7 @@ impl JobStore for MemoryStore {
             if let Some(ctx) = self.ctx.get() {
                 if !claimed.run_times.is_empty() || claimed.skipped_from.is_some() {
                     let active = inner.runs.active_of(&key);
-                    claimed.plan_runs(ctx, now, &active);
+                    claimed.plan_runs_of(key.clone(), ctx, now, &active);
                     inner.runs.record_claim(&key, &claimed);
                 }
             }

@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use arcstr::ArcStr;
 use chrono::{DateTime, Utc};
 use smallvec::SmallVec;
 
@@ -21,11 +22,11 @@ pub(super) struct Runs {
     by_id: Records,
     /// The owner of the last record stored (nearly always this scheduler), shared by the
     /// records it owns.
-    owner: Option<Arc<str>>,
+    owner: Option<ArcStr>,
     /// Each job's kept and active runs.
-    by_job: HashMap<Arc<str>, JobRuns, crate::job::JobIdState>,
+    by_job: HashMap<ArcStr, JobRuns, crate::job::JobIdState>,
     /// Jobs with queued runs or runs asked to stop: what the ledger pass looks at.
-    attention: BTreeSet<Arc<str>>,
+    attention: BTreeSet<ArcStr>,
     /// When finished runs were last pruned by age.
     aged_at: Option<DateTime<Utc>>,
     /// The plain records (claimed, not queued) of recent claims, not yet in the indexes
@@ -52,15 +53,15 @@ const JOURNAL_MAX: usize = 4096;
 #[derive(Debug, Default)]
 struct Records {
     keys: HashMap<RunId, usize, crate::job::RunIdState>,
-    slab: slab::Slab<Stored>,
+    slab: slab::Slab<RunRecord>,
 }
 
 impl Records {
-    fn get(&self, id: &RunId) -> Option<&Stored> {
+    fn get(&self, id: &RunId) -> Option<&RunRecord> {
         self.keys.get(id).and_then(|&k| self.slab.get(k))
     }
 
-    fn get_mut(&mut self, id: &RunId) -> Option<&mut Stored> {
+    fn get_mut(&mut self, id: &RunId) -> Option<&mut RunRecord> {
         self.keys.get(id).and_then(|&k| self.slab.get_mut(k))
     }
 
@@ -69,7 +70,7 @@ impl Records {
     }
 
     /// Stores the record of run `id`, in place of the one it had.
-    fn insert(&mut self, id: RunId, stored: Stored) {
+    fn insert(&mut self, id: RunId, stored: RunRecord) {
         if let Some(slot) = self.get_mut(&id) {
             *slot = stored;
         } else {
@@ -135,22 +136,12 @@ impl ActiveIds {
     }
 }
 
-/// A record as the store keeps it: its job id and owner shared (the job's key, one string
-/// per scheduler) rather than two strings of its own per run; `run` holds the rest, with
-/// those two fields left empty.
-#[derive(Debug, Clone)]
-struct Stored {
-    run: RunRecord,
-    job_id: Arc<str>,
-    owner: Arc<str>,
-}
-
 /// A claimed run in the journal: what a claim's plain records (see [`fits`](Self::fits))
-/// do not have in common, a third of a [`Stored`] record's size.
+/// do not have in common, a fraction of a record's size.
 #[derive(Debug)]
 struct Journaled {
-    job_id: Arc<str>,
-    owner: Arc<str>,
+    job_id: ArcStr,
+    owner: ArcStr,
     run_id: RunId,
     scheduled: DateTime<Utc>,
     submitted_at: DateTime<Utc>,
@@ -174,52 +165,20 @@ impl Journaled {
             && r.output.is_none()
     }
 
-    /// The record as the indexes keep it (its strings left empty, as [`Stored`] keeps
-    /// them).
-    fn stored(self) -> Stored {
+    /// The full record, as the indexes keep it.
+    fn record(self) -> RunRecord {
         let mut run = RunRecord::claimed_as(
             self.run_id,
-            String::new(),
+            self.job_id,
             self.scheduled,
-            String::new(),
+            self.owner,
             self.submitted_at,
         );
         if self.started_at.is_some() {
             run.state = RunState::Started;
             run.started_at = self.started_at;
         }
-        Stored {
-            run,
-            job_id: self.job_id,
-            owner: self.owner,
-        }
-    }
-}
-
-impl Stored {
-    /// `run` as stored: its strings replaced by the shared `key` and `owner`.
-    fn new(key: &Arc<str>, owner: Arc<str>, run: &RunRecord) -> Self {
-        // Every field but the two strings is copied; those two are shared.
-        let hollow = RunRecord {
-            job_id: String::new(),
-            owner: String::new(),
-            error: run.error.clone(),
-            output: run.output.clone(),
-            ..*run
-        };
-        Stored {
-            run: hollow,
-            job_id: key.clone(),
-            owner,
-        }
-    }
-
-    /// The full record.
-    fn record(&self) -> RunRecord {
-        let mut r = self.run.clone();
-        r.job_id = self.job_id.to_string();
-        r.owner = self.owner.to_string();
-        r
+        run
     }
 }
 
@@ -235,7 +194,7 @@ impl Runs {
             .flat_map(|j| j.active.iter())
         {
             if let Some(r) = self.by_id.get(id) {
-                active.push(r.run.run_id, r.run.state, r.run.queued);
+                active.push(r.run_id, r.state, r.queued);
             }
         }
         active
@@ -243,7 +202,7 @@ impl Runs {
 
     /// Writes what a claim planned: its records (the plain ones to the journal), and the
     /// cancel flags.
-    pub(super) fn record_claim(&mut self, key: &Arc<str>, due: &DueJob) {
+    pub(super) fn record_claim(&mut self, key: &ArcStr, due: &DueJob) {
         self.flag_cancel(key, &due.cancel);
         for r in &due.runs {
             if Journaled::fits(r) {
@@ -272,18 +231,18 @@ impl Runs {
         }
         let mut journal = std::mem::take(&mut self.journal);
         for entry in journal.drain(..) {
-            self.index(entry.stored());
+            self.index(entry.record());
         }
         self.journal = journal;
         self.cursor = 0;
     }
 
     /// The shared owner string for `owner`.
-    fn owner(&mut self, owner: &str) -> Arc<str> {
+    fn owner(&mut self, owner: &str) -> ArcStr {
         match &self.owner {
             Some(o) if **o == *owner => o.clone(),
             _ => {
-                let o: Arc<str> = Arc::from(owner);
+                let o = ArcStr::from(owner);
                 self.owner = Some(o.clone());
                 o
             }
@@ -291,15 +250,18 @@ impl Runs {
     }
 
     /// Stores `run` of the job `key` in the indexes.
-    pub(super) fn insert(&mut self, key: &Arc<str>, run: &RunRecord) {
+    pub(super) fn insert(&mut self, key: &ArcStr, run: &RunRecord) {
         let owner = self.owner(&run.owner);
-        self.index(Stored::new(key, owner, run));
+        self.index(RunRecord {
+            job_id: key.clone(),
+            owner,
+            ..run.clone()
+        });
     }
 
-    fn index(&mut self, stored: Stored) {
-        let (key, run) = (&stored.job_id, &stored.run);
+    fn index(&mut self, run: RunRecord) {
         // One lookup (the id hashed once): cloning the key is an increment.
-        let job = self.by_job.entry(key.clone()).or_default();
+        let job = self.by_job.entry(run.job_id.clone()).or_default();
         let entry = (run.scheduled, run.run_id);
         let at = job.all.partition_point(|k| *k < entry);
         if job.all.get(at) != Some(&entry) {
@@ -309,9 +271,9 @@ impl Runs {
             job.active.push(run.run_id);
         }
         if run.queued {
-            self.attention.insert(key.clone());
+            self.attention.insert(run.job_id.clone());
         }
-        self.by_id.insert(run.run_id, stored);
+        self.by_id.insert(run.run_id, run);
     }
 
     /// Adds records made outside a claim (retries), keeping any already stored: by run id,
@@ -330,23 +292,23 @@ impl Runs {
                         .skip(from)
                         .take_while(|(t, _)| *t == run.scheduled)
                         .filter_map(|(_, id)| self.by_id.get(id))
-                        .any(|r| !r.run.manual && r.run.attempt == run.attempt)
+                        .any(|r| !r.manual && r.attempt == run.attempt)
                 });
             if !taken {
-                let key: Arc<str> = Arc::from(run.job_id.as_str());
+                let key = run.job_id.clone();
                 self.insert(&key, run);
             }
         }
     }
 
-    pub(super) fn flag_cancel(&mut self, key: &Arc<str>, ids: &[RunId]) {
+    pub(super) fn flag_cancel(&mut self, key: &ArcStr, ids: &[RunId]) {
         if ids.is_empty() {
             return;
         }
         self.settle();
         for id in ids {
             if let Some(r) = self.by_id.get_mut(id) {
-                r.run.cancel_requested = true;
+                r.cancel_requested = true;
                 self.attention.insert(key.clone());
             }
         }
@@ -357,17 +319,15 @@ impl Runs {
         for id in ids {
             let Some(s) = self.by_id.get_mut(id) else {
                 if let Some(j) = find_journaled(&mut self.journal, &mut self.cursor, *id) {
-                    if j.started_at.is_none() && *j.owner == *owner {
+                    if j.started_at.is_none() && j.owner == owner {
                         j.started_at = Some(now);
                         started.push(*id);
                     }
                 }
                 continue;
             };
-            let Stored {
-                run: r, owner: o, ..
-            } = s;
-            if r.state == RunState::Claimed && **o == *owner {
+            let r = s;
+            if r.state == RunState::Claimed && r.owner == owner {
                 r.state = RunState::Started;
                 r.started_at = Some(now);
                 r.queued = false;
@@ -385,7 +345,7 @@ impl Runs {
             let Some(r) = self.by_id.get_mut(&o.run_id) else {
                 continue;
             };
-            if !r.run.apply(o) {
+            if !r.apply(o) {
                 continue;
             }
             let Some(job) = self.by_job.get_mut(&*o.job_id) else {
@@ -399,7 +359,7 @@ impl Runs {
             if over > 0 {
                 let by_id = &mut self.by_id;
                 job.all.retain(|(_, id)| {
-                    let finished = by_id.get(id).is_none_or(|r| r.run.state.is_terminal());
+                    let finished = by_id.get(id).is_none_or(|r| r.state.is_terminal());
                     if over > 0 && finished {
                         over -= 1;
                         by_id.remove(id);
@@ -427,7 +387,7 @@ impl Runs {
     /// runs of `owner` flagged for cancellation, and prunes by age (at most once a minute).
     pub(super) fn tick(
         &mut self,
-        jobs: &HashMap<Arc<str>, Arc<JobRecord>, crate::job::JobIdState>,
+        jobs: &HashMap<ArcStr, Arc<JobRecord>, crate::job::JobIdState>,
         owner: &str,
         now: DateTime<Utc>,
         retention: RunRetention,
@@ -435,14 +395,14 @@ impl Runs {
     ) -> RunTick {
         self.settle();
         let mut tick = RunTick::default();
-        let watched: Vec<Arc<str>> = self.attention.iter().cloned().collect();
+        let watched: Vec<ArcStr> = self.attention.iter().cloned().collect();
         for job_id in watched {
             let active: Vec<RunRecord> = self
                 .by_job
                 .get(&job_id)
                 .into_iter()
                 .flat_map(|j| j.active.iter())
-                .filter_map(|id| self.by_id.get(id).map(|s| s.record()))
+                .filter_map(|id| self.by_id.get(id).cloned())
                 .collect();
             let mut flagged = false;
             for r in &active {
@@ -472,9 +432,9 @@ impl Runs {
             let new_owner = self.owner(owner);
             for id in promote {
                 if let Some(r) = self.by_id.get_mut(&id) {
-                    r.run.queued = false;
+                    r.queued = false;
                     r.owner = new_owner.clone();
-                    tick.promoted.push(r.record());
+                    tick.promoted.push(r.clone());
                 }
             }
         }
@@ -498,7 +458,7 @@ impl Runs {
             keep.clear();
             keep.resize(job.all.len(), true);
             for (key, kept) in job.all.iter().zip(keep.iter_mut()).rev() {
-                let Some(Stored { run: r, .. }) = by_id.get(&key.1) else {
+                let Some(r) = by_id.get(&key.1) else {
                     continue;
                 };
                 if r.state.is_active() {
@@ -529,8 +489,8 @@ impl Runs {
         let mut scan = |runs: &[(DateTime<Utc>, RunId)]| {
             for key in runs.iter().rev() {
                 if let Some(r) = self.by_id.get(&key.1) {
-                    if rest.matches(&r.run) {
-                        out.push(r.record());
+                    if rest.matches(r) {
+                        out.push(r.clone());
                     }
                 }
             }
@@ -548,7 +508,7 @@ impl Runs {
 
     pub(super) fn get(&mut self, id: RunId) -> Option<RunRecord> {
         self.settle();
-        self.by_id.get(&id).map(|s| s.record())
+        self.by_id.get(&id).cloned()
     }
 }
 

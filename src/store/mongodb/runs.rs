@@ -109,9 +109,9 @@ pub(super) fn id_bson(id: RunId) -> i64 {
 pub(super) fn run_doc(r: &RunRecord) -> Document {
     doc! {
         "_id": id_bson(r.run_id),
-        "job_id": &r.job_id,
+        "job_id": r.job_id.as_str(),
         "scheduled": micros(r.scheduled),
-        "owner": &r.owner,
+        "owner": r.owner.as_str(),
         "manual": r.manual,
         "attempt": i64::from(r.attempt),
         "state": r.state.as_str(),

@@ -278,8 +278,8 @@ impl Client {
             } else {
                 time_text(r.scheduled)
             };
-            inv.arg(&r.job_id)
-                .arg(&r.owner)
+            inv.arg(r.job_id.as_bytes())
+                .arg(r.owner.as_bytes())
                 .arg(slot)
                 .arg(r.attempt.to_string());
             push_run(&mut inv, r);

@@ -124,9 +124,9 @@ fn flag(b: bool) -> String {
 pub(super) fn run_fields(r: &RunRecord) -> Vec<(&'static str, String)> {
     let mut f = vec![
         ("run_id", r.run_id.to_string()),
-        ("job_id", r.job_id.clone()),
+        ("job_id", r.job_id.to_string()),
         ("scheduled", time_text(r.scheduled)),
-        ("owner", r.owner.clone()),
+        ("owner", r.owner.to_string()),
         ("manual", flag(r.manual)),
         ("attempt", r.attempt.to_string()),
         ("state", r.state.as_str().to_string()),

@@ -99,7 +99,8 @@ where
         let job_id = job_id
             .as_ref()
             .map_err(|e| format!("its `job_id` column: {e}"))?
-            .clone();
+            .as_str()
+            .into();
         let state: String = row.try_get(7).map_err(|e| col("state", e))?;
         let attempt: i64 = row.try_get(6).map_err(|e| col("attempt", e))?;
         Ok(RunRecord {
@@ -109,7 +110,10 @@ where
                 "scheduled",
                 row.try_get(2).map_err(|e| col("scheduled", e))?,
             )?,
-            owner: row.try_get(4).map_err(|e| col("owner", e))?,
+            owner: row
+                .try_get::<String, _>(4)
+                .map_err(|e| col("owner", e))?
+                .into(),
             manual: row.try_get(5).map_err(|e| col("manual", e))?,
             attempt: u32::try_from(attempt)
                 .map_err(|_| format!("its attempt {attempt} is out of range"))?,

@@ -186,13 +186,13 @@ where
         }
         tx.commit().await?;
         for mut r in claimed {
-            r.owner = me.to_string();
+            r.owner = me.into();
             if !r.queued {
                 tick.dispatch.push(r);
             }
         }
         for mut r in started {
-            r.error = errors.get(&r.owner).cloned();
+            r.error = errors.get(r.owner.as_str()).cloned();
             r.state = RunState::Abandoned;
             r.finished_at = Some(now);
             r.queued = false;
@@ -253,7 +253,7 @@ where
         for j in &jobs {
             q = q.bind(j.as_str());
         }
-        let mut by_job: HashMap<String, Vec<RunRecord>> = HashMap::new();
+        let mut by_job: HashMap<arcstr::ArcStr, Vec<RunRecord>> = HashMap::new();
         for row in q.fetch_all(&mut *tx).await? {
             if let Some(r) = self.readable(st, read_run::<DB>(&row)) {
                 by_job.entry(r.job_id.clone()).or_default().push(r);
@@ -262,7 +262,7 @@ where
         let mut promoted: Vec<RunRecord> = Vec::new();
         for (job, runs) in by_job {
             // A job removed meanwhile keeps one instance, as in the memory store.
-            let max = max.get(&job).copied().unwrap_or(1);
+            let max = max.get(&*job).copied().unwrap_or(1);
             let running = runs
                 .iter()
                 .filter(|r| !r.queued && !st.ctx.is_finishing(r.run_id))
@@ -288,7 +288,7 @@ where
         promoted.sort_by_key(|r| (r.scheduled, r.submitted_at, r.run_id));
         for mut r in promoted {
             r.queued = false;
-            r.owner = me.to_string();
+            r.owner = me.into();
             tick.promoted.push(r);
         }
         Ok(())
