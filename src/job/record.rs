@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use arcstr::ArcStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +17,18 @@ use crate::trigger::TriggerSpec;
 /// still be retried: the scheduler removes the job once that run has its final outcome.
 pub const KEPT_FOR_RETRIES: &str =
     "its trigger has no fire time left; it is kept until its last run's retries end";
+
+/// The default executor's alias, shared by every job that runs on it.
+pub(crate) const DEFAULT_EXECUTOR: ArcStr = arcstr::literal!("default");
+
+/// `alias` as a job keeps it: the default executor's without an allocation.
+pub(crate) fn executor_alias(alias: impl AsRef<str> + Into<ArcStr>) -> ArcStr {
+    if alias.as_ref() == DEFAULT_EXECUTOR {
+        DEFAULT_EXECUTOR
+    } else {
+        alias.into()
+    }
+}
 
 /// A lease on a job held by one scheduler while it processes the job's due runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,8 +55,9 @@ pub struct JobRecord {
     pub callable: Callable,
     /// When it fires.
     pub trigger: TriggerSpec,
-    /// The executor alias that runs it.
-    pub executor: String,
+    /// The executor alias that runs it. Shared ([`ArcStr`]): `"default"` is a static
+    /// string, so the jobs on the default executor hold no copy of it.
+    pub executor: ArcStr,
     /// How late a run may start; `None` = any lateness.
     pub misfire_grace_time: Option<Duration>,
     /// Whether a backlog of due times runs once.
@@ -206,7 +220,7 @@ impl JobRecord {
             name: None,
             callable,
             trigger: trigger.into(),
-            executor: "default".into(),
+            executor: DEFAULT_EXECUTOR,
             misfire_grace_time: defaults.misfire_grace_time,
             coalesce: defaults.coalesce,
             max_instances: defaults.max_instances,
@@ -248,7 +262,7 @@ impl JobRecord {
             name: self.name.clone(),
             callable,
             trigger: self.trigger.clone(),
-            executor: self.executor.clone(),
+            executor: self.executor.to_string(),
             misfire_grace_time: self.misfire_grace_time,
             coalesce: self.coalesce,
             max_instances: self.max_instances,
@@ -280,7 +294,7 @@ impl JobRecord {
             name: s.name,
             callable: s.callable.into(),
             trigger: s.trigger,
-            executor: s.executor,
+            executor: executor_alias(s.executor),
             misfire_grace_time: s.misfire_grace_time,
             coalesce: s.coalesce,
             max_instances: s.max_instances,
@@ -297,5 +311,32 @@ impl JobRecord {
             version,
             lease,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trigger::Interval;
+
+    /// Jobs on the default executor share its static alias (no allocation per job), new or
+    /// loaded; another alias is kept as given.
+    #[test]
+    fn the_default_executor_alias_is_shared() {
+        let every = Interval::new(Duration::from_secs(60)).unwrap();
+        let task = Callable::Task {
+            name: "t".into(),
+            args: serde_json::Value::Null,
+        };
+        let job = JobRecord::new("a", task, every);
+        assert!(ArcStr::is_static(&job.executor));
+        let loaded = JobRecord::from_json(&job.to_json().unwrap(), 1, None).unwrap();
+        assert_eq!(loaded.executor, "default");
+        assert!(ArcStr::is_static(&loaded.executor));
+        let mut other = job.clone();
+        other.executor = executor_alias("pool");
+        let loaded = JobRecord::from_json(&other.to_json().unwrap(), 1, None).unwrap();
+        assert_eq!(loaded.executor, "pool");
+        assert!(!ArcStr::is_static(&loaded.executor));
     }
 }

@@ -63,7 +63,7 @@ impl Job {
             name: r.name.clone().unwrap_or_else(|| r.id.clone()),
             callable: r.callable.describe(),
             trigger: r.trigger.clone(),
-            executor: r.executor.clone(),
+            executor: r.executor.to_string(),
             store: store.to_string(),
             misfire_grace_time: r.misfire_grace_time,
             coalesce: r.coalesce,

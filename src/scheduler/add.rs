@@ -344,7 +344,7 @@ impl AddJob {
             name: self.name,
             callable,
             trigger,
-            executor: executor_alias,
+            executor: crate::job::executor_alias(executor_alias),
             misfire_grace_time,
             coalesce: self.coalesce.unwrap_or(inner.defaults.coalesce),
             max_instances,

@@ -212,7 +212,7 @@ impl Scheduler {
                         id: job.id.clone(),
                         reason: format!("executor '{alias}': {reason}"),
                     })?;
-                job.executor = alias.clone();
+                job.executor = crate::job::executor_alias(alias.as_str());
             }
             if let Some(v) = c.name {
                 job.name = Some(v);
