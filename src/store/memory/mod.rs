@@ -277,13 +277,11 @@ impl JobStore for MemoryStore {
             return Ok(RunTick::default());
         };
         let inner = &mut *self.lock();
-        Ok(inner.runs.tick(
-            &inner.jobs,
-            ctx.scheduler_id(),
-            now,
-            ctx.run_retention(),
-            |id| ctx.is_finishing(id),
-        ))
+        Ok(inner
+            .runs
+            .tick(&inner.jobs, ctx.owner(), now, ctx.run_retention(), |id| {
+                ctx.is_finishing(id)
+            }))
     }
 
     fn tick_wanted(&self, now: DateTime<Utc>) -> bool {

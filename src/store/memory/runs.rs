@@ -20,9 +20,6 @@ use crate::store::DueJob;
 pub(super) struct Runs {
     /// Every record, by id.
     by_id: Records,
-    /// The owner of the last record stored (nearly always this scheduler), shared by the
-    /// records it owns.
-    owner: Option<ArcStr>,
     /// Each job's kept and active runs.
     by_job: HashMap<ArcStr, JobRuns, crate::job::JobIdState>,
     /// Jobs with queued runs or runs asked to stop: what the ledger pass looks at.
@@ -209,10 +206,9 @@ impl Runs {
                 if self.journal.len() >= JOURNAL_MAX {
                     self.settle();
                 }
-                let owner = self.owner(&r.owner);
                 self.journal.push(Journaled {
                     job_id: key.clone(),
-                    owner,
+                    owner: r.owner.clone(),
                     run_id: r.run_id,
                     scheduled: r.scheduled,
                     submitted_at: r.submitted_at,
@@ -237,24 +233,10 @@ impl Runs {
         self.cursor = 0;
     }
 
-    /// The shared owner string for `owner`.
-    fn owner(&mut self, owner: &str) -> ArcStr {
-        match &self.owner {
-            Some(o) if **o == *owner => o.clone(),
-            _ => {
-                let o = ArcStr::from(owner);
-                self.owner = Some(o.clone());
-                o
-            }
-        }
-    }
-
     /// Stores `run` of the job `key` in the indexes.
     pub(super) fn insert(&mut self, key: &ArcStr, run: &RunRecord) {
-        let owner = self.owner(&run.owner);
         self.index(RunRecord {
             job_id: key.clone(),
-            owner,
             ..run.clone()
         });
     }
@@ -388,7 +370,7 @@ impl Runs {
     pub(super) fn tick(
         &mut self,
         jobs: &HashMap<ArcStr, Arc<JobRecord>, crate::job::JobIdState>,
-        owner: &str,
+        owner: &ArcStr,
         now: DateTime<Utc>,
         retention: RunRetention,
         is_finishing: impl Fn(RunId) -> bool,
@@ -408,7 +390,7 @@ impl Runs {
             for r in &active {
                 if r.state == RunState::Started && r.cancel_requested {
                     flagged = true;
-                    if r.owner == owner {
+                    if r.owner == *owner {
                         tick.cancel.push(r.run_id);
                     }
                 }
@@ -429,11 +411,10 @@ impl Runs {
                 .take(max.saturating_sub(running))
                 .map(|q| q.run_id)
                 .collect();
-            let new_owner = self.owner(owner);
             for id in promote {
                 if let Some(r) = self.by_id.get_mut(&id) {
                     r.queued = false;
-                    r.owner = new_owner.clone();
+                    r.owner = owner.clone();
                     tick.promoted.push(r.clone());
                 }
             }
