@@ -8,7 +8,7 @@ use std::time::Duration;
 use apsched::job::JobContext;
 use apsched::ledger::{RunFilter, RunRecord, RunState};
 use apsched::trigger::{Date, Interval};
-use apsched::{RetryPolicy, Scheduler};
+use apsched::{RetryPolicy, RunId, Scheduler};
 use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::multiprocess::store_for;
@@ -56,6 +56,16 @@ async fn wait_runs(
         assert!(Utc::now() < give_up, "{what}: {runs:#?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The id of job `j`'s run once `s` has started it.
+async fn started_run(s: &Scheduler) -> RunId {
+    let is_started = |r: &RunRecord| r.state == RunState::Started;
+    let runs = wait_runs(s, "the run never started", |r| r.iter().any(is_started)).await;
+    runs.into_iter()
+        .find(is_started)
+        .map(|r| r.run_id)
+        .expect("wait_runs returns once a run has started")
 }
 
 /// A one-shot job fails its first attempt; its retry (3 s later) is waiting when its
@@ -221,11 +231,7 @@ async fn a_scheduler_back_under_its_id_abandons_its_previous_lifes_runs_postgres
         })
         .await
         .unwrap();
-    let started = wait_runs(&a, "the run never started", |r| {
-        r.iter().any(|r| r.state == RunState::Started)
-    })
-    .await;
-    let run_id = started[0].run_id;
+    let run_id = started_run(&a).await;
     // The process "dies": its tasks are dropped where they stand.
     doomed.shutdown_background();
     drop(a);
@@ -268,11 +274,7 @@ async fn a_paused_or_draining_scheduler_keeps_its_runs_postgres() {
         .id("j")
         .await
         .unwrap();
-    let started = wait_runs(&a, "the run never started", |r| {
-        r.iter().any(|r| r.state == RunState::Started)
-    })
-    .await;
-    let run_id = started[0].run_id;
+    let run_id = started_run(&a).await;
     a.pause().unwrap();
     // `b` starts once `a` has started the run, so that the run is `a`'s.
     let b = scheduler(&tdb.url, &ns, "b");

@@ -186,7 +186,7 @@ where
         }
         tx.commit().await?;
         for mut r in claimed {
-            r.owner = me.into();
+            r.owner = st.ctx.owner().clone();
             if !r.queued {
                 tick.dispatch.push(r);
             }
@@ -288,7 +288,7 @@ where
         promoted.sort_by_key(|r| (r.scheduled, r.submitted_at, r.run_id));
         for mut r in promoted {
             r.queued = false;
-            r.owner = me.into();
+            r.owner = st.ctx.owner().clone();
             tick.promoted.push(r);
         }
         Ok(())

@@ -8,8 +8,30 @@ use std::future::Future;
 use super::fixtures::at;
 use super::ledger::{claim, executed, job, states, Harness};
 use crate::job::Overlap;
-use crate::ledger::{RunOutcome, RunState};
+use crate::ledger::{RunOutcome, RunRecord, RunState};
 use crate::store::{JobStore, StoreContext};
+
+/// Two schedulers sharing a fresh namespace for `test`, and job `a` (every 10 s, one
+/// instance, `overlap`) whose first run s1 has claimed and started at 0: the start of
+/// each overlap case.
+async fn one_running<F, Fut, S>(
+    h: &Harness<'_, F>,
+    test: &str,
+    overlap: Overlap,
+) -> (S, S, RunRecord)
+where
+    F: Fn(String, StoreContext) -> Fut,
+    Fut: Future<Output = S>,
+    S: JobStore,
+{
+    let ns = Harness::<F>::namespace(test);
+    let s1 = h.store(&ns, "s1").await;
+    let s2 = h.store(&ns, "s2").await;
+    s1.add_job(job("a", 10, 1, overlap), false).await.unwrap();
+    let first = claim(&s1, at(0)).await.remove(0);
+    s1.start_runs(&[first.run_id], at(0)).await.unwrap();
+    (s1, s2, first)
+}
 
 /// `max_instances` and the policies hold across two schedulers sharing the store.
 pub(super) async fn overlap_across_schedulers<F, Fut, S>(h: &Harness<'_, F>)
@@ -18,14 +40,7 @@ where
     Fut: Future<Output = S>,
     S: JobStore,
 {
-    let ns = Harness::<F>::namespace("overlap2");
-    let s1 = h.store(&ns, "s1").await;
-    let s2 = h.store(&ns, "s2").await;
-    s1.add_job(job("a", 10, 1, Overlap::Skip), false)
-        .await
-        .unwrap();
-    let first = claim(&s1, at(0)).await;
-    s1.start_runs(&[first[0].run_id], at(0)).await.unwrap();
+    let (s1, s2, first) = one_running(h, "overlap2", Overlap::Skip).await;
     // s2 claims the next slot while s1's run is still going: skipped.
     let second = claim(&s2, at(10)).await;
     assert_eq!(
@@ -35,9 +50,7 @@ where
     );
     assert_eq!(second[0].owner, "s2");
     // Once s1's run has finished, s2 runs the next slot.
-    s1.finish_runs(&[executed(&first[0], at(15))])
-        .await
-        .unwrap();
+    s1.finish_runs(&[executed(&first, at(15))]).await.unwrap();
     let third = claim(&s2, at(20)).await;
     assert_eq!(states(&third), vec![RunState::Claimed]);
     // A manual run from s1 sees s2's claimed run as active too.
@@ -52,14 +65,7 @@ where
     Fut: Future<Output = S>,
     S: JobStore,
 {
-    let ns = Harness::<F>::namespace("promote");
-    let s1 = h.store(&ns, "s1").await;
-    let s2 = h.store(&ns, "s2").await;
-    s1.add_job(job("a", 10, 1, Overlap::BufferAll), false)
-        .await
-        .unwrap();
-    let first = claim(&s1, at(0)).await.remove(0);
-    s1.start_runs(&[first.run_id], at(0)).await.unwrap();
+    let (s1, s2, first) = one_running(h, "promote", Overlap::BufferAll).await;
     let queued = claim(&s2, at(10)).await.remove(0);
     assert!(queued.queued && queued.state == RunState::Claimed);
     // Nothing to promote while the instance is busy; s2 cannot start a queued run.
@@ -91,14 +97,7 @@ where
     Fut: Future<Output = S>,
     S: JobStore,
 {
-    let ns = Harness::<F>::namespace("cancel");
-    let s1 = h.store(&ns, "s1").await;
-    let s2 = h.store(&ns, "s2").await;
-    s1.add_job(job("a", 10, 1, Overlap::CancelOther), false)
-        .await
-        .unwrap();
-    let first = claim(&s1, at(0)).await.remove(0);
-    s1.start_runs(&[first.run_id], at(0)).await.unwrap();
+    let (s1, s2, first) = one_running(h, "cancel", Overlap::CancelOther).await;
     let next = claim(&s2, at(10)).await.remove(0);
     assert!(
         next.queued,
@@ -153,11 +152,12 @@ where
         .unwrap();
     let made = claim(&s1, at(0)).await;
     assert_eq!(made.len(), 2);
-    let (a, b) = if made[0].job_id == "a" {
-        (&made[0], &made[1])
-    } else {
-        (&made[1], &made[0])
+    let of = |id: &str| {
+        made.iter()
+            .find(|r| r.job_id == id)
+            .expect("one run per job")
     };
+    let (a, b) = (of("a"), of("b"));
     s1.start_runs(&[a.run_id], at(1)).await.unwrap();
     s2.tick_runs(at(1)).await.unwrap();
     // s1 is alive (its heartbeat runs to at(30)): nothing to take.

@@ -234,7 +234,7 @@ impl Client {
                     changed.push((r, *version, marker_queued));
                     continue;
                 }
-                r.owner = me.into();
+                r.owner = ctx.owner().clone();
                 if r.queued {
                     queued.push((r, *version));
                 } else {
@@ -259,7 +259,7 @@ impl Client {
         for (i, (mut r, version)) in queued.into_iter().enumerate() {
             if i < free {
                 r.queued = false;
-                r.owner = me.into();
+                r.owner = ctx.owner().clone();
                 plan.promoted.push(r.clone());
                 changed.push((r, version, true));
                 promoted += 1;
