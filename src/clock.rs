@@ -161,3 +161,11 @@ pub(crate) fn saturating_add(t: DateTime<Utc>, d: std::time::Duration) -> DateTi
         .and_then(|d| t.checked_add_signed(d))
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
+
+/// `t - d`, saturating at the smallest instant chrono can represent.
+pub(crate) fn saturating_sub(t: DateTime<Utc>, d: std::time::Duration) -> DateTime<Utc> {
+    chrono::TimeDelta::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}

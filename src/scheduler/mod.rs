@@ -179,6 +179,8 @@ struct Life {
     started_at: Option<DateTime<Utc>>,
     /// The stores whose runs of a previous life were looked at since the last start.
     recovered: std::collections::HashSet<String>,
+    /// When each shared store's ledger pass next looks for claims whose reply was lost.
+    orphan_checks: HashMap<String, DateTime<Utc>>,
 }
 
 pub(crate) struct Inner {

@@ -44,6 +44,25 @@ impl Inner {
             .filter(|t| *t < DateTime::<Utc>::MAX_UTC)
     }
 
+    /// Whether the ledger pass of shared store `alias` at `now` should look for claims
+    /// whose reply was lost ([`Recovery::LostClaims`]): once a lease.
+    fn orphan_check_due(&self, alias: &str, now: DateTime<Utc>) -> bool {
+        let mut life = self.life();
+        let next = crate::clock::saturating_add(now, self.lease);
+        match life.orphan_checks.get_mut(alias) {
+            Some(at) if *at > now => false,
+            Some(at) => {
+                *at = next;
+                true
+            }
+            None => {
+                // The first look, a lease after start: nothing of this life is older.
+                life.orphan_checks.insert(alias.to_string(), next);
+                false
+            }
+        }
+    }
+
     /// After a ledger pass: a shared store's next one is a third of the lease away (its
     /// heartbeat must not lapse); a store only this scheduler uses runs it when asked.
     fn ticked(&self, alias: &str, persistent: bool) {
@@ -143,11 +162,15 @@ pub(super) async fn tick_store(
     let now = inner.clock.now();
     let tick = timed(alias, "tick_runs", store.tick_runs(now)).await?;
     inner.ticked(alias, store.is_persistent());
-    if store.is_persistent() && inner.life().recovered.insert(alias.to_string()) {
-        if let Err(e) = recover_own_runs(inner, alias, store).await {
-            // Looked at again in the next pass.
-            inner.life().recovered.remove(alias);
-            return Err(e);
+    if store.is_persistent() {
+        if inner.life().recovered.insert(alias.to_string()) {
+            if let Err(e) = recover_own_runs(inner, alias, store, Recovery::PreviousLife).await {
+                // Looked at again in the next pass.
+                inner.life().recovered.remove(alias);
+                return Err(e);
+            }
+        } else if inner.orphan_check_due(alias, now) {
+            recover_own_runs(inner, alias, store, Recovery::LostClaims(now)).await?;
         }
     }
     for r in &tick.abandoned {
@@ -171,17 +194,39 @@ pub(super) async fn tick_store(
 /// Most active runs of a previous life [`recover_own_runs`] looks at per start.
 const RECOVER_LIMIT: usize = 10_000;
 
-/// At the first ledger pass after start: the active runs of a previous life of this
-/// scheduler (the same id, restarted) are nobody's now, and no other scheduler takes them
-/// over while this id's heartbeat is alive. Claimed ones start (retries at their time,
-/// under the misfire rules), started ones are abandoned, as a taker would do.
-async fn recover_own_runs(inner: &Inner, alias: &str, store: &Arc<dyn JobStore>) -> Result<()> {
+/// Which of this scheduler's own active runs [`recover_own_runs`] takes back. No other
+/// scheduler takes them over while this id's heartbeat is alive, so nobody else would.
+#[derive(Clone, Copy)]
+enum Recovery {
+    /// At the first ledger pass after start: the runs of a previous life of this scheduler
+    /// (the same id, restarted), claimed or started.
+    PreviousLife,
+    /// Later, once a lease: claimed runs (not queued, not retries) submitted a lease or more
+    /// before this time, whose outcome is not on its way. A claim or a manual run whose
+    /// store write succeeded but whose reply was lost (the connection cut) leaves such
+    /// runs: written, never handed to an executor here. A run this process knows is
+    /// started (or fails to start) within its pass, long before a lease has gone by.
+    LostClaims(DateTime<Utc>),
+}
+
+/// Takes back this scheduler's own active runs that `what` selects: claimed ones start
+/// (retries at their time, under the misfire rules; a run started meanwhile by this
+/// process is refused by the store's start and not started twice), started ones of a
+/// previous life are abandoned, as a taker would do.
+async fn recover_own_runs(
+    inner: &Inner,
+    alias: &str,
+    store: &Arc<dyn JobStore>,
+    what: Recovery,
+) -> Result<()> {
     let Some(started) = inner.life().started_at else {
         return Ok(());
     };
-    let mut filter = RunFilter::new()
-        .states([RunState::Claimed, RunState::Started])
-        .limit(1000);
+    let filter = match what {
+        Recovery::PreviousLife => RunFilter::new().states([RunState::Claimed, RunState::Started]),
+        Recovery::LostClaims(_) => RunFilter::new().state(RunState::Claimed),
+    };
+    let mut filter = filter.limit(1000);
     let (mut claimed, mut abandoned) = (Vec::new(), Vec::new());
     let mut seen = 0;
     while seen < RECOVER_LIMIT {
@@ -192,7 +237,18 @@ async fn recover_own_runs(inner: &Inner, alias: &str, store: &Arc<dyn JobStore>)
         let full = page.len() >= 1000;
         for r in page {
             // Queued runs wait for promotion, which any scheduler does.
-            if r.owner != inner.id || r.submitted_at >= started || r.queued {
+            if r.owner != inner.id || r.queued {
+                continue;
+            }
+            let lost = match what {
+                Recovery::PreviousLife => r.submitted_at < started,
+                Recovery::LostClaims(now) => {
+                    r.retry_at.is_none()
+                        && r.submitted_at <= crate::clock::saturating_sub(now, inner.lease)
+                        && !inner.ledger.is_finishing(r.run_id)
+                }
+            };
+            if !lost {
                 continue;
             }
             match r.state {
@@ -509,6 +565,7 @@ impl Inner {
         life.ticks.clear();
         life.started_at = Some(self.clock.now());
         life.recovered.clear();
+        life.orphan_checks.clear();
         life.writer_task = Some(task);
     }
 

@@ -470,12 +470,16 @@ async fn the_ledger_can_be_turned_off() {
     s.shutdown().await.unwrap();
 }
 
-/// A store shared with other schedulers, as far as the scheduler can tell, that records its
-/// heartbeats and whose next heartbeat can be made to hang (a dead connection).
+/// A store shared with other schedulers, as far as the scheduler can tell (a memory store
+/// underneath, ledger included), that records its heartbeats, whose next heartbeat can be
+/// made to hang (a dead connection), and whose next claim can lose its reply (written, then
+/// the connection cut: the scheduler gets an error).
+#[derive(Default)]
 struct HeartbeatStore {
     jobs: apsched::store::MemoryStore,
     beats: Arc<std::sync::Mutex<Vec<DateTime<Utc>>>>,
     hang_next: Arc<std::sync::atomic::AtomicBool>,
+    lose_next_claim: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[async_trait::async_trait]
@@ -512,16 +516,37 @@ impl apsched::store::JobStore for HeartbeatStore {
         now: DateTime<Utc>,
         limit: usize,
     ) -> apsched::Result<Vec<apsched::store::DueJob>> {
-        self.jobs.acquire_due_jobs(now, limit).await
+        let due = self.jobs.acquire_due_jobs(now, limit).await?;
+        if !due.is_empty() && self.lose_next_claim.swap(false, Ordering::SeqCst) {
+            return Err(Error::Store {
+                store: "shared".into(),
+                message: "connection reset before the claim's reply".into(),
+                source: None,
+            });
+        }
+        Ok(due)
     }
     fn keeps_runs(&self) -> bool {
         true
     }
-    async fn tick_runs(&self, _now: DateTime<Utc>) -> apsched::Result<apsched::ledger::RunTick> {
-        Ok(apsched::ledger::RunTick::default())
+    async fn start_runs(
+        &self,
+        ids: &[apsched::RunId],
+        now: DateTime<Utc>,
+    ) -> apsched::Result<Vec<apsched::RunId>> {
+        self.jobs.start_runs(ids, now).await
     }
-    async fn query_runs(&self, _filter: &RunFilter) -> apsched::Result<Vec<RunRecord>> {
-        Ok(Vec::new())
+    async fn finish_runs(&self, outcomes: &[apsched::ledger::RunOutcome]) -> apsched::Result<()> {
+        self.jobs.finish_runs(outcomes).await
+    }
+    async fn tick_runs(&self, now: DateTime<Utc>) -> apsched::Result<apsched::ledger::RunTick> {
+        self.jobs.tick_runs(now).await
+    }
+    async fn query_runs(&self, filter: &RunFilter) -> apsched::Result<Vec<RunRecord>> {
+        self.jobs.query_runs(filter).await
+    }
+    async fn get_run(&self, id: apsched::RunId) -> apsched::Result<Option<RunRecord>> {
+        self.jobs.get_run(id).await
     }
     async fn heartbeat(&self, now: DateTime<Utc>) -> apsched::Result<()> {
         if self.hang_next.swap(false, Ordering::SeqCst) {
@@ -550,9 +575,9 @@ async fn the_heartbeat_goes_on_while_paused_and_past_a_hung_write() {
         .store(
             "shared",
             HeartbeatStore {
-                jobs: apsched::store::MemoryStore::new(),
                 beats: beats.clone(),
                 hang_next: hang_next.clone(),
+                ..HeartbeatStore::default()
             },
         )
         .build();
@@ -577,4 +602,51 @@ async fn the_heartbeat_goes_on_while_paused_and_past_a_hung_write() {
         beats.lock().unwrap().is_empty(),
         "no heartbeat after shutdown"
     );
+}
+
+/// A claim written by the store whose reply was lost (the connection cut after the write)
+/// leaves a claimed run of this live scheduler that nobody else takes over (its heartbeat
+/// goes on): its ledger pass takes it back once it is a lease old, and it runs once.
+#[tokio::test(start_paused = true)]
+async fn a_claim_whose_reply_was_lost_still_runs_once() {
+    let clock = TestClock::new(t0());
+    let store = HeartbeatStore::default();
+    store.lose_next_claim.store(true, Ordering::SeqCst);
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    let s = Scheduler::builder()
+        .timezone(chrono_tz::UTC)
+        .clock(clock.shared())
+        .lease(Duration::from_secs(3))
+        .store("shared", store)
+        .task("count", move |_: serde_json::Value, _: JobContext| {
+            let r = r.clone();
+            async move {
+                r.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .build();
+    s.start().await.unwrap();
+    s.add_task_job("count", serde_json::Value::Null)
+        .trigger(Interval::new(Duration::from_secs(3600)).unwrap())
+        .next_run_time(t0())
+        .misfire_grace_time(None)
+        .store("shared")
+        .id("j")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        1,
+        "the lost claim's run ran once"
+    );
+    let runs = s.job("j").runs(RunFilter::new()).await.unwrap();
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert_eq!(runs[0].state, RunState::Executed, "{runs:#?}");
+    assert!(
+        runs[0].started_at >= Some(t0() + TimeDelta::seconds(3)),
+        "taken back a lease after its claim: {runs:#?}"
+    );
+    s.shutdown().await.unwrap();
 }

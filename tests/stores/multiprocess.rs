@@ -302,12 +302,15 @@ pub async fn finish(
     // wait until the ledger holds no active run (its outcomes written).
     let active = RunFilter::new()
         .states([RunState::Claimed, RunState::Started])
-        .limit(1);
+        .limit(20);
     loop {
         match store.query_runs(&active).await {
             Ok(runs) if runs.is_empty() => break,
-            _ if Utc::now() > give_up + TimeDelta::seconds(30) => {
-                return Err("runs still active in the ledger 90 s after the end".into());
+            stuck if Utc::now() > give_up + TimeDelta::seconds(30) => {
+                return Err(format!(
+                    "runs still active in the ledger 90 s after the end (w{victim} was \
+                     killed; up to 20 shown): {stuck:#?}"
+                ));
             }
             _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
