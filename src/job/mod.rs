@@ -30,7 +30,7 @@ pub use self::due::WALK_BEFORE_SKIP;
 pub use self::job_fn::{AsyncJobFn, AsyncTaskFn, BlockingJobFn, BlockingTaskFn, LocalJobFn};
 pub use self::outcome::{IntoJobResult, JobError, JobResult};
 pub use self::overlap::Overlap;
-pub(crate) use self::record::executor_alias;
+pub(crate) use self::record::{executor_alias, DEFAULT_EXECUTOR};
 pub use self::record::{JobRecord, Lease, StoredJob, KEPT_FOR_RETRIES};
 pub use self::retry::{Backoff, RetryPolicy};
 pub use self::view::Job;

@@ -1,5 +1,6 @@
 //! `add_job` and its options.
 
+use std::borrow::Cow;
 use std::future::{Future, IntoFuture};
 use std::time::Duration;
 
@@ -312,17 +313,20 @@ impl AddJob {
             .pause_after_failures
             .unwrap_or(inner.defaults.pause_after_failures);
         validate_failure_options(&id, retry.as_ref(), pause_after_failures)?;
-        let store_alias = self.store.unwrap_or_else(|| "default".into());
+        // The default aliases are static strings: most jobs name neither, and an add
+        // should not allocate two strings only to drop them (S1).
+        let store_alias: Cow<'static, str> =
+            self.store.map_or(Cow::Borrowed("default"), Cow::Owned);
         let store = inner.store(&store_alias)?;
-        let executor_alias = self.executor.unwrap_or_else(|| "default".into());
+        let executor_name = self.executor.as_deref().unwrap_or("default");
         let executor = inner
-            .executor(&executor_alias)
-            .ok_or_else(|| Error::UnknownExecutor(executor_alias.clone()))?;
+            .executor(executor_name)
+            .ok_or_else(|| Error::UnknownExecutor(executor_name.to_string()))?;
         executor
             .check(&callable)
             .map_err(|reason| Error::InvalidJob {
                 id: id.clone(),
-                reason: format!("executor '{executor_alias}': {reason}"),
+                reason: format!("executor '{executor_name}': {reason}"),
             })?;
         if store.is_persistent() && !callable.is_persistable() {
             return Err(Error::InvalidJob {
@@ -344,7 +348,9 @@ impl AddJob {
             name: self.name,
             callable,
             trigger,
-            executor: crate::job::executor_alias(executor_alias),
+            executor: self
+                .executor
+                .map_or(crate::job::DEFAULT_EXECUTOR, crate::job::executor_alias),
             misfire_grace_time,
             coalesce: self.coalesce.unwrap_or(inner.defaults.coalesce),
             max_instances,
@@ -393,7 +399,7 @@ impl Scheduler {
             }
             p.first_run_time(inner.clock.now())?;
             let view = Job::from_record(&p.job, &p.store, false);
-            self.store_new_job(p.job, &p.store, p.replace_existing)
+            self.store_new_job(p.job, &view.id, &p.store, p.replace_existing)
                 .await?;
             Ok(view)
         }
@@ -412,17 +418,19 @@ impl Pending {
 }
 
 impl Scheduler {
-    /// Writes a new job to its store, emits JOB_ADDED and wakes the loop.
+    /// Writes a new job (whose id is `id`) to its store, emits JOB_ADDED and wakes the
+    /// loop. The caller lends the id: the event copies it only when someone listens.
     pub(super) async fn store_new_job(
         &self,
         job: JobRecord,
+        id: &str,
         store: &str,
         replace: bool,
     ) -> Result<()> {
-        let (id, next) = (job.id.clone(), job.next_run_time);
+        let next = job.next_run_time;
         self.inner.store(store)?.add_job(job, replace).await?;
         self.inner.events.emit_with(|| Event::JobAdded {
-            job_id: id,
+            job_id: id.to_string(),
             store: store.to_string(),
         });
         self.inner.wakeup_for(next);

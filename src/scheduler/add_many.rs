@@ -104,7 +104,7 @@ impl Scheduler {
         for id in ids {
             inner.events.emit_with(|| Event::JobAdded {
                 job_id: id,
-                store: store_alias.clone(),
+                store: store_alias.to_string(),
             });
         }
         inner.wakeup_for(earliest);

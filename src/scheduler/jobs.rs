@@ -113,7 +113,10 @@ impl Scheduler {
     /// an earlier entry).
     pub(super) async fn locate(&self, id: &str, store: Option<&str>) -> Result<Located> {
         if let Some(p) = self.inner.life().pending_job(id, store) {
-            return Ok(Located::Pending(p.store.clone(), Box::new(p.job.clone())));
+            return Ok(Located::Pending(
+                p.store.to_string(),
+                Box::new(p.job.clone()),
+            ));
         }
         let stores = self.inner.stores_in(store)?;
         for (alias, s) in stores {

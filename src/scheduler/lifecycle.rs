@@ -83,7 +83,10 @@ impl Scheduler {
                 None => job.trigger.next_fire_time(None, now),
             };
             let id = job.id.clone();
-            match self.store_new_job(job, &p.store, p.replace_existing).await {
+            match self
+                .store_new_job(job, &id, &p.store, p.replace_existing)
+                .await
+            {
                 Ok(()) => {}
                 Err(e) => tracing::error!(job_id = %id, error = %e, "could not add pending job"),
             }

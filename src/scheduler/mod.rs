@@ -140,7 +140,8 @@ impl std::fmt::Debug for Scheduler {
 /// A job added before the scheduler started; it enters its store at start.
 struct Pending {
     job: JobRecord,
-    store: String,
+    /// The store alias (`"default"` without an allocation).
+    store: std::borrow::Cow<'static, str>,
     replace_existing: bool,
     /// `Some` when the caller set the next run time (or paused the job) explicitly.
     next_run_time: Option<Option<DateTime<Utc>>>,

@@ -101,7 +101,7 @@ impl Scheduler {
             report.imported.push(record.id.clone());
             pending.push(Pending {
                 job: record,
-                store: alias.to_string(),
+                store: alias.to_string().into(),
                 replace_existing,
                 // The exported next run time, kept as it was (paused stays paused).
                 next_run_time: Some(next),
