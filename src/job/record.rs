@@ -339,4 +339,25 @@ mod tests {
         assert_eq!(loaded.executor, "pool");
         assert!(!ArcStr::is_static(&loaded.executor));
     }
+
+    /// Every job holds a record (the memory store one per job, S1's bytes per job), and
+    /// every trigger kind pays for the largest: the rare, large parts of triggers are
+    /// boxed (cron, calendar intervals, combinations, an interval's dates and jitter), so a
+    /// trigger is 32 bytes and a record 280. With the `mongodb` feature, serde_json's
+    /// `preserve_order` makes a task's arguments 40 bytes larger. If this fails, box the
+    /// new rare part rather than raise the bound.
+    #[test]
+    fn records_and_triggers_stay_small() {
+        assert!(
+            std::mem::size_of::<TriggerSpec>() <= 32,
+            "a trigger grew to {} bytes",
+            std::mem::size_of::<TriggerSpec>()
+        );
+        let bound = if cfg!(feature = "mongodb") { 320 } else { 280 };
+        let size = std::mem::size_of::<JobRecord>();
+        assert!(
+            size <= bound,
+            "a job record grew to {size} bytes (bound {bound})"
+        );
+    }
 }

@@ -38,6 +38,13 @@ const MAX_STEPS: u32 = 200_000;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CalendarInterval {
+    /// Boxed: calendar intervals are rare, and every job holds its trigger, so the other
+    /// kinds should not pay for this one's size.
+    spec: Box<Spec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Spec {
     years: u32,
     months: u32,
     weeks: u32,
@@ -175,7 +182,7 @@ impl CalendarIntervalBuilder {
                 });
             }
         }
-        Ok(CalendarInterval {
+        let spec = Box::new(Spec {
             years: self.years,
             months: self.months,
             weeks: self.weeks,
@@ -185,7 +192,8 @@ impl CalendarIntervalBuilder {
             end_date,
             timezone: self.timezone,
             jitter: self.jitter,
-        })
+        });
+        Ok(CalendarInterval { spec })
     }
 }
 
@@ -207,28 +215,28 @@ impl CalendarInterval {
 
     /// The zone given, if any.
     pub fn timezone(&self) -> Option<Tz> {
-        self.timezone
+        self.spec.timezone
     }
 
     /// The trigger with its zone set to `tz`.
     pub fn with_timezone(mut self, tz: Tz) -> Self {
-        self.timezone = Some(tz);
+        self.spec.timezone = Some(tz);
         self
     }
 
     fn tz(&self) -> Tz {
-        self.timezone.unwrap_or(Tz::UTC)
+        self.spec.timezone.unwrap_or(Tz::UTC)
     }
 
     /// The next grid date after `d`.
     fn step(&self, d: NaiveDate) -> Option<NaiveDate> {
         let mut next = d;
-        if self.years > 0 || self.months > 0 {
+        if self.spec.years > 0 || self.spec.months > 0 {
             let (mut y, mut m) = (d.year(), d.month0());
             let mut found = None;
             for _ in 0..400 {
-                let total = m.checked_add(self.months)?;
-                y = y.checked_add(i32::try_from(self.years + total / 12).ok()?)?;
+                let total = m.checked_add(self.spec.months)?;
+                y = y.checked_add(i32::try_from(self.spec.years + total / 12).ok()?)?;
                 m = total % 12;
                 if y > 9999 {
                     return None;
@@ -240,18 +248,18 @@ impl CalendarInterval {
             }
             next = found?;
         }
-        let add = u64::from(self.days) + 7 * u64::from(self.weeks);
+        let add = u64::from(self.spec.days) + 7 * u64::from(self.spec.weeks);
         next.checked_add_days(Days::new(add))
     }
 
     /// Days per step when the step is a whole number of days (no years/months).
     fn day_step(&self) -> Option<u64> {
-        (self.years == 0 && self.months == 0)
-            .then(|| u64::from(self.days) + 7 * u64::from(self.weeks))
+        (self.spec.years == 0 && self.spec.months == 0)
+            .then(|| u64::from(self.spec.days) + 7 * u64::from(self.spec.weeks))
     }
 
     fn fire_at(&self, d: NaiveDate) -> Option<DateTime<Utc>> {
-        tz::resolve_local(self.tz(), d.and_time(self.time))
+        tz::resolve_local(self.tz(), d.and_time(self.spec.time))
     }
 
     fn gave_up() -> TriggerError {
@@ -286,7 +294,7 @@ impl CalendarInterval {
         };
         let mut d = self.jump(origin, target);
         for _ in 0..MAX_STEPS {
-            if self.end_date.is_some_and(|e| d > e) {
+            if self.spec.end_date.is_some_and(|e| d > e) {
                 return Ok(None);
             }
             if let Some(at) = self.fire_at(d) {
@@ -303,7 +311,7 @@ impl CalendarInterval {
     }
 
     fn next_after_date(&self, prev_date: NaiveDate) -> Result<Option<DateTime<Utc>>, TriggerError> {
-        let mut d = match self.start_date {
+        let mut d = match self.spec.start_date {
             Some(s) => self.jump(s, prev_date),
             None => match self.step(prev_date) {
                 Some(d) => d,
@@ -312,7 +320,7 @@ impl CalendarInterval {
         };
         for _ in 0..MAX_STEPS {
             if d > prev_date {
-                if self.end_date.is_some_and(|e| d > e) {
+                if self.spec.end_date.is_some_and(|e| d > e) {
                     return Ok(None);
                 }
                 return Ok(self.fire_at(d));
@@ -327,7 +335,8 @@ impl CalendarInterval {
 
     /// The origin of the grid when asked without `prev`.
     pub(crate) fn origin(&self, now: DateTime<Utc>) -> NaiveDate {
-        self.start_date
+        self.spec
+            .start_date
             .unwrap_or_else(|| tz::local_naive(now, self.tz()).map_or(NaiveDate::MAX, |n| n.date()))
     }
 }
@@ -345,7 +354,7 @@ impl Trigger for CalendarInterval {
                 None => None,
             },
         };
-        Ok(next.map(|t| tz::apply_jitter(t, self.jitter)))
+        Ok(next.map(|t| tz::apply_jitter(t, self.spec.jitter)))
     }
 }
 
@@ -353,16 +362,16 @@ impl fmt::Display for CalendarInterval {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("calendarinterval[")?;
         for (name, v) in [
-            ("years", self.years),
-            ("months", self.months),
-            ("weeks", self.weeks),
-            ("days", self.days),
+            ("years", self.spec.years),
+            ("months", self.spec.months),
+            ("weeks", self.spec.weeks),
+            ("days", self.spec.days),
         ] {
             if v != 0 {
                 write!(f, "{name}={v}, ")?;
             }
         }
-        write!(f, "time={}]", self.time.format("%H:%M:%S"))
+        write!(f, "time={}]", self.spec.time.format("%H:%M:%S"))
     }
 }
 
@@ -400,17 +409,17 @@ fn is_zero(v: &u32) -> bool {
 impl Serialize for CalendarInterval {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         CalendarIntervalRaw {
-            years: self.years,
-            months: self.months,
-            weeks: self.weeks,
-            days: self.days,
-            hour: self.time.hour(),
-            minute: self.time.minute(),
-            second: self.time.second(),
-            start_date: self.start_date.map(|d| d.to_string()),
-            end_date: self.end_date.map(|d| d.to_string()),
-            timezone: self.timezone.map(|z| z.name().to_string()),
-            jitter: self.jitter.map(|j| j.as_secs_f64()),
+            years: self.spec.years,
+            months: self.spec.months,
+            weeks: self.spec.weeks,
+            days: self.spec.days,
+            hour: self.spec.time.hour(),
+            minute: self.spec.time.minute(),
+            second: self.spec.time.second(),
+            start_date: self.spec.start_date.map(|d| d.to_string()),
+            end_date: self.spec.end_date.map(|d| d.to_string()),
+            timezone: self.spec.timezone.map(|z| z.name().to_string()),
+            jitter: self.spec.jitter.map(|j| j.as_secs_f64()),
         }
         .serialize(s)
     }

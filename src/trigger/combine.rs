@@ -35,8 +35,7 @@ const MAX_ROUNDS: u32 = 10_000;
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct And {
-    triggers: Vec<TriggerSpec>,
-    jitter: Option<Duration>,
+    parts: Box<Parts>,
 }
 
 /// Fires at the earliest of its children's next fire times (children get the combination's
@@ -56,8 +55,24 @@ pub struct And {
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Or {
+    parts: Box<Parts>,
+}
+
+/// A combination's children and jitter. Boxed: combinations are rare, and every job holds
+/// its trigger, so the other kinds should not pay for this one's size.
+#[derive(Debug, Clone, PartialEq)]
+struct Parts {
     triggers: Vec<TriggerSpec>,
     jitter: Option<Duration>,
+}
+
+impl Parts {
+    fn new(triggers: Vec<TriggerSpec>) -> Box<Self> {
+        Box::new(Parts {
+            triggers,
+            jitter: None,
+        })
+    }
 }
 
 impl And {
@@ -70,26 +85,24 @@ impl And {
             });
         }
         Ok(And {
-            triggers,
-            jitter: None,
+            parts: Parts::new(triggers),
         })
     }
 
     /// Adds a random delay in `[0, jitter]` to every fire time.
     pub fn with_jitter(mut self, jitter: Duration) -> Self {
-        self.jitter = Some(jitter);
+        self.parts.jitter = Some(jitter);
         self
     }
 
     /// The children.
     pub fn triggers(&self) -> &[TriggerSpec] {
-        &self.triggers
+        &self.parts.triggers
     }
 
     /// Fills every unset zone of the children with `tz` (the scheduler's zone).
     pub(crate) fn with_default_timezone(mut self, tz: Tz) -> Self {
-        self.triggers = self
-            .triggers
+        self.parts.triggers = std::mem::take(&mut self.parts.triggers)
             .into_iter()
             .map(|t| t.with_default_timezone(tz))
             .collect();
@@ -101,26 +114,24 @@ impl Or {
     /// The earliest of `triggers`.
     pub fn new(triggers: Vec<TriggerSpec>) -> Self {
         Or {
-            triggers,
-            jitter: None,
+            parts: Parts::new(triggers),
         }
     }
 
     /// Adds a random delay in `[0, jitter]` to every fire time.
     pub fn with_jitter(mut self, jitter: Duration) -> Self {
-        self.jitter = Some(jitter);
+        self.parts.jitter = Some(jitter);
         self
     }
 
     /// The children.
     pub fn triggers(&self) -> &[TriggerSpec] {
-        &self.triggers
+        &self.parts.triggers
     }
 
     /// Fills every unset zone of the children with `tz` (the scheduler's zone).
     pub(crate) fn with_default_timezone(mut self, tz: Tz) -> Self {
-        self.triggers = self
-            .triggers
+        self.parts.triggers = std::mem::take(&mut self.parts.triggers)
             .into_iter()
             .map(|t| t.with_default_timezone(tz))
             .collect();
@@ -169,8 +180,8 @@ impl Trigger for And {
         prev: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, TriggerError> {
-        let mut cur = Vec::with_capacity(self.triggers.len());
-        for child in &self.triggers {
+        let mut cur = Vec::with_capacity(self.parts.triggers.len());
+        for child in &self.parts.triggers {
             match child.try_next_fire_time(prev, now)? {
                 Some(t) => cur.push(t),
                 None => return Ok(None),
@@ -181,9 +192,9 @@ impl Trigger for And {
                 return Ok(None);
             };
             if min == max {
-                return Ok(Some(tz::apply_jitter(max, self.jitter)));
+                return Ok(Some(tz::apply_jitter(max, self.parts.jitter)));
             }
-            for (child, c) in self.triggers.iter().zip(cur.iter_mut()) {
+            for (child, c) in self.parts.triggers.iter().zip(cur.iter_mut()) {
                 if *c < max {
                     match seq_at_or_after(child, *c, max)? {
                         Some(t) => *c = t,
@@ -206,12 +217,12 @@ impl Trigger for Or {
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, TriggerError> {
         let mut best: Option<DateTime<Utc>> = None;
-        for child in &self.triggers {
+        for child in &self.parts.triggers {
             if let Some(t) = child.try_next_fire_time(prev, now)? {
                 best = Some(best.map_or(t, |b| b.min(t)));
             }
         }
-        Ok(best.map(|t| tz::apply_jitter(t, self.jitter)))
+        Ok(best.map(|t| tz::apply_jitter(t, self.parts.jitter)))
     }
 }
 
@@ -228,13 +239,13 @@ fn fmt_list(f: &mut fmt::Formatter<'_>, name: &str, ts: &[TriggerSpec]) -> fmt::
 
 impl fmt::Display for And {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt_list(f, "and", &self.triggers)
+        fmt_list(f, "and", &self.parts.triggers)
     }
 }
 
 impl fmt::Display for Or {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt_list(f, "or", &self.triggers)
+        fmt_list(f, "or", &self.parts.triggers)
     }
 }
 
@@ -253,8 +264,8 @@ fn jitter(j: Option<f64>) -> Result<Option<Duration>, TriggerError> {
 impl Serialize for And {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         CombineRaw {
-            triggers: self.triggers.clone(),
-            jitter: self.jitter.map(|j| j.as_secs_f64()),
+            triggers: self.parts.triggers.clone(),
+            jitter: self.parts.jitter.map(|j| j.as_secs_f64()),
         }
         .serialize(s)
     }
@@ -265,7 +276,7 @@ impl<'de> Deserialize<'de> for And {
         let r = CombineRaw::deserialize(d)?;
         let build = || -> Result<And, TriggerError> {
             let mut a = And::new(r.triggers)?;
-            a.jitter = jitter(r.jitter)?;
+            a.parts.jitter = jitter(r.jitter)?;
             Ok(a)
         };
         build().map_err(serde::de::Error::custom)
@@ -275,8 +286,8 @@ impl<'de> Deserialize<'de> for And {
 impl Serialize for Or {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         CombineRaw {
-            triggers: self.triggers.clone(),
-            jitter: self.jitter.map(|j| j.as_secs_f64()),
+            triggers: self.parts.triggers.clone(),
+            jitter: self.parts.jitter.map(|j| j.as_secs_f64()),
         }
         .serialize(s)
     }
@@ -287,7 +298,7 @@ impl<'de> Deserialize<'de> for Or {
         let r = CombineRaw::deserialize(d)?;
         let build = || -> Result<Or, TriggerError> {
             let mut o = Or::new(r.triggers);
-            o.jitter = jitter(r.jitter)?;
+            o.parts.jitter = jitter(r.jitter)?;
             Ok(o)
         };
         build().map_err(serde::de::Error::custom)

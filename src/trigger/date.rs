@@ -31,10 +31,11 @@ use crate::error::TriggerError;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Date {
+    /// The date as given; it always resolves in the trigger's zone (checked by
+    /// [`at`](Self::at), kept by [`with_timezone`](Self::with_timezone)). The instant is
+    /// not kept beside it: every job holds its trigger, and resolving is cheap.
     run: TriggerDate,
     timezone: Option<Tz>,
-    /// The resolved instant.
-    at: DateTime<Utc>,
 }
 
 impl Date {
@@ -59,13 +60,16 @@ impl Date {
     /// ```
     pub fn at(run_date: impl IntoTriggerDate, timezone: Option<Tz>) -> Result<Self, TriggerError> {
         let run = run_date.into_trigger_date("run_date")?;
-        let at = run.resolve_param(timezone.unwrap_or(Tz::UTC), "run_date")?;
-        Ok(Date { run, timezone, at })
+        run.resolve_param(timezone.unwrap_or(Tz::UTC), "run_date")?;
+        Ok(Date { run, timezone })
     }
 
     /// The instant it fires at.
     pub fn run_date(&self) -> DateTime<Utc> {
-        self.at
+        // Always resolves (see `run`); the end of time would only ever delay it.
+        self.run
+            .resolve(self.timezone.unwrap_or(Tz::UTC))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 
     /// The zone given, if any.
@@ -75,10 +79,11 @@ impl Date {
 
     /// The trigger with its zone set to `tz` (a date string is re-read in it).
     pub fn with_timezone(mut self, tz: Tz) -> Self {
-        self.timezone = Some(tz);
-        if let Some(at) = self.run.resolve(tz) {
-            self.at = at;
+        if self.run.resolve(tz).is_none() {
+            // Out of range in `tz`: it keeps the instant it had.
+            self.run = TriggerDate::Fixed(self.run_date().fixed_offset());
         }
+        self.timezone = Some(tz);
         self
     }
 }
@@ -90,7 +95,7 @@ impl Trigger for Date {
         _now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, TriggerError> {
         Ok(match prev {
-            None => Some(self.at),
+            None => Some(self.run_date()),
             Some(_) => None,
         })
     }
@@ -99,7 +104,7 @@ impl Trigger for Date {
 impl fmt::Display for Date {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let tz = self.timezone.unwrap_or(Tz::UTC);
-        write!(f, "date[{}]", tz::display_instant(self.at, tz))
+        write!(f, "date[{}]", tz::display_instant(self.run_date(), tz))
     }
 }
 

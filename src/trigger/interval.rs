@@ -31,15 +31,15 @@ use crate::error::TriggerError;
 pub struct Interval {
     micros: i64,
     timezone: Option<Tz>,
-    jitter: Option<Duration>,
-    /// `start_date` and `end_date`, as given and resolved. Boxed: most intervals have
-    /// neither, and every job holds its trigger, so this keeps every job 32 bytes smaller.
-    dates: Option<Box<Dates>>,
+    /// `start_date`, `end_date` and the jitter. Boxed: most intervals have none of them,
+    /// and every job holds its trigger, so this keeps every job 48 bytes smaller.
+    extras: Option<Box<Extras>>,
 }
 
-/// An interval's start and end.
+/// An interval's start, end and jitter.
 #[derive(Debug, Clone, PartialEq)]
-struct Dates {
+struct Extras {
+    jitter: Option<Duration>,
     start_date: Option<TriggerDate>,
     end_date: Option<TriggerDate>,
     start: Option<DateTime<Utc>>,
@@ -181,8 +181,9 @@ impl Interval {
                     .into(),
             });
         }
-        let dates = (start_date.is_some() || end_date.is_some()).then(|| {
-            Box::new(Dates {
+        let extras = (start_date.is_some() || end_date.is_some() || jitter.is_some()).then(|| {
+            Box::new(Extras {
+                jitter,
                 start_date,
                 end_date,
                 start: None,
@@ -192,8 +193,7 @@ impl Interval {
         let mut t = Interval {
             micros,
             timezone,
-            jitter,
-            dates,
+            extras,
         };
         t.resolve_dates()?;
         if let (Some(s), Some(e)) = (t.start(), t.end()) {
@@ -214,28 +214,32 @@ impl Interval {
 
     fn resolve_dates(&mut self) -> Result<(), TriggerError> {
         let tz = self.timezone.unwrap_or(Tz::UTC);
-        if let Some(d) = &mut self.dates {
+        if let Some(d) = &mut self.extras {
             (d.start, d.end) = TriggerDate::resolve_bounds(d.start_date, d.end_date, tz)?;
         }
         Ok(())
     }
 
     fn start_date(&self) -> Option<TriggerDate> {
-        self.dates.as_ref().and_then(|d| d.start_date)
+        self.extras.as_ref().and_then(|d| d.start_date)
     }
 
     fn end_date(&self) -> Option<TriggerDate> {
-        self.dates.as_ref().and_then(|d| d.end_date)
+        self.extras.as_ref().and_then(|d| d.end_date)
     }
 
     /// `start_date` resolved.
     fn start(&self) -> Option<DateTime<Utc>> {
-        self.dates.as_ref().and_then(|d| d.start)
+        self.extras.as_ref().and_then(|d| d.start)
     }
 
     /// `end_date` resolved.
     fn end(&self) -> Option<DateTime<Utc>> {
-        self.dates.as_ref().and_then(|d| d.end)
+        self.extras.as_ref().and_then(|d| d.end)
+    }
+
+    fn jitter(&self) -> Option<Duration> {
+        self.extras.as_ref().and_then(|d| d.jitter)
     }
 
     /// The length of the interval.
@@ -280,7 +284,7 @@ impl Interval {
     ) -> Option<DateTime<Utc>> {
         let first = prev.checked_add_signed(TimeDelta::microseconds(self.micros))?;
         let next = self.bounded(self.grid_at_or_after(first, from))?;
-        Some(tz::apply_jitter(next, self.jitter))
+        Some(tz::apply_jitter(next, self.jitter()))
     }
 
     pub(crate) fn bounded(&self, t: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
@@ -306,7 +310,9 @@ impl Trigger for Interval {
                 None => now.checked_add_signed(step),
             },
         };
-        Ok(self.bounded(next).map(|t| tz::apply_jitter(t, self.jitter)))
+        Ok(self
+            .bounded(next)
+            .map(|t| tz::apply_jitter(t, self.jitter())))
     }
 }
 
@@ -421,7 +427,7 @@ impl From<&Interval> for IntervalRaw {
             start_date: t.start_date().map(|d| d.to_string()),
             end_date: t.end_date().map(|d| d.to_string()),
             timezone: t.timezone.map(|z| z.name().to_string()),
-            jitter: t.jitter.map(|j| j.as_secs_f64()),
+            jitter: t.jitter().map(|j| j.as_secs_f64()),
         }
     }
 }
