@@ -337,10 +337,9 @@ impl AddJob {
                 ),
             });
         }
-        let now = inner.clock.now();
         let trigger = match self.trigger {
             Some(t) => t,
-            None => Date::at(now, None)?.into(),
+            None => Date::at(inner.clock.now(), None)?.into(),
         }
         .with_default_timezone(inner.timezone);
         let job = JobRecord {
