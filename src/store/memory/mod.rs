@@ -225,6 +225,11 @@ impl JobStore for MemoryStore {
             .iter()
             .filter_map(|(_, id)| inner.jobs.get(id).map(|j| (**j).clone()))
             .collect();
+        let clamped = |entry: Option<&(i64, ArcStr)>| entry.is_some_and(|(k, _)| is_clamped(*k));
+        if clamped(inner.due_index.first()) || clamped(inner.due_index.last()) {
+            // Jobs due beyond the index's range are in it by id: put them in time order.
+            jobs.sort_by(|a, b| (a.next_run_time, &a.id).cmp(&(b.next_run_time, &b.id)));
+        }
         let mut paused: Vec<JobRecord> = inner
             .jobs
             .values()
@@ -408,15 +413,24 @@ mod tests {
     }
 
     /// Times beyond what the index's nanoseconds hold (after 2262) share one key: the
-    /// store still reports the earliest of them and does not claim them early.
+    /// store still reports the earliest of them, lists them in time order and does not
+    /// claim them early.
     #[tokio::test]
-    async fn far_future_jobs_report_the_earliest_time() {
+    async fn far_future_jobs_keep_their_time_order() {
         let store = MemoryStore::new();
         let y = |year| Utc.with_ymd_and_hms(year, 1, 1, 0, 0, 0).unwrap();
         store.add_job(job("a", y(9999)), false).await.unwrap();
         store.add_job(job("b", y(3000)), false).await.unwrap();
         store.add_job(job("c", y(2500)), false).await.unwrap();
         assert_eq!(store.next_run_time().await.unwrap(), Some(y(2500)));
+        let listed: Vec<String> = store
+            .get_all_jobs()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(listed, ["c", "b", "a"]);
         assert!(store
             .acquire_due_jobs(y(2400), 10)
             .await
