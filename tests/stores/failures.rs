@@ -81,8 +81,10 @@ async fn retry_after_restart(url: &str, ns: &str, next_id: &str) {
         .id("j")
         .await
         .unwrap();
+    // The writer records the retry before the failed attempt's outcome (a crash between
+    // them leaves the attempt `started`, never a failure without its retry): wait for both.
     let runs = wait_runs(&a, "the retry is never recorded", |r| {
-        r.iter().any(|r| r.attempt == 2)
+        r.iter().any(|r| r.attempt == 2) && r.first().is_some_and(|r| r.state.is_terminal())
     })
     .await;
     let retry_at = runs[1].retry_at.expect("a retry has its time");
