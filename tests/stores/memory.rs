@@ -139,3 +139,64 @@ async fn memory_store_claims_share_the_job_without_changing_held_copies() {
         before + 5
     );
 }
+
+/// The ids of claimed jobs, sorted.
+fn claimed(due: &[apsched::store::DueJob]) -> Vec<&str> {
+    let mut ids: Vec<&str> = due.iter().map(|d| d.job.id.as_str()).collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// The due index keys jobs by integer nanoseconds: the store still orders and claims them
+/// by their exact times, within a microsecond too.
+#[tokio::test]
+async fn memory_store_jobs_due_within_one_microsecond_keep_their_order() {
+    let store = MemoryStore::new();
+    let ns = |n| suite::at(0) + chrono::TimeDelta::nanoseconds(n);
+    // "a" sorts first by id but is due 800 ns after "b".
+    store
+        .add_job(suite::date_job("a", ns(900)), false)
+        .await
+        .unwrap();
+    store
+        .add_job(suite::date_job("b", ns(100)), false)
+        .await
+        .unwrap();
+    assert_eq!(store.next_run_time().await.unwrap(), Some(ns(100)));
+    let due = store.acquire_due_jobs(ns(500), 10).await.unwrap();
+    assert_eq!(claimed(&due), ["b"]);
+    assert_eq!(store.next_run_time().await.unwrap(), Some(ns(900)));
+}
+
+/// Times beyond what the index's nanoseconds hold (after 2262) share one key: the store
+/// still reports the earliest of them, lists them in time order and does not claim them
+/// early.
+#[tokio::test]
+async fn memory_store_far_future_jobs_keep_their_time_order() {
+    use chrono::TimeZone;
+    let store = MemoryStore::new();
+    let y = |year| chrono::Utc.with_ymd_and_hms(year, 1, 1, 0, 0, 0).unwrap();
+    for (id, year) in [("a", 9999), ("b", 3000), ("c", 2500)] {
+        store
+            .add_job(suite::date_job(id, y(year)), false)
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.next_run_time().await.unwrap(), Some(y(2500)));
+    let listed = store.get_all_jobs().await.unwrap();
+    let listed: Vec<&str> = listed.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(listed, ["c", "b", "a"]);
+    assert!(store
+        .acquire_due_jobs(y(2400), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let due = store.acquire_due_jobs(y(3000), 10).await.unwrap();
+    assert_eq!(claimed(&due), ["b", "c"]);
+    assert_eq!(store.next_run_time().await.unwrap(), Some(y(9999)));
+    store
+        .add_job(suite::date_job("d", y(2030)), false)
+        .await
+        .unwrap();
+    assert_eq!(store.next_run_time().await.unwrap(), Some(y(2030)));
+}
