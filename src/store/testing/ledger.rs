@@ -52,17 +52,34 @@ pub(super) struct Harness<'a, F> {
     open: &'a F,
 }
 
-impl<F, Fut, S> Harness<'_, F>
+/// The suite's store factory, `open(namespace, ctx)`, as one bound: every test names
+/// `F: OpenStore` and its store `F::Store`, instead of three bounds each.
+pub(super) trait OpenStore {
+    /// The store it opens.
+    type Store: JobStore;
+    /// Opens a store on `ns`, started with `ctx`.
+    fn open(&self, ns: String, ctx: StoreContext) -> impl Future<Output = Self::Store>;
+}
+
+impl<F, Fut> OpenStore for F
 where
     F: Fn(String, StoreContext) -> Fut,
-    Fut: Future<Output = S>,
-    S: JobStore,
+    Fut: Future,
+    Fut::Output: JobStore,
 {
+    type Store = Fut::Output;
+
+    fn open(&self, ns: String, ctx: StoreContext) -> impl Future<Output = Self::Store> {
+        self(ns, ctx)
+    }
+}
+
+impl<F: OpenStore> Harness<'_, F> {
     pub(super) fn namespace(test: &str) -> String {
         format!("ledger_{test}_{:06x}", rand::random::<u32>() & 0xff_ffff)
     }
 
-    pub(super) async fn store(&self, ns: &str, scheduler: &str) -> S {
+    pub(super) async fn store(&self, ns: &str, scheduler: &str) -> F::Store {
         self.store_with(ns, scheduler, true, RunRetention::default())
             .await
     }
@@ -73,9 +90,9 @@ where
         scheduler: &str,
         ledger: bool,
         retention: RunRetention,
-    ) -> S {
+    ) -> F::Store {
         let ctx = TestContext::new("default", scheduler, LEASE).with_ledger(ledger, retention);
-        (self.open)(ns.to_string(), ctx.context()).await
+        self.open.open(ns.to_string(), ctx.context()).await
     }
 }
 
@@ -119,12 +136,7 @@ pub(super) fn executed(run: &RunRecord, at_: chrono::DateTime<chrono::Utc>) -> R
 
 /// A claim creates one `claimed` record per due time it submits, owned by the claimer,
 /// readable by id and by job, in the same step (the records come back with the claim).
-async fn claim_records_runs<F, Fut, S>(h: &Harness<'_, F>)
-where
-    F: Fn(String, StoreContext) -> Fut,
-    Fut: Future<Output = S>,
-    S: JobStore,
-{
+async fn claim_records_runs<F: OpenStore>(h: &Harness<'_, F>) {
     let ns = Harness::<F>::namespace("claim");
     let store = h.store(&ns, "s1").await;
     assert!(store.keeps_runs());
@@ -155,12 +167,7 @@ where
 
 /// `start_runs` starts only claimed runs of this scheduler; `finish_runs` writes the first
 /// terminal outcome and ignores later ones and unknown ids.
-async fn start_and_finish<F, Fut, S>(h: &Harness<'_, F>)
-where
-    F: Fn(String, StoreContext) -> Fut,
-    Fut: Future<Output = S>,
-    S: JobStore,
-{
+async fn start_and_finish<F: OpenStore>(h: &Harness<'_, F>) {
     let ns = Harness::<F>::namespace("finish");
     let store = h.store(&ns, "s1").await;
     store
@@ -222,12 +229,7 @@ where
 }
 
 /// With `coalesce`, a backlog's earlier times are recorded `missed`, the last `claimed`.
-async fn coalesced_times_are_missed<F, Fut, S>(h: &Harness<'_, F>)
-where
-    F: Fn(String, StoreContext) -> Fut,
-    Fut: Future<Output = S>,
-    S: JobStore,
-{
+async fn coalesced_times_are_missed<F: OpenStore>(h: &Harness<'_, F>) {
     let ns = Harness::<F>::namespace("coalesce");
     let store = h.store(&ns, "s1").await;
     store
@@ -250,12 +252,7 @@ where
 }
 
 /// A scheduler with the ledger off makes no records.
-async fn ledger_off_records_nothing<F, Fut, S>(h: &Harness<'_, F>)
-where
-    F: Fn(String, StoreContext) -> Fut,
-    Fut: Future<Output = S>,
-    S: JobStore,
-{
+async fn ledger_off_records_nothing<F: OpenStore>(h: &Harness<'_, F>) {
     let ns = Harness::<F>::namespace("off");
     let store = h
         .store_with(&ns, "s1", false, RunRetention::default())
@@ -272,12 +269,7 @@ where
 
 /// The overlap policies, in one scheduler: a job with one instance started, another time
 /// comes due.
-async fn overlap_in_one_scheduler<F, Fut, S>(h: &Harness<'_, F>)
-where
-    F: Fn(String, StoreContext) -> Fut,
-    Fut: Future<Output = S>,
-    S: JobStore,
-{
+async fn overlap_in_one_scheduler<F: OpenStore>(h: &Harness<'_, F>) {
     let cases = [
         (
             Overlap::Skip,
@@ -329,12 +321,7 @@ where
 }
 
 /// Manual runs: recorded `manual`, under the overlap rule, without moving the job.
-async fn manual_runs<F, Fut, S>(h: &Harness<'_, F>)
-where
-    F: Fn(String, StoreContext) -> Fut,
-    Fut: Future<Output = S>,
-    S: JobStore,
-{
+async fn manual_runs<F: OpenStore>(h: &Harness<'_, F>) {
     let ns = Harness::<F>::namespace("manual");
     let store = h.store(&ns, "s1").await;
     store.tick_runs(at(0)).await.unwrap();
@@ -378,12 +365,7 @@ where
 }
 
 /// Filters and pages agree with [`RunFilter::matches`] and the newest-first order.
-async fn queries_and_paging<F, Fut, S>(h: &Harness<'_, F>)
-where
-    F: Fn(String, StoreContext) -> Fut,
-    Fut: Future<Output = S>,
-    S: JobStore,
-{
+async fn queries_and_paging<F: OpenStore>(h: &Harness<'_, F>) {
     let ns = Harness::<F>::namespace("query");
     let store = h.store(&ns, "s1").await;
     store.tick_runs(at(0)).await.unwrap();
@@ -450,12 +432,7 @@ where
 }
 
 /// The periodic pass prunes finished runs beyond the retention, never active ones.
-async fn retention<F, Fut, S>(h: &Harness<'_, F>)
-where
-    F: Fn(String, StoreContext) -> Fut,
-    Fut: Future<Output = S>,
-    S: JobStore,
-{
+async fn retention<F: OpenStore>(h: &Harness<'_, F>) {
     let ns = Harness::<F>::namespace("retention");
     let keep = RunRetention::default()
         .per_job(3)
@@ -490,12 +467,7 @@ where
 }
 
 /// Removing a job keeps its runs (the history outlives it).
-async fn runs_outlive_their_job<F, Fut, S>(h: &Harness<'_, F>)
-where
-    F: Fn(String, StoreContext) -> Fut,
-    Fut: Future<Output = S>,
-    S: JobStore,
-{
+async fn runs_outlive_their_job<F: OpenStore>(h: &Harness<'_, F>) {
     let ns = Harness::<F>::namespace("outlive");
     let store = h.store(&ns, "s1").await;
     store

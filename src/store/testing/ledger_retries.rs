@@ -1,23 +1,16 @@
 //! The run ledger's contract for retries (part of [`ledger_contract`](super::ledger_contract)):
 //! [`JobStore::add_runs`] and the takeover of a dead scheduler's waiting retry.
 
-use std::future::Future;
-
 use super::fixtures::at;
-use super::ledger::{claim, executed, job, runs_of, states, Harness};
+use super::ledger::{claim, executed, job, runs_of, states, Harness, OpenStore};
 use crate::job::Overlap;
 use crate::ledger::{RunOutcome, RunState};
-use crate::store::{JobStore, StoreContext};
+use crate::store::JobStore;
 
 /// A retry ([`JobStore::add_runs`]): the next attempt at the same scheduled time, stored as
 /// written (attempt, `retry_at`, manual flag), idempotent, holding its instance until it
 /// is started and finished like any run.
-pub(super) async fn retries_are_runs_of_the_same_slot<F, Fut, S>(h: &Harness<'_, F>)
-where
-    F: Fn(String, StoreContext) -> Fut,
-    Fut: Future<Output = S>,
-    S: JobStore,
-{
+pub(super) async fn retries_are_runs_of_the_same_slot<F: OpenStore>(h: &Harness<'_, F>) {
     let ns = Harness::<F>::namespace("retry");
     let store = h.store(&ns, "s1").await;
     store
@@ -74,12 +67,7 @@ where
 
 /// A dead scheduler's waiting retry is taken over like any claimed run, keeping its time
 /// (the taker starts it when it is due, under the misfire rules).
-pub(super) async fn retries_are_taken_over<F, Fut, S>(h: &Harness<'_, F>)
-where
-    F: Fn(String, StoreContext) -> Fut,
-    Fut: Future<Output = S>,
-    S: JobStore,
-{
+pub(super) async fn retries_are_taken_over<F: OpenStore>(h: &Harness<'_, F>) {
     let ns = Harness::<F>::namespace("retry_takeover");
     let s1 = h.store(&ns, "s1").await;
     let s2 = h.store(&ns, "s2").await;

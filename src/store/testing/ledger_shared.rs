@@ -3,27 +3,20 @@
 //! overlap policies across schedulers, promotion of queued runs, `CancelOther`, and the
 //! takeover of a dead scheduler's runs (which its heartbeat alone holds off).
 
-use std::future::Future;
-
 use super::fixtures::at;
-use super::ledger::{claim, executed, job, states, Harness};
+use super::ledger::{claim, executed, job, states, Harness, OpenStore};
 use crate::job::Overlap;
 use crate::ledger::{RunOutcome, RunRecord, RunState};
-use crate::store::{JobStore, StoreContext};
+use crate::store::JobStore;
 
 /// Two schedulers sharing a fresh namespace for `test`, and job `a` (every 10 s, one
 /// instance, `overlap`) whose first run s1 has claimed and started at 0: the start of
 /// each overlap case.
-async fn one_running<F, Fut, S>(
+async fn one_running<F: OpenStore>(
     h: &Harness<'_, F>,
     test: &str,
     overlap: Overlap,
-) -> (S, S, RunRecord)
-where
-    F: Fn(String, StoreContext) -> Fut,
-    Fut: Future<Output = S>,
-    S: JobStore,
-{
+) -> (F::Store, F::Store, RunRecord) {
     let ns = Harness::<F>::namespace(test);
     let s1 = h.store(&ns, "s1").await;
     let s2 = h.store(&ns, "s2").await;
@@ -34,12 +27,7 @@ where
 }
 
 /// `max_instances` and the policies hold across two schedulers sharing the store.
-pub(super) async fn overlap_across_schedulers<F, Fut, S>(h: &Harness<'_, F>)
-where
-    F: Fn(String, StoreContext) -> Fut,
-    Fut: Future<Output = S>,
-    S: JobStore,
-{
+pub(super) async fn overlap_across_schedulers<F: OpenStore>(h: &Harness<'_, F>) {
     let (s1, s2, first) = one_running(h, "overlap2", Overlap::Skip).await;
     // s2 claims the next slot while s1's run is still going: skipped.
     let second = claim(&s2, at(10)).await;
@@ -59,12 +47,7 @@ where
 }
 
 /// A queued run is promoted by whichever scheduler's pass sees a free instance.
-pub(super) async fn promotion_across_schedulers<F, Fut, S>(h: &Harness<'_, F>)
-where
-    F: Fn(String, StoreContext) -> Fut,
-    Fut: Future<Output = S>,
-    S: JobStore,
-{
+pub(super) async fn promotion_across_schedulers<F: OpenStore>(h: &Harness<'_, F>) {
     let (s1, s2, first) = one_running(h, "promote", Overlap::BufferAll).await;
     let queued = claim(&s2, at(10)).await.remove(0);
     assert!(queued.queued && queued.state == RunState::Claimed);
@@ -91,12 +74,7 @@ where
 }
 
 /// `CancelOther` flags the running instance for its owner and queues the new run.
-pub(super) async fn cancel_other_across_schedulers<F, Fut, S>(h: &Harness<'_, F>)
-where
-    F: Fn(String, StoreContext) -> Fut,
-    Fut: Future<Output = S>,
-    S: JobStore,
-{
+pub(super) async fn cancel_other_across_schedulers<F: OpenStore>(h: &Harness<'_, F>) {
     let (s1, s2, first) = one_running(h, "cancel", Overlap::CancelOther).await;
     let next = claim(&s2, at(10)).await.remove(0);
     assert!(
@@ -135,12 +113,7 @@ where
 /// A dead scheduler's runs: the claimed ones are taken over (and started once), the
 /// started ones abandoned; the dead one can neither start nor overwrite them. Its
 /// [`JobStore::heartbeat`] alone keeps it alive.
-pub(super) async fn takeover<F, Fut, S>(h: &Harness<'_, F>)
-where
-    F: Fn(String, StoreContext) -> Fut,
-    Fut: Future<Output = S>,
-    S: JobStore,
-{
+pub(super) async fn takeover<F: OpenStore>(h: &Harness<'_, F>) {
     let ns = Harness::<F>::namespace("takeover");
     let s1 = h.store(&ns, "s1").await;
     let s2 = h.store(&ns, "s2").await;
