@@ -12,7 +12,7 @@ use super::{DueJob, JobStore, StoreContext};
 use crate::error::{Error, Result};
 use crate::job::{JobRecord, RunId};
 use crate::ledger::{plan_manual_runs, RunFilter, RunOutcome, RunRecord, RunTick};
-use crate::sync::MutexExt;
+use crate::sync::{lock_yielding, MutexExt};
 
 /// Keeps jobs in memory, ordered by next run time. Holds any callable, closures included.
 ///
@@ -133,6 +133,13 @@ impl MemoryStore {
         self.inner.lock_unpoisoned()
     }
 
+    /// The lock, for the async methods: a task waiting for it (the run writer while the
+    /// loop claims a batch, the loop while the writer records one) yields to the runtime
+    /// rather than blocking its worker thread (see [`lock_yielding`]).
+    async fn lock_async(&self) -> MutexGuard<'_, Inner> {
+        lock_yielding(&self.inner).await
+    }
+
     /// The number of jobs held.
     pub fn len(&self) -> usize {
         self.lock().jobs.len()
@@ -157,7 +164,7 @@ impl JobStore for MemoryStore {
     }
 
     async fn add_job(&self, mut job: JobRecord, replace_existing: bool) -> Result<()> {
-        let mut inner = self.lock();
+        let mut inner = self.lock_async().await;
         if inner.jobs.contains_key(job.id.as_str()) {
             if !replace_existing {
                 return Err(Error::ConflictingId(job.id));
@@ -172,7 +179,7 @@ impl JobStore for MemoryStore {
     /// All or nothing under one lock: every id is checked before the first job goes in.
     async fn add_jobs(&self, jobs: Vec<JobRecord>, replace_existing: bool) -> Result<()> {
         let jobs = super::dedupe_batch(jobs, replace_existing)?;
-        let mut inner = self.lock();
+        let mut inner = self.lock_async().await;
         if !replace_existing {
             if let Some(dup) = jobs.iter().find(|j| inner.jobs.contains_key(j.id.as_str())) {
                 return Err(Error::ConflictingId(dup.id.clone()));
@@ -187,7 +194,7 @@ impl JobStore for MemoryStore {
     }
 
     async fn update_job(&self, mut job: JobRecord) -> Result<JobRecord> {
-        let mut inner = self.lock();
+        let mut inner = self.lock_async().await;
         let Some(old) = inner.jobs.get(job.id.as_str()) else {
             return Err(Error::JobLookup(job.id));
         };
@@ -201,25 +208,26 @@ impl JobStore for MemoryStore {
     }
 
     async fn remove_job(&self, id: &str) -> Result<()> {
-        self.lock()
+        self.lock_async()
+            .await
             .remove(id)
             .map(|_| ())
             .ok_or_else(|| Error::JobLookup(id.to_string()))
     }
 
     async fn remove_all_jobs(&self) -> Result<()> {
-        let mut inner = self.lock();
+        let mut inner = self.lock_async().await;
         inner.jobs.clear();
         inner.due_index.clear();
         Ok(())
     }
 
     async fn lookup_job(&self, id: &str) -> Result<Option<JobRecord>> {
-        Ok(self.lock().jobs.get(id).map(|j| (**j).clone()))
+        Ok(self.lock_async().await.jobs.get(id).map(|j| (**j).clone()))
     }
 
     async fn get_all_jobs(&self) -> Result<Vec<JobRecord>> {
-        let inner = self.lock();
+        let inner = self.lock_async().await;
         let mut jobs: Vec<JobRecord> = inner
             .due_index
             .iter()
@@ -242,11 +250,11 @@ impl JobStore for MemoryStore {
     }
 
     async fn next_run_time(&self) -> Result<Option<DateTime<Utc>>> {
-        Ok(self.lock().next_due_time())
+        Ok(self.lock_async().await.next_due_time())
     }
 
     async fn acquire_due_jobs(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueJob>> {
-        let mut inner = self.lock();
+        let mut inner = self.lock_async().await;
         let mut due = Vec::with_capacity(limit.min(inner.due_index.len()).min(1024));
         let now_key = due_key(now);
         while due.len() < limit {
@@ -294,11 +302,15 @@ impl JobStore for MemoryStore {
     }
 
     async fn start_runs(&self, run_ids: &[RunId], now: DateTime<Utc>) -> Result<Vec<RunId>> {
-        Ok(self.lock().runs.start(run_ids, self.owner(), now))
+        Ok(self
+            .lock_async()
+            .await
+            .runs
+            .start(run_ids, self.owner(), now))
     }
 
     async fn add_runs(&self, runs: &[RunRecord]) -> Result<()> {
-        self.lock().runs.add(runs);
+        self.lock_async().await.runs.add(runs);
         Ok(())
     }
 
@@ -308,7 +320,7 @@ impl JobStore for MemoryStore {
             .get()
             .map(StoreContext::run_retention)
             .unwrap_or_default();
-        self.lock().runs.finish(outcomes, retention);
+        self.lock_async().await.runs.finish(outcomes, retention);
         Ok(())
     }
 
@@ -318,7 +330,7 @@ impl JobStore for MemoryStore {
         slots: &[DateTime<Utc>],
         now: DateTime<Utc>,
     ) -> Result<Vec<RunRecord>> {
-        let mut inner = self.lock();
+        let mut inner = self.lock_async().await;
         // The overlap rule needs every active run of the job, journaled ones included.
         inner.runs.settle();
         let Some((key, job)) = inner.jobs.get_key_value(job_id) else {
@@ -341,7 +353,7 @@ impl JobStore for MemoryStore {
         let Some(ctx) = self.ctx.get() else {
             return Ok(RunTick::default());
         };
-        let inner = &mut *self.lock();
+        let inner = &mut *self.lock_async().await;
         Ok(inner
             .runs
             .tick(&inner.jobs, ctx.owner(), now, ctx.run_retention(), |id| {
@@ -354,10 +366,10 @@ impl JobStore for MemoryStore {
     }
 
     async fn query_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
-        Ok(self.lock().runs.query(filter))
+        Ok(self.lock_async().await.runs.query(filter))
     }
 
     async fn get_run(&self, run_id: RunId) -> Result<Option<RunRecord>> {
-        Ok(self.lock().runs.get(run_id))
+        Ok(self.lock_async().await.runs.get(run_id))
     }
 }
