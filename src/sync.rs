@@ -70,6 +70,8 @@ mod tests {
     use super::lock_yielding;
 
     #[tokio::test]
+    // The test's own guard is held across the polls on purpose: it is the busy lock.
+    #[allow(clippy::await_holding_lock)]
     async fn a_busy_lock_yields_to_the_runtime_instead_of_blocking() {
         let mutex = Mutex::new(1);
         let held = mutex.lock().unwrap();
