@@ -93,7 +93,9 @@ impl DueJob {
         }
         let owner = ctx.owner();
         let claimed = |t| RunRecord::claimed(job_id.clone(), t, owner.clone(), now);
-        let mut runs = Vec::with_capacity(self.run_times.len() + 1);
+        // One record per due time, and one for a skipped backlog.
+        let mut runs =
+            Vec::with_capacity(self.run_times.len() + usize::from(self.skipped_from.is_some()));
         if let Some(first) = self.skipped_from {
             let mut r = claimed(first);
             r.state = RunState::Missed;

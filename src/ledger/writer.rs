@@ -95,6 +95,9 @@ impl RunWriter {
         hooks: impl WriterHooks,
     ) {
         let mut batch: Vec<Item> = Vec::new();
+        // Each store's outcomes of a batch. Kept from batch to batch, so that grouping a
+        // storm's outcomes does not grow a vector of large items every time.
+        let mut by_store: Vec<(Arc<str>, Vec<RunOutcome>)> = Vec::new();
         loop {
             if rx.recv_many(&mut batch, BATCH).await == 0 {
                 return;
@@ -111,15 +114,15 @@ impl RunWriter {
                     }
                 }
             }
-            // Group by store, keeping each store's order.
-            let mut by_store: Vec<(Arc<str>, Vec<RunOutcome>)> = Vec::new();
+            // Group by store, keeping each store's order. A store no longer written to
+            // keeps an empty group.
             for (store, outcome) in batch.drain(..) {
                 match by_store.iter_mut().find(|(s, _)| *s == store) {
                     Some((_, v)) => v.push(outcome),
                     None => by_store.push((store, vec![outcome])),
                 }
             }
-            for (alias, outcomes) in by_store {
+            for (alias, outcomes) in by_store.iter_mut().filter(|(_, v)| !v.is_empty()) {
                 let retries: Vec<super::RunRecord> = outcomes
                     .iter()
                     .filter_map(|o| o.retry.as_deref().cloned())
@@ -128,7 +131,7 @@ impl RunWriter {
                     // The retries first: a crash after them leaves the failed attempts
                     // `started` (later abandoned), never a failure without its retry.
                     let added = self
-                        .write_with(&alias, &hooks, |store| {
+                        .write_with(alias, &hooks, |store| {
                             let retries = retries.clone();
                             async move {
                                 match store.add_runs(&retries).await {
@@ -147,13 +150,14 @@ impl RunWriter {
                         .await
                         .flatten();
                     if let Some(retries) = added {
-                        hooks.retries(&alias, retries);
+                        hooks.retries(alias, retries);
                     }
                 }
-                self.write(&alias, &outcomes, &hooks).await;
+                self.write(alias, outcomes, &hooks).await;
                 ledger.written(outcomes.iter().map(|o| o.run_id));
-                self.wake(&outcomes);
-                hooks.written(&alias);
+                self.wake(outcomes);
+                hooks.written(alias);
+                outcomes.clear();
             }
         }
     }
