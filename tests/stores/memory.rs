@@ -200,3 +200,95 @@ async fn memory_store_far_future_jobs_keep_their_time_order() {
         .unwrap();
     assert_eq!(store.next_run_time().await.unwrap(), Some(y(2030)));
 }
+
+/// A run finished right after its claim, its record still in the journal (a storm's
+/// runs), counts for the job's retention at once, like any finished run.
+#[tokio::test]
+async fn memory_store_runs_finished_before_they_are_indexed_keep_the_retention() {
+    use apsched::ledger::{RunFilter, RunOutcome, RunRetention, RunState};
+    use apsched::store::testing::TestContext;
+
+    let store = MemoryStore::new();
+    let keep = RunRetention::default().per_job(2);
+    let ctx = TestContext::new("default", "s1", std::time::Duration::from_secs(30))
+        .with_ledger(true, keep);
+    store.start(ctx.context()).await.unwrap();
+    let mut job = suite::interval_job("a", 1, Some(suite::at(0)));
+    job.max_instances = 10;
+    store.add_job(job, false).await.unwrap();
+    for k in 0..5 {
+        let due = store.acquire_due_jobs(suite::at(k), 10).await.unwrap();
+        let run = due[0].runs[0].clone();
+        store.release_jobs(&due).await.unwrap();
+        assert_eq!(
+            store.start_runs(&[run.run_id], suite::at(k)).await.unwrap(),
+            vec![run.run_id]
+        );
+        let done = RunOutcome::new(run.run_id, "a", RunState::Executed, suite::at(k));
+        store.finish_runs(&[done]).await.unwrap();
+    }
+    let runs = store.query_runs(&RunFilter::new().job("a")).await.unwrap();
+    let kept: Vec<_> = runs.iter().map(|r| (r.scheduled, r.state)).collect();
+    assert_eq!(
+        kept,
+        vec![
+            (suite::at(4), RunState::Executed),
+            (suite::at(3), RunState::Executed)
+        ],
+        "the newest two finished runs are kept"
+    );
+}
+
+/// Outcomes in any order, some twice, some for runs already indexed: each run gets the
+/// first outcome written for it, once.
+#[tokio::test]
+async fn memory_store_outcomes_in_any_order_finish_each_run_once() {
+    use apsched::ledger::{RunFilter, RunOutcome, RunState};
+
+    let store = started().await;
+    for i in 0..300 {
+        store
+            .add_job(suite::date_job(&format!("j{i}"), suite::at(0)), false)
+            .await
+            .unwrap();
+    }
+    let due = store.acquire_due_jobs(suite::at(0), 1000).await.unwrap();
+    let runs: Vec<_> = due.iter().flat_map(|d| d.runs.clone()).collect();
+    assert_eq!(runs.len(), 300);
+    store.release_jobs(&due).await.unwrap();
+    let ids: Vec<_> = runs.iter().map(|r| r.run_id).collect();
+    assert_eq!(
+        store.start_runs(&ids, suite::at(0)).await.unwrap().len(),
+        300
+    );
+    let outcome = |r: &apsched::ledger::RunRecord, state| {
+        RunOutcome::new(r.run_id, r.job_id.clone(), state, suite::at(1))
+    };
+    // The last 100 first, newest first (far from where the journal's order would look),
+    // then the first 200 in order, each followed by a later, conflicting outcome.
+    let mut first: Vec<RunOutcome> = runs[200..]
+        .iter()
+        .rev()
+        .map(|r| outcome(r, RunState::Executed))
+        .collect();
+    for r in &runs[..200] {
+        first.push(outcome(r, RunState::Executed));
+        first.push(outcome(r, RunState::Error));
+    }
+    store.finish_runs(&first).await.unwrap();
+    // Written again (a retried write): nothing changes.
+    let again: Vec<_> = runs.iter().map(|r| outcome(r, RunState::Missed)).collect();
+    store.finish_runs(&again).await.unwrap();
+    let all = store
+        .query_runs(&RunFilter::new().limit(1000))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 300);
+    assert!(
+        all.iter().all(|r| r.state == RunState::Executed
+            && r.finished_at == Some(suite::at(1))
+            && r.started_at == Some(suite::at(0))),
+        "{:?}",
+        all.iter().find(|r| r.state != RunState::Executed)
+    );
+}
