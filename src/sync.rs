@@ -33,16 +33,14 @@ const YIELDS: usize = 64;
 /// else to run does not spin for long.
 pub(crate) async fn lock_yielding<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     for _ in 0..YIELDS {
-        // The guard (and the error holding one) must not live across the `await`: the
-        // future would no longer be `Send`.
-        let busy = match mutex.try_lock() {
+        // Not awaited inside the `match`: the guard (and the error holding one) must not
+        // live across the `await`, or the future would no longer be `Send`.
+        match mutex.try_lock() {
             Ok(guard) => return guard,
             Err(TryLockError::Poisoned(e)) => return e.into_inner(),
-            Err(TryLockError::WouldBlock) => true,
-        };
-        if busy {
-            tokio::task::yield_now().await;
+            Err(TryLockError::WouldBlock) => {}
         }
+        tokio::task::yield_now().await;
     }
     mutex.lock_unpoisoned()
 }
@@ -67,14 +65,14 @@ mod tests {
     use std::pin::pin;
     use std::sync::Mutex;
 
-    use super::lock_yielding;
+    use super::{lock_yielding, MutexExt};
 
     #[tokio::test]
     // The test's own guard is held across the polls on purpose: it is the busy lock.
     #[allow(clippy::await_holding_lock)]
     async fn a_busy_lock_yields_to_the_runtime_instead_of_blocking() {
         let mutex = Mutex::new(1);
-        let held = mutex.lock().unwrap();
+        let held = mutex.lock_unpoisoned();
         let mut waiting = pin!(lock_yielding(&mutex));
         // Blocking here would never return: this task holds the lock.
         assert!(futures::poll!(waiting.as_mut()).is_pending());
@@ -88,7 +86,8 @@ mod tests {
         let mutex = std::sync::Arc::new(Mutex::new(1));
         let m = mutex.clone();
         let _ = std::thread::spawn(move || {
-            let _guard = m.lock().unwrap();
+            let _guard = m.lock_unpoisoned();
+            // The test's point: a thread dies holding the lock.
             panic!("poisons the lock");
         })
         .join();
