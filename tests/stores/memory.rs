@@ -205,7 +205,7 @@ async fn memory_store_far_future_jobs_keep_their_time_order() {
 /// runs), counts for the job's retention at once, like any finished run.
 #[tokio::test]
 async fn memory_store_runs_finished_before_they_are_indexed_keep_the_retention() {
-    use apsched::ledger::{RunFilter, RunOutcome, RunRetention, RunState};
+    use apsched::ledger::{RunOutcome, RunRetention, RunState};
     use apsched::store::testing::TestContext;
 
     let store = MemoryStore::new();
@@ -227,10 +227,8 @@ async fn memory_store_runs_finished_before_they_are_indexed_keep_the_retention()
         let done = RunOutcome::new(run.run_id, "a", RunState::Executed, suite::at(k));
         store.finish_runs(&[done]).await.unwrap();
     }
-    let runs = store.query_runs(&RunFilter::new().job("a")).await.unwrap();
-    let kept: Vec<_> = runs.iter().map(|r| (r.scheduled, r.state)).collect();
     assert_eq!(
-        kept,
+        suite::runs_by_time(&store, "a").await,
         vec![
             (suite::at(4), RunState::Executed),
             (suite::at(3), RunState::Executed)

@@ -513,18 +513,7 @@ async fn retention(db: Db) {
         .collect();
     a.finish_runs(&outcomes).await.unwrap();
     a.tick_runs(suite::at(60)).await.unwrap();
-    let kept = |job: &str| {
-        let a = &a;
-        let job = job.to_string();
-        async move {
-            a.query_runs(&RunFilter::new().job(job))
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| (r.scheduled, r.state))
-                .collect::<Vec<_>>()
-        }
-    };
+    let kept = |job: &'static str| suite::runs_by_time(&a, job);
     let at = suite::at;
     assert_eq!(
         kept("r1").await,

@@ -24,6 +24,21 @@ pub fn service_available(service: &str, available: Result<(), String>) -> bool {
     }
 }
 
+/// The runs of `job` in `store` (a first page, newest first) as (scheduled time, state):
+/// what the retention and outcome tests compare.
+pub async fn runs_by_time(
+    store: &impl apsched::store::JobStore,
+    job: &str,
+) -> Vec<(chrono::DateTime<chrono::Utc>, apsched::ledger::RunState)> {
+    store
+        .query_runs(&apsched::ledger::RunFilter::new().job(job))
+        .await
+        .expect("query_runs")
+        .iter()
+        .map(|r| (r.scheduled, r.state))
+        .collect()
+}
+
 /// A unique suffix for table names, key prefixes and databases, so runs never collide.
 pub fn unique_suffix() -> String {
     format!("{}_{:08x}", std::process::id(), rand_u32())
