@@ -27,6 +27,15 @@ pub trait Clock: fmt::Debug + Send + Sync + 'static {
     fn max_sleep(&self) -> std::time::Duration {
         std::time::Duration::from_secs(1)
     }
+
+    /// Whether this clock reads the machine's real time, at the pace of
+    /// [`std::time::Instant`]. The scheduler then ends its sleeps before a due time on a
+    /// thread timer, which wakes within tens of microseconds of the time; Tokio's timers
+    /// count whole milliseconds and wake up to 2 ms late. Default: `false`, Tokio's timers
+    /// alone (which also follow Tokio's paused time in tests).
+    fn is_real_time(&self) -> bool {
+        false
+    }
 }
 
 /// The machine's wall clock.
@@ -36,6 +45,10 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
         Utc::now()
+    }
+
+    fn is_real_time(&self) -> bool {
+        true
     }
 }
 

@@ -17,7 +17,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
-use super::{Backoff, Inner, SchedulerState, AWAKE};
+use super::{timer, Backoff, Inner, SchedulerState, AWAKE};
 use crate::clock::saturating_add;
 use crate::event::Event;
 use crate::executor::{Executor, JobRun, Watch};
@@ -162,15 +162,24 @@ fn sync_slots(inner: &Inner, slots: &mut Vec<Slot>) {
 /// [`Clock::max_sleep`](crate::clock::Clock::max_sleep): job times are wall-clock instants,
 /// Tokio's timers are monotonic, and a step of the wall clock or a resume from suspend must
 /// be noticed within one slice. A slice only reads the clock; no store is touched.
+///
+/// On a clock of real time, the last [`timer::MARGIN`] before `target` is slept on the
+/// thread timer, which ends it on time; Tokio's timer would end it up to 2 ms late.
 async fn sleep_until(inner: &Inner, target: Option<DateTime<Utc>>) {
     let Some(target) = target else {
         return std::future::pending().await;
     };
     let slice = inner.clock.max_sleep().max(Duration::from_millis(1));
+    let precise = inner.clock.is_real_time();
     loop {
         match (target - inner.clock.now()).to_std() {
-            Ok(d) if !d.is_zero() => tokio::time::sleep(d.min(slice)).await,
-            _ => return,
+            Ok(d) if d.is_zero() => return,
+            Ok(d) if precise && d <= timer::MARGIN => {
+                timer::sleep_until(std::time::Instant::now() + d).await
+            }
+            Ok(d) if precise => tokio::time::sleep((d - timer::MARGIN).min(slice)).await,
+            Ok(d) => tokio::time::sleep(d.min(slice)).await,
+            Err(_) => return,
         }
     }
 }

@@ -34,6 +34,7 @@ mod lifecycle;
 mod listeners;
 mod run_handles;
 mod runs;
+mod timer;
 mod transfer;
 
 use std::collections::HashMap;
