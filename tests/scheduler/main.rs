@@ -16,6 +16,7 @@ mod ledger;
 mod metrics;
 #[cfg(unix)]
 mod process_stop;
+mod real_time;
 mod retries;
 mod runtimes;
 mod scenarios;
